@@ -1,0 +1,20 @@
+//! Meridian's API (`meridian.dev/v1alpha1`), shared by standalone and Kubernetes mode.
+//!
+//! These are plain serde types; `kube::CustomResource` only derives the typed wrappers and CRD
+//! schemas (kube-core, no client), so the pure core may depend on them.
+
+pub mod access_point;
+pub mod istio;
+pub mod member_cluster;
+pub mod name_service;
+
+pub use access_point::{AccessPoint, AccessPointSpec, AccessPointStatus};
+pub use member_cluster::{MemberCluster, MemberClusterSpec};
+pub use name_service::{NameService, NameServiceSpec};
+
+/// API group of every Meridian kind.
+pub const GROUP: &str = "meridian.dev";
+/// `apiVersion` of every Meridian kind.
+pub const API_VERSION: &str = "meridian.dev/v1alpha1";
+/// The hub's own cluster: where an AccessPoint without a placement is served.
+pub const LOCAL_CLUSTER: &str = "local";

@@ -1,0 +1,66 @@
+//! Durations as Istio manifests write them: `5s`, `1.5s`, `250ms`, `1m30s`.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: expected e.g. `5s`, `1.5s`, `250ms` or `1m30s`")]
+pub struct DurationError(pub String);
+
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let err = || DurationError(text.to_owned());
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
+        let (number, after) = rest.split_at(number_len);
+        let value: f64 = number.parse().map_err(|_| err())?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        let seconds_per_unit = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(err()),
+        };
+        total += Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| err())?;
+        rest = after;
+    }
+    Ok(total)
+}
+
+/// Converts to the protobuf well-known type.
+pub fn to_proto(duration: Duration) -> xds_api::pb::google::protobuf::Duration {
+    xds_api::pb::google::protobuf::Duration {
+        seconds: duration.as_secs() as i64,
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_istio_forms() {
+        assert_eq!(parse("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse("2h").unwrap(), Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in ["", "5", "s", "5x", "-1s", "1..2s"] {
+            assert!(parse(bad).is_err(), "{bad} should fail");
+        }
+    }
+}

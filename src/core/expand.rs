@@ -1,0 +1,112 @@
+//! Expansion: the Istio-shaped objects in force in one cluster.
+//!
+//! Each placed AccessPoint contributes its templates, namespaced by default into the
+//! AccessPoint's namespace; plain `Service`/`EndpointSlice` inputs join the service registry.
+//! Order is deterministic (AccessPoint key, then template index), so the same input always
+//! produces the same Envoy configuration.
+
+use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::model::{Model, ObjectKey};
+use super::placement::{is_placed, ClusterFacts};
+use crate::api::access_point::Templated;
+use crate::api::istio::{
+    DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
+};
+
+/// One expanded object: where it came from, its resolved key, and its spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expanded<'m, S> {
+    /// The AccessPoint (or plain input object) this came from.
+    pub origin: &'m ObjectKey,
+    /// Index within the AccessPoint's template list, for error paths.
+    pub index: usize,
+    pub key: ObjectKey,
+    pub labels: &'m std::collections::BTreeMap<String, String>,
+    pub spec: &'m S,
+}
+
+/// Everything in force in one cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView<'m> {
+    pub cluster: String,
+    /// Region and zone of the cluster (from its MemberCluster), the default endpoint locality.
+    pub region: String,
+    pub zone: String,
+    pub gateways: Vec<Expanded<'m, GatewaySpec>>,
+    pub virtual_services: Vec<Expanded<'m, VirtualServiceSpec>>,
+    pub destination_rules: Vec<Expanded<'m, DestinationRuleSpec>>,
+    pub service_entries: Vec<Expanded<'m, ServiceEntrySpec>>,
+    pub workload_entries: Vec<Expanded<'m, WorkloadEntrySpec>>,
+    pub services: Vec<(ObjectKey, &'m ServiceSpec)>,
+    pub endpoint_slices: Vec<&'m EndpointSlice>,
+}
+
+/// Builds the view of `cluster`. Only AccessPoints in `accepted` (validated) are used.
+pub fn cluster_view<'m>(
+    model: &'m Model,
+    accepted: impl Fn(&ObjectKey) -> Option<&'m crate::api::AccessPoint>,
+    cluster: &str,
+) -> ClusterView<'m> {
+    let member = model
+        .member_clusters
+        .get(&ObjectKey::new("", cluster));
+    let facts = ClusterFacts {
+        name: cluster,
+        zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
+        labels: member.and_then(|m| m.metadata.labels.as_ref()),
+    };
+    let mut view = ClusterView {
+        cluster: cluster.to_owned(),
+        region: member.map(|m| m.spec.region.clone()).unwrap_or_default(),
+        zone: facts.zone.to_owned(),
+        ..Default::default()
+    };
+    for key in model.access_points.keys() {
+        let Some(ap) = accepted(key) else { continue };
+        if !is_placed(ap.spec.placement.as_ref(), &facts) {
+            continue;
+        }
+        let template = &ap.spec.template;
+        let ns = key.namespace.as_str();
+        expand_into(&mut view.gateways, key, ns, &template.gateways);
+        expand_into(&mut view.virtual_services, key, ns, &template.virtual_services);
+        expand_into(&mut view.destination_rules, key, ns, &template.destination_rules);
+        expand_into(&mut view.service_entries, key, ns, &template.service_entries);
+        expand_into(&mut view.workload_entries, key, ns, &template.workload_entries);
+        if let Some(service) = &template.service {
+            view.services
+                .push((resolve_key(ns, &service.metadata), &service.spec));
+        }
+    }
+    for (key, service) in &model.services {
+        if let Some(spec) = &service.spec {
+            view.services.push((key.clone(), spec));
+        }
+    }
+    view.endpoint_slices = model.endpoint_slices.values().collect();
+    view
+}
+
+fn resolve_key(default_ns: &str, meta: &crate::api::access_point::TemplateMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.clone().unwrap_or_else(|| default_ns.to_owned()),
+        meta.name.clone(),
+    )
+}
+
+fn expand_into<'m, S>(
+    out: &mut Vec<Expanded<'m, S>>,
+    origin: &'m ObjectKey,
+    default_ns: &str,
+    templates: &'m [Templated<S>],
+) {
+    out.extend(templates.iter().enumerate().map(|(index, t)| Expanded {
+        origin,
+        index,
+        key: resolve_key(default_ns, &t.metadata),
+        labels: &t.metadata.labels,
+        spec: &t.spec,
+    }));
+}

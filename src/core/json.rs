@@ -1,0 +1,69 @@
+//! Canonical proto3 JSON for served resources (config dumps, snapshot tests, diffs).
+//!
+//! Uses the xDS descriptor set shipped by `xds-api`, so nested `Any` fields (the HTTP connection
+//! manager inside a listener, the router filter) render as readable objects, not base64.
+
+use std::sync::LazyLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use xds_api::pb::google::protobuf::Any;
+
+static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
+    DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
+});
+
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    #[error("xDS descriptor set is unreadable: {0}")]
+    Descriptors(String),
+    #[error("no descriptor for {0}")]
+    UnknownType(String),
+    #[error("cannot decode {type_url}: {source}")]
+    Decode {
+        type_url: String,
+        source: prost::DecodeError,
+    },
+    #[error("cannot render JSON: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
+
+/// Renders an `Any` (type URL + bytes) as proto3 JSON with an `@type` field.
+pub fn any_to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
+    let pool = POOL.as_ref().map_err(|e| JsonError::Descriptors(e.clone()))?;
+    let message_name = any.type_url.rsplit('/').next().unwrap_or_default();
+    let descriptor = pool
+        .get_message_by_name(message_name)
+        .ok_or_else(|| JsonError::UnknownType(any.type_url.clone()))?;
+    let message =
+        DynamicMessage::decode(descriptor, any.value.as_slice()).map_err(|source| {
+            JsonError::Decode {
+                type_url: any.type_url.clone(),
+                source,
+            }
+        })?;
+    let options = SerializeOptions::new().skip_default_fields(true);
+    let mut value = message.serialize_with_options(serde_json::value::Serializer, &options)?;
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+    }
+    Ok(value)
+}
+
+/// Renders a whole gateway configuration: `{ "CDS": {name: resource}, "EDS": …, … }`.
+pub fn config_to_json(
+    config: &super::resources::GatewayConfig,
+) -> Result<serde_json::Value, JsonError> {
+    let mut out = serde_json::Map::new();
+    for kind in super::resources::ResourceType::ALL {
+        let resources = config.resources(kind);
+        if resources.is_empty() {
+            continue;
+        }
+        let mut by_name = serde_json::Map::new();
+        for (name, resource) in resources {
+            by_name.insert(name.clone(), any_to_json(&resource.body)?);
+        }
+        out.insert(kind.short_name().to_owned(), serde_json::Value::Object(by_name));
+    }
+    Ok(serde_json::Value::Object(out))
+}

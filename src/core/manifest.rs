@@ -1,0 +1,222 @@
+//! Parsing Kubernetes-style multi-document YAML into input objects.
+//!
+//! Errors name the document (0-based index within the file) and the field path, so an operator
+//! can find the mistake without reading the whole file.
+
+use serde::de::DeserializeOwned;
+
+use super::model::InputObject;
+use crate::api::API_VERSION;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {document}: invalid YAML: {message}")]
+    Yaml { document: usize, message: String },
+    #[error("document {document}: missing `apiVersion` or `kind`")]
+    MissingKind { document: usize },
+    #[error("document {document}: unsupported kind {api_version}/{kind}")]
+    UnsupportedKind {
+        document: usize,
+        api_version: String,
+        kind: String,
+    },
+    #[error("document {document} ({kind} {name}): field `{path}`: {message}")]
+    Field {
+        document: usize,
+        kind: String,
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error("document {document} ({kind}): metadata.name is required")]
+    MissingName { document: usize, kind: String },
+}
+
+/// Parses every document of one file. Empty documents are skipped. Objects without a
+/// namespace get `default_namespace` (as `kubectl apply` would), except cluster-scoped kinds.
+pub fn parse_documents(
+    text: &str,
+    default_namespace: &str,
+) -> Result<Vec<InputObject>, ManifestError> {
+    let mut objects = Vec::new();
+    for (document, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value: serde_yaml::Value =
+            serde::Deserialize::deserialize(doc).map_err(|e| ManifestError::Yaml {
+                document,
+                message: e.to_string(),
+            })?;
+        if value.is_null() {
+            continue;
+        }
+        objects.push(parse_object(document, value, default_namespace)?);
+    }
+    Ok(objects)
+}
+
+fn parse_object(
+    document: usize,
+    value: serde_yaml::Value,
+    default_namespace: &str,
+) -> Result<InputObject, ManifestError> {
+    let field = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+        return Err(ManifestError::MissingKind { document });
+    };
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| ManifestError::MissingName {
+            document,
+            kind: kind.clone(),
+        })?;
+    let typed = Typed {
+        document,
+        kind: &kind,
+        name: &name,
+    };
+    let mut object = match (api_version.as_str(), kind.as_str()) {
+        (API_VERSION, "AccessPoint") => InputObject::AccessPoint(typed.parse(value)?),
+        (API_VERSION, "MemberCluster") => InputObject::MemberCluster(typed.parse(value)?),
+        (API_VERSION, "NameService") => InputObject::NameService(typed.parse(value)?),
+        ("v1", "Service") => InputObject::Service(typed.parse(value)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => InputObject::EndpointSlice(typed.parse(value)?),
+        _ => {
+            return Err(ManifestError::UnsupportedKind {
+                document,
+                api_version,
+                kind,
+            })
+        }
+    };
+    default_namespace_of(&mut object, default_namespace);
+    Ok(object)
+}
+
+struct Typed<'a> {
+    document: usize,
+    kind: &'a str,
+    name: &'a str,
+}
+
+impl Typed<'_> {
+    fn parse<T: DeserializeOwned>(&self, value: serde_yaml::Value) -> Result<T, ManifestError> {
+        serde_path_to_error::deserialize(value).map_err(|e| ManifestError::Field {
+            document: self.document,
+            kind: self.kind.to_owned(),
+            name: self.name.to_owned(),
+            path: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        })
+    }
+}
+
+fn default_namespace_of(object: &mut InputObject, default_namespace: &str) {
+    let meta = match object {
+        InputObject::MemberCluster(_) => return,
+        InputObject::AccessPoint(o) => &mut o.metadata,
+        InputObject::NameService(o) => &mut o.metadata,
+        InputObject::Service(o) => &mut o.metadata,
+        InputObject::EndpointSlice(o) => &mut o.metadata,
+    };
+    if meta.namespace.as_deref().unwrap_or_default().is_empty() {
+        meta.namespace = Some(default_namespace.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_and_defaults_namespace() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: ["127.0.0.1"]}]
+ports: [{name: http, port: 8080}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: us-east-1a, region: us-east-1}
+"#;
+        let objects = parse_documents(text, "default").unwrap();
+        assert_eq!(objects.len(), 3);
+        assert_eq!(objects[0].key().to_string(), "default/web");
+        assert_eq!(objects[1].key().to_string(), "shop/web-1");
+        assert_eq!(objects[2].key().to_string(), "east");
+    }
+
+    #[test]
+    fn field_errors_name_document_object_and_path() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ok}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        http:
+        - route:
+          - destination: {host: web}
+            weight: "ninety"
+"#;
+        let err = parse_documents(text, "default").unwrap_err();
+        let ManifestError::Field {
+            document,
+            kind,
+            name,
+            path,
+            ..
+        } = &err
+        else {
+            panic!("unexpected error {err}");
+        };
+        assert_eq!((*document, kind.as_str(), name.as_str()), (1, "AccessPoint", "shop"));
+        assert_eq!(path, "spec.template.virtualServices[0].spec.http[0].route[0].weight");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_not_silence() {
+        let text = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec:
+        servers: [{port: {number: 80, protocol: HTTP}, hosts: ["*"], tsl: {}}]
+"#;
+        let err = parse_documents(text, "default").unwrap_err().to_string();
+        assert!(err.contains("spec.template.gateways[0].spec.servers[0]"), "{err}");
+        assert!(err.contains("tsl"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_kind_and_bad_yaml_are_reported() {
+        let err = parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "d")
+            .unwrap_err();
+        assert!(matches!(err, ManifestError::UnsupportedKind { .. }));
+        let err = parse_documents("a: [1, 2\n", "d").unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { document: 0, .. }));
+    }
+}

@@ -1,0 +1,159 @@
+//! The input model: every object Meridian was given, keyed by kind and name.
+//!
+//! Both providers (the standalone file watcher and the Kubernetes watchers) feed this same
+//! model; nothing downstream knows which mode produced it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::api::{AccessPoint, MemberCluster, NameService};
+
+/// `namespace/name`; cluster-scoped objects have an empty namespace.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    AccessPoint,
+    MemberCluster,
+    NameService,
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::AccessPoint => "AccessPoint",
+            Kind::MemberCluster => "MemberCluster",
+            Kind::NameService => "NameService",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One input object of any supported kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InputObject {
+    AccessPoint(AccessPoint),
+    MemberCluster(MemberCluster),
+    NameService(NameService),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+}
+
+impl InputObject {
+    pub fn kind(&self) -> Kind {
+        match self {
+            InputObject::AccessPoint(_) => Kind::AccessPoint,
+            InputObject::MemberCluster(_) => Kind::MemberCluster,
+            InputObject::NameService(_) => Kind::NameService,
+            InputObject::Service(_) => Kind::Service,
+            InputObject::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+
+    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            InputObject::AccessPoint(o) => &o.metadata,
+            InputObject::MemberCluster(o) => &o.metadata,
+            InputObject::NameService(o) => &o.metadata,
+            InputObject::Service(o) => &o.metadata,
+            InputObject::EndpointSlice(o) => &o.metadata,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = self.metadata();
+        ObjectKey::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// The objects currently in force. Cheap to clone behind an `Arc`; rebuilt by the index.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    pub access_points: BTreeMap<ObjectKey, AccessPoint>,
+    pub member_clusters: BTreeMap<ObjectKey, MemberCluster>,
+    pub name_services: BTreeMap<ObjectKey, NameService>,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+}
+
+impl Model {
+    /// Inserts or replaces an object; returns whether the model changed.
+    pub fn apply(&mut self, object: InputObject) -> bool {
+        let key = object.key();
+        fn put<T: PartialEq>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, value: T) -> bool {
+            if map.get(&key) == Some(&value) {
+                return false;
+            }
+            map.insert(key, value);
+            true
+        }
+        match object {
+            InputObject::AccessPoint(o) => put(&mut self.access_points, key, o),
+            InputObject::MemberCluster(o) => put(&mut self.member_clusters, key, o),
+            InputObject::NameService(o) => put(&mut self.name_services, key, o),
+            InputObject::Service(o) => put(&mut self.services, key, o),
+            InputObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+        }
+    }
+
+    /// Removes an object; returns whether it was present.
+    pub fn delete(&mut self, kind: Kind, key: &ObjectKey) -> bool {
+        match kind {
+            Kind::AccessPoint => self.access_points.remove(key).is_some(),
+            Kind::MemberCluster => self.member_clusters.remove(key).is_some(),
+            Kind::NameService => self.name_services.remove(key).is_some(),
+            Kind::Service => self.services.remove(key).is_some(),
+            Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.access_points.len()
+            + self.member_clusters.len()
+            + self.name_services.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

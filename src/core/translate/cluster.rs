@@ -1,0 +1,259 @@
+//! Clusters: one per (service host, port, subset) that a bound route uses, shaped by the
+//! DestinationRule that applies to the host.
+
+use std::time::Duration;
+
+use xds_api::pb::envoy::config::cluster::v3::{
+    circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
+};
+use xds_api::pb::envoy::config::core::v3::RoutingPriority;
+use xds_api::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
+use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
+
+use super::endpoint;
+use super::hosts::resolve_host;
+use super::listener::ads_config_source;
+use super::registry::{RegisteredService, ServiceRegistry};
+use super::ClusterRef;
+use crate::api::istio::{Resolution, SimpleLb, TrafficPolicy};
+use crate::core::duration;
+use crate::core::expand::ClusterView;
+use crate::core::resources::Resource;
+
+/// Istio's default connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The DestinationRule policy for a cluster: the rule found by Istio's lookup order (client
+/// namespace, then the service's namespace, then any), with the subset's policy laid over the
+/// top-level one field by field.
+pub fn policy_for(
+    view: &ClusterView<'_>,
+    service: &RegisteredService<'_>,
+    cluster_ref: &ClusterRef,
+) -> TrafficPolicy {
+    let Some(rule) = destination_rule(view, &service.hostname, &cluster_ref.client_namespace, &service.key.namespace) else {
+        return TrafficPolicy::default();
+    };
+    let mut policy = rule.traffic_policy.clone().unwrap_or_default();
+    if let Some(subset) = rule.subsets.iter().find(|s| s.name == cluster_ref.subset) {
+        if let Some(sp) = &subset.traffic_policy {
+            if sp.load_balancer.is_some() {
+                policy.load_balancer = sp.load_balancer.clone();
+            }
+            if sp.connection_pool.is_some() {
+                policy.connection_pool = sp.connection_pool.clone();
+            }
+            if sp.outlier_detection.is_some() {
+                policy.outlier_detection = sp.outlier_detection.clone();
+            }
+        }
+    }
+    policy
+}
+
+/// The DestinationRule for `host`, preferring the client's namespace, then the service's.
+pub fn destination_rule<'m>(
+    view: &ClusterView<'m>,
+    host: &str,
+    client_namespace: &str,
+    service_namespace: &str,
+) -> Option<&'m crate::api::istio::DestinationRuleSpec> {
+    let matching = || {
+        view.destination_rules
+            .iter()
+            .filter(move |dr| resolve_host(&dr.spec.host, &dr.key.namespace) == host)
+    };
+    matching()
+        .find(|dr| dr.key.namespace == client_namespace)
+        .or_else(|| matching().find(|dr| dr.key.namespace == service_namespace))
+        .or_else(|| matching().next())
+        .map(|dr| dr.spec)
+}
+
+/// Subset labels from the DestinationRule, if the reference names a subset.
+pub fn subset_labels<'m>(
+    view: &ClusterView<'m>,
+    service: &RegisteredService<'_>,
+    cluster_ref: &ClusterRef,
+) -> Option<&'m std::collections::BTreeMap<String, String>> {
+    if cluster_ref.subset.is_empty() {
+        return None;
+    }
+    destination_rule(view, &service.hostname, &cluster_ref.client_namespace, &service.key.namespace)?
+        .subsets
+        .iter()
+        .find(|s| s.name == cluster_ref.subset)
+        .map(|s| &s.labels)
+}
+
+pub struct BuiltCluster {
+    pub resource: Resource,
+    pub uses_eds: bool,
+}
+
+pub fn build(
+    name: &str,
+    service: &RegisteredService<'_>,
+    cluster_ref: &ClusterRef,
+    policy: &TrafficPolicy,
+) -> BuiltCluster {
+    let mut cluster = Cluster {
+        name: name.to_owned(),
+        connect_timeout: Some(duration::to_proto(
+            policy
+                .connection_pool
+                .as_ref()
+                .and_then(|p| p.tcp.as_ref())
+                .and_then(|t| t.connect_timeout.as_deref())
+                .and_then(|t| duration::parse(t).ok())
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        )),
+        ..Default::default()
+    };
+    let uses_eds = match service.resolution() {
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            let kind = if service.resolution() == Resolution::Dns {
+                cluster::DiscoveryType::StrictDns
+            } else {
+                cluster::DiscoveryType::LogicalDns
+            };
+            cluster.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(kind as i32));
+            cluster.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+            cluster.load_assignment = Some(endpoint::dns_assignment(name, service, cluster_ref));
+            false
+        }
+        Resolution::Static | Resolution::None => {
+            cluster.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            ));
+            cluster.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads_config_source()),
+                service_name: String::new(),
+            });
+            true
+        }
+    };
+    apply_load_balancer(&mut cluster, policy);
+    apply_connection_pool(&mut cluster, policy);
+    apply_outlier_detection(&mut cluster, policy);
+    BuiltCluster {
+        resource: Resource::new(name, &cluster),
+        uses_eds,
+    }
+}
+
+fn apply_load_balancer(cluster: &mut Cluster, policy: &TrafficPolicy) {
+    let lb = policy.load_balancer.as_ref();
+    if let Some(hash) = lb.and_then(|l| l.consistent_hash.as_ref()) {
+        if let Some(maglev) = &hash.maglev {
+            cluster.lb_policy = cluster::LbPolicy::Maglev as i32;
+            cluster.lb_config = maglev.table_size.map(|size| {
+                cluster::LbConfig::MaglevLbConfig(cluster::MaglevLbConfig {
+                    table_size: Some(UInt64Value { value: size }),
+                })
+            });
+        } else {
+            cluster.lb_policy = cluster::LbPolicy::RingHash as i32;
+            cluster.lb_config = hash
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .map(|size| {
+                    cluster::LbConfig::RingHashLbConfig(cluster::RingHashLbConfig {
+                        minimum_ring_size: Some(UInt64Value { value: size }),
+                        ..Default::default()
+                    })
+                });
+        }
+        return;
+    }
+    // Istio's default is LEAST_REQUEST; ROUND_ROBIN and RANDOM on request.
+    cluster.lb_policy = match lb.and_then(|l| l.simple) {
+        Some(SimpleLb::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(SimpleLb::Random) => cluster::LbPolicy::Random,
+        _ => cluster::LbPolicy::LeastRequest,
+    } as i32;
+}
+
+fn apply_connection_pool(cluster: &mut Cluster, policy: &TrafficPolicy) {
+    let Some(pool) = &policy.connection_pool else {
+        return;
+    };
+    let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    let tcp = pool.tcp.as_ref();
+    let http = pool.http.as_ref();
+    let thresholds = circuit_breakers::Thresholds {
+        priority: RoutingPriority::Default as i32,
+        max_connections: u32v(tcp.and_then(|t| t.max_connections)),
+        max_pending_requests: u32v(http.and_then(|h| h.http1_max_pending_requests)),
+        max_requests: u32v(http.and_then(|h| h.http2_max_requests)),
+        max_retries: u32v(http.and_then(|h| h.max_retries)),
+        ..Default::default()
+    };
+    if thresholds != (circuit_breakers::Thresholds::default()) {
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![thresholds],
+            ..Default::default()
+        });
+    }
+    #[allow(deprecated)]
+    {
+        cluster.max_requests_per_connection = u32v(http.and_then(|h| h.max_requests_per_connection));
+    }
+}
+
+fn apply_outlier_detection(cluster: &mut Cluster, policy: &TrafficPolicy) {
+    let Some(od) = &policy.outlier_detection else {
+        return;
+    };
+    let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
+    let dur = |v: &Option<String>| {
+        v.as_deref()
+            .and_then(|d| duration::parse(d).ok())
+            .map(duration::to_proto)
+    };
+    cluster.outlier_detection = Some(EnvoyOutlier {
+        consecutive_5xx: u32v(od.consecutive_5xx_errors),
+        consecutive_gateway_failure: u32v(od.consecutive_gateway_errors),
+        enforcing_consecutive_gateway_failure: od
+            .consecutive_gateway_errors
+            .map(|_| UInt32Value { value: 100 }),
+        interval: dur(&od.interval),
+        base_ejection_time: dur(&od.base_ejection_time),
+        max_ejection_percent: u32v(od.max_ejection_percent),
+        ..Default::default()
+    });
+}
+
+/// Route hash policies for consistent-hash load balancing of the referenced cluster.
+pub fn hash_policy_for(
+    view: &ClusterView<'_>,
+    registry: &ServiceRegistry<'_>,
+    cluster_ref: &ClusterRef,
+) -> Vec<HashPolicy> {
+    let Some(service) = registry.get(&cluster_ref.host) else {
+        return Vec::new();
+    };
+    let policy = policy_for(view, service, cluster_ref);
+    let Some(hash) = policy.load_balancer.and_then(|l| l.consistent_hash) else {
+        return Vec::new();
+    };
+    let specifier = if let Some(header) = hash.http_header_name {
+        hash_policy::PolicySpecifier::Header(hash_policy::Header {
+            header_name: header,
+            ..Default::default()
+        })
+    } else if let Some(param) = hash.http_query_parameter_name {
+        hash_policy::PolicySpecifier::QueryParameter(hash_policy::QueryParameter { name: param })
+    } else if hash.use_source_ip {
+        hash_policy::PolicySpecifier::ConnectionProperties(hash_policy::ConnectionProperties {
+            source_ip: true,
+        })
+    } else {
+        return Vec::new();
+    };
+    vec![HashPolicy {
+        policy_specifier: Some(specifier),
+        ..Default::default()
+    }]
+}

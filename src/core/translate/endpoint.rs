@@ -1,0 +1,190 @@
+//! Endpoints: EndpointSlices and ServiceEntry/WorkloadEntry addresses, grouped by locality.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use xds_api::pb::envoy::config::core::v3::Locality;
+use xds_api::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use xds_api::pb::google::protobuf::UInt32Value;
+
+use super::cluster::subset_labels;
+use super::listener::socket_address;
+use super::registry::{RegisteredService, ServiceRegistry, ServicePortInfo, ServiceSource};
+use super::ClusterRef;
+use crate::api::istio::WorkloadEntrySpec;
+use crate::core::expand::ClusterView;
+use crate::core::resources::Resource;
+
+/// Label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One backend address, before grouping.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Backend {
+    locality: (String, String, String),
+    address: String,
+    port: u32,
+    weight: u32,
+}
+
+pub fn build(
+    name: &str,
+    _registry: &ServiceRegistry<'_>,
+    service: &RegisteredService<'_>,
+    cluster_ref: &ClusterRef,
+    view: &ClusterView<'_>,
+) -> Resource {
+    let Some(port) = service.port(cluster_ref.port) else {
+        return Resource::new(name, &assignment(name, Vec::new()));
+    };
+    let subset = subset_labels(view, service, cluster_ref);
+    let backends = match &service.source {
+        ServiceSource::Kubernetes => kubernetes_backends(view, service, port, subset),
+        ServiceSource::Entry { spec, workloads } => spec
+            .endpoints
+            .iter()
+            .chain(workloads.iter().copied())
+            .filter(|w| subset.is_none_or(|s| labels_match(s, &w.labels)))
+            .map(|w| workload_backend(w, port))
+            .collect(),
+    };
+    Resource::new(name, &assignment(name, backends))
+}
+
+/// Inline endpoints for DNS-resolved ServiceEntries (Envoy resolves the names itself).
+pub fn dns_assignment(
+    name: &str,
+    service: &RegisteredService<'_>,
+    cluster_ref: &ClusterRef,
+) -> ClusterLoadAssignment {
+    let ServiceSource::Entry { spec, workloads } = &service.source else {
+        return assignment(name, Vec::new());
+    };
+    let Some(port) = service.port(cluster_ref.port) else {
+        return assignment(name, Vec::new());
+    };
+    let mut backends: Vec<Backend> = spec
+        .endpoints
+        .iter()
+        .chain(workloads.iter().copied())
+        .map(|w| workload_backend(w, port))
+        .collect();
+    if backends.is_empty() {
+        backends.push(Backend {
+            locality: Default::default(),
+            address: service.hostname.clone(),
+            port: port.target_number().unwrap_or(port.number),
+            weight: 1,
+        });
+    }
+    assignment(name, backends)
+}
+
+impl ServicePortInfo {
+    fn target_number(&self) -> Option<u32> {
+        match &self.target {
+            Some(IntOrString::Int(n)) => Some(*n as u32),
+            _ => None,
+        }
+    }
+}
+
+fn kubernetes_backends(
+    view: &ClusterView<'_>,
+    service: &RegisteredService<'_>,
+    port: &ServicePortInfo,
+    subset: Option<&BTreeMap<String, String>>,
+) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for slice in &view.endpoint_slices {
+        let labels = slice.metadata.labels.clone().unwrap_or_default();
+        if slice.metadata.namespace.as_deref() != Some(service.key.namespace.as_str())
+            || labels.get(SERVICE_NAME_LABEL) != Some(&service.key.name)
+        {
+            continue;
+        }
+        if subset.is_some_and(|s| !labels_match(s, &labels)) {
+            continue;
+        }
+        let slice_ports = slice.ports.as_deref().unwrap_or_default();
+        let Some(slice_port) = slice_ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port.name)
+            .or(if slice_ports.len() == 1 { slice_ports.first() } else { None })
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready);
+            if ready == Some(false) {
+                continue;
+            }
+            let zone = endpoint.zone.clone().unwrap_or_else(|| view.zone.clone());
+            for address in &endpoint.addresses {
+                backends.push(Backend {
+                    locality: (view.region.clone(), zone.clone(), String::new()),
+                    address: address.clone(),
+                    port: slice_port as u32,
+                    weight: 1,
+                });
+            }
+        }
+    }
+    backends
+}
+
+fn workload_backend(w: &WorkloadEntrySpec, port: &ServicePortInfo) -> Backend {
+    let number = w
+        .ports
+        .get(&port.name)
+        .copied()
+        .or(port.target_number())
+        .unwrap_or(port.number);
+    let mut parts = w.locality.as_deref().unwrap_or_default().splitn(3, '/');
+    let mut next = || parts.next().unwrap_or_default().to_owned();
+    Backend {
+        locality: (next(), next(), next()),
+        address: w.address.clone(),
+        port: number,
+        weight: w.weight.unwrap_or(1),
+    }
+}
+
+fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+fn assignment(name: &str, mut backends: Vec<Backend>) -> ClusterLoadAssignment {
+    backends.sort();
+    backends.dedup();
+    let mut by_locality: BTreeMap<(String, String, String), Vec<LbEndpoint>> = BTreeMap::new();
+    for b in backends {
+        by_locality.entry(b.locality).or_default().push(LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&b.address, b.port)),
+                ..Default::default()
+            })),
+            load_balancing_weight: Some(UInt32Value { value: b.weight.max(1) }),
+            ..Default::default()
+        });
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_owned(),
+        endpoints: by_locality
+            .into_iter()
+            .map(|((region, zone, sub_zone), lb_endpoints)| LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region,
+                    zone,
+                    sub_zone,
+                }),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

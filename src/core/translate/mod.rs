@@ -1,0 +1,98 @@
+//! Translation: one cluster's expanded objects → the Envoy resources one gateway is served.
+//!
+//! Istio's conventions are followed where Envoy users will look for them: listeners named
+//! `<bind>_<port>`, route configurations `http.<port>`, clusters `outbound|<port>|<subset>|<host>`.
+//! The output is a pure function of the input, so it can be snapshot-tested and diffed.
+
+mod cluster;
+mod endpoint;
+mod hosts;
+mod listener;
+mod registry;
+mod route;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::expand::ClusterView;
+use super::model::ObjectKey;
+use super::resources::{GatewayConfig, ResourceType};
+
+pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
+pub use registry::ServiceRegistry;
+
+/// Who a gateway is: the Gateway object it serves, in which cluster and zone.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GatewayIdentity {
+    pub gateway: ObjectKey,
+    pub cluster: String,
+    pub zone: String,
+}
+
+/// The result of translating for one gateway: its resources, plus references that resolved
+/// to nothing (served as 503s, reported to operators).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Translation {
+    pub config: Arc<GatewayConfig>,
+    pub unresolved: Vec<String>,
+}
+
+/// A cluster a route refers to, recorded while routes are built.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ClusterRef {
+    pub host: String,
+    pub port: u32,
+    pub subset: String,
+    /// Namespace of the VirtualService that referenced it (first lookup for DestinationRules).
+    pub client_namespace: String,
+}
+
+pub(crate) fn cluster_name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+/// Translates everything `identity` should be served from `view`.
+pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translation {
+    let registry = ServiceRegistry::new(view);
+    let mut config = GatewayConfig::default();
+    let mut unresolved = Vec::new();
+    let mut clusters: BTreeMap<String, ClusterRef> = BTreeMap::new();
+
+    let ports = listener::gateway_ports(view, &identity.gateway);
+    for port in &ports {
+        let listener = listener::build(port);
+        config.insert(ResourceType::Listener, listener);
+        let routes = route::build_route_config(
+            view,
+            &registry,
+            identity,
+            port,
+            &mut clusters,
+            &mut unresolved,
+        );
+        config.insert(ResourceType::Route, routes);
+    }
+
+    for (name, cluster_ref) in &clusters {
+        let Some(service) = registry.get(&cluster_ref.host) else {
+            continue;
+        };
+        let policy = cluster::policy_for(view, service, cluster_ref);
+        let built = cluster::build(name, service, cluster_ref, &policy);
+        let is_eds = built.uses_eds;
+        config.insert(ResourceType::Cluster, built.resource);
+        if is_eds {
+            let assignment = endpoint::build(name, &registry, service, cluster_ref, view);
+            config.insert(ResourceType::Endpoint, assignment);
+        }
+    }
+    unresolved.sort();
+    unresolved.dedup();
+    Translation {
+        config: Arc::new(config),
+        unresolved,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! Semantic validation of AccessPoints: what a schema cannot check.
+//!
+//! An AccessPoint with any error is not accepted; the index keeps serving its last accepted
+//! generation. Errors carry the field path so they can be shown on the object (status
+//! conditions) or next to the file name (standalone mode).
+
+use std::fmt;
+
+use crate::api::access_point::AccessPointTemplate;
+use crate::api::istio::{
+    DestinationRuleSpec, GatewaySpec, HttpRoute, Resolution, ServiceEntrySpec, StringMatch,
+    TrafficPolicy, VirtualServiceSpec,
+};
+use crate::api::AccessPointSpec;
+
+use super::duration;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "field `{}`: {}", self.path, self.message)
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: String, value: Option<&String>) {
+        if let Some(v) = value {
+            if let Err(e) = duration::parse(v) {
+                self.push(path, e.to_string());
+            }
+        }
+    }
+
+    fn regex(&mut self, path: String, value: &str) {
+        if let Err(e) = regex::Regex::new(value) {
+            self.push(path, format!("invalid regex: {e}"));
+        }
+    }
+
+    fn string_match(&mut self, path: String, m: &StringMatch) {
+        let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+            .iter()
+            .filter(|s| **s)
+            .count();
+        if set != 1 {
+            self.push(path.clone(), "exactly one of exact, prefix or regex must be set");
+        }
+        if let Some(r) = &m.regex {
+            self.regex(format!("{path}.regex"), r);
+        }
+    }
+}
+
+/// Validates an AccessPoint spec; empty means accepted.
+pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    template(&mut errors, "spec.template", &spec.template);
+    errors.0
+}
+
+fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
+    let named = |e: &mut Errors, p: String, name: &str| {
+        if name.is_empty() {
+            e.push(format!("{p}.metadata.name"), "must not be empty");
+        }
+    };
+    if let Some(s) = &t.service {
+        named(e, format!("{path}.service"), &s.metadata.name);
+    }
+    for (i, g) in t.gateways.iter().enumerate() {
+        let p = format!("{path}.gateways[{i}]");
+        named(e, p.clone(), &g.metadata.name);
+        gateway(e, &format!("{p}.spec"), &g.spec);
+    }
+    for (i, vs) in t.virtual_services.iter().enumerate() {
+        let p = format!("{path}.virtualServices[{i}]");
+        named(e, p.clone(), &vs.metadata.name);
+        virtual_service(e, &format!("{p}.spec"), &vs.spec);
+    }
+    for (i, dr) in t.destination_rules.iter().enumerate() {
+        let p = format!("{path}.destinationRules[{i}]");
+        named(e, p.clone(), &dr.metadata.name);
+        destination_rule(e, &format!("{p}.spec"), &dr.spec);
+    }
+    for (i, se) in t.service_entries.iter().enumerate() {
+        let p = format!("{path}.serviceEntries[{i}]");
+        named(e, p.clone(), &se.metadata.name);
+        service_entry(e, &format!("{p}.spec"), &se.spec);
+    }
+    for (i, we) in t.workload_entries.iter().enumerate() {
+        let p = format!("{path}.workloadEntries[{i}]");
+        named(e, p.clone(), &we.metadata.name);
+        if we.spec.address.is_empty() {
+            e.push(format!("{p}.spec.address"), "must not be empty");
+        }
+    }
+}
+
+fn gateway(e: &mut Errors, path: &str, g: &GatewaySpec) {
+    if g.servers.is_empty() {
+        e.push(format!("{path}.servers"), "at least one server is required");
+    }
+    for (i, s) in g.servers.iter().enumerate() {
+        let p = format!("{path}.servers[{i}]");
+        if s.port.number == 0 || s.port.number > 65535 {
+            e.push(format!("{p}.port.number"), "must be 1-65535");
+        }
+        let protocol = s.port.protocol.to_ascii_uppercase();
+        if !matches!(protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "") {
+            e.push(
+                format!("{p}.port.protocol"),
+                format!("{:?} is not supported yet (HTTP, HTTP2, GRPC)", s.port.protocol),
+            );
+        }
+        if s.tls.is_some() {
+            e.push(format!("{p}.tls"), "TLS servers are not supported yet");
+        }
+        if s.hosts.is_empty() {
+            e.push(format!("{p}.hosts"), "at least one host is required");
+        }
+    }
+}
+
+fn virtual_service(e: &mut Errors, path: &str, vs: &VirtualServiceSpec) {
+    if vs.hosts.is_empty() {
+        e.push(format!("{path}.hosts"), "at least one host is required");
+    }
+    for (i, http) in vs.http.iter().enumerate() {
+        http_route(e, &format!("{path}.http[{i}]"), http);
+    }
+}
+
+fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
+    let actions = [
+        !r.route.is_empty(),
+        r.redirect.is_some(),
+        r.direct_response.is_some(),
+    ]
+    .iter()
+    .filter(|a| **a)
+    .count();
+    if actions != 1 {
+        e.push(path, "exactly one of route, redirect or directResponse must be set");
+    }
+    for (i, m) in r.matches.iter().enumerate() {
+        let p = format!("{path}.match[{i}]");
+        if let Some(u) = &m.uri {
+            e.string_match(format!("{p}.uri"), u);
+        }
+        if let Some(u) = &m.method {
+            e.string_match(format!("{p}.method"), u);
+        }
+        if let Some(u) = &m.authority {
+            e.string_match(format!("{p}.authority"), u);
+        }
+        for (name, h) in &m.headers {
+            e.string_match(format!("{p}.headers.{name}"), h);
+        }
+        for (name, q) in &m.query_params {
+            e.string_match(format!("{p}.queryParams.{name}"), q);
+        }
+    }
+    for (i, d) in r.route.iter().enumerate() {
+        let p = format!("{path}.route[{i}]");
+        if d.destination.host.is_empty() {
+            e.push(format!("{p}.destination.host"), "must not be empty");
+        }
+        if r.route.len() > 1 && d.weight.is_none() {
+            e.push(format!("{p}.weight"), "required when a route has several destinations");
+        }
+    }
+    if r.route.len() > 1 && r.route.iter().filter_map(|d| d.weight).sum::<u32>() == 0 {
+        e.push(format!("{path}.route"), "weights must not all be zero");
+    }
+    if let Some(redirect) = &r.redirect {
+        if let Some(code) = redirect.redirect_code {
+            if ![301, 302, 303, 307, 308].contains(&code) {
+                e.push(format!("{path}.redirect.redirectCode"), "must be 301, 302, 303, 307 or 308");
+            }
+        }
+    }
+    if let Some(direct) = &r.direct_response {
+        if !(200..=599).contains(&direct.status) {
+            e.push(format!("{path}.directResponse.status"), "must be 200-599");
+        }
+    }
+    if let Some(rewrite) = &r.rewrite {
+        if let Some(rr) = &rewrite.uri_regex_rewrite {
+            e.regex(format!("{path}.rewrite.uriRegexRewrite.match"), &rr.pattern);
+        }
+    }
+    e.duration(format!("{path}.timeout"), r.timeout.as_ref());
+    if let Some(retries) = &r.retries {
+        e.duration(format!("{path}.retries.perTryTimeout"), retries.per_try_timeout.as_ref());
+    }
+}
+
+fn destination_rule(e: &mut Errors, path: &str, dr: &DestinationRuleSpec) {
+    if dr.host.is_empty() {
+        e.push(format!("{path}.host"), "must not be empty");
+    }
+    if let Some(tp) = &dr.traffic_policy {
+        traffic_policy(e, &format!("{path}.trafficPolicy"), tp);
+    }
+    for (i, s) in dr.subsets.iter().enumerate() {
+        let p = format!("{path}.subsets[{i}]");
+        if s.name.is_empty() {
+            e.push(format!("{p}.name"), "must not be empty");
+        }
+        if dr.subsets[..i].iter().any(|o| o.name == s.name) {
+            e.push(format!("{p}.name"), format!("duplicate subset {:?}", s.name));
+        }
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(e, &format!("{p}.trafficPolicy"), tp);
+        }
+    }
+}
+
+fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
+    if let Some(lb) = &tp.load_balancer {
+        if lb.simple.is_some() && lb.consistent_hash.is_some() {
+            e.push(format!("{path}.loadBalancer"), "simple and consistentHash are exclusive");
+        }
+        if let Some(ch) = &lb.consistent_hash {
+            if ch.ring_hash.is_some() && ch.maglev.is_some() {
+                e.push(format!("{path}.loadBalancer.consistentHash"), "ringHash and maglev are exclusive");
+            }
+            if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
+                if !is_prime(size) || size > 5_000_011 {
+                    e.push(
+                        format!("{path}.loadBalancer.consistentHash.maglev.tableSize"),
+                        "must be a prime no larger than 5000011",
+                    );
+                }
+            }
+        }
+    }
+    if let Some(pool) = &tp.connection_pool {
+        e.duration(
+            format!("{path}.connectionPool.tcp.connectTimeout"),
+            pool.tcp.as_ref().and_then(|t| t.connect_timeout.as_ref()),
+        );
+    }
+    if let Some(od) = &tp.outlier_detection {
+        e.duration(format!("{path}.outlierDetection.interval"), od.interval.as_ref());
+        e.duration(format!("{path}.outlierDetection.baseEjectionTime"), od.base_ejection_time.as_ref());
+        if od.max_ejection_percent.is_some_and(|p| p > 100) {
+            e.push(format!("{path}.outlierDetection.maxEjectionPercent"), "must be 0-100");
+        }
+    }
+}
+
+fn service_entry(e: &mut Errors, path: &str, se: &ServiceEntrySpec) {
+    if se.hosts.is_empty() {
+        e.push(format!("{path}.hosts"), "at least one host is required");
+    }
+    if se.ports.is_empty() {
+        e.push(format!("{path}.ports"), "at least one port is required");
+    }
+    if se.resolution == Resolution::None {
+        e.push(format!("{path}.resolution"), "NONE cannot be served by a gateway; use STATIC or DNS");
+    }
+    if !se.endpoints.is_empty() && se.workload_selector.is_some() {
+        e.push(format!("{path}.workloadSelector"), "endpoints and workloadSelector are exclusive");
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+    use crate::core::model::InputObject;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let objects = parse_documents(yaml, "default").unwrap();
+        let InputObject::AccessPoint(ap) = &objects[0] else { panic!() };
+        validate_access_point(&ap.spec).iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn reports_each_mistake_with_its_path() {
+        let errors = errors_of(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec:
+        servers: [{port: {number: 70000, protocol: HTTP}, hosts: []}]
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        http:
+        - match: [{uri: {regex: "(unclosed"}}, {uri: {prefix: /a, exact: /b}}]
+          route:
+          - destination: {host: a}
+            weight: 50
+          - destination: {host: b}
+          timeout: soon
+        - redirect: {uri: /x, redirectCode: 305}
+    destinationRules:
+    - metadata: {name: a}
+      spec:
+        host: a
+        trafficPolicy: {loadBalancer: {consistentHash: {maglev: {tableSize: 65536}}}}
+"#,
+        );
+        let expected = [
+            "spec.template.gateways[0].spec.servers[0].port.number",
+            "spec.template.gateways[0].spec.servers[0].hosts",
+            "spec.template.virtualServices[0].spec.http[0].match[0].uri.regex",
+            "spec.template.virtualServices[0].spec.http[0].match[1].uri",
+            "spec.template.virtualServices[0].spec.http[0].route[1].weight",
+            "spec.template.virtualServices[0].spec.http[0].timeout",
+            "spec.template.virtualServices[0].spec.http[1].redirect.redirectCode",
+            "spec.template.destinationRules[0].spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
+        ];
+        for path in expected {
+            assert!(
+                errors.iter().any(|e| e.contains(&format!("`{path}`"))),
+                "missing {path} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn a_good_access_point_has_no_errors() {
+        let errors = errors_of(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 8080, protocol: HTTP}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [gw]
+        http:
+        - match: [{uri: {regex: "/v[0-9]+/.*"}}]
+          route: [{destination: {host: web}}]
+          timeout: 1.5s
+"#,
+        );
+        assert!(errors.is_empty(), "{errors:#?}");
+    }
+}

@@ -1,0 +1,92 @@
+//! Prometheus metrics (prometheus-client), rendered by the admin server at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabel {
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connected_proxies: Family<ModeLabel, Gauge>,
+    pub pushes: Family<TypeLabel, Counter>,
+    pub nacks: Family<TypeLabel, Counter>,
+    pub push_seconds: Histogram,
+    pub convergence_seconds: Histogram,
+    pub config_generation: Gauge,
+    pub config_errors: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("meridian");
+        let connected_proxies = Family::<ModeLabel, Gauge>::default();
+        registry.register(
+            "xds_connected_proxies",
+            "ADS streams currently open, by mode (sotw, delta)",
+            connected_proxies.clone(),
+        );
+        let pushes = Family::<TypeLabel, Counter>::default();
+        registry.register("xds_pushes", "xDS responses sent, by type", pushes.clone());
+        let nacks = Family::<TypeLabel, Counter>::default();
+        registry.register("xds_nacks", "xDS responses rejected by proxies, by type", nacks.clone());
+        let push_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        registry.register(
+            "xds_push_duration_seconds",
+            "Time to translate and enqueue one stream's push after a config change",
+            push_seconds.clone(),
+        );
+        let convergence_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "xds_convergence_seconds",
+            "Time from a config snapshot being published to a proxy ACKing it",
+            convergence_seconds.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the latest published config snapshot",
+            config_generation.clone(),
+        );
+        let config_errors = Gauge::default();
+        registry.register(
+            "config_errors",
+            "Input files or objects currently rejected (last good config is serving)",
+            config_errors.clone(),
+        );
+        Metrics {
+            registry,
+            connected_proxies,
+            pushes,
+            nacks,
+            push_seconds,
+            convergence_seconds,
+            config_generation,
+            config_errors,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

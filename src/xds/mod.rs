@@ -1,0 +1,10 @@
+//! The xDS edge: ADS protocol state machines (sans-IO) and the gRPC server that drives them.
+
+pub mod delta;
+pub mod identity;
+pub mod server;
+pub mod sotw;
+pub mod status;
+
+#[cfg(test)]
+mod test_support;

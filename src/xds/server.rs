@@ -1,0 +1,378 @@
+//! The ADS gRPC server: moves messages between tonic streams and the protocol state machines,
+//! translating the latest snapshot for each stream's gateway identity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use xds_api::pb::envoy::config::core::v3::Node;
+use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+
+use super::delta::DeltaSession;
+use super::identity::identity_of;
+use super::sotw::SotwSession;
+use super::status::{Events, SyncState, TypeStatus};
+use crate::core::expand::cluster_view;
+use crate::core::resources::{GatewayConfig, ResourceType};
+use crate::core::translate::{translate, GatewayIdentity, Translation};
+use crate::index::Snapshot;
+use crate::metrics::{Metrics, ModeLabel, TypeLabel};
+
+/// Translations cached per gateway identity for the current snapshot generation, so many
+/// proxies of one gateway share one translation.
+#[derive(Default)]
+pub struct Translator {
+    cache: Mutex<HashMap<GatewayIdentity, (u64, Arc<Translation>)>>,
+}
+
+impl Translator {
+    pub fn translate(&self, snapshot: &Snapshot, identity: &GatewayIdentity) -> Arc<Translation> {
+        if let Some((generation, t)) = lock(&self.cache).get(identity) {
+            if *generation == snapshot.generation {
+                return t.clone();
+            }
+        }
+        let model = &snapshot.model;
+        let view = cluster_view(model, |k| model.access_points.get(k), &identity.cluster);
+        let translation = Arc::new(translate(&view, identity));
+        lock(&self.cache).insert(
+            identity.clone(),
+            (snapshot.generation, translation.clone()),
+        );
+        translation
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One connected proxy, as `/debug/syncz` and `meridian status` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyInfo {
+    pub node_id: String,
+    pub gateway: String,
+    pub cluster: String,
+    pub zone: String,
+    pub mode: &'static str,
+    /// Snapshot generation the proxy was last pushed.
+    pub generation: u64,
+    pub types: Vec<TypeStatus>,
+}
+
+/// Connected proxies by stream id.
+#[derive(Default)]
+pub struct ProxyRegistry {
+    proxies: Mutex<BTreeMap<u64, ProxyInfo>>,
+    next_id: AtomicU64,
+}
+
+impl ProxyRegistry {
+    pub fn list(&self) -> Vec<ProxyInfo> {
+        lock(&self.proxies).values().cloned().collect()
+    }
+
+    /// The identity a node id last connected with (for config dumps).
+    pub fn identity_of_node(&self, node_id: &str) -> Option<GatewayIdentity> {
+        lock(&self.proxies)
+            .values()
+            .find(|p| p.node_id == node_id)
+            .and_then(|p| {
+                let (ns, name) = p.gateway.split_once('/')?;
+                Some(GatewayIdentity {
+                    gateway: crate::core::model::ObjectKey::new(ns, name),
+                    cluster: p.cluster.clone(),
+                    zone: p.zone.clone(),
+                })
+            })
+    }
+}
+
+/// Shared state of the xDS server and the read-only views onto it.
+pub struct XdsState {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub translator: Translator,
+    pub proxies: ProxyRegistry,
+    pub metrics: Arc<Metrics>,
+}
+
+impl XdsState {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Arc<XdsState> {
+        Arc::new(XdsState {
+            snapshots,
+            translator: Translator::default(),
+            proxies: ProxyRegistry::default(),
+            metrics,
+        })
+    }
+
+    /// What `identity` is served from the current snapshot.
+    pub fn config_for(&self, identity: &GatewayIdentity) -> Arc<Translation> {
+        let snapshot = self.snapshots.borrow().clone();
+        self.translator.translate(&snapshot, identity)
+    }
+}
+
+#[derive(Clone)]
+pub struct AdsService {
+    state: Arc<XdsState>,
+}
+
+impl AdsService {
+    pub fn new(state: Arc<XdsState>) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(AdsService { state })
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+/// What the stream loop needs from a protocol state machine.
+trait Session: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    const MODE: &'static str;
+    fn create(config: Arc<GatewayConfig>) -> Self;
+    fn node(req: &Self::Req) -> Option<&Node>;
+    fn response_type(resp: &Self::Resp) -> &str;
+    fn on_request(&mut self, req: &Self::Req) -> Result<Vec<Self::Resp>, String>;
+    fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<Self::Resp>;
+    fn take_events(&mut self) -> Events;
+    fn status(&self) -> Vec<TypeStatus>;
+}
+
+impl Session for SotwSession {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    const MODE: &'static str = "sotw";
+    fn create(config: Arc<GatewayConfig>) -> Self {
+        SotwSession::new(config)
+    }
+    fn node(req: &Self::Req) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn response_type(resp: &Self::Resp) -> &str {
+        &resp.type_url
+    }
+    fn on_request(&mut self, req: &Self::Req) -> Result<Vec<Self::Resp>, String> {
+        SotwSession::on_request(self, req).map_err(|e| e.to_string())
+    }
+    fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<Self::Resp> {
+        SotwSession::on_config(self, config)
+    }
+    fn take_events(&mut self) -> Events {
+        SotwSession::take_events(self)
+    }
+    fn status(&self) -> Vec<TypeStatus> {
+        SotwSession::status(self)
+    }
+}
+
+impl Session for DeltaSession {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    const MODE: &'static str = "delta";
+    fn create(config: Arc<GatewayConfig>) -> Self {
+        DeltaSession::new(config)
+    }
+    fn node(req: &Self::Req) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn response_type(resp: &Self::Resp) -> &str {
+        &resp.type_url
+    }
+    fn on_request(&mut self, req: &Self::Req) -> Result<Vec<Self::Resp>, String> {
+        DeltaSession::on_request(self, req).map_err(|e| e.to_string())
+    }
+    fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<Self::Resp> {
+        DeltaSession::on_config(self, config)
+    }
+    fn take_events(&mut self) -> Events {
+        DeltaSession::take_events(self)
+    }
+    fn status(&self) -> Vec<TypeStatus> {
+        DeltaSession::status(self)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(spawn_stream::<SotwSession>(
+            self.state.clone(),
+            request.into_inner(),
+        )))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(spawn_stream::<DeltaSession>(
+            self.state.clone(),
+            request.into_inner(),
+        )))
+    }
+}
+
+fn spawn_stream<S: Session>(
+    state: Arc<XdsState>,
+    incoming: Streaming<S::Req>,
+) -> BoxStream<S::Resp>
+where
+    S::Req: prost::Message + Default,
+{
+    let (tx, rx) = mpsc::channel(32);
+    tokio::spawn(async move {
+        if let Err(status) = run_stream::<S>(&state, incoming, &tx).await {
+            tracing::warn!(code = ?status.code(), message = status.message(), "ADS stream ended with error");
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// Removes the proxy from the registry when the stream ends, however it ends.
+struct Registration<'a> {
+    state: &'a XdsState,
+    id: u64,
+    mode: &'static str,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        lock(&self.state.proxies.proxies).remove(&self.id);
+        self.state
+            .metrics
+            .connected_proxies
+            .get_or_create(&ModeLabel { mode: self.mode })
+            .dec();
+    }
+}
+
+async fn run_stream<S: Session>(
+    state: &XdsState,
+    mut incoming: Streaming<S::Req>,
+    tx: &mpsc::Sender<Result<S::Resp, Status>>,
+) -> Result<(), Status>
+where
+    S::Req: prost::Message + Default,
+{
+    let Some(first) = incoming.message().await? else {
+        return Ok(());
+    };
+    let node = S::node(&first).cloned();
+    let identity = identity_of(node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let node_id = node.map(|n| n.id).unwrap_or_default();
+    let mut snapshots = state.snapshots.clone();
+    let mut snapshot = snapshots.borrow_and_update().clone();
+    let mut session = S::create(state.translator.translate(&snapshot, &identity).config.clone());
+
+    let id = state.proxies.next_id.fetch_add(1, Ordering::Relaxed);
+    let registration = Registration { state, id, mode: S::MODE };
+    state
+        .metrics
+        .connected_proxies
+        .get_or_create(&ModeLabel { mode: S::MODE })
+        .inc();
+    let span = tracing::info_span!("ads", node = %node_id, gateway = %identity.gateway, cluster = %identity.cluster, mode = S::MODE);
+    let _enter = span.enter();
+    tracing::info!("proxy connected");
+    drop(_enter);
+
+    let mut awaiting_since: Option<Instant> = Some(snapshot.published_at);
+    let mut pending = Some(first);
+    loop {
+        let out = if let Some(req) = pending.take() {
+            session
+                .on_request(&req)
+                .map_err(Status::invalid_argument)?
+        } else {
+            tokio::select! {
+                message = incoming.message() => match message {
+                    Ok(Some(req)) => session.on_request(&req).map_err(Status::invalid_argument)?,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %node_id, %status, "ADS stream closed by peer");
+                        break;
+                    }
+                },
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    snapshot = snapshots.borrow_and_update().clone();
+                    let started = Instant::now();
+                    let translation = state.translator.translate(&snapshot, &identity);
+                    let out = session.on_config(translation.config.clone());
+                    state.metrics.push_seconds.observe(started.elapsed().as_secs_f64());
+                    if !out.is_empty() {
+                        awaiting_since = Some(snapshot.published_at);
+                    }
+                    out
+                }
+            }
+        };
+        for response in out {
+            let kind = ResourceType::from_type_url(S::response_type(&response))
+                .map(ResourceType::short_name)
+                .unwrap_or("unknown");
+            state.metrics.pushes.get_or_create(&TypeLabel { r#type: kind }).inc();
+            if tx.send(Ok(response)).await.is_err() {
+                return Ok(());
+            }
+        }
+        let events = session.take_events();
+        for (kind, nack) in &events.nacks {
+            state
+                .metrics
+                .nacks
+                .get_or_create(&TypeLabel { r#type: kind.short_name() })
+                .inc();
+            tracing::warn!(node = %node_id, r#type = %kind, version = %nack.version, message = %nack.message, "proxy rejected config (NACK)");
+            awaiting_since = None;
+        }
+        let status = session.status();
+        if let Some(since) = awaiting_since {
+            if status.iter().all(|t| t.state != SyncState::Stale) {
+                state.metrics.convergence_seconds.observe(since.elapsed().as_secs_f64());
+                awaiting_since = None;
+            }
+        }
+        lock(&state.proxies.proxies).insert(
+            id,
+            ProxyInfo {
+                node_id: node_id.clone(),
+                gateway: identity.gateway.to_string(),
+                cluster: identity.cluster.clone(),
+                zone: identity.zone.clone(),
+                mode: S::MODE,
+                generation: snapshot.generation,
+                types: status,
+            },
+        );
+    }
+    drop(registration);
+    tracing::info!(node = %node_id, "proxy disconnected");
+    Ok(())
+}
