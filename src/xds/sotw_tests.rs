@@ -108,7 +108,7 @@ fn newly_subscribed_names_are_sent_even_if_unchanged() {
 fn pushes_in_make_before_break_order_and_removes_clusters_last() {
     let spec1 = ["CDS:old", "EDS:old", "LDS:l", "RDS:r"];
     let mut s = SotwSession::new(config(&spec1, "1"));
-    let mut ack = |s: &mut SotwSession, kind, names: &[&str]| {
+    let ack = |s: &mut SotwSession, kind, names: &[&str]| {
         let r = s.on_request(&request(kind, names, "", "")).unwrap().remove(0);
         s.on_request(&request(kind, names, &r.version_info, &r.nonce)).unwrap();
     };

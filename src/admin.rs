@@ -1,0 +1,98 @@
+//! Admin HTTP: health, readiness, Prometheus metrics and debug views of what is served.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::provider::ConfigProblem;
+use crate::xds::server::XdsState;
+
+/// What the admin server reads; written by the provider loop and the xDS server.
+pub struct AdminState {
+    pub xds: Arc<XdsState>,
+    /// Set once the first configuration was loaded without a fatal error.
+    pub ready: AtomicBool,
+    pub problems: Mutex<Vec<ConfigProblem>>,
+}
+
+impl AdminState {
+    pub fn new(xds: Arc<XdsState>) -> Arc<AdminState> {
+        Arc::new(AdminState {
+            xds,
+            ready: AtomicBool::new(false),
+            problems: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn set_problems(&self, problems: Vec<ConfigProblem>) {
+        self.xds.metrics.config_errors.set(problems.len() as i64);
+        *self.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/problems", get(problems))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.xds.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn syncz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "generation": state.xds.snapshots.borrow().generation,
+        "proxies": state.xds.proxies.list(),
+    }))
+}
+
+async fn problems(State(state): State<Arc<AdminState>>) -> Json<Vec<ConfigProblem>> {
+    Json(state.problems.lock().unwrap_or_else(|p| p.into_inner()).clone())
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    node: String,
+}
+
+async fn config_dump(
+    State(state): State<Arc<AdminState>>,
+    Query(query): Query<NodeQuery>,
+) -> Response {
+    match crate::ops::config_dump(&state.xds, &query.node) {
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy with node id {:?}\n", query.node),
+        )
+            .into_response(),
+        Some(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Some(Ok(json)) => Json(json).into_response(),
+    }
+}

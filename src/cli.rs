@@ -1,0 +1,200 @@
+//! Command line: `meridian <subcommand>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::bootstrap::{bootstrap, BootstrapOptions};
+use crate::ops::pb::ops_client::OpsClient;
+use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
+use crate::standalone::{self, StandaloneOptions};
+
+#[derive(Parser, Debug)]
+#[command(name = "meridian", version, about = "Federated Envoy xDS control plane", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve xDS from a directory of YAML manifests (AccessPoint, MemberCluster, NameService,
+    /// Service, EndpointSlice), applying edits live.
+    Standalone {
+        /// Directory of manifests, read recursively (*.yaml, *.yml).
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// Where Meridian keeps state across restarts (the last good manifests).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// gRPC address for ADS and the ops API.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds_addr: SocketAddr,
+        /// HTTP address for /healthz, /readyz, /metrics and /debug/*.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_addr: SocketAddr,
+    },
+    /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
+    Bootstrap {
+        /// Envoy node id; must be unique per proxy.
+        #[arg(long)]
+        node_id: String,
+        /// The Gateway this proxy serves, as namespace/name.
+        #[arg(long)]
+        gateway: String,
+        /// Member cluster of the proxy (default: the hub's own, `local`).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Availability zone of the proxy.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Meridian's xDS address.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds_addr: String,
+        /// Use incremental (delta) xDS instead of state-of-the-world.
+        #[arg(long)]
+        delta: bool,
+        /// Envoy's own admin port (bound on 127.0.0.1).
+        #[arg(long, default_value_t = 19000)]
+        admin_port: u16,
+    },
+    /// Show every connected proxy and its per-type sync state (SYNCED, STALE, NACKED, NOT_SENT).
+    Status {
+        /// Meridian's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:18000")]
+        server: String,
+    },
+    /// Print what one connected proxy is served, as xDS JSON.
+    ConfigDump {
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "http://127.0.0.1:18000")]
+        server: String,
+    },
+    /// Check a manifest directory without serving it; exits non-zero on any problem.
+    Validate {
+        #[arg(long)]
+        config_dir: PathBuf,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Standalone {
+            config_dir,
+            state_dir,
+            xds_addr,
+            admin_addr,
+        } => {
+            let running = standalone::start(StandaloneOptions {
+                config_dir,
+                state_dir,
+                xds_addr,
+                admin_addr,
+            })
+            .await?;
+            running
+                .run_until(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                    tracing::info!("shutting down");
+                })
+                .await
+        }
+        Command::Bootstrap {
+            node_id,
+            gateway,
+            cluster,
+            zone,
+            xds_addr,
+            delta,
+            admin_port,
+        } => {
+            let (host, port) = xds_addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                .with_context(|| format!("--xds-addr {xds_addr:?} must be host:port"))?;
+            if !gateway.contains('/') {
+                bail!("--gateway {gateway:?} must be namespace/name");
+            }
+            let json = bootstrap(&BootstrapOptions {
+                node_id,
+                gateway,
+                cluster,
+                zone,
+                xds_host: host,
+                xds_port: port,
+                delta,
+                admin_port,
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(())
+        }
+        Command::Status { server } => {
+            let mut client = OpsClient::connect(server.clone())
+                .await
+                .with_context(|| format!("connecting to {server}"))?;
+            let status = client.proxy_status(ProxyStatusRequest {}).await?.into_inner();
+            print!("{}", render_status(&status));
+            Ok(())
+        }
+        Command::ConfigDump { node, server } => {
+            let mut client = OpsClient::connect(server.clone())
+                .await
+                .with_context(|| format!("connecting to {server}"))?;
+            let dump = client
+                .config_dump(ConfigDumpRequest { node_id: node })
+                .await?
+                .into_inner();
+            let value: serde_json::Value = serde_json::from_str(&dump.json)?;
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::Validate { config_dir } => {
+            let (mut index, _) = crate::index::Index::new();
+            let mut provider = crate::provider::file::FileProvider::new(&config_dir, None);
+            let problems = provider.sync(&mut index)?;
+            for p in &problems {
+                println!("{}: {}", p.source, p.message);
+            }
+            if !problems.is_empty() {
+                bail!("{} problem(s) in {}", problems.len(), config_dir.display());
+            }
+            println!("{}: {} objects, no problems", config_dir.display(), index.model().len());
+            Ok(())
+        }
+    }
+}
+
+/// The `meridian status` table.
+pub fn render_status(status: &crate::ops::pb::ProxyStatusResponse) -> String {
+    let mut out = format!(
+        "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8}\n",
+        "NODE", "GATEWAY", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS"
+    );
+    for p in &status.proxies {
+        let state = |t: &str| {
+            p.types
+                .iter()
+                .find(|s| s.r#type == t)
+                .map(|s| s.state.clone())
+                .unwrap_or_else(|| "NOT_SENT".into())
+        };
+        out.push_str(&format!(
+            "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8}\n",
+            p.node_id,
+            p.gateway,
+            p.cluster,
+            p.mode,
+            state("CDS"),
+            state("LDS"),
+            state("EDS"),
+            state("RDS")
+        ));
+        for t in p.types.iter().filter(|t| !t.last_nack.is_empty()) {
+            out.push_str(&format!("  last {} NACK: {}\n", t.r#type, t.last_nack));
+        }
+    }
+    out
+}

@@ -1,0 +1,90 @@
+//! The ops gRPC API (proto/meridian/ops/v1/ops.proto), served next to ADS.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::core::json::config_to_json;
+use crate::xds::server::XdsState;
+
+pub mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("meridian.ops.v1");
+}
+
+pub struct OpsService {
+    state: Arc<XdsState>,
+}
+
+impl OpsService {
+    pub fn new(state: Arc<XdsState>) -> pb::ops_server::OpsServer<OpsService> {
+        pb::ops_server::OpsServer::new(OpsService { state })
+    }
+}
+
+/// The proxy-status table from the live registry.
+pub fn proxy_status(state: &XdsState) -> pb::ProxyStatusResponse {
+    let proxies = state
+        .proxies
+        .list()
+        .into_iter()
+        .map(|p| pb::Proxy {
+            node_id: p.node_id,
+            gateway: p.gateway,
+            cluster: p.cluster,
+            zone: p.zone,
+            mode: p.mode.to_owned(),
+            generation: p.generation,
+            types: p
+                .types
+                .into_iter()
+                .map(|t| pb::TypeSync {
+                    r#type: t.kind,
+                    state: serde_json::to_value(t.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    sent_version: t.sent_version.unwrap_or_default(),
+                    acked_version: t.acked_version.unwrap_or_default(),
+                    resources: t.resources as u32,
+                    last_nack: t.last_nack.map(|n| n.message).unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    pb::ProxyStatusResponse {
+        proxies,
+        generation: state.snapshots.borrow().generation,
+    }
+}
+
+/// What a connected node is served, as JSON; `None` if no such node is connected.
+pub fn config_dump(state: &XdsState, node_id: &str) -> Option<Result<serde_json::Value, String>> {
+    let identity = state.proxies.identity_of_node(node_id)?;
+    let translation = state.config_for(&identity);
+    Some(config_to_json(&translation.config).map_err(|e| e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::ops_server::Ops for OpsService {
+    async fn proxy_status(
+        &self,
+        _request: Request<pb::ProxyStatusRequest>,
+    ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
+        Ok(Response::new(proxy_status(&self.state)))
+    }
+
+    async fn config_dump(
+        &self,
+        request: Request<pb::ConfigDumpRequest>,
+    ) -> Result<Response<pb::ConfigDumpResponse>, Status> {
+        let node = request.into_inner().node_id;
+        match config_dump(&self.state, &node) {
+            None => Err(Status::not_found(format!("no connected proxy with node id {node:?}"))),
+            Some(Err(e)) => Err(Status::internal(e)),
+            Some(Ok(json)) => Ok(Response::new(pb::ConfigDumpResponse {
+                json: json.to_string(),
+            })),
+        }
+    }
+}

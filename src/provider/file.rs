@@ -1,0 +1,310 @@
+//! The standalone provider: a directory of multi-document YAML manifests.
+//!
+//! Each sync re-reads the directory. A file that fails to parse keeps contributing the objects
+//! of its last good version (from memory, or from the state directory after a restart); an
+//! AccessPoint that fails validation keeps its last accepted version in the index. Every
+//! problem names the file, the document and the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::core::manifest::{parse_documents, ManifestError};
+use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::index::Index;
+
+use super::ConfigProblem;
+
+/// Namespace for objects that name none, as `kubectl apply` would use.
+const DEFAULT_NAMESPACE: &str = "default";
+const LAST_GOOD_FILE: &str = "last-good-manifests.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileProviderError {
+    #[error("cannot read config directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write state file {path}: {source}")]
+    WriteState {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+type Located = (PathBuf, usize, InputObject);
+
+pub struct FileProvider {
+    dir: PathBuf,
+    state_dir: Option<PathBuf>,
+    /// Last good text per file (what the objects below were parsed from).
+    last_good: BTreeMap<PathBuf, String>,
+    /// Objects currently applied to the index, with where they came from.
+    applied: BTreeMap<(Kind, ObjectKey), Located>,
+}
+
+impl FileProvider {
+    pub fn new(dir: impl Into<PathBuf>, state_dir: Option<PathBuf>) -> FileProvider {
+        let state_dir_last_good = state_dir
+            .as_ref()
+            .and_then(|d| std::fs::read(d.join(LAST_GOOD_FILE)).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        FileProvider {
+            dir: dir.into(),
+            state_dir,
+            last_good: state_dir_last_good,
+            applied: BTreeMap::new(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads the directory and brings the index in line with it. Does not publish.
+    pub fn sync(&mut self, index: &mut Index) -> Result<Vec<ConfigProblem>, FileProviderError> {
+        let mut problems = Vec::new();
+        let files = manifest_files(&self.dir)?;
+        let mut wanted: BTreeMap<(Kind, ObjectKey), Located> = BTreeMap::new();
+        let mut good_texts = BTreeMap::new();
+        for path in &files {
+            let display = path.display().to_string();
+            let text = match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(e) => {
+                    problems.push(problem(&display, format!("cannot read: {e}")));
+                    match self.last_good.get(path) {
+                        Some(text) => text.clone(),
+                        None => continue,
+                    }
+                }
+            };
+            let objects = match parse_documents(&text, DEFAULT_NAMESPACE) {
+                Ok(objects) => {
+                    good_texts.insert(path.clone(), text);
+                    objects
+                }
+                Err(error) => {
+                    problems.push(problem(&display, error.to_string()));
+                    match self.fallback(path) {
+                        Some(objects) => {
+                            good_texts.insert(path.clone(), self.last_good[path].clone());
+                            objects
+                        }
+                        None => continue,
+                    }
+                }
+            };
+            for (document, object) in objects.into_iter().enumerate() {
+                let id = (object.kind(), object.key());
+                if let Some((other, _, _)) = wanted.get(&id) {
+                    problems.push(problem(
+                        &display,
+                        format!(
+                            "{} {} is already defined in {}; this copy is ignored",
+                            id.0,
+                            id.1,
+                            other.display()
+                        ),
+                    ));
+                    continue;
+                }
+                wanted.insert(id, (path.clone(), document, object));
+            }
+        }
+
+        let gone: Vec<_> = self
+            .applied
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for (kind, key) in gone {
+            index.delete(kind, &key);
+            self.applied.remove(&(kind, key));
+        }
+        for (id, (path, document, object)) in wanted {
+            let unchanged = self.applied.get(&id).is_some_and(|(_, _, o)| o == &object);
+            if unchanged {
+                continue;
+            }
+            match index.apply(object.clone()) {
+                Ok(()) => {
+                    self.applied.insert(id, (path, document, object));
+                }
+                Err(errors) => {
+                    for e in errors {
+                        problems.push(problem(
+                            &path.display().to_string(),
+                            format!("document {document} ({} {}): {e}", id.0, id.1),
+                        ));
+                    }
+                }
+            }
+        }
+        // Objects whose latest version is rejected keep reporting until fixed.
+        for (key, errors) in index.rejected() {
+            let reported = problems.iter().any(|p| p.message.contains(&format!("AccessPoint {key}")));
+            if !reported {
+                let source = self
+                    .applied
+                    .get(&(Kind::AccessPoint, key.clone()))
+                    .map(|(p, _, _)| p.display().to_string())
+                    .unwrap_or_default();
+                for e in errors {
+                    problems.push(problem(&source, format!("AccessPoint {key}: {e}")));
+                }
+            }
+        }
+        self.remember(good_texts)?;
+        Ok(problems)
+    }
+
+    /// Objects from the last good version of a file that now fails to parse.
+    fn fallback(&self, path: &Path) -> Option<Vec<InputObject>> {
+        let text = self.last_good.get(path)?;
+        parse_documents(text, DEFAULT_NAMESPACE).ok()
+    }
+
+    fn remember(&mut self, texts: BTreeMap<PathBuf, String>) -> Result<(), FileProviderError> {
+        if texts == self.last_good {
+            return Ok(());
+        }
+        self.last_good = texts;
+        let Some(state_dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let path = state_dir.join(LAST_GOOD_FILE);
+        let tmp = state_dir.join(format!("{LAST_GOOD_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(&self.last_good).unwrap_or_default();
+        std::fs::create_dir_all(state_dir)
+            .and_then(|_| std::fs::write(&tmp, bytes))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|source| FileProviderError::WriteState { path, source })
+    }
+}
+
+fn problem(source: &str, message: String) -> ConfigProblem {
+    ConfigProblem {
+        source: source.to_owned(),
+        message,
+    }
+}
+
+/// `*.yaml` / `*.yml` files under `dir`, recursively, sorted; hidden files are skipped.
+fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, FileProviderError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        let entries = std::fs::read_dir(&current).map_err(|source| FileProviderError::ReadDir {
+            path: current.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml")
+            ) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// For tests and tools: parse errors as values.
+pub fn parse_file(path: &Path) -> Result<Vec<InputObject>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_documents(&text, DEFAULT_NAMESPACE)
+        .map_err(|e: ManifestError| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 8080}, hosts: ["*"]}]}
+"#;
+
+    fn provider(dir: &Path, state: &Path) -> (FileProvider, Index) {
+        (FileProvider::new(dir, Some(state.to_path_buf())), Index::new().0)
+    }
+
+    #[test]
+    fn broken_file_keeps_last_good_objects_and_names_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shop.yaml"), GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        assert!(p.sync(&mut index).unwrap().is_empty());
+        assert_eq!(index.model().access_points.len(), 1);
+
+        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("number: 8080", "number: many")).unwrap();
+        let problems = p.sync(&mut index).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].source.ends_with("shop.yaml"));
+        assert!(problems[0].message.contains("document 0"), "{problems:?}");
+        assert!(problems[0].message.contains("spec.template.gateways[0].spec.servers[0].port.number"), "{problems:?}");
+        assert_eq!(index.model().access_points.len(), 1, "last good config keeps serving");
+
+        // A restart with the file still broken serves the last good version from the state dir.
+        let (mut restarted, mut index2) = provider(dir.path(), state.path());
+        assert_eq!(restarted.sync(&mut index2).unwrap().len(), 1);
+        assert_eq!(index2.model().access_points.len(), 1);
+    }
+
+    #[test]
+    fn invalid_access_point_keeps_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("shop.yaml"), GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        p.sync(&mut index).unwrap();
+        let before = index.model().clone();
+        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("8080", "0")).unwrap();
+        let problems = p.sync(&mut index).unwrap();
+        assert!(problems[0].message.contains("AccessPoint default/shop"), "{problems:?}");
+        assert!(problems[0].message.contains("servers[0].port.number"), "{problems:?}");
+        assert_eq!(index.model(), &before);
+        // Still reported on the next sync, until fixed.
+        assert_eq!(p.sync(&mut index).unwrap().len(), 1);
+        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("8080", "9090")).unwrap();
+        assert!(p.sync(&mut index).unwrap().is_empty());
+    }
+
+    #[test]
+    fn removed_files_delete_their_objects_and_duplicates_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("b.yml"), GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        let problems = p.sync(&mut index).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].source.ends_with("b.yml") && problems[0].message.contains("already defined"));
+        std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+        std::fs::remove_file(dir.path().join("b.yml")).unwrap();
+        assert!(p.sync(&mut index).unwrap().is_empty());
+        assert!(index.model().access_points.is_empty());
+    }
+}

