@@ -51,7 +51,11 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no configuration loaded yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration loaded yet\n",
+        )
+            .into_response()
     }
 }
 
@@ -74,7 +78,13 @@ async fn syncz(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> 
 }
 
 async fn problems(State(state): State<Arc<AdminState>>) -> Json<Vec<ConfigProblem>> {
-    Json(state.problems.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    Json(
+        state
+            .problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    )
 }
 
 #[derive(Deserialize)]

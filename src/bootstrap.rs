@@ -94,6 +94,9 @@ mod tests {
         });
         assert_eq!(b["node"]["metadata"][GATEWAY_KEY], "edge/public");
         assert_eq!(b["node"]["metadata"][CLUSTER_KEY], "east");
-        assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
     }
 }

@@ -73,6 +73,12 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:18000")]
         server: String,
     },
+    /// Write the CustomResourceDefinitions generated from the API types.
+    Crds {
+        /// Output directory.
+        #[arg(long, default_value = "crds")]
+        out_dir: PathBuf,
+    },
     /// Check a manifest directory without serving it; exits non-zero on any problem.
     Validate {
         #[arg(long)]
@@ -135,7 +141,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut client = OpsClient::connect(server.clone())
                 .await
                 .with_context(|| format!("connecting to {server}"))?;
-            let status = client.proxy_status(ProxyStatusRequest {}).await?.into_inner();
+            let status = client
+                .proxy_status(ProxyStatusRequest {})
+                .await?
+                .into_inner();
             print!("{}", render_status(&status));
             Ok(())
         }
@@ -151,6 +160,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())
         }
+        Command::Crds { out_dir } => {
+            std::fs::create_dir_all(&out_dir)?;
+            for (name, yaml) in crate::crds::all()? {
+                let path = out_dir.join(name);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Validate { config_dir } => {
             let (mut index, _) = crate::index::Index::new();
             let mut provider = crate::provider::file::FileProvider::new(&config_dir, None);
@@ -161,7 +180,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !problems.is_empty() {
                 bail!("{} problem(s) in {}", problems.len(), config_dir.display());
             }
-            println!("{}: {} objects, no problems", config_dir.display(), index.model().len());
+            println!(
+                "{}: {} objects, no problems",
+                config_dir.display(),
+                index.model().len()
+            );
             Ok(())
         }
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod cli;
 pub mod core;
+pub mod crds;
 pub mod index;
 pub mod metrics;
 pub mod ops;

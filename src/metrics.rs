@@ -40,7 +40,11 @@ impl Metrics {
         let pushes = Family::<TypeLabel, Counter>::default();
         registry.register("xds_pushes", "xDS responses sent, by type", pushes.clone());
         let nacks = Family::<TypeLabel, Counter>::default();
-        registry.register("xds_nacks", "xDS responses rejected by proxies, by type", nacks.clone());
+        registry.register(
+            "xds_nacks",
+            "xDS responses rejected by proxies, by type",
+            nacks.clone(),
+        );
         let push_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register(
             "xds_push_duration_seconds",

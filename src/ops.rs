@@ -80,7 +80,9 @@ impl pb::ops_server::Ops for OpsService {
     ) -> Result<Response<pb::ConfigDumpResponse>, Status> {
         let node = request.into_inner().node_id;
         match config_dump(&self.state, &node) {
-            None => Err(Status::not_found(format!("no connected proxy with node id {node:?}"))),
+            None => Err(Status::not_found(format!(
+                "no connected proxy with node id {node:?}"
+            ))),
             Some(Err(e)) => Err(Status::internal(e)),
             Some(Ok(json)) => Ok(Response::new(pb::ConfigDumpResponse {
                 json: json.to_string(),

@@ -119,7 +119,11 @@ async fn wait(mut stopped: watch::Receiver<bool>) {
     }
 }
 
-fn resync(provider: &mut FileProvider, index: &mut Index, admin: &AdminState) -> anyhow::Result<()> {
+fn resync(
+    provider: &mut FileProvider,
+    index: &mut Index,
+    admin: &AdminState,
+) -> anyhow::Result<()> {
     let problems = provider.sync(index)?;
     for p in &problems {
         tracing::warn!(source = %p.source, problem = %p.message, "config rejected; last good config keeps serving");
@@ -163,7 +167,11 @@ async fn watch_config(
         }
         let after = index.publish();
         if after != before {
-            tracing::info!(generation = after, objects = index.model().len(), "config applied");
+            tracing::info!(
+                generation = after,
+                objects = index.model().len(),
+                "config applied"
+            );
         }
     }
 }

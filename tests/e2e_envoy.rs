@@ -90,8 +90,14 @@ impl Fixture {
             _beta: beta,
             dir,
         };
-        fixture.write("backends.yaml", &backends_manifest(fixture._alpha.port, fixture._beta.port));
-        fixture.write("shop.yaml", &shop_manifest(fixture.gateway_port, "alpha", ""));
+        fixture.write(
+            "backends.yaml",
+            &backends_manifest(fixture._alpha.port, fixture._beta.port),
+        );
+        fixture.write(
+            "shop.yaml",
+            &shop_manifest(fixture.gateway_port, "alpha", ""),
+        );
         fixture
     }
 
@@ -115,7 +121,13 @@ impl Fixture {
     }
 }
 
-async fn routes_to(client: &reqwest::Client, port: u16, host: &str, path: &str, want: &str) -> bool {
+async fn routes_to(
+    client: &reqwest::Client,
+    port: u16,
+    host: &str,
+    path: &str,
+    want: &str,
+) -> bool {
     get(client, port, host, path).await.as_deref() == Ok(want)
 }
 
@@ -129,15 +141,73 @@ async fn full_scenario(delta: bool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
     let port = f.gateway_port;
-    eventually(Duration::from_secs(30), "Envoy converges once Meridian is up", || {
-        routes_to(&client, port, "shop.example.test", "/a", "alpha")
-    })
+    eventually(
+        Duration::from_secs(30),
+        "Envoy converges once Meridian is up",
+        || routes_to(&client, port, "shop.example.test", "/a", "alpha"),
+    )
     .await;
 
+    // The ops API (what `meridian status` / `config-dump` use) reports the proxy in sync.
+    let server = format!("http://127.0.0.1:{}", f.xds_port);
+    let mut ops = meridian::ops::pb::ops_client::OpsClient::connect(server)
+        .await
+        .unwrap();
+    let mut table = String::new();
+    for _ in 0..100 {
+        let status = ops
+            .proxy_status(meridian::ops::pb::ProxyStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        table = meridian::cli::render_status(&status);
+        if table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.matches("SYNCED").count() == 4)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        table.contains(node) && table.lines().nth(1).unwrap().matches("SYNCED").count() == 4,
+        "{table}"
+    );
+    let dump = ops
+        .config_dump(meridian::ops::pb::ConfigDumpRequest {
+            node_id: node.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let dump: serde_json::Value = serde_json::from_str(&dump.json).unwrap();
+    assert!(
+        dump["LDS"][format!("127.0.0.1_{port}")].is_object(),
+        "{dump}"
+    );
+    assert!(
+        dump["CDS"]["outbound|80||alpha.shop.svc.cluster.local"].is_object(),
+        "{dump}"
+    );
+
     // Host and path routing.
-    assert_eq!(get(&client, port, "shop.example.test", "/a/x").await.unwrap(), "alpha");
-    assert_eq!(get(&client, port, "shop.example.test", "/other").await.unwrap(), "beta");
-    assert!(get(&client, port, "nobody.example.test", "/").await.unwrap_err().starts_with("404"));
+    assert_eq!(
+        get(&client, port, "shop.example.test", "/a/x")
+            .await
+            .unwrap(),
+        "alpha"
+    );
+    assert_eq!(
+        get(&client, port, "shop.example.test", "/other")
+            .await
+            .unwrap(),
+        "beta"
+    );
+    assert!(get(&client, port, "nobody.example.test", "/")
+        .await
+        .unwrap_err()
+        .starts_with("404"));
 
     // A 90/10 split over 1,000 requests lands within ±3 points.
     let mut alpha = 0;
@@ -147,14 +217,18 @@ async fn full_scenario(delta: bool) {
         }
     }
     let share = alpha as f64 / 10.0;
-    assert!((share - 90.0).abs() <= 3.0, "alpha share {share}% (want 90±3)");
+    assert!(
+        (share - 90.0).abs() <= 3.0,
+        "alpha share {share}% (want 90±3)"
+    );
 
     // A live edit under a concurrent request loop: no failed request, effect within 1 s.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
     let load = {
-        let (stop, failures, sent, client) = (stop.clone(), failures.clone(), sent.clone(), client.clone());
+        let (stop, failures, sent, client) =
+            (stop.clone(), failures.clone(), sent.clone(), client.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 if get(&client, port, "shop.example.test", "/a").await.is_err() {
@@ -174,33 +248,56 @@ async fn full_scenario(delta: bool) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
-    eprintln!("edit → Envoy behaviour: {:?} ({} requests in the loop)", edited.elapsed().min(took), sent.load(Ordering::Relaxed));
+    eprintln!(
+        "edit → Envoy behaviour: {:?} ({} requests in the loop)",
+        edited.elapsed().min(took),
+        sent.load(Ordering::Relaxed)
+    );
     assert!(took < Duration::from_secs(1), "edit took {took:?}");
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "requests failed during the change");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the change"
+    );
 
     // A broken manifest changes nothing and is reported with its file name.
     f.write("shop.yaml", "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {name: shop, namespace: shop}\nspec: [broken\n");
     let admin = meridian.admin_addr;
     eventually(Duration::from_secs(5), "problem reported", || async {
         let problems = admin_json(&client, admin, "/debug/problems").await;
-        problems.as_array().is_some_and(|p| p.iter().any(|p| p["source"].as_str().unwrap_or_default().ends_with("shop.yaml")))
+        problems.as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p["source"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .ends_with("shop.yaml")
+            })
+        })
     })
     .await;
     for _ in 0..20 {
-        assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "beta");
+        assert_eq!(
+            get(&client, port, "shop.example.test", "/a").await.unwrap(),
+            "beta"
+        );
     }
 
     // Meridian dies: Envoy keeps routing with its last config.
     meridian.shutdown().await.unwrap();
     for _ in 0..20 {
-        assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "beta");
+        assert_eq!(
+            get(&client, port, "shop.example.test", "/a").await.unwrap(),
+            "beta"
+        );
     }
     // A change made while Meridian is down is picked up when it returns.
     f.write("shop.yaml", &shop_manifest(port, "alpha", ""));
     let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
-    eventually(Duration::from_secs(30), "Envoy reconnects and converges", || {
-        routes_to(&client, port, "shop.example.test", "/a", "alpha")
-    })
+    eventually(
+        Duration::from_secs(30),
+        "Envoy reconnects and converges",
+        || routes_to(&client, port, "shop.example.test", "/a", "alpha"),
+    )
     .await;
     let status = admin_json(&client, meridian.admin_addr, "/debug/syncz").await;
     let proxy = &status["proxies"][0];
@@ -237,18 +334,38 @@ async fn nack_scenario(delta: bool) {
 
     f.write("shop.yaml", &shop_manifest(port, "beta", RE2_REJECTS));
     let admin = meridian.admin_addr;
-    eventually(Duration::from_secs(10), "NACK visible in /debug/syncz", || async {
-        let syncz = admin_json(&client, admin, "/debug/syncz").await;
-        syncz["proxies"][0]["types"]
-            .as_array()
-            .is_some_and(|types| types.iter().any(|t| t["type"] == "RDS" && t["state"] == "NACKED"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "NACK visible in /debug/syncz",
+        || async {
+            let syncz = admin_json(&client, admin, "/debug/syncz").await;
+            syncz["proxies"][0]["types"]
+                .as_array()
+                .is_some_and(|types| {
+                    types
+                        .iter()
+                        .any(|t| t["type"] == "RDS" && t["state"] == "NACKED")
+                })
+        },
+    )
     .await;
     let syncz = admin_json(&client, admin, "/debug/syncz").await;
-    let rds = syncz["proxies"][0]["types"].as_array().unwrap().iter().find(|t| t["type"] == "RDS").unwrap().clone();
-    let message = rds["last_nack"]["message"].as_str().unwrap_or_default().to_owned();
+    let rds = syncz["proxies"][0]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "RDS")
+        .unwrap()
+        .clone();
+    let message = rds["last_nack"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     // Envoy's RE2 words it as a repetition limit; the point is that Envoy's reason reaches us.
-    assert!(message.contains("repetition") || message.to_lowercase().contains("regex"), "NACK message: {message}");
+    assert!(
+        message.contains("repetition") || message.to_lowercase().contains("regex"),
+        "NACK message: {message}"
+    );
 
     // The rejected version is sent once, not in a loop.
     let pushes = |metrics: &str| -> u64 {
@@ -263,9 +380,15 @@ async fn nack_scenario(delta: bool) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = admin_text(&client, admin, "/metrics").await;
     assert_eq!(pushes(&metrics), before, "rejected config was resent");
-    assert!(metrics.contains("meridian_xds_nacks_total{type=\"RDS\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("meridian_xds_nacks_total{type=\"RDS\"} 1"),
+        "{metrics}"
+    );
     // Envoy keeps its last accepted routes.
-    assert_eq!(get(&client, port, "shop.example.test", "/a").await.unwrap(), "alpha");
+    assert_eq!(
+        get(&client, port, "shop.example.test", "/a").await.unwrap(),
+        "alpha"
+    );
 
     // Fixing the input clears the NACK.
     f.write("shop.yaml", &shop_manifest(port, "beta", ""));

@@ -19,7 +19,9 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             .ok_or_else(err)?;
         let (number, after) = rest.split_at(number_len);
         let value: f64 = number.parse().map_err(|_| err())?;
-        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_len);
         let seconds_per_unit = match unit {
             "h" => 3600.0,

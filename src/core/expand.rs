@@ -49,9 +49,7 @@ pub fn cluster_view<'m>(
     accepted: impl Fn(&ObjectKey) -> Option<&'m crate::api::AccessPoint>,
     cluster: &str,
 ) -> ClusterView<'m> {
-    let member = model
-        .member_clusters
-        .get(&ObjectKey::new("", cluster));
+    let member = model.member_clusters.get(&ObjectKey::new("", cluster));
     let facts = ClusterFacts {
         name: cluster,
         zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
@@ -71,10 +69,30 @@ pub fn cluster_view<'m>(
         let template = &ap.spec.template;
         let ns = key.namespace.as_str();
         expand_into(&mut view.gateways, key, ns, &template.gateways);
-        expand_into(&mut view.virtual_services, key, ns, &template.virtual_services);
-        expand_into(&mut view.destination_rules, key, ns, &template.destination_rules);
-        expand_into(&mut view.service_entries, key, ns, &template.service_entries);
-        expand_into(&mut view.workload_entries, key, ns, &template.workload_entries);
+        expand_into(
+            &mut view.virtual_services,
+            key,
+            ns,
+            &template.virtual_services,
+        );
+        expand_into(
+            &mut view.destination_rules,
+            key,
+            ns,
+            &template.destination_rules,
+        );
+        expand_into(
+            &mut view.service_entries,
+            key,
+            ns,
+            &template.service_entries,
+        );
+        expand_into(
+            &mut view.workload_entries,
+            key,
+            ns,
+            &template.workload_entries,
+        );
         if let Some(service) = &template.service {
             view.services
                 .push((resolve_key(ns, &service.metadata), &service.spec));
@@ -91,7 +109,9 @@ pub fn cluster_view<'m>(
 
 fn resolve_key(default_ns: &str, meta: &crate::api::access_point::TemplateMeta) -> ObjectKey {
     ObjectKey::new(
-        meta.namespace.clone().unwrap_or_else(|| default_ns.to_owned()),
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| default_ns.to_owned()),
         meta.name.clone(),
     )
 }

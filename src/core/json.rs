@@ -29,22 +29,26 @@ pub enum JsonError {
 
 /// Renders an `Any` (type URL + bytes) as proto3 JSON with an `@type` field.
 pub fn any_to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
-    let pool = POOL.as_ref().map_err(|e| JsonError::Descriptors(e.clone()))?;
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| JsonError::Descriptors(e.clone()))?;
     let message_name = any.type_url.rsplit('/').next().unwrap_or_default();
     let descriptor = pool
         .get_message_by_name(message_name)
         .ok_or_else(|| JsonError::UnknownType(any.type_url.clone()))?;
-    let message =
-        DynamicMessage::decode(descriptor, any.value.as_slice()).map_err(|source| {
-            JsonError::Decode {
-                type_url: any.type_url.clone(),
-                source,
-            }
-        })?;
+    let message = DynamicMessage::decode(descriptor, any.value.as_slice()).map_err(|source| {
+        JsonError::Decode {
+            type_url: any.type_url.clone(),
+            source,
+        }
+    })?;
     let options = SerializeOptions::new().skip_default_fields(true);
     let mut value = message.serialize_with_options(serde_json::value::Serializer, &options)?;
     if let serde_json::Value::Object(map) = &mut value {
-        map.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+        map.insert(
+            "@type".into(),
+            serde_json::Value::String(any.type_url.clone()),
+        );
     }
     Ok(value)
 }
@@ -63,7 +67,10 @@ pub fn config_to_json(
         for (name, resource) in resources {
             by_name.insert(name.clone(), any_to_json(&resource.body)?);
         }
-        out.insert(kind.short_name().to_owned(), serde_json::Value::Object(by_name));
+        out.insert(
+            kind.short_name().to_owned(),
+            serde_json::Value::Object(by_name),
+        );
     }
     Ok(serde_json::Value::Object(out))
 }

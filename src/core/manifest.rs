@@ -189,8 +189,14 @@ spec:
         else {
             panic!("unexpected error {err}");
         };
-        assert_eq!((*document, kind.as_str(), name.as_str()), (1, "AccessPoint", "shop"));
-        assert_eq!(path, "spec.template.virtualServices[0].spec.http[0].route[0].weight");
+        assert_eq!(
+            (*document, kind.as_str(), name.as_str()),
+            (1, "AccessPoint", "shop")
+        );
+        assert_eq!(
+            path,
+            "spec.template.virtualServices[0].spec.http[0].route[0].weight"
+        );
     }
 
     #[test]
@@ -207,14 +213,17 @@ spec:
         servers: [{port: {number: 80, protocol: HTTP}, hosts: ["*"], tsl: {}}]
 "#;
         let err = parse_documents(text, "default").unwrap_err().to_string();
-        assert!(err.contains("spec.template.gateways[0].spec.servers[0]"), "{err}");
+        assert!(
+            err.contains("spec.template.gateways[0].spec.servers[0]"),
+            "{err}"
+        );
         assert!(err.contains("tsl"), "{err}");
     }
 
     #[test]
     fn unsupported_kind_and_bad_yaml_are_reported() {
-        let err = parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "d")
-            .unwrap_err();
+        let err =
+            parse_documents("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n", "d").unwrap_err();
         assert!(matches!(err, ManifestError::UnsupportedKind { .. }));
         let err = parse_documents("a: [1, 2\n", "d").unwrap_err();
         assert!(matches!(err, ManifestError::Yaml { document: 0, .. }));

@@ -64,7 +64,8 @@ impl fmt::Display for Kind {
     }
 }
 
-/// One input object of any supported kind.
+/// One input object of any supported kind. (Moved rarely; boxing would only add noise.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum InputObject {
     AccessPoint(AccessPoint),

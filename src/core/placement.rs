@@ -63,22 +63,38 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn absent_placement_means_local_only() {
-        let local = ClusterFacts { name: "local", ..Default::default() };
-        let east = ClusterFacts { name: "east", ..Default::default() };
+        let local = ClusterFacts {
+            name: "local",
+            ..Default::default()
+        };
+        let east = ClusterFacts {
+            name: "east",
+            ..Default::default()
+        };
         assert!(is_placed(None, &local));
         assert!(!is_placed(None, &east));
-        assert!(!is_placed(Some(&Placement::default()), &local), "empty placement selects none");
+        assert!(
+            !is_placed(Some(&Placement::default()), &local),
+            "empty placement selects none"
+        );
     }
 
     #[test]
     fn exclusion_beats_list_zone_and_selector() {
         let l = labels(&[("tier", "edge")]);
-        let east = ClusterFacts { name: "east", zone: "z1", labels: Some(&l) };
+        let east = ClusterFacts {
+            name: "east",
+            zone: "z1",
+            labels: Some(&l),
+        };
         let mut placement = Placement {
             clusters: vec!["east".into()],
             zones: vec!["z1".into()],
@@ -105,11 +121,17 @@ mod tests {
             match_expressions: Some(vec![r]),
             match_labels: None,
         };
-        assert!(selector_matches(&sel(req("env", "In", &["prod", "stage"])), &l));
+        assert!(selector_matches(
+            &sel(req("env", "In", &["prod", "stage"])),
+            &l
+        ));
         assert!(!selector_matches(&sel(req("env", "NotIn", &["prod"])), &l));
         assert!(selector_matches(&sel(req("zone", "NotIn", &["a"])), &l));
         assert!(selector_matches(&sel(req("tier", "Exists", &[])), &l));
-        assert!(!selector_matches(&sel(req("tier", "DoesNotExist", &[])), &l));
+        assert!(!selector_matches(
+            &sel(req("tier", "DoesNotExist", &[])),
+            &l
+        ));
         assert!(!selector_matches(&sel(req("tier", "Bogus", &[])), &l));
     }
 }

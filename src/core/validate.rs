@@ -58,7 +58,10 @@ impl Errors {
             .filter(|s| **s)
             .count();
         if set != 1 {
-            self.push(path.clone(), "exactly one of exact, prefix or regex must be set");
+            self.push(
+                path.clone(),
+                "exactly one of exact, prefix or regex must be set",
+            );
         }
         if let Some(r) = &m.regex {
             self.regex(format!("{path}.regex"), r);
@@ -124,7 +127,10 @@ fn gateway(e: &mut Errors, path: &str, g: &GatewaySpec) {
         if !matches!(protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "") {
             e.push(
                 format!("{p}.port.protocol"),
-                format!("{:?} is not supported yet (HTTP, HTTP2, GRPC)", s.port.protocol),
+                format!(
+                    "{:?} is not supported yet (HTTP, HTTP2, GRPC)",
+                    s.port.protocol
+                ),
             );
         }
         if s.tls.is_some() {
@@ -155,7 +161,10 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
     .filter(|a| **a)
     .count();
     if actions != 1 {
-        e.push(path, "exactly one of route, redirect or directResponse must be set");
+        e.push(
+            path,
+            "exactly one of route, redirect or directResponse must be set",
+        );
     }
     for (i, m) in r.matches.iter().enumerate() {
         let p = format!("{path}.match[{i}]");
@@ -181,7 +190,10 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
             e.push(format!("{p}.destination.host"), "must not be empty");
         }
         if r.route.len() > 1 && d.weight.is_none() {
-            e.push(format!("{p}.weight"), "required when a route has several destinations");
+            e.push(
+                format!("{p}.weight"),
+                "required when a route has several destinations",
+            );
         }
     }
     if r.route.len() > 1 && r.route.iter().filter_map(|d| d.weight).sum::<u32>() == 0 {
@@ -190,7 +202,10 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
     if let Some(redirect) = &r.redirect {
         if let Some(code) = redirect.redirect_code {
             if ![301, 302, 303, 307, 308].contains(&code) {
-                e.push(format!("{path}.redirect.redirectCode"), "must be 301, 302, 303, 307 or 308");
+                e.push(
+                    format!("{path}.redirect.redirectCode"),
+                    "must be 301, 302, 303, 307 or 308",
+                );
             }
         }
     }
@@ -206,7 +221,10 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
     }
     e.duration(format!("{path}.timeout"), r.timeout.as_ref());
     if let Some(retries) = &r.retries {
-        e.duration(format!("{path}.retries.perTryTimeout"), retries.per_try_timeout.as_ref());
+        e.duration(
+            format!("{path}.retries.perTryTimeout"),
+            retries.per_try_timeout.as_ref(),
+        );
     }
 }
 
@@ -223,7 +241,10 @@ fn destination_rule(e: &mut Errors, path: &str, dr: &DestinationRuleSpec) {
             e.push(format!("{p}.name"), "must not be empty");
         }
         if dr.subsets[..i].iter().any(|o| o.name == s.name) {
-            e.push(format!("{p}.name"), format!("duplicate subset {:?}", s.name));
+            e.push(
+                format!("{p}.name"),
+                format!("duplicate subset {:?}", s.name),
+            );
         }
         if let Some(tp) = &s.traffic_policy {
             traffic_policy(e, &format!("{p}.trafficPolicy"), tp);
@@ -234,11 +255,17 @@ fn destination_rule(e: &mut Errors, path: &str, dr: &DestinationRuleSpec) {
 fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
     if let Some(lb) = &tp.load_balancer {
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
-            e.push(format!("{path}.loadBalancer"), "simple and consistentHash are exclusive");
+            e.push(
+                format!("{path}.loadBalancer"),
+                "simple and consistentHash are exclusive",
+            );
         }
         if let Some(ch) = &lb.consistent_hash {
             if ch.ring_hash.is_some() && ch.maglev.is_some() {
-                e.push(format!("{path}.loadBalancer.consistentHash"), "ringHash and maglev are exclusive");
+                e.push(
+                    format!("{path}.loadBalancer.consistentHash"),
+                    "ringHash and maglev are exclusive",
+                );
             }
             if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
                 if !is_prime(size) || size > 5_000_011 {
@@ -257,10 +284,19 @@ fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
         );
     }
     if let Some(od) = &tp.outlier_detection {
-        e.duration(format!("{path}.outlierDetection.interval"), od.interval.as_ref());
-        e.duration(format!("{path}.outlierDetection.baseEjectionTime"), od.base_ejection_time.as_ref());
+        e.duration(
+            format!("{path}.outlierDetection.interval"),
+            od.interval.as_ref(),
+        );
+        e.duration(
+            format!("{path}.outlierDetection.baseEjectionTime"),
+            od.base_ejection_time.as_ref(),
+        );
         if od.max_ejection_percent.is_some_and(|p| p > 100) {
-            e.push(format!("{path}.outlierDetection.maxEjectionPercent"), "must be 0-100");
+            e.push(
+                format!("{path}.outlierDetection.maxEjectionPercent"),
+                "must be 0-100",
+            );
         }
     }
 }
@@ -273,10 +309,16 @@ fn service_entry(e: &mut Errors, path: &str, se: &ServiceEntrySpec) {
         e.push(format!("{path}.ports"), "at least one port is required");
     }
     if se.resolution == Resolution::None {
-        e.push(format!("{path}.resolution"), "NONE cannot be served by a gateway; use STATIC or DNS");
+        e.push(
+            format!("{path}.resolution"),
+            "NONE cannot be served by a gateway; use STATIC or DNS",
+        );
     }
     if !se.endpoints.is_empty() && se.workload_selector.is_some() {
-        e.push(format!("{path}.workloadSelector"), "endpoints and workloadSelector are exclusive");
+        e.push(
+            format!("{path}.workloadSelector"),
+            "endpoints and workloadSelector are exclusive",
+        );
     }
 }
 
@@ -292,8 +334,13 @@ mod tests {
 
     fn errors_of(yaml: &str) -> Vec<String> {
         let objects = parse_documents(yaml, "default").unwrap();
-        let InputObject::AccessPoint(ap) = &objects[0] else { panic!() };
-        validate_access_point(&ap.spec).iter().map(|e| e.to_string()).collect()
+        let InputObject::AccessPoint(ap) = &objects[0] else {
+            panic!()
+        };
+        validate_access_point(&ap.spec)
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
     }
 
     #[test]

@@ -145,7 +145,9 @@ impl FileProvider {
         }
         // Objects whose latest version is rejected keep reporting until fixed.
         for (key, errors) in index.rejected() {
-            let reported = problems.iter().any(|p| p.message.contains(&format!("AccessPoint {key}")));
+            let reported = problems
+                .iter()
+                .any(|p| p.message.contains(&format!("AccessPoint {key}")));
             if !reported {
                 let source = self
                     .applied
@@ -247,7 +249,10 @@ spec:
 "#;
 
     fn provider(dir: &Path, state: &Path) -> (FileProvider, Index) {
-        (FileProvider::new(dir, Some(state.to_path_buf())), Index::new().0)
+        (
+            FileProvider::new(dir, Some(state.to_path_buf())),
+            Index::new().0,
+        )
     }
 
     #[test]
@@ -259,13 +264,26 @@ spec:
         assert!(p.sync(&mut index).unwrap().is_empty());
         assert_eq!(index.model().access_points.len(), 1);
 
-        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("number: 8080", "number: many")).unwrap();
+        std::fs::write(
+            dir.path().join("shop.yaml"),
+            GOOD.replace("number: 8080", "number: many"),
+        )
+        .unwrap();
         let problems = p.sync(&mut index).unwrap();
         assert_eq!(problems.len(), 1);
         assert!(problems[0].source.ends_with("shop.yaml"));
         assert!(problems[0].message.contains("document 0"), "{problems:?}");
-        assert!(problems[0].message.contains("spec.template.gateways[0].spec.servers[0].port.number"), "{problems:?}");
-        assert_eq!(index.model().access_points.len(), 1, "last good config keeps serving");
+        assert!(
+            problems[0]
+                .message
+                .contains("spec.template.gateways[0].spec.servers[0].port.number"),
+            "{problems:?}"
+        );
+        assert_eq!(
+            index.model().access_points.len(),
+            1,
+            "last good config keeps serving"
+        );
 
         // A restart with the file still broken serves the last good version from the state dir.
         let (mut restarted, mut index2) = provider(dir.path(), state.path());
@@ -283,8 +301,14 @@ spec:
         let before = index.model().clone();
         std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("8080", "0")).unwrap();
         let problems = p.sync(&mut index).unwrap();
-        assert!(problems[0].message.contains("AccessPoint default/shop"), "{problems:?}");
-        assert!(problems[0].message.contains("servers[0].port.number"), "{problems:?}");
+        assert!(
+            problems[0].message.contains("AccessPoint default/shop"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("servers[0].port.number"),
+            "{problems:?}"
+        );
         assert_eq!(index.model(), &before);
         // Still reported on the next sync, until fixed.
         assert_eq!(p.sync(&mut index).unwrap().len(), 1);
@@ -301,7 +325,10 @@ spec:
         let (mut p, mut index) = provider(dir.path(), state.path());
         let problems = p.sync(&mut index).unwrap();
         assert_eq!(problems.len(), 1);
-        assert!(problems[0].source.ends_with("b.yml") && problems[0].message.contains("already defined"));
+        assert!(
+            problems[0].source.ends_with("b.yml")
+                && problems[0].message.contains("already defined")
+        );
         std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
         std::fs::remove_file(dir.path().join("b.yml")).unwrap();
         assert!(p.sync(&mut index).unwrap().is_empty());

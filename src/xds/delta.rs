@@ -97,7 +97,8 @@ impl DeltaSession {
                         };
                         self.events.nacks.push((kind, nack.clone()));
                         state.last_nack = Some(nack);
-                        state.nacked_latest = state.sent_nonce.as_deref() == Some(request.response_nonce.as_str());
+                        state.nacked_latest =
+                            state.sent_nonce.as_deref() == Some(request.response_nonce.as_str());
                     }
                     None => {
                         if state.sent_nonce.as_deref() == Some(request.response_nonce.as_str()) {
@@ -107,7 +108,9 @@ impl DeltaSession {
                         self.events.acks.push((kind, version));
                     }
                 }
-                if self.removal_waits_for.remove(&request.response_nonce) && self.removal_waits_for.is_empty() {
+                if self.removal_waits_for.remove(&request.response_nonce)
+                    && self.removal_waits_for.is_empty()
+                {
                     out.extend(self.respond(ResourceType::Cluster));
                 }
             }
@@ -158,7 +161,12 @@ impl DeltaSession {
             self.respond(ResourceType::Cluster)
         };
         out.extend(cluster_update);
-        for kind in [ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route, ResourceType::Secret] {
+        for kind in [
+            ResourceType::Endpoint,
+            ResourceType::Listener,
+            ResourceType::Route,
+            ResourceType::Secret,
+        ] {
             if let Some(r) = self.respond(kind) {
                 if defer && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
@@ -177,24 +185,26 @@ impl DeltaSession {
         ResourceType::ALL
             .iter()
             .filter(|k| **k != ResourceType::Secret || self.types.contains_key(k))
-            .map(|kind| match self.types.get(kind).filter(|s| s.sent_version.is_some()) {
-                None => TypeStatus::not_sent(*kind),
-                Some(state) => TypeStatus {
-                    kind: kind.short_name().to_owned(),
-                    state: if state.nacked_latest {
-                        SyncState::Nacked
-                    } else if state.acked_version == state.sent_version {
-                        SyncState::Synced
-                    } else {
-                        SyncState::Stale
+            .map(
+                |kind| match self.types.get(kind).filter(|s| s.sent_version.is_some()) {
+                    None => TypeStatus::not_sent(*kind),
+                    Some(state) => TypeStatus {
+                        kind: kind.short_name().to_owned(),
+                        state: if state.nacked_latest {
+                            SyncState::Nacked
+                        } else if state.acked_version == state.sent_version {
+                            SyncState::Synced
+                        } else {
+                            SyncState::Stale
+                        },
+                        sent_version: state.sent_version.clone(),
+                        sent_nonce: state.sent_nonce.clone(),
+                        acked_version: state.acked_version.clone(),
+                        resources: state.known.len(),
+                        last_nack: state.last_nack.clone(),
                     },
-                    sent_version: state.sent_version.clone(),
-                    sent_nonce: state.sent_nonce.clone(),
-                    acked_version: state.acked_version.clone(),
-                    resources: state.known.len(),
-                    last_nack: state.last_nack.clone(),
                 },
-            })
+            )
             .collect()
     }
 
@@ -228,11 +238,12 @@ impl DeltaSession {
 
     fn respond(&mut self, kind: ResourceType) -> Option<DeltaDiscoveryResponse> {
         let changes: Vec<_> = self.changes(kind).collect();
-        let removals: Vec<_> = if kind == ResourceType::Cluster && !self.removal_waits_for.is_empty() {
-            Vec::new()
-        } else {
-            self.removals(kind).collect()
-        };
+        let removals: Vec<_> =
+            if kind == ResourceType::Cluster && !self.removal_waits_for.is_empty() {
+                Vec::new()
+            } else {
+                self.removals(kind).collect()
+            };
         if changes.is_empty() && removals.is_empty() {
             return None;
         }

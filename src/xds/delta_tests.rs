@@ -19,9 +19,15 @@ fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
 #[test]
 fn wildcard_cds_gets_everything_then_only_changes() {
     let mut s = DeltaSession::new(config(&["CDS:a", "CDS:b"], "1"));
-    let r = s.on_request(&request(ResourceType::Cluster, &[], "")).unwrap().remove(0);
+    let r = s
+        .on_request(&request(ResourceType::Cluster, &[], ""))
+        .unwrap()
+        .remove(0);
     assert_eq!(names(&r), ["a", "b"]);
-    assert!(s.on_request(&request(ResourceType::Cluster, &[], &r.nonce)).unwrap().is_empty());
+    assert!(s
+        .on_request(&request(ResourceType::Cluster, &[], &r.nonce))
+        .unwrap()
+        .is_empty());
     assert_eq!(s.status()[0].state, SyncState::Synced);
 
     let out = s.on_config(config(&["CDS:a", "CDS:b@2"], "1"));
@@ -33,8 +39,12 @@ fn wildcard_cds_gets_everything_then_only_changes() {
 #[test]
 fn removals_are_explicit() {
     let mut s = DeltaSession::new(config(&["CDS:a", "CDS:b"], "1"));
-    let r = s.on_request(&request(ResourceType::Cluster, &[], "")).unwrap().remove(0);
-    s.on_request(&request(ResourceType::Cluster, &[], &r.nonce)).unwrap();
+    let r = s
+        .on_request(&request(ResourceType::Cluster, &[], ""))
+        .unwrap()
+        .remove(0);
+    s.on_request(&request(ResourceType::Cluster, &[], &r.nonce))
+        .unwrap();
     let out = s.on_config(config(&["CDS:a"], "1"));
     assert_eq!(out[0].removed_resources, ["b"]);
     assert!(out[0].resources.is_empty());
@@ -47,7 +57,8 @@ fn initial_versions_avoid_resending_what_the_proxy_has() {
     let mut s = DeltaSession::new(cfg);
     let mut req = request(ResourceType::Cluster, &[], "");
     req.initial_resource_versions.insert("a".into(), a_version);
-    req.initial_resource_versions.insert("gone".into(), "x".into());
+    req.initial_resource_versions
+        .insert("gone".into(), "x".into());
     let r = s.on_request(&req).unwrap().remove(0);
     assert_eq!(names(&r), ["b"]);
     assert_eq!(r.removed_resources, ["gone"]);
@@ -56,14 +67,25 @@ fn initial_versions_avoid_resending_what_the_proxy_has() {
 #[test]
 fn nacked_version_is_not_resent_until_it_changes() {
     let mut s = DeltaSession::new(config(&["CDS:a"], "1"));
-    let r = s.on_request(&request(ResourceType::Cluster, &[], "")).unwrap().remove(0);
-    s.on_request(&request(ResourceType::Cluster, &[], &r.nonce)).unwrap();
+    let r = s
+        .on_request(&request(ResourceType::Cluster, &[], ""))
+        .unwrap()
+        .remove(0);
+    s.on_request(&request(ResourceType::Cluster, &[], &r.nonce))
+        .unwrap();
     let bad = s.on_config(config(&["CDS:a"], "bad")).remove(0);
     let mut nack = request(ResourceType::Cluster, &[], &bad.nonce);
-    nack.error_detail = Some(Status { code: 3, message: "rejected".into(), details: vec![] });
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "rejected".into(),
+        details: vec![],
+    });
     assert!(s.on_request(&nack).unwrap().is_empty());
     assert_eq!(s.status()[0].state, SyncState::Nacked);
-    assert_eq!(s.status()[0].last_nack.as_ref().unwrap().message, "rejected");
+    assert_eq!(
+        s.status()[0].last_nack.as_ref().unwrap().message,
+        "rejected"
+    );
     assert!(s.on_config(config(&["CDS:a"], "bad")).is_empty());
     assert_eq!(s.on_config(config(&["CDS:a"], "fixed")).len(), 1);
 }
@@ -71,10 +93,15 @@ fn nacked_version_is_not_resent_until_it_changes() {
 #[test]
 fn explicit_subscriptions_and_resubscribe() {
     let mut s = DeltaSession::new(config(&["EDS:a", "EDS:b"], "1"));
-    let r = s.on_request(&request(ResourceType::Endpoint, &["a", "missing"], "")).unwrap().remove(0);
+    let r = s
+        .on_request(&request(ResourceType::Endpoint, &["a", "missing"], ""))
+        .unwrap()
+        .remove(0);
     assert_eq!(names(&r), ["a"]);
     // b subscribed later is sent; re-subscribing a sends it again.
-    let out = s.on_request(&request(ResourceType::Endpoint, &["b", "a"], &r.nonce)).unwrap();
+    let out = s
+        .on_request(&request(ResourceType::Endpoint, &["b", "a"], &r.nonce))
+        .unwrap();
     assert_eq!(names(&out[0]), ["a", "b"]);
     // `missing` appears later and is pushed.
     let out = s.on_config(config(&["EDS:a", "EDS:b", "EDS:missing"], "1"));
@@ -84,7 +111,9 @@ fn explicit_subscriptions_and_resubscribe() {
 #[test]
 fn first_request_is_answered_even_when_empty() {
     let mut s = DeltaSession::new(config(&[], "1"));
-    let out = s.on_request(&request(ResourceType::Listener, &[], "")).unwrap();
+    let out = s
+        .on_request(&request(ResourceType::Listener, &[], ""))
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert!(out[0].resources.is_empty());
 }
@@ -92,7 +121,10 @@ fn first_request_is_answered_even_when_empty() {
 #[test]
 fn cluster_removal_waits_for_route_ack() {
     let mut s = DeltaSession::new(config(&["CDS:old", "RDS:r"], "1"));
-    for (kind, subs) in [(ResourceType::Cluster, vec![]), (ResourceType::Route, vec!["r"])] {
+    for (kind, subs) in [
+        (ResourceType::Cluster, vec![]),
+        (ResourceType::Route, vec!["r"]),
+    ] {
         let r = s.on_request(&request(kind, &subs, "")).unwrap().remove(0);
         s.on_request(&request(kind, &[], &r.nonce)).unwrap();
     }
@@ -100,6 +132,8 @@ fn cluster_removal_waits_for_route_ack() {
     assert_eq!(out.len(), 2);
     assert_eq!(names(&out[0]), ["new"]);
     assert!(out[0].removed_resources.is_empty());
-    let after = s.on_request(&request(ResourceType::Route, &[], &out[1].nonce)).unwrap();
+    let after = s
+        .on_request(&request(ResourceType::Route, &[], &out[1].nonce))
+        .unwrap();
     assert_eq!(after[0].removed_resources, ["old"]);
 }

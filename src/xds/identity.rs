@@ -62,7 +62,12 @@ mod tests {
                 fields: fields
                     .iter()
                     .map(|(k, v)| {
-                        (k.to_string(), Value { kind: Some(Kind::StringValue(v.to_string())) })
+                        (
+                            k.to_string(),
+                            Value {
+                                kind: Some(Kind::StringValue(v.to_string())),
+                            },
+                        )
                     })
                     .collect(),
             }),
@@ -75,7 +80,12 @@ mod tests {
         let id = identity_of(Some(&node(&[(GATEWAY_KEY, "edge/public")]))).unwrap();
         assert_eq!(id.gateway, ObjectKey::new("edge", "public"));
         assert_eq!(id.cluster, "local");
-        let id = identity_of(Some(&node(&[(GATEWAY_KEY, "edge/public"), (CLUSTER_KEY, "east"), (ZONE_KEY, "z1")]))).unwrap();
+        let id = identity_of(Some(&node(&[
+            (GATEWAY_KEY, "edge/public"),
+            (CLUSTER_KEY, "east"),
+            (ZONE_KEY, "z1"),
+        ])))
+        .unwrap();
         assert_eq!((id.cluster.as_str(), id.zone.as_str()), ("east", "z1"));
     }
 

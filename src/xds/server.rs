@@ -47,10 +47,7 @@ impl Translator {
         let model = &snapshot.model;
         let view = cluster_view(model, |k| model.access_points.get(k), &identity.cluster);
         let translation = Arc::new(translate(&view, identity));
-        lock(&self.cache).insert(
-            identity.clone(),
-            (snapshot.generation, translation.clone()),
-        );
+        lock(&self.cache).insert(identity.clone(), (snapshot.generation, translation.clone()));
         translation
     }
 }
@@ -235,10 +232,7 @@ impl AggregatedDiscoveryService for AdsService {
     }
 }
 
-fn spawn_stream<S: Session>(
-    state: Arc<XdsState>,
-    incoming: Streaming<S::Req>,
-) -> BoxStream<S::Resp>
+fn spawn_stream<S: Session>(state: Arc<XdsState>, incoming: Streaming<S::Req>) -> BoxStream<S::Resp>
 where
     S::Req: prost::Message + Default,
 {
@@ -282,14 +276,25 @@ where
         return Ok(());
     };
     let node = S::node(&first).cloned();
-    let identity = identity_of(node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let identity =
+        identity_of(node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let node_id = node.map(|n| n.id).unwrap_or_default();
     let mut snapshots = state.snapshots.clone();
     let mut snapshot = snapshots.borrow_and_update().clone();
-    let mut session = S::create(state.translator.translate(&snapshot, &identity).config.clone());
+    let mut session = S::create(
+        state
+            .translator
+            .translate(&snapshot, &identity)
+            .config
+            .clone(),
+    );
 
     let id = state.proxies.next_id.fetch_add(1, Ordering::Relaxed);
-    let registration = Registration { state, id, mode: S::MODE };
+    let registration = Registration {
+        state,
+        id,
+        mode: S::MODE,
+    };
     state
         .metrics
         .connected_proxies
@@ -304,9 +309,7 @@ where
     let mut pending = Some(first);
     loop {
         let out = if let Some(req) = pending.take() {
-            session
-                .on_request(&req)
-                .map_err(Status::invalid_argument)?
+            session.on_request(&req).map_err(Status::invalid_argument)?
         } else {
             tokio::select! {
                 message = incoming.message() => match message {
@@ -337,7 +340,11 @@ where
             let kind = ResourceType::from_type_url(S::response_type(&response))
                 .map(ResourceType::short_name)
                 .unwrap_or("unknown");
-            state.metrics.pushes.get_or_create(&TypeLabel { r#type: kind }).inc();
+            state
+                .metrics
+                .pushes
+                .get_or_create(&TypeLabel { r#type: kind })
+                .inc();
             if tx.send(Ok(response)).await.is_err() {
                 return Ok(());
             }
@@ -347,7 +354,9 @@ where
             state
                 .metrics
                 .nacks
-                .get_or_create(&TypeLabel { r#type: kind.short_name() })
+                .get_or_create(&TypeLabel {
+                    r#type: kind.short_name(),
+                })
                 .inc();
             tracing::warn!(node = %node_id, r#type = %kind, version = %nack.version, message = %nack.message, "proxy rejected config (NACK)");
             awaiting_since = None;
@@ -355,7 +364,10 @@ where
         let status = session.status();
         if let Some(since) = awaiting_since {
             if status.iter().all(|t| t.state != SyncState::Stale) {
-                state.metrics.convergence_seconds.observe(since.elapsed().as_secs_f64());
+                state
+                    .metrics
+                    .convergence_seconds
+                    .observe(since.elapsed().as_secs_f64());
                 awaiting_since = None;
             }
         }

@@ -92,7 +92,9 @@ impl SotwSession {
             }
             Some(state) => {
                 let latest = state.sent.as_ref().map(|s| s.nonce.as_str());
-                if !request.response_nonce.is_empty() && Some(request.response_nonce.as_str()) != latest {
+                if !request.response_nonce.is_empty()
+                    && Some(request.response_nonce.as_str()) != latest
+                {
                     return Ok(out); // stale nonce: superseded by a newer response
                 }
                 if let Some(sent) = &state.sent {
@@ -115,7 +117,9 @@ impl SotwSession {
                             }
                         }
                         let nonce = request.response_nonce.clone();
-                        if self.removal_waits_for.remove(&nonce) && self.removal_waits_for.is_empty() {
+                        if self.removal_waits_for.remove(&nonce)
+                            && self.removal_waits_for.is_empty()
+                        {
                             out.extend(self.respond(ResourceType::Cluster, false));
                         }
                     }
@@ -135,11 +139,15 @@ impl SotwSession {
 
     /// A new configuration for this gateway: push what changed, in make-before-break order.
     pub fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<DiscoveryResponse> {
-        let removed_clusters = self.types.get(&ResourceType::Cluster).and_then(|s| s.sent.as_ref()).is_some_and(|sent| {
-            sent.resources
-                .keys()
-                .any(|name| config.get(ResourceType::Cluster, name).is_none())
-        });
+        let removed_clusters = self
+            .types
+            .get(&ResourceType::Cluster)
+            .and_then(|s| s.sent.as_ref())
+            .is_some_and(|sent| {
+                sent.resources
+                    .keys()
+                    .any(|name| config.get(ResourceType::Cluster, name).is_none())
+            });
         self.config = config;
         let mut out = Vec::new();
         let keep_stale = removed_clusters
@@ -149,7 +157,12 @@ impl SotwSession {
         if let Some(r) = self.respond_with(ResourceType::Cluster, false, keep_stale) {
             out.push(r);
         }
-        for kind in [ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route, ResourceType::Secret] {
+        for kind in [
+            ResourceType::Endpoint,
+            ResourceType::Listener,
+            ResourceType::Route,
+            ResourceType::Secret,
+        ] {
             if let Some(r) = self.respond(kind, false) {
                 if keep_stale && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
@@ -169,23 +182,29 @@ impl SotwSession {
         ResourceType::ALL
             .iter()
             .filter(|k| **k != ResourceType::Secret || self.types.contains_key(k))
-            .map(|kind| match self.types.get(kind).and_then(|s| s.sent.as_ref().map(|sent| (s, sent))) {
-                None => TypeStatus::not_sent(*kind),
-                Some((state, sent)) => TypeStatus {
-                    kind: kind.short_name().to_owned(),
-                    state: if state.nacked_latest {
-                        SyncState::Nacked
-                    } else if state.acked_version.as_deref() == Some(sent.version.as_str()) {
-                        SyncState::Synced
-                    } else {
-                        SyncState::Stale
+            .map(|kind| {
+                match self
+                    .types
+                    .get(kind)
+                    .and_then(|s| s.sent.as_ref().map(|sent| (s, sent)))
+                {
+                    None => TypeStatus::not_sent(*kind),
+                    Some((state, sent)) => TypeStatus {
+                        kind: kind.short_name().to_owned(),
+                        state: if state.nacked_latest {
+                            SyncState::Nacked
+                        } else if state.acked_version.as_deref() == Some(sent.version.as_str()) {
+                            SyncState::Synced
+                        } else {
+                            SyncState::Stale
+                        },
+                        sent_version: Some(sent.version.clone()),
+                        sent_nonce: Some(sent.nonce.clone()),
+                        acked_version: state.acked_version.clone(),
+                        resources: sent.resources.len(),
+                        last_nack: state.last_nack.clone(),
                     },
-                    sent_version: Some(sent.version.clone()),
-                    sent_nonce: Some(sent.nonce.clone()),
-                    acked_version: state.acked_version.clone(),
-                    resources: sent.resources.len(),
-                    last_nack: state.last_nack.clone(),
-                },
+                }
             })
             .collect()
     }
@@ -205,7 +224,9 @@ impl SotwSession {
         if keep_stale {
             if let Some(sent) = &state.sent {
                 for (name, resource) in &sent.resources {
-                    chosen.entry(name.clone()).or_insert_with(|| resource.clone());
+                    chosen
+                        .entry(name.clone())
+                        .or_insert_with(|| resource.clone());
                 }
             }
         }
@@ -226,7 +247,12 @@ impl SotwSession {
     }
 
     /// Builds the response for `kind` if it differs from what was last sent (or `force`).
-    fn respond_with(&mut self, kind: ResourceType, force: bool, keep_stale: bool) -> Option<DiscoveryResponse> {
+    fn respond_with(
+        &mut self,
+        kind: ResourceType,
+        force: bool,
+        keep_stale: bool,
+    ) -> Option<DiscoveryResponse> {
         if !self.types.contains_key(&kind) {
             return None;
         }

@@ -17,16 +17,32 @@ fn names(response: &DiscoveryResponse) -> Vec<String> {
     response
         .resources
         .iter()
-        .map(|any| crate::core::json::any_to_json(any).unwrap()["name"].as_str().or(
-            crate::core::json::any_to_json(any).unwrap()["clusterName"].as_str()).unwrap_or_default().to_owned())
+        .map(|any| {
+            crate::core::json::any_to_json(any).unwrap()["name"]
+                .as_str()
+                .or(crate::core::json::any_to_json(any).unwrap()["clusterName"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
 /// Subscribes CDS (wildcard) and ACKs; returns the session and the last response.
 fn synced_cds(spec: &[&str]) -> (SotwSession, DiscoveryResponse) {
     let mut s = SotwSession::new(config(spec, "1"));
-    let r = s.on_request(&request(ResourceType::Cluster, &[], "", "")).unwrap().remove(0);
-    assert!(s.on_request(&request(ResourceType::Cluster, &[], &r.version_info, &r.nonce)).unwrap().is_empty());
+    let r = s
+        .on_request(&request(ResourceType::Cluster, &[], "", ""))
+        .unwrap()
+        .remove(0);
+    assert!(s
+        .on_request(&request(
+            ResourceType::Cluster,
+            &[],
+            &r.version_info,
+            &r.nonce
+        ))
+        .unwrap()
+        .is_empty());
     (s, r)
 }
 
@@ -49,7 +65,13 @@ fn change_is_pushed_and_tracked_until_acked() {
     let out = s.on_config(config(&["CDS:a"], "2"));
     assert_eq!(out.len(), 1);
     assert_eq!(s.status()[0].state, SyncState::Stale);
-    s.on_request(&request(ResourceType::Cluster, &[], &out[0].version_info, &out[0].nonce)).unwrap();
+    s.on_request(&request(
+        ResourceType::Cluster,
+        &[],
+        &out[0].version_info,
+        &out[0].nonce,
+    ))
+    .unwrap();
     assert_eq!(s.status()[0].state, SyncState::Synced);
 }
 
@@ -58,9 +80,23 @@ fn stale_nonce_is_ignored() {
     let (mut s, first) = synced_cds(&["CDS:a"]);
     let second = s.on_config(config(&["CDS:a"], "2")).remove(0);
     // An ACK of the old nonce neither counts nor triggers a resend.
-    assert!(s.on_request(&request(ResourceType::Cluster, &[], &first.version_info, &first.nonce)).unwrap().is_empty());
-    assert_eq!(s.status()[0].acked_version.as_deref(), Some(first.version_info.as_str()));
-    assert_eq!(s.status()[0].sent_nonce.as_deref(), Some(second.nonce.as_str()));
+    assert!(s
+        .on_request(&request(
+            ResourceType::Cluster,
+            &[],
+            &first.version_info,
+            &first.nonce
+        ))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.status()[0].acked_version.as_deref(),
+        Some(first.version_info.as_str())
+    );
+    assert_eq!(
+        s.status()[0].sent_nonce.as_deref(),
+        Some(second.nonce.as_str())
+    );
 }
 
 #[test]
@@ -68,8 +104,15 @@ fn nack_is_recorded_and_not_resent_until_input_changes() {
     let (mut s, _) = synced_cds(&["CDS:a"]);
     let bad = s.on_config(config(&["CDS:a"], "bad")).remove(0);
     let mut nack = request(ResourceType::Cluster, &[], "old", &bad.nonce);
-    nack.error_detail = Some(Status { code: 3, message: "invalid regex".into(), details: vec![] });
-    assert!(s.on_request(&nack).unwrap().is_empty(), "NACK must not trigger a resend");
+    nack.error_detail = Some(Status {
+        code: 3,
+        message: "invalid regex".into(),
+        details: vec![],
+    });
+    assert!(
+        s.on_request(&nack).unwrap().is_empty(),
+        "NACK must not trigger a resend"
+    );
     let status = &s.status()[0];
     assert_eq!(status.state, SyncState::Nacked);
     assert_eq!(status.last_nack.as_ref().unwrap().message, "invalid regex");
@@ -83,9 +126,18 @@ fn nack_is_recorded_and_not_resent_until_input_changes() {
 #[test]
 fn eds_answers_only_requested_names_and_remembers_missing_ones() {
     let mut s = SotwSession::new(config(&["EDS:a", "EDS:b"], "1"));
-    let r = s.on_request(&request(ResourceType::Endpoint, &["a", "c"], "", "")).unwrap().remove(0);
+    let r = s
+        .on_request(&request(ResourceType::Endpoint, &["a", "c"], "", ""))
+        .unwrap()
+        .remove(0);
     assert_eq!(r.resources.len(), 1);
-    s.on_request(&request(ResourceType::Endpoint, &["a", "c"], &r.version_info, &r.nonce)).unwrap();
+    s.on_request(&request(
+        ResourceType::Endpoint,
+        &["a", "c"],
+        &r.version_info,
+        &r.nonce,
+    ))
+    .unwrap();
     // `c` appears later and is pushed without a new request.
     let out = s.on_config(config(&["EDS:a", "EDS:b", "EDS:c"], "1"));
     assert_eq!(out.len(), 1);
@@ -95,12 +147,29 @@ fn eds_answers_only_requested_names_and_remembers_missing_ones() {
 #[test]
 fn newly_subscribed_names_are_sent_even_if_unchanged() {
     let mut s = SotwSession::new(config(&["RDS:r1", "RDS:r2"], "1"));
-    let r = s.on_request(&request(ResourceType::Route, &["r1"], "", "")).unwrap().remove(0);
-    let out = s.on_request(&request(ResourceType::Route, &["r1", "r2"], &r.version_info, &r.nonce)).unwrap();
+    let r = s
+        .on_request(&request(ResourceType::Route, &["r1"], "", ""))
+        .unwrap()
+        .remove(0);
+    let out = s
+        .on_request(&request(
+            ResourceType::Route,
+            &["r1", "r2"],
+            &r.version_info,
+            &r.nonce,
+        ))
+        .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].resources.len(), 2);
     // Narrowing the subscription sends nothing new for SotW RDS beyond the new set.
-    let out2 = s.on_request(&request(ResourceType::Route, &["r1", "r2"], &out[0].version_info, &out[0].nonce)).unwrap();
+    let out2 = s
+        .on_request(&request(
+            ResourceType::Route,
+            &["r1", "r2"],
+            &out[0].version_info,
+            &out[0].nonce,
+        ))
+        .unwrap();
     assert!(out2.is_empty());
 }
 
@@ -109,8 +178,12 @@ fn pushes_in_make_before_break_order_and_removes_clusters_last() {
     let spec1 = ["CDS:old", "EDS:old", "LDS:l", "RDS:r"];
     let mut s = SotwSession::new(config(&spec1, "1"));
     let ack = |s: &mut SotwSession, kind, names: &[&str]| {
-        let r = s.on_request(&request(kind, names, "", "")).unwrap().remove(0);
-        s.on_request(&request(kind, names, &r.version_info, &r.nonce)).unwrap();
+        let r = s
+            .on_request(&request(kind, names, "", ""))
+            .unwrap()
+            .remove(0);
+        s.on_request(&request(kind, names, &r.version_info, &r.nonce))
+            .unwrap();
     };
     ack(&mut s, ResourceType::Cluster, &[]);
     ack(&mut s, ResourceType::Endpoint, &["old"]);
@@ -119,15 +192,45 @@ fn pushes_in_make_before_break_order_and_removes_clusters_last() {
 
     // Routes move from `old` to `new`.
     let out = s.on_config(config(&["CDS:new", "EDS:new", "LDS:l", "RDS:r"], "2"));
-    let kinds: Vec<_> = out.iter().map(|r| ResourceType::from_type_url(&r.type_url).unwrap()).collect();
-    assert_eq!(kinds, [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route]);
-    assert_eq!(names(&out[0]), ["new", "old"], "stale cluster kept until routes move");
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|r| ResourceType::from_type_url(&r.type_url).unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ResourceType::Cluster,
+            ResourceType::Endpoint,
+            ResourceType::Listener,
+            ResourceType::Route
+        ]
+    );
+    assert_eq!(
+        names(&out[0]),
+        ["new", "old"],
+        "stale cluster kept until routes move"
+    );
 
     // ACK LDS and RDS: only then is `old` removed.
     let lds = &out[2];
-    assert!(s.on_request(&request(ResourceType::Listener, &[], &lds.version_info, &lds.nonce)).unwrap().is_empty());
+    assert!(s
+        .on_request(&request(
+            ResourceType::Listener,
+            &[],
+            &lds.version_info,
+            &lds.nonce
+        ))
+        .unwrap()
+        .is_empty());
     let rds = &out[3];
-    let after = s.on_request(&request(ResourceType::Route, &["r"], &rds.version_info, &rds.nonce)).unwrap();
+    let after = s
+        .on_request(&request(
+            ResourceType::Route,
+            &["r"],
+            &rds.version_info,
+            &rds.nonce,
+        ))
+        .unwrap();
     assert_eq!(after.len(), 1);
     assert_eq!(names(&after[0]), ["new"]);
 }

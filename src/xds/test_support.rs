@@ -17,10 +17,49 @@ pub fn config(spec: &[&str], tag: &str) -> Arc<GatewayConfig> {
         let (kind, rest) = entry.split_once(':').unwrap();
         let (name, tag) = rest.split_once('@').unwrap_or((rest, tag));
         let (kind, resource) = match kind {
-            "CDS" => (ResourceType::Cluster, Resource::new(name, &Cluster { name: name.into(), alt_stat_name: tag.into(), ..Default::default() })),
-            "EDS" => (ResourceType::Endpoint, Resource::new(name, &ClusterLoadAssignment { cluster_name: format!("{name}{tag}"), ..Default::default() })),
-            "LDS" => (ResourceType::Listener, Resource::new(name, &Listener { name: name.into(), stat_prefix: tag.into(), ..Default::default() })),
-            "RDS" => (ResourceType::Route, Resource::new(name, &RouteConfiguration { name: name.into(), internal_only_headers: vec![tag.into()], ..Default::default() })),
+            "CDS" => (
+                ResourceType::Cluster,
+                Resource::new(
+                    name,
+                    &Cluster {
+                        name: name.into(),
+                        alt_stat_name: tag.into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            "EDS" => (
+                ResourceType::Endpoint,
+                Resource::new(
+                    name,
+                    &ClusterLoadAssignment {
+                        cluster_name: format!("{name}{tag}"),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            "LDS" => (
+                ResourceType::Listener,
+                Resource::new(
+                    name,
+                    &Listener {
+                        name: name.into(),
+                        stat_prefix: tag.into(),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            "RDS" => (
+                ResourceType::Route,
+                Resource::new(
+                    name,
+                    &RouteConfiguration {
+                        name: name.into(),
+                        internal_only_headers: vec![tag.into()],
+                        ..Default::default()
+                    },
+                ),
+            ),
             other => panic!("unknown kind {other}"),
         };
         config.insert(kind, resource);

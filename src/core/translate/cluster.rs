@@ -31,7 +31,12 @@ pub fn policy_for(
     service: &RegisteredService<'_>,
     cluster_ref: &ClusterRef,
 ) -> TrafficPolicy {
-    let Some(rule) = destination_rule(view, &service.hostname, &cluster_ref.client_namespace, &service.key.namespace) else {
+    let Some(rule) = destination_rule(
+        view,
+        &service.hostname,
+        &cluster_ref.client_namespace,
+        &service.key.namespace,
+    ) else {
         return TrafficPolicy::default();
     };
     let mut policy = rule.traffic_policy.clone().unwrap_or_default();
@@ -79,11 +84,16 @@ pub fn subset_labels<'m>(
     if cluster_ref.subset.is_empty() {
         return None;
     }
-    destination_rule(view, &service.hostname, &cluster_ref.client_namespace, &service.key.namespace)?
-        .subsets
-        .iter()
-        .find(|s| s.name == cluster_ref.subset)
-        .map(|s| &s.labels)
+    destination_rule(
+        view,
+        &service.hostname,
+        &cluster_ref.client_namespace,
+        &service.key.namespace,
+    )?
+    .subsets
+    .iter()
+    .find(|s| s.name == cluster_ref.subset)
+    .map(|s| &s.labels)
 }
 
 pub struct BuiltCluster {
@@ -198,7 +208,8 @@ fn apply_connection_pool(cluster: &mut Cluster, policy: &TrafficPolicy) {
     }
     #[allow(deprecated)]
     {
-        cluster.max_requests_per_connection = u32v(http.and_then(|h| h.max_requests_per_connection));
+        cluster.max_requests_per_connection =
+            u32v(http.and_then(|h| h.max_requests_per_connection));
     }
 }
 

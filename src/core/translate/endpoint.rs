@@ -11,7 +11,7 @@ use xds_api::pb::google::protobuf::UInt32Value;
 
 use super::cluster::subset_labels;
 use super::listener::socket_address;
-use super::registry::{RegisteredService, ServiceRegistry, ServicePortInfo, ServiceSource};
+use super::registry::{RegisteredService, ServicePortInfo, ServiceRegistry, ServiceSource};
 use super::ClusterRef;
 use crate::api::istio::WorkloadEntrySpec;
 use crate::core::expand::ClusterView;
@@ -112,7 +112,11 @@ fn kubernetes_backends(
         let Some(slice_port) = slice_ports
             .iter()
             .find(|p| p.name.as_deref().unwrap_or_default() == port.name)
-            .or(if slice_ports.len() == 1 { slice_ports.first() } else { None })
+            .or(if slice_ports.len() == 1 {
+                slice_ports.first()
+            } else {
+                None
+            })
             .and_then(|p| p.port)
         else {
             continue;
@@ -167,7 +171,9 @@ fn assignment(name: &str, mut backends: Vec<Backend>) -> ClusterLoadAssignment {
                 address: Some(socket_address(&b.address, b.port)),
                 ..Default::default()
             })),
-            load_balancing_weight: Some(UInt32Value { value: b.weight.max(1) }),
+            load_balancing_weight: Some(UInt32Value {
+                value: b.weight.max(1),
+            }),
             ..Default::default()
         });
     }
@@ -175,15 +181,17 @@ fn assignment(name: &str, mut backends: Vec<Backend>) -> ClusterLoadAssignment {
         cluster_name: name.to_owned(),
         endpoints: by_locality
             .into_iter()
-            .map(|((region, zone, sub_zone), lb_endpoints)| LocalityLbEndpoints {
-                locality: Some(Locality {
-                    region,
-                    zone,
-                    sub_zone,
-                }),
-                lb_endpoints,
-                ..Default::default()
-            })
+            .map(
+                |((region, zone, sub_zone), lb_endpoints)| LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        region,
+                        zone,
+                        sub_zone,
+                    }),
+                    lb_endpoints,
+                    ..Default::default()
+                },
+            )
             .collect(),
         ..Default::default()
     }

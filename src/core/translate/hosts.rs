@@ -50,7 +50,10 @@ mod tests {
 
     #[test]
     fn intersection_picks_the_narrower_host() {
-        assert_eq!(host_intersection("*", "a.example.com").as_deref(), Some("a.example.com"));
+        assert_eq!(
+            host_intersection("*", "a.example.com").as_deref(),
+            Some("a.example.com")
+        );
         assert_eq!(
             host_intersection("*.example.com", "a.example.com").as_deref(),
             Some("a.example.com")

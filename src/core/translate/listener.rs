@@ -129,11 +129,15 @@ pub fn build(port: &GatewayPort) -> Resource {
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                any(&Router::default()),
+            )),
             ..Default::default()
         }],
         use_remote_address: Some(BoolValue { value: true }),
-        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(true)),
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+            true,
+        )),
         ..Default::default()
     };
     let listener = Listener {

@@ -70,12 +70,14 @@ impl<'m> ServiceRegistry<'m> {
                     target: p.target_port.clone(),
                 })
                 .collect();
-            by_host.entry(hostname.clone()).or_insert(RegisteredService {
-                hostname,
-                key: key.clone(),
-                ports,
-                source: ServiceSource::Kubernetes,
-            });
+            by_host
+                .entry(hostname.clone())
+                .or_insert(RegisteredService {
+                    hostname,
+                    key: key.clone(),
+                    ports,
+                    source: ServiceSource::Kubernetes,
+                });
         }
         for entry in &view.service_entries {
             let workloads = match &entry.spec.workload_selector {

@@ -30,7 +30,11 @@ use crate::core::expand::{ClusterView, Expanded};
 use crate::core::resources::Resource;
 
 /// Whether a VirtualService in `vs_namespace` names `gateway` in its `gateways` list.
-pub fn binds_to(vs: &VirtualServiceSpec, vs_namespace: &str, gateway: &crate::core::model::ObjectKey) -> bool {
+pub fn binds_to(
+    vs: &VirtualServiceSpec,
+    vs_namespace: &str,
+    gateway: &crate::core::model::ObjectKey,
+) -> bool {
     vs.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
         None => vs_namespace == gateway.namespace && g == &gateway.name,
@@ -70,7 +74,10 @@ pub(super) fn build_route_config(
             .flat_map(|(i, http)| builder.routes(i, http))
             .collect();
         for domain in domains {
-            hosts.entry(domain).or_default().extend(routes.iter().cloned());
+            hosts
+                .entry(domain)
+                .or_default()
+                .extend(routes.iter().cloned());
         }
     }
     let config = RouteConfiguration {
@@ -240,10 +247,9 @@ impl RouteBuilder<'_, '_> {
         }
         if let Some(retries) = &http.retries {
             action.retry_policy = Some(xds_api::pb::envoy::config::route::v3::RetryPolicy {
-                retry_on: retries
-                    .retry_on
-                    .clone()
-                    .unwrap_or_else(|| "connect-failure,refused-stream,unavailable,cancelled,5xx".into()),
+                retry_on: retries.retry_on.clone().unwrap_or_else(|| {
+                    "connect-failure,refused-stream,unavailable,cancelled,5xx".into()
+                }),
                 num_retries: Some(UInt32Value {
                     value: retries.attempts,
                 }),
@@ -309,7 +315,9 @@ fn route_match_of(m: &HttpMatchRequest) -> RouteMatch {
         Some(StringMatch { regex: Some(r), .. }) => {
             route_match::PathSpecifier::SafeRegex(regex_matcher(r))
         }
-        Some(StringMatch { prefix: Some(p), .. }) => route_match::PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch {
+            prefix: Some(p), ..
+        }) => route_match::PathSpecifier::Prefix(p.clone()),
         _ => route_match::PathSpecifier::Prefix("/".into()),
     });
     let mut headers: Vec<HeaderMatcher> = m
@@ -356,8 +364,12 @@ fn header_matcher(name: &str, value: &StringMatch) -> HeaderMatcher {
 fn string_matcher(value: &StringMatch) -> StringMatcher {
     let pattern = match value {
         StringMatch { exact: Some(e), .. } => string_matcher::MatchPattern::Exact(e.clone()),
-        StringMatch { prefix: Some(p), .. } => string_matcher::MatchPattern::Prefix(p.clone()),
-        StringMatch { regex: Some(r), .. } => string_matcher::MatchPattern::SafeRegex(regex_matcher(r)),
+        StringMatch {
+            prefix: Some(p), ..
+        } => string_matcher::MatchPattern::Prefix(p.clone()),
+        StringMatch { regex: Some(r), .. } => {
+            string_matcher::MatchPattern::SafeRegex(regex_matcher(r))
+        }
         _ => string_matcher::MatchPattern::Prefix(String::new()),
     };
     StringMatcher {
@@ -382,7 +394,9 @@ type HeaderEdits = (
 
 fn header_ops(headers: Option<&Headers>) -> HeaderEdits {
     let ops = |o: Option<&HeaderOperations>| -> (Vec<HeaderValueOption>, Vec<String>) {
-        let Some(o) = o else { return (Vec::new(), Vec::new()) };
+        let Some(o) = o else {
+            return (Vec::new(), Vec::new());
+        };
         let value = |(k, v): (&String, &String), action: HeaderAppendAction| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.clone(),

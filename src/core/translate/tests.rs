@@ -67,21 +67,33 @@ fn server_host_namespace_restricts_binding() {
     let yaml = SHOP.replacen("namespace: shop}", "namespace: other}", 1);
     let model = model_of(&yaml);
     let translation = translate_fixture(&model, &identity("edge", "public"));
-    let routes = translation.config.get(ResourceType::Route, "http.8080").unwrap();
+    let routes = translation
+        .config
+        .get(ResourceType::Route, "http.8080")
+        .unwrap();
     let json = crate::core::json::any_to_json(&routes.body).unwrap();
     assert!(json.get("virtualHosts").is_none(), "{json}");
 }
 
 #[test]
 fn unknown_destination_is_reported_not_fatal() {
-    let yaml = SHOP.replace("{host: web, subset: v2}\n          rewrite", "{host: nowhere}\n          rewrite");
+    let yaml = SHOP.replace(
+        "{host: web, subset: v2}\n          rewrite",
+        "{host: nowhere}\n          rewrite",
+    );
     let model = model_of(&yaml);
     let translation = translate_fixture(&model, &identity("edge", "public"));
     assert_eq!(
         translation.unresolved,
         vec!["shop/shop: destination host nowhere.shop.svc.cluster.local is not a known service"]
     );
-    assert!(translation.config.get(ResourceType::Cluster, "outbound|80|v1|web.shop.svc.cluster.local").is_some());
+    assert!(translation
+        .config
+        .get(
+            ResourceType::Cluster,
+            "outbound|80|v1|web.shop.svc.cluster.local"
+        )
+        .is_some());
 }
 
 #[test]
@@ -152,6 +164,9 @@ spec:
     let translation = translate_fixture(&model, &identity("edge", "gw"));
     assert!(translation
         .config
-        .get(ResourceType::Cluster, "outbound|9000||api.edge.svc.cluster.local")
+        .get(
+            ResourceType::Cluster,
+            "outbound|9000||api.edge.svc.cluster.local"
+        )
         .is_some());
 }
