@@ -37,6 +37,14 @@ impl ResourceType {
         ResourceType::Secret,
     ];
 
+    /// Everything pushed after clusters, in order.
+    pub const AFTER_CLUSTERS: [ResourceType; 4] = [
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+        ResourceType::Secret,
+    ];
+
     pub fn type_url(self) -> String {
         match self {
             ResourceType::Cluster => Cluster::type_url(),

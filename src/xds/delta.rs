@@ -148,6 +148,8 @@ impl DeltaSession {
 
     pub fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<DeltaDiscoveryResponse> {
         self.config = config;
+        // A new push supersedes any removal still waiting on an older one.
+        self.removal_waits_for.clear();
         let mut out = Vec::new();
         let removes_clusters = self.removals(ResourceType::Cluster).next().is_some();
         let routing_changes = [ResourceType::Listener, ResourceType::Route]
@@ -161,12 +163,7 @@ impl DeltaSession {
             self.respond(ResourceType::Cluster)
         };
         out.extend(cluster_update);
-        for kind in [
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-            ResourceType::Secret,
-        ] {
+        for kind in ResourceType::AFTER_CLUSTERS {
             if let Some(r) = self.respond(kind) {
                 if defer && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
@@ -190,13 +187,11 @@ impl DeltaSession {
                     None => TypeStatus::not_sent(*kind),
                     Some(state) => TypeStatus {
                         kind: kind.short_name().to_owned(),
-                        state: if state.nacked_latest {
-                            SyncState::Nacked
-                        } else if state.acked_version == state.sent_version {
-                            SyncState::Synced
-                        } else {
-                            SyncState::Stale
-                        },
+                        state: SyncState::of(
+                            state.nacked_latest,
+                            state.acked_version.as_deref(),
+                            state.sent_version.as_deref().unwrap_or_default(),
+                        ),
                         sent_version: state.sent_version.clone(),
                         sent_nonce: state.sent_nonce.clone(),
                         acked_version: state.acked_version.clone(),

@@ -149,6 +149,8 @@ impl SotwSession {
                     .any(|name| config.get(ResourceType::Cluster, name).is_none())
             });
         self.config = config;
+        // A new push supersedes any removal still waiting on an older one.
+        self.removal_waits_for.clear();
         let mut out = Vec::new();
         let keep_stale = removed_clusters
             && [ResourceType::Listener, ResourceType::Route]
@@ -157,12 +159,7 @@ impl SotwSession {
         if let Some(r) = self.respond_with(ResourceType::Cluster, false, keep_stale) {
             out.push(r);
         }
-        for kind in [
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-            ResourceType::Secret,
-        ] {
+        for kind in ResourceType::AFTER_CLUSTERS {
             if let Some(r) = self.respond(kind, false) {
                 if keep_stale && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
@@ -191,13 +188,11 @@ impl SotwSession {
                     None => TypeStatus::not_sent(*kind),
                     Some((state, sent)) => TypeStatus {
                         kind: kind.short_name().to_owned(),
-                        state: if state.nacked_latest {
-                            SyncState::Nacked
-                        } else if state.acked_version.as_deref() == Some(sent.version.as_str()) {
-                            SyncState::Synced
-                        } else {
-                            SyncState::Stale
-                        },
+                        state: SyncState::of(
+                            state.nacked_latest,
+                            state.acked_version.as_deref(),
+                            &sent.version,
+                        ),
                         sent_version: Some(sent.version.clone()),
                         sent_nonce: Some(sent.nonce.clone()),
                         acked_version: state.acked_version.clone(),

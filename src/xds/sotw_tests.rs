@@ -242,3 +242,24 @@ fn unknown_type_is_an_error() {
     r.type_url = "type.googleapis.com/nope".into();
     assert!(s.on_request(&r).is_err());
 }
+
+#[test]
+fn a_newer_push_releases_a_pending_cluster_removal() {
+    let mut s = SotwSession::new(config(&["CDS:old", "LDS:l"], "1"));
+    for kind in [ResourceType::Cluster, ResourceType::Listener] {
+        let r = s.on_request(&request(kind, &[], "", "")).unwrap().remove(0);
+        s.on_request(&request(kind, &[], &r.version_info, &r.nonce))
+            .unwrap();
+    }
+    let first = s.on_config(config(&["CDS:new", "LDS:l"], "2"));
+    assert_eq!(names(&first[0]), ["new", "old"]);
+    // Before the listener is ACKed, a change arrives that does not touch listeners: the
+    // stale cluster goes now instead of waiting for an ACK of a superseded response.
+    let second = s.on_config(config(&["CDS:new@3", "LDS:l"], "2"));
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        names(&second[0]),
+        ["new"],
+        "stale cluster must not linger forever"
+    );
+}

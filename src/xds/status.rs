@@ -27,6 +27,19 @@ pub enum SyncState {
     NotSent,
 }
 
+impl SyncState {
+    /// The state of a type to which `sent` was the latest response.
+    pub fn of(nacked_latest: bool, acked: Option<&str>, sent: &str) -> SyncState {
+        if nacked_latest {
+            SyncState::Nacked
+        } else if acked == Some(sent) {
+            SyncState::Synced
+        } else {
+            SyncState::Stale
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TypeStatus {
     #[serde(rename = "type")]
