@@ -43,12 +43,8 @@ pub struct ClusterView<'m> {
     pub endpoint_slices: Vec<&'m EndpointSlice>,
 }
 
-/// Builds the view of `cluster`. Only AccessPoints in `accepted` (validated) are used.
-pub fn cluster_view<'m>(
-    model: &'m Model,
-    accepted: impl Fn(&ObjectKey) -> Option<&'m crate::api::AccessPoint>,
-    cluster: &str,
-) -> ClusterView<'m> {
+/// Builds the view of `cluster` (the model holds only accepted AccessPoints).
+pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
     let member = model.member_clusters.get(&ObjectKey::new("", cluster));
     let facts = ClusterFacts {
         name: cluster,
@@ -61,8 +57,7 @@ pub fn cluster_view<'m>(
         zone: facts.zone.to_owned(),
         ..Default::default()
     };
-    for key in model.access_points.keys() {
-        let Some(ap) = accepted(key) else { continue };
+    for (key, ap) in &model.access_points {
         if !is_placed(ap.spec.placement.as_ref(), &facts) {
             continue;
         }

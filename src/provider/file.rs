@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::core::manifest::{parse_documents, ManifestError};
+use crate::core::manifest::parse_documents;
 use crate::core::model::{InputObject, Kind, ObjectKey};
 use crate::index::Index;
 
@@ -224,13 +224,6 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, FileProviderError> {
     }
     files.sort();
     Ok(files)
-}
-
-/// For tests and tools: parse errors as values.
-pub fn parse_file(path: &Path) -> Result<Vec<InputObject>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse_documents(&text, DEFAULT_NAMESPACE)
-        .map_err(|e: ManifestError| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

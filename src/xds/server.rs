@@ -45,7 +45,7 @@ impl Translator {
             }
         }
         let model = &snapshot.model;
-        let view = cluster_view(model, |k| model.access_points.get(k), &identity.cluster);
+        let view = cluster_view(model, &identity.cluster);
         let translation = Arc::new(translate(&view, identity));
         lock(&self.cache).insert(identity.clone(), (snapshot.generation, translation.clone()));
         translation

@@ -11,7 +11,7 @@ use xds_api::pb::google::protobuf::UInt32Value;
 
 use super::cluster::subset_labels;
 use super::listener::socket_address;
-use super::registry::{RegisteredService, ServicePortInfo, ServiceRegistry, ServiceSource};
+use super::registry::{RegisteredService, ServicePortInfo, ServiceSource};
 use super::ClusterRef;
 use crate::api::istio::WorkloadEntrySpec;
 use crate::core::expand::ClusterView;
@@ -31,7 +31,6 @@ struct Backend {
 
 pub fn build(
     name: &str,
-    _registry: &ServiceRegistry<'_>,
     service: &RegisteredService<'_>,
     cluster_ref: &ClusterRef,
     view: &ClusterView<'_>,

@@ -82,7 +82,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
         let is_eds = built.uses_eds;
         config.insert(ResourceType::Cluster, built.resource);
         if is_eds {
-            let assignment = endpoint::build(name, &registry, service, cluster_ref, view);
+            let assignment = endpoint::build(name, service, cluster_ref, view);
             config.insert(ResourceType::Endpoint, assignment);
         }
     }

@@ -4,7 +4,7 @@ use super::*;
 use crate::core::expand::cluster_view;
 use crate::core::json::config_to_json;
 use crate::core::manifest::parse_documents;
-use crate::core::model::{InputObject, Model};
+use crate::core::model::Model;
 use crate::core::resources::ResourceType;
 
 fn model_of(yaml: &str) -> Model {
@@ -24,7 +24,7 @@ fn identity(ns: &str, name: &str) -> GatewayIdentity {
 }
 
 fn translate_fixture(model: &Model, gateway: &GatewayIdentity) -> Translation {
-    let view = cluster_view(model, |k| model.access_points.get(k), &gateway.cluster);
+    let view = cluster_view(model, &gateway.cluster);
     translate(&view, gateway)
 }
 
@@ -160,7 +160,6 @@ spec:
       spec: {hosts: ["*"], gateways: [gw], http: [{route: [{destination: {host: api}}]}]}
 "#;
     let model = model_of(yaml);
-    let _ = InputObject::kind;
     let translation = translate_fixture(&model, &identity("edge", "gw"));
     assert!(translation
         .config
