@@ -75,7 +75,10 @@ pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
     template(&mut errors, "spec.template", &spec.template);
     if !spec.overrides.is_empty() {
         // Accepting them without applying them would silently serve the wrong config.
-        errors.push("spec.overrides", "per-cluster overrides are not supported yet");
+        errors.push(
+            "spec.overrides",
+            "per-cluster overrides are not supported yet",
+        );
     }
     errors.0
 }
