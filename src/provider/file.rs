@@ -125,6 +125,8 @@ impl FileProvider {
             self.applied.remove(&(kind, key));
         }
         for (id, (path, document, object)) in wanted {
+            // `applied` holds only accepted versions, so a rejected object differs from it and
+            // is re-validated (and re-reported) on every sync until it is fixed.
             let unchanged = self.applied.get(&id).is_some_and(|(_, _, o)| o == &object);
             if unchanged {
                 continue;
@@ -140,22 +142,6 @@ impl FileProvider {
                             format!("document {document} ({} {}): {e}", id.0, id.1),
                         ));
                     }
-                }
-            }
-        }
-        // Objects whose latest version is rejected keep reporting until fixed.
-        for (key, errors) in index.rejected() {
-            let reported = problems
-                .iter()
-                .any(|p| p.message.contains(&format!("AccessPoint {key}")));
-            if !reported {
-                let source = self
-                    .applied
-                    .get(&(Kind::AccessPoint, key.clone()))
-                    .map(|(p, _, _)| p.display().to_string())
-                    .unwrap_or_default();
-                for e in errors {
-                    problems.push(problem(&source, format!("AccessPoint {key}: {e}")));
                 }
             }
         }
