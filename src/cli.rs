@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 use crate::bootstrap::{bootstrap, BootstrapOptions};
+use crate::controller::{self, ControllerOptions};
+use crate::core::selector::parse_selector;
+use crate::leader::LeaseConfig;
 use crate::ops::pb::ops_client::OpsClient;
 use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
 use crate::standalone::{self, StandaloneOptions};
@@ -35,6 +39,39 @@ pub enum Command {
         /// HTTP address for /healthz, /readyz, /metrics and /debug/*.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_addr: SocketAddr,
+    },
+    /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
+    /// EndpointSlice and Namespace objects, and write AccessPoint status while holding the
+    /// leader lease. Every replica serves xDS.
+    Controller {
+        /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// Only process namespaces whose labels match this selector (kubectl syntax, e.g.
+        /// `meridian.dev/enabled=true`); repeat to match any of several. Default: all.
+        #[arg(long = "namespace-selector", value_name = "SELECTOR")]
+        namespace_selectors: Vec<String>,
+        /// gRPC address for ADS and the ops API.
+        #[arg(long, default_value = "0.0.0.0:18000")]
+        xds_addr: SocketAddr,
+        /// HTTP address for /healthz, /readyz, /metrics and /debug/*.
+        #[arg(long, default_value = "0.0.0.0:9090")]
+        admin_addr: SocketAddr,
+        /// Namespace of the leader-election Lease.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "meridian-system")]
+        lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "meridian-controller")]
+        lease_name: String,
+        /// This replica's identity in the Lease (default: $POD_NAME, else hostname-pid).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// How long a silent leader keeps the lease before a standby takes over.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        lease_duration: Duration,
+        /// How often the lease is renewed (and a standby checks it).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        renew_every: Duration,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -101,12 +138,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_addr,
             })
             .await?;
-            running
-                .run_until(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                    tracing::info!("shutting down");
-                })
-                .await
+            running.run_until(shutdown_signal()).await
+        }
+        Command::Controller {
+            kubeconfig,
+            namespace_selectors,
+            xds_addr,
+            admin_addr,
+            lease_namespace,
+            lease_name,
+            identity,
+            lease_duration,
+            renew_every,
+        } => {
+            if renew_every >= lease_duration {
+                bail!("--renew-every must be shorter than --lease-duration");
+            }
+            let namespace_selectors = namespace_selectors
+                .iter()
+                .map(|s| parse_selector(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let identity = identity.unwrap_or_else(default_identity);
+            let running = controller::start(ControllerOptions {
+                kubeconfig,
+                namespace_selectors,
+                xds_addr,
+                admin_addr,
+                lease: LeaseConfig {
+                    namespace: lease_namespace,
+                    name: lease_name,
+                    identity,
+                    lease_duration,
+                    renew_every,
+                },
+            })
+            .await?;
+            running.run_until(shutdown_signal()).await
         }
         Command::Bootstrap {
             node_id,
@@ -188,6 +255,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends a pod it stops).
+async fn shutdown_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(signal) => { signal.recv().await; }
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::core::duration::parse(text).map_err(|e| e.to_string())
+}
+
+fn default_identity() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "meridian".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The `meridian status` table.

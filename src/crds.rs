@@ -1,5 +1,8 @@
 //! CustomResourceDefinitions generated from the API types (`meridian crds` writes `crds/`).
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use crate::api::{AccessPoint, MemberCluster, NameService};
@@ -8,7 +11,16 @@ use crate::api::{AccessPoint, MemberCluster, NameService};
 pub fn all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     let crds = [AccessPoint::crd(), MemberCluster::crd(), NameService::crd()];
     crds.into_iter()
-        .map(|crd| {
+        .map(|mut crd| {
+            for version in &mut crd.spec.versions {
+                if let Some(schema) = version
+                    .schema
+                    .as_mut()
+                    .and_then(|s| s.open_api_v3_schema.as_mut())
+                {
+                    drop_empty_defaults(schema);
+                }
+            }
             let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
             let yaml = serde_yaml::to_string(&crd)?;
             Ok((
@@ -17,4 +29,40 @@ pub fn all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
             ))
         })
         .collect()
+}
+
+/// serde's `#[serde(default)]` already supplies zero values; writing them into the schema only
+/// trips older apiservers (1.20 reads a `''` default as null and rejects the CRD).
+fn drop_empty_defaults(schema: &mut JSONSchemaProps) {
+    let empty = schema.default.as_ref().is_some_and(|d| match &d.0 {
+        serde_json::Value::String(s) => s.is_empty(),
+        serde_json::Value::Object(o) => o.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::Bool(b) => !b,
+        _ => false,
+    });
+    if empty {
+        schema.default = None;
+    }
+    let children = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(schema.items.iter_mut().filter_map(|items| match items {
+            JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
+            JSONSchemaPropsOrArray::Schemas(_) => None,
+        }))
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        )
+        .collect::<Vec<_>>();
+    for child in children {
+        drop_empty_defaults(child);
+    }
 }

@@ -2,7 +2,8 @@
 //! snapshots of accepted input on a `tokio::sync::watch` channel.
 //!
 //! Architecture Invariant: an AccessPoint that fails validation never replaces its last
-//! accepted version; the snapshot always holds only accepted objects.
+//! accepted version; the snapshot's model holds only accepted objects. Rejections travel in
+//! the snapshot beside the model so status writers can report them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,20 +12,37 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::core::model::{InputObject, Kind, Model, ObjectKey};
-use crate::core::validate::{validate_access_point, FieldError};
+use crate::core::status::Published;
+use crate::core::validate::{validate_access_point, FieldError, Rejection};
 
 /// An immutable view of accepted input, numbered by generation.
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     pub model: Model,
+    /// AccessPoints whose latest version was rejected (an older one may still be in `model`).
+    pub rejected: BTreeMap<ObjectKey, Rejection>,
+    /// The snapshot generation in which each accepted AccessPoint's current version first
+    /// appeared: a proxy that has acknowledged that snapshot (or a later one) serves it.
+    pub in_force_since: BTreeMap<ObjectKey, u64>,
     /// When this snapshot was published (for convergence metrics).
     pub published_at: Instant,
 }
 
+impl Snapshot {
+    pub fn published(&self) -> Published<'_> {
+        Published {
+            model: &self.model,
+            rejected: &self.rejected,
+            in_force_since: &self.in_force_since,
+        }
+    }
+}
+
 pub struct Index {
     model: Model,
-    rejected: BTreeMap<ObjectKey, Vec<FieldError>>,
+    rejected: BTreeMap<ObjectKey, Rejection>,
+    in_force_since: BTreeMap<ObjectKey, u64>,
     generation: u64,
     dirty: bool,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -35,11 +53,14 @@ impl Index {
         let (tx, rx) = watch::channel(Arc::new(Snapshot {
             generation: 0,
             model: Model::default(),
+            rejected: BTreeMap::new(),
+            in_force_since: BTreeMap::new(),
             published_at: Instant::now(),
         }));
         let index = Index {
             model: Model::default(),
             rejected: BTreeMap::new(),
+            in_force_since: BTreeMap::new(),
             generation: 0,
             dirty: false,
             tx,
@@ -54,18 +75,32 @@ impl Index {
         if let InputObject::AccessPoint(ap) = &object {
             let errors = validate_access_point(&ap.spec);
             if !errors.is_empty() {
-                self.rejected.insert(key, errors.clone());
+                let rejection = Rejection {
+                    generation: ap.metadata.generation,
+                    errors: errors.clone(),
+                };
+                if self.rejected.get(&key) != Some(&rejection) {
+                    self.rejected.insert(key, rejection);
+                    self.dirty = true;
+                }
                 return Err(errors);
             }
-            self.rejected.remove(&key);
+            self.dirty |= self.rejected.remove(&key).is_some();
         }
-        self.dirty |= self.model.apply(object);
+        let is_access_point = object.kind() == Kind::AccessPoint;
+        if self.model.apply(object) {
+            self.dirty = true;
+            if is_access_point {
+                self.in_force_since.insert(key, self.generation + 1);
+            }
+        }
         Ok(())
     }
 
     pub fn delete(&mut self, kind: Kind, key: &ObjectKey) {
         if kind == Kind::AccessPoint {
-            self.rejected.remove(key);
+            self.dirty |= self.rejected.remove(key).is_some();
+            self.in_force_since.remove(key);
         }
         self.dirty |= self.model.delete(kind, key);
     }
@@ -78,9 +113,16 @@ impl Index {
             self.tx.send_replace(Arc::new(Snapshot {
                 generation: self.generation,
                 model: self.model.clone(),
+                rejected: self.rejected.clone(),
+                in_force_since: self.in_force_since.clone(),
                 published_at: Instant::now(),
             }));
         }
+        self.generation
+    }
+
+    /// The generation of the last published snapshot.
+    pub fn generation(&self) -> u64 {
         self.generation
     }
 
@@ -89,7 +131,61 @@ impl Index {
     }
 
     /// AccessPoints whose latest version was rejected, with why.
-    pub fn rejected(&self) -> &BTreeMap<ObjectKey, Vec<FieldError>> {
+    pub fn rejected(&self) -> &BTreeMap<ObjectKey, Rejection> {
         &self.rejected
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+
+    fn access_point(port: u32, generation: i64) -> InputObject {
+        let yaml = format!(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, generation: {generation}}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: gw}}
+      spec: {{servers: [{{port: {{number: {port}, protocol: HTTP}}, hosts: ["*"]}}]}}
+"#
+        );
+        parse_documents(&yaml, "default").unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_rejected_version_keeps_the_accepted_one_and_travels_in_the_snapshot() {
+        let (mut index, snapshots) = Index::new();
+        let key = ObjectKey::new("default", "shop");
+        index.apply(access_point(8080, 1)).unwrap();
+        assert_eq!(index.publish(), 1);
+        assert_eq!(snapshots.borrow().in_force_since[&key], 1);
+
+        let errors = index.apply(access_point(0, 2)).unwrap_err();
+        assert_eq!(index.publish(), 2, "a rejection is news for status writers");
+        let snapshot = snapshots.borrow().clone();
+        assert_eq!(snapshot.rejected[&key].generation, Some(2));
+        assert_eq!(snapshot.rejected[&key].errors, errors);
+        let served = &snapshot.model.access_points[&key];
+        assert_eq!(served.metadata.generation, Some(1));
+        assert_eq!(snapshot.in_force_since[&key], 1);
+
+        // The same rejection again changes nothing.
+        index.apply(access_point(0, 2)).unwrap_err();
+        assert_eq!(index.publish(), 2);
+
+        index.apply(access_point(9090, 3)).unwrap();
+        assert_eq!(index.publish(), 3);
+        let snapshot = snapshots.borrow().clone();
+        assert!(snapshot.rejected.is_empty());
+        assert_eq!(snapshot.in_force_since[&key], 3);
+
+        index.delete(Kind::AccessPoint, &key);
+        assert_eq!(index.publish(), 4);
+        assert!(snapshots.borrow().in_force_since.is_empty());
     }
 }

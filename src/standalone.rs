@@ -1,6 +1,5 @@
 //! Standalone mode wiring: file provider → index → ADS/ops gRPC server and admin HTTP.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -9,16 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use notify::Watcher;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::admin::{self, AdminState};
+use crate::admin::AdminState;
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::ops::OpsService;
 use crate::provider::file::FileProvider;
-use crate::xds::server::{AdsService, XdsState};
+pub use crate::serve::Running;
+use crate::xds::server::XdsState;
 
 /// How long file events are collected before one resync.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -31,38 +28,6 @@ pub struct StandaloneOptions {
     pub state_dir: Option<PathBuf>,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-}
-
-/// A running standalone control plane.
-pub struct Running {
-    pub xds_addr: SocketAddr,
-    pub admin_addr: SocketAddr,
-    pub admin: Arc<AdminState>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Running {
-    /// Stops every task and waits for them.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            task.await.context("task panicked")??;
-        }
-        Ok(())
-    }
-
-    /// Runs until `signal` resolves or a task fails.
-    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let first_failure = futures::future::select_all(self.tasks.iter_mut());
-        tokio::select! {
-            _ = signal => {}
-            (result, _, _) = first_failure => {
-                result.context("task panicked")??;
-            }
-        }
-        self.shutdown().await
-    }
 }
 
 /// Binds the listeners, loads the configuration once and starts serving.
@@ -79,44 +44,10 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     resync(&mut provider, &mut index, &admin_state)
         .with_context(|| format!("loading {}", options.config_dir.display()))?;
 
-    let (stop, stopped) = watch::channel(false);
-    let xds_listener = TcpListener::bind(options.xds_addr)
-        .await
-        .with_context(|| format!("binding xDS address {}", options.xds_addr))?;
-    let admin_listener = TcpListener::bind(options.admin_addr)
-        .await
-        .with_context(|| format!("binding admin address {}", options.admin_addr))?;
-    let xds_addr = xds_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(%xds_addr, %admin_addr, config_dir = %options.config_dir.display(), "meridian standalone serving");
-
-    let grpc = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(AdsService::new(xds.clone()))
-        .add_service(OpsService::new(xds.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(xds_listener), wait(stopped.clone()));
-    let http = axum::serve(admin_listener, admin::router(admin_state.clone()))
-        .with_graceful_shutdown(wait(stopped.clone()));
-    let tasks = vec![
-        tokio::spawn(async move { grpc.await.context("xDS server") }),
-        tokio::spawn(async move { http.await.context("admin server") }),
-        tokio::spawn(watch_config(provider, index, admin_state.clone(), stopped)),
-    ];
-    Ok(Running {
-        xds_addr,
-        admin_addr,
-        admin: admin_state,
-        stop,
-        tasks,
-    })
-}
-
-async fn wait(mut stopped: watch::Receiver<bool>) {
-    while !*stopped.borrow_and_update() {
-        if stopped.changed().await.is_err() {
-            return;
-        }
-    }
+    let running = Running::serve(options.xds_addr, options.admin_addr, admin_state.clone()).await?;
+    tracing::info!(xds_addr = %running.xds_addr, admin_addr = %running.admin_addr, config_dir = %options.config_dir.display(), "meridian standalone serving");
+    let stopped = running.stopped();
+    Ok(running.with_task(watch_config(provider, index, admin_state, stopped)))
 }
 
 fn resync(

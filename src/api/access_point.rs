@@ -20,7 +20,13 @@ use super::istio::{
     kind = "AccessPoint",
     namespaced,
     status = "AccessPointStatus",
-    shortname = "ap"
+    shortname = "ap",
+    category = "meridian",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
+    printcolumn = r#"{"name":"Clusters","type":"integer","jsonPath":".status.clusterCount"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AccessPointSpec {
@@ -62,6 +68,11 @@ pub struct Templated<S> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TemplateMeta {
+    /// Object name (a DNS-1123 subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -101,19 +112,28 @@ pub struct ClusterOverride {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PatchOperation {
     /// add, remove, replace, move, copy or test.
+    #[schemars(extend("enum" = ["add", "remove", "replace", "move", "copy", "test"]))]
     pub op: String,
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// Any JSON value (for add, replace and test).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
     pub value: Option<serde_json::Value>,
 }
 
+/// Observed state, written by the Meridian controller that holds the leader lease.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessPointStatus {
+    /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// How many clusters the placement selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_count: Option<i32>,
+    /// `Accepted`, `ResolvedRefs`, `Programmed` and the summary `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -38,6 +38,7 @@ pub struct Server {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Port {
+    #[schemars(range(min = 1, max = 65535))]
     pub number: u32,
     /// HTTP, HTTPS, HTTP2, GRPC, TCP, TLS.
     #[serde(default)]
@@ -134,6 +135,7 @@ pub struct HttpRouteDestination {
     pub destination: Destination,
     /// Relative weight; when several destinations are listed, weights must sum to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
@@ -153,6 +155,7 @@ pub struct Destination {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortSelector {
+    #[schemars(range(min = 1, max = 65535))]
     pub number: u32,
 }
 
@@ -191,12 +194,15 @@ pub struct HttpRedirect {
     pub scheme: Option<String>,
     /// 301 (default), 302, 303, 307 or 308.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [301, 302, 303, 307, 308]))]
     pub redirect_code: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpDirectResponse {
+    /// HTTP status code of the response.
+    #[schemars(range(min = 200, max = 599))]
     pub status: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<HttpBody>,
@@ -367,6 +373,7 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub max_ejection_percent: Option<u32>,
 }
 
@@ -395,6 +402,7 @@ pub struct ServiceEntrySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServicePort {
+    #[schemars(range(min = 1, max = 65535))]
     pub number: u32,
     #[serde(default)]
     pub protocol: String,

@@ -1,4 +1,5 @@
-//! The pure core: model, expansion, validation and translation to Envoy resources.
+//! The pure core: model, expansion, validation, translation to Envoy resources, reference
+//! checking and AccessPoint status.
 //!
 //! Architecture Invariant: nothing under `core` performs I/O or depends on an async runtime,
 //! Kubernetes client, gRPC stack or socket; `tests/architecture.rs` enforces it.
@@ -9,6 +10,9 @@ pub mod json;
 pub mod manifest;
 pub mod model;
 pub mod placement;
+pub mod refs;
 pub mod resources;
+pub mod selector;
+pub mod status;
 pub mod translate;
 pub mod validate;

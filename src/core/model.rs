@@ -8,6 +8,7 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{AccessPoint, MemberCluster, NameService};
 
@@ -86,7 +87,17 @@ impl InputObject {
         }
     }
 
-    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            InputObject::AccessPoint(o) => &mut o.metadata,
+            InputObject::MemberCluster(o) => &mut o.metadata,
+            InputObject::NameService(o) => &mut o.metadata,
+            InputObject::Service(o) => &mut o.metadata,
+            InputObject::EndpointSlice(o) => &mut o.metadata,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
         match self {
             InputObject::AccessPoint(o) => &o.metadata,
             InputObject::MemberCluster(o) => &o.metadata,

@@ -27,6 +27,14 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Why the latest version of an AccessPoint was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// `metadata.generation` of the rejected version (absent in standalone mode).
+    pub generation: Option<i64>,
+    pub errors: Vec<FieldError>,
+}
+
 #[derive(Default)]
 struct Errors(Vec<FieldError>);
 

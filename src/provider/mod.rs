@@ -2,6 +2,7 @@
 //! YAML manifests (`file`). Kubernetes watchers join them in Kubernetes mode.
 
 pub mod file;
+pub mod kube;
 
 use serde::Serialize;
 

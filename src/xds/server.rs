@@ -23,7 +23,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
 use super::delta::DeltaSession;
 use super::identity::identity_of;
 use super::sotw::SotwSession;
-use super::status::{Events, SyncState, TypeStatus};
+use super::status::{fully_synced, Events, SyncState, TypeStatus};
 use crate::core::expand::cluster_view;
 use crate::core::resources::{GatewayConfig, ResourceType};
 use crate::core::translate::{translate, GatewayIdentity, Translation};
@@ -67,19 +67,63 @@ pub struct ProxyInfo {
     pub mode: &'static str,
     /// Snapshot generation the proxy was last pushed.
     pub generation: u64,
+    /// The latest snapshot generation whose whole config the proxy has acknowledged.
+    pub synced_generation: Option<u64>,
     pub types: Vec<TypeStatus>,
 }
 
+impl ProxyInfo {
+    /// The message of a NACK the proxy holds against the latest config, if any.
+    pub fn nack(&self) -> Option<&str> {
+        self.types
+            .iter()
+            .filter(|t| t.state == SyncState::Nacked)
+            .find_map(|t| t.last_nack.as_ref().map(|n| n.message.as_str()))
+    }
+}
+
 /// Connected proxies by stream id.
-#[derive(Default)]
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, ProxyInfo>>,
     next_id: AtomicU64,
+    /// Bumped whenever a proxy connects, disconnects, or its sync or NACK state changes.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for ProxyRegistry {
+    fn default() -> ProxyRegistry {
+        ProxyRegistry {
+            proxies: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            changes: watch::channel(0).0,
+        }
+    }
 }
 
 impl ProxyRegistry {
     pub fn list(&self) -> Vec<ProxyInfo> {
         lock(&self.proxies).values().cloned().collect()
+    }
+
+    /// Wakes when what [`ProxyRegistry::list`] reports about acknowledgements changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn update(&self, id: u64, info: ProxyInfo) {
+        let previous = lock(&self.proxies).insert(id, info.clone());
+        let changed = previous.is_none_or(|p| {
+            p.synced_generation != info.synced_generation || p.nack() != info.nack()
+        });
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if lock(&self.proxies).remove(&id).is_some() {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// The identity a node id last connected with (for config dumps).
@@ -255,7 +299,7 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        lock(&self.state.proxies.proxies).remove(&self.id);
+        self.state.proxies.remove(self.id);
         self.state
             .metrics
             .connected_proxies
@@ -280,14 +324,18 @@ where
         identity_of(node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
     let node_id = node.map(|n| n.id).unwrap_or_default();
     let mut snapshots = state.snapshots.clone();
+    // Generation 0 is "nothing loaded yet"; serving it would withdraw the proxy's config.
+    if snapshots.wait_for(|s| s.generation > 0).await.is_err() {
+        return Ok(());
+    }
     let mut snapshot = snapshots.borrow_and_update().clone();
-    let mut session = S::create(
-        state
-            .translator
-            .translate(&snapshot, &identity)
-            .config
-            .clone(),
-    );
+    let mut config = state
+        .translator
+        .translate(&snapshot, &identity)
+        .config
+        .clone();
+    let mut session = S::create(config.clone());
+    let mut synced_generation = None;
 
     let id = state.proxies.next_id.fetch_add(1, Ordering::Relaxed);
     let registration = Registration {
@@ -326,8 +374,8 @@ where
                     }
                     snapshot = snapshots.borrow_and_update().clone();
                     let started = Instant::now();
-                    let translation = state.translator.translate(&snapshot, &identity);
-                    let out = session.on_config(translation.config.clone());
+                    config = state.translator.translate(&snapshot, &identity).config.clone();
+                    let out = session.on_config(config.clone());
                     state.metrics.push_seconds.observe(started.elapsed().as_secs_f64());
                     if !out.is_empty() {
                         awaiting_since = Some(snapshot.published_at);
@@ -371,7 +419,10 @@ where
                 awaiting_since = None;
             }
         }
-        lock(&state.proxies.proxies).insert(
+        if fully_synced(&status, &config) {
+            synced_generation = Some(snapshot.generation);
+        }
+        state.proxies.update(
             id,
             ProxyInfo {
                 node_id: node_id.clone(),
@@ -380,6 +431,7 @@ where
                 zone: identity.zone.clone(),
                 mode: S::MODE,
                 generation: snapshot.generation,
+                synced_generation,
                 types: status,
             },
         );

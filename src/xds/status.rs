@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::core::resources::ResourceType;
+use crate::core::resources::{GatewayConfig, ResourceType};
 
 /// The last NACK a proxy sent for one type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -72,4 +72,17 @@ pub struct Events {
     /// Types ACKed (with the version acknowledged) since last drained.
     pub acks: Vec<(ResourceType, String)>,
     pub nacks: Vec<(ResourceType, Nack)>,
+}
+
+/// Whether the proxy has acknowledged all of `config`: every type it was sent is ACKed, and
+/// no type that has resources is still unrequested.
+pub fn fully_synced(types: &[TypeStatus], config: &GatewayConfig) -> bool {
+    types.iter().all(|t| match t.state {
+        SyncState::Synced => true,
+        SyncState::NotSent => ResourceType::ALL
+            .iter()
+            .find(|kind| kind.short_name() == t.kind)
+            .is_none_or(|kind| config.resources(*kind).is_empty()),
+        SyncState::Stale | SyncState::Nacked => false,
+    })
 }

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use meridian::bootstrap::{bootstrap, BootstrapOptions};
 use meridian::standalone::{self, Running, StandaloneOptions};
 
+pub mod kube;
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,162 @@
+//! Kubernetes mode wiring: watchers → scope → index → ADS/ops gRPC and admin HTTP (every
+//! replica), plus the lease campaign and the status writer (the leader only writes).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::AdminState;
+use crate::index::Index;
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::provider::kube::{watch as watches, Scope, Update, Watched};
+use crate::serve::Running;
+use crate::status_writer;
+use crate::xds::server::XdsState;
+
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Kubeconfig to use; absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Only namespaces matching one of these are processed (none: all namespaces).
+    pub namespace_selectors: Vec<LabelSelector>,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub lease: LeaseConfig,
+}
+
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig found and not running in a cluster")?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Starts watching and serving; xDS answers once every watch has listed once.
+pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
+    let client = client(options.kubeconfig.as_ref()).await?;
+    let (index, snapshots) = Index::new();
+    let metrics = Arc::new(Metrics::new());
+    let xds = XdsState::new(snapshots, metrics);
+    let admin_state = AdminState::new(xds.clone());
+
+    let (updates_tx, updates) = mpsc::channel(1024);
+    let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
+        .await
+        .context("starting Kubernetes watches")?;
+    let watch_count = watch_tasks.len();
+
+    let running = Running::serve(options.xds_addr, options.admin_addr, admin_state.clone()).await?;
+    tracing::info!(
+        xds_addr = %running.xds_addr,
+        admin_addr = %running.admin_addr,
+        identity = %options.lease.identity,
+        "meridian controller serving"
+    );
+    let (leading_tx, leading) = watch::channel(false);
+    let scope = Scope::new(options.namespace_selectors);
+    let stopped = running.stopped();
+    let feed = feed_index(
+        updates,
+        scope,
+        index,
+        admin_state.clone(),
+        watch_count,
+        stopped.clone(),
+    );
+    let campaign = {
+        let (client, lease, stopped) = (client.clone(), options.lease, stopped.clone());
+        async move {
+            leader::run(client, lease, leading_tx, stopped).await;
+            Ok(())
+        }
+    };
+    let writer = {
+        let stopped = stopped.clone();
+        async move {
+            status_writer::run(client, xds, leading, stopped).await;
+            Ok(())
+        }
+    };
+    let abort_watches = async move {
+        crate::serve::stopped_signal(stopped).await;
+        for task in watch_tasks {
+            task.abort();
+        }
+        Ok(())
+    };
+    Ok(running
+        .with_task(feed)
+        .with_task(campaign)
+        .with_task(writer)
+        .with_task(abort_watches))
+}
+
+/// Bursts of watch events become one snapshot.
+const BATCH: Duration = Duration::from_millis(20);
+
+async fn feed_index(
+    mut updates: mpsc::Receiver<Update>,
+    mut scope: Scope,
+    mut index: Index,
+    admin: Arc<AdminState>,
+    watch_count: usize,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut listed: BTreeSet<Watched> = BTreeSet::new();
+    loop {
+        let update = tokio::select! {
+            update = updates.recv() => update,
+            _ = stopped.changed() => return Ok(()),
+        };
+        let Some(update) = update else {
+            return Ok(());
+        };
+        let mut batch = vec![update];
+        tokio::time::sleep(BATCH).await;
+        while let Ok(more) = updates.try_recv() {
+            batch.push(more);
+        }
+        for update in batch {
+            if let Update::RelistDone(watched) = &update {
+                listed.insert(*watched);
+            }
+            scope.update(&mut index, update);
+        }
+        admin.set_problems(scope.problems());
+        // Serving a partial list would withdraw config from gateways; wait for all of them.
+        if listed.len() < watch_count {
+            continue;
+        }
+        let before = index.generation();
+        let generation = index.publish();
+        admin.xds.metrics.config_generation.set(generation as i64);
+        if !admin.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                generation,
+                objects = index.model().len(),
+                "initial sync complete"
+            );
+        } else if generation != before {
+            tracing::info!(generation, objects = index.model().len(), "config applied");
+        }
+    }
+}

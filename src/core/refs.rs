@@ -1,0 +1,254 @@
+//! References an AccessPoint makes that must resolve in each cluster it is placed on:
+//! VirtualService `gateways` must name a Gateway in force there, and route destinations must
+//! name a known Service or ServiceEntry port.
+//!
+//! An unresolved Gateway means that part of the AccessPoint is not in force at all (reported as
+//! `Accepted=False`); an unresolved destination is served as a 503 (`ResolvedRefs=False`), the
+//! way Istio serves it.
+
+use std::collections::BTreeSet;
+
+use super::expand::ClusterView;
+use super::model::{Model, ObjectKey};
+use super::placement::{is_placed, ClusterFacts};
+use super::translate::{resolve_host, ServiceRegistry};
+use crate::api::{AccessPoint, LOCAL_CLUSTER};
+
+/// Istio's reserved gateway name for sidecars; a gateway control plane has none to bind.
+const MESH_GATEWAY: &str = "mesh";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefKind {
+    /// `virtualServices[].spec.gateways[]`.
+    Gateway,
+    /// `virtualServices[].spec.http[].route[].destination`.
+    Backend,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnresolvedRef {
+    pub kind: RefKind,
+    pub cluster: String,
+    /// Field path inside the AccessPoint.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every cluster the model knows: the hub's own plus each MemberCluster.
+pub fn known_clusters(model: &Model) -> Vec<String> {
+    let mut clusters: BTreeSet<String> = model
+        .member_clusters
+        .keys()
+        .map(|k| k.name.clone())
+        .collect();
+    clusters.insert(LOCAL_CLUSTER.to_owned());
+    clusters.into_iter().collect()
+}
+
+/// The clusters `ap` is placed on.
+pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
+    known_clusters(model)
+        .into_iter()
+        .filter(|name| {
+            let member = model
+                .member_clusters
+                .get(&ObjectKey::new("", name.as_str()));
+            let facts = ClusterFacts {
+                name,
+                zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
+                labels: member.and_then(|m| m.metadata.labels.as_ref()),
+            };
+            is_placed(ap.spec.placement.as_ref(), &facts)
+        })
+        .collect()
+}
+
+/// The unresolved references of the AccessPoint `origin` in `view`'s cluster.
+pub fn unresolved_refs(view: &ClusterView<'_>, origin: &ObjectKey) -> Vec<UnresolvedRef> {
+    let registry = ServiceRegistry::new(view);
+    let gateways: BTreeSet<&ObjectKey> = view.gateways.iter().map(|g| &g.key).collect();
+    let mut out = Vec::new();
+    let mut push = |kind, path: String, message: String| {
+        out.push(UnresolvedRef {
+            kind,
+            cluster: view.cluster.clone(),
+            path,
+            message,
+        })
+    };
+    for vs in view.virtual_services.iter().filter(|v| v.origin == origin) {
+        let base = format!("spec.template.virtualServices[{}].spec", vs.index);
+        for (i, name) in vs.spec.gateways.iter().enumerate() {
+            if name == MESH_GATEWAY {
+                continue;
+            }
+            let key = gateway_key(name, &vs.key.namespace);
+            if !gateways.contains(&key) {
+                push(
+                    RefKind::Gateway,
+                    format!("{base}.gateways[{i}]"),
+                    format!("Gateway {key} does not exist in cluster {}", view.cluster),
+                );
+            }
+        }
+        for (h, http) in vs.spec.http.iter().enumerate() {
+            for (r, route) in http.route.iter().enumerate() {
+                let destination = &route.destination;
+                let host = resolve_host(&destination.host, &vs.key.namespace);
+                let path = format!("{base}.http[{h}].route[{r}].destination");
+                match registry.get(&host) {
+                    None => push(
+                        RefKind::Backend,
+                        format!("{path}.host"),
+                        format!(
+                            "no Service or ServiceEntry {host} in cluster {}",
+                            view.cluster
+                        ),
+                    ),
+                    Some(service) => {
+                        let port = destination.port.as_ref().map(|p| p.number);
+                        let resolved = match port {
+                            Some(number) => service.port(number).is_some(),
+                            None => service.ports.len() == 1,
+                        };
+                        if !resolved {
+                            let what = match port {
+                                Some(number) => format!("has no port {number}"),
+                                None => "has several ports; name one".to_owned(),
+                            };
+                            push(
+                                RefKind::Backend,
+                                format!("{path}.port"),
+                                format!("{host} {what}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Gateways in `view` that serve something of `origin`: its own Gateways and those its
+/// VirtualServices bind to.
+pub fn bound_gateways(view: &ClusterView<'_>, origin: &ObjectKey) -> BTreeSet<ObjectKey> {
+    let existing: BTreeSet<&ObjectKey> = view.gateways.iter().map(|g| &g.key).collect();
+    let own = view
+        .gateways
+        .iter()
+        .filter(|g| g.origin == origin)
+        .map(|g| g.key.clone());
+    let referenced = view
+        .virtual_services
+        .iter()
+        .filter(|v| v.origin == origin)
+        .flat_map(|v| {
+            v.spec
+                .gateways
+                .iter()
+                .map(|g| gateway_key(g, &v.key.namespace))
+        })
+        .filter(|k| existing.contains(k));
+    own.chain(referenced).collect()
+}
+
+fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
+    match name.split_once('/') {
+        Some((ns, name)) => ObjectKey::new(ns, name),
+        None => ObjectKey::new(vs_namespace, name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::expand::cluster_view;
+    use crate::core::manifest::parse_documents;
+
+    fn model_of(yaml: &str) -> Model {
+        let mut model = Model::default();
+        for object in parse_documents(yaml, "shop").unwrap() {
+            model.apply(object);
+        }
+        model
+    }
+
+    const AP: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{name: http, port: 80}, {name: admin, port: 9000}]}
+    gateways:
+    - metadata: {name: public}
+      spec: {servers: [{port: {number: 8080, protocol: HTTP}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [public, edge/other, mesh]
+        http:
+        - route: [{destination: {host: web, port: {number: 80}}}]
+        - route: [{destination: {host: web}}]
+        - route: [{destination: {host: payments.shop.svc.cluster.local}}]
+"#;
+
+    #[test]
+    fn names_each_unresolved_reference_with_its_path() {
+        let model = model_of(AP);
+        let key = ObjectKey::new("shop", "shop");
+        let view = cluster_view(&model, LOCAL_CLUSTER);
+        let refs = unresolved_refs(&view, &key);
+        let described: Vec<(RefKind, &str, &str)> = refs
+            .iter()
+            .map(|r| (r.kind, r.path.as_str(), r.message.as_str()))
+            .collect();
+        assert_eq!(
+            described,
+            vec![
+                (
+                    RefKind::Gateway,
+                    "spec.template.virtualServices[0].spec.gateways[1]",
+                    "Gateway edge/other does not exist in cluster local"
+                ),
+                (
+                    RefKind::Backend,
+                    "spec.template.virtualServices[0].spec.http[1].route[0].destination.port",
+                    "web.shop.svc.cluster.local has several ports; name one"
+                ),
+                (
+                    RefKind::Backend,
+                    "spec.template.virtualServices[0].spec.http[2].route[0].destination.host",
+                    "no Service or ServiceEntry payments.shop.svc.cluster.local in cluster local"
+                ),
+            ]
+        );
+        assert_eq!(
+            bound_gateways(&view, &key).into_iter().collect::<Vec<_>>(),
+            vec![ObjectKey::new("shop", "public")]
+        );
+    }
+
+    #[test]
+    fn placement_decides_the_clusters() {
+        let mut model = model_of(AP);
+        assert_eq!(
+            placed_clusters(
+                &model,
+                &model.access_points[&ObjectKey::new("shop", "shop")]
+            ),
+            vec!["local"]
+        );
+        let ap = model
+            .access_points
+            .get_mut(&ObjectKey::new("shop", "shop"))
+            .unwrap();
+        ap.spec.placement = Some(Default::default());
+        let ap = ap.clone();
+        assert!(placed_clusters(&model, &ap).is_empty());
+    }
+}

@@ -1,0 +1,346 @@
+//! AccessPoint status: the conditions operators and `kubectl wait` read, computed from a
+//! snapshot and what the connected gateways have acknowledged.
+//!
+//! Conditions follow the Kubernetes API conventions (and Gateway API's vocabulary):
+//! - `Accepted`: the latest generation is valid and every Gateway it binds to exists.
+//! - `ResolvedRefs`: every route destination names a known service port.
+//! - `Programmed`: every connected gateway proxy serving it acknowledged a config holding this
+//!   generation (from ADS ACK tracking, not merely seen by the controller).
+//! - `Ready`: all three hold.
+//!
+//! `lastTransitionTime` only moves when a condition's status flips, so writers can skip
+//! unchanged statuses.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::expand::cluster_view;
+use super::model::{Model, ObjectKey};
+use super::refs::{bound_gateways, placed_clusters, unresolved_refs, RefKind, UnresolvedRef};
+use super::validate::{FieldError, Rejection};
+use crate::api::AccessPointStatus;
+
+pub const ACCEPTED: &str = "Accepted";
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
+pub const PROGRAMMED: &str = "Programmed";
+pub const READY: &str = "Ready";
+
+/// Kubernetes caps a condition message at 32768 bytes.
+const MAX_MESSAGE: usize = 32 * 1024;
+
+/// What one connected gateway proxy has acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayAck {
+    pub node_id: String,
+    pub gateway: ObjectKey,
+    pub cluster: String,
+    /// For each AccessPoint the proxy serves, the `metadata.generation` it has acknowledged.
+    /// Replica-independent, so reports from every replica can be merged.
+    pub acked: BTreeMap<ObjectKey, i64>,
+    /// The proxy's NACK of the latest config, if it rejected it.
+    pub nack: Option<String>,
+}
+
+/// What the index published, as status needs it.
+#[derive(Clone, Copy)]
+pub struct Published<'a> {
+    pub model: &'a Model,
+    /// AccessPoints whose latest version was rejected.
+    pub rejected: &'a BTreeMap<ObjectKey, Rejection>,
+    /// Snapshot generation in which each accepted AccessPoint's current version appeared.
+    pub in_force_since: &'a BTreeMap<ObjectKey, u64>,
+}
+
+/// The AccessPoints (with `metadata.generation`, 0 when absent) a proxy has acknowledged,
+/// given the latest snapshot generation whose whole config it acknowledged.
+pub fn acked_access_points(
+    published: Published<'_>,
+    synced_generation: Option<u64>,
+) -> BTreeMap<ObjectKey, i64> {
+    let Some(synced) = synced_generation else {
+        return BTreeMap::new();
+    };
+    published
+        .in_force_since
+        .iter()
+        .filter(|(_, since)| **since <= synced)
+        .filter_map(|(key, _)| {
+            let ap = published.model.access_points.get(key)?;
+            Some((key.clone(), ap.metadata.generation.unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// The inputs of one AccessPoint's status.
+pub struct StatusInput<'a> {
+    pub key: &'a ObjectKey,
+    pub published: Published<'a>,
+    pub proxies: &'a [GatewayAck],
+}
+
+/// Every AccessPoint published, accepted or rejected.
+pub fn access_point_keys(published: Published<'_>) -> Vec<ObjectKey> {
+    let mut keys: Vec<ObjectKey> = published
+        .model
+        .access_points
+        .keys()
+        .chain(published.rejected.keys())
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The status `input.key` should have; `previous` supplies unchanged transition times.
+pub fn access_point_status(
+    input: &StatusInput<'_>,
+    previous: Option<&AccessPointStatus>,
+    now: &Time,
+) -> AccessPointStatus {
+    let published = input.published;
+    let accepted = published.model.access_points.get(input.key);
+    let rejection = published.rejected.get(input.key);
+    let generation = rejection
+        .and_then(|r| r.generation)
+        .or_else(|| accepted.and_then(|a| a.metadata.generation));
+
+    let (placed, mut drafts) = match (rejection, accepted) {
+        (Some(rejection), _) => (Vec::new(), invalid(&rejection.errors)),
+        (None, Some(ap)) => {
+            let clusters = placed_clusters(published.model, ap);
+            let drafts = evaluate(input, &clusters);
+            (clusters, drafts)
+        }
+        (None, None) => (Vec::new(), invalid(&[])),
+    };
+    let ready = summary(&drafts);
+    drafts.push(ready);
+
+    let old = previous.map(|p| p.conditions.as_slice()).unwrap_or(&[]);
+    let conditions = drafts
+        .into_iter()
+        .map(|d| d.into_condition(generation, old, now))
+        .collect();
+    AccessPointStatus {
+        observed_generation: generation,
+        cluster_count: Some(placed.len() as i32),
+        conditions,
+    }
+}
+
+struct Draft {
+    kind: &'static str,
+    status: &'static str,
+    reason: &'static str,
+    message: String,
+}
+
+impl Draft {
+    fn new(kind: &'static str, ok: bool, reason: &'static str, message: String) -> Draft {
+        Draft {
+            kind,
+            status: if ok { "True" } else { "False" },
+            reason,
+            message,
+        }
+    }
+
+    fn into_condition(self, generation: Option<i64>, old: &[Condition], now: &Time) -> Condition {
+        let last_transition_time = old
+            .iter()
+            .find(|c| c.type_ == self.kind && c.status == self.status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        Condition {
+            type_: self.kind.to_owned(),
+            status: self.status.to_owned(),
+            reason: self.reason.to_owned(),
+            message: truncate(self.message),
+            observed_generation: generation,
+            last_transition_time,
+        }
+    }
+}
+
+fn invalid(errors: &[FieldError]) -> Vec<Draft> {
+    let message = errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    vec![
+        Draft::new(ACCEPTED, false, "Invalid", message),
+        Draft {
+            kind: RESOLVED_REFS,
+            status: "Unknown",
+            reason: "Invalid",
+            message: "references are not checked until the spec is valid".to_owned(),
+        },
+        Draft::new(
+            PROGRAMMED,
+            false,
+            "Invalid",
+            "this generation is invalid; the last accepted generation, if any, keeps serving"
+                .to_owned(),
+        ),
+    ]
+}
+
+fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
+    let published = input.published;
+    let mut refs: Vec<UnresolvedRef> = Vec::new();
+    let mut serving: Vec<&GatewayAck> = Vec::new();
+    for cluster in clusters {
+        let view = cluster_view(published.model, cluster);
+        refs.extend(unresolved_refs(&view, input.key));
+        let gateways = bound_gateways(&view, input.key);
+        serving.extend(
+            input
+                .proxies
+                .iter()
+                .filter(|p| &p.cluster == cluster && gateways.contains(&p.gateway)),
+        );
+    }
+    let describe = |kind: RefKind| -> Vec<String> {
+        refs.iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| format!("{}: {}", r.path, r.message))
+            .collect()
+    };
+    let missing_gateways = describe(RefKind::Gateway);
+    let missing_backends = describe(RefKind::Backend);
+
+    let accepted = if missing_gateways.is_empty() {
+        Draft::new(ACCEPTED, true, "Accepted", "the spec is valid".to_owned())
+    } else {
+        Draft::new(
+            ACCEPTED,
+            false,
+            "NoMatchingGateway",
+            missing_gateways.join("; "),
+        )
+    };
+    let resolved = if missing_backends.is_empty() {
+        Draft::new(
+            RESOLVED_REFS,
+            true,
+            "ResolvedRefs",
+            "every route destination resolves".to_owned(),
+        )
+    } else {
+        Draft::new(
+            RESOLVED_REFS,
+            false,
+            "BackendNotFound",
+            format!(
+                "{} (served as 503 until it resolves)",
+                missing_backends.join("; ")
+            ),
+        )
+    };
+    let generation = published
+        .model
+        .access_points
+        .get(input.key)
+        .and_then(|ap| ap.metadata.generation)
+        .unwrap_or(0);
+    let programmed = programmed(input.key, clusters, &serving, generation);
+    vec![accepted, resolved, programmed]
+}
+
+fn programmed(
+    key: &ObjectKey,
+    clusters: &[String],
+    serving: &[&GatewayAck],
+    generation: i64,
+) -> Draft {
+    if clusters.is_empty() {
+        return Draft::new(
+            PROGRAMMED,
+            false,
+            "NotPlaced",
+            "the placement selects no cluster".to_owned(),
+        );
+    }
+    if serving.is_empty() {
+        return Draft::new(
+            PROGRAMMED,
+            false,
+            "NoConnectedGateways",
+            format!(
+                "no gateway proxy serving this AccessPoint is connected in cluster(s) {}",
+                clusters.join(", ")
+            ),
+        );
+    }
+    if let Some(p) = serving.iter().find(|p| p.nack.is_some()) {
+        return Draft::new(
+            PROGRAMMED,
+            false,
+            "Rejected",
+            format!(
+                "proxy {} (gateway {}, cluster {}) rejected the config: {}",
+                p.node_id,
+                p.gateway,
+                p.cluster,
+                p.nack.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    let acked = serving
+        .iter()
+        .filter(|p| p.acked.get(key) == Some(&generation))
+        .count();
+    let mut per_cluster: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in serving {
+        *per_cluster.entry(p.cluster.as_str()).or_default() += 1;
+    }
+    let clusters_served = per_cluster.len();
+    if acked == serving.len() {
+        Draft::new(
+            PROGRAMMED,
+            true,
+            "Programmed",
+            format!("{acked} proxies in {clusters_served} cluster(s) acknowledged this generation"),
+        )
+    } else {
+        Draft::new(
+            PROGRAMMED,
+            false,
+            "Pending",
+            format!(
+                "{acked} of {} proxies acknowledged this generation",
+                serving.len()
+            ),
+        )
+    }
+}
+
+fn summary(drafts: &[Draft]) -> Draft {
+    match drafts.iter().find(|d| d.status != "True") {
+        None => Draft::new(READY, true, "Ready", "accepted and programmed".to_owned()),
+        Some(failing) => Draft::new(
+            READY,
+            false,
+            failing.reason,
+            format!("{}: {}", failing.kind, failing.message),
+        ),
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests;

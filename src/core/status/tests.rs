@@ -1,0 +1,266 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use super::*;
+use crate::core::manifest::parse_documents;
+use crate::core::model::Model;
+use crate::core::validate::FieldError;
+
+const SHOP: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, generation: 4}
+spec:
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{name: http, port: 80}]}
+    gateways:
+    - metadata: {name: public}
+      spec: {servers: [{port: {number: 8080, protocol: HTTP}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [public]
+        http: [{route: [{destination: {host: web}}]}]
+"#;
+
+struct Fixture {
+    model: Model,
+    rejected: BTreeMap<ObjectKey, Rejection>,
+    in_force_since: BTreeMap<ObjectKey, u64>,
+    proxies: Vec<GatewayAck>,
+}
+
+impl Fixture {
+    fn new(yaml: &str) -> Fixture {
+        let mut model = Model::default();
+        for object in parse_documents(yaml, "shop").unwrap() {
+            model.apply(object);
+        }
+        let in_force_since = model.access_points.keys().map(|k| (k.clone(), 7)).collect();
+        Fixture {
+            model,
+            rejected: BTreeMap::new(),
+            in_force_since,
+            proxies: Vec::new(),
+        }
+    }
+
+    fn published(&self) -> Published<'_> {
+        Published {
+            model: &self.model,
+            rejected: &self.rejected,
+            in_force_since: &self.in_force_since,
+        }
+    }
+
+    /// A proxy whose whole config up to snapshot `synced` is acknowledged.
+    fn proxy(mut self, gateway: &str, synced: Option<u64>, nack: Option<&str>) -> Fixture {
+        let acked = acked_access_points(self.published(), synced);
+        self.proxies.push(GatewayAck {
+            node_id: format!("envoy-{}", self.proxies.len()),
+            gateway: ObjectKey::new("shop", gateway),
+            cluster: "local".to_owned(),
+            acked,
+            nack: nack.map(str::to_owned),
+        });
+        self
+    }
+
+    fn status(&self, previous: Option<&AccessPointStatus>, now: &Time) -> AccessPointStatus {
+        let key = ObjectKey::new("shop", "shop");
+        access_point_status(
+            &StatusInput {
+                key: &key,
+                published: self.published(),
+                proxies: &self.proxies,
+            },
+            previous,
+            now,
+        )
+    }
+}
+
+fn at(seconds: i64) -> Time {
+    Time(Timestamp::from_second(seconds).unwrap())
+}
+
+/// `type=status/reason` for each condition, in order.
+fn summary(status: &AccessPointStatus) -> Vec<String> {
+    status
+        .conditions
+        .iter()
+        .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
+        .collect()
+}
+
+fn condition<'s>(status: &'s AccessPointStatus, kind: &str) -> &'s Condition {
+    status.conditions.iter().find(|c| c.type_ == kind).unwrap()
+}
+
+#[test]
+fn ready_once_every_serving_proxy_acknowledged_this_generation() {
+    let status = Fixture::new(SHOP)
+        .proxy("public", Some(7), None)
+        .proxy("public", Some(9), None)
+        .proxy("elsewhere", None, None)
+        .status(None, &at(100));
+    assert_eq!(
+        summary(&status),
+        [
+            "Accepted=True/Accepted",
+            "ResolvedRefs=True/ResolvedRefs",
+            "Programmed=True/Programmed",
+            "Ready=True/Ready"
+        ]
+    );
+    assert_eq!(status.observed_generation, Some(4));
+    assert_eq!(status.cluster_count, Some(1));
+    assert!(status
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(4)));
+    assert_eq!(
+        condition(&status, PROGRAMMED).message,
+        "2 proxies in 1 cluster(s) acknowledged this generation"
+    );
+}
+
+#[test]
+fn programmed_waits_for_acks_and_reports_nacks() {
+    let pending = Fixture::new(SHOP)
+        .proxy("public", Some(7), None)
+        .proxy("public", Some(6), None)
+        .status(None, &at(100));
+    assert_eq!(summary(&pending)[2], "Programmed=False/Pending");
+    assert_eq!(summary(&pending)[3], "Ready=False/Pending");
+    assert_eq!(
+        condition(&pending, PROGRAMMED).message,
+        "1 of 2 proxies acknowledged this generation"
+    );
+
+    let nacked = Fixture::new(SHOP)
+        .proxy("public", Some(6), Some("invalid regex"))
+        .status(None, &at(100));
+    let programmed = condition(&nacked, PROGRAMMED);
+    assert_eq!(programmed.reason, "Rejected");
+    assert!(
+        programmed.message.contains("invalid regex"),
+        "{programmed:?}"
+    );
+
+    let alone = Fixture::new(SHOP).status(None, &at(100));
+    assert_eq!(summary(&alone)[2], "Programmed=False/NoConnectedGateways");
+}
+
+#[test]
+fn a_dangling_gateway_is_not_accepted_and_a_missing_backend_is_unresolved() {
+    let yaml = SHOP
+        .replace("gateways: [public]", "gateways: [public, edge/missing]")
+        .replace("host: web}", "host: payments}");
+    let status = Fixture::new(&yaml)
+        .proxy("public", Some(7), None)
+        .status(None, &at(100));
+    assert_eq!(
+        summary(&status),
+        [
+            "Accepted=False/NoMatchingGateway",
+            "ResolvedRefs=False/BackendNotFound",
+            "Programmed=True/Programmed",
+            "Ready=False/NoMatchingGateway"
+        ]
+    );
+    assert_eq!(
+        condition(&status, ACCEPTED).message,
+        "spec.template.virtualServices[0].spec.gateways[1]: Gateway edge/missing does not exist in cluster local"
+    );
+    assert!(condition(&status, RESOLVED_REFS)
+        .message
+        .contains("payments.shop.svc.cluster.local"));
+}
+
+#[test]
+fn a_rejected_generation_reports_its_field_errors() {
+    let mut fixture = Fixture::new(SHOP);
+    fixture.rejected.insert(
+        ObjectKey::new("shop", "shop"),
+        Rejection {
+            generation: Some(5),
+            errors: vec![FieldError {
+                path: "spec.template.gateways[0].spec.servers".to_owned(),
+                message: "at least one server is required".to_owned(),
+            }],
+        },
+    );
+    let status = fixture
+        .proxy("public", Some(7), None)
+        .status(None, &at(100));
+    assert_eq!(
+        summary(&status),
+        [
+            "Accepted=False/Invalid",
+            "ResolvedRefs=Unknown/Invalid",
+            "Programmed=False/Invalid",
+            "Ready=False/Invalid"
+        ]
+    );
+    assert_eq!(status.observed_generation, Some(5));
+    assert_eq!(
+        condition(&status, ACCEPTED).message,
+        "field `spec.template.gateways[0].spec.servers`: at least one server is required"
+    );
+}
+
+#[test]
+fn transition_times_move_only_when_a_status_flips() {
+    let pending = Fixture::new(SHOP)
+        .proxy("public", Some(6), None)
+        .status(None, &at(100));
+    let still_pending = Fixture::new(SHOP)
+        .proxy("public", Some(6), None)
+        .status(Some(&pending), &at(200));
+    assert_eq!(pending, still_pending, "nothing changed, nothing to write");
+
+    let done = Fixture::new(SHOP)
+        .proxy("public", Some(7), None)
+        .status(Some(&pending), &at(300));
+    assert_eq!(condition(&done, ACCEPTED).last_transition_time, at(100));
+    assert_eq!(condition(&done, PROGRAMMED).last_transition_time, at(300));
+    assert_eq!(condition(&done, READY).last_transition_time, at(300));
+}
+
+#[test]
+fn keys_cover_rejected_access_points_that_never_served() {
+    let mut fixture = Fixture::new(SHOP);
+    fixture.rejected.insert(
+        ObjectKey::new("other", "new"),
+        Rejection {
+            generation: Some(1),
+            errors: Vec::new(),
+        },
+    );
+    let keys = access_point_keys(fixture.published());
+    assert_eq!(
+        keys,
+        [
+            ObjectKey::new("other", "new"),
+            ObjectKey::new("shop", "shop")
+        ]
+    );
+}
+
+#[test]
+fn acknowledgements_are_reported_per_access_point_generation() {
+    let fixture = Fixture::new(SHOP);
+    let key = ObjectKey::new("shop", "shop");
+    assert!(acked_access_points(fixture.published(), None).is_empty());
+    assert!(acked_access_points(fixture.published(), Some(6)).is_empty());
+    assert_eq!(
+        acked_access_points(fixture.published(), Some(7)),
+        BTreeMap::from([(key, 4)])
+    );
+}

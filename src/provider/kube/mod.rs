@@ -1,0 +1,45 @@
+//! The Kubernetes provider: kube-runtime watchers on Meridian's kinds plus Service,
+//! EndpointSlice and Namespace, feeding the same index standalone mode feeds.
+//!
+//! Watch tasks only decode and forward ([`Update`]); one task owns the [`Scope`] and the
+//! index, so applying updates stays synchronous and ordered.
+
+pub mod endpoint_slice;
+pub mod scope;
+pub mod watch;
+
+use std::collections::BTreeMap;
+
+use crate::core::model::{InputObject, Kind, ObjectKey};
+pub use scope::{Scope, Watched};
+
+/// One change a watch observed. (Short-lived; boxing would only add noise.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Update {
+    Apply(InputObject),
+    Delete(Kind, ObjectKey),
+    Namespace {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    NamespaceGone(String),
+    /// The watch (re)started listing; what it does not list again is gone.
+    RelistStarted(Watched),
+    /// The list finished; from now on changes stream in.
+    RelistDone(Watched),
+}
+
+impl Scope {
+    /// Applies one update to the scope and, through it, the index.
+    pub fn update(&mut self, index: &mut crate::index::Index, update: Update) {
+        match update {
+            Update::Apply(object) => self.apply(index, object),
+            Update::Delete(kind, key) => self.delete(index, kind, &key),
+            Update::Namespace { name, labels } => self.apply_namespace(index, &name, labels),
+            Update::NamespaceGone(name) => self.delete_namespace(index, &name),
+            Update::RelistStarted(watched) => self.begin_relist(watched),
+            Update::RelistDone(watched) => self.end_relist(index, watched),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Watch tasks: one kube-runtime watcher per kind, decoding objects into [`Update`]s.
+//!
+//! Server-managed metadata (`resourceVersion`, `managedFields`) and AccessPoint status are
+//! dropped before objects reach the model: they do not change what gateways are served, and
+//! keeping them would make every status write look like a new AccessPoint generation.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::endpoint_slice::from_v1beta1;
+use super::{Update, Watched};
+use crate::api::{AccessPoint, MemberCluster, NameService};
+use crate::core::model::{InputObject, Kind, ObjectKey};
+
+/// Starts a watch task per kind; each sends its updates to `tx` until `tx` closes.
+pub async fn spawn_all(
+    client: Client,
+    tx: mpsc::Sender<Update>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, kube::Error> {
+    let mut tasks = vec![
+        spawn(
+            Kind::AccessPoint,
+            Api::<AccessPoint>::all(client.clone()),
+            tx.clone(),
+            |mut ap| {
+                ap.status = None;
+                Ok(InputObject::AccessPoint(ap))
+            },
+        ),
+        spawn(
+            Kind::MemberCluster,
+            Api::<MemberCluster>::all(client.clone()),
+            tx.clone(),
+            |mut mc| {
+                mc.status = None;
+                Ok(InputObject::MemberCluster(mc))
+            },
+        ),
+        spawn(
+            Kind::NameService,
+            Api::<NameService>::all(client.clone()),
+            tx.clone(),
+            |mut ns| {
+                ns.status = None;
+                Ok(InputObject::NameService(ns))
+            },
+        ),
+        spawn(
+            Kind::Service,
+            Api::<Service>::all(client.clone()),
+            tx.clone(),
+            |mut svc| {
+                svc.status = None;
+                Ok(InputObject::Service(svc))
+            },
+        ),
+        tokio::spawn(forward(
+            Watched::Namespace,
+            watcher(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+            tx.clone(),
+            |event| match event {
+                Event::Apply(ns) | Event::InitApply(ns) => Some(Update::Namespace {
+                    labels: ns.metadata.labels.unwrap_or_default(),
+                    name: ns.metadata.name.unwrap_or_default(),
+                }),
+                Event::Delete(ns) => {
+                    Some(Update::NamespaceGone(ns.metadata.name.unwrap_or_default()))
+                }
+                Event::Init | Event::InitDone => None,
+            },
+        )),
+    ];
+    if serves_endpoint_slices_v1(&client).await? {
+        tasks.push(spawn(
+            Kind::EndpointSlice,
+            Api::<EndpointSlice>::all(client),
+            tx,
+            |eps| Ok(InputObject::EndpointSlice(eps)),
+        ));
+    } else {
+        tracing::info!(
+            "apiserver serves EndpointSlices as discovery.k8s.io/v1beta1 only; converting"
+        );
+        let resource = ApiResource {
+            group: "discovery.k8s.io".to_owned(),
+            version: "v1beta1".to_owned(),
+            api_version: "discovery.k8s.io/v1beta1".to_owned(),
+            kind: "EndpointSlice".to_owned(),
+            plural: "endpointslices".to_owned(),
+        };
+        let api = Api::<DynamicObject>::all_with(client, &resource);
+        tasks.push(spawn(Kind::EndpointSlice, api, tx, |object| {
+            let value = serde_json::to_value(object)?;
+            Ok(InputObject::EndpointSlice(from_v1beta1(value)?))
+        }));
+    }
+    Ok(tasks)
+}
+
+async fn serves_endpoint_slices_v1(client: &Client) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources("discovery.k8s.io/v1").await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == "endpointslices")),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Watches `api`, turning each object into an input with `decode`.
+fn spawn<K>(
+    model_kind: Kind,
+    api: Api<K>,
+    tx: mpsc::Sender<Update>,
+    decode: fn(K) -> Result<InputObject, serde_json::Error>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let watched = Watched::Object(model_kind);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(forward(watched, stream, tx, move |event| match event {
+        Event::Apply(object) | Event::InitApply(object) => {
+            let key = key_of(object.meta());
+            match decode(object) {
+                Ok(object) => Some(Update::Apply(strip(object))),
+                Err(error) => {
+                    tracing::warn!(kind = %model_kind, object = %key, %error, "cannot decode; ignored");
+                    None
+                }
+            }
+        }
+        Event::Delete(object) => Some(Update::Delete(model_kind, key_of(object.meta()))),
+        Event::Init | Event::InitDone => None,
+    }))
+}
+
+async fn forward<K>(
+    watched: Watched,
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    tx: mpsc::Sender<Update>,
+    convert: impl Fn(Event<K>) -> Option<Update>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let update = match event {
+            Ok(Event::Init) => Some(Update::RelistStarted(watched)),
+            Ok(Event::InitDone) => Some(Update::RelistDone(watched)),
+            Ok(event) => convert(event),
+            Err(error) => {
+                tracing::warn!(?watched, %error, "watch failed; retrying with backoff");
+                None
+            }
+        };
+        if let Some(update) = update {
+            if tx.send(update).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn key_of(meta: &ObjectMeta) -> ObjectKey {
+    ObjectKey::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+fn strip(mut object: InputObject) -> InputObject {
+    let meta = object.metadata_mut();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    let annotations: Option<BTreeMap<String, String>> = meta.annotations.take().map(|a| {
+        a.into_iter()
+            .filter(|(k, _)| k != "kubectl.kubernetes.io/last-applied-configuration")
+            .collect()
+    });
+    meta.annotations = annotations.filter(|a| !a.is_empty());
+    object
+}

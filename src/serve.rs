@@ -1,0 +1,109 @@
+//! What both modes serve: the ADS/ops gRPC server and admin HTTP, plus the mode's own tasks,
+//! all stopped together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{self, AdminState};
+use crate::ops::OpsService;
+use crate::xds::server::AdsService;
+
+/// A running control plane.
+pub struct Running {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin: Arc<AdminState>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Binds both listeners and starts serving `admin.xds`.
+    pub async fn serve(
+        xds_addr: SocketAddr,
+        admin_addr: SocketAddr,
+        admin_state: Arc<AdminState>,
+    ) -> anyhow::Result<Running> {
+        let xds_listener = TcpListener::bind(xds_addr)
+            .await
+            .with_context(|| format!("binding xDS address {xds_addr}"))?;
+        let admin_listener = TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("binding admin address {admin_addr}"))?;
+        let xds_addr = xds_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let xds = admin_state.xds.clone();
+        let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(AdsService::new(xds.clone()))
+            .add_service(OpsService::new(xds))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(xds_listener),
+                stopped_signal(stopped.clone()),
+            );
+        let http = axum::serve(admin_listener, admin::router(admin_state.clone()))
+            .with_graceful_shutdown(stopped_signal(stopped));
+        let running = Running {
+            xds_addr,
+            admin_addr,
+            admin: admin_state,
+            stop,
+            tasks: Vec::new(),
+        };
+        Ok(running
+            .with_task(async move { grpc.await.context("xDS server") })
+            .with_task(async move { http.await.context("admin server") }))
+    }
+
+    /// Runs `task` alongside the servers; its failure stops everything.
+    pub fn with_task(
+        mut self,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Running {
+        self.tasks.push(tokio::spawn(task));
+        self
+    }
+
+    /// Resolves once shutdown has begun.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            task.await.context("task panicked")??;
+        }
+        Ok(())
+    }
+
+    /// Runs until `signal` resolves or a task fails.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let first_failure = futures::future::select_all(self.tasks.iter_mut());
+        tokio::select! {
+            _ = signal => {}
+            (result, _, _) = first_failure => {
+                result.context("task panicked")??;
+            }
+        }
+        self.shutdown().await
+    }
+}
+
+/// Resolves when `stopped` turns true (or its sender is gone).
+pub async fn stopped_signal(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow_and_update() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The one task that writes AccessPoint status, and only while this replica holds the lease.
+//!
+//! It recomputes every AccessPoint's status ([`crate::core::status`]) whenever the index
+//! publishes or a gateway's acknowledgement state changes, and writes only what differs from
+//! what the object already shows, with server-side apply under one field manager.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::watch;
+
+use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
+use crate::core::model::ObjectKey;
+use crate::core::status::{
+    access_point_keys, access_point_status, acked_access_points, GatewayAck, StatusInput,
+};
+use crate::index::Snapshot;
+use crate::xds::server::XdsState;
+
+/// The field manager of every write Meridian makes.
+pub const FIELD_MANAGER: &str = "meridian";
+/// Bursts of ACKs during a rollout become one round of writes.
+const SETTLE: Duration = Duration::from_millis(100);
+/// Failed writes are retried this often.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    client: Client,
+    xds: Arc<XdsState>,
+    mut leading: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let all: Api<AccessPoint> = Api::all(client.clone());
+    let mut snapshots = xds.snapshots.clone();
+    let mut proxies = xds.proxies.subscribe();
+    loop {
+        // Follow until elected.
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return },
+                _ = stopped.changed() => return,
+            }
+        }
+        tracing::info!("leading: writing AccessPoint status");
+        let mut shown = match current_statuses(&all).await {
+            Ok(shown) => shown,
+            Err(error) => {
+                tracing::warn!(%error, "listing AccessPoints failed; retrying");
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+        };
+        loop {
+            let failures = write_round(&client, &xds, &mut shown).await;
+            let retry = async {
+                if failures > 0 {
+                    tokio::time::sleep(RETRY_EVERY).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = snapshots.changed() => {}
+                _ = proxies.changed() => {}
+                _ = retry => {}
+                _ = leading.changed() => break,
+                _ = stopped.changed() => return,
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+}
+
+async fn current_statuses(
+    api: &Api<AccessPoint>,
+) -> Result<BTreeMap<ObjectKey, AccessPointStatus>, kube::Error> {
+    let list = api.list(&ListParams::default()).await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|ap| {
+            let key = ObjectKey::new(
+                ap.metadata.namespace.clone().unwrap_or_default(),
+                ap.metadata.name.clone().unwrap_or_default(),
+            );
+            ap.status.map(|s| (key, s))
+        })
+        .collect())
+}
+
+/// Writes every status that changed; returns how many writes failed.
+async fn write_round(
+    client: &Client,
+    xds: &XdsState,
+    shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
+) -> usize {
+    let snapshot = xds.snapshots.borrow().clone();
+    let acks = local_acks(xds, &snapshot);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let keys = access_point_keys(snapshot.published());
+    shown.retain(|key, _| keys.contains(key));
+    let mut failures = 0;
+    for key in keys {
+        let input = StatusInput {
+            key: &key,
+            published: snapshot.published(),
+            proxies: &acks,
+        };
+        let desired = access_point_status(&input, shown.get(&key), &now);
+        if shown.get(&key) == Some(&desired) {
+            continue;
+        }
+        match apply_status(client, &key, &desired).await {
+            Ok(()) => {
+                tracing::debug!(access_point = %key, "status written");
+                shown.insert(key, desired);
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => {
+                tracing::warn!(access_point = %key, %error, "status write failed");
+                failures += 1;
+            }
+        }
+    }
+    failures
+}
+
+/// What the proxies connected to this replica acknowledged.
+pub fn local_acks(xds: &XdsState, snapshot: &Snapshot) -> Vec<GatewayAck> {
+    xds.proxies
+        .list()
+        .into_iter()
+        .filter_map(|p| {
+            let (namespace, name) = p.gateway.split_once('/')?;
+            Some(GatewayAck {
+                gateway: ObjectKey::new(namespace, name),
+                nack: p.nack().map(str::to_owned),
+                acked: acked_access_points(snapshot.published(), p.synced_generation),
+                node_id: p.node_id,
+                cluster: p.cluster,
+            })
+        })
+        .collect()
+}
+
+async fn apply_status(
+    client: &Client,
+    key: &ObjectKey,
+    status: &AccessPointStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<AccessPoint> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": API_VERSION,
+        "kind": "AccessPoint",
+        "status": status,
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}

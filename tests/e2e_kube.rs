@@ -1,0 +1,268 @@
+//! Kubernetes mode against a real kube-apiserver + etcd, a real Envoy, and `meridian
+//! controller` running as its least-privilege service account from `deploy/meridian.yaml`.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::kube::{Controller, KubeCluster};
+use support::{client, eventually, get, Backend, Envoy};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// CRDs, the install manifest, and a labelled `shop` namespace with a backend Service whose
+/// EndpointSlice points at `backend_port` on loopback.
+fn install(cluster: &KubeCluster, backend_port: u16) {
+    cluster.kubectl_ok(&["apply", "-f", &repo("crds")]);
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/accesspoints.meridian.dev",
+        "crd/memberclusters.meridian.dev",
+        "crd/nameservices.meridian.dev",
+    ]);
+    cluster.kubectl_ok(&["apply", "-f", &repo("deploy/meridian.yaml")]);
+    cluster.apply_ok(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{meridian.dev/enabled: "true"}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: ignored}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{ports: [{{name: http, port: 80, targetPort: {backend_port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1beta1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- addresses: ["127.0.0.1"]
+  conditions: {{ready: true}}
+ports: [{{name: http, port: {backend_port}, protocol: TCP}}]
+"#
+    ));
+}
+
+fn access_point(
+    name: &str,
+    namespace: &str,
+    gateway_port: u32,
+    vs_gateway: &str,
+    host: &str,
+) -> String {
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: public}}
+      spec: {{servers: [{{port: {{number: {gateway_port}, protocol: HTTP}}, hosts: ["*"]}}]}}
+    virtualServices:
+    - metadata: {{name: {name}}}
+      spec:
+        hosts: [{host}]
+        gateways: [{vs_gateway}]
+        http: [{{route: [{{destination: {{host: web, port: {{number: 80}}}}}}]}}]
+"#
+    )
+}
+
+fn condition(cluster: &KubeCluster, ap: &str, kind: &str, field: &str) -> String {
+    cluster.jsonpath(
+        &["get", "accesspoint", ap, "-n", "shop"],
+        &format!("{{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_drives_envoy_and_status() {
+    let cluster = KubeCluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    install(&cluster, backend.port);
+
+    // The schema rejects what it can check statically, naming the field.
+    let rejected = cluster.apply(&access_point(
+        "bad",
+        "shop",
+        70000,
+        "public",
+        "bad.example.test",
+    ));
+    assert!(!rejected.status.success());
+    let message = String::from_utf8_lossy(&rejected.stderr);
+    assert!(
+        message.contains("spec.template.gateways.spec.servers.port.number")
+            || message.contains("port.number"),
+        "{message}"
+    );
+    assert!(message.contains("65535"), "{message}");
+    // The apiserver publishes CRD schemas to OpenAPI a few seconds after creation.
+    eventually(WAIT, "kubectl explain shows field descriptions", || async {
+        let out = cluster.kubectl(&["explain", "accesspoint.spec.placement"]);
+        String::from_utf8_lossy(&out.stdout).contains("Where the AccessPoint is expanded")
+    })
+    .await;
+
+    let controller = Controller::start(
+        &cluster.controller_kubeconfig,
+        work.path(),
+        "replica-a",
+        &["--namespace-selector", "meridian.dev/enabled=true"],
+    );
+    let gateway_port = support::free_port();
+    let port = u32::from(gateway_port);
+    let envoy = Envoy::start(
+        work.path(),
+        "gw-1",
+        "shop/public",
+        controller.xds_port,
+        true,
+    );
+    cluster.apply_ok(&access_point(
+        "shop",
+        "shop",
+        port,
+        "public",
+        "shop.example.test",
+    ));
+
+    let http = client();
+    eventually(
+        WAIT,
+        "Envoy routes shop.example.test to the backend",
+        || {
+            let http = http.clone();
+            async move {
+                get(&http, gateway_port, "shop.example.test", "/")
+                    .await
+                    .as_deref()
+                    == Ok("web")
+            }
+        },
+    )
+    .await;
+    let waited = cluster.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "accesspoint/shop",
+        "-n",
+        "shop",
+        "--timeout=60s",
+    ]);
+    assert!(
+        waited.status.success(),
+        "kubectl wait: {}\ncontroller log:\n{}",
+        String::from_utf8_lossy(&waited.stderr),
+        controller.log_text()
+    );
+    assert_eq!(condition(&cluster, "shop", "Programmed", "status"), "True");
+    assert_eq!(
+        condition(&cluster, "shop", "Ready", "observedGeneration"),
+        "1"
+    );
+    let table = cluster.kubectl_ok(&["get", "accesspoints", "-n", "shop"]);
+    assert!(
+        table.contains("READY") && table.contains("PROGRAMMED") && table.contains("CLUSTERS"),
+        "{table}"
+    );
+
+    // A dangling Gateway reference is admitted but not accepted; the valid AccessPoint is untouched.
+    cluster.apply_ok(&access_point(
+        "dangling",
+        "shop",
+        port,
+        "missing",
+        "dangling.example.test",
+    ));
+    eventually(
+        WAIT,
+        "Accepted=False on the dangling AccessPoint",
+        || async { condition(&cluster, "dangling", "Accepted", "status") == "False" },
+    )
+    .await;
+    assert_eq!(
+        condition(&cluster, "dangling", "Accepted", "reason"),
+        "NoMatchingGateway"
+    );
+    let message = condition(&cluster, "dangling", "Accepted", "message");
+    assert!(
+        message.contains("Gateway shop/missing does not exist"),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.template.virtualServices[0].spec.gateways[0]"),
+        "{message}"
+    );
+    assert_eq!(
+        get(&http, gateway_port, "shop.example.test", "/")
+            .await
+            .as_deref(),
+        Ok("web")
+    );
+
+    // A namespace outside the selector is not processed at all.
+    cluster.apply_ok(&access_point(
+        "elsewhere",
+        "ignored",
+        port,
+        "public",
+        "x.example.test",
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cluster.jsonpath(
+            &["get", "accesspoint", "elsewhere", "-n", "ignored"],
+            "{.status}"
+        ),
+        ""
+    );
+
+    // A new generation is reported once Envoy has acknowledged it.
+    let moved = access_point("shop", "shop", port, "public", "shop2.example.test");
+    cluster.apply_ok(&moved);
+    eventually(WAIT, "generation 2 programmed", || async {
+        condition(&cluster, "shop", "Programmed", "observedGeneration") == "2"
+            && condition(&cluster, "shop", "Programmed", "status") == "True"
+    })
+    .await;
+    assert_eq!(
+        get(&http, gateway_port, "shop2.example.test", "/")
+            .await
+            .as_deref(),
+        Ok("web")
+    );
+
+    // Deleting the AccessPoint withdraws its routes from Envoy.
+    cluster.kubectl_ok(&["delete", "accesspoint", "shop", "-n", "shop"]);
+    eventually(WAIT, "routes removed from Envoy", || {
+        let http = http.clone();
+        async move {
+            get(&http, gateway_port, "shop2.example.test", "/")
+                .await
+                .is_err()
+        }
+    })
+    .await;
+    drop(envoy);
+}

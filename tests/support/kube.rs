@@ -1,0 +1,267 @@
+//! A real Kubernetes control plane on loopback: etcd plus kube-apiserver, with kubectl.
+//!
+//! Binaries come from `$KUBEBUILDER_ASSETS` when set, else from `e2e/kube/install.sh` (which
+//! builds kube-apiserver 1.20.2 once from Debian's source package and caches it outside the
+//! repository). Two identities are configured with static tokens: `admin` (system:masters)
+//! and the `meridian-system/meridian` service account, which gets only what
+//! `deploy/meridian.yaml` grants it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+pub const CONTROLLER_USER: &str = "system:serviceaccount:meridian-system:meridian";
+
+pub struct KubeCluster {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    assets: PathBuf,
+    etcd: Child,
+    apiserver: Child,
+    pub port: u16,
+    pub admin_kubeconfig: PathBuf,
+    /// Authenticates as the controller's service account (RBAC applies).
+    pub controller_kubeconfig: PathBuf,
+}
+
+fn assets() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(repo.join("e2e/kube/install.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run e2e/kube/install.sh");
+    assert!(out.status.success(), "e2e/kube/install.sh failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+impl KubeCluster {
+    pub fn start() -> KubeCluster {
+        let assets = assets();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let (etcd_port, peer_port, port) = (free_port(), free_port(), free_port());
+        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
+        let etcd = Command::new(assets.join("etcd"))
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg("--log-level=error")
+            .stdout(log("etcd.log"))
+            .stderr(log("etcd.err"))
+            .spawn()
+            .expect("start etcd");
+
+        let sa_key = dir.join("sa.key");
+        let status = Command::new("openssl")
+            .args(["genrsa", "-out"])
+            .arg(&sa_key)
+            .arg("2048")
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl generates the service-account key");
+        assert!(status.success());
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!(
+                "admin-token,admin,admin,\"system:masters\"\n\
+                 meridian-token,{CONTROLLER_USER},meridian,\"system:serviceaccounts,system:serviceaccounts:meridian-system\"\n"
+            ),
+        )
+        .unwrap();
+        let apiserver = Command::new(assets.join("kube-apiserver"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg(format!("--secure-port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--cert-dir={}", dir.join("certs").display()))
+            .arg(format!("--token-auth-file={}", tokens.display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-key-file={}", sa_key.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--etcd-prefix=/meridian-e2e")
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .expect("start kube-apiserver");
+
+        let kubeconfig = |name: &str, token: &str| {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: u, namespace: default}}\ncurrent-context: e2e\n"
+                ),
+            )
+            .unwrap();
+            path
+        };
+        let cluster = KubeCluster {
+            admin_kubeconfig: kubeconfig("admin.kubeconfig", "admin-token"),
+            controller_kubeconfig: kubeconfig("meridian.kubeconfig", "meridian-token"),
+            _dir: tmp,
+            dir,
+            assets,
+            etcd,
+            apiserver,
+            port,
+        };
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            let out = self.kubectl(&["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                // The default namespace appears shortly after readiness.
+                if self
+                    .kubectl(&["get", "namespace", "default"])
+                    .status
+                    .success()
+                {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "kube-apiserver did not become ready:\n{}",
+            std::fs::read_to_string(self.dir.join("apiserver.err")).unwrap_or_default()
+        );
+    }
+
+    /// Runs kubectl as admin.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(self.assets.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl as admin and returns stdout; panics with stderr on failure.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` with `yaml` on stdin.
+    pub fn apply(&self, yaml: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(self.assets.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.admin_kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl apply");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    pub fn apply_ok(&self, yaml: &str) {
+        let out = self.apply(yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A field of an object via `-o jsonpath`; empty when absent or on error.
+    pub fn jsonpath(&self, args: &[&str], path: &str) -> String {
+        let mut all = args.to_vec();
+        let expr = format!("jsonpath={path}");
+        all.extend(["-o", &expr]);
+        let out = self.kubectl(&all);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for KubeCluster {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `meridian controller` as a child process (so a test can kill it like a crashed pod).
+pub struct Controller {
+    child: Child,
+    pub identity: String,
+    pub xds_port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Controller {
+        let (xds_port, admin_port) = (free_port(), free_port());
+        let log = dir.join(format!("{identity}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .arg("controller")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--identity", identity])
+            .args(extra)
+            .env("RUST_LOG", "info,meridian=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start meridian controller");
+        Controller {
+            child,
+            identity: identity.to_owned(),
+            xds_port,
+            admin_port,
+            log,
+        }
+    }
+
+    /// SIGKILL: no lease release, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
