@@ -1,5 +1,6 @@
 //! Kubernetes mode wiring: watchers → scope → index → ADS/ops gRPC and admin HTTP (every
-//! replica), plus the lease campaign and the status writer (the leader only writes).
+//! replica), each replica's acknowledgement report, the lease campaign, and the status writer
+//! (only the leader writes status).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
 use tokio::sync::{mpsc, watch};
 
+use crate::ack_reports;
 use crate::admin::AdminState;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
@@ -82,17 +84,27 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         watch_count,
         stopped.clone(),
     );
+    let lease = options.lease;
     let campaign = {
-        let (client, lease, stopped) = (client.clone(), options.lease, stopped.clone());
+        let (client, lease, stopped) = (client.clone(), lease.clone(), stopped.clone());
         async move {
             leader::run(client, lease, leading_tx, stopped).await;
             Ok(())
         }
     };
-    let writer = {
-        let stopped = stopped.clone();
+    let reports = ack_reports::watch_reports(client.clone(), &lease.namespace, stopped.clone());
+    let publisher = {
+        let (client, xds, stopped) = (client.clone(), xds.clone(), stopped.clone());
+        let (namespace, identity) = (lease.namespace.clone(), lease.identity.clone());
         async move {
-            status_writer::run(client, xds, leading, stopped).await;
+            ack_reports::publish(client, namespace, identity, xds, stopped).await;
+            Ok(())
+        }
+    };
+    let writer = {
+        let (stopped, identity) = (stopped.clone(), lease.identity.clone());
+        async move {
+            status_writer::run(client, xds, identity, reports, leading, stopped).await;
             Ok(())
         }
     };
@@ -106,6 +118,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     Ok(running
         .with_task(feed)
         .with_task(campaign)
+        .with_task(publisher)
         .with_task(writer)
         .with_task(abort_watches))
 }

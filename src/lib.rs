@@ -1,5 +1,6 @@
 //! Meridian: a federated Envoy xDS control plane. See `docs/ARCHITECTURE.md` for the code map.
 
+pub mod ack_reports;
 pub mod admin;
 pub mod api;
 pub mod bootstrap;

@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::watch;
 
+use crate::ack_reports::{Report, HEARTBEAT};
 use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
 use crate::core::model::ObjectKey;
 use crate::core::status::{
@@ -31,6 +32,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(
     client: Client,
     xds: Arc<XdsState>,
+    identity: String,
+    mut reports: watch::Receiver<BTreeMap<String, Report>>,
     mut leading: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -55,7 +58,8 @@ pub async fn run(
             }
         };
         loop {
-            let failures = write_round(&client, &xds, &mut shown).await;
+            let acks = all_acks(&xds, &identity, &reports.borrow_and_update());
+            let failures = write_round(&client, &xds, &acks, &mut shown).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -66,6 +70,9 @@ pub async fn run(
             tokio::select! {
                 _ = snapshots.changed() => {}
                 _ = proxies.changed() => {}
+                _ = reports.changed() => {}
+                // Reports of vanished replicas expire even when nothing else moves.
+                _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = retry => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
@@ -96,10 +103,10 @@ async fn current_statuses(
 async fn write_round(
     client: &Client,
     xds: &XdsState,
+    acks: &[GatewayAck],
     shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
 ) -> usize {
     let snapshot = xds.snapshots.borrow().clone();
-    let acks = local_acks(xds, &snapshot);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let keys = access_point_keys(snapshot.published());
     shown.retain(|key, _| keys.contains(key));
@@ -108,7 +115,7 @@ async fn write_round(
         let input = StatusInput {
             key: &key,
             published: snapshot.published(),
-            proxies: &acks,
+            proxies: acks,
         };
         let desired = access_point_status(&input, shown.get(&key), &now);
         if shown.get(&key) == Some(&desired) {
@@ -127,6 +134,30 @@ async fn write_round(
         }
     }
     failures
+}
+
+/// This replica's proxies, then those other replicas report (a proxy that moved between
+/// replicas counts once, as the fresher replica sees it).
+fn all_acks(xds: &XdsState, identity: &str, reports: &BTreeMap<String, Report>) -> Vec<GatewayAck> {
+    let snapshot = xds.snapshots.borrow().clone();
+    let mut acks = local_acks(xds, &snapshot);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut remote: Vec<(&str, GatewayAck)> = reports
+        .values()
+        .filter(|r| r.replica != identity)
+        .flat_map(|r| {
+            r.live_acks(now)
+                .into_iter()
+                .map(move |a| (r.heartbeat.as_str(), a))
+        })
+        .collect();
+    remote.sort_by(|a, b| b.0.cmp(a.0));
+    for (_, ack) in remote {
+        if !acks.iter().any(|a| a.node_id == ack.node_id) {
+            acks.push(ack);
+        }
+    }
+    acks
 }
 
 /// What the proxies connected to this replica acknowledged.

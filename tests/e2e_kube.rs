@@ -266,3 +266,136 @@ async fn kubectl_apply_drives_envoy_and_status() {
     .await;
     drop(envoy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
+    let cluster = KubeCluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    install(&cluster, backend.port);
+    let lease_flags = ["--lease-duration", "4s", "--renew-every", "1s"];
+    let mut replicas = [
+        Controller::start(
+            &cluster.controller_kubeconfig,
+            work.path(),
+            "replica-a",
+            &lease_flags,
+        ),
+        Controller::start(
+            &cluster.controller_kubeconfig,
+            work.path(),
+            "replica-b",
+            &lease_flags,
+        ),
+    ];
+    let holder = || {
+        cluster.jsonpath(
+            &[
+                "get",
+                "lease",
+                "meridian-controller",
+                "-n",
+                "meridian-system",
+            ],
+            "{.spec.holderIdentity}",
+        )
+    };
+    eventually(WAIT, "a replica holds the lease", || async {
+        !holder().is_empty()
+    })
+    .await;
+    let leader = replicas
+        .iter()
+        .position(|r| r.identity == holder())
+        .unwrap();
+    let follower = 1 - leader;
+
+    // The gateway is connected to the follower only: the leader learns of its ACKs from the
+    // follower's report.
+    let gateway_port = support::free_port();
+    let port = u32::from(gateway_port);
+    let _envoy = Envoy::start(
+        work.path(),
+        "gw-1",
+        "shop/public",
+        replicas[follower].xds_port,
+        false,
+    );
+    cluster.apply_ok(&access_point(
+        "shop",
+        "shop",
+        port,
+        "public",
+        "shop.example.test",
+    ));
+    let http = client();
+    eventually(WAIT, "Envoy routes through the follower", || {
+        let http = http.clone();
+        async move {
+            get(&http, gateway_port, "shop.example.test", "/")
+                .await
+                .as_deref()
+                == Ok("web")
+        }
+    })
+    .await;
+    eventually(WAIT, "Ready written by the leader", || async {
+        condition(&cluster, "shop", "Ready", "status") == "True"
+    })
+    .await;
+    assert!(replicas[leader]
+        .log_text()
+        .contains("leading: writing AccessPoint status"));
+    assert!(!replicas[follower]
+        .log_text()
+        .contains("leading: writing AccessPoint status"));
+
+    // Traffic keeps flowing while the leader dies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (http, stop) = (http.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match get(&http, gateway_port, "shop.example.test", "/").await {
+                    Ok(_) => ok += 1,
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    replicas[leader].kill();
+    let killed_at = std::time::Instant::now();
+    let both = "shop.example.test, shop2.example.test";
+    cluster.apply_ok(&access_point("shop", "shop", port, "public", both));
+    eventually(WAIT, "the new leader programs generation 2", || async {
+        condition(&cluster, "shop", "Programmed", "observedGeneration") == "2"
+            && condition(&cluster, "shop", "Ready", "status") == "True"
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    assert_eq!(holder(), replicas[follower].identity);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    // Lease duration plus one renew period for the standby to notice, plus the write itself.
+    assert!(
+        takeover < Duration::from_secs(4 + 1 + 2),
+        "takeover took {takeover:?}"
+    );
+    eprintln!("status writes resumed {takeover:?} after the leader was killed; {ok} requests, none failed");
+    assert_eq!(
+        get(&http, gateway_port, "shop2.example.test", "/")
+            .await
+            .as_deref(),
+        Ok("web")
+    );
+}

@@ -1,0 +1,268 @@
+//! Acknowledgement reports: how the leader learns what gateways connected to *other* replicas
+//! have acknowledged, so `Programmed` covers every proxy however the Service spread them.
+//!
+//! Every replica publishes what its own proxies acknowledged in a ConfigMap
+//! (`meridian-acks-<identity>`, labelled `meridian.dev/ack-report`) in Meridian's namespace,
+//! rewritten when it changes and at least every [`HEARTBEAT`]. The leader watches those
+//! ConfigMaps and ignores reports not refreshed within [`STALE_AFTER`] (a crashed replica's
+//! proxies reconnect elsewhere and are reported there). This is how istiod distributes status
+//! reports between replicas.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::core::model::ObjectKey;
+use crate::core::status::GatewayAck;
+use crate::status_writer::{local_acks, FIELD_MANAGER};
+use crate::xds::server::XdsState;
+
+pub const REPORT_LABEL: &str = "meridian.dev/ack-report";
+const REPORT_KEY: &str = "report.json";
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const STALE_AFTER: Duration = Duration::from_secs(15);
+
+/// One replica's report, as stored in its ConfigMap.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub replica: String,
+    /// RFC 3339 time of the last write.
+    pub heartbeat: String,
+    pub proxies: Vec<ReportedProxy>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedProxy {
+    pub node_id: String,
+    /// `namespace/name` of the Gateway it serves.
+    pub gateway: String,
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nack: Option<String>,
+    /// `namespace/name` of each AccessPoint → acknowledged `metadata.generation`.
+    pub acked: BTreeMap<String, i64>,
+}
+
+impl From<&GatewayAck> for ReportedProxy {
+    fn from(ack: &GatewayAck) -> ReportedProxy {
+        ReportedProxy {
+            node_id: ack.node_id.clone(),
+            gateway: ack.gateway.to_string(),
+            cluster: ack.cluster.clone(),
+            nack: ack.nack.clone(),
+            acked: ack.acked.iter().map(|(k, g)| (k.to_string(), *g)).collect(),
+        }
+    }
+}
+
+impl ReportedProxy {
+    fn to_ack(&self) -> Option<GatewayAck> {
+        let key = |text: &str| {
+            let (namespace, name) = text.split_once('/')?;
+            Some(ObjectKey::new(namespace, name))
+        };
+        Some(GatewayAck {
+            node_id: self.node_id.clone(),
+            gateway: key(&self.gateway)?,
+            cluster: self.cluster.clone(),
+            nack: self.nack.clone(),
+            acked: self
+                .acked
+                .iter()
+                .filter_map(|(k, g)| Some((key(k)?, *g)))
+                .collect(),
+        })
+    }
+}
+
+impl Report {
+    /// The acknowledgements of a report still fresh at `now`.
+    pub fn live_acks(&self, now: Timestamp) -> Vec<GatewayAck> {
+        let fresh = self
+            .heartbeat
+            .parse::<Timestamp>()
+            .ok()
+            .and_then(|at| now.duration_since(at).try_into().ok())
+            .is_some_and(|age: Duration| age < STALE_AFTER);
+        if !fresh {
+            return Vec::new();
+        }
+        self.proxies
+            .iter()
+            .filter_map(ReportedProxy::to_ack)
+            .collect()
+    }
+}
+
+fn config_map_name(identity: &str) -> String {
+    let safe: String = identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("meridian-acks-{safe}")
+}
+
+/// Publishes this replica's report until `stopped`, then deletes it.
+pub async fn publish(
+    client: Client,
+    namespace: String,
+    identity: String,
+    xds: Arc<XdsState>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let name = config_map_name(&identity);
+    let mut proxies = xds.proxies.subscribe();
+    let mut snapshots = xds.snapshots.clone();
+    loop {
+        let snapshot = xds.snapshots.borrow().clone();
+        let report = Report {
+            replica: identity.clone(),
+            heartbeat: Timestamp::now().to_string(),
+            proxies: local_acks(&xds, &snapshot)
+                .iter()
+                .map(ReportedProxy::from)
+                .collect(),
+        };
+        if let Err(error) = write(&api, &name, &report).await {
+            tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed");
+        }
+        tokio::select! {
+            _ = proxies.changed() => {}
+            _ = snapshots.changed() => {}
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    if let Err(error) = api.delete(&name, &DeleteParams::default()).await {
+        tracing::debug!(%error, "deleting the acknowledgement report failed");
+    }
+}
+
+async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> Result<(), kube::Error> {
+    let body = serde_json::to_string(report).map_err(kube::Error::SerdeError)?;
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {REPORT_LABEL: "true"}},
+        "data": {REPORT_KEY: body},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Watches every replica's report; the map is keyed by replica identity.
+pub fn watch_reports(
+    client: Client,
+    namespace: &str,
+    mut stopped: watch::Receiver<bool>,
+) -> watch::Receiver<BTreeMap<String, Report>> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let (tx, rx) = watch::channel(BTreeMap::new());
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut listing: Option<BTreeMap<String, Report>> = None;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                _ = stopped.changed() => return,
+            };
+            let Some(event) = event else { return };
+            match event {
+                Ok(Event::Init) => listing = Some(BTreeMap::new()),
+                Ok(Event::InitApply(cm)) => {
+                    if let (Some(list), Some(report)) = (listing.as_mut(), parse(&cm)) {
+                        list.insert(report.replica.clone(), report);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    tx.send_replace(listing.take().unwrap_or_default());
+                }
+                Ok(Event::Apply(cm)) => {
+                    if let Some(report) = parse(&cm) {
+                        tx.send_modify(|reports| {
+                            reports.insert(report.replica.clone(), report);
+                        });
+                    }
+                }
+                Ok(Event::Delete(cm)) => {
+                    if let Some(report) = parse(&cm) {
+                        tx.send_modify(|reports| {
+                            reports.remove(&report.replica);
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "watching acknowledgement reports failed"),
+            }
+        }
+    });
+    rx
+}
+
+fn parse(cm: &ConfigMap) -> Option<Report> {
+    let body = cm.data.as_ref()?.get(REPORT_KEY)?;
+    match serde_json::from_str(body) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            tracing::warn!(%error, config_map = ?cm.metadata.name, "unreadable acknowledgement report");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_expire() {
+        let ack = GatewayAck {
+            node_id: "envoy-1".to_owned(),
+            gateway: ObjectKey::new("shop", "public"),
+            cluster: "local".to_owned(),
+            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]),
+            nack: None,
+        };
+        let written = Timestamp::from_second(1_000).unwrap();
+        let report = Report {
+            replica: "a".to_owned(),
+            heartbeat: written.to_string(),
+            proxies: vec![ReportedProxy::from(&ack)],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        let read: Report = serde_json::from_str(&json).unwrap();
+        let soon = Timestamp::from_second(1_010).unwrap();
+        assert_eq!(read.live_acks(soon), vec![ack]);
+        let later = Timestamp::from_second(1_015).unwrap();
+        assert!(read.live_acks(later).is_empty());
+    }
+
+    #[test]
+    fn config_map_names_are_valid_for_any_identity() {
+        assert_eq!(config_map_name("Pod_7:x"), "meridian-acks-pod-7-x");
+    }
+}
