@@ -45,7 +45,7 @@ pub enum Command {
     /// leader lease. Every replica serves xDS.
     Controller {
         /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account).
-        #[arg(long, env = "KUBECONFIG")]
+        #[arg(long)]
         kubeconfig: Option<PathBuf>,
         /// Only process namespaces whose labels match this selector (kubectl syntax, e.g.
         /// `meridian.dev/enabled=true`); repeat to match any of several. Default: all.
