@@ -4,7 +4,7 @@
 //! publishes or a gateway's acknowledgement state changes, and writes only what differs from
 //! what the object already shows, with server-side apply under one field manager.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::ack_reports::{Report, HEARTBEAT};
 use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
 use crate::core::model::ObjectKey;
+use crate::core::refs::ClusterRefs;
 use crate::core::status::{
     access_point_keys, access_point_status, acked_access_points, GatewayAck, StatusInput,
 };
@@ -109,22 +110,25 @@ async fn write_round(
     let snapshot = xds.snapshots.borrow().clone();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let keys = access_point_keys(snapshot.published());
-    shown.retain(|key, _| keys.contains(key));
+    let current: BTreeSet<&ObjectKey> = keys.iter().collect();
+    shown.retain(|key, _| current.contains(key));
+    let clusters = ClusterRefs::all(&snapshot.model);
     let mut failures = 0;
-    for key in keys {
+    for key in &keys {
         let input = StatusInput {
-            key: &key,
+            key,
             published: snapshot.published(),
+            clusters: &clusters,
             proxies: acks,
         };
-        let desired = access_point_status(&input, shown.get(&key), &now);
-        if shown.get(&key) == Some(&desired) {
+        let desired = access_point_status(&input, shown.get(key), &now);
+        if shown.get(key) == Some(&desired) {
             continue;
         }
-        match apply_status(client, &key, &desired).await {
+        match apply_status(client, key, &desired).await {
             Ok(()) => {
                 tracing::debug!(access_point = %key, "status written");
-                shown.insert(key, desired);
+                shown.insert(key.clone(), desired);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => {

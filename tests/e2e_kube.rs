@@ -87,6 +87,16 @@ spec:
     )
 }
 
+/// Waits until Envoy on `port` routes `host` to the backend.
+async fn routed(http: &reqwest::Client, port: u16, host: &str) {
+    eventually(
+        WAIT,
+        &format!("Envoy routes {host} to the backend"),
+        || async { get(http, port, host, "/").await.as_deref() == Ok("web") },
+    )
+    .await;
+}
+
 fn condition(cluster: &KubeCluster, ap: &str, kind: &str, field: &str) -> String {
     cluster.jsonpath(
         &["get", "accesspoint", ap, "-n", "shop"],
@@ -148,20 +158,7 @@ async fn kubectl_apply_drives_envoy_and_status() {
     ));
 
     let http = client();
-    eventually(
-        WAIT,
-        "Envoy routes shop.example.test to the backend",
-        || {
-            let http = http.clone();
-            async move {
-                get(&http, gateway_port, "shop.example.test", "/")
-                    .await
-                    .as_deref()
-                    == Ok("web")
-            }
-        },
-    )
-    .await;
+    routed(&http, gateway_port, "shop.example.test").await;
     let waited = cluster.kubectl(&[
         "wait",
         "--for=condition=Ready",
@@ -329,16 +326,7 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
         "shop.example.test",
     ));
     let http = client();
-    eventually(WAIT, "Envoy routes through the follower", || {
-        let http = http.clone();
-        async move {
-            get(&http, gateway_port, "shop.example.test", "/")
-                .await
-                .as_deref()
-                == Ok("web")
-        }
-    })
-    .await;
+    routed(&http, gateway_port, "shop.example.test").await;
     eventually(WAIT, "Ready written by the leader", || async {
         condition(&cluster, "shop", "Ready", "status") == "True"
     })

@@ -6,12 +6,13 @@
 //! `Accepted=False`); an unresolved destination is served as a 503 (`ResolvedRefs=False`), the
 //! way Istio serves it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use super::expand::ClusterView;
+use super::expand::{cluster_view, ClusterView};
 use super::model::{Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
 use super::translate::{resolve_host, ServiceRegistry};
+use crate::api::istio::Destination;
 use crate::api::{AccessPoint, LOCAL_CLUSTER};
 
 /// Istio's reserved gateway name for sidecars; a gateway control plane has none to bind.
@@ -63,94 +64,126 @@ pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
         .collect()
 }
 
-/// The unresolved references of the AccessPoint `origin` in `view`'s cluster.
-pub fn unresolved_refs(view: &ClusterView<'_>, origin: &ObjectKey) -> Vec<UnresolvedRef> {
-    let registry = ServiceRegistry::new(view);
-    let gateways: BTreeSet<&ObjectKey> = view.gateways.iter().map(|g| &g.key).collect();
-    let mut out = Vec::new();
-    let mut push = |kind, path: String, message: String| {
-        out.push(UnresolvedRef {
-            kind,
-            cluster: view.cluster.clone(),
-            path,
-            message,
-        })
-    };
-    for vs in view.virtual_services.iter().filter(|v| v.origin == origin) {
-        let base = format!("spec.template.virtualServices[{}].spec", vs.index);
-        for (i, name) in vs.spec.gateways.iter().enumerate() {
-            if name == MESH_GATEWAY {
-                continue;
-            }
-            let key = gateway_key(name, &vs.key.namespace);
-            if !gateways.contains(&key) {
-                push(
-                    RefKind::Gateway,
-                    format!("{base}.gateways[{i}]"),
-                    format!("Gateway {key} does not exist in cluster {}", view.cluster),
-                );
-            }
+/// One cluster's view and service registry, built once and shared by the checks of every
+/// AccessPoint placed there.
+pub struct ClusterRefs<'m> {
+    pub view: ClusterView<'m>,
+    registry: ServiceRegistry<'m>,
+    gateways: BTreeSet<ObjectKey>,
+}
+
+impl<'m> ClusterRefs<'m> {
+    pub fn new(model: &'m Model, cluster: &str) -> ClusterRefs<'m> {
+        let view = cluster_view(model, cluster);
+        let registry = ServiceRegistry::new(&view);
+        let gateways = view.gateways.iter().map(|g| g.key.clone()).collect();
+        ClusterRefs {
+            view,
+            registry,
+            gateways,
         }
-        for (h, http) in vs.spec.http.iter().enumerate() {
-            for (r, route) in http.route.iter().enumerate() {
-                let destination = &route.destination;
-                let host = resolve_host(&destination.host, &vs.key.namespace);
-                let path = format!("{base}.http[{h}].route[{r}].destination");
-                match registry.get(&host) {
-                    None => push(
-                        RefKind::Backend,
-                        format!("{path}.host"),
-                        format!(
-                            "no Service or ServiceEntry {host} in cluster {}",
-                            view.cluster
-                        ),
-                    ),
-                    Some(service) => {
-                        let port = destination.port.as_ref().map(|p| p.number);
-                        let resolved = match port {
-                            Some(number) => service.port(number).is_some(),
-                            None => service.ports.len() == 1,
-                        };
-                        if !resolved {
-                            let what = match port {
-                                Some(number) => format!("has no port {number}"),
-                                None => "has several ports; name one".to_owned(),
-                            };
-                            push(
-                                RefKind::Backend,
-                                format!("{path}.port"),
-                                format!("{host} {what}"),
-                            );
-                        }
+    }
+
+    /// Every known cluster's references, by cluster name.
+    pub fn all(model: &'m Model) -> BTreeMap<String, ClusterRefs<'m>> {
+        known_clusters(model)
+            .into_iter()
+            .map(|c| {
+                let refs = ClusterRefs::new(model, &c);
+                (c, refs)
+            })
+            .collect()
+    }
+
+    /// The unresolved references of the AccessPoint `origin` in this cluster.
+    pub fn unresolved(&self, origin: &ObjectKey) -> Vec<UnresolvedRef> {
+        let view = &self.view;
+        let mut out = Vec::new();
+        let mut push = |kind, path: String, message: String| {
+            out.push(UnresolvedRef {
+                kind,
+                cluster: view.cluster.clone(),
+                path,
+                message,
+            })
+        };
+        for vs in view.virtual_services.iter().filter(|v| v.origin == origin) {
+            let base = format!("spec.template.virtualServices[{}].spec", vs.index);
+            for (i, name) in vs.spec.gateways.iter().enumerate() {
+                if name == MESH_GATEWAY {
+                    continue;
+                }
+                let key = gateway_key(name, &vs.key.namespace);
+                if !self.gateways.contains(&key) {
+                    push(
+                        RefKind::Gateway,
+                        format!("{base}.gateways[{i}]"),
+                        format!("Gateway {key} does not exist in cluster {}", view.cluster),
+                    );
+                }
+            }
+            for (h, http) in vs.spec.http.iter().enumerate() {
+                for (r, route) in http.route.iter().enumerate() {
+                    let path = format!("{base}.http[{h}].route[{r}].destination");
+                    if let Some((field, message)) =
+                        self.unresolved_destination(&route.destination, &vs.key.namespace)
+                    {
+                        push(RefKind::Backend, format!("{path}.{field}"), message);
                     }
                 }
             }
         }
+        out
     }
-    out
-}
 
-/// Gateways in `view` that serve something of `origin`: its own Gateways and those its
-/// VirtualServices bind to.
-pub fn bound_gateways(view: &ClusterView<'_>, origin: &ObjectKey) -> BTreeSet<ObjectKey> {
-    let existing: BTreeSet<&ObjectKey> = view.gateways.iter().map(|g| &g.key).collect();
-    let own = view
-        .gateways
-        .iter()
-        .filter(|g| g.origin == origin)
-        .map(|g| g.key.clone());
-    let referenced = view
-        .virtual_services
-        .iter()
-        .filter(|v| v.origin == origin)
-        .flat_map(|v| {
-            v.spec
-                .gateways
-                .iter()
-                .map(|g| gateway_key(g, &v.key.namespace))
-        })
-        .filter(|k| existing.contains(k));
-    own.chain(referenced).collect()
+    /// Why `destination` does not resolve (the failing field and a message), if it does not.
+    fn unresolved_destination(
+        &self,
+        destination: &Destination,
+        namespace: &str,
+    ) -> Option<(&'static str, String)> {
+        let host = resolve_host(&destination.host, namespace);
+        let Some(service) = self.registry.get(&host) else {
+            let cluster = &self.view.cluster;
+            return Some((
+                "host",
+                format!("no Service or ServiceEntry {host} in cluster {cluster}"),
+            ));
+        };
+        match destination.port.as_ref().map(|p| p.number) {
+            Some(number) if service.port(number).is_none() => {
+                Some(("port", format!("{host} has no port {number}")))
+            }
+            None if service.ports.len() != 1 => {
+                Some(("port", format!("{host} has several ports; name one")))
+            }
+            _ => None,
+        }
+    }
+
+    /// Gateways in this cluster that serve something of `origin`: its own Gateways and those
+    /// its VirtualServices bind to.
+    pub fn bound_gateways(&self, origin: &ObjectKey) -> BTreeSet<ObjectKey> {
+        let own = self
+            .view
+            .gateways
+            .iter()
+            .filter(|g| g.origin == origin)
+            .map(|g| g.key.clone());
+        let referenced = self
+            .view
+            .virtual_services
+            .iter()
+            .filter(|v| v.origin == origin)
+            .flat_map(|v| {
+                v.spec
+                    .gateways
+                    .iter()
+                    .map(|g| gateway_key(g, &v.key.namespace))
+            })
+            .filter(|k| self.gateways.contains(k));
+        own.chain(referenced).collect()
+    }
 }
 
 fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
@@ -163,7 +196,6 @@ fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::expand::cluster_view;
     use crate::core::manifest::parse_documents;
 
     fn model_of(yaml: &str) -> Model {
@@ -201,8 +233,8 @@ spec:
     fn names_each_unresolved_reference_with_its_path() {
         let model = model_of(AP);
         let key = ObjectKey::new("shop", "shop");
-        let view = cluster_view(&model, LOCAL_CLUSTER);
-        let refs = unresolved_refs(&view, &key);
+        let cluster = ClusterRefs::new(&model, LOCAL_CLUSTER);
+        let refs = cluster.unresolved(&key);
         let described: Vec<(RefKind, &str, &str)> = refs
             .iter()
             .map(|r| (r.kind, r.path.as_str(), r.message.as_str()))
@@ -228,7 +260,7 @@ spec:
             ]
         );
         assert_eq!(
-            bound_gateways(&view, &key).into_iter().collect::<Vec<_>>(),
+            cluster.bound_gateways(&key).into_iter().collect::<Vec<_>>(),
             vec![ObjectKey::new("shop", "public")]
         );
     }

@@ -15,9 +15,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::expand::cluster_view;
 use super::model::{Model, ObjectKey};
-use super::refs::{bound_gateways, placed_clusters, unresolved_refs, RefKind, UnresolvedRef};
+use super::refs::{placed_clusters, ClusterRefs, RefKind, UnresolvedRef};
 use super::validate::{FieldError, Rejection};
 use crate::api::AccessPointStatus;
 
@@ -76,6 +75,9 @@ pub fn acked_access_points(
 pub struct StatusInput<'a> {
     pub key: &'a ObjectKey,
     pub published: Published<'a>,
+    /// Every cluster's references (`ClusterRefs::all(published.model)`), shared by all
+    /// AccessPoints of one round.
+    pub clusters: &'a BTreeMap<String, ClusterRefs<'a>>,
     pub proxies: &'a [GatewayAck],
 }
 
@@ -193,9 +195,11 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
     let mut refs: Vec<UnresolvedRef> = Vec::new();
     let mut serving: Vec<&GatewayAck> = Vec::new();
     for cluster in clusters {
-        let view = cluster_view(published.model, cluster);
-        refs.extend(unresolved_refs(&view, input.key));
-        let gateways = bound_gateways(&view, input.key);
+        let Some(context) = input.clusters.get(cluster) else {
+            continue;
+        };
+        refs.extend(context.unresolved(input.key));
+        let gateways = context.bound_gateways(input.key);
         serving.extend(
             input
                 .proxies

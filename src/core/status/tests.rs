@@ -73,10 +73,12 @@ impl Fixture {
 
     fn status(&self, previous: Option<&AccessPointStatus>, now: &Time) -> AccessPointStatus {
         let key = ObjectKey::new("shop", "shop");
+        let clusters = ClusterRefs::all(&self.model);
         access_point_status(
             &StatusInput {
                 key: &key,
                 published: self.published(),
+                clusters: &clusters,
                 proxies: &self.proxies,
             },
             previous,
