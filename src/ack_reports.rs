@@ -132,18 +132,28 @@ pub async fn publish(
     let name = config_map_name(&identity);
     let mut proxies = xds.proxies.subscribe();
     let mut snapshots = xds.snapshots.clone();
+    let mut written: Option<(Vec<ReportedProxy>, tokio::time::Instant)> = None;
     loop {
         let snapshot = xds.snapshots.borrow().clone();
-        let report = Report {
-            replica: identity.clone(),
-            heartbeat: Timestamp::now().to_string(),
-            proxies: local_acks(&xds, &snapshot)
-                .iter()
-                .map(ReportedProxy::from)
-                .collect(),
-        };
-        if let Err(error) = write(&api, &name, &report).await {
-            tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed");
+        let reported: Vec<ReportedProxy> = local_acks(&xds, &snapshot)
+            .iter()
+            .map(ReportedProxy::from)
+            .collect();
+        let due = written
+            .as_ref()
+            .is_none_or(|(last, at)| *last != reported || at.elapsed() >= HEARTBEAT.mul_f64(0.8));
+        if due {
+            let report = Report {
+                replica: identity.clone(),
+                heartbeat: Timestamp::now().to_string(),
+                proxies: reported.clone(),
+            };
+            match write(&api, &name, &report).await {
+                Ok(()) => written = Some((reported, tokio::time::Instant::now())),
+                Err(error) => {
+                    tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed")
+                }
+            }
         }
         tokio::select! {
             _ = proxies.changed() => {}

@@ -28,6 +28,9 @@ apt_install() {
   fi
 }
 
+# The harness generates the apiserver's service-account key with openssl.
+command -v openssl >/dev/null || apt_install openssl
+
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   for bin in kube-apiserver etcd kubectl; do
     [ -x "$KUBEBUILDER_ASSETS/$bin" ] || { log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no $bin"; exit 1; }
@@ -36,7 +39,7 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   exit 0
 fi
 
-apt_install etcd-server openssl
+apt_install etcd-server
 if [ -x "$cache/kube-apiserver" ] && [ -x "$cache/kubectl" ]; then
   ln -sf /usr/bin/etcd "$cache/etcd"
   echo "$cache"
