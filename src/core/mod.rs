@@ -14,5 +14,7 @@ pub mod refs;
 pub mod resources;
 pub mod selector;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod translate;
 pub mod validate;

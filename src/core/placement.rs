@@ -60,14 +60,8 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::test_support::labels;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn absent_placement_means_local_only() {

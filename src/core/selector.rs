@@ -103,17 +103,10 @@ fn split_terms(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
     use crate::core::placement::selector_matches;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::core::test_support::labels;
 
     #[test]
     fn kubectl_syntax_matches_like_kubernetes() {

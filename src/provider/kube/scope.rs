@@ -182,6 +182,7 @@ mod tests {
     use super::*;
     use crate::core::manifest::parse_documents;
     use crate::core::selector::parse_selector;
+    use crate::core::test_support::labels;
 
     fn object(yaml: &str, namespace: &str) -> InputObject {
         parse_documents(yaml, namespace).unwrap().remove(0)
@@ -192,13 +193,6 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}",
             namespace,
         )
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
     }
 
     #[test]
