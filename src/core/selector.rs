@@ -103,7 +103,6 @@ fn split_terms(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::core::placement::selector_matches;
     use crate::core::test_support::labels;
