@@ -8,8 +8,8 @@ use std::fmt;
 
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::istio::{
-    DestinationRuleSpec, GatewaySpec, HttpRoute, Resolution, ServiceEntrySpec, StringMatch,
-    TrafficPolicy, VirtualServiceSpec,
+    DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, Resolution, ServiceEntrySpec,
+    StringMatch, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::api::AccessPointSpec;
 
@@ -163,7 +163,56 @@ fn virtual_service(e: &mut Errors, path: &str, vs: &VirtualServiceSpec) {
     }
     for (i, http) in vs.http.iter().enumerate() {
         http_route(e, &format!("{path}.http[{i}]"), http);
+        shadowed(e, path, &vs.http[..i], i, http);
     }
+}
+
+/// Routes are tried in order; one that an earlier route always takes first is a mistake.
+fn shadowed(e: &mut Errors, path: &str, earlier: &[HttpRoute], index: usize, route: &HttpRoute) {
+    if let Some(catch_all) = earlier.iter().position(matches_everything) {
+        e.push(
+            format!("{path}.http[{index}]"),
+            format!("never matches: http[{catch_all}] matches every request first"),
+        );
+        return;
+    }
+    for (m, matcher) in route.matches.iter().enumerate() {
+        let duplicate = earlier.iter().enumerate().find_map(|(r, other)| {
+            let at = other
+                .matches
+                .iter()
+                .position(|o| same_conditions(o, matcher))?;
+            Some(format!("http[{r}].match[{at}]"))
+        });
+        if let Some(first) = duplicate {
+            e.push(
+                format!("{path}.http[{index}].match[{m}]"),
+                format!("never matches: {first} has the same conditions and comes first"),
+            );
+        }
+    }
+}
+
+fn matches_everything(route: &HttpRoute) -> bool {
+    route.matches.is_empty() || route.matches.iter().any(match_all_condition)
+}
+
+/// No conditions, or only `uri: {prefix: /}`.
+fn match_all_condition(m: &HttpMatchRequest) -> bool {
+    let root = StringMatch {
+        prefix: Some("/".to_owned()),
+        ..Default::default()
+    };
+    let uri_any = m.uri.as_ref().is_none_or(|u| *u == root);
+    uri_any
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.query_params.is_empty()
+}
+
+fn same_conditions(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
+    HttpMatchRequest { name: None, ..a.clone() } == HttpMatchRequest { name: None, ..b.clone() }
 }
 
 fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
@@ -383,6 +432,12 @@ spec:
           - destination: {host: b}
           timeout: soon
         - redirect: {uri: /x, redirectCode: 305}
+          match: [{uri: {prefix: /a}, name: first}]
+        - match: [{uri: {prefix: /b}}, {uri: {prefix: /a}, name: again}]
+          route: [{destination: {host: a}}]
+        - route: [{destination: {host: a}}]
+        - match: [{uri: {prefix: /late}}]
+          route: [{destination: {host: a}}]
     destinationRules:
     - metadata: {name: a}
       spec:
@@ -398,6 +453,8 @@ spec:
             "spec.template.virtualServices[0].spec.http[0].route[1].weight",
             "spec.template.virtualServices[0].spec.http[0].timeout",
             "spec.template.virtualServices[0].spec.http[1].redirect.redirectCode",
+            "spec.template.virtualServices[0].spec.http[2].match[1]",
+            "spec.template.virtualServices[0].spec.http[4]",
             "spec.template.destinationRules[0].spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize",
         ];
         for path in expected {
