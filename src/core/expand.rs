@@ -2,8 +2,8 @@
 //!
 //! Each placed AccessPoint contributes its templates, namespaced by default into the
 //! AccessPoint's namespace; plain `Service`/`EndpointSlice` inputs join the service registry.
-//! Order is deterministic (AccessPoint key, then template index), so the same input always
-//! produces the same Envoy configuration.
+//! Order is deterministic (AccessPoint creation time, then key, then template index), so the
+//! same input always produces the same Envoy configuration.
 
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -57,7 +57,10 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         zone: facts.zone.to_owned(),
         ..Default::default()
     };
-    for (key, ap) in &model.access_points {
+    // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
+    let mut access_points: Vec<_> = model.access_points.iter().collect();
+    access_points.sort_by_key(|(key, ap)| (ap.metadata.creation_timestamp.clone(), *key));
+    for (key, ap) in access_points {
         if !is_placed(ap.spec.placement.as_ref(), &facts) {
             continue;
         }

@@ -8,11 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::expand::{cluster_view, ClusterView};
+use super::expand::{cluster_view, ClusterView, Expanded};
 use super::model::{Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
-use super::translate::{resolve_host, ServiceRegistry};
-use crate::api::istio::Destination;
+use super::translate::{
+    binds_to, bound_domains, gateway_ports, host_owners, resolve_host, ServiceRegistry,
+};
+use crate::api::istio::{Destination, VirtualServiceSpec};
 use crate::api::{AccessPoint, LOCAL_CLUSTER};
 
 /// Istio's reserved gateway name for sidecars; a gateway control plane has none to bind.
@@ -22,6 +24,9 @@ const MESH_GATEWAY: &str = "mesh";
 pub enum RefKind {
     /// `virtualServices[].spec.gateways[]`.
     Gateway,
+    /// `virtualServices[].spec.hosts[]` already served on that gateway port by an older
+    /// AccessPoint.
+    HostConflict,
     /// `virtualServices[].spec.http[].route[].destination`.
     Backend,
 }
@@ -122,6 +127,18 @@ impl<'m> ClusterRefs<'m> {
                     );
                 }
             }
+            for (gateway, port, domain, owner) in self.host_claims(vs) {
+                if owner != origin {
+                    push(
+                        RefKind::HostConflict,
+                        format!("{base}.hosts"),
+                        format!(
+                            "host {domain} on Gateway {gateway} port {port} in cluster {} is already served by AccessPoint {owner}",
+                            view.cluster
+                        ),
+                    );
+                }
+            }
             for (h, http) in vs.spec.http.iter().enumerate() {
                 for (r, route) in http.route.iter().enumerate() {
                     let path = format!("{base}.http[{h}].route[{r}].destination");
@@ -129,6 +146,28 @@ impl<'m> ClusterRefs<'m> {
                         self.unresolved_destination(&route.destination, &vs.key.namespace)
                     {
                         push(RefKind::Backend, format!("{path}.{field}"), message);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// For each (gateway, port, host) `vs` claims: who owns that host there.
+    fn host_claims<'v>(
+        &'v self,
+        vs: &Expanded<'_, VirtualServiceSpec>,
+    ) -> Vec<(&'v ObjectKey, u32, String, &'v ObjectKey)> {
+        let mut out = Vec::new();
+        for gateway in &self.gateways {
+            if !binds_to(vs.spec, &vs.key.namespace, gateway) {
+                continue;
+            }
+            for port in gateway_ports(&self.view, gateway) {
+                let owners = host_owners(&self.view, &port);
+                for domain in bound_domains(vs, &port) {
+                    if let Some(owner) = owners.get(&domain) {
+                        out.push((gateway, port.number, domain, *owner));
                     }
                 }
             }

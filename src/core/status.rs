@@ -2,7 +2,8 @@
 //! snapshot and what the connected gateways have acknowledged.
 //!
 //! Conditions follow the Kubernetes API conventions (and Gateway API's vocabulary):
-//! - `Accepted`: the latest generation is valid and every Gateway it binds to exists.
+//! - `Accepted`: the latest generation is valid, every Gateway it binds to exists, and no older
+//!   AccessPoint already serves one of its hosts on the same gateway port.
 //! - `ResolvedRefs`: every route destination names a known service port.
 //! - `Programmed`: every connected gateway proxy serving it acknowledged a config holding this
 //!   generation (from ADS ACK tracking, not merely seen by the controller).
@@ -216,15 +217,19 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
     let missing_gateways = describe(RefKind::Gateway);
     let missing_backends = describe(RefKind::Backend);
 
-    let accepted = if missing_gateways.is_empty() {
-        Draft::new(ACCEPTED, true, "Accepted", "the spec is valid".to_owned())
-    } else {
-        Draft::new(
+    let conflicts = describe(RefKind::HostConflict);
+    let accepted = match (missing_gateways.is_empty(), conflicts.is_empty()) {
+        (true, true) => Draft::new(ACCEPTED, true, "Accepted", "the spec is valid".to_owned()),
+        (gateways_ok, _) => Draft::new(
             ACCEPTED,
             false,
-            "NoMatchingGateway",
-            missing_gateways.join("; "),
-        )
+            if gateways_ok {
+                "HostConflict"
+            } else {
+                "NoMatchingGateway"
+            },
+            [missing_gateways, conflicts].concat().join("; "),
+        ),
     };
     let resolved = if missing_backends.is_empty() {
         Draft::new(

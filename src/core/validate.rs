@@ -212,7 +212,13 @@ fn match_all_condition(m: &HttpMatchRequest) -> bool {
 }
 
 fn same_conditions(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
-    HttpMatchRequest { name: None, ..a.clone() } == HttpMatchRequest { name: None, ..b.clone() }
+    HttpMatchRequest {
+        name: None,
+        ..a.clone()
+    } == HttpMatchRequest {
+        name: None,
+        ..b.clone()
+    }
 }
 
 fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {

@@ -266,3 +266,46 @@ fn acknowledgements_are_reported_per_access_point_generation() {
         BTreeMap::from([(key, 4)])
     );
 }
+
+#[test]
+fn the_older_access_point_keeps_a_contested_host() {
+    let newer = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: thief, generation: 1, creationTimestamp: "2026-01-02T00:00:00Z"}
+spec:
+  template:
+    virtualServices:
+    - metadata: {name: thief}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [public]
+        http: [{route: [{destination: {host: web}}]}]
+"#;
+    let older = SHOP.replace(
+        "name: shop, generation: 4",
+        "name: shop, generation: 4, creationTimestamp: \"2026-01-01T00:00:00Z\"",
+    );
+    let fixture = Fixture::new(&format!("{older}\n---\n{newer}"));
+    let thief = ObjectKey::new("shop", "thief");
+    let clusters = ClusterRefs::all(&fixture.model);
+    let status = access_point_status(
+        &StatusInput {
+            key: &thief,
+            published: fixture.published(),
+            clusters: &clusters,
+            proxies: &[],
+        },
+        None,
+        &at(100),
+    );
+    assert_eq!(summary(&status)[0], "Accepted=False/HostConflict");
+    assert_eq!(
+        condition(&status, ACCEPTED).message,
+        "spec.template.virtualServices[0].spec.hosts: host shop.example.com on Gateway shop/public port 8080 in cluster local is already served by AccessPoint shop/shop"
+    );
+    assert_eq!(
+        summary(&fixture.status(None, &at(100)))[0],
+        "Accepted=True/Accepted"
+    );
+}

@@ -19,7 +19,9 @@ use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
+pub use listener::{gateway_ports, GatewayPort};
 pub use registry::ServiceRegistry;
+pub use route::{binds_to, bound_domains, host_owners};
 
 /// Who a gateway is: the Gateway object it serves, in which cluster and zone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

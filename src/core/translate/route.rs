@@ -27,14 +27,11 @@ use crate::api::istio::{
 };
 use crate::core::duration;
 use crate::core::expand::{ClusterView, Expanded};
+use crate::core::model::ObjectKey;
 use crate::core::resources::Resource;
 
 /// Whether a VirtualService in `vs_namespace` names `gateway` in its `gateways` list.
-pub fn binds_to(
-    vs: &VirtualServiceSpec,
-    vs_namespace: &str,
-    gateway: &crate::core::model::ObjectKey,
-) -> bool {
+pub fn binds_to(vs: &VirtualServiceSpec, vs_namespace: &str, gateway: &ObjectKey) -> bool {
     vs.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
         None => vs_namespace == gateway.namespace && g == &gateway.name,
@@ -51,11 +48,13 @@ pub(super) fn build_route_config(
 ) -> Resource {
     // domain → routes, in VirtualService order (merged like Istio merges VS for one host).
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    let owners = host_owners(view, port);
     for vs in &view.virtual_services {
         if !binds_to(vs.spec, &vs.key.namespace, &identity.gateway) {
             continue;
         }
-        let domains = bound_domains(vs, port);
+        let mut domains = bound_domains(vs, port);
+        domains.retain(|d| owners.get(d) == Some(&vs.origin));
         if domains.is_empty() {
             continue;
         }
@@ -97,8 +96,26 @@ pub(super) fn build_route_config(
     Resource::new(port.route_name(), &config)
 }
 
+/// Which AccessPoint serves each host on `port`: the first (oldest) to claim it. VirtualServices
+/// of that AccessPoint for the host merge, as Istio merges them; other AccessPoints' claims on
+/// it are refused, so one team cannot take over another's host.
+pub fn host_owners<'v>(
+    view: &'v ClusterView<'_>,
+    port: &GatewayPort,
+) -> BTreeMap<String, &'v ObjectKey> {
+    let mut owners = BTreeMap::new();
+    for vs in &view.virtual_services {
+        if binds_to(vs.spec, &vs.key.namespace, &port.gateway) {
+            for domain in bound_domains(vs, port) {
+                owners.entry(domain).or_insert(vs.origin);
+            }
+        }
+    }
+    owners
+}
+
 /// The VirtualService hosts this port's servers expose to it.
-fn bound_domains(vs: &Expanded<'_, VirtualServiceSpec>, port: &GatewayPort) -> Vec<String> {
+pub fn bound_domains(vs: &Expanded<'_, VirtualServiceSpec>, port: &GatewayPort) -> Vec<String> {
     let mut domains = Vec::new();
     for server_host in &port.hosts {
         if !server_host.admits_namespace(&vs.key.namespace, &port.gateway.namespace) {

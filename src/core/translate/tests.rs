@@ -169,3 +169,45 @@ spec:
         )
         .is_some());
 }
+
+#[test]
+fn a_host_already_served_by_an_older_access_point_is_not_taken_over() {
+    let thief = r#"
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: thief, namespace: shop, creationTimestamp: "2030-01-01T00:00:00Z"}
+spec:
+  template:
+    virtualServices:
+    - metadata: {name: thief}
+      spec:
+        hosts: [shop.example.com, other.example.com]
+        gateways: [edge/public]
+        http: [{directResponse: {status: 418}}]
+"#;
+    let before = translate_fixture(&model_of(SHOP), &identity("edge", "public"));
+    let after = translate_fixture(
+        &model_of(&format!("{SHOP}{thief}")),
+        &identity("edge", "public"),
+    );
+    let routes = |t: &Translation| config_to_json(&t.config).unwrap()["RDS"].to_string();
+    let (before, after) = (routes(&before), routes(&after));
+    // The contested host keeps exactly its old routes; the uncontested one is served.
+    let host_block = |json: &str, host: &str| {
+        let start = json.find(&format!("[\"{host}\"]")).unwrap();
+        json[start..]
+            .split("\"domains\"")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        host_block(&before, "shop.example.com"),
+        host_block(&after, "shop.example.com")
+    );
+    assert!(
+        host_block(&after, "other.example.com").contains("418"),
+        "{after}"
+    );
+}
