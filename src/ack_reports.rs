@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::core::model::ObjectKey;
 use crate::core::status::GatewayAck;
-use crate::status_writer::{local_acks, FIELD_MANAGER};
+use crate::status_writer::FIELD_MANAGER;
 use crate::xds::server::XdsState;
 
 pub const REPORT_LABEL: &str = "meridian.dev/ack-report";
@@ -135,7 +135,8 @@ pub async fn publish(
     let mut written: Option<(Vec<ReportedProxy>, tokio::time::Instant)> = None;
     loop {
         let snapshot = xds.snapshots.borrow().clone();
-        let reported: Vec<ReportedProxy> = local_acks(&xds, &snapshot)
+        let reported: Vec<ReportedProxy> = xds
+            .acks(&snapshot)
             .iter()
             .map(ReportedProxy::from)
             .collect();

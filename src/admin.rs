@@ -10,6 +10,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::core::refs::ClusterRefs;
+use crate::core::status::{access_point_keys, access_point_status, StatusInput};
 use crate::provider::ConfigProblem;
 use crate::xds::server::XdsState;
 
@@ -44,6 +48,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/problems", get(problems))
+        .route("/debug/status", get(access_point_statuses))
         .with_state(state)
 }
 
@@ -85,6 +90,33 @@ async fn problems(State(state): State<Arc<AdminState>>) -> Json<Vec<ConfigProble
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
     )
+}
+
+/// Every AccessPoint's conditions as this process sees them (its own proxies only), the same
+/// computation the Kubernetes status writer performs: how standalone mode shows status.
+async fn access_point_statuses(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    let snapshot = state.xds.snapshots.borrow().clone();
+    let acks = state.xds.acks(&snapshot);
+    let clusters = ClusterRefs::all(&snapshot.model);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let statuses: serde_json::Map<String, serde_json::Value> =
+        access_point_keys(snapshot.published())
+            .iter()
+            .map(|key| {
+                let input = StatusInput {
+                    key,
+                    published: snapshot.published(),
+                    clusters: &clusters,
+                    proxies: &acks,
+                };
+                let status = access_point_status(&input, None, &now);
+                (
+                    key.to_string(),
+                    serde_json::to_value(status).unwrap_or_default(),
+                )
+            })
+            .collect();
+    Json(serde_json::Value::Object(statuses))
 }
 
 #[derive(Deserialize)]

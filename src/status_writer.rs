@@ -17,10 +17,7 @@ use crate::ack_reports::{Report, HEARTBEAT};
 use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
 use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
-use crate::core::status::{
-    access_point_keys, access_point_status, acked_access_points, GatewayAck, StatusInput,
-};
-use crate::index::Snapshot;
+use crate::core::status::{access_point_keys, access_point_status, GatewayAck, StatusInput};
 use crate::xds::server::XdsState;
 
 /// The field manager of every write Meridian makes.
@@ -144,7 +141,7 @@ async fn write_round(
 /// replicas counts once, as the fresher replica sees it).
 fn all_acks(xds: &XdsState, identity: &str, reports: &BTreeMap<String, Report>) -> Vec<GatewayAck> {
     let snapshot = xds.snapshots.borrow().clone();
-    let mut acks = local_acks(xds, &snapshot);
+    let mut acks = xds.acks(&snapshot);
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut remote: Vec<(&str, GatewayAck)> = reports
         .values()
@@ -162,24 +159,6 @@ fn all_acks(xds: &XdsState, identity: &str, reports: &BTreeMap<String, Report>) 
         }
     }
     acks
-}
-
-/// What the proxies connected to this replica acknowledged.
-pub fn local_acks(xds: &XdsState, snapshot: &Snapshot) -> Vec<GatewayAck> {
-    xds.proxies
-        .list()
-        .into_iter()
-        .filter_map(|p| {
-            let (namespace, name) = p.gateway.split_once('/')?;
-            Some(GatewayAck {
-                gateway: ObjectKey::new(namespace, name),
-                nack: p.nack().map(str::to_owned),
-                acked: acked_access_points(snapshot.published(), p.synced_generation),
-                node_id: p.node_id,
-                cluster: p.cluster,
-            })
-        })
-        .collect()
 }
 
 async fn apply_status(

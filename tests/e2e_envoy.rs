@@ -303,8 +303,35 @@ async fn full_scenario(delta: bool) {
     let proxy = &status["proxies"][0];
     assert_eq!(proxy["node_id"], node);
     assert_eq!(proxy["mode"], if delta { "delta" } else { "sotw" });
+    // Standalone mode shows the same conditions Kubernetes mode writes, from Envoy's ACKs.
+    let admin = meridian.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "Ready in /debug/status",
+        || async {
+            condition(&admin_json(&client, admin, "/debug/status").await, "Ready")
+                == ("True".to_owned(), "Ready".to_owned())
+        },
+    )
+    .await;
     meridian.shutdown().await.unwrap();
     drop(envoy);
+}
+
+/// (status, reason) of one condition of `shop/shop` in `/debug/status`.
+fn condition(statuses: &serde_json::Value, kind: &str) -> (String, String) {
+    let conditions = statuses["shop/shop"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let found = conditions.iter().find(|c| c["type"] == kind);
+    let field = |name: &str| {
+        found
+            .and_then(|c| c[name].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("status"), field("reason"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,6 +376,14 @@ async fn nack_scenario(delta: bool) {
         },
     )
     .await;
+    let (programmed, reason) = condition(
+        &admin_json(&client, admin, "/debug/status").await,
+        "Programmed",
+    );
+    assert_eq!(
+        (programmed.as_str(), reason.as_str()),
+        ("False", "Rejected")
+    );
     let syncz = admin_json(&client, admin, "/debug/syncz").await;
     let rds = syncz["proxies"][0]["types"]
         .as_array()

@@ -25,7 +25,9 @@ use super::identity::identity_of;
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
 use crate::core::expand::cluster_view;
+use crate::core::model::ObjectKey;
 use crate::core::resources::{GatewayConfig, ResourceType};
+use crate::core::status::{acked_access_points, GatewayAck};
 use crate::core::translate::{translate, GatewayIdentity, Translation};
 use crate::index::Snapshot;
 use crate::metrics::{Metrics, ModeLabel, TypeLabel};
@@ -134,7 +136,7 @@ impl ProxyRegistry {
             .and_then(|p| {
                 let (ns, name) = p.gateway.split_once('/')?;
                 Some(GatewayIdentity {
-                    gateway: crate::core::model::ObjectKey::new(ns, name),
+                    gateway: ObjectKey::new(ns, name),
                     cluster: p.cluster.clone(),
                     zone: p.zone.clone(),
                 })
@@ -158,6 +160,24 @@ impl XdsState {
             proxies: ProxyRegistry::default(),
             metrics,
         })
+    }
+
+    /// What the proxies connected to this process acknowledged, per AccessPoint generation.
+    pub fn acks(&self, snapshot: &Snapshot) -> Vec<GatewayAck> {
+        self.proxies
+            .list()
+            .into_iter()
+            .filter_map(|p| {
+                let (namespace, name) = p.gateway.split_once('/')?;
+                Some(GatewayAck {
+                    gateway: ObjectKey::new(namespace, name),
+                    nack: p.nack().map(str::to_owned),
+                    acked: acked_access_points(snapshot.published(), p.synced_generation),
+                    node_id: p.node_id,
+                    cluster: p.cluster,
+                })
+            })
+            .collect()
     }
 
     /// What `identity` is served from the current snapshot.
