@@ -5,6 +5,8 @@
 //! Order is deterministic (AccessPoint creation time, then key, then template index), so the
 //! same input always produces the same Envoy configuration.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -34,6 +36,8 @@ pub struct ClusterView<'m> {
     /// Region and zone of the cluster (from its MemberCluster), the default endpoint locality.
     pub region: String,
     pub zone: String,
+    /// Region and zone of every known cluster: the default locality of endpoints read from it.
+    pub localities: BTreeMap<String, (String, String)>,
     pub gateways: Vec<Expanded<'m, GatewaySpec>>,
     pub virtual_services: Vec<Expanded<'m, VirtualServiceSpec>>,
     pub destination_rules: Vec<Expanded<'m, DestinationRuleSpec>>,
@@ -55,6 +59,11 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         cluster: cluster.to_owned(),
         region: member.map(|m| m.spec.region.clone()).unwrap_or_default(),
         zone: facts.zone.to_owned(),
+        localities: model
+            .member_clusters
+            .iter()
+            .map(|(key, m)| (key.name.clone(), (m.spec.region.clone(), m.spec.zone.clone())))
+            .collect(),
         ..Default::default()
     };
     // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.

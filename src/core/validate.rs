@@ -323,6 +323,25 @@ fn destination_rule(e: &mut Errors, path: &str, dr: &DestinationRuleSpec) {
 }
 
 fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
+    if let Some(setting) = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+    {
+        let p = format!("{path}.loadBalancer.localityLbSetting");
+        if !setting.distribute.is_empty() && !setting.failover.is_empty() {
+            e.push(p.clone(), "distribute and failover are exclusive");
+        }
+        for (i, rule) in setting.distribute.iter().enumerate() {
+            let total: u32 = rule.to.values().sum();
+            if total != 100 {
+                e.push(
+                    format!("{p}.distribute[{i}].to"),
+                    format!("percentages sum to {total}, not 100"),
+                );
+            }
+        }
+    }
     if let Some(lb) = &tp.load_balancer {
         if lb.simple.is_some() && lb.consistent_hash.is_some() {
             e.push(

@@ -13,6 +13,7 @@ use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
 use super::endpoint;
 use super::hosts::resolve_host;
 use super::listener::ads_config_source;
+use super::locality;
 use super::registry::{RegisteredService, ServiceRegistry};
 use super::ClusterRef;
 use crate::api::istio::{Resolution, SimpleLb, TrafficPolicy};
@@ -144,6 +145,20 @@ pub fn build(
         }
     };
     apply_load_balancer(&mut cluster, policy);
+    let locality_setting = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref());
+    if uses_eds && locality::uses_weights(locality_setting) {
+        cluster.common_lb_config = Some(cluster::CommonLbConfig {
+            locality_config_specifier: Some(
+                cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    cluster::common_lb_config::LocalityWeightedLbConfig {},
+                ),
+            ),
+            ..Default::default()
+        });
+    }
     apply_connection_pool(&mut cluster, policy);
     apply_outlier_detection(&mut cluster, policy);
     BuiltCluster {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use xds_api::pb::envoy::config::core::v3::Locality;
+use xds_api::pb::envoy::config::core::v3::Locality as EnvoyLocality;
 use xds_api::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
@@ -11,22 +11,33 @@ use xds_api::pb::google::protobuf::UInt32Value;
 
 use super::cluster::subset_labels;
 use super::listener::socket_address;
+use super::locality::{self, Locality};
 use super::registry::{RegisteredService, ServicePortInfo, ServiceSource};
 use super::ClusterRef;
-use crate::api::istio::WorkloadEntrySpec;
+use crate::api::istio::{LocalityLbSetting, WorkloadEntrySpec};
+use crate::api::LOCAL_CLUSTER;
 use crate::core::expand::ClusterView;
 use crate::core::resources::Resource;
 
 /// Label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label naming the member cluster an EndpointSlice was read from (absent: the hub, `local`).
+pub const CLUSTER_LABEL: &str = "meridian.dev/cluster";
 
 /// One backend address, before grouping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Backend {
-    locality: (String, String, String),
+    locality: Locality,
     address: String,
     port: u32,
     weight: u32,
+}
+
+/// The gateway an assignment is built for, and how it weighs localities.
+pub struct Nearness<'a> {
+    pub region: &'a str,
+    pub zone: &'a str,
+    pub setting: Option<&'a LocalityLbSetting>,
 }
 
 pub fn build(
@@ -34,9 +45,10 @@ pub fn build(
     service: &RegisteredService<'_>,
     cluster_ref: &ClusterRef,
     view: &ClusterView<'_>,
+    nearness: &Nearness<'_>,
 ) -> Resource {
     let Some(port) = service.port(cluster_ref.port) else {
-        return Resource::new(name, &assignment(name, Vec::new()));
+        return Resource::new(name, &assignment(name, Vec::new(), None));
     };
     let subset = subset_labels(view, service, cluster_ref);
     let backends = match &service.source {
@@ -49,7 +61,7 @@ pub fn build(
             .map(|w| workload_backend(w, port))
             .collect(),
     };
-    Resource::new(name, &assignment(name, backends))
+    Resource::new(name, &assignment(name, backends, Some(nearness)))
 }
 
 /// Inline endpoints for DNS-resolved ServiceEntries (Envoy resolves the names itself).
@@ -59,10 +71,10 @@ pub fn dns_assignment(
     cluster_ref: &ClusterRef,
 ) -> ClusterLoadAssignment {
     let ServiceSource::Entry { spec, workloads } = &service.source else {
-        return assignment(name, Vec::new());
+        return assignment(name, Vec::new(), None);
     };
     let Some(port) = service.port(cluster_ref.port) else {
-        return assignment(name, Vec::new());
+        return assignment(name, Vec::new(), None);
     };
     let mut backends: Vec<Backend> = spec
         .endpoints
@@ -78,7 +90,7 @@ pub fn dns_assignment(
             weight: 1,
         });
     }
-    assignment(name, backends)
+    assignment(name, backends, None)
 }
 
 impl ServicePortInfo {
@@ -120,15 +132,17 @@ fn kubernetes_backends(
         else {
             continue;
         };
+        let origin = labels.get(CLUSTER_LABEL).map_or(LOCAL_CLUSTER, String::as_str);
+        let (region, cluster_zone) = view.localities.get(origin).cloned().unwrap_or_default();
         for endpoint in &slice.endpoints {
             let ready = endpoint.conditions.as_ref().and_then(|c| c.ready);
             if ready == Some(false) {
                 continue;
             }
-            let zone = endpoint.zone.clone().unwrap_or_else(|| view.zone.clone());
+            let zone = endpoint.zone.clone().unwrap_or_else(|| cluster_zone.clone());
             for address in &endpoint.addresses {
                 backends.push(Backend {
-                    locality: (view.region.clone(), zone.clone(), String::new()),
+                    locality: (region.clone(), zone.clone(), String::new()),
                     address: address.clone(),
                     port: slice_port as u32,
                     weight: 1,
@@ -160,10 +174,16 @@ fn labels_match(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>
     want.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
-fn assignment(name: &str, mut backends: Vec<Backend>) -> ClusterLoadAssignment {
+/// Groups backends by locality; with `nearness`, localities get priorities (or weights) as
+/// seen from that gateway.
+fn assignment(
+    name: &str,
+    mut backends: Vec<Backend>,
+    nearness: Option<&Nearness<'_>>,
+) -> ClusterLoadAssignment {
     backends.sort();
     backends.dedup();
-    let mut by_locality: BTreeMap<(String, String, String), Vec<LbEndpoint>> = BTreeMap::new();
+    let mut by_locality: BTreeMap<Locality, Vec<LbEndpoint>> = BTreeMap::new();
     for b in backends {
         by_locality.entry(b.locality).or_default().push(LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
@@ -176,22 +196,34 @@ fn assignment(name: &str, mut backends: Vec<Backend>) -> ClusterLoadAssignment {
             ..Default::default()
         });
     }
+    let placement = nearness.map(|n| {
+        let localities = by_locality.keys().cloned().collect();
+        locality::place(&localities, (n.region, n.zone), n.setting)
+    });
+    let mut endpoints: Vec<LocalityLbEndpoints> = by_locality
+        .into_iter()
+        .map(|(locality, lb_endpoints)| {
+            let placed = placement.as_ref().and_then(|p| p.get(&locality));
+            let (region, zone, sub_zone) = locality;
+            LocalityLbEndpoints {
+                locality: Some(EnvoyLocality {
+                    region,
+                    zone,
+                    sub_zone,
+                }),
+                lb_endpoints,
+                priority: placed.map_or(0, |p| p.priority),
+                load_balancing_weight: placed
+                    .and_then(|p| p.weight)
+                    .map(|value| UInt32Value { value }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    endpoints.sort_by_key(|e| e.priority);
     ClusterLoadAssignment {
         cluster_name: name.to_owned(),
-        endpoints: by_locality
-            .into_iter()
-            .map(
-                |((region, zone, sub_zone), lb_endpoints)| LocalityLbEndpoints {
-                    locality: Some(Locality {
-                        region,
-                        zone,
-                        sub_zone,
-                    }),
-                    lb_endpoints,
-                    ..Default::default()
-                },
-            )
-            .collect(),
+        endpoints,
         ..Default::default()
     }
 }

@@ -8,6 +8,7 @@ mod cluster;
 mod endpoint;
 mod hosts;
 mod listener;
+mod locality;
 mod registry;
 mod route;
 
@@ -19,6 +20,7 @@ use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
+pub use endpoint::CLUSTER_LABEL;
 pub use listener::{gateway_ports, GatewayPort};
 pub use registry::ServiceRegistry;
 pub use route::{binds_to, bound_domains, host_owners};
@@ -84,7 +86,19 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
         let is_eds = built.uses_eds;
         config.insert(ResourceType::Cluster, built.resource);
         if is_eds {
-            let assignment = endpoint::build(name, service, cluster_ref, view);
+            let nearness = endpoint::Nearness {
+                region: &view.region,
+                zone: if identity.zone.is_empty() {
+                    &view.zone
+                } else {
+                    &identity.zone
+                },
+                setting: policy
+                    .load_balancer
+                    .as_ref()
+                    .and_then(|lb| lb.locality_lb_setting.as_ref()),
+            };
+            let assignment = endpoint::build(name, service, cluster_ref, view, &nearness);
             config.insert(ResourceType::Endpoint, assignment);
         }
     }

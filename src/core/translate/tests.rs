@@ -211,3 +211,145 @@ spec:
         "{after}"
     );
 }
+
+const FEDERATED: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east-1}
+spec: {region: r1, zone: z1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east-2}
+spec: {region: r1, zone: z2}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {region: r2, zone: z3}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  placement: {clusters: [east-1, east-2, west]}
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{name: http, port: 80}]}
+    gateways:
+    - metadata: {name: public}
+      spec: {servers: [{port: {number: 8080, protocol: HTTP}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [public]
+        http: [{route: [{destination: {host: web}}]}]
+    destinationRules:
+    - metadata: {name: web}
+      spec: {host: web, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}}
+"#;
+
+fn slice(cluster: &str, address: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{cluster}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: {cluster}}}
+addressType: IPv4
+endpoints: [{{addresses: ["{address}"], conditions: {{ready: true}}}}]
+ports: [{{name: http, port: 8080}}]
+"#
+    )
+}
+
+/// (zone, priority, weight) of each locality in the EDS of `shop`'s web cluster.
+fn localities(yaml: &str, cluster: &str, zone: &str) -> Vec<(String, u64, u64)> {
+    let model = model_of(yaml);
+    let gateway = GatewayIdentity {
+        gateway: ObjectKey::new("shop", "public"),
+        cluster: cluster.into(),
+        zone: zone.into(),
+    };
+    let json = config_to_json(&translate_fixture(&model, &gateway).config).unwrap();
+    let eds = &json["EDS"]["outbound|80||web.shop.svc.cluster.local"]["endpoints"];
+    eds.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["locality"]["zone"].as_str().unwrap_or_default().to_owned(),
+                l["priority"].as_u64().unwrap_or(0),
+                l["loadBalancingWeight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn endpoints_of_every_member_cluster_fail_over_by_nearness() {
+    let yaml = format!(
+        "{FEDERATED}{}{}{}",
+        slice("east-1", "10.1.0.1"),
+        slice("east-2", "10.2.0.1"),
+        slice("west", "10.3.0.1")
+    );
+    let p = |z: &str, prio| (z.to_owned(), prio, 0);
+    assert_eq!(
+        localities(&yaml, "east-1", ""),
+        [p("z1", 0), p("z2", 1), p("z3", 2)]
+    );
+    assert_eq!(
+        localities(&yaml, "west", ""),
+        [p("z3", 0), p("z1", 1), p("z2", 1)]
+    );
+    // The proxy's own zone (node metadata) beats its cluster's default.
+    assert_eq!(
+        localities(&yaml, "east-1", "z2"),
+        [p("z2", 0), p("z1", 1), p("z3", 2)]
+    );
+    // Local endpoints gone: the nearest remaining level is served first.
+    let without_local = format!(
+        "{FEDERATED}{}{}",
+        slice("east-2", "10.2.0.1"),
+        slice("west", "10.3.0.1")
+    );
+    assert_eq!(
+        localities(&without_local, "east-1", ""),
+        [p("z2", 0), p("z3", 1)]
+    );
+}
+
+#[test]
+fn distribute_weighs_localities_and_enables_weighted_clusters() {
+    let yaml = format!(
+        "{}{}{}",
+        FEDERATED.replace(
+            "trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}",
+            r#"trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: "r1/z1/*", to: {"r1/z1/*": 99, "r1/z2/*": 1}}]}}}"#
+        ),
+        slice("east-1", "10.1.0.1"),
+        slice("east-2", "10.2.0.1")
+    );
+    assert_eq!(
+        localities(&yaml, "east-1", ""),
+        [("z1".to_owned(), 0, 99_000), ("z2".to_owned(), 0, 1_000)]
+    );
+    let model = model_of(&yaml);
+    let gateway = GatewayIdentity {
+        gateway: ObjectKey::new("shop", "public"),
+        cluster: "east-1".into(),
+        zone: String::new(),
+    };
+    let json = config_to_json(&translate_fixture(&model, &gateway).config).unwrap();
+    let cluster = &json["CDS"]["outbound|80||web.shop.svc.cluster.local"];
+    assert!(
+        cluster["commonLbConfig"]["localityWeightedLbConfig"].is_object(),
+        "{cluster}"
+    );
+}
