@@ -62,7 +62,12 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         localities: model
             .member_clusters
             .iter()
-            .map(|(key, m)| (key.name.clone(), (m.spec.region.clone(), m.spec.zone.clone())))
+            .map(|(key, m)| {
+                (
+                    key.name.clone(),
+                    (m.spec.region.clone(), m.spec.zone.clone()),
+                )
+            })
             .collect(),
         ..Default::default()
     };

@@ -46,12 +46,24 @@ pub struct Envoy {
 
 impl Envoy {
     pub fn start(dir: &Path, node_id: &str, gateway: &str, xds_port: u16, delta: bool) -> Envoy {
+        Envoy::start_in(dir, node_id, gateway, xds_port, delta, None)
+    }
+
+    /// A gateway proxy of member cluster `placement.0` in zone `placement.1`.
+    pub fn start_in(
+        dir: &Path,
+        node_id: &str,
+        gateway: &str,
+        xds_port: u16,
+        delta: bool,
+        placement: Option<(&str, &str)>,
+    ) -> Envoy {
         let admin_port = free_port();
         let config = bootstrap(&BootstrapOptions {
             node_id: node_id.into(),
             gateway: gateway.into(),
-            cluster: None,
-            zone: None,
+            cluster: placement.map(|p| p.0.to_owned()),
+            zone: placement.map(|p| p.1.to_owned()),
             xds_host: "127.0.0.1".into(),
             xds_port,
             delta,
@@ -98,10 +110,20 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(name: &'static str) -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on(name, 0).await
+    }
+
+    /// A backend on a given port (0: any), e.g. to bring one back where it was.
+    pub async fn start_on(name: &'static str, port: u16) -> Backend {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app =
-            axum::Router::new().fallback(move || async move { ([("x-backend", name)], name) });
+        // `Connection: close` keeps no connection open past its response, so a dropped
+        // Backend is really gone (pooled connections would outlive the aborted listener).
+        let app = axum::Router::new().fallback(move || async move {
+            ([("x-backend", name), ("connection", "close")], name)
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

@@ -132,14 +132,19 @@ fn kubernetes_backends(
         else {
             continue;
         };
-        let origin = labels.get(CLUSTER_LABEL).map_or(LOCAL_CLUSTER, String::as_str);
+        let origin = labels
+            .get(CLUSTER_LABEL)
+            .map_or(LOCAL_CLUSTER, String::as_str);
         let (region, cluster_zone) = view.localities.get(origin).cloned().unwrap_or_default();
         for endpoint in &slice.endpoints {
             let ready = endpoint.conditions.as_ref().and_then(|c| c.ready);
             if ready == Some(false) {
                 continue;
             }
-            let zone = endpoint.zone.clone().unwrap_or_else(|| cluster_zone.clone());
+            let zone = endpoint
+                .zone
+                .clone()
+                .unwrap_or_else(|| cluster_zone.clone());
             for address in &endpoint.addresses {
                 backends.push(Backend {
                     locality: (region.clone(), zone.clone(), String::new()),

@@ -165,7 +165,12 @@ mod tests {
         let placed = place(&all(), ("eu", "eu-1"), None);
         assert_eq!(
             priorities(&placed),
-            [("ap-1".into(), 2), ("eu-1".into(), 0), ("eu-2".into(), 1), ("us-1".into(), 2)]
+            [
+                ("ap-1".into(), 2),
+                ("eu-1".into(), 0),
+                ("eu-2".into(), 1),
+                ("us-1".into(), 2)
+            ]
         );
         let setting = LocalityLbSetting {
             failover: vec![LocalityFailover {
@@ -177,7 +182,12 @@ mod tests {
         let placed = place(&all(), ("eu", "eu-1"), Some(&setting));
         assert_eq!(
             priorities(&placed),
-            [("ap-1".into(), 3), ("eu-1".into(), 0), ("eu-2".into(), 1), ("us-1".into(), 2)]
+            [
+                ("ap-1".into(), 3),
+                ("eu-1".into(), 0),
+                ("eu-2".into(), 1),
+                ("us-1".into(), 2)
+            ]
         );
         // Without local endpoints the nearest remaining level becomes priority 0.
         let remote: BTreeSet<Locality> = [loc("eu", "eu-2"), loc("us", "us-1")].into();
@@ -194,7 +204,9 @@ mod tests {
             ..Default::default()
         };
         let placed = place(&all(), ("eu", "eu-1"), Some(&setting));
-        assert!(placed.values().all(|p| p.priority == 0 && p.weight.is_none()));
+        assert!(placed
+            .values()
+            .all(|p| p.priority == 0 && p.weight.is_none()));
     }
 
     #[test]

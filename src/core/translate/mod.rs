@@ -19,8 +19,8 @@ use super::expand::ClusterView;
 use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 
-pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use endpoint::CLUSTER_LABEL;
+pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use listener::{gateway_ports, GatewayPort};
 pub use registry::ServiceRegistry;
 pub use route::{binds_to, bound_domains, host_owners};

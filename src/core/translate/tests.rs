@@ -283,7 +283,10 @@ fn localities(yaml: &str, cluster: &str, zone: &str) -> Vec<(String, u64, u64)> 
         .iter()
         .map(|l| {
             (
-                l["locality"]["zone"].as_str().unwrap_or_default().to_owned(),
+                l["locality"]["zone"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 l["priority"].as_u64().unwrap_or(0),
                 l["loadBalancingWeight"].as_u64().unwrap_or(0),
             )
