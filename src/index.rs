@@ -87,11 +87,17 @@ impl Index {
             }
             self.dirty |= self.rejected.remove(&key).is_some();
         }
-        let is_access_point = object.kind() == Kind::AccessPoint;
+        let kind = object.kind();
         if self.model.apply(object) {
             self.dirty = true;
-            if is_access_point {
-                self.in_force_since.insert(key, self.generation + 1);
+            match kind {
+                Kind::AccessPoint => {
+                    self.model.refresh_overrides(Some(&key));
+                    self.in_force_since.insert(key, self.generation + 1);
+                }
+                // Cluster labels decide which overrides apply.
+                Kind::MemberCluster => self.model.refresh_overrides(None),
+                _ => {}
             }
         }
         Ok(())
@@ -102,7 +108,14 @@ impl Index {
             self.dirty |= self.rejected.remove(key).is_some();
             self.in_force_since.remove(key);
         }
-        self.dirty |= self.model.delete(kind, key);
+        if self.model.delete(kind, key) {
+            self.dirty = true;
+            match kind {
+                Kind::AccessPoint => self.model.refresh_overrides(Some(key)),
+                Kind::MemberCluster => self.model.refresh_overrides(None),
+                _ => {}
+            }
+        }
     }
 
     /// Publishes a new snapshot if anything changed since the last one; returns its generation.
@@ -187,5 +200,110 @@ spec:
         index.delete(Kind::AccessPoint, &key);
         assert_eq!(index.publish(), 4);
         assert!(snapshots.borrow().in_force_since.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+    use crate::core::expand::cluster_view;
+    use crate::core::manifest::parse_documents;
+
+    const CLUSTERS: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east-1, labels: {tier: edge}}
+spec: {zone: z1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {zone: z2}
+"#;
+
+    fn access_point(patch_path: &str) -> InputObject {
+        let yaml = format!(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop}}
+spec:
+  placement: {{clusters: [east-1, west]}}
+  template:
+    gateways:
+    - metadata: {{name: gw}}
+      spec: {{servers: [{{port: {{number: 8080, protocol: HTTP}}, hosts: ["*"]}}]}}
+  overrides:
+  - clusterSelector: {{matchLabels: {{tier: edge}}}}
+    patches: [{{op: replace, path: "{patch_path}", value: 9000}}]
+"#
+        );
+        parse_documents(&yaml, "default").unwrap().remove(0)
+    }
+
+    fn port(index: &Index, cluster: &str) -> Option<u32> {
+        let view = cluster_view(index.model(), cluster);
+        view.gateways.first().map(|g| g.spec.servers[0].port.number)
+    }
+
+    #[test]
+    fn a_failing_override_blocks_only_its_cluster_which_keeps_its_last_good_template() {
+        let (mut index, _rx) = Index::new();
+        for object in parse_documents(CLUSTERS, "").unwrap() {
+            index.apply(object).unwrap();
+        }
+        index
+            .apply(access_point("/gateways/0/spec/servers/0/port/number"))
+            .unwrap();
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(9000), Some(8080))
+        );
+
+        // The next version's patch no longer applies to east-1: east-1 keeps serving 9000,
+        // west takes the new version, and the error is recorded for east-1 only.
+        let mut broken = access_point("/gateways/5/spec/servers/0/port/number");
+        if let InputObject::AccessPoint(ap) = &mut broken {
+            ap.spec.template.gateways[0].spec.servers[0].port.number = 8181;
+        }
+        index.apply(broken).unwrap();
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(9000), Some(8181))
+        );
+        let errors: Vec<_> = index.model().override_errors.keys().cloned().collect();
+        assert_eq!(
+            errors,
+            [(ObjectKey::new("default", "shop"), "east-1".to_owned())]
+        );
+
+        // Fixed: the error clears and east-1 gets the current version.
+        index
+            .apply(access_point("/gateways/0/spec/servers/0/port/number"))
+            .unwrap();
+        assert_eq!(port(&index, "east-1"), Some(9000));
+        assert!(index.model().override_errors.is_empty());
+
+        // Unlabel east-1: the override no longer selects it.
+        let relabelled = CLUSTERS.replace("labels: {tier: edge}", "labels: {}");
+        index
+            .apply(parse_documents(&relabelled, "").unwrap().remove(0))
+            .unwrap();
+        assert_eq!(port(&index, "east-1"), Some(8080));
+        index.delete(Kind::AccessPoint, &ObjectKey::new("default", "shop"));
+        assert!(index.model().cluster_templates.is_empty());
+    }
+
+    #[test]
+    fn with_no_good_template_ever_the_cluster_is_blocked() {
+        let (mut index, _rx) = Index::new();
+        for object in parse_documents(CLUSTERS, "").unwrap() {
+            index.apply(object).unwrap();
+        }
+        index.apply(access_point("/nope/0")).unwrap();
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (None, Some(8080))
+        );
     }
 }

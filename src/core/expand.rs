@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::model::{Model, ObjectKey};
+use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
 use crate::api::access_point::Templated;
 use crate::api::istio::{
@@ -78,7 +78,14 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         if !is_placed(ap.spec.placement.as_ref(), &facts) {
             continue;
         }
-        let template = &ap.spec.template;
+        let template = match model
+            .cluster_templates
+            .get(&(key.clone(), cluster.to_owned()))
+        {
+            None => &ap.spec.template,
+            Some(ClusterTemplate::Patched(template)) => &**template,
+            Some(ClusterTemplate::Blocked) => continue,
+        };
         let ns = key.namespace.as_str();
         expand_into(&mut view.gateways, key, ns, &template.gateways);
         expand_into(

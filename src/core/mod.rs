@@ -9,6 +9,7 @@ pub mod expand;
 pub mod json;
 pub mod manifest;
 pub mod model;
+pub mod overrides;
 pub mod placement;
 pub mod refs;
 pub mod resources;

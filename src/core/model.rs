@@ -10,7 +10,12 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::api::{AccessPoint, MemberCluster, NameService};
+use std::sync::Arc;
+
+use super::overrides::{selects, template_for, OverrideError};
+use super::placement::ClusterFacts;
+use crate::api::access_point::AccessPointTemplate;
+use crate::api::{AccessPoint, MemberCluster, NameService, LOCAL_CLUSTER};
 
 /// `namespace/name`; cluster-scoped objects have an empty namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +129,23 @@ pub struct Model {
     pub name_services: BTreeMap<ObjectKey, NameService>,
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// Derived: the template each (AccessPoint, cluster) gets where overrides select the
+    /// cluster. Absent: the AccessPoint's own template. See [`Model::refresh_overrides`].
+    pub cluster_templates: BTreeMap<(ObjectKey, String), ClusterTemplate>,
+    /// Derived: overrides that failed, per (AccessPoint, cluster).
+    pub override_errors: BTreeMap<(ObjectKey, String), OverrideError>,
+}
+
+/// (name, zone, labels) of a cluster, owned.
+type KnownCluster = (String, String, Option<BTreeMap<String, String>>);
+
+/// What overrides made of a template for one cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterTemplate {
+    /// The patched template (after a failure: the last one that patched cleanly).
+    Patched(Arc<AccessPointTemplate>),
+    /// Overrides failed and nothing patched cleanly before: not expanded in that cluster.
+    Blocked,
 }
 
 impl Model {
@@ -155,6 +177,69 @@ impl Model {
             Kind::Service => self.services.remove(key).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
         }
+    }
+
+    /// Recomputes the overridden templates of `only` (or of every AccessPoint). A cluster
+    /// whose patches fail keeps the last template that patched cleanly, so a bad override
+    /// blocks only that cluster and withdraws nothing.
+    pub fn refresh_overrides(&mut self, only: Option<&ObjectKey>) {
+        let clusters = self.cluster_facts();
+        let keys: Vec<ObjectKey> = match only {
+            Some(key) => vec![key.clone()],
+            None => self.access_points.keys().cloned().collect(),
+        };
+        for key in keys {
+            let Some(ap) = self.access_points.get(&key) else {
+                self.cluster_templates.retain(|(k, _), _| k != &key);
+                self.override_errors.retain(|(k, _), _| k != &key);
+                continue;
+            };
+            for (name, zone, labels) in &clusters {
+                let facts = ClusterFacts {
+                    name,
+                    zone,
+                    labels: labels.as_ref(),
+                };
+                let id = (key.clone(), name.clone());
+                if !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {
+                    self.cluster_templates.remove(&id);
+                    self.override_errors.remove(&id);
+                    continue;
+                }
+                match template_for(&ap.spec, &facts) {
+                    Ok(template) => {
+                        let template = ClusterTemplate::Patched(Arc::new(template.into_owned()));
+                        self.cluster_templates.insert(id.clone(), template);
+                        self.override_errors.remove(&id);
+                    }
+                    Err(error) => {
+                        self.cluster_templates
+                            .entry(id.clone())
+                            .or_insert(ClusterTemplate::Blocked);
+                        self.override_errors.insert(id, error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// (name, zone, labels) of every known cluster, the hub's own included.
+    fn cluster_facts(&self) -> Vec<KnownCluster> {
+        let mut clusters: Vec<_> = self
+            .member_clusters
+            .iter()
+            .map(|(key, m)| {
+                (
+                    key.name.clone(),
+                    m.spec.zone.clone(),
+                    m.metadata.labels.clone(),
+                )
+            })
+            .collect();
+        if !clusters.iter().any(|c| c.0 == LOCAL_CLUSTER) {
+            clusters.push((LOCAL_CLUSTER.to_owned(), String::new(), None));
+        }
+        clusters
     }
 
     pub fn len(&self) -> usize {

@@ -2,8 +2,9 @@
 //! snapshot and what the connected gateways have acknowledged.
 //!
 //! Conditions follow the Kubernetes API conventions (and Gateway API's vocabulary):
-//! - `Accepted`: the latest generation is valid, every Gateway it binds to exists, and no older
-//!   AccessPoint already serves one of its hosts on the same gateway port.
+//! - `Accepted`: the latest generation is valid, its overrides apply in every placed cluster
+//!   (a cluster where they fail keeps its last good template), every Gateway it binds to
+//!   exists, and no older AccessPoint already serves one of its hosts on the same gateway port.
 //! - `ResolvedRefs`: every route destination names a known service port.
 //! - `Programmed`: every connected gateway proxy serving it acknowledged a config holding this
 //!   generation (from ADS ACK tracking, not merely seen by the controller).
@@ -218,18 +219,28 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
     let missing_backends = describe(RefKind::Backend);
 
     let conflicts = describe(RefKind::HostConflict);
-    let accepted = match (missing_gateways.is_empty(), conflicts.is_empty()) {
-        (true, true) => Draft::new(ACCEPTED, true, "Accepted", "the spec is valid".to_owned()),
-        (gateways_ok, _) => Draft::new(
-            ACCEPTED,
-            false,
-            if gateways_ok {
-                "HostConflict"
-            } else {
-                "NoMatchingGateway"
-            },
-            [missing_gateways, conflicts].concat().join("; "),
-        ),
+    let failed_overrides: Vec<String> = clusters
+        .iter()
+        .filter_map(|c| {
+            let error = published
+                .model
+                .override_errors
+                .get(&(input.key.clone(), c.clone()))?;
+            Some(format!("cluster {c}: {error}"))
+        })
+        .collect();
+    let reason = if !failed_overrides.is_empty() {
+        "OverrideFailed"
+    } else if !missing_gateways.is_empty() {
+        "NoMatchingGateway"
+    } else {
+        "HostConflict"
+    };
+    let problems = [failed_overrides, missing_gateways, conflicts].concat();
+    let accepted = if problems.is_empty() {
+        Draft::new(ACCEPTED, true, "Accepted", "the spec is valid".to_owned())
+    } else {
+        Draft::new(ACCEPTED, false, reason, problems.join("; "))
     };
     let resolved = if missing_backends.is_empty() {
         Draft::new(

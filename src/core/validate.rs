@@ -81,12 +81,28 @@ impl Errors {
 pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
     let mut errors = Errors::default();
     template(&mut errors, "spec.template", &spec.template);
-    if !spec.overrides.is_empty() {
-        // Accepting them without applying them would silently serve the wrong config.
-        errors.push(
-            "spec.overrides",
-            "per-cluster overrides are not supported yet",
-        );
+    for (i, o) in spec.overrides.iter().enumerate() {
+        let path = format!("spec.overrides[{i}]");
+        if o.cluster_name.is_none() && o.cluster_selector.is_none() {
+            errors.push(path.clone(), "set clusterName or clusterSelector");
+        }
+        for (j, p) in o.patches.iter().enumerate() {
+            if !matches!(
+                p.op.as_str(),
+                "add" | "remove" | "replace" | "move" | "copy" | "test"
+            ) {
+                errors.push(
+                    format!("{path}.patches[{j}].op"),
+                    format!("{:?} is not an RFC 6902 operation", p.op),
+                );
+            }
+            if !p.path.is_empty() && !p.path.starts_with('/') {
+                errors.push(
+                    format!("{path}.patches[{j}].path"),
+                    "must be a JSON pointer starting with /",
+                );
+            }
+        }
     }
     errors.0
 }

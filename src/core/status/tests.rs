@@ -309,3 +309,19 @@ spec:
         "Accepted=True/Accepted"
     );
 }
+
+#[test]
+fn a_failed_override_is_reported_with_its_cluster() {
+    let yaml = format!(
+        "{SHOP}  overrides:\n  - clusterName: local\n    patches: [{{op: remove, path: /gateways/7}}]\n"
+    );
+    let mut fixture = Fixture::new(&yaml);
+    fixture.model.refresh_overrides(None);
+    let status = fixture.status(None, &at(100));
+    assert_eq!(summary(&status)[0], "Accepted=False/OverrideFailed");
+    let message = &condition(&status, ACCEPTED).message;
+    assert!(
+        message.starts_with("cluster local: spec.overrides[0]: patches[0] (/gateways/7)"),
+        "{message}"
+    );
+}
