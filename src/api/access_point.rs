@@ -25,6 +25,7 @@ use super::istio::{
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Programmed","type":"string","jsonPath":".status.conditions[?(@.type==\"Programmed\")].status"}"#,
     printcolumn = r#"{"name":"Clusters","type":"integer","jsonPath":".status.clusterCount"}"#,
+    printcolumn = r#"{"name":"Ready-Clusters","type":"integer","priority":1,"jsonPath":".status.readyClusters"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -123,6 +124,22 @@ pub struct PatchOperation {
     pub value: Option<serde_json::Value>,
 }
 
+/// One cluster's view of an AccessPoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    pub name: String,
+    pub ready: bool,
+    /// Gateway proxies serving this AccessPoint there, and how many acknowledged this generation.
+    pub proxies: i32,
+    pub acknowledged: i32,
+    /// Ready endpoints of the template's Service read from that cluster.
+    pub endpoints: i32,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
 /// Observed state, written by the Meridian controller that holds the leader lease.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -133,6 +150,14 @@ pub struct AccessPointStatus {
     /// How many clusters the placement selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_count: Option<i32>,
+    /// How many of them are ready: no problem there, and every gateway proxy serving it there
+    /// acknowledged this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_clusters: Option<i32>,
+    /// Per-cluster detail: every placed cluster when there are at most 32, otherwise only
+    /// clusters that are not ready (at most 32), so large fleets keep the object small.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterStatus>,
     /// `Accepted`, `ResolvedRefs`, `Programmed` and the summary `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

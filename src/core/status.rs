@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::model::{Model, ObjectKey};
 use super::refs::{placed_clusters, ClusterRefs, RefKind, UnresolvedRef};
 use super::validate::{FieldError, Rejection};
+use crate::api::access_point::ClusterStatus;
 use crate::api::AccessPointStatus;
 
 pub const ACCEPTED: &str = "Accepted";
@@ -110,15 +111,16 @@ pub fn access_point_status(
         .and_then(|r| r.generation)
         .or_else(|| accepted.and_then(|a| a.metadata.generation));
 
-    let (placed, mut drafts) = match (rejection, accepted) {
-        (Some(rejection), _) => (Vec::new(), invalid(&rejection.errors)),
+    let (placed, mut drafts, statuses) = match (rejection, accepted) {
+        (Some(rejection), _) => (Vec::new(), invalid(&rejection.errors), Vec::new()),
         (None, Some(ap)) => {
             let clusters = placed_clusters(published.model, ap);
-            let drafts = evaluate(input, &clusters);
-            (clusters, drafts)
+            let (drafts, statuses) = evaluate(input, &clusters);
+            (clusters, drafts, statuses)
         }
-        (None, None) => (Vec::new(), invalid(&[])),
+        (None, None) => (Vec::new(), invalid(&[]), Vec::new()),
     };
+    let ready_clusters = statuses.iter().filter(|c| c.ready).count() as i32;
     let ready = summary(&drafts);
     drafts.push(ready);
 
@@ -130,6 +132,8 @@ pub fn access_point_status(
     AccessPointStatus {
         observed_generation: generation,
         cluster_count: Some(placed.len() as i32),
+        ready_clusters: rejection.is_none().then_some(ready_clusters),
+        clusters: per_cluster::compact(statuses),
         conditions,
     }
 }
@@ -192,22 +196,49 @@ fn invalid(errors: &[FieldError]) -> Vec<Draft> {
     ]
 }
 
-fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
+fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<ClusterStatus>) {
     let published = input.published;
+    let generation = published
+        .model
+        .access_points
+        .get(input.key)
+        .and_then(|ap| ap.metadata.generation)
+        .unwrap_or(0);
     let mut refs: Vec<UnresolvedRef> = Vec::new();
     let mut serving: Vec<&GatewayAck> = Vec::new();
+    let mut statuses = Vec::new();
     for cluster in clusters {
         let Some(context) = input.clusters.get(cluster) else {
             continue;
         };
-        refs.extend(context.unresolved(input.key));
+        let cluster_refs = context.unresolved(input.key);
         let gateways = context.bound_gateways(input.key);
-        serving.extend(
-            input
-                .proxies
-                .iter()
-                .filter(|p| &p.cluster == cluster && gateways.contains(&p.gateway)),
-        );
+        let cluster_serving: Vec<&GatewayAck> = input
+            .proxies
+            .iter()
+            .filter(|p| &p.cluster == cluster && gateways.contains(&p.gateway))
+            .collect();
+        let mut problems: Vec<String> = published
+            .model
+            .override_errors
+            .get(&(input.key.clone(), cluster.clone()))
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect();
+        problems.extend(per_cluster::problems_in(&cluster_refs, cluster));
+        let facts = per_cluster::ClusterFacts {
+            name: cluster,
+            problems,
+            serving: cluster_serving.clone(),
+        };
+        statuses.push(per_cluster::cluster_status(
+            &facts,
+            input.key,
+            generation,
+            published.model,
+        ));
+        refs.extend(cluster_refs);
+        serving.extend(cluster_serving);
     }
     let describe = |kind: RefKind| -> Vec<String> {
         refs.iter()
@@ -260,14 +291,8 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> Vec<Draft> {
             ),
         )
     };
-    let generation = published
-        .model
-        .access_points
-        .get(input.key)
-        .and_then(|ap| ap.metadata.generation)
-        .unwrap_or(0);
     let programmed = programmed(input.key, clusters, &serving, generation);
-    vec![accepted, resolved, programmed]
+    (vec![accepted, resolved, programmed], statuses)
 }
 
 fn programmed(
@@ -313,11 +338,11 @@ fn programmed(
         .iter()
         .filter(|p| p.acked.get(key) == Some(&generation))
         .count();
-    let mut per_cluster: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_cluster: BTreeMap<&str, usize> = BTreeMap::new();
     for p in serving {
-        *per_cluster.entry(p.cluster.as_str()).or_default() += 1;
+        *by_cluster.entry(p.cluster.as_str()).or_default() += 1;
     }
-    let clusters_served = per_cluster.len();
+    let clusters_served = by_cluster.len();
     if acked == serving.len() {
         Draft::new(
             PROGRAMMED,
@@ -361,6 +386,8 @@ fn truncate(mut message: String) -> String {
     }
     message
 }
+
+mod per_cluster;
 
 #[cfg(test)]
 mod tests;

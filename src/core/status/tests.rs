@@ -325,3 +325,75 @@ fn a_failed_override_is_reported_with_its_cluster() {
         "{message}"
     );
 }
+
+#[test]
+fn each_placed_cluster_reports_its_own_state() {
+    let members = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east-1}
+spec: {zone: z1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east-2}
+spec: {zone: z2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web, meridian.dev/cluster: east-1}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2], conditions: {ready: false}}]
+"#;
+    let ap = SHOP.replace(
+        "spec:\n  template:",
+        "spec:\n  placement: {clusters: [east-1, east-2]}\n  template:",
+    );
+    let yaml = format!(
+        "{members}---{ap}  overrides:\n  - clusterName: east-2\n    patches: [{{op: remove, path: /gateways/9}}]\n"
+    );
+    let mut fixture = Fixture::new(&yaml);
+    fixture.model.refresh_overrides(None);
+    let mut fixture = fixture.proxy("public", Some(7), None);
+    fixture.proxies[0].cluster = "east-1".to_owned();
+    let status = fixture.status(None, &at(100));
+    assert_eq!(status.cluster_count, Some(2));
+    assert_eq!(status.ready_clusters, Some(1));
+    let east_1 = &status.clusters[0];
+    assert_eq!(
+        (
+            east_1.name.as_str(),
+            east_1.ready,
+            east_1.proxies,
+            east_1.acknowledged,
+            east_1.endpoints
+        ),
+        ("east-1", true, 1, 1, 1)
+    );
+    let east_2 = &status.clusters[1];
+    assert!(!east_2.ready);
+    assert!(
+        east_2
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("spec.overrides[0]: patches[0] (/gateways/9)"),
+        "{east_2:?}"
+    );
+}
+
+#[test]
+fn large_fleets_list_only_clusters_that_are_not_ready() {
+    use crate::api::access_point::ClusterStatus;
+    let fleet: Vec<ClusterStatus> = (0..100)
+        .map(|i| ClusterStatus {
+            name: format!("c{i}"),
+            ready: i % 10 != 0,
+            ..Default::default()
+        })
+        .collect();
+    let listed = per_cluster::compact(fleet.clone());
+    assert_eq!(listed.len(), 10);
+    assert!(listed.iter().all(|c| !c.ready));
+    assert_eq!(per_cluster::compact(fleet[..20].to_vec()).len(), 20);
+}

@@ -20,7 +20,7 @@ use crate::core::expand::ClusterView;
 use crate::core::resources::Resource;
 
 /// Label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label naming the member cluster an EndpointSlice was read from (absent: the hub, `local`).
 pub const CLUSTER_LABEL: &str = "meridian.dev/cluster";
 

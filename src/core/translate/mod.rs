@@ -19,7 +19,7 @@ use super::expand::ClusterView;
 use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 
-pub use endpoint::CLUSTER_LABEL;
+pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use listener::{gateway_ports, GatewayPort};
 pub use registry::ServiceRegistry;

@@ -1,0 +1,100 @@
+//! The per-cluster part of an AccessPoint's status, kept compact for large fleets.
+
+use super::GatewayAck;
+use crate::api::access_point::ClusterStatus;
+use crate::api::LOCAL_CLUSTER;
+use crate::core::model::{Model, ObjectKey};
+use crate::core::refs::UnresolvedRef;
+use crate::core::translate::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
+
+/// Above this many placed clusters only the ones that are not ready are listed.
+pub const MAX_LISTED: usize = 32;
+
+/// What one placed cluster contributes.
+pub struct ClusterFacts<'a> {
+    pub name: &'a str,
+    pub problems: Vec<String>,
+    pub serving: Vec<&'a GatewayAck>,
+}
+
+pub fn cluster_status(
+    facts: &ClusterFacts<'_>,
+    key: &ObjectKey,
+    generation: i64,
+    model: &Model,
+) -> ClusterStatus {
+    let acknowledged = facts
+        .serving
+        .iter()
+        .filter(|p| p.acked.get(key) == Some(&generation))
+        .count();
+    let proxies = facts.serving.len();
+    let message = if let Some(problem) = facts.problems.first() {
+        Some(problem.clone())
+    } else if proxies == 0 {
+        Some("no gateway proxy serving it is connected".to_owned())
+    } else if acknowledged < proxies {
+        Some(format!(
+            "{acknowledged} of {proxies} proxies acknowledged this generation"
+        ))
+    } else {
+        None
+    };
+    ClusterStatus {
+        name: facts.name.to_owned(),
+        ready: message.is_none(),
+        proxies: proxies as i32,
+        acknowledged: acknowledged as i32,
+        endpoints: ready_endpoints(model, key, facts.name) as i32,
+        message,
+    }
+}
+
+/// Ready endpoint addresses of the AccessPoint's template Service read from `cluster`.
+fn ready_endpoints(model: &Model, key: &ObjectKey, cluster: &str) -> usize {
+    let Some(service) = model
+        .access_points
+        .get(key)
+        .and_then(|ap| ap.spec.template.service.as_ref())
+    else {
+        return 0;
+    };
+    let namespace = service
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(&key.namespace);
+    model
+        .endpoint_slices
+        .values()
+        .filter(|slice| {
+            let labels = slice.metadata.labels.clone().unwrap_or_default();
+            slice.metadata.namespace.as_deref() == Some(namespace)
+                && labels.get(SERVICE_NAME_LABEL) == Some(&service.metadata.name)
+                && labels
+                    .get(CLUSTER_LABEL)
+                    .map_or(LOCAL_CLUSTER, String::as_str)
+                    == cluster
+        })
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .map(|e| e.addresses.len())
+        .sum()
+}
+
+/// Problems of `refs` that belong to `cluster`, described.
+pub fn problems_in(refs: &[UnresolvedRef], cluster: &str) -> Vec<String> {
+    refs.iter()
+        .filter(|r| r.cluster == cluster)
+        .map(|r| format!("{}: {}", r.path, r.message))
+        .collect()
+}
+
+/// The listed subset: all when few, else the not-ready ones, capped.
+pub fn compact(mut all: Vec<ClusterStatus>) -> Vec<ClusterStatus> {
+    if all.len() > MAX_LISTED {
+        all.retain(|c| !c.ready);
+        all.truncate(MAX_LISTED);
+    }
+    all
+}
