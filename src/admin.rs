@@ -13,7 +13,7 @@ use serde::Deserialize;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::core::refs::ClusterRefs;
-use crate::core::status::{access_point_keys, access_point_status, StatusInput};
+use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::provider::ConfigProblem;
 use crate::xds::server::XdsState;
 
@@ -108,6 +108,7 @@ async fn access_point_statuses(State(state): State<Arc<AdminState>>) -> Json<ser
                     published: snapshot.published(),
                     clusters: &clusters,
                     proxies: &acks,
+                    member_writes: &MemberWrites::new(),
                 };
                 let status = access_point_status(&input, None, &now);
                 (

@@ -149,8 +149,13 @@ async fn feed_index(
             batch.push(more);
         }
         for update in batch {
-            if let Update::RelistDone(watched) = &update {
-                listed.insert(*watched);
+            match &update {
+                // Member clusters come and go; only the hub's own watches gate serving.
+                Update::RelistDone(Watched::MemberSlices(_)) => {}
+                Update::RelistDone(watched) => {
+                    listed.insert(watched.clone());
+                }
+                _ => {}
             }
             scope.update(&mut index, update);
         }

@@ -17,7 +17,9 @@ use crate::ack_reports::{Report, HEARTBEAT};
 use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
 use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
-use crate::core::status::{access_point_keys, access_point_status, GatewayAck, StatusInput};
+use crate::core::status::{
+    access_point_keys, access_point_status, GatewayAck, MemberWrites, StatusInput,
+};
 use crate::xds::server::XdsState;
 
 /// The field manager of every write Meridian makes.
@@ -117,6 +119,7 @@ async fn write_round(
             published: snapshot.published(),
             clusters: &clusters,
             proxies: acks,
+            member_writes: &MemberWrites::new(),
         };
         let desired = access_point_status(&input, shown.get(key), &now);
         if shown.get(key) == Some(&desired) {

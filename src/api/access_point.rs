@@ -38,6 +38,27 @@ pub struct AccessPointSpec {
     /// Ordered RFC 6902 patches applied to the template per cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<ClusterOverride>,
+    /// What to do when a member cluster already has an object Meridian did not create:
+    /// `Abort` (default; reported on the status) or `Overwrite`.
+    #[serde(default, skip_serializing_if = "ConflictPolicy::is_default")]
+    pub conflict_policy: ConflictPolicy,
+    /// Leave the objects created in member clusters behind when the AccessPoint is deleted or
+    /// a cluster leaves its placement.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub orphan: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConflictPolicy {
+    #[default]
+    Abort,
+    Overwrite,
+}
+
+impl ConflictPolicy {
+    fn is_default(&self) -> bool {
+        *self == ConflictPolicy::Abort
+    }
 }
 
 /// The objects an AccessPoint stamps out. Object namespaces default to the AccessPoint's.
@@ -135,6 +156,9 @@ pub struct ClusterStatus {
     pub acknowledged: i32,
     /// Ready endpoints of the template's Service read from that cluster.
     pub endpoints: i32,
+    /// Whether the expanded objects are in the member cluster (absent: nothing to write there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
     /// Why it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

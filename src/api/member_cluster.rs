@@ -11,7 +11,12 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "MemberCluster",
     status = "MemberClusterStatus",
-    shortname = "mc"
+    shortname = "mc",
+    category = "meridian",
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.zone"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".spec.region"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MemberClusterSpec {
@@ -20,11 +25,38 @@ pub struct MemberClusterSpec {
     /// Region (`topology.kubernetes.io/region`).
     #[serde(default)]
     pub region: String,
+    /// How Meridian reaches the cluster's API server. Absent: Meridian only serves the
+    /// cluster's gateways (standalone sites, or endpoints supplied as files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<MemberConnection>,
+}
+
+/// Exactly one way to reach a member's API server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberConnection {
+    /// A Secret in Meridian's namespace holding a kubeconfig for the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret: Option<KubeconfigSecretRef>,
+    /// The hub's own API server (the member is the cluster Meridian runs in).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeconfigSecretRef {
+    pub name: String,
+    /// Key in the Secret's data. Default: `kubeconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Written by the Meridian leader from its periodic health probe.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberClusterStatus {
+    /// `Ready`: the API server answered the last probe.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }

@@ -112,12 +112,40 @@ impl InputObject {
         }
     }
 
+    /// `namespace/name`; EndpointSlices read from a member cluster are keyed
+    /// `namespace/name@cluster`, since clusters reuse names.
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
-        ObjectKey::new(
-            meta.namespace.clone().unwrap_or_default(),
-            meta.name.clone().unwrap_or_default(),
-        )
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let name = meta.name.clone().unwrap_or_default();
+        match self {
+            InputObject::EndpointSlice(slice) => {
+                endpoint_slice_key(namespace, name, member_of(slice))
+            }
+            _ => ObjectKey::new(namespace, name),
+        }
+    }
+}
+
+/// Label naming the member cluster an object was read from (absent: the hub, `local`).
+pub const CLUSTER_LABEL: &str = "meridian.dev/cluster";
+
+/// The member cluster an EndpointSlice was read from, unless it is the hub's own.
+pub fn member_of(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get(CLUSTER_LABEL)
+        .map(String::as_str)
+        .filter(|c| *c != LOCAL_CLUSTER)
+}
+
+/// The model key of an EndpointSlice read from `member` (or the hub).
+pub fn endpoint_slice_key(namespace: String, name: String, member: Option<&str>) -> ObjectKey {
+    match member {
+        Some(cluster) => ObjectKey::new(namespace, format!("{name}@{cluster}")),
+        None => ObjectKey::new(namespace, name),
     }
 }
 

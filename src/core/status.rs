@@ -8,7 +8,9 @@
 //! - `ResolvedRefs`: every route destination names a known service port.
 //! - `Programmed`: every connected gateway proxy serving it acknowledged a config holding this
 //!   generation (from ADS ACK tracking, not merely seen by the controller).
-//! - `Ready`: all three hold.
+//! - `Applied` (only when member clusters are written): the expanded objects are in every
+//!   placed member cluster Meridian connects to.
+//! - `Ready`: all of the above hold.
 //!
 //! `lastTransitionTime` only moves when a condition's status flips, so writers can skip
 //! unchanged statuses.
@@ -27,6 +29,8 @@ pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 pub const PROGRAMMED: &str = "Programmed";
 pub const READY: &str = "Ready";
+/// Present when the AccessPoint writes into member clusters.
+pub const APPLIED: &str = "Applied";
 
 /// Kubernetes caps a condition message at 32768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
@@ -74,6 +78,17 @@ pub fn acked_access_points(
         .collect()
 }
 
+/// The outcome of writing an AccessPoint's expanded objects into one member cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberWrite {
+    Applied,
+    /// Why not (a conflict under the `Abort` policy, an unreachable API server, ...).
+    Failed(String),
+}
+
+/// Member writes by (AccessPoint, cluster).
+pub type MemberWrites = BTreeMap<(ObjectKey, String), MemberWrite>;
+
 /// The inputs of one AccessPoint's status.
 pub struct StatusInput<'a> {
     pub key: &'a ObjectKey,
@@ -82,6 +97,8 @@ pub struct StatusInput<'a> {
     /// AccessPoints of one round.
     pub clusters: &'a BTreeMap<String, ClusterRefs<'a>>,
     pub proxies: &'a [GatewayAck],
+    /// What the member-cluster writer did (empty in standalone mode).
+    pub member_writes: &'a MemberWrites,
 }
 
 /// Every AccessPoint published, accepted or rejected.
@@ -230,6 +247,9 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
             name: cluster,
             problems,
             serving: cluster_serving.clone(),
+            applied: input
+                .member_writes
+                .get(&(input.key.clone(), cluster.clone())),
         };
         statuses.push(per_cluster::cluster_status(
             &facts,
@@ -292,7 +312,31 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
         )
     };
     let programmed = programmed(input.key, clusters, &serving, generation);
-    (vec![accepted, resolved, programmed], statuses)
+    let mut drafts = vec![accepted, resolved, programmed];
+    let writes: Vec<(&String, &MemberWrite)> = clusters
+        .iter()
+        .filter_map(|c| Some((c, input.member_writes.get(&(input.key.clone(), c.clone()))?)))
+        .collect();
+    if !writes.is_empty() {
+        let failed: Vec<String> = writes
+            .iter()
+            .filter_map(|(c, w)| match w {
+                MemberWrite::Failed(e) => Some(format!("cluster {c}: {e}")),
+                MemberWrite::Applied => None,
+            })
+            .collect();
+        drafts.push(if failed.is_empty() {
+            Draft::new(
+                APPLIED,
+                true,
+                "Applied",
+                format!("applied in {} member cluster(s)", writes.len()),
+            )
+        } else {
+            Draft::new(APPLIED, false, "ApplyFailed", failed.join("; "))
+        });
+    }
+    (drafts, statuses)
 }
 
 fn programmed(

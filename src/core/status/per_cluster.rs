@@ -1,6 +1,6 @@
 //! The per-cluster part of an AccessPoint's status, kept compact for large fleets.
 
-use super::GatewayAck;
+use super::{GatewayAck, MemberWrite};
 use crate::api::access_point::ClusterStatus;
 use crate::api::LOCAL_CLUSTER;
 use crate::core::model::{Model, ObjectKey};
@@ -15,6 +15,8 @@ pub struct ClusterFacts<'a> {
     pub name: &'a str,
     pub problems: Vec<String>,
     pub serving: Vec<&'a GatewayAck>,
+    /// The outcome of writing the expanded objects into the member, when there was any.
+    pub applied: Option<&'a MemberWrite>,
 }
 
 pub fn cluster_status(
@@ -29,8 +31,14 @@ pub fn cluster_status(
         .filter(|p| p.acked.get(key) == Some(&generation))
         .count();
     let proxies = facts.serving.len();
+    let write_error = match facts.applied {
+        Some(MemberWrite::Failed(error)) => Some(error.clone()),
+        _ => None,
+    };
     let message = if let Some(problem) = facts.problems.first() {
         Some(problem.clone())
+    } else if let Some(error) = write_error {
+        Some(error)
     } else if proxies == 0 {
         Some("no gateway proxy serving it is connected".to_owned())
     } else if acknowledged < proxies {
@@ -46,6 +54,7 @@ pub fn cluster_status(
         proxies: proxies as i32,
         acknowledged: acknowledged as i32,
         endpoints: ready_endpoints(model, key, facts.name) as i32,
+        applied: facts.applied.map(|w| *w == MemberWrite::Applied),
         message,
     }
 }

@@ -33,6 +33,7 @@ struct Fixture {
     rejected: BTreeMap<ObjectKey, Rejection>,
     in_force_since: BTreeMap<ObjectKey, u64>,
     proxies: Vec<GatewayAck>,
+    member_writes: MemberWrites,
 }
 
 impl Fixture {
@@ -47,6 +48,7 @@ impl Fixture {
             rejected: BTreeMap::new(),
             in_force_since,
             proxies: Vec::new(),
+            member_writes: MemberWrites::new(),
         }
     }
 
@@ -80,6 +82,7 @@ impl Fixture {
                 published: self.published(),
                 clusters: &clusters,
                 proxies: &self.proxies,
+                member_writes: &self.member_writes,
             },
             previous,
             now,
@@ -295,6 +298,7 @@ spec:
             published: fixture.published(),
             clusters: &clusters,
             proxies: &[],
+            member_writes: &MemberWrites::new(),
         },
         None,
         &at(100),

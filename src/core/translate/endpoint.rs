@@ -21,8 +21,7 @@ use crate::core::resources::Resource;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// Label naming the member cluster an EndpointSlice was read from (absent: the hub, `local`).
-pub const CLUSTER_LABEL: &str = "meridian.dev/cluster";
+pub use crate::core::model::CLUSTER_LABEL;
 
 /// One backend address, before grouping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -28,6 +28,8 @@ pub enum Update {
     RelistStarted(Watched),
     /// The list finished; from now on changes stream in.
     RelistDone(Watched),
+    /// A member cluster was disconnected: drop what was read from it.
+    MemberGone(String),
 }
 
 impl Scope {
@@ -40,6 +42,7 @@ impl Scope {
             Update::NamespaceGone(name) => self.delete_namespace(index, &name),
             Update::RelistStarted(watched) => self.begin_relist(watched),
             Update::RelistDone(watched) => self.end_relist(index, watched),
+            Update::MemberGone(cluster) => self.drop_member(index, &cluster),
         }
     }
 }

@@ -10,16 +10,31 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::core::model::{member_of, InputObject, Kind, ObjectKey};
 use crate::core::placement::selector_matches;
 use crate::index::Index;
 use crate::provider::ConfigProblem;
 
-/// What one watch delivers: objects of a model kind, or namespaces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// What one watch delivers: objects of a model kind (from the hub), namespaces, or the
+/// EndpointSlices of one member cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Watched {
     Object(Kind),
     Namespace,
+    MemberSlices(String),
+}
+
+impl Watched {
+    /// The watch an object comes from.
+    pub fn source_of(object: &InputObject) -> Watched {
+        match object {
+            InputObject::EndpointSlice(slice) => match member_of(slice) {
+                Some(cluster) => Watched::MemberSlices(cluster.to_owned()),
+                None => Watched::Object(Kind::EndpointSlice),
+            },
+            other => Watched::Object(other.kind()),
+        }
+    }
 }
 
 pub struct Scope {
@@ -53,7 +68,7 @@ impl Scope {
 
     pub fn apply(&mut self, index: &mut Index, object: InputObject) {
         let id = (object.kind(), object.key());
-        if let Some(seen) = self.relisting.get_mut(&Watched::Object(id.0)) {
+        if let Some(seen) = self.relisting.get_mut(&Watched::source_of(&object)) {
             seen.insert(id.1.clone());
         }
         if self.objects.get(&id) == Some(&object) {
@@ -142,7 +157,7 @@ impl Scope {
         let Some(seen) = self.relisting.remove(&watched) else {
             return;
         };
-        let Watched::Object(kind) = watched else {
+        if watched == Watched::Namespace {
             let gone: Vec<String> = self
                 .namespaces
                 .keys()
@@ -153,14 +168,31 @@ impl Scope {
                 self.delete_namespace(index, &name);
             }
             return;
-        };
-        let gone: Vec<ObjectKey> = self
+        }
+        self.drop_where(index, |id, object| {
+            Watched::source_of(object) == watched && !seen.contains(&id.1)
+        });
+    }
+
+    /// A member cluster is gone or disconnected: forget what was read from it.
+    pub fn drop_member(&mut self, index: &mut Index, cluster: &str) {
+        let source = Watched::MemberSlices(cluster.to_owned());
+        self.relisting.remove(&source);
+        self.drop_where(index, |_, object| Watched::source_of(object) == source);
+    }
+
+    fn drop_where(
+        &mut self,
+        index: &mut Index,
+        condition: impl Fn(&(Kind, ObjectKey), &InputObject) -> bool,
+    ) {
+        let gone: Vec<(Kind, ObjectKey)> = self
             .objects
-            .keys()
-            .filter(|(k, key)| *k == kind && !seen.contains(key))
-            .map(|(_, key)| key.clone())
+            .iter()
+            .filter(|(id, object)| condition(id, object))
+            .map(|(id, _)| id.clone())
             .collect();
-        for key in gone {
+        for (kind, key) in gone {
             self.delete(index, kind, &key);
         }
     }

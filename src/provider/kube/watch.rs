@@ -148,7 +148,7 @@ where
     }))
 }
 
-async fn forward<K>(
+pub(crate) async fn forward<K>(
     watched: Watched,
     stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
     tx: mpsc::Sender<Update>,
@@ -157,8 +157,8 @@ async fn forward<K>(
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         let update = match event {
-            Ok(Event::Init) => Some(Update::RelistStarted(watched)),
-            Ok(Event::InitDone) => Some(Update::RelistDone(watched)),
+            Ok(Event::Init) => Some(Update::RelistStarted(watched.clone())),
+            Ok(Event::InitDone) => Some(Update::RelistDone(watched.clone())),
             Ok(event) => convert(event),
             Err(error) => {
                 tracing::warn!(?watched, %error, "watch failed; retrying with backoff");
