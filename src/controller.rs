@@ -1,6 +1,6 @@
 //! Kubernetes mode wiring: watchers → scope → index → ADS/ops gRPC and admin HTTP (every
-//! replica), each replica's acknowledgement report, the lease campaign, and the status writer
-//! (only the leader writes status).
+//! replica), each replica's acknowledgement report and member-cluster connections, the lease
+//! campaign, and the leader's writers (AccessPoint status, member-cluster objects).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use crate::ack_reports;
 use crate::admin::AdminState;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
+use crate::members::{self, connections, MemberState};
 use crate::metrics::Metrics;
 use crate::provider::kube::{watch as watches, Scope, Update, Watched};
 use crate::serve::Running;
@@ -61,6 +62,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let admin_state = AdminState::new(xds.clone());
 
     let (updates_tx, updates) = mpsc::channel(1024);
+    let member_updates = updates_tx.clone();
     let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
         .await
         .context("starting Kubernetes watches")?;
@@ -101,10 +103,46 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
+    let members = Arc::new(MemberState::default());
+    let member_connections = {
+        let (client, namespace) = (client.clone(), lease.namespace.clone());
+        let (snapshots, members, stopped) =
+            (xds.snapshots.clone(), members.clone(), stopped.clone());
+        async move {
+            connections::run(
+                client,
+                namespace,
+                snapshots,
+                member_updates,
+                members,
+                stopped,
+            )
+            .await;
+            Ok(())
+        }
+    };
+    let (writes_tx, member_writes) = watch::channel(Default::default());
+    let member_writer = {
+        let (client, snapshots) = (client.clone(), xds.snapshots.clone());
+        let (leading, stopped) = (leading.clone(), stopped.clone());
+        async move {
+            members::writer::run(client, snapshots, members, leading, writes_tx, stopped).await;
+            Ok(())
+        }
+    };
     let writer = {
         let (stopped, identity) = (stopped.clone(), lease.identity.clone());
         async move {
-            status_writer::run(client, xds, identity, reports, leading, stopped).await;
+            status_writer::run(
+                client,
+                xds,
+                identity,
+                reports,
+                member_writes,
+                leading,
+                stopped,
+            )
+            .await;
             Ok(())
         }
     };
@@ -119,6 +157,8 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .with_task(feed)
         .with_task(campaign)
         .with_task(publisher)
+        .with_task(member_connections)
+        .with_task(member_writer)
         .with_task(writer)
         .with_task(abort_watches))
 }

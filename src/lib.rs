@@ -10,6 +10,7 @@ pub mod core;
 pub mod crds;
 pub mod index;
 pub mod leader;
+pub mod members;
 pub mod metrics;
 pub mod ops;
 pub mod provider;

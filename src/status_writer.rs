@@ -34,6 +34,7 @@ pub async fn run(
     xds: Arc<XdsState>,
     identity: String,
     mut reports: watch::Receiver<BTreeMap<String, Report>>,
+    mut member_writes: watch::Receiver<MemberWrites>,
     mut leading: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -59,7 +60,8 @@ pub async fn run(
         };
         loop {
             let acks = all_acks(&xds, &identity, &reports.borrow_and_update());
-            let failures = write_round(&client, &xds, &acks, &mut shown).await;
+            let writes = member_writes.borrow_and_update().clone();
+            let failures = write_round(&client, &xds, &acks, &writes, &mut shown).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -71,6 +73,7 @@ pub async fn run(
                 _ = snapshots.changed() => {}
                 _ = proxies.changed() => {}
                 _ = reports.changed() => {}
+                _ = member_writes.changed() => {}
                 // Reports of vanished replicas expire even when nothing else moves.
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = retry => {}
@@ -104,6 +107,7 @@ async fn write_round(
     client: &Client,
     xds: &XdsState,
     acks: &[GatewayAck],
+    member_writes: &MemberWrites,
     shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
 ) -> usize {
     let snapshot = xds.snapshots.borrow().clone();
@@ -119,7 +123,7 @@ async fn write_round(
             published: snapshot.published(),
             clusters: &clusters,
             proxies: acks,
-            member_writes: &MemberWrites::new(),
+            member_writes,
         };
         let desired = access_point_status(&input, shown.get(key), &now);
         if shown.get(key) == Some(&desired) {

@@ -75,6 +75,10 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
     let mut access_points: Vec<_> = model.access_points.iter().collect();
     access_points.sort_by_key(|(key, ap)| (ap.metadata.creation_timestamp.clone(), *key));
     for (key, ap) in access_points {
+        // Being deleted (waiting for member cleanup): no longer served.
+        if ap.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
         if !is_placed(ap.spec.placement.as_ref(), &facts) {
             continue;
         }

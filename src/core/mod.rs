@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod expand;
+pub mod federation;
 pub mod json;
 pub mod manifest;
 pub mod model;

@@ -8,56 +8,113 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::free_port;
 
 pub const CONTROLLER_USER: &str = "system:serviceaccount:meridian-system:meridian";
 
+/// An etcd that one or several apiservers store into (each under its own prefix).
+pub struct Etcd {
+    _dir: tempfile::TempDir,
+    child: Child,
+    pub port: u16,
+}
+
+impl Etcd {
+    pub fn start(assets: &Path) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, peer_port) = (free_port(), free_port());
+        let child = Command::new(assets.join("etcd"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("etcd.err")).unwrap())
+            .spawn()
+            .expect("start etcd");
+        Etcd {
+            _dir: dir,
+            child,
+            port,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub struct KubeCluster {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     assets: PathBuf,
-    etcd: Child,
-    apiserver: Child,
+    apiserver: Option<Child>,
+    apiserver_args: Vec<String>,
+    /// Dropped after the apiserver (field order).
+    _etcd: Arc<Etcd>,
     pub port: u16,
     pub admin_kubeconfig: PathBuf,
     /// Authenticates as the controller's service account (RBAC applies).
     pub controller_kubeconfig: PathBuf,
 }
 
-fn assets() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(repo.join("e2e/kube/install.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run e2e/kube/install.sh");
-    assert!(out.status.success(), "e2e/kube/install.sh failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+/// The kube-apiserver, etcd and kubectl binaries.
+pub fn assets() -> PathBuf {
+    static ASSETS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ASSETS
+        .get_or_init(|| {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new("bash")
+                .arg(repo.join("e2e/kube/install.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run e2e/kube/install.sh");
+            assert!(out.status.success(), "e2e/kube/install.sh failed");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
 }
 
 impl KubeCluster {
+    /// A cluster with its own etcd.
     pub fn start() -> KubeCluster {
+        let etcd = Arc::new(Etcd::start(&assets()));
+        KubeCluster::start_on(etcd, "meridian-e2e")
+    }
+
+    /// A cluster storing into a shared etcd under `/prefix`, as several "clusters" of one test do.
+    pub fn start_on(etcd: Arc<Etcd>, prefix: &str) -> KubeCluster {
+        let cluster = KubeCluster::launch(etcd, prefix);
+        cluster.wait_ready();
+        cluster
+    }
+
+    /// Starts several clusters on one etcd at once (apiservers boot in parallel).
+    pub fn start_fleet(prefixes: &[&str]) -> Vec<KubeCluster> {
+        let etcd = Arc::new(Etcd::start(&assets()));
+        let fleet: Vec<KubeCluster> = prefixes
+            .iter()
+            .map(|p| KubeCluster::launch(etcd.clone(), p))
+            .collect();
+        for cluster in &fleet {
+            cluster.wait_ready();
+        }
+        fleet
+    }
+
+    fn launch(etcd: Arc<Etcd>, prefix: &str) -> KubeCluster {
         let assets = assets();
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let (etcd_port, peer_port, port) = (free_port(), free_port(), free_port());
-        let log = |name: &str| std::fs::File::create(dir.join(name)).unwrap();
-        let etcd = Command::new(assets.join("etcd"))
-            .arg("--data-dir")
-            .arg(dir.join("etcd"))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
-            ))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
-            .arg("--log-level=error")
-            .stdout(log("etcd.log"))
-            .stderr(log("etcd.err"))
-            .spawn()
-            .expect("start etcd");
-
+        let port = free_port();
         let sa_key = dir.join("sa.key");
         let status = Command::new("openssl")
             .args(["genrsa", "-out"])
@@ -76,53 +133,66 @@ impl KubeCluster {
             ),
         )
         .unwrap();
-        let apiserver = Command::new(assets.join("kube-apiserver"))
-            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--secure-port={port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
-            .arg(format!("--cert-dir={}", dir.join("certs").display()))
-            .arg(format!("--token-auth-file={}", tokens.display()))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-key-file={}", sa_key.display()))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_key.display()
-            ))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg("--service-cluster-ip-range=10.96.0.0/16")
-            .arg("--etcd-prefix=/meridian-e2e")
-            .stdout(log("apiserver.log"))
-            .stderr(log("apiserver.err"))
-            .spawn()
-            .expect("start kube-apiserver");
-
+        let apiserver_args = vec![
+            format!("--etcd-servers=http://127.0.0.1:{}", etcd.port),
+            format!("--etcd-prefix=/{prefix}"),
+            format!("--secure-port={port}"),
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".to_owned(),
+            format!("--service-account-key-file={}", sa_key.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc".to_owned(),
+            "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
+        ];
         let kubeconfig = |name: &str, token: &str| {
             let path = dir.join(name);
-            std::fs::write(
-                &path,
-                format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: u, namespace: default}}\ncurrent-context: e2e\n"
-                ),
-            )
-            .unwrap();
+            std::fs::write(&path, kubeconfig_text(port, token)).unwrap();
             path
         };
-        let cluster = KubeCluster {
+        let mut cluster = KubeCluster {
             admin_kubeconfig: kubeconfig("admin.kubeconfig", "admin-token"),
             controller_kubeconfig: kubeconfig("meridian.kubeconfig", "meridian-token"),
             _dir: tmp,
             dir,
             assets,
-            etcd,
-            apiserver,
+            apiserver: None,
+            apiserver_args,
+            _etcd: etcd,
             port,
         };
-        cluster.wait_ready();
+        cluster.start_apiserver();
         cluster
     }
 
-    fn wait_ready(&self) {
+    /// Starts (or restarts) the apiserver with the same port, certificates and storage.
+    pub fn start_apiserver(&mut self) {
+        let log = |name: &str| std::fs::File::create(self.dir.join(name)).unwrap();
+        let child = Command::new(self.assets.join("kube-apiserver"))
+            .args(&self.apiserver_args)
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .expect("start kube-apiserver");
+        self.apiserver = Some(child);
+    }
+
+    /// Stops the apiserver, as an outage of that cluster's control plane.
+    pub fn stop_apiserver(&mut self) {
+        if let Some(mut child) = self.apiserver.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// An admin kubeconfig, for storing in a Secret.
+    pub fn admin_kubeconfig_text(&self) -> String {
+        kubeconfig_text(self.port, "admin-token")
+    }
+
+    pub fn wait_ready(&self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(120) {
             let out = self.kubectl(&["get", "--raw", "/readyz"]);
@@ -207,11 +277,14 @@ impl KubeCluster {
 
 impl Drop for KubeCluster {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop_apiserver();
     }
+}
+
+fn kubeconfig_text(port: u16, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: u, namespace: default}}\ncurrent-context: e2e\n"
+    )
 }
 
 /// `meridian controller` as a child process (so a test can kill it like a crashed pod).

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::endpoint_slice::from_v1beta1;
 use super::{Update, Watched};
 use crate::api::{AccessPoint, MemberCluster, NameService};
-use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::core::model::{InputObject, Kind, ObjectKey, CLUSTER_LABEL};
 
 /// Starts a watch task per kind; each sends its updates to `tx` until `tx` closes.
 pub async fn spawn_all(
@@ -30,6 +30,7 @@ pub async fn spawn_all(
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, kube::Error> {
     let mut tasks = vec![
         spawn(
+            Watched::Object(Kind::AccessPoint),
             Kind::AccessPoint,
             Api::<AccessPoint>::all(client.clone()),
             tx.clone(),
@@ -39,6 +40,7 @@ pub async fn spawn_all(
             },
         ),
         spawn(
+            Watched::Object(Kind::MemberCluster),
             Kind::MemberCluster,
             Api::<MemberCluster>::all(client.clone()),
             tx.clone(),
@@ -48,6 +50,7 @@ pub async fn spawn_all(
             },
         ),
         spawn(
+            Watched::Object(Kind::NameService),
             Kind::NameService,
             Api::<NameService>::all(client.clone()),
             tx.clone(),
@@ -57,6 +60,7 @@ pub async fn spawn_all(
             },
         ),
         spawn(
+            Watched::Object(Kind::Service),
             Kind::Service,
             Api::<Service>::all(client.clone()),
             tx.clone(),
@@ -85,31 +89,56 @@ pub async fn spawn_all(
             },
         )),
     ];
+    tasks.push(spawn_endpoint_slices(client, tx, None).await?);
+    Ok(tasks)
+}
+
+/// Watches EndpointSlices (v1, or v1beta1 converted), labelled with `member` when they are
+/// read from a member cluster.
+pub async fn spawn_endpoint_slices(
+    client: Client,
+    tx: mpsc::Sender<Update>,
+    member: Option<String>,
+) -> Result<tokio::task::JoinHandle<()>, kube::Error> {
+    let watched = match &member {
+        Some(cluster) => Watched::MemberSlices(cluster.clone()),
+        None => Watched::Object(Kind::EndpointSlice),
+    };
+    let label = move |mut slice: EndpointSlice| {
+        if let Some(cluster) = &member {
+            slice
+                .metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(CLUSTER_LABEL.to_owned(), cluster.clone());
+        }
+        InputObject::EndpointSlice(slice)
+    };
     if serves_endpoint_slices_v1(&client).await? {
-        tasks.push(spawn(
-            Kind::EndpointSlice,
-            Api::<EndpointSlice>::all(client),
-            tx,
-            |eps| Ok(InputObject::EndpointSlice(eps)),
-        ));
-    } else {
-        tracing::info!(
-            "apiserver serves EndpointSlices as discovery.k8s.io/v1beta1 only; converting"
-        );
-        let resource = ApiResource {
-            group: "discovery.k8s.io".to_owned(),
-            version: "v1beta1".to_owned(),
-            api_version: "discovery.k8s.io/v1beta1".to_owned(),
-            kind: "EndpointSlice".to_owned(),
-            plural: "endpointslices".to_owned(),
-        };
-        let api = Api::<DynamicObject>::all_with(client, &resource);
-        tasks.push(spawn(Kind::EndpointSlice, api, tx, |object| {
-            let value = serde_json::to_value(object)?;
-            Ok(InputObject::EndpointSlice(from_v1beta1(value)?))
+        let api = Api::<EndpointSlice>::all(client);
+        return Ok(spawn(watched, Kind::EndpointSlice, api, tx, move |eps| {
+            Ok(label(eps))
         }));
     }
-    Ok(tasks)
+    tracing::info!("apiserver serves EndpointSlices as discovery.k8s.io/v1beta1 only; converting");
+    let resource = ApiResource {
+        group: "discovery.k8s.io".to_owned(),
+        version: "v1beta1".to_owned(),
+        api_version: "discovery.k8s.io/v1beta1".to_owned(),
+        kind: "EndpointSlice".to_owned(),
+        plural: "endpointslices".to_owned(),
+    };
+    let api = Api::<DynamicObject>::all_with(client, &resource);
+    Ok(spawn(
+        watched,
+        Kind::EndpointSlice,
+        api,
+        tx,
+        move |object| {
+            let value = serde_json::to_value(object)?;
+            Ok(label(from_v1beta1(value)?))
+        },
+    ))
 }
 
 async fn serves_endpoint_slices_v1(client: &Client) -> Result<bool, kube::Error> {
@@ -122,28 +151,30 @@ async fn serves_endpoint_slices_v1(client: &Client) -> Result<bool, kube::Error>
 
 /// Watches `api`, turning each object into an input with `decode`.
 fn spawn<K>(
+    watched: Watched,
     model_kind: Kind,
     api: Api<K>,
     tx: mpsc::Sender<Update>,
-    decode: fn(K) -> Result<InputObject, serde_json::Error>,
+    decode: impl Fn(K) -> Result<InputObject, serde_json::Error> + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let watched = Watched::Object(model_kind);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let decoded = move |object: K| {
+        let key = key_of(object.meta());
+        decode(object)
+            .map_err(|error| {
+                tracing::warn!(kind = %model_kind, object = %key, %error, "cannot decode; ignored");
+            })
+            .ok()
+    };
     tokio::spawn(forward(watched, stream, tx, move |event| match event {
         Event::Apply(object) | Event::InitApply(object) => {
-            let key = key_of(object.meta());
-            match decode(object) {
-                Ok(object) => Some(Update::Apply(strip(object))),
-                Err(error) => {
-                    tracing::warn!(kind = %model_kind, object = %key, %error, "cannot decode; ignored");
-                    None
-                }
-            }
+            decoded(object).map(|o| Update::Apply(strip(o)))
         }
-        Event::Delete(object) => Some(Update::Delete(model_kind, key_of(object.meta()))),
+        // Decoded too: a member's slices are keyed with their cluster.
+        Event::Delete(object) => decoded(object).map(|o| Update::Delete(model_kind, o.key())),
         Event::Init | Event::InitDone => None,
     }))
 }

@@ -1,0 +1,136 @@
+//! What Meridian writes into member clusters: each AccessPoint's Service template, as
+//! overridden for each connected member cluster it is placed on. Pure and deterministic; the
+//! member writer turns it into server-side applies.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ServiceSpec;
+
+use super::model::{ClusterTemplate, Model, ObjectKey};
+use super::refs::placed_clusters;
+
+/// Label on every object Meridian writes into a member cluster (for listing them back).
+pub const MANAGED_LABEL: &str = "meridian.dev/managed";
+/// Annotation naming the AccessPoint (`namespace/name`) an object was written for.
+pub const OWNER_ANNOTATION: &str = "meridian.dev/access-point";
+
+/// One Service to apply into one member cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberService {
+    pub access_point: ObjectKey,
+    pub cluster: String,
+    /// Namespace and name of the Service in the member.
+    pub service: ObjectKey,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: ServiceSpec,
+}
+
+/// Every Service to apply, by (AccessPoint, cluster). AccessPoints being deleted and clusters
+/// where overrides never produced a template contribute nothing.
+pub fn member_services(model: &Model) -> BTreeMap<(ObjectKey, String), MemberService> {
+    let mut out = BTreeMap::new();
+    for (key, ap) in &model.access_points {
+        if ap.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        for cluster in placed_clusters(model, ap) {
+            let connected = model
+                .member_clusters
+                .get(&ObjectKey::new("", cluster.as_str()))
+                .is_some_and(|m| m.spec.connection.is_some());
+            if !connected {
+                continue;
+            }
+            let template = match model.cluster_templates.get(&(key.clone(), cluster.clone())) {
+                None => &ap.spec.template,
+                Some(ClusterTemplate::Patched(t)) => &**t,
+                Some(ClusterTemplate::Blocked) => continue,
+            };
+            let Some(service) = &template.service else {
+                continue;
+            };
+            let namespace = service
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| key.namespace.clone());
+            let mut labels = service.metadata.labels.clone();
+            labels.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
+            let mut annotations = service.metadata.annotations.clone();
+            annotations.insert(OWNER_ANNOTATION.to_owned(), key.to_string());
+            out.insert(
+                (key.clone(), cluster.clone()),
+                MemberService {
+                    access_point: key.clone(),
+                    cluster,
+                    service: ObjectKey::new(namespace, service.metadata.name.clone()),
+                    labels,
+                    annotations,
+                    spec: service.spec.clone(),
+                },
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+
+    #[test]
+    fn services_go_to_connected_placed_clusters_with_their_overrides() {
+        let yaml = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: m1, labels: {tier: edge}}
+spec: {zone: z1, connection: {kubeconfigSecret: {name: m1}}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: m2, labels: {tier: edge}}
+spec: {zone: z1, connection: {kubeconfigSecret: {name: m2}}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: m3, labels: {tier: edge}}
+spec: {zone: z2, connection: {kubeconfigSecret: {name: m3}}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: static, labels: {tier: edge}}
+spec: {zone: z3}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  placement: {clusterSelector: {matchLabels: {tier: edge}}, excludeClusters: [m2]}
+  template:
+    service:
+      metadata: {name: web, labels: {app: web}}
+      spec: {ports: [{name: http, port: 80}]}
+  overrides:
+  - clusterName: m3
+    patches: [{op: replace, path: /service/spec/ports/0/port, value: 9090}]
+"#;
+        let mut model = Model::default();
+        for object in parse_documents(yaml, "default").unwrap() {
+            model.apply(object);
+        }
+        model.refresh_overrides(None);
+        let services = member_services(&model);
+        let placed: Vec<(&str, i32)> = services
+            .values()
+            .map(|s| (s.cluster.as_str(), s.spec.ports.as_ref().unwrap()[0].port))
+            .collect();
+        assert_eq!(placed, [("m1", 80), ("m3", 9090)]);
+        let m1 = services.values().next().unwrap();
+        assert_eq!(m1.service, ObjectKey::new("shop", "web"));
+        assert_eq!(m1.labels["app"], "web");
+        assert_eq!(m1.labels[MANAGED_LABEL], "true");
+        assert_eq!(m1.annotations[OWNER_ANNOTATION], "shop/shop");
+    }
+}
