@@ -67,12 +67,21 @@ pub fn member_services(model: &Model) -> BTreeMap<(ObjectKey, String), MemberSer
                     service: ObjectKey::new(namespace, service.metadata.name.clone()),
                     labels,
                     annotations,
-                    spec: service.spec.clone(),
+                    spec: with_default_protocols(service.spec.clone()),
                 },
             );
         }
     }
     out
+}
+
+/// Ports without a protocol get Kubernetes' default, `TCP`: `protocol` is part of the
+/// ports list's merge key, and server-side apply rejects entries that omit it.
+fn with_default_protocols(mut spec: ServiceSpec) -> ServiceSpec {
+    for port in spec.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".to_owned());
+    }
+    spec
 }
 
 #[cfg(test)]
@@ -132,5 +141,9 @@ spec:
         assert_eq!(m1.labels["app"], "web");
         assert_eq!(m1.labels[MANAGED_LABEL], "true");
         assert_eq!(m1.annotations[OWNER_ANNOTATION], "shop/shop");
+        assert_eq!(
+            m1.spec.ports.as_ref().unwrap()[0].protocol.as_deref(),
+            Some("TCP")
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Client;
 use tokio::sync::watch;
 
@@ -123,14 +123,17 @@ async fn apply_service(
             .annotations
             .as_ref()
             .and_then(|a| a.get(OWNER_ANNOTATION));
-        if owned_by != Some(&owner) && policy == ConflictPolicy::Abort {
-            let who = owned_by.map_or("not managed by Meridian".to_owned(), |o| {
-                format!("managed for AccessPoint {o}")
-            });
-            return Err(format!(
-                "Service {} already exists ({who}); set conflictPolicy: Overwrite to take it over",
-                desired.service
-            ));
+        if owned_by != Some(&owner) {
+            if policy == ConflictPolicy::Abort {
+                let who = owned_by.map_or("not managed by Meridian".to_owned(), |o| {
+                    format!("managed for AccessPoint {o}")
+                });
+                return Err(format!(
+                    "Service {} already exists ({who}); set conflictPolicy: Overwrite to take it over",
+                    desired.service
+                ));
+            }
+            return take_over(&api, existing, desired).await;
         }
     }
     let body = serde_json::json!({
@@ -151,6 +154,37 @@ async fn apply_service(
     )
     .await
     .map_err(|e| format!("applying Service {}: {e}", desired.service))?;
+    Ok(())
+}
+
+/// `Overwrite`: replaces a foreign Service's spec with ours in one update (keeping its cluster
+/// IPs, which are immutable), so fields other managers set do not linger as they would under
+/// a merge. From then on it is ours and server-side apply maintains it.
+async fn take_over(
+    api: &Api<Service>,
+    mut existing: Service,
+    desired: &MemberService,
+) -> Result<(), String> {
+    let old_spec = existing.spec.take().unwrap_or_default();
+    let mut spec = desired.spec.clone();
+    spec.cluster_ip = old_spec.cluster_ip;
+    spec.cluster_ips = old_spec.cluster_ips;
+    existing.spec = Some(spec);
+    let meta = &mut existing.metadata;
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .extend(desired.labels.clone());
+    meta.annotations
+        .get_or_insert_with(Default::default)
+        .extend(desired.annotations.clone());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    api.replace(&desired.service.name, &params, &existing)
+        .await
+        .map_err(|e| format!("taking over Service {}: {e}", desired.service))?;
+    tracing::info!(service = %desired.service, access_point = %desired.access_point, "took over an existing Service (conflictPolicy: Overwrite)");
     Ok(())
 }
 
