@@ -191,7 +191,7 @@ async fn feed_index(
         for update in batch {
             match &update {
                 // Member clusters come and go; only the hub's own watches gate serving.
-                Update::RelistDone(Watched::MemberSlices(_)) => {}
+                Update::RelistDone(Watched::Member { .. }) => {}
                 Update::RelistDone(watched) => {
                     listed.insert(watched.clone());
                 }

@@ -75,6 +75,29 @@ spec:
     )
 }
 
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: api, image: api:1}]}
+"#;
+
+const FOLLOWER: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: api, namespace: shop}
+spec:
+  placement: {followDeployment: {name: api}}
+  template:
+    service:
+      metadata: {name: api}
+      spec: {ports: [{name: http, port: 80}]}
+"#;
+
 /// The `web` Service's first port in a member, or None when it does not exist.
 fn member_service_port(member: &KubeCluster) -> Option<String> {
     let out = member.kubectl(&[
@@ -261,6 +284,30 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
         member_service_port(&fleet[2]).as_deref() == Some("80")
     })
     .await;
+
+    // followDeployment: placed exactly where the Deployment runs, and withdrawn with it.
+    fleet[3].apply_ok(DEPLOYMENT);
+    let hub = &fleet[0];
+    hub.apply_ok(FOLLOWER);
+    let api_port = |member: &KubeCluster| {
+        let out = member.kubectl(&["get", "service", "api", "-n", "shop", "-o", "name"]);
+        out.status.success()
+    };
+    eventually(
+        WAIT,
+        "Service api only where Deployment api runs",
+        || async { api_port(&fleet[3]) },
+    )
+    .await;
+    assert!(!api_port(&fleet[1]) && !api_port(&fleet[2]));
+    fleet[3].kubectl_ok(&["delete", "deployment", "api", "-n", "shop"]);
+    eventually(
+        WAIT,
+        "Service api withdrawn with the Deployment",
+        || async { !api_port(&fleet[3]) },
+    )
+    .await;
+    let hub = &fleet[0];
 
     // Deleting the AccessPoint removes what Meridian created in every member first.
     hub.kubectl_ok(&[

@@ -104,8 +104,9 @@ pub struct TemplateMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Which member clusters receive the AccessPoint. An explicit `clusters` list beats the selector;
-/// `excludeClusters` always wins; a present but empty placement selects no cluster.
+/// Which member clusters receive the AccessPoint: those listed in `clusters`, in `zones`,
+/// matching `clusterSelector`, or running `followDeployment`; `excludeClusters` always wins; a
+/// present but empty placement selects no cluster.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Placement {
@@ -117,6 +118,18 @@ pub struct Placement {
     pub zones: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_clusters: Vec<String>,
+    /// Also place on every cluster where this Deployment exists (the hub's own included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_deployment: Option<DeploymentRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeploymentRef {
+    pub name: String,
+    /// Default: the AccessPoint's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

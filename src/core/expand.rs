@@ -50,11 +50,7 @@ pub struct ClusterView<'m> {
 /// Builds the view of `cluster` (the model holds only accepted AccessPoints).
 pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
     let member = model.member_clusters.get(&ObjectKey::new("", cluster));
-    let facts = ClusterFacts {
-        name: cluster,
-        zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
-        labels: member.and_then(|m| m.metadata.labels.as_ref()),
-    };
+    let facts = ClusterFacts::of(model, cluster);
     let mut view = ClusterView {
         cluster: cluster.to_owned(),
         region: member.map(|m| m.spec.region.clone()).unwrap_or_default(),
@@ -79,7 +75,7 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         if ap.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        if !is_placed(ap.spec.placement.as_ref(), &facts) {
+        if !is_placed(ap.spec.placement.as_ref(), &key.namespace, &facts) {
             continue;
         }
         let template = match model

@@ -147,3 +147,47 @@ spec:
         );
     }
 }
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+
+    #[test]
+    fn follow_deployment_places_services_where_it_runs() {
+        let yaml = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: m3}
+spec: {zone: z2, connection: {kubeconfigSecret: {name: m3}}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: m1}
+spec: {zone: z1, connection: {kubeconfigSecret: {name: m1}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop, labels: {meridian.dev/cluster: m3}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: api, namespace: shop}
+spec:
+  placement: {followDeployment: {name: api}}
+  template:
+    service:
+      metadata: {name: api}
+      spec: {ports: [{name: http, port: 80}]}
+"#;
+        let mut model = Model::default();
+        for object in parse_documents(yaml, "default").unwrap() {
+            model.apply(object);
+        }
+        let clusters: Vec<String> = member_services(&model)
+            .into_values()
+            .map(|s| s.cluster)
+            .collect();
+        assert_eq!(clusters, ["m3"]);
+    }
+}

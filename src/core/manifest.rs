@@ -82,6 +82,7 @@ fn parse_object(
         (API_VERSION, "NameService") => InputObject::NameService(typed.parse(value)?),
         ("v1", "Service") => InputObject::Service(typed.parse(value)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => InputObject::EndpointSlice(typed.parse(value)?),
+        ("apps/v1", "Deployment") => InputObject::Deployment(typed.parse(value)?),
         _ => {
             return Err(ManifestError::UnsupportedKind {
                 document,
@@ -113,13 +114,10 @@ impl Typed<'_> {
 }
 
 fn default_namespace_of(object: &mut InputObject, default_namespace: &str) {
-    let meta = match object {
-        InputObject::MemberCluster(_) => return,
-        InputObject::AccessPoint(o) => &mut o.metadata,
-        InputObject::NameService(o) => &mut o.metadata,
-        InputObject::Service(o) => &mut o.metadata,
-        InputObject::EndpointSlice(o) => &mut o.metadata,
-    };
+    if let InputObject::MemberCluster(_) = object {
+        return;
+    }
+    let meta = object.metadata_mut();
     if meta.namespace.as_deref().unwrap_or_default().is_empty() {
         meta.namespace = Some(default_namespace.to_owned());
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -50,6 +51,8 @@ pub enum Kind {
     NameService,
     Service,
     EndpointSlice,
+    /// Only its existence matters (`placement.followDeployment`).
+    Deployment,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             Kind::NameService => "NameService",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Deployment => "Deployment",
         }
     }
 }
@@ -79,6 +83,7 @@ pub enum InputObject {
     NameService(NameService),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    Deployment(Deployment),
 }
 
 impl InputObject {
@@ -89,6 +94,7 @@ impl InputObject {
             InputObject::NameService(_) => Kind::NameService,
             InputObject::Service(_) => Kind::Service,
             InputObject::EndpointSlice(_) => Kind::EndpointSlice,
+            InputObject::Deployment(_) => Kind::Deployment,
         }
     }
 
@@ -99,6 +105,7 @@ impl InputObject {
             InputObject::NameService(o) => &mut o.metadata,
             InputObject::Service(o) => &mut o.metadata,
             InputObject::EndpointSlice(o) => &mut o.metadata,
+            InputObject::Deployment(o) => &mut o.metadata,
         }
     }
 
@@ -109,44 +116,43 @@ impl InputObject {
             InputObject::NameService(o) => &o.metadata,
             InputObject::Service(o) => &o.metadata,
             InputObject::EndpointSlice(o) => &o.metadata,
+            InputObject::Deployment(o) => &o.metadata,
         }
     }
 
-    /// `namespace/name`; EndpointSlices read from a member cluster are keyed
-    /// `namespace/name@cluster`, since clusters reuse names.
+    /// `namespace/name`; objects read from a member cluster (EndpointSlices, Deployments) are
+    /// keyed `namespace/name@cluster`, since clusters reuse names.
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
         let namespace = meta.namespace.clone().unwrap_or_default();
         let name = meta.name.clone().unwrap_or_default();
-        match self {
-            InputObject::EndpointSlice(slice) => {
-                endpoint_slice_key(namespace, name, member_of(slice))
+        match member_of(meta) {
+            Some(cluster) if self.is_member_data() => {
+                ObjectKey::new(namespace, format!("{name}@{cluster}"))
             }
             _ => ObjectKey::new(namespace, name),
         }
+    }
+
+    /// Whether objects of this kind are read from member clusters as well as the hub.
+    pub fn is_member_data(&self) -> bool {
+        matches!(
+            self,
+            InputObject::EndpointSlice(_) | InputObject::Deployment(_)
+        )
     }
 }
 
 /// Label naming the member cluster an object was read from (absent: the hub, `local`).
 pub const CLUSTER_LABEL: &str = "meridian.dev/cluster";
 
-/// The member cluster an EndpointSlice was read from, unless it is the hub's own.
-pub fn member_of(slice: &EndpointSlice) -> Option<&str> {
-    slice
-        .metadata
-        .labels
+/// The member cluster an object was read from, unless it is the hub's own.
+pub fn member_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.labels
         .as_ref()?
         .get(CLUSTER_LABEL)
         .map(String::as_str)
         .filter(|c| *c != LOCAL_CLUSTER)
-}
-
-/// The model key of an EndpointSlice read from `member` (or the hub).
-pub fn endpoint_slice_key(namespace: String, name: String, member: Option<&str>) -> ObjectKey {
-    match member {
-        Some(cluster) => ObjectKey::new(namespace, format!("{name}@{cluster}")),
-        None => ObjectKey::new(namespace, name),
-    }
 }
 
 /// The objects currently in force. Cheap to clone behind an `Arc`; rebuilt by the index.
@@ -157,6 +163,8 @@ pub struct Model {
     pub name_services: BTreeMap<ObjectKey, NameService>,
     pub services: BTreeMap<ObjectKey, Service>,
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    /// Deployments of the hub and of member clusters (metadata only).
+    pub deployments: BTreeMap<ObjectKey, Deployment>,
     /// Derived: the template each (AccessPoint, cluster) gets where overrides select the
     /// cluster. Absent: the AccessPoint's own template. See [`Model::refresh_overrides`].
     pub cluster_templates: BTreeMap<(ObjectKey, String), ClusterTemplate>,
@@ -193,6 +201,7 @@ impl Model {
             InputObject::NameService(o) => put(&mut self.name_services, key, o),
             InputObject::Service(o) => put(&mut self.services, key, o),
             InputObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
+            InputObject::Deployment(o) => put(&mut self.deployments, key, o),
         }
     }
 
@@ -204,6 +213,7 @@ impl Model {
             Kind::NameService => self.name_services.remove(key).is_some(),
             Kind::Service => self.services.remove(key).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::Deployment => self.deployments.remove(key).is_some(),
         }
     }
 
@@ -227,6 +237,7 @@ impl Model {
                     name,
                     zone,
                     labels: labels.as_ref(),
+                    deployments: None,
                 };
                 let id = (key.clone(), name.clone());
                 if !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {
@@ -276,6 +287,7 @@ impl Model {
             + self.name_services.len()
             + self.services.len()
             + self.endpoint_slices.len()
+            + self.deployments.len()
     }
 
     pub fn is_empty(&self) -> bool {

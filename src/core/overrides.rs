@@ -124,6 +124,7 @@ spec:
             name,
             zone: "",
             labels,
+            deployments: None,
         };
         assert_eq!(port(&template_for(&spec, &at("west", None)).unwrap()), 8080);
         assert!(matches!(
@@ -161,6 +162,7 @@ spec:
             name,
             zone: "",
             labels: None,
+            deployments: None,
         };
         let error = template_for(&spec, &at("east-1")).unwrap_err();
         assert_eq!(error.index, 0);

@@ -2,24 +2,58 @@
 //!
 //! Precedence: an absent placement means the hub's own `local` cluster; `excludeClusters`
 //! always wins; a cluster is selected when it is listed in `clusters`, or its zone is in
-//! `zones`, or its labels match `clusterSelector`. A placement with none of these selects nothing.
+//! `zones`, or its labels match `clusterSelector`, or it runs the `followDeployment`
+//! Deployment. A placement with none of these selects nothing.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use k8s_openapi::api::apps::v1::Deployment;
+
+use super::model::{Model, ObjectKey};
 use crate::api::access_point::Placement;
 use crate::api::LOCAL_CLUSTER;
 
 /// What placement needs to know about a cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterFacts<'a> {
     pub name: &'a str,
     pub zone: &'a str,
     pub labels: Option<&'a BTreeMap<String, String>>,
+    /// Every known Deployment (the model's map), for `followDeployment`.
+    pub deployments: Option<&'a BTreeMap<ObjectKey, Deployment>>,
 }
 
-pub fn is_placed(placement: Option<&Placement>, cluster: &ClusterFacts<'_>) -> bool {
+impl<'a> ClusterFacts<'a> {
+    /// What the model knows about `cluster`.
+    pub fn of(model: &'a Model, cluster: &'a str) -> ClusterFacts<'a> {
+        let member = model.member_clusters.get(&ObjectKey::new("", cluster));
+        ClusterFacts {
+            name: cluster,
+            zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
+            labels: member.and_then(|m| m.metadata.labels.as_ref()),
+            deployments: Some(&model.deployments),
+        }
+    }
+
+    /// Whether Deployment `namespace/name` exists in this cluster.
+    fn runs(&self, namespace: &str, name: &str) -> bool {
+        let key = if self.name == LOCAL_CLUSTER {
+            ObjectKey::new(namespace, name)
+        } else {
+            ObjectKey::new(namespace, format!("{name}@{}", self.name))
+        };
+        self.deployments.is_some_and(|d| d.contains_key(&key))
+    }
+}
+
+/// Whether `placement` (of an AccessPoint in `namespace`) selects `cluster`.
+pub fn is_placed(
+    placement: Option<&Placement>,
+    namespace: &str,
+    cluster: &ClusterFacts<'_>,
+) -> bool {
     let Some(placement) = placement else {
         return cluster.name == LOCAL_CLUSTER;
     };
@@ -34,6 +68,10 @@ pub fn is_placed(placement: Option<&Placement>, cluster: &ClusterFacts<'_>) -> b
             .cluster_selector
             .as_ref()
             .is_some_and(|s| selector_matches(s, labels))
+        || placement
+            .follow_deployment
+            .as_ref()
+            .is_some_and(|d| cluster.runs(d.namespace.as_deref().unwrap_or(namespace), &d.name))
 }
 
 /// Kubernetes label selector semantics: all `matchLabels` and all `matchExpressions` must hold.
@@ -73,10 +111,10 @@ mod tests {
             name: "east",
             ..Default::default()
         };
-        assert!(is_placed(None, &local));
-        assert!(!is_placed(None, &east));
+        assert!(is_placed(None, "default", &local));
+        assert!(!is_placed(None, "default", &east));
         assert!(
-            !is_placed(Some(&Placement::default()), &local),
+            !is_placed(Some(&Placement::default()), "default", &local),
             "empty placement selects none"
         );
     }
@@ -88,6 +126,7 @@ mod tests {
             name: "east",
             zone: "z1",
             labels: Some(&l),
+            deployments: None,
         };
         let mut placement = Placement {
             clusters: vec!["east".into()],
@@ -98,9 +137,48 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(is_placed(Some(&placement), &east));
+        assert!(is_placed(Some(&placement), "default", &east));
         placement.exclude_clusters = vec!["east".into()];
-        assert!(!is_placed(Some(&placement), &east));
+        assert!(!is_placed(Some(&placement), "default", &east));
+    }
+
+    #[test]
+    fn follow_deployment_places_where_the_deployment_runs() {
+        let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop, labels: {meridian.dev/cluster: east}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: other, namespace: shop, labels: {meridian.dev/cluster: west}}
+"#;
+        let mut model = Model::default();
+        for object in crate::core::manifest::parse_documents(yaml, "shop").unwrap() {
+            model.apply(object);
+        }
+        let placement = Placement {
+            follow_deployment: Some(crate::api::access_point::DeploymentRef {
+                name: "web".into(),
+                namespace: None,
+            }),
+            exclude_clusters: vec!["local".into()],
+            ..Default::default()
+        };
+        let placed =
+            |cluster: &str| is_placed(Some(&placement), "shop", &ClusterFacts::of(&model, cluster));
+        assert!(placed("east"));
+        assert!(!placed("west"), "another Deployment");
+        assert!(!placed("local"), "excluded, though it runs there");
+        assert!(!is_placed(
+            Some(&placement),
+            "elsewhere",
+            &ClusterFacts::of(&model, "east")
+        ));
     }
 
     #[test]

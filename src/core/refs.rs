@@ -56,15 +56,12 @@ pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
     known_clusters(model)
         .into_iter()
         .filter(|name| {
-            let member = model
-                .member_clusters
-                .get(&ObjectKey::new("", name.as_str()));
-            let facts = ClusterFacts {
-                name,
-                zone: member.map(|m| m.spec.zone.as_str()).unwrap_or_default(),
-                labels: member.and_then(|m| m.metadata.labels.as_ref()),
-            };
-            is_placed(ap.spec.placement.as_ref(), &facts)
+            let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
+            is_placed(
+                ap.spec.placement.as_ref(),
+                namespace,
+                &ClusterFacts::of(model, name),
+            )
         })
         .collect()
 }

@@ -1,4 +1,5 @@
-//! One task per connected MemberCluster: client, health probe, EndpointSlice read-back.
+//! One task per connected MemberCluster: client, health probe, and read-back of its
+//! EndpointSlices (endpoints) and Deployments (for `followDeployment`).
 //!
 //! A member whose API server is unreachable keeps its last known endpoints in the index (its
 //! data plane may well be fine); only removing the MemberCluster or its connection drops them.
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::{Health, MemberState};
 use crate::api::member_cluster::MemberConnection;
 use crate::index::Snapshot;
-use crate::provider::kube::watch::spawn_endpoint_slices;
+use crate::provider::kube::watch::{spawn_deployments, spawn_endpoint_slices};
 use crate::provider::kube::Update;
 
 /// How often each member's API server is probed.
@@ -95,7 +96,7 @@ async fn member(
     state: Arc<MemberState>,
 ) {
     let mut client: Option<Client> = None;
-    let mut reader: Option<Owned> = None;
+    let mut readers: Vec<Owned> = Vec::new();
     loop {
         if client.is_none() {
             match connect(&hub, &namespace, &connection).await {
@@ -108,9 +109,16 @@ async fn member(
         }
         if let Some(c) = &client {
             let health = probe(c).await;
-            if health == Health::Reachable && reader.is_none() {
+            if health == Health::Reachable && readers.is_empty() {
                 match spawn_endpoint_slices(c.clone(), updates.clone(), Some(name.clone())).await {
-                    Ok(task) => reader = Some(Owned(task)),
+                    Ok(task) => {
+                        readers.push(Owned(task));
+                        readers.push(Owned(spawn_deployments(
+                            c.clone(),
+                            updates.clone(),
+                            Some(name.clone()),
+                        )));
+                    }
                     Err(error) => {
                         tracing::warn!(cluster = %name, %error, "cannot watch EndpointSlices")
                     }

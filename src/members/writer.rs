@@ -53,6 +53,7 @@ pub async fn run(
             let current = health.borrow_and_update().clone();
             write_member_status(&hub, &current, &mut conditions).await;
             let outcome = round(&hub, &snapshot.model, &state, &current).await;
+            tracing::debug!(generation = snapshot.generation, "member write round done");
             writes.send_if_modified(|w| {
                 let changed = *w != outcome;
                 *w = outcome;
@@ -77,6 +78,7 @@ async fn round(
     health: &BTreeMap<String, Health>,
 ) -> MemberWrites {
     let desired = member_services(model);
+    tracing::debug!(desired = desired.len(), "member write round");
     let mut outcome = MemberWrites::new();
     for ((key, cluster), service) in &desired {
         let write = match (health.get(cluster), state.client(cluster)) {

@@ -299,7 +299,10 @@ pub struct Controller {
 impl Controller {
     pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Controller {
         let (xds_port, admin_port) = (free_port(), free_port());
-        let log = dir.join(format!("{identity}.log"));
+        // MERIDIAN_E2E_LOGS=DIR keeps controller logs after the test for debugging.
+        let log_dir =
+            std::env::var_os("MERIDIAN_E2E_LOGS").map_or(dir.to_path_buf(), PathBuf::from);
+        let log = log_dir.join(format!("{identity}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .arg("controller")
             .arg("--kubeconfig")

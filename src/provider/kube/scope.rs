@@ -15,24 +15,24 @@ use crate::core::placement::selector_matches;
 use crate::index::Index;
 use crate::provider::ConfigProblem;
 
-/// What one watch delivers: objects of a model kind (from the hub), namespaces, or the
-/// EndpointSlices of one member cluster.
+/// What one watch delivers: objects of a model kind (from the hub), namespaces, or objects
+/// of one kind read from one member cluster.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Watched {
     Object(Kind),
     Namespace,
-    MemberSlices(String),
+    Member { cluster: String, kind: Kind },
 }
 
 impl Watched {
     /// The watch an object comes from.
     pub fn source_of(object: &InputObject) -> Watched {
-        match object {
-            InputObject::EndpointSlice(slice) => match member_of(slice) {
-                Some(cluster) => Watched::MemberSlices(cluster.to_owned()),
-                None => Watched::Object(Kind::EndpointSlice),
+        match member_of(object.metadata()).filter(|_| object.is_member_data()) {
+            Some(cluster) => Watched::Member {
+                cluster: cluster.to_owned(),
+                kind: object.kind(),
             },
-            other => Watched::Object(other.kind()),
+            None => Watched::Object(object.kind()),
         }
     }
 }
@@ -176,9 +176,10 @@ impl Scope {
 
     /// A member cluster is gone or disconnected: forget what was read from it.
     pub fn drop_member(&mut self, index: &mut Index, cluster: &str) {
-        let source = Watched::MemberSlices(cluster.to_owned());
-        self.relisting.remove(&source);
-        self.drop_where(index, |_, object| Watched::source_of(object) == source);
+        let from_member =
+            |w: &Watched| matches!(w, Watched::Member { cluster: c, .. } if c == cluster);
+        self.relisting.retain(|w, _| !from_member(w));
+        self.drop_where(index, |_, object| from_member(&Watched::source_of(object)));
     }
 
     fn drop_where(

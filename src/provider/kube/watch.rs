@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
@@ -89,8 +90,46 @@ pub async fn spawn_all(
             },
         )),
     ];
+    tasks.push(spawn_deployments(client.clone(), tx.clone(), None));
     tasks.push(spawn_endpoint_slices(client, tx, None).await?);
     Ok(tasks)
+}
+
+/// Watches Deployments' metadata only: placement (`followDeployment`) needs nothing but
+/// their existence, so each becomes a bare name, labelled with `member` when read from one.
+pub fn spawn_deployments(
+    client: Client,
+    tx: mpsc::Sender<Update>,
+    member: Option<String>,
+) -> tokio::task::JoinHandle<()> {
+    let watched = match &member {
+        Some(cluster) => Watched::Member {
+            cluster: cluster.clone(),
+            kind: Kind::Deployment,
+        },
+        None => Watched::Object(Kind::Deployment),
+    };
+    let bare = move |meta: ObjectMeta| {
+        let labels = member
+            .as_ref()
+            .map(|c| BTreeMap::from([(CLUSTER_LABEL.to_owned(), c.clone())]));
+        InputObject::Deployment(Deployment {
+            metadata: ObjectMeta {
+                name: meta.name,
+                namespace: meta.namespace,
+                labels,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    };
+    let api = Api::<PartialObjectMeta<Deployment>>::all(client);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(forward(watched, stream, tx, move |event| match event {
+        Event::Apply(d) | Event::InitApply(d) => Some(Update::Apply(bare(d.metadata))),
+        Event::Delete(d) => Some(Update::Delete(Kind::Deployment, bare(d.metadata).key())),
+        Event::Init | Event::InitDone => None,
+    }))
 }
 
 /// Watches EndpointSlices (v1, or v1beta1 converted), labelled with `member` when they are
@@ -101,7 +140,10 @@ pub async fn spawn_endpoint_slices(
     member: Option<String>,
 ) -> Result<tokio::task::JoinHandle<()>, kube::Error> {
     let watched = match &member {
-        Some(cluster) => Watched::MemberSlices(cluster.clone()),
+        Some(cluster) => Watched::Member {
+            cluster: cluster.clone(),
+            kind: Kind::EndpointSlice,
+        },
         None => Watched::Object(Kind::EndpointSlice),
     };
     let label = move |mut slice: EndpointSlice| {
