@@ -14,6 +14,7 @@ pub mod overrides;
 pub mod placement;
 pub mod refs;
 pub mod resources;
+pub mod rollout;
 pub mod selector;
 pub mod status;
 #[cfg(test)]
