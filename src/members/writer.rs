@@ -48,11 +48,19 @@ pub async fn run(
             }
         }
         let mut conditions: BTreeMap<String, Health> = BTreeMap::new();
+        // What the last rounds applied successfully: unchanged objects are not re-sent on every
+        // snapshot (endpoint churn), only on the periodic resync that repairs drift.
+        let mut applied: Applied = BTreeMap::new();
+        let mut last_resync = tokio::time::Instant::now();
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let current = health.borrow_and_update().clone();
+            if last_resync.elapsed() >= RESYNC_EVERY {
+                applied.clear();
+                last_resync = tokio::time::Instant::now();
+            }
             write_member_status(&hub, &current, &mut conditions).await;
-            let outcome = round(&hub, &snapshot.model, &state, &current).await;
+            let outcome = round(&hub, &snapshot.model, &state, &current, &mut applied).await;
             tracing::debug!(generation = snapshot.generation, "member write round done");
             writes.send_if_modified(|w| {
                 let changed = *w != outcome;
@@ -70,17 +78,29 @@ pub async fn run(
     }
 }
 
+/// Services last applied successfully, by (AccessPoint, cluster).
+type Applied = BTreeMap<(ObjectKey, String), MemberService>;
+
 /// One pass over every member; returns what happened per (AccessPoint, cluster).
 async fn round(
     hub: &Client,
     model: &Model,
     state: &MemberState,
     health: &BTreeMap<String, Health>,
+    applied: &mut Applied,
 ) -> MemberWrites {
     let desired = member_services(model);
     tracing::debug!(desired = desired.len(), "member write round");
+    applied.retain(|id, _| desired.contains_key(id));
     let mut outcome = MemberWrites::new();
-    for ((key, cluster), service) in &desired {
+    for (id, service) in &desired {
+        let (key, cluster) = id;
+        let reachable = health.get(cluster) == Some(&Health::Reachable);
+        if reachable && applied.get(id) == Some(service) {
+            outcome.insert(id.clone(), MemberWrite::Applied);
+            continue;
+        }
+        applied.remove(id);
         let write = match (health.get(cluster), state.client(cluster)) {
             (Some(Health::Reachable), Some(client)) => {
                 let policy = model
@@ -98,10 +118,15 @@ async fn round(
             }
             _ => MemberWrite::Failed("not connected yet".to_owned()),
         };
-        if let MemberWrite::Failed(error) = &write {
-            tracing::warn!(access_point = %key, %cluster, %error, "member write failed");
+        match &write {
+            MemberWrite::Failed(error) => {
+                tracing::warn!(access_point = %key, %cluster, %error, "member write failed")
+            }
+            MemberWrite::Applied => {
+                applied.insert(id.clone(), service.clone());
+            }
         }
-        outcome.insert((key.clone(), cluster.clone()), write);
+        outcome.insert(id.clone(), write);
     }
     let pending_cleanup = clean_up(model, state, health, &desired).await;
     finalizers(hub, model, &desired, &pending_cleanup).await;
