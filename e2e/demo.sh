@@ -39,5 +39,5 @@ echo "\$ $meridian status"
 "$meridian" status
 echo
 echo "Edit $config/shop.yaml and Envoy follows within a second."
-echo "Admin: http://127.0.0.1:9090/debug/syncz  /debug/problems  /metrics   (Ctrl-C stops everything)"
+echo "Admin: http://127.0.0.1:9090/debug/syncz  /debug/status  /debug/problems  /metrics   (Ctrl-C stops everything)"
 [ -t 0 ] && wait || true
