@@ -87,7 +87,7 @@ fn with_default_protocols(mut spec: ServiceSpec) -> ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::manifest::parse_documents;
+    use crate::core::test_support::model_of;
 
     #[test]
     fn services_go_to_connected_placed_clusters_with_their_overrides() {
@@ -125,10 +125,7 @@ spec:
   - clusterName: m3
     patches: [{op: replace, path: /service/spec/ports/0/port, value: 9090}]
 "#;
-        let mut model = Model::default();
-        for object in parse_documents(yaml, "default").unwrap() {
-            model.apply(object);
-        }
+        let mut model = model_of(yaml, "default");
         model.refresh_overrides(None);
         let services = member_services(&model);
         let placed: Vec<(&str, i32)> = services
@@ -151,7 +148,7 @@ spec:
 #[cfg(test)]
 mod follow_tests {
     use super::*;
-    use crate::core::manifest::parse_documents;
+    use crate::core::test_support::model_of;
 
     #[test]
     fn follow_deployment_places_services_where_it_runs() {
@@ -180,10 +177,7 @@ spec:
       metadata: {name: api}
       spec: {ports: [{name: http, port: 80}]}
 "#;
-        let mut model = Model::default();
-        for object in parse_documents(yaml, "default").unwrap() {
-            model.apply(object);
-        }
+        let model = model_of(yaml, "default");
         let clusters: Vec<String> = member_services(&model)
             .into_values()
             .map(|s| s.cluster)

@@ -157,10 +157,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: other, namespace: shop, labels: {meridian.dev/cluster: west}}
 "#;
-        let mut model = Model::default();
-        for object in crate::core::manifest::parse_documents(yaml, "shop").unwrap() {
-            model.apply(object);
-        }
+        let model = crate::core::test_support::model_of(yaml, "shop");
         let placement = Placement {
             follow_deployment: Some(crate::api::access_point::DeploymentRef {
                 name: "web".into(),

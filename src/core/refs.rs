@@ -232,14 +232,9 @@ fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::manifest::parse_documents;
 
     fn model_of(yaml: &str) -> Model {
-        let mut model = Model::default();
-        for object in parse_documents(yaml, "shop").unwrap() {
-            model.apply(object);
-        }
-        model
+        crate::core::test_support::model_of(yaml, "shop")
     }
 
     const AP: &str = r#"

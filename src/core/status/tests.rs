@@ -4,7 +4,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
 use super::*;
-use crate::core::manifest::parse_documents;
 use crate::core::model::Model;
 use crate::core::validate::FieldError;
 
@@ -38,10 +37,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(yaml: &str) -> Fixture {
-        let mut model = Model::default();
-        for object in parse_documents(yaml, "shop").unwrap() {
-            model.apply(object);
-        }
+        let model = crate::core::test_support::model_of(yaml, "shop");
         let in_force_since = model.access_points.keys().map(|k| (k.clone(), 7)).collect();
         Fixture {
             model,

@@ -3,16 +3,11 @@
 use super::*;
 use crate::core::expand::cluster_view;
 use crate::core::json::config_to_json;
-use crate::core::manifest::parse_documents;
 use crate::core::model::Model;
 use crate::core::resources::ResourceType;
 
 fn model_of(yaml: &str) -> Model {
-    let mut model = Model::default();
-    for object in parse_documents(yaml, "default").unwrap() {
-        model.apply(object);
-    }
-    model
+    crate::core::test_support::model_of(yaml, "default")
 }
 
 fn identity(ns: &str, name: &str) -> GatewayIdentity {
