@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::bootstrap::{bootstrap, BootstrapOptions};
 use crate::controller::{self, ControllerOptions};
 use crate::core::selector::parse_selector;
+use crate::core::translate::ExportPolicy;
 use crate::leader::LeaseConfig;
 use crate::ops::pb::ops_client::OpsClient;
 use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
@@ -20,6 +21,34 @@ use crate::standalone::{self, StandaloneOptions};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Mesh-wide `exportTo` defaults, as Istio's MeshConfig has them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MeshArgs {
+    /// exportTo of Services and ServiceEntries that set none (`*`, `.`, `~` or namespaces).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub default_service_export_to: Vec<String>,
+    /// exportTo of VirtualServices that set none.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub default_virtual_service_export_to: Vec<String>,
+    /// exportTo of DestinationRules that set none.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub default_destination_rule_export_to: Vec<String>,
+    /// The last namespace DestinationRules are looked up in.
+    #[arg(long, default_value = "meridian-system")]
+    pub root_namespace: String,
+}
+
+impl MeshArgs {
+    pub fn export_policy(&self) -> ExportPolicy {
+        ExportPolicy {
+            service: self.default_service_export_to.clone(),
+            virtual_service: self.default_virtual_service_export_to.clone(),
+            destination_rule: self.default_destination_rule_export_to.clone(),
+            root_namespace: self.root_namespace.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,6 +68,8 @@ pub enum Command {
         /// HTTP address for /healthz, /readyz, /metrics and /debug/*.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_addr: SocketAddr,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
     /// EndpointSlice and Namespace objects, and write AccessPoint status while holding the
@@ -72,6 +103,8 @@ pub enum Command {
         /// How often the lease is renewed (and a standby checks it).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         renew_every: Duration,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -130,12 +163,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             xds_addr,
             admin_addr,
+            mesh,
         } => {
             let running = standalone::start(StandaloneOptions {
                 config_dir,
                 state_dir,
                 xds_addr,
                 admin_addr,
+                export: mesh.export_policy(),
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -150,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             lease_duration,
             renew_every,
+            mesh,
         } => {
             if renew_every >= lease_duration {
                 bail!("--renew-every must be shorter than --lease-duration");
@@ -164,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 namespace_selectors,
                 xds_addr,
                 admin_addr,
+                export: mesh.export_policy(),
                 lease: LeaseConfig {
                     namespace: lease_namespace,
                     name: lease_name,

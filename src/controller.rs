@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ack_reports;
 use crate::admin::AdminState;
+use crate::core::translate::ExportPolicy;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::members::{self, connections, MemberState};
@@ -34,6 +35,8 @@ pub struct ControllerOptions {
     pub namespace_selectors: Vec<LabelSelector>,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Mesh-wide `exportTo` defaults.
+    pub export: ExportPolicy,
     pub lease: LeaseConfig,
 }
 
@@ -56,7 +59,7 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
 /// Starts watching and serving; xDS answers once every watch has listed once.
 pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let client = client(options.kubeconfig.as_ref()).await?;
-    let (index, snapshots) = Index::new();
+    let (index, snapshots) = Index::with_export_policy(options.export.clone());
     let metrics = Arc::new(Metrics::new());
     let xds = XdsState::new(snapshots, metrics);
     let admin_state = AdminState::new(xds.clone());

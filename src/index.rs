@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::core::model::{InputObject, Kind, Model, ObjectKey};
 use crate::core::status::Published;
+use crate::core::translate::ExportPolicy;
 use crate::core::validate::{validate_access_point, FieldError, Rejection};
 
 /// An immutable view of accepted input, numbered by generation.
@@ -50,6 +51,11 @@ pub struct Index {
 
 impl Index {
     pub fn new() -> (Index, watch::Receiver<Arc<Snapshot>>) {
+        Index::with_export_policy(ExportPolicy::default())
+    }
+
+    /// An index whose model applies these mesh-wide `exportTo` defaults.
+    pub fn with_export_policy(export: ExportPolicy) -> (Index, watch::Receiver<Arc<Snapshot>>) {
         let (tx, rx) = watch::channel(Arc::new(Snapshot {
             generation: 0,
             model: Model::default(),
@@ -58,7 +64,10 @@ impl Index {
             published_at: Instant::now(),
         }));
         let index = Index {
-            model: Model::default(),
+            model: Model {
+                export,
+                ..Model::default()
+            },
             rejected: BTreeMap::new(),
             in_force_since: BTreeMap::new(),
             generation: 0,

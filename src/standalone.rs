@@ -11,6 +11,7 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::AdminState;
+use crate::core::translate::ExportPolicy;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::provider::file::FileProvider;
@@ -28,6 +29,8 @@ pub struct StandaloneOptions {
     pub state_dir: Option<PathBuf>,
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Mesh-wide `exportTo` defaults.
+    pub export: ExportPolicy,
 }
 
 /// Binds the listeners, loads the configuration once and starts serving.
@@ -36,7 +39,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     }
-    let (mut index, snapshots) = Index::new();
+    let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
     let metrics = Arc::new(Metrics::new());
     let xds = XdsState::new(snapshots, metrics.clone());
     let admin_state = AdminState::new(xds.clone());

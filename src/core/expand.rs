@@ -12,6 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
+use super::translate::{from_annotation, ExportPolicy};
 use crate::api::access_point::Templated;
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
@@ -29,6 +30,15 @@ pub struct Expanded<'m, S> {
     pub spec: &'m S,
 }
 
+/// A Kubernetes Service in force: from an AccessPoint template or a plain input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewService<'m> {
+    pub key: ObjectKey,
+    pub spec: &'m ServiceSpec,
+    /// From the `networking.istio.io/exportTo` annotation.
+    pub export_to: Vec<String>,
+}
+
 /// Everything in force in one cluster.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView<'m> {
@@ -38,12 +48,14 @@ pub struct ClusterView<'m> {
     pub zone: String,
     /// Region and zone of every known cluster: the default locality of endpoints read from it.
     pub localities: BTreeMap<String, (String, String)>,
+    /// Mesh-wide `exportTo` defaults.
+    pub export: ExportPolicy,
     pub gateways: Vec<Expanded<'m, GatewaySpec>>,
     pub virtual_services: Vec<Expanded<'m, VirtualServiceSpec>>,
     pub destination_rules: Vec<Expanded<'m, DestinationRuleSpec>>,
     pub service_entries: Vec<Expanded<'m, ServiceEntrySpec>>,
     pub workload_entries: Vec<Expanded<'m, WorkloadEntrySpec>>,
-    pub services: Vec<(ObjectKey, &'m ServiceSpec)>,
+    pub services: Vec<ViewService<'m>>,
     pub endpoint_slices: Vec<&'m EndpointSlice>,
 }
 
@@ -65,6 +77,7 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
                 )
             })
             .collect(),
+        export: model.export.clone(),
         ..Default::default()
     };
     // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
@@ -113,13 +126,20 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             &template.workload_entries,
         );
         if let Some(service) = &template.service {
-            view.services
-                .push((resolve_key(ns, &service.metadata), &service.spec));
+            view.services.push(ViewService {
+                key: resolve_key(ns, &service.metadata),
+                spec: &service.spec,
+                export_to: from_annotation(Some(&service.metadata.annotations)),
+            });
         }
     }
     for (key, service) in &model.services {
         if let Some(spec) = &service.spec {
-            view.services.push((key.clone(), spec));
+            view.services.push(ViewService {
+                key: key.clone(),
+                spec,
+                export_to: from_annotation(service.metadata.annotations.as_ref()),
+            });
         }
     }
     view.endpoint_slices = model.endpoint_slices.values().collect();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::overrides::{selects, template_for, OverrideError};
 use super::placement::ClusterFacts;
+use super::translate::ExportPolicy;
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::{AccessPoint, MemberCluster, NameService, LOCAL_CLUSTER};
 
@@ -168,6 +169,8 @@ pub struct Model {
     /// Derived: the template each (AccessPoint, cluster) gets where overrides select the
     /// cluster. Absent: the AccessPoint's own template. See [`Model::refresh_overrides`].
     pub cluster_templates: BTreeMap<(ObjectKey, String), ClusterTemplate>,
+    /// Mesh-wide `exportTo` defaults (configuration, not input).
+    pub export: ExportPolicy,
     /// Derived: overrides that failed, per (AccessPoint, cluster).
     pub override_errors: BTreeMap<(ObjectKey, String), OverrideError>,
 }

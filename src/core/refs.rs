@@ -12,7 +12,7 @@ use super::expand::{cluster_view, ClusterView, Expanded};
 use super::model::{Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
 use super::translate::{
-    binds_to, bound_domains, gateway_ports, host_owners, resolve_host, ServiceRegistry,
+    bound_domains, gateway_ports, host_owners, resolve_host, serves, ServiceRegistry,
 };
 use crate::api::istio::{Destination, VirtualServiceSpec};
 use crate::api::{AccessPoint, LOCAL_CLUSTER};
@@ -122,8 +122,23 @@ impl<'m> ClusterRefs<'m> {
                         format!("{base}.gateways[{i}]"),
                         format!("Gateway {key} does not exist in cluster {}", view.cluster),
                     );
+                } else if !serves(view, vs, &key) {
+                    push(
+                        RefKind::Gateway,
+                        format!("{base}.exportTo"),
+                        format!(
+                            "not exported to namespace {} of Gateway {key}",
+                            key.namespace
+                        ),
+                    );
                 }
             }
+            let clients: Vec<&str> = self
+                .gateways
+                .iter()
+                .filter(|g| serves(view, vs, g))
+                .map(|g| g.namespace.as_str())
+                .collect();
             for (gateway, port, domain, owner) in self.host_claims(vs) {
                 if owner != origin {
                     push(
@@ -140,7 +155,7 @@ impl<'m> ClusterRefs<'m> {
                 for (r, route) in http.route.iter().enumerate() {
                     let path = format!("{base}.http[{h}].route[{r}].destination");
                     if let Some((field, message)) =
-                        self.unresolved_destination(&route.destination, &vs.key.namespace)
+                        self.unresolved_destination(&route.destination, &vs.key.namespace, &clients)
                     {
                         push(RefKind::Backend, format!("{path}.{field}"), message);
                     }
@@ -157,7 +172,7 @@ impl<'m> ClusterRefs<'m> {
     ) -> Vec<(&'v ObjectKey, u32, String, &'v ObjectKey)> {
         let mut out = Vec::new();
         for gateway in &self.gateways {
-            if !binds_to(vs.spec, &vs.key.namespace, gateway) {
+            if !serves(&self.view, vs, gateway) {
                 continue;
             }
             for port in gateway_ports(&self.view, gateway) {
@@ -177,6 +192,7 @@ impl<'m> ClusterRefs<'m> {
         &self,
         destination: &Destination,
         namespace: &str,
+        clients: &[&str],
     ) -> Option<(&'static str, String)> {
         let host = resolve_host(&destination.host, namespace);
         let Some(service) = self.registry.get(&host) else {
@@ -186,6 +202,12 @@ impl<'m> ClusterRefs<'m> {
                 format!("no Service or ServiceEntry {host} in cluster {cluster}"),
             ));
         };
+        if let Some(client) = clients.iter().find(|c| !service.visible_to(c, &self.view)) {
+            return Some((
+                "host",
+                format!("{host} is not exported to namespace {client}, where its Gateway is"),
+            ));
+        }
         match destination.port.as_ref().map(|p| p.number) {
             Some(number) if service.port(number).is_none() => {
                 Some(("port", format!("{host} has no port {number}")))
@@ -216,8 +238,8 @@ impl<'m> ClusterRefs<'m> {
                     .gateways
                     .iter()
                     .map(|g| gateway_key(g, &v.key.namespace))
-            })
-            .filter(|k| self.gateways.contains(k));
+                    .filter(|k| self.gateways.contains(k) && serves(&self.view, v, k))
+            });
         own.chain(referenced).collect()
     }
 }
@@ -313,5 +335,66 @@ spec:
         ap.spec.placement = Some(Default::default());
         let ap = ap.clone();
         assert!(placed_clusters(&model, &ap).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+    use crate::core::test_support::model_of;
+
+    #[test]
+    fn references_hidden_by_export_to_are_reported() {
+        let yaml = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: edge, namespace: edge}
+spec:
+  template:
+    gateways:
+    - metadata: {name: public}
+      spec: {servers: [{port: {number: 8080, protocol: HTTP}, hosts: ["*/*"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  template:
+    service:
+      metadata: {name: web, annotations: {networking.istio.io/exportTo: "."}}
+      spec: {ports: [{name: http, port: 80}]}
+    virtualServices:
+    - metadata: {name: private}
+      spec:
+        hosts: [a.example.com]
+        gateways: [edge/public]
+        exportTo: ["."]
+        http: [{route: [{destination: {host: web}}]}]
+    - metadata: {name: public}
+      spec:
+        hosts: [b.example.com]
+        gateways: [edge/public]
+        http: [{route: [{destination: {host: web}}]}]
+"#;
+        let model = model_of(yaml, "default");
+        let refs =
+            ClusterRefs::new(&model, LOCAL_CLUSTER).unresolved(&ObjectKey::new("shop", "shop"));
+        let described: Vec<(&str, &str)> = refs
+            .iter()
+            .map(|r| (r.path.as_str(), r.message.as_str()))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                (
+                    "spec.template.virtualServices[0].spec.exportTo",
+                    "not exported to namespace edge of Gateway edge/public"
+                ),
+                (
+                    "spec.template.virtualServices[1].spec.http[0].route[0].destination.host",
+                    "web.shop.svc.cluster.local is not exported to namespace edge, where its Gateway is"
+                ),
+            ]
+        );
     }
 }

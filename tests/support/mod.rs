@@ -143,6 +143,7 @@ pub async fn start_meridian(config_dir: &Path, state_dir: &Path, xds_port: u16) 
         state_dir: Some(state_dir.to_path_buf()),
         xds_addr: SocketAddr::from(([127, 0, 0, 1], xds_port)),
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        export: Default::default(),
     })
     .await
     .expect("meridian starts")

@@ -11,6 +11,7 @@ use xds_api::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolic
 use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::endpoint;
+use super::export::is_exported;
 use super::hosts::resolve_host;
 use super::listener::ads_config_source;
 use super::locality;
@@ -57,23 +58,34 @@ pub fn policy_for(
     policy
 }
 
-/// The DestinationRule for `host`, preferring the client's namespace, then the service's.
+/// The DestinationRule for `host` as Istio looks it up: among rules exported to the client
+/// (gateway) namespace, the client's own namespace first, then the service's, then the root
+/// namespace.
 pub fn destination_rule<'m>(
     view: &ClusterView<'m>,
     host: &str,
     client_namespace: &str,
     service_namespace: &str,
 ) -> Option<&'m crate::api::istio::DestinationRuleSpec> {
-    let matching = || {
-        view.destination_rules
-            .iter()
-            .filter(move |dr| resolve_host(&dr.spec.host, &dr.key.namespace) == host)
+    let visible = || {
+        view.destination_rules.iter().filter(move |dr| {
+            resolve_host(&dr.spec.host, &dr.key.namespace) == host
+                && is_exported(
+                    &dr.spec.export_to,
+                    &view.export.destination_rule,
+                    &dr.key.namespace,
+                    client_namespace,
+                )
+        })
     };
-    matching()
-        .find(|dr| dr.key.namespace == client_namespace)
-        .or_else(|| matching().find(|dr| dr.key.namespace == service_namespace))
-        .or_else(|| matching().next())
-        .map(|dr| dr.spec)
+    [
+        client_namespace,
+        service_namespace,
+        view.export.root_namespace.as_str(),
+    ]
+    .into_iter()
+    .find_map(|namespace| visible().find(|dr| dr.key.namespace == namespace))
+    .map(|dr| dr.spec)
 }
 
 /// Subset labels from the DestinationRule, if the reference names a subset.

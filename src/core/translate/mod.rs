@@ -6,6 +6,7 @@
 
 mod cluster;
 mod endpoint;
+mod export;
 mod hosts;
 mod listener;
 mod locality;
@@ -20,10 +21,11 @@ use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 
 pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
+pub use export::{from_annotation, is_exported, ExportPolicy, EXPORT_TO_ANNOTATION};
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use listener::{gateway_ports, GatewayPort};
 pub use registry::ServiceRegistry;
-pub use route::{binds_to, bound_domains, host_owners};
+pub use route::{bound_domains, host_owners, serves};
 
 /// Who a gateway is: the Gateway object it serves, in which cluster and zone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

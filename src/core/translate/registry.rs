@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::export::is_exported;
 use super::hosts::DOMAIN_SUFFIX;
 use crate::api::istio::{Resolution, ServiceEntrySpec, WorkloadEntrySpec};
-use crate::core::expand::ClusterView;
+use crate::core::expand::{ClusterView, ViewService};
 use crate::core::model::ObjectKey;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -33,11 +34,23 @@ pub enum ServiceSource<'m> {
 pub struct RegisteredService<'m> {
     pub hostname: String,
     pub key: ObjectKey,
+    /// Its `exportTo` (empty: the mesh default for its kind).
+    pub export_to: Vec<String>,
     pub ports: Vec<ServicePortInfo>,
     pub source: ServiceSource<'m>,
 }
 
 impl RegisteredService<'_> {
+    /// Whether a gateway in namespace `client` may route to it.
+    pub fn visible_to(&self, client: &str, view: &ClusterView<'_>) -> bool {
+        is_exported(
+            &self.export_to,
+            &view.export.service,
+            &self.key.namespace,
+            client,
+        )
+    }
+
     pub fn port(&self, number: u32) -> Option<&ServicePortInfo> {
         self.ports.iter().find(|p| p.number == number)
     }
@@ -58,7 +71,12 @@ pub struct ServiceRegistry<'m> {
 impl<'m> ServiceRegistry<'m> {
     pub fn new(view: &ClusterView<'m>) -> ServiceRegistry<'m> {
         let mut by_host = BTreeMap::new();
-        for (key, spec) in &view.services {
+        for ViewService {
+            key,
+            spec,
+            export_to,
+        } in &view.services
+        {
             let hostname = format!("{}.{}.svc.{DOMAIN_SUFFIX}", key.name, key.namespace);
             let ports = spec
                 .ports
@@ -75,6 +93,7 @@ impl<'m> ServiceRegistry<'m> {
                 .or_insert(RegisteredService {
                     hostname,
                     key: key.clone(),
+                    export_to: export_to.clone(),
                     ports,
                     source: ServiceSource::Kubernetes,
                 });
@@ -109,6 +128,7 @@ impl<'m> ServiceRegistry<'m> {
                 by_host.entry(host.clone()).or_insert(RegisteredService {
                     hostname: host.clone(),
                     key: entry.key.clone(),
+                    export_to: entry.spec.export_to.clone(),
                     ports: ports.clone(),
                     source: ServiceSource::Entry {
                         spec: entry.spec,

@@ -17,6 +17,7 @@ use xds_api::pb::envoy::r#type::matcher::v3::{
 use xds_api::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::cluster::hash_policy_for;
+use super::export::is_exported;
 use super::hosts::{host_intersection, resolve_host};
 use super::listener::GatewayPort;
 use super::registry::ServiceRegistry;
@@ -30,8 +31,24 @@ use crate::core::expand::{ClusterView, Expanded};
 use crate::core::model::ObjectKey;
 use crate::core::resources::Resource;
 
+/// Whether `vs` binds to `gateway`: it names the gateway, and it is exported to the gateway's
+/// namespace (Istio binds only VirtualServices visible from there).
+pub fn serves(
+    view: &ClusterView<'_>,
+    vs: &Expanded<'_, VirtualServiceSpec>,
+    gateway: &ObjectKey,
+) -> bool {
+    binds_to(vs.spec, &vs.key.namespace, gateway)
+        && is_exported(
+            &vs.spec.export_to,
+            &view.export.virtual_service,
+            &vs.key.namespace,
+            &gateway.namespace,
+        )
+}
+
 /// Whether a VirtualService in `vs_namespace` names `gateway` in its `gateways` list.
-pub fn binds_to(vs: &VirtualServiceSpec, vs_namespace: &str, gateway: &ObjectKey) -> bool {
+pub(super) fn binds_to(vs: &VirtualServiceSpec, vs_namespace: &str, gateway: &ObjectKey) -> bool {
     vs.gateways.iter().any(|g| match g.split_once('/') {
         Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
         None => vs_namespace == gateway.namespace && g == &gateway.name,
@@ -50,7 +67,7 @@ pub(super) fn build_route_config(
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     let owners = host_owners(view, port);
     for vs in &view.virtual_services {
-        if !binds_to(vs.spec, &vs.key.namespace, &identity.gateway) {
+        if !serves(view, vs, &identity.gateway) {
             continue;
         }
         let mut domains = bound_domains(vs, port);
@@ -61,6 +78,7 @@ pub(super) fn build_route_config(
         let mut builder = RouteBuilder {
             registry,
             view,
+            gateway: &identity.gateway,
             vs,
             clusters,
             unresolved,
@@ -105,7 +123,7 @@ pub fn host_owners<'v>(
 ) -> BTreeMap<String, &'v ObjectKey> {
     let mut owners = BTreeMap::new();
     for vs in &view.virtual_services {
-        if binds_to(vs.spec, &vs.key.namespace, &port.gateway) {
+        if serves(view, vs, &port.gateway) {
             for domain in bound_domains(vs, port) {
                 owners.entry(domain).or_insert(vs.origin);
             }
@@ -135,6 +153,7 @@ pub fn bound_domains(vs: &Expanded<'_, VirtualServiceSpec>, port: &GatewayPort) 
 struct RouteBuilder<'a, 'm> {
     registry: &'a ServiceRegistry<'m>,
     view: &'a ClusterView<'m>,
+    gateway: &'a ObjectKey,
     vs: &'a Expanded<'m, VirtualServiceSpec>,
     clusters: &'a mut BTreeMap<String, ClusterRef>,
     unresolved: &'a mut Vec<String>,
@@ -286,7 +305,10 @@ impl RouteBuilder<'_, '_> {
         let namespace = &self.vs.key.namespace;
         let host = resolve_host(&destination.host, namespace);
         let subset = destination.subset.clone().unwrap_or_default();
-        let service = self.registry.get(&host);
+        let client = &self.gateway.namespace;
+        let known = self.registry.get(&host);
+        // A service not exported to the gateway's namespace does not exist for it.
+        let service = known.filter(|s| s.visible_to(client, self.view));
         let port = match (&destination.port, service) {
             (Some(p), _) => p.number,
             (None, Some(s)) if s.ports.len() == 1 => s.ports[0].number,
@@ -299,11 +321,15 @@ impl RouteBuilder<'_, '_> {
                     host,
                     port,
                     subset,
-                    client_namespace: namespace.clone(),
+                    client_namespace: client.clone(),
                 });
             }
             Some(_) => self.unresolved.push(format!(
                 "{}/{}: port {port} of {host} does not exist",
+                self.vs.key.namespace, self.vs.key.name
+            )),
+            None if known.is_some() => self.unresolved.push(format!(
+                "{}/{}: service {host} is not exported to namespace {client}",
                 self.vs.key.namespace, self.vs.key.name
             )),
             None => self.unresolved.push(format!(

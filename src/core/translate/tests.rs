@@ -351,3 +351,154 @@ fn distribute_weighs_localities_and_enables_weighted_clusters() {
         "{cluster}"
     );
 }
+
+/// The shop fixture's shape with exportTo knobs: Gateway in `edge`, everything else in `shop`
+/// (plus an optional DestinationRule in `dr_namespace`).
+fn export_case(vs_export: &str, svc_export: &str, dr_export: &str, dr_namespace: &str) -> String {
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: edge, namespace: edge}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: public}}
+      spec: {{servers: [{{port: {{number: 8080, protocol: HTTP}}, hosts: ["*/*"]}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  template:
+    service:
+      metadata: {{name: web, annotations: {{networking.istio.io/exportTo: "{svc_export}"}}}}
+      spec: {{ports: [{{name: http, port: 80}}]}}
+    virtualServices:
+    - metadata: {{name: shop}}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [edge/public]
+        exportTo: [{vs_export}]
+        http: [{{route: [{{destination: {{host: web}}}}]}}]
+    destinationRules:
+    - metadata: {{name: web, namespace: {dr_namespace}}}
+      spec:
+        host: web.shop.svc.cluster.local
+        exportTo: [{dr_export}]
+        trafficPolicy: {{loadBalancer: {{simple: RANDOM}}}}
+"#
+    )
+}
+
+/// (virtual hosts served, the web cluster exists, its LB policy) for the edge gateway.
+fn export_outcome(model: &Model) -> (usize, bool, String) {
+    let translation = translate_fixture(model, &identity("edge", "public"));
+    let json = config_to_json(&translation.config).unwrap();
+    let hosts = json["RDS"]["http.8080"]["virtualHosts"]
+        .as_array()
+        .map_or(0, |v| v.len());
+    let cluster = &json["CDS"]["outbound|80||web.shop.svc.cluster.local"];
+    let lb = cluster["lbPolicy"]
+        .as_str()
+        .unwrap_or("LEAST_REQUEST")
+        .to_owned();
+    (hosts, cluster.is_object(), lb)
+}
+
+#[test]
+fn export_to_scopes_what_a_gateway_sees() {
+    let random = "RANDOM".to_owned();
+    let least = "LEAST_REQUEST".to_owned();
+    // (case, vs exportTo, service exportTo, DR exportTo, DR namespace, expected)
+    let cases = [
+        (
+            "all defaults",
+            "\"*\"",
+            "*",
+            "\"*\"",
+            "shop",
+            (1, true, random.clone()),
+        ),
+        (
+            "VS private",
+            "\".\"",
+            "*",
+            "\"*\"",
+            "shop",
+            (0, false, least.clone()),
+        ),
+        (
+            "VS to the gateway's namespace",
+            "edge",
+            "*",
+            "\"*\"",
+            "shop",
+            (1, true, random.clone()),
+        ),
+        (
+            "service private: 503",
+            "\"*\"",
+            ".",
+            "\"*\"",
+            "shop",
+            (1, false, least.clone()),
+        ),
+        (
+            "service to edge",
+            "\"*\"",
+            "edge",
+            "\"*\"",
+            "shop",
+            (1, true, random.clone()),
+        ),
+        (
+            "DR private: not applied",
+            "\"*\"",
+            "*",
+            "\".\"",
+            "shop",
+            (1, true, least.clone()),
+        ),
+        (
+            "DR own plus edge",
+            "\"*\"",
+            "*",
+            "\".\", edge",
+            "shop",
+            (1, true, random.clone()),
+        ),
+        (
+            "DR in the root namespace",
+            "\"*\"",
+            "*",
+            "\"*\"",
+            "meridian-system",
+            (1, true, random.clone()),
+        ),
+        (
+            "DR in an unrelated namespace",
+            "\"*\"",
+            "*",
+            "\"*\"",
+            "other",
+            (1, true, least.clone()),
+        ),
+    ];
+    for (case, vs, svc, dr, dr_ns, expected) in cases {
+        let model = model_of(&export_case(vs, svc, dr, dr_ns));
+        assert_eq!(export_outcome(&model), expected, "{case}");
+    }
+}
+
+#[test]
+fn mesh_default_export_applies_to_objects_without_export_to() {
+    // The pitfall: with a mesh default of ".", a VirtualService that sets no exportTo is
+    // invisible to a gateway in another namespace.
+    let yaml = export_case("\"*\"", "*", "\"*\"", "shop")
+        .replace("        exportTo: [\"*\"]\n        http", "        http");
+    let mut model = model_of(&yaml);
+    assert_eq!(export_outcome(&model).0, 1);
+    model.export.virtual_service = vec![".".to_owned()];
+    assert_eq!(export_outcome(&model).0, 0);
+}
