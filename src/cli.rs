@@ -143,6 +143,20 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:18000")]
         server: String,
     },
+    /// Measure translation on a synthetic fleet: load, full translation, one edit, the largest
+    /// gateway configuration, and memory.
+    BenchTranslate {
+        #[arg(long, default_value_t = 10_000)]
+        access_points: usize,
+        #[arg(long, default_value_t = 100)]
+        namespaces: usize,
+        /// Gateways the VirtualServices are spread over (1 = every route on one gateway).
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
+        /// Endpoints per Service.
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+    },
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
         /// Output directory.
@@ -262,6 +276,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             let value: serde_json::Value = serde_json::from_str(&dump.json)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::BenchTranslate {
+            access_points,
+            namespaces,
+            gateways,
+            endpoints,
+        } => {
+            let options = crate::bench::FleetOptions {
+                access_points,
+                namespaces,
+                gateways: gateways.max(1),
+                endpoints,
+            };
+            let report = crate::bench::translate_bench(&options)?;
+            print!("{}", crate::bench::render(&options, &report));
             Ok(())
         }
         Command::Crds { out_dir } => {

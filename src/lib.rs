@@ -3,6 +3,7 @@
 pub mod ack_reports;
 pub mod admin;
 pub mod api;
+pub mod bench;
 pub mod bootstrap;
 pub mod cli;
 pub mod controller;

@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
-use super::translate::{from_annotation, ExportPolicy};
+use super::translate::{from_annotation, resolve_host, ExportPolicy, SERVICE_NAME_LABEL};
 use crate::api::access_point::Templated;
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
@@ -56,7 +56,10 @@ pub struct ClusterView<'m> {
     pub service_entries: Vec<Expanded<'m, ServiceEntrySpec>>,
     pub workload_entries: Vec<Expanded<'m, WorkloadEntrySpec>>,
     pub services: Vec<ViewService<'m>>,
-    pub endpoint_slices: Vec<&'m EndpointSlice>,
+    /// EndpointSlices by (namespace, `kubernetes.io/service-name`).
+    pub endpoint_slices: BTreeMap<(String, String), Vec<&'m EndpointSlice>>,
+    /// Indexes into `destination_rules` by resolved host, in order.
+    pub rules_by_host: BTreeMap<String, Vec<usize>>,
 }
 
 /// Builds the view of `cluster` (the model holds only accepted AccessPoints).
@@ -142,7 +145,25 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             });
         }
     }
-    view.endpoint_slices = model.endpoint_slices.values().collect();
+    for slice in model.endpoint_slices.values() {
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(namespace), Some(service)) = (&slice.metadata.namespace, service) {
+            view.endpoint_slices
+                .entry((namespace.clone(), service.clone()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    for (i, rule) in view.destination_rules.iter().enumerate() {
+        view.rules_by_host
+            .entry(resolve_host(&rule.spec.host, &rule.key.namespace))
+            .or_default()
+            .push(i);
+    }
     view
 }
 

@@ -12,7 +12,6 @@ use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::endpoint;
 use super::export::is_exported;
-use super::hosts::resolve_host;
 use super::listener::ads_config_source;
 use super::locality;
 use super::registry::{RegisteredService, ServiceRegistry};
@@ -67,16 +66,20 @@ pub fn destination_rule<'m>(
     client_namespace: &str,
     service_namespace: &str,
 ) -> Option<&'m crate::api::istio::DestinationRuleSpec> {
+    let candidates = view.rules_by_host.get(host);
     let visible = || {
-        view.destination_rules.iter().filter(move |dr| {
-            resolve_host(&dr.spec.host, &dr.key.namespace) == host
-                && is_exported(
+        candidates
+            .into_iter()
+            .flatten()
+            .map(|i| &view.destination_rules[*i])
+            .filter(move |dr| {
+                is_exported(
                     &dr.spec.export_to,
                     &view.export.destination_rule,
                     &dr.key.namespace,
                     client_namespace,
                 )
-        })
+            })
     };
     [
         client_namespace,

@@ -108,13 +108,9 @@ fn kubernetes_backends(
     subset: Option<&BTreeMap<String, String>>,
 ) -> Vec<Backend> {
     let mut backends = Vec::new();
-    for slice in &view.endpoint_slices {
+    let id = (service.key.namespace.clone(), service.key.name.clone());
+    for slice in view.endpoint_slices.get(&id).into_iter().flatten() {
         let labels = slice.metadata.labels.clone().unwrap_or_default();
-        if slice.metadata.namespace.as_deref() != Some(service.key.namespace.as_str())
-            || labels.get(SERVICE_NAME_LABEL) != Some(&service.key.name)
-        {
-            continue;
-        }
         if subset.is_some_and(|s| !labels_match(s, &labels)) {
             continue;
         }
