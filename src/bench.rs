@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::json;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
 use crate::core::expand::cluster_view;
 use crate::core::model::{InputObject, ObjectKey};
+use crate::core::refs::ClusterRefs;
 use crate::core::resources::ResourceType;
+use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::core::translate::{translate, GatewayIdentity};
 use crate::index::Index;
 
@@ -86,6 +90,8 @@ pub struct TranslateReport {
     pub largest_gateway_bytes: usize,
     pub largest_gateway_resources: usize,
     pub edit: Duration,
+    /// Computing every AccessPoint's status once (the status writer's round).
+    pub status_round: Duration,
     pub rss_bytes: Option<u64>,
 }
 
@@ -147,6 +153,23 @@ pub fn translate_bench(options: &FleetOptions) -> anyhow::Result<TranslateReport
     let _ = translate(&view, &identities[0]);
     let edit = started.elapsed();
 
+    let started = Instant::now();
+    let published = snapshot.published();
+    let clusters = ClusterRefs::all(&snapshot.model);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let writes = MemberWrites::new();
+    for key in access_point_keys(published) {
+        let input = StatusInput {
+            key: &key,
+            published,
+            clusters: &clusters,
+            proxies: &[],
+            member_writes: &writes,
+        };
+        let _ = access_point_status(&input, None, &now);
+    }
+    let status_round = started.elapsed();
+
     Ok(TranslateReport {
         objects: count,
         load,
@@ -154,6 +177,7 @@ pub fn translate_bench(options: &FleetOptions) -> anyhow::Result<TranslateReport
         largest_gateway_bytes,
         largest_gateway_resources,
         edit,
+        status_round,
         rss_bytes: rss_bytes(),
     })
 }
@@ -173,6 +197,7 @@ pub fn render(options: &FleetOptions, report: &TranslateReport) -> String {
          load into the index:        {:>10.1} ms\n\
          full translation (all gw):  {:>10.1} ms\n\
          one edit → its gateway:     {:>10.1} ms\n\
+         status of every AccessPoint:{:>10.1} ms\n\
          largest gateway config:     {:>10.2} MiB in {} resources\n\
          RSS:                        {:>10.1} MiB\n",
         options.access_points,
@@ -183,6 +208,7 @@ pub fn render(options: &FleetOptions, report: &TranslateReport) -> String {
         report.load.as_secs_f64() * 1e3,
         report.full_translation.as_secs_f64() * 1e3,
         report.edit.as_secs_f64() * 1e3,
+        report.status_round.as_secs_f64() * 1e3,
         mib(report.largest_gateway_bytes as u64),
         report.largest_gateway_resources,
         report.rss_bytes.map_or(0.0, mib),

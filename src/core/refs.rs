@@ -12,7 +12,7 @@ use super::expand::{cluster_view, ClusterView, Expanded};
 use super::model::{Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
 use super::translate::{
-    bound_domains, gateway_ports, host_owners, resolve_host, serves, ServiceRegistry,
+    bound_domains, gateway_ports, host_owners, resolve_host, serves, GatewayPort, ServiceRegistry,
 };
 use crate::api::istio::{Destination, VirtualServiceSpec};
 use crate::api::{AccessPoint, LOCAL_CLUSTER};
@@ -66,24 +66,65 @@ pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
         .collect()
 }
 
+/// A gateway port and which AccessPoint owns each host on it.
+type PortOwners = (GatewayPort, BTreeMap<String, ObjectKey>);
+
 /// One cluster's view and service registry, built once and shared by the checks of every
 /// AccessPoint placed there.
 pub struct ClusterRefs<'m> {
     pub view: ClusterView<'m>,
     registry: ServiceRegistry<'m>,
     gateways: BTreeSet<ObjectKey>,
+    /// Each gateway's ports, with the owner of every host on them.
+    ports: BTreeMap<ObjectKey, Vec<PortOwners>>,
+    /// Indexes into `view.virtual_services` by originating AccessPoint.
+    by_origin: BTreeMap<ObjectKey, Vec<usize>>,
 }
 
 impl<'m> ClusterRefs<'m> {
     pub fn new(model: &'m Model, cluster: &str) -> ClusterRefs<'m> {
         let view = cluster_view(model, cluster);
         let registry = ServiceRegistry::new(&view);
-        let gateways = view.gateways.iter().map(|g| g.key.clone()).collect();
+        let gateways: BTreeSet<ObjectKey> = view.gateways.iter().map(|g| g.key.clone()).collect();
+        let ports = gateways
+            .iter()
+            .map(|g| {
+                let ports = gateway_ports(&view, g)
+                    .into_iter()
+                    .map(|port| {
+                        let owners = host_owners(&view, &port)
+                            .into_iter()
+                            .map(|(host, owner)| (host, owner.clone()))
+                            .collect();
+                        (port, owners)
+                    })
+                    .collect();
+                (g.clone(), ports)
+            })
+            .collect();
+        let mut by_origin: BTreeMap<ObjectKey, Vec<usize>> = BTreeMap::new();
+        for (i, vs) in view.virtual_services.iter().enumerate() {
+            by_origin.entry(vs.origin.clone()).or_default().push(i);
+        }
         ClusterRefs {
             view,
             registry,
             gateways,
+            ports,
+            by_origin,
         }
+    }
+
+    /// The VirtualServices `origin` contributes to this cluster.
+    fn virtual_services_of<'s>(
+        &'s self,
+        origin: &ObjectKey,
+    ) -> impl Iterator<Item = &'s Expanded<'m, VirtualServiceSpec>> + 's {
+        self.by_origin
+            .get(origin)
+            .into_iter()
+            .flatten()
+            .map(|i| &self.view.virtual_services[*i])
     }
 
     /// Every known cluster's references, by cluster name.
@@ -109,7 +150,7 @@ impl<'m> ClusterRefs<'m> {
                 message,
             })
         };
-        for vs in view.virtual_services.iter().filter(|v| v.origin == origin) {
+        for vs in self.virtual_services_of(origin) {
             let base = format!("spec.template.virtualServices[{}].spec", vs.index);
             for (i, name) in vs.spec.gateways.iter().enumerate() {
                 if name == MESH_GATEWAY {
@@ -171,15 +212,14 @@ impl<'m> ClusterRefs<'m> {
         vs: &Expanded<'_, VirtualServiceSpec>,
     ) -> Vec<(&'v ObjectKey, u32, String, &'v ObjectKey)> {
         let mut out = Vec::new();
-        for gateway in &self.gateways {
+        for (gateway, ports) in &self.ports {
             if !serves(&self.view, vs, gateway) {
                 continue;
             }
-            for port in gateway_ports(&self.view, gateway) {
-                let owners = host_owners(&self.view, &port);
-                for domain in bound_domains(vs, &port) {
+            for (port, owners) in ports {
+                for domain in bound_domains(vs, port) {
                     if let Some(owner) = owners.get(&domain) {
-                        out.push((gateway, port.number, domain, *owner));
+                        out.push((gateway, port.number, domain, owner));
                     }
                 }
             }
@@ -228,18 +268,13 @@ impl<'m> ClusterRefs<'m> {
             .iter()
             .filter(|g| g.origin == origin)
             .map(|g| g.key.clone());
-        let referenced = self
-            .view
-            .virtual_services
-            .iter()
-            .filter(|v| v.origin == origin)
-            .flat_map(|v| {
-                v.spec
-                    .gateways
-                    .iter()
-                    .map(|g| gateway_key(g, &v.key.namespace))
-                    .filter(|k| self.gateways.contains(k) && serves(&self.view, v, k))
-            });
+        let referenced = self.virtual_services_of(origin).flat_map(|v| {
+            v.spec
+                .gateways
+                .iter()
+                .map(|g| gateway_key(g, &v.key.namespace))
+                .filter(|k| self.gateways.contains(k) && serves(&self.view, v, k))
+        });
         own.chain(referenced).collect()
     }
 }

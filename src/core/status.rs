@@ -256,6 +256,7 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
             input.key,
             generation,
             published.model,
+            &context.view,
         ));
         refs.extend(cluster_refs);
         serving.extend(cluster_serving);

@@ -3,9 +3,10 @@
 use super::{GatewayAck, MemberWrite};
 use crate::api::access_point::ClusterStatus;
 use crate::api::LOCAL_CLUSTER;
+use crate::core::expand::ClusterView;
 use crate::core::model::{Model, ObjectKey};
 use crate::core::refs::UnresolvedRef;
-use crate::core::translate::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
+use crate::core::translate::CLUSTER_LABEL;
 
 /// Above this many placed clusters only the ones that are not ready are listed.
 pub const MAX_LISTED: usize = 32;
@@ -24,6 +25,7 @@ pub fn cluster_status(
     key: &ObjectKey,
     generation: i64,
     model: &Model,
+    view: &ClusterView<'_>,
 ) -> ClusterStatus {
     let acknowledged = facts
         .serving
@@ -53,14 +55,14 @@ pub fn cluster_status(
         ready: message.is_none(),
         proxies: proxies as i32,
         acknowledged: acknowledged as i32,
-        endpoints: ready_endpoints(model, key, facts.name) as i32,
+        endpoints: ready_endpoints(model, view, key, facts.name) as i32,
         applied: facts.applied.map(|w| *w == MemberWrite::Applied),
         message,
     }
 }
 
 /// Ready endpoint addresses of the AccessPoint's template Service read from `cluster`.
-fn ready_endpoints(model: &Model, key: &ObjectKey, cluster: &str) -> usize {
+fn ready_endpoints(model: &Model, view: &ClusterView<'_>, key: &ObjectKey, cluster: &str) -> usize {
     let Some(service) = model
         .access_points
         .get(key)
@@ -71,19 +73,20 @@ fn ready_endpoints(model: &Model, key: &ObjectKey, cluster: &str) -> usize {
     let namespace = service
         .metadata
         .namespace
-        .as_deref()
-        .unwrap_or(&key.namespace);
-    model
-        .endpoint_slices
-        .values()
+        .clone()
+        .unwrap_or_else(|| key.namespace.clone());
+    view.endpoint_slices
+        .get(&(namespace, service.metadata.name.clone()))
+        .into_iter()
+        .flatten()
         .filter(|slice| {
-            let labels = slice.metadata.labels.clone().unwrap_or_default();
-            slice.metadata.namespace.as_deref() == Some(namespace)
-                && labels.get(SERVICE_NAME_LABEL) == Some(&service.metadata.name)
-                && labels
-                    .get(CLUSTER_LABEL)
-                    .map_or(LOCAL_CLUSTER, String::as_str)
-                    == cluster
+            let origin = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(CLUSTER_LABEL))
+                .map_or(LOCAL_CLUSTER, String::as_str);
+            origin == cluster
         })
         .flat_map(|slice| &slice.endpoints)
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
