@@ -3,7 +3,7 @@
 //! Both providers (the standalone file watcher and the Kubernetes watchers) feed this same
 //! model; nothing downstream knows which mode produced it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -265,23 +265,28 @@ impl Model {
         }
     }
 
-    /// (name, zone, labels) of every known cluster, the hub's own included.
-    fn cluster_facts(&self) -> Vec<KnownCluster> {
-        let mut clusters: Vec<_> = self
+    /// Every known cluster: the hub's own (`local`) plus each MemberCluster, sorted.
+    pub fn cluster_names(&self) -> Vec<String> {
+        let mut names: BTreeSet<String> = self
             .member_clusters
-            .iter()
-            .map(|(key, m)| {
-                (
-                    key.name.clone(),
-                    m.spec.zone.clone(),
-                    m.metadata.labels.clone(),
-                )
-            })
+            .keys()
+            .map(|k| k.name.clone())
             .collect();
-        if !clusters.iter().any(|c| c.0 == LOCAL_CLUSTER) {
-            clusters.push((LOCAL_CLUSTER.to_owned(), String::new(), None));
-        }
-        clusters
+        names.insert(LOCAL_CLUSTER.to_owned());
+        names.into_iter().collect()
+    }
+
+    /// (name, zone, labels) of every known cluster, owned (the caller mutates the model).
+    fn cluster_facts(&self) -> Vec<KnownCluster> {
+        self.cluster_names()
+            .into_iter()
+            .map(|name| {
+                let member = self.member_clusters.get(&ObjectKey::new("", name.as_str()));
+                let zone = member.map(|m| m.spec.zone.clone()).unwrap_or_default();
+                let labels = member.and_then(|m| m.metadata.labels.clone());
+                (name, zone, labels)
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {

@@ -15,7 +15,7 @@ use super::translate::{
     bound_domains, gateway_ports, host_owners, resolve_host, serves, GatewayPort, ServiceRegistry,
 };
 use crate::api::istio::{Destination, VirtualServiceSpec};
-use crate::api::{AccessPoint, LOCAL_CLUSTER};
+use crate::api::AccessPoint;
 
 /// Istio's reserved gateway name for sidecars; a gateway control plane has none to bind.
 const MESH_GATEWAY: &str = "mesh";
@@ -40,20 +40,10 @@ pub struct UnresolvedRef {
     pub message: String,
 }
 
-/// Every cluster the model knows: the hub's own plus each MemberCluster.
-pub fn known_clusters(model: &Model) -> Vec<String> {
-    let mut clusters: BTreeSet<String> = model
-        .member_clusters
-        .keys()
-        .map(|k| k.name.clone())
-        .collect();
-    clusters.insert(LOCAL_CLUSTER.to_owned());
-    clusters.into_iter().collect()
-}
-
 /// The clusters `ap` is placed on.
 pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
-    known_clusters(model)
+    model
+        .cluster_names()
         .into_iter()
         .filter(|name| {
             let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
@@ -129,7 +119,8 @@ impl<'m> ClusterRefs<'m> {
 
     /// Every known cluster's references, by cluster name.
     pub fn all(model: &'m Model) -> BTreeMap<String, ClusterRefs<'m>> {
-        known_clusters(model)
+        model
+            .cluster_names()
             .into_iter()
             .map(|c| {
                 let refs = ClusterRefs::new(model, &c);
@@ -289,6 +280,7 @@ fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::LOCAL_CLUSTER;
 
     fn model_of(yaml: &str) -> Model {
         crate::core::test_support::model_of(yaml, "shop")
@@ -376,6 +368,7 @@ spec:
 #[cfg(test)]
 mod export_tests {
     use super::*;
+    use crate::api::LOCAL_CLUSTER;
     use crate::core::test_support::model_of;
 
     #[test]
