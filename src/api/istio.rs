@@ -50,11 +50,15 @@ pub struct Port {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerTls {
-    /// SIMPLE or MUTUAL (served by the SDS issue); PASSTHROUGH is not supported.
+    /// SIMPLE (server certificate) or MUTUAL (clients must present a certificate too).
     #[serde(default)]
     pub mode: String,
+    /// A `kubernetes.io/tls` Secret in the Gateway's namespace (`tls.crt`, `tls.key`, and
+    /// `ca.crt` or a `<name>-cacert` Secret for MUTUAL). Absent: Meridian issues the
+    /// certificate from its own CA for the server's hosts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_name: Option<String>,
+    /// Not supported yet.
     #[serde(default)]
     pub https_redirect: bool,
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
+use super::tls::TlsSources;
 use super::translate::{from_annotation, resolve_host, ExportPolicy, SERVICE_NAME_LABEL};
 use crate::api::access_point::Templated;
 use crate::api::istio::{
@@ -60,6 +61,8 @@ pub struct ClusterView<'m> {
     pub endpoint_slices: BTreeMap<(String, String), Vec<&'m EndpointSlice>>,
     /// Indexes into `destination_rules` by resolved host, in order.
     pub rules_by_host: BTreeMap<String, Vec<usize>>,
+    /// TLS material: issued certificates and user Secrets.
+    pub tls: TlsSources<'m>,
 }
 
 /// Builds the view of `cluster` (the model holds only accepted AccessPoints).
@@ -81,6 +84,10 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             })
             .collect(),
         export: model.export.clone(),
+        tls: TlsSources {
+            issued: &model.issued,
+            secrets: &model.secrets,
+        },
         ..Default::default()
     };
     // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.

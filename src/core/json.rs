@@ -9,7 +9,11 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use xds_api::pb::google::protobuf::Any;
 
 static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
-    DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
+    let mut pool =
+        DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+    pool.decode_file_descriptor_set(super::translate::envoy_shim::DESCRIPTORS)
+        .map_err(|e| e.to_string())?;
+    Ok(pool)
 });
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,13 @@ pub fn any_to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
     Ok(value)
 }
 
+/// Replaces a Secret's private key with `[redacted]`, as Envoy's own config dump does.
+fn redact_private_key(secret: &mut serde_json::Value) {
+    if let Some(key) = secret.pointer_mut("/tlsCertificate/privateKey") {
+        *key = serde_json::json!({ "inlineString": "[redacted]" });
+    }
+}
+
 /// Renders a whole gateway configuration: `{ "CDS": {name: resource}, "EDS": …, … }`.
 pub fn config_to_json(
     config: &super::resources::GatewayConfig,
@@ -65,7 +76,11 @@ pub fn config_to_json(
         }
         let mut by_name = serde_json::Map::new();
         for (name, resource) in resources {
-            by_name.insert(name.clone(), any_to_json(&resource.body)?);
+            let mut json = any_to_json(&resource.body)?;
+            if kind == super::resources::ResourceType::Secret {
+                redact_private_key(&mut json);
+            }
+            by_name.insert(name.clone(), json);
         }
         out.insert(
             kind.short_name().to_owned(),

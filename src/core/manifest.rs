@@ -6,6 +6,7 @@
 use serde::de::DeserializeOwned;
 
 use super::model::InputObject;
+use super::tls::TlsSecret;
 use crate::api::API_VERSION;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +84,10 @@ fn parse_object(
         ("v1", "Service") => InputObject::Service(typed.parse(value)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => InputObject::EndpointSlice(typed.parse(value)?),
         ("apps/v1", "Deployment") => InputObject::Deployment(typed.parse(value)?),
+        ("v1", "Secret") => {
+            let secret: k8s_openapi::api::core::v1::Secret = typed.parse(value)?;
+            InputObject::Secret(TlsSecret::from(secret))
+        }
         _ => {
             return Err(ManifestError::UnsupportedKind {
                 document,

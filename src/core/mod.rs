@@ -19,5 +19,6 @@ pub mod selector;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod tls;
 pub mod translate;
 pub mod validate;

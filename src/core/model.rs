@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::overrides::{selects, template_for, OverrideError};
 use super::placement::ClusterFacts;
+use super::tls::{SecretMaterial, TlsSecret};
 use super::translate::ExportPolicy;
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::{AccessPoint, MemberCluster, NameService, LOCAL_CLUSTER};
@@ -54,6 +55,8 @@ pub enum Kind {
     EndpointSlice,
     /// Only its existence matters (`placement.followDeployment`).
     Deployment,
+    /// TLS material a Gateway server names in `credentialName`.
+    Secret,
 }
 
 impl Kind {
@@ -65,6 +68,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Deployment => "Deployment",
+            Kind::Secret => "Secret",
         }
     }
 }
@@ -85,6 +89,7 @@ pub enum InputObject {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Deployment(Deployment),
+    Secret(TlsSecret),
 }
 
 impl InputObject {
@@ -96,6 +101,7 @@ impl InputObject {
             InputObject::Service(_) => Kind::Service,
             InputObject::EndpointSlice(_) => Kind::EndpointSlice,
             InputObject::Deployment(_) => Kind::Deployment,
+            InputObject::Secret(_) => Kind::Secret,
         }
     }
 
@@ -107,6 +113,7 @@ impl InputObject {
             InputObject::Service(o) => &mut o.metadata,
             InputObject::EndpointSlice(o) => &mut o.metadata,
             InputObject::Deployment(o) => &mut o.metadata,
+            InputObject::Secret(o) => &mut o.metadata,
         }
     }
 
@@ -118,6 +125,7 @@ impl InputObject {
             InputObject::Service(o) => &o.metadata,
             InputObject::EndpointSlice(o) => &o.metadata,
             InputObject::Deployment(o) => &o.metadata,
+            InputObject::Secret(o) => &o.metadata,
         }
     }
 
@@ -166,6 +174,10 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     /// Deployments of the hub and of member clusters (metadata only).
     pub deployments: BTreeMap<ObjectKey, Deployment>,
+    /// TLS Secrets Gateway servers name in `credentialName`.
+    pub secrets: BTreeMap<ObjectKey, TlsSecret>,
+    /// Certificates Meridian issued, by SDS name (fed by the certificate manager).
+    pub issued: BTreeMap<String, Arc<SecretMaterial>>,
     /// Derived: the template each (AccessPoint, cluster) gets where overrides select the
     /// cluster. Absent: the AccessPoint's own template. See [`Model::refresh_overrides`].
     pub cluster_templates: BTreeMap<(ObjectKey, String), ClusterTemplate>,
@@ -205,6 +217,7 @@ impl Model {
             InputObject::Service(o) => put(&mut self.services, key, o),
             InputObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             InputObject::Deployment(o) => put(&mut self.deployments, key, o),
+            InputObject::Secret(o) => put(&mut self.secrets, key, o),
         }
     }
 
@@ -217,6 +230,7 @@ impl Model {
             Kind::Service => self.services.remove(key).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
             Kind::Deployment => self.deployments.remove(key).is_some(),
+            Kind::Secret => self.secrets.remove(key).is_some(),
         }
     }
 
@@ -296,6 +310,7 @@ impl Model {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.deployments.len()
+            + self.secrets.len()
     }
 
     pub fn is_empty(&self) -> bool {

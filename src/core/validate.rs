@@ -6,10 +6,11 @@
 
 use std::fmt;
 
+use super::tls::TlsMode;
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::istio::{
-    DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, Resolution, ServiceEntrySpec,
-    StringMatch, TrafficPolicy, VirtualServiceSpec,
+    DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, Resolution, ServerTls,
+    ServiceEntrySpec, StringMatch, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::api::AccessPointSpec;
 
@@ -155,22 +156,71 @@ fn gateway(e: &mut Errors, path: &str, g: &GatewaySpec) {
             e.push(format!("{p}.port.number"), "must be 1-65535");
         }
         let protocol = s.port.protocol.to_ascii_uppercase();
-        if !matches!(protocol.as_str(), "HTTP" | "HTTP2" | "GRPC" | "") {
+        if !matches!(protocol.as_str(), "HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "") {
             e.push(
                 format!("{p}.port.protocol"),
                 format!(
-                    "{:?} is not supported yet (HTTP, HTTP2, GRPC)",
+                    "{:?} is not supported yet (HTTP, HTTPS, HTTP2, GRPC)",
                     s.port.protocol
                 ),
             );
         }
-        if s.tls.is_some() {
-            e.push(format!("{p}.tls"), "TLS servers are not supported yet");
+        match &s.tls {
+            Some(tls) => server_tls(e, &format!("{p}.tls"), tls, &s.hosts),
+            None if protocol == "HTTPS" => {
+                e.push(format!("{p}.tls"), "an HTTPS server needs tls settings");
+            }
+            None => {}
         }
         if s.hosts.is_empty() {
             e.push(format!("{p}.hosts"), "at least one host is required");
         }
     }
+}
+
+fn server_tls(e: &mut Errors, path: &str, tls: &ServerTls, hosts: &[String]) {
+    if TlsMode::parse(&tls.mode).is_none() {
+        e.push(
+            format!("{path}.mode"),
+            format!("{:?} is not supported (SIMPLE, MUTUAL)", tls.mode),
+        );
+    }
+    if tls.https_redirect {
+        e.push(format!("{path}.httpsRedirect"), "is not supported yet");
+    }
+    match tls.credential_name.as_deref() {
+        Some(name) => {
+            if !is_dns_subdomain(name) {
+                e.push(
+                    format!("{path}.credentialName"),
+                    format!("{name:?} is not a valid Secret name"),
+                );
+            }
+        }
+        None => {
+            if let Some(i) = hosts.iter().position(|h| {
+                let host = h.split_once('/').map_or(h.as_str(), |(_, host)| host);
+                host == "*"
+            }) {
+                e.push(
+                    format!("{path}.credentialName"),
+                    format!(
+                        "required: hosts[{i}] is `*`, and Meridian cannot issue a certificate for any name"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain).
+fn is_dns_subdomain(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
 }
 
 fn virtual_service(e: &mut Errors, path: &str, vs: &VirtualServiceSpec) {
@@ -502,6 +552,42 @@ spec:
             assert!(
                 errors.iter().any(|e| e.contains(&format!("`{path}`"))),
                 "missing {path} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn tls_servers_say_what_they_need() {
+        let errors = errors_of(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec:
+        servers:
+        - {port: {number: 443, protocol: HTTPS}, hosts: [a.example.com]}
+        - {port: {number: 443, protocol: HTTPS}, hosts: [b.example.com], tls: {mode: PASSTHROUGH}}
+        - {port: {number: 443, protocol: HTTPS}, hosts: ["ns/*"], tls: {mode: SIMPLE}}
+        - {port: {number: 443, protocol: HTTPS}, hosts: ["*"], tls: {mode: MUTUAL, credentialName: Bad_Name}}
+        - {port: {number: 443, protocol: HTTPS}, hosts: ["*"], tls: {mode: SIMPLE, credentialName: good}}
+        - {port: {number: 443, protocol: HTTPS}, hosts: [c.example.com], tls: {mode: SIMPLE}}
+"#,
+        );
+        let expected = [
+            "`spec.template.gateways[0].spec.servers[0].tls`: an HTTPS server needs tls settings",
+            "`spec.template.gateways[0].spec.servers[1].tls.mode`: \"PASSTHROUGH\" is not supported (SIMPLE, MUTUAL)",
+            "`spec.template.gateways[0].spec.servers[2].tls.credentialName`: required: hosts[0] is `*`, and Meridian cannot issue a certificate for any name",
+            "`spec.template.gateways[0].spec.servers[3].tls.credentialName`: \"Bad_Name\" is not a valid Secret name",
+        ];
+        for message in expected {
+            assert!(
+                errors.iter().any(|e| e.contains(message)),
+                "missing {message} in {errors:#?}"
             );
         }
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");

@@ -1,22 +1,31 @@
-//! Listeners: one per gateway (bind address, port), each an HTTP connection manager whose
-//! routes come over RDS.
+//! Listeners: one per gateway (bind address, port), with an HTTP connection manager per route
+//! scope whose routes come over RDS. TLS servers get their own filter chain, matched on SNI,
+//! with certificates fetched over SDS.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use xds_api::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
-    ConfigSource, SocketAddress,
+    address, config_source, socket_address, transport_socket, Address, AggregatedConfigSource,
+    ApiVersion, ConfigSource, SocketAddress, TransportSocket,
 };
-use xds_api::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use xds_api::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
 use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use xds_api::pb::google::protobuf::{Any, BoolValue};
 
+use super::envoy_shim::tls::{
+    common_tls_context, shim_ads_config_source, CommonTlsContext, DownstreamTlsContext,
+    ShimAdsConfigSource, ShimApiVersion, ShimSdsSecretConfig,
+};
+use super::envoy_shim::tls_inspector::TlsInspector;
 use crate::core::expand::ClusterView;
 use crate::core::model::ObjectKey;
-use crate::core::resources::Resource;
+use crate::core::resources::{content_hash, Resource};
+use crate::core::tls::{TlsMode, TlsServer};
 
 /// A server host as the Gateway wrote it: `[namespace/]host`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,13 +60,16 @@ impl ServerHost {
     }
 }
 
-/// Everything one gateway listens for on one port.
+/// One route scope of a gateway port: its plaintext servers (merged), or one TLS server
+/// (one certificate). A listener holds a filter chain per scope on its (bind, port).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayPort {
     pub bind: String,
     pub number: u32,
     pub gateway: ObjectKey,
     pub hosts: Vec<ServerHost>,
+    /// `None` for the plaintext scope.
+    pub tls: Option<TlsServer>,
 }
 
 impl GatewayPort {
@@ -65,38 +77,66 @@ impl GatewayPort {
         format!("{}_{}", self.bind, self.number)
     }
 
+    /// `http.<port>` for plaintext; `https.<port>.<certificate hash>` per TLS server, so a
+    /// request only reaches the routes of the server whose certificate it was sent under.
     pub fn route_name(&self) -> String {
-        format!("http.{}", self.number)
+        match &self.tls {
+            None => format!("http.{}", self.number),
+            Some(tls) => format!(
+                "https.{}.{}",
+                self.number,
+                &content_hash([tls.certificate.as_bytes()])[..8]
+            ),
+        }
+    }
+
+    /// SNI names of a TLS scope: the hosts without namespace; none for `*` (any name).
+    fn server_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|h| h.host != "*")
+            .map(|h| h.host.to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }
 
-/// The ports `gateway` opens, merged across every AccessPoint that declares servers for it.
+/// The route scopes `gateway` opens, merged across every AccessPoint that declares servers
+/// for it. Ordered by (bind, port), plaintext first, then TLS servers in AccessPoint age order,
+/// so the oldest AccessPoint keeps an SNI name two of them claim.
 pub fn gateway_ports(view: &ClusterView<'_>, gateway: &ObjectKey) -> Vec<GatewayPort> {
-    let mut ports: BTreeMap<(String, u32), GatewayPort> = BTreeMap::new();
+    let mut ports: Vec<GatewayPort> = Vec::new();
     for gw in view.gateways.iter().filter(|g| &g.key == gateway) {
         for server in &gw.spec.servers {
-            let bind = server.bind.clone().unwrap_or_else(|| "0.0.0.0".to_owned());
-            let entry = ports
-                .entry((bind.clone(), server.port.number))
-                .or_insert_with(|| GatewayPort {
-                    bind,
+            let bind = server.bind.as_deref().unwrap_or("0.0.0.0");
+            let tls = TlsServer::of(gateway, server);
+            let hosts = server.hosts.iter().map(|h| ServerHost::parse(h));
+            match ports
+                .iter_mut()
+                .find(|p| p.bind == bind && p.number == server.port.number && p.tls == tls)
+            {
+                Some(port) => port.hosts.extend(hosts),
+                None => ports.push(GatewayPort {
+                    bind: bind.to_owned(),
                     number: server.port.number,
                     gateway: gateway.clone(),
-                    hosts: Vec::new(),
-                });
-            entry
-                .hosts
-                .extend(server.hosts.iter().map(|h| ServerHost::parse(h)));
+                    hosts: hosts.collect(),
+                    tls,
+                }),
+            }
         }
     }
+    ports.sort_by(|a, b| {
+        (&a.bind, a.number, a.tls.is_some()).cmp(&(&b.bind, b.number, b.tls.is_some()))
+    });
+    for port in &mut ports {
+        port.hosts.sort();
+        port.hosts.dedup();
+    }
     ports
-        .into_values()
-        .map(|mut p| {
-            p.hosts.sort();
-            p.hosts.dedup();
-            p
-        })
-        .collect()
 }
 
 pub fn ads_config_source() -> ConfigSource {
@@ -119,13 +159,82 @@ pub fn socket_address(address: &str, port: u32) -> Address {
     }
 }
 
-pub fn build(port: &GatewayPort) -> Resource {
-    let hcm = HttpConnectionManager {
-        stat_prefix: port.route_name(),
+/// One listener for the scopes sharing a (bind, port): a filter chain per scope. TLS chains
+/// match on SNI; a later scope claiming a name an earlier one holds loses it (Envoy rejects
+/// duplicate matches), and the plaintext chain then only takes non-TLS connections.
+pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
+    let first = scopes.first()?;
+    let has_tls = scopes.iter().any(|s| s.tls.is_some());
+    let mut claimed: BTreeSet<Vec<String>> = BTreeSet::new();
+    let mut claimed_names: BTreeSet<String> = BTreeSet::new();
+    let mut filter_chains = Vec::new();
+    for scope in scopes {
+        let hcm = Filter {
+            name: "envoy.filters.network.http_connection_manager".to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(&connection_manager(
+                scope,
+            )))),
+        };
+        match &scope.tls {
+            None => filter_chains.push(FilterChain {
+                filter_chain_match: has_tls.then(|| FilterChainMatch {
+                    transport_protocol: "raw_buffer".to_owned(),
+                    ..Default::default()
+                }),
+                filters: vec![hcm],
+                ..Default::default()
+            }),
+            Some(tls) => {
+                let all = scope.server_names();
+                let names: Vec<String> = all
+                    .iter()
+                    .filter(|n| !claimed_names.contains(*n))
+                    .cloned()
+                    .collect();
+                if (!all.is_empty() && names.is_empty()) || !claimed.insert(names.clone()) {
+                    continue;
+                }
+                claimed_names.extend(names.iter().cloned());
+                filter_chains.push(FilterChain {
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: names,
+                        transport_protocol: "tls".to_owned(),
+                        ..Default::default()
+                    }),
+                    filters: vec![hcm],
+                    transport_socket: Some(downstream_tls(tls)),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let listener = Listener {
+        name: first.listener_name(),
+        address: Some(socket_address(&first.bind, first.number)),
+        listener_filters: if has_tls {
+            vec![ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".to_owned(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                    &TlsInspector {},
+                ))),
+                ..Default::default()
+            }]
+        } else {
+            Vec::new()
+        },
+        filter_chains,
+        ..Default::default()
+    };
+    Some(Resource::new(first.listener_name(), &listener))
+}
+
+fn connection_manager(scope: &GatewayPort) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: scope.route_name(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: port.route_name(),
+            route_config_name: scope.route_name(),
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
@@ -139,20 +248,35 @@ pub fn build(port: &GatewayPort) -> Resource {
             true,
         )),
         ..Default::default()
+    }
+}
+
+/// The server side of TLS: certificate (and client CA for `MUTUAL`) fetched over SDS.
+fn downstream_tls(tls: &TlsServer) -> TransportSocket {
+    let sds = |name: &str| ShimSdsSecretConfig {
+        name: name.to_owned(),
+        sds_config: Some(ShimAdsConfigSource {
+            ads: Some(shim_ads_config_source::Aggregated {}),
+            resource_api_version: ShimApiVersion::V3 as i32,
+        }),
     };
-    let listener = Listener {
-        name: port.listener_name(),
-        address: Some(socket_address(&port.bind, port.number)),
-        filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: "envoy.filters.network.http_connection_manager".to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-            }],
+    let context = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds(&tls.certificate)],
+            alpn_protocols: vec!["h2".to_owned(), "http/1.1".to_owned()],
+            validation_context_type: tls.validation.as_deref().map(|name| {
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(
+                    name,
+                ))
+            }),
             ..Default::default()
-        }],
-        ..Default::default()
+        }),
+        require_client_certificate: Some(tls.mode == TlsMode::Mutual),
     };
-    Resource::new(port.listener_name(), &listener)
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    }
 }
 
 pub fn any<M: prost::Message + prost::Name>(message: &M) -> Any {

@@ -6,24 +6,27 @@
 
 mod cluster;
 mod endpoint;
+pub mod envoy_shim;
 mod export;
 mod hosts;
 mod listener;
 mod locality;
 mod registry;
 mod route;
+mod secret;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::expand::ClusterView;
 use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
+use super::tls::{TlsError, TlsServer};
 
 pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
 pub use export::{from_annotation, is_exported, ExportPolicy, EXPORT_TO_ANNOTATION};
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
-pub use listener::{gateway_ports, GatewayPort};
+pub use listener::{gateway_ports, GatewayPort, ServerHost};
 pub use registry::ServiceRegistry;
 pub use route::{bound_domains, host_owners, serves};
 
@@ -41,6 +44,8 @@ pub struct GatewayIdentity {
 pub struct Translation {
     pub config: Arc<GatewayConfig>,
     pub unresolved: Vec<String>,
+    /// Every SDS name this gateway's listeners reference: the only secrets it may fetch.
+    pub secret_names: BTreeSet<String>,
 }
 
 /// A cluster a route refers to, recorded while routes are built.
@@ -64,19 +69,31 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
     let mut unresolved = Vec::new();
     let mut clusters: BTreeMap<String, ClusterRef> = BTreeMap::new();
 
-    let ports = listener::gateway_ports(view, &identity.gateway);
-    for port in &ports {
-        let listener = listener::build(port);
-        config.insert(ResourceType::Listener, listener);
+    let mut secret_names = BTreeSet::new();
+    let scopes = listener::gateway_ports(view, &identity.gateway);
+    let mut served: Vec<&GatewayPort> = Vec::new();
+    for scope in &scopes {
+        if let Some(tls) = &scope.tls {
+            if !secrets_ready(view, tls, &mut config, &mut unresolved) {
+                continue;
+            }
+            secret_names.extend(tls.secret_names().map(str::to_owned));
+        }
         let routes = route::build_route_config(
             view,
             &registry,
             identity,
-            port,
+            scope,
             &mut clusters,
             &mut unresolved,
         );
         config.insert(ResourceType::Route, routes);
+        served.push(scope);
+    }
+    for listener_scopes in served.chunk_by(|a, b| (&a.bind, a.number) == (&b.bind, b.number)) {
+        if let Some(listener) = listener::build(listener_scopes) {
+            config.insert(ResourceType::Listener, listener);
+        }
     }
 
     for (name, cluster_ref) in &clusters {
@@ -109,8 +126,33 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
     Translation {
         config: Arc::new(config),
         unresolved,
+        secret_names,
     }
+}
+
+/// Adds the material of `tls`'s secrets to `config`. A certificate Meridian has yet to issue
+/// is awaited (Envoy warms the listener until SDS delivers it); a user Secret that is missing
+/// or unusable leaves the server out, so one bad Secret cannot hold back a shared listener.
+fn secrets_ready(
+    view: &ClusterView<'_>,
+    tls: &TlsServer,
+    config: &mut GatewayConfig,
+    unresolved: &mut Vec<String>,
+) -> bool {
+    for name in tls.secret_names() {
+        match view.tls.resolve(name) {
+            Ok(material) => config.insert(ResourceType::Secret, secret::build(name, &material)),
+            Err(TlsError::NotIssued { .. }) => {}
+            Err(error) => {
+                unresolved.push(error.to_string());
+                return false;
+            }
+        }
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

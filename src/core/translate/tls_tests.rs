@@ -1,0 +1,214 @@
+//! TLS servers: SNI filter chains, SDS references, and which secrets a gateway may fetch.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::core::expand::cluster_view;
+use crate::core::json::config_to_json;
+use crate::core::model::Model;
+use crate::core::tls::{CertInfo, PrivateKeyPem, SecretMaterial, CA_BUNDLE};
+
+const SHOP_TLS: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  template:
+    service:
+      metadata: {name: web}
+      spec:
+        ports: [{name: http, port: 80}]
+    gateways:
+    - metadata: {name: public, namespace: edge}
+      spec:
+        servers:
+        - port: {number: 8443, protocol: HTTPS, name: https}
+          hosts: ["shop.example.com", "*.shop.example.com"]
+          tls: {mode: SIMPLE}
+        - port: {number: 8443, protocol: HTTPS, name: partners}
+          hosts: ["partners.example.com"]
+          tls: {mode: MUTUAL}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com, partners.example.com]
+        gateways: [edge/public]
+        http:
+        - route: [{destination: {host: web}}]
+"#;
+
+fn identity() -> GatewayIdentity {
+    GatewayIdentity {
+        gateway: ObjectKey::new("edge", "public"),
+        cluster: "local".into(),
+        zone: String::new(),
+    }
+}
+
+fn model_of(yaml: &str) -> Model {
+    crate::core::test_support::model_of(yaml, "default")
+}
+
+fn run(model: &Model) -> Translation {
+    translate(&cluster_view(model, "local"), &identity())
+}
+
+fn fake_certificate(name: &str) -> Arc<SecretMaterial> {
+    Arc::new(SecretMaterial::Certificate {
+        chain_pem: format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"),
+        key: PrivateKeyPem::new("-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"),
+        info: CertInfo {
+            issuer: "CN=test".into(),
+            serial: "01".into(),
+            not_before: 0,
+            not_after: 1,
+            dns_names: vec![],
+        },
+    })
+}
+
+/// Issues (fake) material for every certificate the model asks for, plus the CA bundle.
+fn issue_all(model: &mut Model) {
+    let requests = crate::core::tls::certificate_requests(
+        model.cluster_names().iter().map(|c| cluster_view(model, c)),
+    );
+    for name in requests.into_keys() {
+        let material = fake_certificate(&name);
+        model.issued.insert(name, material);
+    }
+    model.issued.insert(
+        CA_BUNDLE.to_owned(),
+        Arc::new(SecretMaterial::TrustBundle {
+            ca_pem: "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n".into(),
+        }),
+    );
+}
+
+#[test]
+fn tls_servers_snapshot() {
+    let mut model = model_of(SHOP_TLS);
+    issue_all(&mut model);
+    let translation = run(&model);
+    assert_eq!(translation.unresolved, Vec::<String>::new());
+    let json = config_to_json(&translation.config).unwrap();
+    assert!(
+        !json.to_string().contains("BEGIN PRIVATE KEY"),
+        "config dumps redact private keys"
+    );
+    insta::assert_json_snapshot!(json);
+}
+
+#[test]
+fn a_gateway_may_fetch_exactly_the_secrets_its_listeners_reference() {
+    let mut model = model_of(SHOP_TLS);
+    issue_all(&mut model);
+    let translation = run(&model);
+    let served: Vec<&String> = translation
+        .config
+        .resources(ResourceType::Secret)
+        .keys()
+        .collect();
+    let referenced: Vec<&String> = translation.secret_names.iter().collect();
+    assert_eq!(served, referenced);
+    assert_eq!(referenced.len(), 3, "two certificates and the CA bundle");
+    assert!(translation.secret_names.contains(CA_BUNDLE));
+
+    let other = GatewayIdentity {
+        gateway: ObjectKey::new("edge", "internal"),
+        ..identity()
+    };
+    let other = translate(&cluster_view(&model, "local"), &other);
+    assert!(other.secret_names.is_empty());
+}
+
+#[test]
+fn certificates_not_issued_yet_are_awaited_not_dropped() {
+    let model = model_of(SHOP_TLS);
+    let translation = run(&model);
+    assert!(translation.unresolved.is_empty());
+    assert!(translation
+        .config
+        .resources(ResourceType::Secret)
+        .is_empty());
+    assert_eq!(translation.secret_names.len(), 3);
+    let lds = config_to_json(&translation.config).unwrap()["LDS"].to_string();
+    assert_eq!(lds.matches("envoy.transport_sockets.tls").count(), 2);
+}
+
+#[test]
+fn a_missing_credential_leaves_only_its_server_out() {
+    let yaml = SHOP_TLS.replace(
+        "tls: {mode: SIMPLE}",
+        "tls: {mode: SIMPLE, credentialName: shop-cert}",
+    );
+    let mut model = model_of(&yaml);
+    issue_all(&mut model);
+    let translation = run(&model);
+    assert_eq!(
+        translation.unresolved,
+        vec!["Secret edge/shop-cert does not exist".to_owned()]
+    );
+    let lds = config_to_json(&translation.config).unwrap()["LDS"].to_string();
+    assert!(!lds.contains("shop.example.com"));
+    assert!(lds.contains("partners.example.com"));
+    assert!(!translation.secret_names.contains("secret://edge/shop-cert"));
+}
+
+#[test]
+fn two_access_points_claiming_one_sni_name_share_one_filter_chain() {
+    let second = SHOP_TLS
+        .replace(
+            "name: shop, namespace: shop",
+            "name: shop2, namespace: shop",
+        )
+        .replace("metadata: {name: web}", "metadata: {name: web2}")
+        .replace(
+            "hosts: [\"partners.example.com\"]",
+            "hosts: [\"partners.example.com\", \"extra.example.com\"]",
+        );
+    let mut model = model_of(&format!("{SHOP_TLS}\n---\n{second}"));
+    issue_all(&mut model);
+    let translation = run(&model);
+    let json = config_to_json(&translation.config).unwrap();
+    let chains = json["LDS"]["0.0.0.0_8443"]["filterChains"]
+        .as_array()
+        .unwrap();
+    let names: Vec<String> = chains
+        .iter()
+        .map(|c| c["filterChainMatch"]["serverNames"].to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            r#"["*.shop.example.com","shop.example.com"]"#,
+            r#"["partners.example.com"]"#,
+            r#"["extra.example.com"]"#,
+        ],
+        "the identical SIMPLE servers share a chain; the younger MUTUAL server loses the name \
+         the older one holds"
+    );
+}
+
+#[test]
+fn plaintext_and_tls_on_one_port_split_by_transport() {
+    let yaml = SHOP_TLS.replace(
+        "        - port: {number: 8443, protocol: HTTPS, name: partners}\n          hosts: [\"partners.example.com\"]\n          tls: {mode: MUTUAL}\n",
+        "        - port: {number: 8443, protocol: HTTP, name: plain}\n          hosts: [\"partners.example.com\"]\n",
+    );
+    let mut model = model_of(&yaml);
+    issue_all(&mut model);
+    let json = config_to_json(&run(&model).config).unwrap();
+    let listener = &json["LDS"]["0.0.0.0_8443"];
+    assert_eq!(
+        listener["listenerFilters"][0]["name"],
+        "envoy.filters.listener.tls_inspector"
+    );
+    let protocols: Vec<&str> = listener["filterChains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["filterChainMatch"]["transportProtocol"].as_str().unwrap())
+        .collect();
+    assert_eq!(protocols, ["raw_buffer", "tls"]);
+    assert!(json["RDS"]["http.8443"].is_object());
+}
