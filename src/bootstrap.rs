@@ -17,6 +17,18 @@ pub struct BootstrapOptions {
     pub delta: bool,
     /// Envoy's own admin port on 127.0.0.1.
     pub admin_port: u16,
+    /// Mutual TLS to Meridian, when it requires it.
+    pub tls: Option<ClientTls>,
+}
+
+/// Files holding a gateway's client credentials, and the identity the xDS server must prove.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+    /// URI SAN the server certificate must carry.
+    pub server_identity: String,
 }
 
 /// The bootstrap as JSON (Envoy accepts JSON or YAML).
@@ -30,7 +42,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
         metadata.insert(ZONE_KEY.into(), json!(zone));
     }
     let api_type = if o.delta { "DELTA_GRPC" } else { "GRPC" };
-    json!({
+    let mut bootstrap = json!({
         "node": {
             "id": o.node_id,
             "cluster": o.gateway.replace('/', "."),
@@ -73,6 +85,36 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
                 }
             }]
         }
+    });
+    if let Some(tls) = &o.tls {
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] = upstream_tls(o, tls);
+    }
+    bootstrap
+}
+
+/// TLS to the xDS server: present the gateway's certificate, trust only Meridian's CA, and
+/// accept only the xDS server's own identity (not a certificate issued for some gateway host).
+fn upstream_tls(o: &BootstrapOptions, tls: &ClientTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": o.xds_host,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": tls.cert_file },
+                    "private_key": { "filename": tls.key_file }
+                }],
+                "validation_context": {
+                    "trusted_ca": { "filename": tls.ca_file },
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "URI",
+                        "matcher": { "exact": tls.server_identity }
+                    }]
+                }
+            }
+        }
     })
 }
 
@@ -91,6 +133,7 @@ mod tests {
             xds_port: 18000,
             delta: true,
             admin_port: 19000,
+            tls: None,
         });
         assert_eq!(b["node"]["metadata"][GATEWAY_KEY], "edge/public");
         assert_eq!(b["node"]["metadata"][CLUSTER_KEY], "east");
@@ -98,5 +141,6 @@ mod tests {
             b["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"
         );
+        assert!(b["static_resources"]["clusters"][0]["transport_socket"].is_null());
     }
 }

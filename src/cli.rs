@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::bootstrap::{bootstrap, BootstrapOptions};
+use crate::bootstrap::{bootstrap, BootstrapOptions, ClientTls};
+use crate::certs::{CertOptions, XdsTlsOptions};
 use crate::controller::{self, ControllerOptions};
 use crate::core::selector::parse_selector;
 use crate::core::translate::ExportPolicy;
@@ -70,6 +71,10 @@ pub enum Command {
         admin_addr: SocketAddr,
         #[command(flatten)]
         mesh: MeshArgs,
+        #[command(flatten)]
+        certs: CertOptions,
+        #[command(flatten)]
+        xds_tls: XdsTlsOptions,
     },
     /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
     /// EndpointSlice and Namespace objects, and write AccessPoint status while holding the
@@ -103,8 +108,15 @@ pub enum Command {
         /// How often the lease is renewed (and a standby checks it).
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         renew_every: Duration,
+        /// Secret (in the lease namespace) holding Meridian's CA; created on first start.
+        #[arg(long, default_value = "meridian-ca")]
+        ca_secret: String,
         #[command(flatten)]
         mesh: MeshArgs,
+        #[command(flatten)]
+        certs: CertOptions,
+        #[command(flatten)]
+        xds_tls: XdsTlsOptions,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -129,6 +141,15 @@ pub enum Command {
         /// Envoy's own admin port (bound on 127.0.0.1).
         #[arg(long, default_value_t = 19000)]
         admin_port: u16,
+        /// Mint a client certificate for the gateway into this directory (tls.crt, tls.key,
+        /// ca.crt) and connect over mutual TLS (for a Meridian started with --xds-mtls).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
+        /// Where the CA is kept (standalone: <state-dir>/ca); or give --ca-cert and --ca-key.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        #[command(flatten)]
+        certs: CertOptions,
     },
     /// Show every connected proxy and its per-type sync state (SYNCED, STALE, NACKED, NOT_SENT).
     Status {
@@ -178,6 +199,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             xds_addr,
             admin_addr,
             mesh,
+            certs,
+            xds_tls,
         } => {
             let running = standalone::start(StandaloneOptions {
                 config_dir,
@@ -185,6 +208,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_addr,
                 admin_addr,
                 export: mesh.export_policy(),
+                certs,
+                xds_tls,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -199,7 +224,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity,
             lease_duration,
             renew_every,
+            ca_secret,
             mesh,
+            certs,
+            xds_tls,
         } => {
             if renew_every >= lease_duration {
                 bail!("--renew-every must be shorter than --lease-duration");
@@ -222,6 +250,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     lease_duration,
                     renew_every,
                 },
+                certs,
+                xds_tls,
+                ca_secret,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -234,14 +265,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             xds_addr,
             delta,
             admin_port,
+            cert_dir,
+            ca_dir,
+            certs,
         } => {
             let (host, port) = xds_addr
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--xds-addr {xds_addr:?} must be host:port"))?;
-            if !gateway.contains('/') {
+            let Some((namespace, name)) = gateway.split_once('/') else {
                 bail!("--gateway {gateway:?} must be namespace/name");
-            }
+            };
+            let tls = match &cert_dir {
+                None => None,
+                Some(dir) => {
+                    let ca = crate::certs::load_existing(&certs, ca_dir.as_deref())?;
+                    let (cert, key, ca_file) = crate::certs::write_client_credentials(
+                        &ca,
+                        &certs,
+                        (namespace, name),
+                        dir,
+                    )?;
+                    let path =
+                        |p: PathBuf| std::path::absolute(&p).unwrap_or(p).display().to_string();
+                    Some(ClientTls {
+                        cert_file: path(cert),
+                        key_file: path(key),
+                        ca_file: path(ca_file),
+                        server_identity: crate::certs::xds_server_id(&certs.trust_domain),
+                    })
+                }
+            };
             let json = bootstrap(&BootstrapOptions {
                 node_id,
                 gateway,
@@ -251,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_port: port,
                 delta,
                 admin_port,
+                tls,
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())

@@ -17,6 +17,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ack_reports;
 use crate::admin::AdminState;
+use crate::certs::manager::CertManager;
+use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
@@ -38,6 +40,10 @@ pub struct ControllerOptions {
     /// Mesh-wide `exportTo` defaults.
     pub export: ExportPolicy,
     pub lease: LeaseConfig,
+    pub certs: CertOptions,
+    pub xds_tls: XdsTlsOptions,
+    /// Name of the Secret (in the lease namespace) holding Meridian's CA.
+    pub ca_secret: String,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -61,17 +67,39 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let client = client(options.kubeconfig.as_ref()).await?;
     let (index, snapshots) = Index::with_export_policy(options.export.clone());
     let metrics = Arc::new(Metrics::new());
-    let xds = XdsState::new(snapshots, metrics);
+    let ca = certs::kube_store::load_or_create(
+        client.clone(),
+        &options.lease.namespace,
+        &options.ca_secret,
+        &options.certs,
+    )
+    .await?;
+    let tls = options
+        .xds_tls
+        .server_config(&ca, &options.certs.trust_domain)?;
+    let client_auth = options
+        .xds_tls
+        .xds_mtls
+        .then(|| options.certs.trust_domain.clone());
+    let xds = XdsState::with_client_auth(snapshots.clone(), metrics.clone(), client_auth);
     let admin_state = AdminState::new(xds.clone());
+    let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);
 
     let (updates_tx, updates) = mpsc::channel(1024);
     let member_updates = updates_tx.clone();
+    let issued_updates = updates_tx.clone();
     let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
         .await
         .context("starting Kubernetes watches")?;
     let watch_count = watch_tasks.len();
 
-    let running = Running::serve(options.xds_addr, options.admin_addr, admin_state.clone()).await?;
+    let running = Running::serve(
+        options.xds_addr,
+        options.admin_addr,
+        admin_state.clone(),
+        tls,
+    )
+    .await?;
     tracing::info!(
         xds_addr = %running.xds_addr,
         admin_addr = %running.admin_addr,
@@ -149,6 +177,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
+    let certs = cert_manager.run(snapshots, issued_updates, stopped.clone());
     let abort_watches = async move {
         crate::serve::stopped_signal(stopped).await;
         for task in watch_tasks {
@@ -158,6 +187,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     };
     Ok(running
         .with_task(feed)
+        .with_task(certs)
         .with_task(campaign)
         .with_task(publisher)
         .with_task(member_connections)

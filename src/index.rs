@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::core::model::{InputObject, Kind, Model, ObjectKey};
 use crate::core::status::Published;
+use crate::core::tls::SecretMaterial;
 use crate::core::translate::ExportPolicy;
 use crate::core::validate::{validate_access_point, FieldError, Rejection};
 
@@ -124,6 +125,14 @@ impl Index {
                 Kind::MemberCluster => self.model.refresh_overrides(None),
                 _ => {}
             }
+        }
+    }
+
+    /// Replaces the certificates Meridian issued (from the certificate manager).
+    pub fn set_issued(&mut self, issued: BTreeMap<String, Arc<SecretMaterial>>) {
+        if self.model.issued != issued {
+            self.model.issued = issued;
+            self.dirty = true;
         }
     }
 

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod bench;
 pub mod bootstrap;
+pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod core;

@@ -26,6 +26,15 @@ pub struct Metrics {
     pub convergence_seconds: Histogram,
     pub config_generation: Gauge,
     pub config_errors: Gauge,
+    pub certs_issued: Family<ReasonLabel, Counter>,
+    pub certs_held: Gauge,
+    pub cert_expiry_horizon_seconds: Gauge,
+    pub sds_denied: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 impl Metrics {
@@ -69,8 +78,36 @@ impl Metrics {
             "Input files or objects currently rejected (last good config is serving)",
             config_errors.clone(),
         );
+        let certs_issued = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "certs_issued",
+            "Gateway certificates issued by the embedded CA, by reason (new, rotate)",
+            certs_issued.clone(),
+        );
+        let certs_held = Gauge::default();
+        registry.register(
+            "certs_held",
+            "Gateway certificates currently issued and served",
+            certs_held.clone(),
+        );
+        let cert_expiry_horizon_seconds = Gauge::default();
+        registry.register(
+            "cert_expiry_horizon_seconds",
+            "Seconds until the earliest issued certificate expires",
+            cert_expiry_horizon_seconds.clone(),
+        );
+        let sds_denied = Counter::default();
+        registry.register(
+            "sds_denied",
+            "SDS requests for secrets the requesting gateway's listeners do not reference",
+            sds_denied.clone(),
+        );
         Metrics {
             registry,
+            certs_issued,
+            certs_held,
+            cert_expiry_horizon_seconds,
+            sds_denied,
             connected_proxies,
             pushes,
             nacks,

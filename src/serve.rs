@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::admin::{self, AdminState};
 use crate::ops::OpsService;
@@ -25,11 +26,12 @@ pub struct Running {
 }
 
 impl Running {
-    /// Binds both listeners and starts serving `admin.xds`.
+    /// Binds both listeners and starts serving `admin.xds` (over `tls` when given).
     pub async fn serve(
         xds_addr: SocketAddr,
         admin_addr: SocketAddr,
         admin_state: Arc<AdminState>,
+        tls: Option<ServerTlsConfig>,
     ) -> anyhow::Result<Running> {
         let xds_listener = TcpListener::bind(xds_addr)
             .await
@@ -41,7 +43,11 @@ impl Running {
         let admin_addr = admin_listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let xds = admin_state.xds.clone();
-        let grpc = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("xDS TLS settings")?;
+        }
+        let grpc = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(AdsService::new(xds.clone()))
             .add_service(OpsService::new(xds))

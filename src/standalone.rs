@@ -11,6 +11,9 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
 use crate::admin::AdminState;
+use crate::certs::ca::CertificateAuthority;
+use crate::certs::manager::{CertManager, IssuedSecrets};
+use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -31,6 +34,8 @@ pub struct StandaloneOptions {
     pub admin_addr: SocketAddr,
     /// Mesh-wide `exportTo` defaults.
     pub export: ExportPolicy,
+    pub certs: CertOptions,
+    pub xds_tls: XdsTlsOptions,
 }
 
 /// Binds the listeners, loads the configuration once and starts serving.
@@ -41,16 +46,48 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     }
     let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
     let metrics = Arc::new(Metrics::new());
-    let xds = XdsState::new(snapshots, metrics.clone());
+    let ca = Arc::new(load_ca(&options)?);
+    let client_auth = options
+        .xds_tls
+        .xds_mtls
+        .then(|| options.certs.trust_domain.clone());
+    let xds = XdsState::with_client_auth(snapshots.clone(), metrics.clone(), client_auth);
     let admin_state = AdminState::new(xds.clone());
     let mut provider = FileProvider::new(&options.config_dir, options.state_dir.clone());
     resync(&mut provider, &mut index, &admin_state)
         .with_context(|| format!("loading {}", options.config_dir.display()))?;
 
-    let running = Running::serve(options.xds_addr, options.admin_addr, admin_state.clone()).await?;
-    tracing::info!(xds_addr = %running.xds_addr, admin_addr = %running.admin_addr, config_dir = %options.config_dir.display(), "meridian standalone serving");
+    let tls = options
+        .xds_tls
+        .server_config(&ca, &options.certs.trust_domain)?;
+    let running = Running::serve(
+        options.xds_addr,
+        options.admin_addr,
+        admin_state.clone(),
+        tls,
+    )
+    .await?;
+    tracing::info!(xds_addr = %running.xds_addr, admin_addr = %running.admin_addr, config_dir = %options.config_dir.display(), mtls = options.xds_tls.xds_mtls, "meridian standalone serving");
+    let (issued_tx, issued) = mpsc::channel(4);
+    let certs = CertManager::new(ca, options.certs.rotation(), metrics);
     let stopped = running.stopped();
-    Ok(running.with_task(watch_config(provider, index, admin_state, stopped)))
+    Ok(running
+        .with_task(certs.run(snapshots, issued_tx, stopped.clone()))
+        .with_task(watch_config(provider, index, issued, admin_state, stopped)))
+}
+
+/// The CA: operator-provided, kept in the state directory, or (without one) made for this run.
+fn load_ca(options: &StandaloneOptions) -> anyhow::Result<CertificateAuthority> {
+    match &options.state_dir {
+        Some(state_dir) => certs::load_or_create_in_dir(&state_dir.join("ca"), &options.certs),
+        None => match options.certs.provided_ca()? {
+            Some(ca) => Ok(ca),
+            None => {
+                tracing::warn!("no --state-dir: the CA lives only as long as this process, and certificates it issued will not verify after a restart");
+                options.certs.generate_ca()
+            }
+        },
+    }
 }
 
 fn resync(
@@ -72,6 +109,7 @@ fn resync(
 async fn watch_config(
     mut provider: FileProvider,
     mut index: Index,
+    mut issued: mpsc::Receiver<IssuedSecrets>,
     admin: Arc<AdminState>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -93,6 +131,12 @@ async fn watch_config(
             _ = stopped.changed() => return Ok(()),
             Some(()) = events.recv() => tokio::time::sleep(DEBOUNCE).await,
             _ = periodic.tick() => {}
+            Some(secrets) = issued.recv() => {
+                index.set_issued(secrets);
+                let generation = index.publish();
+                admin.xds.metrics.config_generation.set(generation as i64);
+                continue;
+            }
         }
         let before = index.publish();
         if let Err(error) = resync(&mut provider, &mut index, &admin) {

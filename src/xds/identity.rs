@@ -17,6 +17,70 @@ pub enum IdentityError {
     MissingNode,
     #[error("node {node:?}: metadata `{GATEWAY_KEY}` must be `namespace/name`, got {value:?}")]
     BadGateway { node: String, value: String },
+    #[error("the client certificate names no gateway of trust domain {trust_domain:?} (expected a URI SAN spiffe://{trust_domain}/ns/<namespace>/gateway/<name>)")]
+    NoCertificateIdentity { trust_domain: String },
+    #[error("node {node:?} claims gateway {claimed} but its certificate is for {certified}")]
+    Mismatch {
+        node: String,
+        claimed: ObjectKey,
+        certified: ObjectKey,
+    },
+}
+
+/// The gateway a verified client certificate (DER, leaf first) was issued to: its URI SAN
+/// `spiffe://<trust_domain>/ns/<namespace>/gateway/<name>`.
+pub fn certified_gateway(
+    chain: &[impl AsRef<[u8]>],
+    trust_domain: &str,
+) -> Result<ObjectKey, IdentityError> {
+    let none = || IdentityError::NoCertificateIdentity {
+        trust_domain: trust_domain.to_owned(),
+    };
+    let leaf = chain.first().ok_or_else(none)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| none())?;
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(none)?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                gateway_of_spiffe_id(uri, trust_domain)
+            }
+            _ => None,
+        })
+        .ok_or_else(none)
+}
+
+fn gateway_of_spiffe_id(uri: &str, trust_domain: &str) -> Option<ObjectKey> {
+    let path = uri
+        .strip_prefix("spiffe://")?
+        .strip_prefix(trust_domain)?
+        .strip_prefix("/ns/")?;
+    let (namespace, rest) = path.split_once('/')?;
+    let name = rest.strip_prefix("gateway/")?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| ObjectKey::new(namespace, name))
+}
+
+/// The node's identity, held to its certificate when there is one: a node may not claim a
+/// gateway other than the one its certificate was issued to.
+pub fn verified_identity(
+    node: Option<&Node>,
+    certified: Option<&ObjectKey>,
+) -> Result<GatewayIdentity, IdentityError> {
+    let identity = identity_of(node)?;
+    match certified {
+        Some(certified) if certified != &identity.gateway => Err(IdentityError::Mismatch {
+            node: node.map(|n| n.id.clone()).unwrap_or_default(),
+            claimed: identity.gateway,
+            certified: certified.clone(),
+        }),
+        _ => Ok(identity),
+    }
 }
 
 pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError> {
@@ -87,6 +151,38 @@ mod tests {
         ])))
         .unwrap();
         assert_eq!((id.cluster.as_str(), id.zone.as_str()), ("east", "z1"));
+    }
+
+    #[test]
+    fn spiffe_ids_name_a_gateway_of_the_trust_domain_only() {
+        let td = "meridian.local";
+        assert_eq!(
+            gateway_of_spiffe_id("spiffe://meridian.local/ns/edge/gateway/public", td),
+            Some(ObjectKey::new("edge", "public"))
+        );
+        for bad in [
+            "spiffe://other.local/ns/edge/gateway/public",
+            "spiffe://meridian.local/ns/edge/sa/public",
+            "spiffe://meridian.local/ns//gateway/public",
+            "spiffe://meridian.local/ns/edge/gateway/a/b",
+            "https://meridian.local/ns/edge/gateway/public",
+        ] {
+            assert_eq!(gateway_of_spiffe_id(bad, td), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_node_cannot_claim_another_gateway_than_its_certificate() {
+        let node = node(&[(GATEWAY_KEY, "edge/public")]);
+        let mine = ObjectKey::new("edge", "public");
+        let other = ObjectKey::new("edge", "internal");
+        assert!(verified_identity(Some(&node), Some(&mine)).is_ok());
+        assert!(verified_identity(Some(&node), None).is_ok());
+        let error = verified_identity(Some(&node), Some(&other)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "node \"gw-1\" claims gateway edge/public but its certificate is for edge/internal"
+        );
     }
 
     #[test]

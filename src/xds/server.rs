@@ -1,7 +1,7 @@
 //! The ADS gRPC server: moves messages between tonic streams and the protocol state machines,
 //! translating the latest snapshot for each stream's gateway identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 
 use super::delta::DeltaSession;
-use super::identity::identity_of;
+use super::identity::{certified_gateway, verified_identity, IdentityError};
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
 use crate::core::expand::cluster_view;
@@ -150,16 +150,39 @@ pub struct XdsState {
     pub translator: Translator,
     pub proxies: ProxyRegistry,
     pub metrics: Arc<Metrics>,
+    /// With mutual TLS: the trust domain whose SPIFFE IDs name gateways in client certificates.
+    /// A stream's gateway is then the one its certificate names.
+    pub client_trust_domain: Option<String>,
 }
 
 impl XdsState {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Arc<XdsState> {
+        XdsState::with_client_auth(snapshots, metrics, None)
+    }
+
+    /// A state whose streams must present a client certificate of `trust_domain` (if `Some`).
+    pub fn with_client_auth(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+        client_trust_domain: Option<String>,
+    ) -> Arc<XdsState> {
         Arc::new(XdsState {
             snapshots,
             translator: Translator::default(),
             proxies: ProxyRegistry::default(),
             metrics,
+            client_trust_domain,
         })
+    }
+
+    /// The gateway a stream's client certificate names, when mutual TLS is required.
+    fn certified<T>(&self, request: &Request<T>) -> Result<Option<ObjectKey>, IdentityError> {
+        let Some(trust_domain) = &self.client_trust_domain else {
+            return Ok(None);
+        };
+        let chain = request.peer_certs();
+        let chain = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
+        certified_gateway(chain, trust_domain).map(Some)
     }
 
     /// What the proxies connected to this process acknowledged, per AccessPoint generation.
@@ -207,6 +230,8 @@ trait Session: Send + 'static {
     const MODE: &'static str;
     fn create(config: Arc<GatewayConfig>) -> Self;
     fn node(req: &Self::Req) -> Option<&Node>;
+    /// Names of secrets (SDS) the request subscribes to.
+    fn secrets_requested(req: &Self::Req) -> &[String];
     fn response_type(resp: &Self::Resp) -> &str;
     fn on_request(&mut self, req: &Self::Req) -> Result<Vec<Self::Resp>, String>;
     fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<Self::Resp>;
@@ -223,6 +248,13 @@ impl Session for SotwSession {
     }
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn secrets_requested(req: &Self::Req) -> &[String] {
+        if ResourceType::from_type_url(&req.type_url) == Some(ResourceType::Secret) {
+            &req.resource_names
+        } else {
+            &[]
+        }
     }
     fn response_type(resp: &Self::Resp) -> &str {
         &resp.type_url
@@ -250,6 +282,13 @@ impl Session for DeltaSession {
     }
     fn node(req: &Self::Req) -> Option<&Node> {
         req.node.as_ref()
+    }
+    fn secrets_requested(req: &Self::Req) -> &[String] {
+        if ResourceType::from_type_url(&req.type_url) == Some(ResourceType::Secret) {
+            &req.resource_names_subscribe
+        } else {
+            &[]
+        }
     }
     fn response_type(resp: &Self::Resp) -> &str {
         &resp.type_url
@@ -279,8 +318,13 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let certified = self
+            .state
+            .certified(&request)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         Ok(Response::new(spawn_stream::<SotwSession>(
             self.state.clone(),
+            certified,
             request.into_inner(),
         )))
     }
@@ -289,25 +333,52 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let certified = self
+            .state
+            .certified(&request)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
         Ok(Response::new(spawn_stream::<DeltaSession>(
             self.state.clone(),
+            certified,
             request.into_inner(),
         )))
     }
 }
 
-fn spawn_stream<S: Session>(state: Arc<XdsState>, incoming: Streaming<S::Req>) -> BoxStream<S::Resp>
+fn spawn_stream<S: Session>(
+    state: Arc<XdsState>,
+    certified: Option<ObjectKey>,
+    incoming: Streaming<S::Req>,
+) -> BoxStream<S::Resp>
 where
     S::Req: prost::Message + Default,
 {
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
-        if let Err(status) = run_stream::<S>(&state, incoming, &tx).await {
+        if let Err(status) = run_stream::<S>(&state, certified.as_ref(), incoming, &tx).await {
             tracing::warn!(code = ?status.code(), message = status.message(), "ADS stream ended with error");
             let _ = tx.send(Err(status)).await;
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// Logs and counts requests for secrets this gateway's listeners do not reference (once per
+/// name and stream). Nothing is served for them: a gateway's config holds only its own.
+fn deny_foreign_secrets<S: Session>(
+    state: &XdsState,
+    req: &S::Req,
+    translation: &Translation,
+    node_id: &str,
+    identity: &GatewayIdentity,
+    denied: &mut BTreeSet<String>,
+) {
+    for name in S::secrets_requested(req) {
+        if !translation.secret_names.contains(name) && denied.insert(name.clone()) {
+            state.metrics.sds_denied.inc();
+            tracing::warn!(node = %node_id, gateway = %identity.gateway, secret = %name, "SDS request for a secret this gateway does not reference; nothing served");
+        }
+    }
 }
 
 /// Removes the proxy from the registry when the stream ends, however it ends.
@@ -330,6 +401,7 @@ impl Drop for Registration<'_> {
 
 async fn run_stream<S: Session>(
     state: &XdsState,
+    certified: Option<&ObjectKey>,
     mut incoming: Streaming<S::Req>,
     tx: &mpsc::Sender<Result<S::Resp, Status>>,
 ) -> Result<(), Status>
@@ -340,8 +412,10 @@ where
         return Ok(());
     };
     let node = S::node(&first).cloned();
-    let identity =
-        identity_of(node.as_ref()).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let identity = verified_identity(node.as_ref(), certified).map_err(|e| match e {
+        IdentityError::Mismatch { .. } => Status::permission_denied(e.to_string()),
+        _ => Status::invalid_argument(e.to_string()),
+    })?;
     let node_id = node.map(|n| n.id).unwrap_or_default();
     let mut snapshots = state.snapshots.clone();
     // Generation 0 is "nothing loaded yet"; serving it would withdraw the proxy's config.
@@ -349,12 +423,10 @@ where
         return Ok(());
     }
     let mut snapshot = snapshots.borrow_and_update().clone();
-    let mut config = state
-        .translator
-        .translate(&snapshot, &identity)
-        .config
-        .clone();
+    let mut translation = state.translator.translate(&snapshot, &identity);
+    let mut config = translation.config.clone();
     let mut session = S::create(config.clone());
+    let mut denied: BTreeSet<String> = BTreeSet::new();
     let mut synced_generation = None;
 
     let id = state.proxies.next_id.fetch_add(1, Ordering::Relaxed);
@@ -377,11 +449,15 @@ where
     let mut pending = Some(first);
     loop {
         let out = if let Some(req) = pending.take() {
+            deny_foreign_secrets::<S>(state, &req, &translation, &node_id, &identity, &mut denied);
             session.on_request(&req).map_err(Status::invalid_argument)?
         } else {
             tokio::select! {
                 message = incoming.message() => match message {
-                    Ok(Some(req)) => session.on_request(&req).map_err(Status::invalid_argument)?,
+                    Ok(Some(req)) => {
+                        deny_foreign_secrets::<S>(state, &req, &translation, &node_id, &identity, &mut denied);
+                        session.on_request(&req).map_err(Status::invalid_argument)?
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(node = %node_id, %status, "ADS stream closed by peer");
@@ -394,7 +470,8 @@ where
                     }
                     snapshot = snapshots.borrow_and_update().clone();
                     let started = Instant::now();
-                    config = state.translator.translate(&snapshot, &identity).config.clone();
+                    translation = state.translator.translate(&snapshot, &identity);
+                    config = translation.config.clone();
                     let out = session.on_config(config.clone());
                     state.metrics.push_seconds.observe(started.elapsed().as_secs_f64());
                     if !out.is_empty() {

@@ -58,17 +58,26 @@ impl Envoy {
         delta: bool,
         placement: Option<(&str, &str)>,
     ) -> Envoy {
-        let admin_port = free_port();
-        let config = bootstrap(&BootstrapOptions {
-            node_id: node_id.into(),
-            gateway: gateway.into(),
-            cluster: placement.map(|p| p.0.to_owned()),
-            zone: placement.map(|p| p.1.to_owned()),
-            xds_host: "127.0.0.1".into(),
-            xds_port,
-            delta,
-            admin_port,
-        });
+        Envoy::launch(
+            dir,
+            BootstrapOptions {
+                node_id: node_id.into(),
+                gateway: gateway.into(),
+                cluster: placement.map(|p| p.0.to_owned()),
+                zone: placement.map(|p| p.1.to_owned()),
+                xds_host: "127.0.0.1".into(),
+                xds_port,
+                delta,
+                admin_port: free_port(),
+                tls: None,
+            },
+        )
+    }
+
+    /// An Envoy started from these bootstrap options.
+    pub fn launch(dir: &Path, options: BootstrapOptions) -> Envoy {
+        let (node_id, admin_port) = (options.node_id.clone(), options.admin_port);
+        let config = bootstrap(&options);
         let bootstrap_path = dir.join(format!("{node_id}.json"));
         std::fs::write(&bootstrap_path, serde_json::to_vec(&config).unwrap()).unwrap();
         let log = dir.join(format!("{node_id}.log"));
@@ -144,6 +153,8 @@ pub async fn start_meridian(config_dir: &Path, state_dir: &Path, xds_port: u16) 
         xds_addr: SocketAddr::from(([127, 0, 0, 1], xds_port)),
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         export: Default::default(),
+        certs: Default::default(),
+        xds_tls: Default::default(),
     })
     .await
     .expect("meridian starts")

@@ -10,6 +10,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 
+use crate::certs::manager::IssuedSecrets;
 use crate::core::model::{InputObject, Kind, ObjectKey};
 pub use scope::{Scope, Watched};
 
@@ -30,6 +31,14 @@ pub enum Update {
     RelistDone(Watched),
     /// A member cluster was disconnected: drop what was read from it.
     MemberGone(String),
+    /// The certificate manager's current set of issued certificates.
+    Issued(IssuedSecrets),
+}
+
+impl From<IssuedSecrets> for Update {
+    fn from(issued: IssuedSecrets) -> Update {
+        Update::Issued(issued)
+    }
 }
 
 impl Scope {
@@ -43,6 +52,7 @@ impl Scope {
             Update::RelistStarted(watched) => self.begin_relist(watched),
             Update::RelistDone(watched) => self.end_relist(index, watched),
             Update::MemberGone(cluster) => self.drop_member(index, &cluster),
+            Update::Issued(issued) => index.set_issued(issued),
         }
     }
 }

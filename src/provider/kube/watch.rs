@@ -9,7 +9,7 @@ use std::fmt::Debug;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
@@ -23,6 +23,7 @@ use super::endpoint_slice::from_v1beta1;
 use super::{Update, Watched};
 use crate::api::{AccessPoint, MemberCluster, NameService};
 use crate::core::model::{InputObject, Kind, ObjectKey, CLUSTER_LABEL};
+use crate::core::tls::TlsSecret;
 
 /// Starts a watch task per kind; each sends its updates to `tx` until `tx` closes.
 pub async fn spawn_all(
@@ -69,6 +70,15 @@ pub async fn spawn_all(
                 svc.status = None;
                 Ok(InputObject::Service(svc))
             },
+        ),
+        // Only TLS Secrets: the material Gateway servers name in `credentialName`.
+        spawn_with(
+            Watched::Object(Kind::Secret),
+            Kind::Secret,
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().fields("type=kubernetes.io/tls"),
+            tx.clone(),
+            |secret| Ok(InputObject::Secret(TlsSecret::from(secret))),
         ),
         tokio::spawn(forward(
             Watched::Namespace,
@@ -202,7 +212,28 @@ fn spawn<K>(
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    spawn_with(
+        watched,
+        model_kind,
+        api,
+        watcher::Config::default(),
+        tx,
+        decode,
+    )
+}
+
+fn spawn_with<K>(
+    watched: Watched,
+    model_kind: Kind,
+    api: Api<K>,
+    config: watcher::Config,
+    tx: mpsc::Sender<Update>,
+    decode: impl Fn(K) -> Result<InputObject, serde_json::Error> + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let stream = watcher(api, config).default_backoff();
     let decoded = move |object: K| {
         let key = key_of(object.meta());
         decode(object)
