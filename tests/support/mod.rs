@@ -10,6 +10,7 @@ use meridian::bootstrap::{bootstrap, BootstrapOptions};
 use meridian::standalone::{self, Running, StandaloneOptions};
 
 pub mod kube;
+pub mod tls;
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
@@ -147,7 +148,14 @@ impl Drop for Backend {
 }
 
 pub async fn start_meridian(config_dir: &Path, state_dir: &Path, xds_port: u16) -> Running {
-    standalone::start(StandaloneOptions {
+    standalone::start(meridian_options(config_dir, state_dir, xds_port))
+        .await
+        .expect("meridian starts")
+}
+
+/// The options [`start_meridian`] uses, to adjust before `standalone::start`.
+pub fn meridian_options(config_dir: &Path, state_dir: &Path, xds_port: u16) -> StandaloneOptions {
+    StandaloneOptions {
         config_dir: config_dir.to_path_buf(),
         state_dir: Some(state_dir.to_path_buf()),
         xds_addr: SocketAddr::from(([127, 0, 0, 1], xds_port)),
@@ -155,9 +163,7 @@ pub async fn start_meridian(config_dir: &Path, state_dir: &Path, xds_port: u16) 
         export: Default::default(),
         certs: Default::default(),
         xds_tls: Default::default(),
-    })
-    .await
-    .expect("meridian starts")
+    }
 }
 
 pub fn client() -> reqwest::Client {

@@ -1,0 +1,587 @@
+//! TLS end to end with a real Envoy 1.40: certificates Meridian issues and rotates over SDS,
+//! MUTUAL servers, user-provided Secrets, a CA that survives restarts, and ADS over mutual TLS
+//! where a gateway can fetch only its own secrets.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian::bootstrap::{BootstrapOptions, ClientTls};
+use meridian::certs::{self, CertOptions};
+use meridian::standalone::Running;
+use support::tls::TlsClient;
+use support::*;
+
+const HOST: &str = "shop.example.test";
+
+/// An AccessPoint with HTTPS servers on `port`: `shop` (embedded, SIMPLE), `partners`
+/// (embedded, MUTUAL) and `byo` (SIMPLE with the user Secret `byo-cert`).
+fn manifest(port: u16, backend: u16) -> String {
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: public, namespace: edge}}
+      spec:
+        servers:
+        - port: {{number: {port}, protocol: HTTPS}}
+          bind: 127.0.0.1
+          hosts: ["*/{HOST}"]
+          tls: {{mode: SIMPLE}}
+        - port: {{number: {port}, protocol: HTTPS}}
+          bind: 127.0.0.1
+          hosts: ["*/partners.example.test"]
+          tls: {{mode: MUTUAL}}
+        - port: {{number: {port}, protocol: HTTPS}}
+          bind: 127.0.0.1
+          hosts: ["*/byo.example.test"]
+          tls: {{mode: SIMPLE, credentialName: byo-cert}}
+    virtualServices:
+    - metadata: {{name: shop}}
+      spec:
+        hosts: [{HOST}, partners.example.test, byo.example.test]
+        gateways: [edge/public]
+        http:
+        - route: [{{destination: {{host: alpha}}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: alpha, namespace: shop}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: alpha-1, namespace: shop, labels: {{kubernetes.io/service-name: alpha}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{name: http, port: {backend}}}]
+"#
+    )
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    _backend: Backend,
+    port: u16,
+    xds_port: u16,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let backend = Backend::start("alpha").await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let f = Fixture {
+            dir,
+            port: free_port(),
+            xds_port: free_port(),
+            _backend: backend,
+        };
+        std::fs::write(
+            f.config_dir().join("shop.yaml"),
+            manifest(f.port, f._backend.port),
+        )
+        .unwrap();
+        f
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.path().join("config")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.state_dir().join("ca").join("ca.crt")
+    }
+
+    fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.ca_file()).unwrap()
+    }
+
+    async fn start(&self, certs: CertOptions, mtls: bool) -> Running {
+        let mut options = meridian_options(&self.config_dir(), &self.state_dir(), self.xds_port);
+        options.certs = certs;
+        options.xds_tls.xds_mtls = mtls;
+        meridian::standalone::start(options)
+            .await
+            .expect("meridian starts")
+    }
+
+    /// `curl --cacert <Meridian's CA>` with SNI `host`, plus `extra` arguments.
+    fn curl(&self, host: &str, extra: &[&str]) -> Result<String, String> {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(self.ca_file())
+            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)])
+            .args(extra)
+            .arg(format!("https://{host}:{}/", self.port))
+            .output()
+            .expect("curl runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    }
+}
+
+fn short_lived() -> CertOptions {
+    CertOptions {
+        cert_lifetime: Duration::from_secs(6),
+        cert_renew_fraction: 0.5,
+        ..CertOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_certificates_verify_and_rotate_without_dropping_connections() {
+    let f = Fixture::new().await;
+    let meridian = f.start(short_lived(), false).await;
+    let _envoy = Envoy::start(f.path(), "gw-tls", "edge/public", f.xds_port, true);
+
+    eventually(Duration::from_secs(30), "HTTPS through Envoy", || async {
+        f.curl(HOST, &[]).as_deref() == Ok("alpha")
+    })
+    .await;
+
+    // A long-lived keep-alive connection and a loop of fresh connections, across rotations.
+    let client = TlsClient::trusting(&f.ca_pem());
+    let mut kept = client
+        .connect(f.port, HOST)
+        .await
+        .expect("handshake verifies");
+    let first_serial = kept.serial.clone();
+    let serials = Arc::new(std::sync::Mutex::new(BTreeSet::from(
+        [first_serial.clone()],
+    )));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let fresh_requests = Arc::new(AtomicUsize::new(0));
+    let fresh_loop = {
+        let (serials, failures, fresh_requests) =
+            (serials.clone(), failures.clone(), fresh_requests.clone());
+        let client = TlsClient::trusting(&f.ca_pem());
+        let port = f.port;
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                match client.connect(port, HOST).await {
+                    Ok(mut conn) => {
+                        serials.lock().unwrap().insert(conn.serial.clone());
+                        match conn.get("/").await {
+                            Ok((200, body)) if body == "alpha" => {}
+                            other => {
+                                eprintln!("fresh connection request: {other:?}");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("fresh connection: {error}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                fresh_requests.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut kept_requests = 0;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        let answer = kept.get("/").await;
+        assert!(
+            matches!(&answer, Ok((200, body)) if body == "alpha"),
+            "request {kept_requests} on the kept-alive connection: {answer:?}"
+        );
+        kept_requests += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fresh_loop.await.unwrap();
+    let serials = serials.lock().unwrap().clone();
+    println!(
+        "rotation: {} serials seen in 8 s (lifetime 6 s, renewed at 3 s); {kept_requests} requests on one kept-alive connection, {} on fresh connections, {} failures",
+        serials.len(),
+        fresh_requests.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
+    assert!(
+        serials.len() >= 2,
+        "the served certificate changed: {serials:?}"
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+
+    // Metrics count the rotations.
+    let metrics = client_metrics(&meridian).await;
+    let rotations = metric(&metrics, "meridian_certs_issued_total{reason=\"rotate\"}");
+    assert!(rotations >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "meridian_certs_held") >= 2.0, "{metrics}");
+    meridian.shutdown().await.unwrap();
+}
+
+async fn client_metrics(running: &Running) -> String {
+    client()
+        .get(format!("http://{}/metrics", running.admin_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_needs_a_client_certificate_and_user_secrets_are_served() {
+    let f = Fixture::new().await;
+    // The user's own CA and certificate for byo.example.test, as a kubernetes.io/tls Secret.
+    let byo_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut byo_ca = rcgen::CertificateParams::default();
+    byo_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    byo_ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    byo_ca.distinguished_name = rcgen::DistinguishedName::new();
+    byo_ca
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "byo root");
+    let byo_ca_pem = byo_ca.self_signed(&byo_ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(byo_ca, byo_ca_key);
+    let byo_key = rcgen::KeyPair::generate().unwrap();
+    let byo_cert = rcgen::CertificateParams::new(vec!["byo.example.test".to_owned()])
+        .unwrap()
+        .signed_by(&byo_key, &issuer)
+        .unwrap();
+    let indent = |pem: &str| pem.replace('\n', "\n    ");
+    std::fs::write(
+        f.config_dir().join("byo.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: byo-cert, namespace: edge}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
+            indent(&byo_cert.pem()),
+            indent(&byo_key.serialize_pem())
+        ),
+    )
+    .unwrap();
+    let meridian = f.start(CertOptions::default(), false).await;
+    let _envoy = Envoy::start(f.path(), "gw-mutual", "edge/public", f.xds_port, false);
+    eventually(Duration::from_secs(30), "HTTPS through Envoy", || async {
+        f.curl(HOST, &[]).as_deref() == Ok("alpha")
+    })
+    .await;
+
+    // MUTUAL: refused without a client certificate, served with one from Meridian's CA.
+    let refused = f.curl("partners.example.test", &[]);
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    let client_dir = f.path().join("client");
+    let (cert, key, _) = certs::write_client_credentials(
+        &ca,
+        &CertOptions::default(),
+        ("shop", "tester"),
+        &client_dir,
+    )
+    .unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    assert_eq!(
+        f.curl("partners.example.test", &["--cert", &cert, "--key", &key]),
+        Ok("alpha".to_owned())
+    );
+
+    // credentialName: the user's certificate, verified against the user's CA.
+    let byo_ca_file = f.path().join("byo-ca.crt");
+    std::fs::write(&byo_ca_file, &byo_ca_pem).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(&byo_ca_file)
+        .args([
+            "--resolve",
+            &format!("byo.example.test:{}:127.0.0.1", f.port),
+        ])
+        .arg(format!("https://byo.example.test:{}/", f.port))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alpha",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    meridian.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_survives_a_restart_and_earlier_certificates_still_verify() {
+    let f = Fixture::new().await;
+    let meridian = f.start(CertOptions::default(), false).await;
+    let _envoy = Envoy::start(f.path(), "gw-restart", "edge/public", f.xds_port, true);
+    let client = TlsClient::trusting(&f.ca_pem());
+    let before = connect_until(&client, f.port, |_| true).await;
+    let ca_before = f.ca_pem();
+    meridian.shutdown().await.unwrap();
+
+    let meridian = f.start(CertOptions::default(), false).await;
+    assert_eq!(f.ca_pem(), ca_before, "the same CA after a restart");
+    // The restarted Meridian issues a new certificate; both verify against the one CA.
+    let client = TlsClient::trusting(&f.ca_pem());
+    let after = connect_until(&client, f.port, |c| c.serial != before.serial).await;
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    for leaf in [&before.leaf_pem, &after.leaf_pem] {
+        assert!(signed_by(leaf, ca.trust_pem()), "{leaf}");
+    }
+    meridian.shutdown().await.unwrap();
+}
+
+/// The first verified connection to `port` that `wanted` accepts (30 s at most).
+async fn connect_until(
+    client: &TlsClient,
+    port: u16,
+    wanted: impl Fn(&support::tls::TlsConn) -> bool,
+) -> support::tls::TlsConn {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(conn) = client.connect(port, HOST).await {
+            if wanted(&conn) {
+                return conn;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no wanted TLS connection to port {port} within 30 s");
+}
+
+fn signed_by(leaf_pem: &str, ca_pem: &str) -> bool {
+    let leaf = x509_parser::pem::parse_x509_pem(leaf_pem.as_bytes())
+        .unwrap()
+        .1;
+    let ca = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+        .unwrap()
+        .1;
+    let (leaf, ca) = (leaf.parse_x509().unwrap(), ca.parse_x509().unwrap());
+    leaf.verify_signature(Some(ca.public_key())).is_ok()
+}
+
+/// Envoy over mutual TLS with a client certificate for `gateway`.
+fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    let (ns, name) = gateway.split_once('/').unwrap();
+    let dir = f.path().join(node);
+    let (cert, key, ca_file) =
+        certs::write_client_credentials(&ca, &CertOptions::default(), (ns, name), &dir).unwrap();
+    Envoy::launch(
+        f.path(),
+        BootstrapOptions {
+            node_id: node.into(),
+            gateway: gateway.into(),
+            cluster: None,
+            zone: None,
+            xds_host: "127.0.0.1".into(),
+            xds_port: f.xds_port,
+            delta: false,
+            admin_port: free_port(),
+            tls: Some(ClientTls {
+                cert_file: cert.display().to_string(),
+                key_file: key.display().to_string(),
+                ca_file: ca_file.display().to_string(),
+                server_identity: certs::xds_server_id("meridian.local"),
+            }),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_a_gateway_gets_only_its_own_secrets() {
+    use meridian::core::tls::EMBEDDED_PREFIX;
+    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    let f = Fixture::new().await;
+    let meridian = f.start(CertOptions::default(), true).await;
+
+    // A real Envoy with the public gateway's certificate is served, HTTPS works.
+    let _envoy = envoy_over_mtls(&f, "gw-mtls", "edge/public");
+    eventually(
+        Duration::from_secs(30),
+        "HTTPS through an Envoy on mTLS ADS",
+        || async { f.curl(HOST, &[]).as_deref() == Ok("alpha") },
+    )
+    .await;
+
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    let ca_pem = ca.trust_pem().to_owned();
+    let client_for = |gateway: (&str, &str)| {
+        let dir = f.path().join(format!("client-{}", gateway.1));
+        let (cert, key, _) =
+            certs::write_client_credentials(&ca, &CertOptions::default(), gateway, &dir).unwrap();
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        );
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+            .identity(identity)
+            .domain_name("localhost")
+    };
+    let connect = |tls: Option<tonic::transport::ClientTlsConfig>| {
+        let port = f.xds_port;
+        async move {
+            let mut endpoint =
+                tonic::transport::Endpoint::from_shared(format!("https://localhost:{port}"))
+                    .unwrap();
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls_config(tls).unwrap();
+            }
+            endpoint
+                .connect()
+                .await
+                .map(AggregatedDiscoveryServiceClient::new)
+        }
+    };
+
+    // The public gateway's certificate name, as its own proxy was served it.
+    let public_secret = {
+        let mut client = connect(Some(client_for(("edge", "public")))).await.unwrap();
+        let responses = ask(&mut client, "edge/public", LDS, &[]).await.unwrap();
+        let listeners = format!("{responses:?}");
+        let start = listeners.find(EMBEDDED_PREFIX).expect("an SDS reference");
+        let end = listeners[start..].find(['"', '\\']).unwrap() + start;
+        listeners[start..end].to_owned()
+    };
+    let mut own = connect(Some(client_for(("edge", "public")))).await.unwrap();
+    let served = ask(&mut own, "edge/public", SDS, &[&public_secret])
+        .await
+        .unwrap();
+    assert_eq!(
+        served,
+        vec![public_secret.clone()],
+        "its own secret is served"
+    );
+
+    // Another gateway's certificate: asking for the public gateway's secret yields nothing.
+    let mut other = connect(Some(client_for(("edge", "internal"))))
+        .await
+        .unwrap();
+    let served = ask(&mut other, "edge/internal", SDS, &[&public_secret])
+        .await
+        .unwrap();
+    assert!(
+        served.is_empty(),
+        "another gateway's secret was served: {served:?}"
+    );
+    let metrics = client_metrics(&meridian).await;
+    assert_eq!(
+        metric(&metrics, "meridian_sds_denied_total"),
+        1.0,
+        "{metrics}"
+    );
+
+    // ... nor by claiming to be the public gateway in its node metadata.
+    let mut liar = connect(Some(client_for(("edge", "internal"))))
+        .await
+        .unwrap();
+    let refused = ask(&mut liar, "edge/public", SDS, &[&public_secret]).await;
+    let status = refused.expect_err("a node may not claim another gateway");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    assert!(
+        status
+            .message()
+            .contains("certificate is for edge/internal"),
+        "{status}"
+    );
+
+    // Without a client certificate there is no connection at all.
+    let anonymous = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+        .domain_name("localhost");
+    let refused = match connect(Some(anonymous)).await {
+        Err(_) => true,
+        Ok(mut client) => ask(&mut client, "edge/public", SDS, &[&public_secret])
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without a certificate was served");
+    meridian.shutdown().await.unwrap();
+}
+
+const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const SDS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Opens a SotW stream as `gateway`, asks for `names` of `type_url`, and returns the names of
+/// the resources in the first response (none if no response comes within a second), or the
+/// debug form of every resource for LDS.
+async fn ask(
+    client: &mut xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    gateway: &str,
+    type_url: &str,
+    names: &[&str],
+) -> Result<Vec<String>, tonic::Status> {
+    use xds_api::pb::envoy::config::core::v3::Node;
+    use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+    let node = Node {
+        id: format!("probe-{gateway}"),
+        metadata: Some(Struct {
+            fields: [(
+                "meridian.dev/gateway".to_owned(),
+                Value {
+                    kind: Some(Kind::StringValue(gateway.to_owned())),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    let request = DiscoveryRequest {
+        node: Some(node),
+        type_url: type_url.to_owned(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request).await.unwrap();
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(1), responses.message()).await;
+    drop(tx);
+    let response = match first {
+        Err(_) => return Ok(Vec::new()),
+        Ok(message) => match message? {
+            Some(response) => response,
+            None => return Ok(Vec::new()),
+        },
+    };
+    Ok(response
+        .resources
+        .iter()
+        .map(|any| {
+            let json = meridian::core::json::any_to_json(any).unwrap();
+            if type_url == LDS {
+                json.to_string()
+            } else {
+                json["name"].as_str().unwrap_or_default().to_owned()
+            }
+        })
+        .collect())
+}

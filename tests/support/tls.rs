@@ -1,0 +1,123 @@
+//! A TLS client that shows what a gateway presents: the verified chain's leaf serial, and
+//! HTTP/1.1 requests over one kept-alive connection.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn provider() -> Arc<tokio_rustls::rustls::crypto::CryptoProvider> {
+    Arc::new(tokio_rustls::rustls::crypto::ring::default_provider())
+}
+
+/// Verifies servers against `ca_pem` (and the SNI name), optionally presenting a client cert.
+pub struct TlsClient {
+    connector: TlsConnector,
+}
+
+impl TlsClient {
+    pub fn trusting(ca_pem: &str) -> TlsClient {
+        TlsClient::build(ca_pem, None)
+    }
+
+    pub fn with_client_cert(ca_pem: &str, cert_pem: &str, key_pem: &str) -> TlsClient {
+        TlsClient::build(ca_pem, Some((cert_pem, key_pem)))
+    }
+
+    fn build(ca_pem: &str, client: Option<(&str, &str)>) -> TlsClient {
+        let mut roots = RootCertStore::empty();
+        for cert in certs(ca_pem) {
+            roots.add(cert).unwrap();
+        }
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let key: PrivateKeyDer = rustls_pemfile::private_key(&mut key.as_bytes())
+                    .unwrap()
+                    .expect("a private key");
+                builder.with_client_auth_cert(certs(cert), key).unwrap()
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+        }
+    }
+
+    /// Connects to 127.0.0.1:`port` with SNI `host`; fails unless the chain verifies.
+    pub async fn connect(&self, port: u16, host: &str) -> std::io::Result<TlsConn> {
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = ServerName::try_from(host.to_owned()).unwrap();
+        let stream = self.connector.connect(name, tcp).await?;
+        let leaf = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .expect("the server presented a certificate");
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+        let serial = parsed.raw_serial_as_string().replace(':', "");
+        let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
+        Ok(TlsConn {
+            stream,
+            host: host.to_owned(),
+            serial,
+            leaf_pem,
+        })
+    }
+}
+
+/// One verified TLS connection.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    host: String,
+    /// Serial of the leaf certificate presented, lowercase hex.
+    pub serial: String,
+    pub leaf_pem: String,
+}
+
+impl TlsConn {
+    /// `GET path` on this connection, kept alive; returns (status, body).
+    pub async fn get(&mut self, path: &str) -> std::io::Result<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        self.stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if self.stream.read(&mut byte).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8_lossy(&body).to_string()))
+    }
+}
