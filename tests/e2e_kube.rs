@@ -387,3 +387,144 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
         Ok("web")
     );
 }
+
+/// `curl` over HTTPS to `host` on loopback `port`, trusting `ca_file`.
+fn curl_https(ca_file: &Path, host: &str, port: u16) -> Result<String, String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca_file)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("curl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_uses_the_ca_secret_and_credential_secrets() {
+    let cluster = KubeCluster::start();
+    let work = tempfile::tempdir().unwrap();
+    let backend = Backend::start("web").await;
+    install(&cluster, backend.port);
+    let controller = Controller::start(
+        &cluster.controller_kubeconfig,
+        work.path(),
+        "replica-a",
+        &[],
+    );
+    let gateway_port = support::free_port();
+    let _envoy = Envoy::start(
+        work.path(),
+        "gw-tls",
+        "shop/public",
+        controller.xds_port,
+        true,
+    );
+
+    // The operator's own certificate for byo.example.test, from their own CA.
+    let user_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut user_ca = rcgen::CertificateParams::default();
+    user_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    user_ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    user_ca.distinguished_name = rcgen::DistinguishedName::new();
+    user_ca
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "user root");
+    let user_ca_pem = user_ca.self_signed(&user_ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(user_ca, user_ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["byo.example.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    cluster.apply_ok(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: byo, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
+        indent(&cert.pem()),
+        indent(&key.serialize_pem())
+    ));
+    cluster.apply_ok(&format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: secure, namespace: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: public}}
+      spec:
+        servers:
+        - {{port: {{number: {gateway_port}, protocol: HTTPS}}, hosts: [secure.example.test], tls: {{mode: SIMPLE}}}}
+        - {{port: {{number: {gateway_port}, protocol: HTTPS}}, hosts: [byo.example.test], tls: {{mode: SIMPLE, credentialName: byo}}}}
+    virtualServices:
+    - metadata: {{name: secure}}
+      spec:
+        hosts: [secure.example.test, byo.example.test]
+        gateways: [public]
+        http: [{{route: [{{destination: {{host: web, port: {{number: 80}}}}}}]}}]
+"#
+    ));
+
+    // Meridian's CA lives in a Secret the first replica created.
+    let ca_json = cluster.kubectl_ok(&[
+        "get",
+        "secret",
+        "meridian-ca",
+        "-n",
+        "meridian-system",
+        "-o",
+        "json",
+    ]);
+    let ca_secret: k8s_openapi::api::core::v1::Secret = serde_json::from_str(&ca_json).unwrap();
+    assert_eq!(ca_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let ca_file = work.path().join("meridian-ca.crt");
+    std::fs::write(&ca_file, &ca_secret.data.as_ref().unwrap()["tls.crt"].0).unwrap();
+    let user_ca_file = work.path().join("user-ca.crt");
+    std::fs::write(&user_ca_file, &user_ca_pem).unwrap();
+
+    eventually(WAIT, "HTTPS with Meridian's certificate", || async {
+        curl_https(&ca_file, "secure.example.test", gateway_port).as_deref() == Ok("web")
+    })
+    .await;
+    eventually(WAIT, "HTTPS with the user's certificate", || async {
+        curl_https(&user_ca_file, "byo.example.test", gateway_port).as_deref() == Ok("web")
+    })
+    .await;
+    let status =
+        |path: &str| cluster.jsonpath(&["get", "accesspoint", "secure", "-n", "shop"], path);
+    eventually(WAIT, "certificates in status", || async {
+        status("{.status.clusters[0].certificates[*].serial}")
+            .split_whitespace()
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(
+        status("{.status.clusters[0].certificates[*].source}"),
+        "embedded secret"
+    );
+
+    // The Secret goes away: its server is withdrawn and reported; the other keeps serving.
+    cluster.kubectl_ok(&["delete", "secret", "byo", "-n", "shop"]);
+    eventually(WAIT, "ResolvedRefs=False naming the credential", || async {
+        condition(&cluster, "secure", "ResolvedRefs", "reason") == "InvalidCertificateRef"
+    })
+    .await;
+    let message = condition(&cluster, "secure", "ResolvedRefs", "message");
+    assert!(
+        message.contains("spec.template.gateways[0].spec.servers[1].tls.credentialName: Secret shop/byo does not exist"),
+        "{message}"
+    );
+    eventually(WAIT, "the byo server withdrawn", || async {
+        curl_https(&user_ca_file, "byo.example.test", gateway_port).is_err()
+    })
+    .await;
+    assert_eq!(
+        curl_https(&ca_file, "secure.example.test", gateway_port).as_deref(),
+        Ok("web")
+    );
+}

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::expand::{cluster_view, ClusterView, Expanded};
 use super::model::{Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
+use super::tls::TlsServer;
 use super::translate::{
     bound_domains, gateway_ports, host_owners, resolve_host, serves, GatewayPort, ServiceRegistry,
 };
@@ -29,6 +30,8 @@ pub enum RefKind {
     HostConflict,
     /// `virtualServices[].spec.http[].route[].destination`.
     Backend,
+    /// `gateways[].spec.servers[].tls.credentialName`: a Secret missing or unusable.
+    Credential,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,6 +144,29 @@ impl<'m> ClusterRefs<'m> {
                 message,
             })
         };
+        for gateway in view.gateways.iter().filter(|g| g.origin == origin) {
+            for (s, server) in gateway.spec.servers.iter().enumerate() {
+                let Some(tls) = TlsServer::of(&gateway.key, server) else {
+                    continue;
+                };
+                if tls.is_embedded() {
+                    continue;
+                }
+                let error = tls
+                    .secret_names()
+                    .find_map(|name| view.tls.resolve(name).err());
+                if let Some(error) = error {
+                    push(
+                        RefKind::Credential,
+                        format!(
+                            "spec.template.gateways[{}].spec.servers[{s}].tls.credentialName",
+                            gateway.index
+                        ),
+                        format!("{error} in cluster {}", view.cluster),
+                    );
+                }
+            }
+        }
         for vs in self.virtual_services_of(origin) {
             let base = format!("spec.template.virtualServices[{}].spec", vs.index);
             for (i, name) in vs.spec.gateways.iter().enumerate() {

@@ -269,6 +269,7 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
     };
     let missing_gateways = describe(RefKind::Gateway);
     let missing_backends = describe(RefKind::Backend);
+    let missing_credentials = describe(RefKind::Credential);
 
     let conflicts = describe(RefKind::HostConflict);
     let failed_overrides: Vec<String> = clusters
@@ -294,24 +295,7 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
     } else {
         Draft::new(ACCEPTED, false, reason, problems.join("; "))
     };
-    let resolved = if missing_backends.is_empty() {
-        Draft::new(
-            RESOLVED_REFS,
-            true,
-            "ResolvedRefs",
-            "every route destination resolves".to_owned(),
-        )
-    } else {
-        Draft::new(
-            RESOLVED_REFS,
-            false,
-            "BackendNotFound",
-            format!(
-                "{} (served as 503 until it resolves)",
-                missing_backends.join("; ")
-            ),
-        )
-    };
+    let resolved = resolved_refs(&missing_backends, &missing_credentials);
     let programmed = programmed(input.key, clusters, &serving, generation);
     let mut drafts = vec![accepted, resolved, programmed];
     let writes: Vec<(&String, &MemberWrite)> = clusters
@@ -338,6 +322,38 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
         });
     }
     (drafts, statuses)
+}
+
+/// `ResolvedRefs`: route destinations (served as 503 while missing) and TLS Secrets (their
+/// server is left out while missing).
+fn resolved_refs(missing_backends: &[String], missing_credentials: &[String]) -> Draft {
+    if missing_backends.is_empty() && missing_credentials.is_empty() {
+        return Draft::new(
+            RESOLVED_REFS,
+            true,
+            "ResolvedRefs",
+            "every route destination and TLS credential resolves".to_owned(),
+        );
+    }
+    let mut parts = Vec::new();
+    if !missing_backends.is_empty() {
+        parts.push(format!(
+            "{} (served as 503 until it resolves)",
+            missing_backends.join("; ")
+        ));
+    }
+    if !missing_credentials.is_empty() {
+        parts.push(format!(
+            "{} (that TLS server is not served until it resolves)",
+            missing_credentials.join("; ")
+        ));
+    }
+    let reason = if missing_backends.is_empty() {
+        "InvalidCertificateRef"
+    } else {
+        "BackendNotFound"
+    };
+    Draft::new(RESOLVED_REFS, false, reason, parts.join("; "))
 }
 
 fn programmed(

@@ -64,6 +64,38 @@ pub struct KubeCluster {
     pub admin_kubeconfig: PathBuf,
     /// Authenticates as the controller's service account (RBAC applies).
     pub controller_kubeconfig: PathBuf,
+    /// Released last: lets the next test's cluster start.
+    _slot: Option<Slot>,
+}
+
+/// At most this many single-cluster tests of one binary run at once: more apiservers than
+/// that do not become ready in time on a 2-core machine.
+const CONCURRENT_CLUSTERS: usize = 2;
+
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One of the [`CONCURRENT_CLUSTERS`] slots, held while a cluster runs.
+pub struct Slot;
+
+impl Slot {
+    fn acquire() -> Slot {
+        let (count, freed) = &RUNNING;
+        let mut running = count.lock().unwrap_or_else(|p| p.into_inner());
+        while *running >= CONCURRENT_CLUSTERS {
+            running = freed.wait(running).unwrap_or_else(|p| p.into_inner());
+        }
+        *running += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &RUNNING;
+        *count.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        freed.notify_one();
+    }
 }
 
 /// The kube-apiserver, etcd and kubectl binaries.
@@ -86,8 +118,11 @@ pub fn assets() -> PathBuf {
 impl KubeCluster {
     /// A cluster with its own etcd.
     pub fn start() -> KubeCluster {
+        let slot = Slot::acquire();
         let etcd = Arc::new(Etcd::start(&assets()));
-        KubeCluster::start_on(etcd, "meridian-e2e")
+        let mut cluster = KubeCluster::start_on(etcd, "meridian-e2e");
+        cluster._slot = Some(slot);
+        cluster
     }
 
     /// A cluster storing into a shared etcd under `/prefix`, as several "clusters" of one test do.
@@ -162,6 +197,7 @@ impl KubeCluster {
             apiserver_args,
             _etcd: etcd,
             port,
+            _slot: None,
         };
         cluster.start_apiserver();
         cluster

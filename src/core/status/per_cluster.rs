@@ -1,11 +1,12 @@
 //! The per-cluster part of an AccessPoint's status, kept compact for large fleets.
 
 use super::{GatewayAck, MemberWrite};
-use crate::api::access_point::ClusterStatus;
+use crate::api::access_point::{CertificateStatus, ClusterStatus};
 use crate::api::LOCAL_CLUSTER;
 use crate::core::expand::ClusterView;
 use crate::core::model::{Model, ObjectKey};
 use crate::core::refs::UnresolvedRef;
+use crate::core::tls::TlsServer;
 use crate::core::translate::CLUSTER_LABEL;
 
 /// Above this many placed clusters only the ones that are not ready are listed.
@@ -58,7 +59,52 @@ pub fn cluster_status(
         endpoints: ready_endpoints(model, view, key, facts.name) as i32,
         applied: facts.applied.map(|w| *w == MemberWrite::Applied),
         message,
+        certificates: certificates(view, key),
     }
+}
+
+/// The certificate behind each TLS server `key` declares in this cluster's view.
+fn certificates(view: &ClusterView<'_>, key: &ObjectKey) -> Vec<CertificateStatus> {
+    let mut out: Vec<CertificateStatus> = Vec::new();
+    for gateway in view.gateways.iter().filter(|g| g.origin == key) {
+        for server in &gateway.spec.servers {
+            let Some(tls) = TlsServer::of(&gateway.key, server) else {
+                continue;
+            };
+            if out.iter().any(|c| c.secret == tls.certificate) {
+                continue;
+            }
+            let source = if tls.is_embedded() {
+                "embedded"
+            } else {
+                "secret"
+            };
+            let mut status = CertificateStatus {
+                secret: tls.certificate.clone(),
+                source: source.to_owned(),
+                ..Default::default()
+            };
+            match view.tls.resolve(&tls.certificate) {
+                Ok(material) => {
+                    if let Some(info) = material.info() {
+                        status.issuer = Some(info.issuer.clone());
+                        status.serial = Some(info.serial.clone());
+                        status.not_after = rfc3339(info.not_after);
+                        status.dns_names = info.dns_names.clone();
+                    }
+                }
+                Err(error) => status.message = Some(error.to_string()),
+            }
+            out.push(status);
+        }
+    }
+    out
+}
+
+fn rfc3339(unix_seconds: i64) -> Option<String> {
+    let time = time::OffsetDateTime::from_unix_timestamp(unix_seconds).ok()?;
+    time.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// Ready endpoint addresses of the AccessPoint's template Service read from `cluster`.

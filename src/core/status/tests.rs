@@ -397,3 +397,76 @@ fn large_fleets_list_only_clusters_that_are_not_ready() {
     assert!(listed.iter().all(|c| !c.ready));
     assert_eq!(per_cluster::compact(fleet[..20].to_vec()).len(), 20);
 }
+
+const SHOP_TLS: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, generation: 4}
+spec:
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{name: http, port: 80}]}
+    gateways:
+    - metadata: {name: public}
+      spec:
+        servers:
+        - {port: {number: 443, protocol: HTTPS}, hosts: [shop.example.com], tls: {mode: SIMPLE}}
+        - {port: {number: 443, protocol: HTTPS}, hosts: [byo.example.com], tls: {mode: SIMPLE, credentialName: byo}}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com, byo.example.com]
+        gateways: [public]
+        http: [{route: [{destination: {host: web}}]}]
+"#;
+
+#[test]
+fn certificates_are_reported_per_cluster_and_a_missing_secret_is_a_resolved_refs_problem() {
+    use crate::core::tls::{CertInfo, PrivateKeyPem, SecretMaterial, TlsServer};
+    let mut fixture = Fixture::new(SHOP_TLS);
+    let ap = &fixture.model.access_points[&ObjectKey::new("shop", "shop")];
+    let server = &ap.spec.template.gateways[0].spec.servers[0];
+    let name = TlsServer::of(&ObjectKey::new("shop", "public"), server)
+        .unwrap()
+        .certificate;
+    fixture.model.issued.insert(
+        name.clone(),
+        std::sync::Arc::new(SecretMaterial::Certificate {
+            chain_pem: String::new(),
+            key: PrivateKeyPem::new(""),
+            info: CertInfo {
+                issuer: "O=meridian.dev, CN=Meridian root CA".into(),
+                serial: "0a1b".into(),
+                not_before: 0,
+                not_after: 86_400,
+                dns_names: vec!["shop.example.com".into()],
+            },
+        }),
+    );
+    let status = fixture
+        .proxy("public", Some(7), None)
+        .status(None, &at(100));
+    let resolved = condition(&status, RESOLVED_REFS);
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", "InvalidCertificateRef")
+    );
+    assert_eq!(
+        resolved.message,
+        "spec.template.gateways[0].spec.servers[1].tls.credentialName: Secret shop/byo does not exist in cluster local (that TLS server is not served until it resolves)"
+    );
+    let certificates = &status.clusters[0].certificates;
+    assert_eq!(certificates.len(), 2);
+    let issued = certificates.iter().find(|c| c.secret == name).unwrap();
+    assert_eq!(issued.source, "embedded");
+    assert_eq!(issued.serial.as_deref(), Some("0a1b"));
+    assert_eq!(issued.not_after.as_deref(), Some("1970-01-02T00:00:00Z"));
+    assert_eq!(issued.dns_names, ["shop.example.com"]);
+    let byo = certificates.iter().find(|c| c.source == "secret").unwrap();
+    assert_eq!(byo.secret, "secret://shop/byo");
+    assert_eq!(
+        byo.message.as_deref(),
+        Some("Secret shop/byo does not exist")
+    );
+}
