@@ -153,16 +153,23 @@ pub enum Command {
     },
     /// Show every connected proxy and its per-type sync state (SYNCED, STALE, NACKED, NOT_SENT).
     Status {
-        /// Meridian's gRPC address.
+        /// Meridian's gRPC address (`https://…` when it runs with --xds-mtls).
         #[arg(long, default_value = "http://127.0.0.1:18000")]
         server: String,
+        /// Client credentials for --xds-mtls (tls.crt, tls.key, ca.crt, as
+        /// `meridian bootstrap --cert-dir` writes them).
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
     },
-    /// Print what one connected proxy is served, as xDS JSON.
+    /// Print what one connected proxy is served, as xDS JSON (private keys redacted).
     ConfigDump {
         #[arg(long)]
         node: String,
         #[arg(long, default_value = "http://127.0.0.1:18000")]
         server: String,
+        /// Client credentials for --xds-mtls, as for `status`.
+        #[arg(long)]
+        cert_dir: Option<PathBuf>,
     },
     /// Measure translation on a synthetic fleet: load, full translation, one edit, the largest
     /// gateway configuration, and memory.
@@ -178,6 +185,13 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         endpoints: usize,
     },
+    /// Measure the embedded CA: certificates issued per second and the size of one SDS secret.
+    BenchCerts {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[arg(long, value_enum, default_value_t = crate::certs::ca::KeyType::EcdsaP256)]
+        key_type: crate::certs::ca::KeyType,
+    },
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
         /// Output directory.
@@ -189,6 +203,36 @@ pub enum Command {
         #[arg(long)]
         config_dir: PathBuf,
     },
+}
+
+/// A client of the ops API, over mutual TLS when `cert_dir` holds client credentials.
+async fn ops_client(
+    server: &str,
+    cert_dir: Option<&std::path::Path>,
+) -> anyhow::Result<OpsClient<tonic::transport::Channel>> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL"))?;
+    if let Some(dir) = cert_dir {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        use crate::certs::{CLIENT_CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                CLIENT_CA_FILE,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(CLIENT_CERT_FILE)?,
+                read(CLIENT_KEY_FILE)?,
+            ));
+        endpoint = endpoint.tls_config(tls).context("client TLS settings")?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {server}"))?;
+    Ok(OpsClient::new(channel))
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -310,10 +354,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
-        Command::Status { server } => {
-            let mut client = OpsClient::connect(server.clone())
-                .await
-                .with_context(|| format!("connecting to {server}"))?;
+        Command::Status { server, cert_dir } => {
+            let mut client = ops_client(&server, cert_dir.as_deref()).await?;
             let status = client
                 .proxy_status(ProxyStatusRequest {})
                 .await?
@@ -321,16 +363,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", render_status(&status));
             Ok(())
         }
-        Command::ConfigDump { node, server } => {
-            let mut client = OpsClient::connect(server.clone())
-                .await
-                .with_context(|| format!("connecting to {server}"))?;
+        Command::ConfigDump {
+            node,
+            server,
+            cert_dir,
+        } => {
+            let mut client = ops_client(&server, cert_dir.as_deref()).await?;
             let dump = client
                 .config_dump(ConfigDumpRequest { node_id: node })
                 .await?
                 .into_inner();
             let value: serde_json::Value = serde_json::from_str(&dump.json)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::BenchCerts { count, key_type } => {
+            let report = crate::certs::bench::run(key_type, count)?;
+            print!("{}", crate::certs::bench::render(&report));
             Ok(())
         }
         Command::BenchTranslate {

@@ -2,6 +2,7 @@
 //! and rotates gateway certificates and feeds them into the index. Translation never sees
 //! these types: it sees only the material the manager puts into the model.
 
+pub mod bench;
 pub mod ca;
 pub mod kube_store;
 pub mod manager;

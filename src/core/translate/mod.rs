@@ -29,6 +29,7 @@ pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use listener::{gateway_ports, GatewayPort, ServerHost};
 pub use registry::ServiceRegistry;
 pub use route::{bound_domains, host_owners, serves};
+pub use secret::build as secret_resource;
 
 /// Who a gateway is: the Gateway object it serves, in which cluster and zone.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
