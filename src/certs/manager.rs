@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
-use super::ca::{CertificateAuthority, Validity};
 use super::rotation::{CertificateSet, Plan, RotationPolicy, Why};
+use super::Issuer;
 use crate::core::expand::cluster_view;
 use crate::core::tls::{certificate_requests, CertificateRequest, SecretMaterial, CA_BUNDLE};
 use crate::index::Snapshot;
@@ -22,19 +22,19 @@ pub type IssuedSecrets = BTreeMap<String, Arc<SecretMaterial>>;
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 pub struct CertManager {
-    ca: Arc<CertificateAuthority>,
+    issuer: Arc<dyn Issuer>,
     set: CertificateSet,
     metrics: Arc<Metrics>,
 }
 
 impl CertManager {
     pub fn new(
-        ca: Arc<CertificateAuthority>,
+        issuer: Arc<dyn Issuer>,
         policy: RotationPolicy,
         metrics: Arc<Metrics>,
     ) -> CertManager {
         CertManager {
-            ca,
+            issuer,
             set: CertificateSet::new(policy),
             metrics,
         }
@@ -86,14 +86,14 @@ impl CertManager {
         if plan.issue.is_empty() {
             return Ok(false);
         }
-        let ca = self.ca.clone();
+        let issuer = self.issuer.clone();
         let lifetime = self.set.policy().lifetime;
         let issued = tokio::task::spawn_blocking(move || {
             plan.issue
                 .into_iter()
                 .map(|(request, why)| {
                     let now = SystemTime::now();
-                    let result = ca.issue_server(&request.dns_names, Validity { now, lifetime });
+                    let result = issuer.issue(&request, now, lifetime);
                     (request, why, now, result)
                 })
                 .collect::<Vec<_>>()
@@ -105,6 +105,7 @@ impl CertManager {
                 Ok(material) => {
                     if let Some(info) = material.info() {
                         tracing::info!(
+                            issuer = self.issuer.name(),
                             secret = %request.name,
                             serial = %info.serial,
                             not_after = info.not_after,
@@ -125,17 +126,19 @@ impl CertManager {
                 }
                 Err(error) => {
                     failed = true;
-                    tracing::error!(secret = %request.name, %error, "certificate issuance failed; retrying");
+                    tracing::error!(secret = %request.name, issuer = self.issuer.name(), error = %format!("{error:#}"), "certificate issuance failed; retrying");
                 }
             }
         }
         Ok(failed)
     }
 
-    /// Everything served from the embedded CA: gateway certificates and the CA bundle.
+    /// Everything the issuer provides: gateway certificates and its CA bundle.
     fn issued(&self) -> IssuedSecrets {
         let mut issued = self.set.materials();
-        issued.insert(CA_BUNDLE.to_owned(), Arc::new(self.ca.trust_bundle()));
+        if let Some(bundle) = self.issuer.trust_bundle() {
+            issued.insert(CA_BUNDLE.to_owned(), Arc::new(bundle));
+        }
         issued
     }
 
@@ -162,4 +165,111 @@ fn wanted(snapshot: &Snapshot) -> BTreeMap<String, CertificateRequest> {
             .iter()
             .map(|cluster| cluster_view(model, cluster)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::core::manifest::parse_documents;
+    use crate::core::model::Kind;
+    use crate::core::tls::{CertInfo, PrivateKeyPem};
+    use crate::index::Index;
+
+    /// Issues placeholder material; fails the first `failures` calls.
+    struct FakeIssuer {
+        calls: AtomicUsize,
+        failures: usize,
+    }
+
+    impl Issuer for FakeIssuer {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+
+        fn issue(
+            &self,
+            request: &CertificateRequest,
+            _now: SystemTime,
+            _lifetime: Duration,
+        ) -> anyhow::Result<SecretMaterial> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                anyhow::bail!("issuer unavailable");
+            }
+            Ok(SecretMaterial::Certificate {
+                chain_pem: request.dns_names.join(","),
+                key: PrivateKeyPem::new("key"),
+                info: CertInfo {
+                    issuer: "fake".into(),
+                    serial: "01".into(),
+                    not_before: 0,
+                    not_after: 0,
+                    dns_names: request.dns_names.clone(),
+                },
+            })
+        }
+
+        fn trust_bundle(&self) -> Option<SecretMaterial> {
+            None
+        }
+    }
+
+    const TLS_AP: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: public}
+      spec:
+        servers:
+        - {port: {number: 443, protocol: HTTPS}, hosts: [shop.example.com], tls: {mode: SIMPLE}}
+"#;
+
+    async fn next(rx: &mut mpsc::Receiver<IssuedSecrets>) -> IssuedSecrets {
+        tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .expect("the manager sends an update")
+            .expect("the manager is running")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn certificates_follow_the_snapshot_and_failed_issuance_is_retried() {
+        let (mut index, snapshots) = Index::new();
+        for object in parse_documents(TLS_AP, "shop").unwrap() {
+            index.apply(object).unwrap();
+        }
+        index.publish();
+        let issuer = Arc::new(FakeIssuer {
+            calls: AtomicUsize::new(0),
+            failures: 1,
+        });
+        let metrics = Arc::new(Metrics::new());
+        let manager = CertManager::new(issuer.clone(), RotationPolicy::default(), metrics);
+        let (tx, mut rx) = mpsc::channel(4);
+        let (_stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(manager.run(snapshots, tx, stopped));
+
+        // The first attempt fails: nothing is issued yet, and it is retried after RETRY_AFTER.
+        assert!(next(&mut rx).await.is_empty());
+        let issued = next(&mut rx).await;
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
+        let names: Vec<&String> = issued.keys().collect();
+        assert_eq!(names.len(), 1);
+        assert!(
+            names[0].starts_with("embedded://shop/public/443/"),
+            "{names:?}"
+        );
+
+        // The AccessPoint goes away: so does its certificate.
+        index.delete(
+            Kind::AccessPoint,
+            &crate::core::model::ObjectKey::new("shop", "shop"),
+        );
+        index.publish();
+        assert!(next(&mut rx).await.is_empty());
+        task.abort();
+    }
 }

@@ -14,9 +14,46 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 
 use crate::core::duration;
-use crate::core::tls::{PrivateKeyPem, SecretMaterial};
+use crate::core::tls::{CertificateRequest, PrivateKeyPem, SecretMaterial};
 use ca::{CaFiles, CertificateAuthority, KeyType, Validity};
 use rotation::RotationPolicy;
+
+/// Where gateway certificates come from. The embedded CA is one; an ACME client or an external
+/// CA would be another. The manager calls `issue` on a blocking thread, so an implementation
+/// may wait on the network. Translation never sees an issuer, only the material it produced.
+pub trait Issuer: Send + Sync + 'static {
+    /// Shown in logs and metrics.
+    fn name(&self) -> &'static str;
+    /// A serving certificate for `request.dns_names`, valid from `now` for `lifetime` (an
+    /// issuer that cannot choose the lifetime reports the real one in the material's info).
+    fn issue(
+        &self,
+        request: &CertificateRequest,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> anyhow::Result<SecretMaterial>;
+    /// The CA bundle `MUTUAL` servers without a `credentialName` trust, if this issuer has one.
+    fn trust_bundle(&self) -> Option<SecretMaterial>;
+}
+
+impl Issuer for CertificateAuthority {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn issue(
+        &self,
+        request: &CertificateRequest,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> anyhow::Result<SecretMaterial> {
+        Ok(self.issue_server(&request.dns_names, Validity { now, lifetime })?)
+    }
+
+    fn trust_bundle(&self) -> Option<SecretMaterial> {
+        Some(CertificateAuthority::trust_bundle(self))
+    }
+}
 
 /// Certificate flags shared by both modes.
 #[derive(clap::Args, Clone, Debug)]
