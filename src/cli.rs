@@ -461,8 +461,8 @@ fn default_identity() -> String {
 /// The `meridian status` table.
 pub fn render_status(status: &crate::ops::pb::ProxyStatusResponse) -> String {
     let mut out = format!(
-        "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8}\n",
-        "NODE", "GATEWAY", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS"
+        "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
+        "NODE", "GATEWAY", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS"
     );
     for p in &status.proxies {
         let state = |t: &str| {
@@ -473,7 +473,7 @@ pub fn render_status(status: &crate::ops::pb::ProxyStatusResponse) -> String {
                 .unwrap_or_else(|| "NOT_SENT".into())
         };
         out.push_str(&format!(
-            "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8}\n",
+            "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
             p.node_id,
             p.gateway,
             p.cluster,
@@ -481,7 +481,8 @@ pub fn render_status(status: &crate::ops::pb::ProxyStatusResponse) -> String {
             state("CDS"),
             state("LDS"),
             state("EDS"),
-            state("RDS")
+            state("RDS"),
+            state("SDS")
         ));
         for t in p.types.iter().filter(|t| !t.last_nack.is_empty()) {
             out.push_str(&format!("  last {} NACK: {}\n", t.r#type, t.last_nack));
