@@ -77,10 +77,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let tls = options
         .xds_tls
         .server_config(&ca, &options.certs.trust_domain)?;
-    let client_auth = options
-        .xds_tls
-        .xds_mtls
-        .then(|| options.certs.trust_domain.clone());
+    let client_auth = options.xds_tls.client_trust_domain(&options.certs);
     let xds = XdsState::with_client_auth(snapshots.clone(), metrics.clone(), client_auth);
     let admin_state = AdminState::new(xds.clone());
     let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);

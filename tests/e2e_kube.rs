@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::kube::{Controller, KubeCluster};
+use support::tls::{curl_https, UserCertificate};
 use support::{client, eventually, get, Backend, Envoy};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -388,22 +389,6 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
     );
 }
 
-/// `curl` over HTTPS to `host` on loopback `port`, trusting `ca_file`.
-fn curl_https(ca_file: &Path, host: &str, port: u16) -> Result<String, String> {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(ca_file)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
-        .arg(format!("https://{host}:{port}/"))
-        .output()
-        .expect("curl runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).to_string())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_uses_the_ca_secret_and_credential_secrets() {
     let cluster = KubeCluster::start();
@@ -426,27 +411,8 @@ async fn tls_uses_the_ca_secret_and_credential_secrets() {
     );
 
     // The operator's own certificate for byo.example.test, from their own CA.
-    let user_ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut user_ca = rcgen::CertificateParams::default();
-    user_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    user_ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    user_ca.distinguished_name = rcgen::DistinguishedName::new();
-    user_ca
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "user root");
-    let user_ca_pem = user_ca.self_signed(&user_ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(user_ca, user_ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["byo.example.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
-    cluster.apply_ok(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: byo, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
-        indent(&cert.pem()),
-        indent(&key.serialize_pem())
-    ));
+    let user = UserCertificate::new("byo.example.test", "byo", "shop");
+    cluster.apply_ok(&user.secret_manifest);
     cluster.apply_ok(&format!(
         r#"
 apiVersion: meridian.dev/v1alpha1
@@ -484,14 +450,14 @@ spec:
     let ca_file = work.path().join("meridian-ca.crt");
     std::fs::write(&ca_file, &ca_secret.data.as_ref().unwrap()["tls.crt"].0).unwrap();
     let user_ca_file = work.path().join("user-ca.crt");
-    std::fs::write(&user_ca_file, &user_ca_pem).unwrap();
+    std::fs::write(&user_ca_file, &user.ca_pem).unwrap();
 
     eventually(WAIT, "HTTPS with Meridian's certificate", || async {
-        curl_https(&ca_file, "secure.example.test", gateway_port).as_deref() == Ok("web")
+        curl_https(&ca_file, "secure.example.test", gateway_port, &[]).as_deref() == Ok("web")
     })
     .await;
     eventually(WAIT, "HTTPS with the user's certificate", || async {
-        curl_https(&user_ca_file, "byo.example.test", gateway_port).as_deref() == Ok("web")
+        curl_https(&user_ca_file, "byo.example.test", gateway_port, &[]).as_deref() == Ok("web")
     })
     .await;
     let status =
@@ -520,11 +486,11 @@ spec:
         "{message}"
     );
     eventually(WAIT, "the byo server withdrawn", || async {
-        curl_https(&user_ca_file, "byo.example.test", gateway_port).is_err()
+        curl_https(&user_ca_file, "byo.example.test", gateway_port, &[]).is_err()
     })
     .await;
     assert_eq!(
-        curl_https(&ca_file, "secure.example.test", gateway_port).as_deref(),
+        curl_https(&ca_file, "secure.example.test", gateway_port, &[]).as_deref(),
         Ok("web")
     );
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use meridian::bootstrap::{BootstrapOptions, ClientTls};
 use meridian::certs::{self, CertOptions};
 use meridian::standalone::Running;
-use support::tls::TlsClient;
+use support::tls::{curl_https, TlsClient, UserCertificate};
 use support::*;
 
 const HOST: &str = "shop.example.test";
@@ -125,19 +125,7 @@ impl Fixture {
 
     /// `curl --cacert <Meridian's CA>` with SNI `host`, plus `extra` arguments.
     fn curl(&self, host: &str, extra: &[&str]) -> Result<String, String> {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5", "--cacert"])
-            .arg(self.ca_file())
-            .args(["--resolve", &format!("{host}:{}:127.0.0.1", self.port)])
-            .args(extra)
-            .arg(format!("https://{host}:{}/", self.port))
-            .output()
-            .expect("curl runs");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
+        curl_https(&self.ca_file(), host, self.port, extra)
     }
 }
 
@@ -255,31 +243,8 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn mutual_tls_needs_a_client_certificate_and_user_secrets_are_served() {
     let f = Fixture::new().await;
     // The user's own CA and certificate for byo.example.test, as a kubernetes.io/tls Secret.
-    let byo_ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut byo_ca = rcgen::CertificateParams::default();
-    byo_ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    byo_ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-    byo_ca.distinguished_name = rcgen::DistinguishedName::new();
-    byo_ca
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "byo root");
-    let byo_ca_pem = byo_ca.self_signed(&byo_ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(byo_ca, byo_ca_key);
-    let byo_key = rcgen::KeyPair::generate().unwrap();
-    let byo_cert = rcgen::CertificateParams::new(vec!["byo.example.test".to_owned()])
-        .unwrap()
-        .signed_by(&byo_key, &issuer)
-        .unwrap();
-    let indent = |pem: &str| pem.replace('\n', "\n    ");
-    std::fs::write(
-        f.config_dir().join("byo.yaml"),
-        format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: byo-cert, namespace: edge}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
-            indent(&byo_cert.pem()),
-            indent(&byo_key.serialize_pem())
-        ),
-    )
-    .unwrap();
+    let user = UserCertificate::new("byo.example.test", "byo-cert", "edge");
+    std::fs::write(f.config_dir().join("byo.yaml"), &user.secret_manifest).unwrap();
     let meridian = f.start(CertOptions::default(), false).await;
     let _envoy = Envoy::start(f.path(), "gw-mutual", "edge/public", f.xds_port, false);
     eventually(Duration::from_secs(30), "HTTPS through Envoy", || async {
@@ -307,23 +272,11 @@ async fn mutual_tls_needs_a_client_certificate_and_user_secrets_are_served() {
     );
 
     // credentialName: the user's certificate, verified against the user's CA.
-    let byo_ca_file = f.path().join("byo-ca.crt");
-    std::fs::write(&byo_ca_file, &byo_ca_pem).unwrap();
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(&byo_ca_file)
-        .args([
-            "--resolve",
-            &format!("byo.example.test:{}:127.0.0.1", f.port),
-        ])
-        .arg(format!("https://byo.example.test:{}/", f.port))
-        .output()
-        .unwrap();
+    let user_ca_file = f.path().join("byo-ca.crt");
+    std::fs::write(&user_ca_file, &user.ca_pem).unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "alpha",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        curl_https(&user_ca_file, "byo.example.test", f.port, &[]),
+        Ok("alpha".to_owned())
     );
     meridian.shutdown().await.unwrap();
 }
@@ -425,6 +378,38 @@ async fn over_mutual_tls_a_gateway_gets_only_its_own_secrets() {
         || async { f.curl(HOST, &[]).as_deref() == Ok("alpha") },
     )
     .await;
+
+    // `meridian status` over mTLS with the gateway's credentials; refused without them.
+    let server = format!("https://localhost:{}", f.xds_port);
+    let status = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["status", "--server", &server])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let cert_dir = f.path().join("gw-mtls").display().to_string();
+    let all_synced = |table: &str| {
+        table
+            .lines()
+            .any(|l| l.starts_with("gw-mtls") && l.matches("SYNCED").count() == 5)
+    };
+    let mut table = String::new();
+    for _ in 0..100 {
+        table = String::from_utf8_lossy(&status(&["--cert-dir", &cert_dir]).stdout).to_string();
+        if all_synced(&table) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        all_synced(&table),
+        "CDS, LDS, EDS, RDS and SDS synced:\n{table}"
+    );
+    assert!(
+        !status(&[]).status.success(),
+        "status without a client certificate"
+    );
 
     let ca =
         certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();

@@ -230,6 +230,12 @@ impl Default for XdsTlsOptions {
 const XDS_SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl XdsTlsOptions {
+    /// The trust domain whose gateway SPIFFE IDs client certificates must carry, when mutual
+    /// TLS is on.
+    pub fn client_trust_domain(&self, certs: &CertOptions) -> Option<String> {
+        self.xds_mtls.then(|| certs.trust_domain.clone())
+    }
+
     /// The gRPC server's TLS settings, when mutual TLS is on.
     pub fn server_config(
         &self,

@@ -121,3 +121,61 @@ impl TlsConn {
         Ok((status, String::from_utf8_lossy(&body).to_string()))
     }
 }
+
+/// An operator's own CA and a certificate it signed for `host`, as a `kubernetes.io/tls`
+/// Secret manifest (what `credentialName` names).
+pub struct UserCertificate {
+    pub ca_pem: String,
+    pub secret_manifest: String,
+}
+
+impl UserCertificate {
+    pub fn new(host: &str, secret: &str, namespace: &str) -> UserCertificate {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, "user root");
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+        let secret_manifest = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {secret}, namespace: {namespace}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n    {}\n  tls.key: |\n    {}\n",
+            indent(&cert.pem()),
+            indent(&key.serialize_pem())
+        );
+        UserCertificate {
+            ca_pem,
+            secret_manifest,
+        }
+    }
+}
+
+/// `curl` over HTTPS to `host` on loopback `port`, trusting `ca_file`, plus `extra` arguments.
+pub fn curl_https(
+    ca_file: &std::path::Path,
+    host: &str,
+    port: u16,
+    extra: &[&str],
+) -> Result<String, String> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca_file)
+        .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+        .args(extra)
+        .arg(format!("https://{host}:{port}/"))
+        .output()
+        .expect("curl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).to_string())
+    }
+}
