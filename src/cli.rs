@@ -12,6 +12,7 @@ use crate::certs::{CertOptions, XdsTlsOptions};
 use crate::controller::{self, ControllerOptions};
 use crate::core::selector::parse_selector;
 use crate::core::translate::ExportPolicy;
+use crate::dns_server::DnsOptions;
 use crate::leader::LeaseConfig;
 use crate::ops::pb::ops_client::OpsClient;
 use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
@@ -75,6 +76,8 @@ pub enum Command {
         certs: CertOptions,
         #[command(flatten)]
         xds_tls: XdsTlsOptions,
+        #[command(flatten)]
+        dns: DnsOptions,
     },
     /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
     /// EndpointSlice and Namespace objects, and write AccessPoint status while holding the
@@ -117,6 +120,8 @@ pub enum Command {
         certs: CertOptions,
         #[command(flatten)]
         xds_tls: XdsTlsOptions,
+        #[command(flatten)]
+        dns: DnsOptions,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -245,6 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mesh,
             certs,
             xds_tls,
+            dns,
         } => {
             let running = standalone::start(StandaloneOptions {
                 config_dir,
@@ -254,6 +260,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 export: mesh.export_policy(),
                 certs,
                 xds_tls,
+                dns,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -272,6 +279,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             mesh,
             certs,
             xds_tls,
+            dns,
         } => {
             if renew_every >= lease_duration {
                 bail!("--renew-every must be shorter than --lease-duration");
@@ -297,6 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 certs,
                 xds_tls,
                 ca_secret,
+                dns,
             })
             .await?;
             running.run_until(shutdown_signal()).await

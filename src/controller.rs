@@ -20,6 +20,7 @@ use crate::admin::AdminState;
 use crate::certs::manager::CertManager;
 use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
+use crate::dns_server::DnsOptions;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::members::{self, connections, MemberState};
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::provider::kube::{watch as watches, Scope, Update, Watched};
 use crate::serve::Running;
 use crate::status_writer;
+use crate::vips::{self, VipStore};
 use crate::xds::server::XdsState;
 
 #[derive(Clone, Debug)]
@@ -44,6 +46,7 @@ pub struct ControllerOptions {
     pub xds_tls: XdsTlsOptions,
     /// Name of the Secret (in the lease namespace) holding Meridian's CA.
     pub ca_secret: String,
+    pub dns: DnsOptions,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -85,6 +88,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let (updates_tx, updates) = mpsc::channel(1024);
     let member_updates = updates_tx.clone();
     let issued_updates = updates_tx.clone();
+    let vip_updates = updates_tx.clone();
     let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
         .await
         .context("starting Kubernetes watches")?;
@@ -174,7 +178,14 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
-    let certs = cert_manager.run(snapshots, issued_updates, stopped.clone());
+    let certs = cert_manager.run(snapshots.clone(), issued_updates, stopped.clone());
+    // Not persisted yet in Kubernetes mode: recomputed in AccessPoint age order on restart.
+    let vip_allocator = vips::run(
+        VipStore::Memory,
+        snapshots.clone(),
+        vip_updates,
+        stopped.clone(),
+    );
     let abort_watches = async move {
         crate::serve::stopped_signal(stopped).await;
         for task in watch_tasks {
@@ -182,15 +193,17 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         }
         Ok(())
     };
-    Ok(running
+    let running = running
         .with_task(feed)
         .with_task(certs)
+        .with_task(vip_allocator)
         .with_task(campaign)
         .with_task(publisher)
         .with_task(member_connections)
         .with_task(member_writer)
         .with_task(writer)
-        .with_task(abort_watches))
+        .with_task(abort_watches);
+    running.with_dns(&options.dns, snapshots).await
 }
 
 /// Bursts of watch events become one snapshot.

@@ -16,6 +16,7 @@ use crate::core::status::Published;
 use crate::core::tls::SecretMaterial;
 use crate::core::translate::ExportPolicy;
 use crate::core::validate::{validate_access_point, FieldError, Rejection};
+use crate::core::vip::{VipError, VipTable};
 
 /// An immutable view of accepted input, numbered by generation.
 #[derive(Debug)]
@@ -132,6 +133,15 @@ impl Index {
     pub fn set_issued(&mut self, issued: BTreeMap<String, Arc<SecretMaterial>>) {
         if self.model.issued != issued {
             self.model.issued = issued;
+            self.dirty = true;
+        }
+    }
+
+    /// Replaces the VIP table and allocation errors (from the VIP allocator).
+    pub fn set_vips(&mut self, vips: VipTable, errors: Vec<VipError>) {
+        if *self.model.vips != vips || *self.model.vip_errors != errors {
+            self.model.vips = Arc::new(vips);
+            self.model.vip_errors = Arc::new(errors);
             self.dirty = true;
         }
     }

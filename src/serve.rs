@@ -21,6 +21,8 @@ pub struct Running {
     pub xds_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub admin: Arc<AdminState>,
+    /// The embedded DNS server's address, when one is serving.
+    pub dns_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -61,6 +63,7 @@ impl Running {
             xds_addr,
             admin_addr,
             admin: admin_state,
+            dns_addr: None,
             stop,
             tasks: Vec::new(),
         };
@@ -76,6 +79,22 @@ impl Running {
     ) -> Running {
         self.tasks.push(tokio::spawn(task));
         self
+    }
+
+    /// Starts the embedded DNS server, if `options` asks for one, answering from `snapshots`.
+    pub async fn with_dns(
+        mut self,
+        options: &crate::dns_server::DnsOptions,
+        snapshots: watch::Receiver<Arc<crate::index::Snapshot>>,
+    ) -> anyhow::Result<Running> {
+        let Some((dns, task)) =
+            crate::dns_server::DnsServer::start(options, snapshots, self.stopped()).await?
+        else {
+            return Ok(self);
+        };
+        self.dns_addr = Some(dns.addr);
+        self.tasks.push(task);
+        Ok(self)
     }
 
     /// Resolves once shutdown has begun.

@@ -15,10 +15,13 @@ use crate::certs::ca::CertificateAuthority;
 use crate::certs::manager::{CertManager, IssuedSecrets};
 use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
+use crate::core::vip::allocate;
+use crate::dns_server::DnsOptions;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::provider::file::FileProvider;
 pub use crate::serve::Running;
+use crate::vips::{self, VipStore, VipUpdate};
 use crate::xds::server::XdsState;
 
 /// How long file events are collected before one resync.
@@ -36,6 +39,25 @@ pub struct StandaloneOptions {
     pub export: ExportPolicy,
     pub certs: CertOptions,
     pub xds_tls: XdsTlsOptions,
+    pub dns: DnsOptions,
+}
+
+/// What the edge tasks hand the index owner.
+enum Derived {
+    Issued(IssuedSecrets),
+    Vips(VipUpdate),
+}
+
+impl From<IssuedSecrets> for Derived {
+    fn from(issued: IssuedSecrets) -> Derived {
+        Derived::Issued(issued)
+    }
+}
+
+impl From<VipUpdate> for Derived {
+    fn from(vips: VipUpdate) -> Derived {
+        Derived::Vips(vips)
+    }
 }
 
 /// Binds the listeners, loads the configuration once and starts serving.
@@ -53,6 +75,14 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     let mut provider = FileProvider::new(&options.config_dir, options.state_dir.clone());
     resync(&mut provider, &mut index, &admin_state)
         .with_context(|| format!("loading {}", options.config_dir.display()))?;
+    // VIPs before anything is served: a restart answers with the addresses it had.
+    let vip_store = match &options.state_dir {
+        Some(dir) => VipStore::File(dir.join("vips.json")),
+        None => VipStore::Memory,
+    };
+    let (table, errors) = allocate(index.model(), &vip_store.load()?);
+    index.set_vips(table, errors);
+    index.publish();
 
     let tls = options
         .xds_tls
@@ -65,12 +95,19 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     )
     .await?;
     tracing::info!(xds_addr = %running.xds_addr, admin_addr = %running.admin_addr, config_dir = %options.config_dir.display(), mtls = options.xds_tls.xds_mtls, "meridian standalone serving");
-    let (issued_tx, issued) = mpsc::channel(4);
+    let (derived_tx, derived) = mpsc::channel(4);
     let certs = CertManager::new(ca, options.certs.rotation(), metrics);
     let stopped = running.stopped();
-    Ok(running
-        .with_task(certs.run(snapshots, issued_tx, stopped.clone()))
-        .with_task(watch_config(provider, index, issued, admin_state, stopped)))
+    let running = running
+        .with_task(certs.run(snapshots.clone(), derived_tx.clone(), stopped.clone()))
+        .with_task(vips::run(
+            vip_store,
+            snapshots.clone(),
+            derived_tx,
+            stopped.clone(),
+        ))
+        .with_task(watch_config(provider, index, derived, admin_state, stopped));
+    running.with_dns(&options.dns, snapshots).await
 }
 
 /// The CA: operator-provided, kept in the state directory, or (without one) made for this run.
@@ -106,7 +143,7 @@ fn resync(
 async fn watch_config(
     mut provider: FileProvider,
     mut index: Index,
-    mut issued: mpsc::Receiver<IssuedSecrets>,
+    mut derived: mpsc::Receiver<Derived>,
     admin: Arc<AdminState>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -128,8 +165,11 @@ async fn watch_config(
             _ = stopped.changed() => return Ok(()),
             Some(()) = events.recv() => tokio::time::sleep(DEBOUNCE).await,
             _ = periodic.tick() => {}
-            Some(secrets) = issued.recv() => {
-                index.set_issued(secrets);
+            Some(update) = derived.recv() => {
+                match update {
+                    Derived::Issued(secrets) => index.set_issued(secrets),
+                    Derived::Vips(vips) => index.set_vips(vips.table, vips.errors),
+                }
                 let generation = index.publish();
                 admin.xds.metrics.config_generation.set(generation as i64);
                 continue;

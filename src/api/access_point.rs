@@ -46,6 +46,22 @@ pub struct AccessPointSpec {
     /// a cluster leaves its placement.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub orphan: bool,
+    /// How the AccessPoint's virtual IPs are chosen in each cluster that has VIP pools.
+    /// Absent: one address per IP family from the cluster's pools, in pool order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipRequest>,
+}
+
+/// Which VIPs an AccessPoint gets.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VipRequest {
+    /// Allocate only from the pool of this name (in each cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Use the VIPs of this AccessPoint (same namespace) instead of allocating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_with: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -175,6 +191,9 @@ pub struct ClusterStatus {
     /// Why it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Virtual IPs allocated to the AccessPoint in this cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<String>,
     /// The certificate of each TLS server, as the gateways there are served it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateStatus>,

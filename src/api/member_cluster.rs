@@ -29,6 +29,18 @@ pub struct MemberClusterSpec {
     /// cluster's gateways (standalone sites, or endpoints supplied as files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<MemberConnection>,
+    /// Address pools the cluster's AccessPoint VIPs come from, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vip_pools: Vec<VipPool>,
+}
+
+/// A named set of CIDRs (IPv4 or IPv6) VIPs are allocated from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VipPool {
+    pub name: String,
+    /// e.g. `192.0.2.0/24`, `2001:db8::/120`.
+    pub cidrs: Vec<String>,
 }
 
 /// Exactly one way to reach a member's API server.

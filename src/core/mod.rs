@@ -4,6 +4,7 @@
 //! Architecture Invariant: nothing under `core` performs I/O or depends on an async runtime,
 //! Kubernetes client, gRPC stack or socket; `tests/architecture.rs` enforces it.
 
+pub mod dns;
 pub mod duration;
 pub mod expand;
 pub mod federation;
@@ -22,3 +23,4 @@ pub(crate) mod test_support;
 pub mod tls;
 pub mod translate;
 pub mod validate;
+pub mod vip;

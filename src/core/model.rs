@@ -17,11 +17,12 @@ use super::overrides::{selects, template_for, OverrideError};
 use super::placement::ClusterFacts;
 use super::tls::{SecretMaterial, TlsSecret};
 use super::translate::ExportPolicy;
+use super::vip::{VipError, VipTable};
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::{AccessPoint, MemberCluster, NameService, LOCAL_CLUSTER};
 
 /// `namespace/name`; cluster-scoped objects have an empty namespace.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
@@ -178,6 +179,10 @@ pub struct Model {
     pub secrets: BTreeMap<ObjectKey, TlsSecret>,
     /// Certificates Meridian issued, by SDS name (fed by the certificate manager).
     pub issued: BTreeMap<String, Arc<SecretMaterial>>,
+    /// VIPs allocated per (AccessPoint, cluster, family), and what could not be allocated
+    /// (fed by the VIP allocator).
+    pub vips: Arc<VipTable>,
+    pub vip_errors: Arc<Vec<VipError>>,
     /// Derived: the template each (AccessPoint, cluster) gets where overrides select the
     /// cluster. Absent: the AccessPoint's own template. See [`Model::refresh_overrides`].
     pub cluster_templates: BTreeMap<(ObjectKey, String), ClusterTemplate>,

@@ -243,6 +243,14 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
             .into_iter()
             .collect();
         problems.extend(per_cluster::problems_in(&cluster_refs, cluster));
+        problems.extend(
+            published
+                .model
+                .vip_errors
+                .iter()
+                .filter(|e| e.access_point() == Some(input.key) && e.cluster() == cluster)
+                .map(ToString::to_string),
+        );
         let facts = per_cluster::ClusterFacts {
             name: cluster,
             problems,

@@ -163,6 +163,7 @@ pub fn meridian_options(config_dir: &Path, state_dir: &Path, xds_port: u16) -> S
         export: Default::default(),
         certs: Default::default(),
         xds_tls: Default::default(),
+        dns: Default::default(),
     }
 }
 

@@ -59,6 +59,12 @@ pub fn cluster_status(
         endpoints: ready_endpoints(model, view, key, facts.name) as i32,
         applied: facts.applied.map(|w| *w == MemberWrite::Applied),
         message,
+        vips: model
+            .vips
+            .of(key, facts.name)
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         certificates: certificates(view, key),
     }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::certs::manager::IssuedSecrets;
 use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::vips::VipUpdate;
 pub use scope::{Scope, Watched};
 
 /// One change a watch observed. (Short-lived; boxing would only add noise.)
@@ -33,6 +34,14 @@ pub enum Update {
     MemberGone(String),
     /// The certificate manager's current set of issued certificates.
     Issued(IssuedSecrets),
+    /// The VIP allocator's current table.
+    Vips(VipUpdate),
+}
+
+impl From<VipUpdate> for Update {
+    fn from(vips: VipUpdate) -> Update {
+        Update::Vips(vips)
+    }
 }
 
 impl From<IssuedSecrets> for Update {
@@ -53,6 +62,7 @@ impl Scope {
             Update::RelistDone(watched) => self.end_relist(index, watched),
             Update::MemberGone(cluster) => self.drop_member(index, &cluster),
             Update::Issued(issued) => index.set_issued(issued),
+            Update::Vips(vips) => index.set_vips(vips.table, vips.errors),
         }
     }
 }

@@ -1,0 +1,176 @@
+//! DNS record sets from NameServices: the names Meridian answers (or publishes) and the
+//! addresses behind them.
+//!
+//! A NameService targets an AccessPoint (its VIPs in every cluster it has one) or static
+//! addresses. The oldest NameService of a name owns it; later ones are reported, not served.
+
+use ::core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeMap;
+
+use super::model::{Model, ObjectKey};
+
+/// The addresses of one name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameRecords {
+    /// The NameService that owns the name.
+    pub owner: ObjectKey,
+    pub ttl: u32,
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// A NameService that cannot be served as written.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsProblem {
+    pub name_service: ObjectKey,
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for DnsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NameService {}: {}: {}",
+            self.name_service, self.path, self.message
+        )
+    }
+}
+
+/// Every served name (lowercase, no trailing dot), and the problems.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsRecords {
+    pub names: BTreeMap<String, NameRecords>,
+    pub problems: Vec<DnsProblem>,
+}
+
+/// Normalizes a DNS name: lowercase, without the trailing dot.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `name` is `zone` or below it (both normalized).
+pub fn in_zone(name: &str, zone: &str) -> bool {
+    name == zone || name.ends_with(&format!(".{zone}"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// The record sets of every NameService whose name falls in one of `zones`.
+pub fn records(model: &Model, zones: &[String]) -> DnsRecords {
+    let zones: Vec<String> = zones.iter().map(|z| normalize(z)).collect();
+    let mut out = DnsRecords::default();
+    let mut services: Vec<_> = model.name_services.iter().collect();
+    services.sort_by_key(|(key, ns)| (ns.metadata.creation_timestamp.clone(), *key));
+    for (key, service) in services {
+        let mut problem = |path: &str, message: String| {
+            out.problems.push(DnsProblem {
+                name_service: key.clone(),
+                path: path.to_owned(),
+                message,
+            })
+        };
+        let spec = &service.spec;
+        let name = normalize(&spec.fqdn);
+        if !valid_name(&name) {
+            problem("spec.fqdn", format!("{:?} is not a DNS name", spec.fqdn));
+            continue;
+        }
+        if !zones.iter().any(|z| in_zone(&name, z)) {
+            problem(
+                "spec.fqdn",
+                format!(
+                    "{name} is in no zone Meridian serves ({})",
+                    if zones.is_empty() {
+                        "none configured: --dns-zone".to_owned()
+                    } else {
+                        zones.join(", ")
+                    }
+                ),
+            );
+            continue;
+        }
+        if let Some(existing) = out.names.get(&name) {
+            let owner = existing.owner.clone();
+            problem(
+                "spec.fqdn",
+                format!("{name} is already served by NameService {owner}"),
+            );
+            continue;
+        }
+        let target = &spec.target;
+        let addresses: Vec<IpAddr> = match (&target.access_point, target.addresses.is_empty()) {
+            (Some(ap), true) => {
+                let ap = match ap.split_once('/') {
+                    Some((ns, name)) => ObjectKey::new(ns, name),
+                    None => ObjectKey::new(key.namespace.clone(), ap.clone()),
+                };
+                if !model.access_points.contains_key(&ap) {
+                    problem(
+                        "spec.target.accessPoint",
+                        format!("AccessPoint {ap} does not exist"),
+                    );
+                }
+                model
+                    .vips
+                    .vips
+                    .iter()
+                    .filter(|((owner, _, _), _)| owner == &ap)
+                    .map(|(_, vip)| vip.address)
+                    .collect()
+            }
+            (None, false) => {
+                let mut parsed = Vec::new();
+                for (i, text) in target.addresses.iter().enumerate() {
+                    match text.parse::<IpAddr>() {
+                        Ok(address) => parsed.push(address),
+                        Err(_) => problem(
+                            &format!("spec.target.addresses[{i}]"),
+                            format!("{text:?} is not an IP address"),
+                        ),
+                    }
+                }
+                parsed
+            }
+            _ => {
+                problem(
+                    "spec.target",
+                    "exactly one of accessPoint and addresses is required".to_owned(),
+                );
+                continue;
+            }
+        };
+        let mut records = NameRecords {
+            owner: key.clone(),
+            ttl: spec.ttl,
+            ..Default::default()
+        };
+        for address in addresses {
+            match address {
+                IpAddr::V4(v4) => records.v4.push(v4),
+                IpAddr::V6(v6) => records.v6.push(v6),
+            }
+        }
+        records.v4.sort();
+        records.v4.dedup();
+        records.v6.sort();
+        records.v6.dedup();
+        out.names.insert(name, records);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
