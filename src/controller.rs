@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::provider::kube::{watch as watches, Scope, Update, Watched};
 use crate::serve::Running;
 use crate::status_writer;
-use crate::vips::{self, VipStore};
+use crate::vips;
 use crate::xds::server::XdsState;
 
 #[derive(Clone, Debug)]
@@ -119,6 +119,14 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         stopped.clone(),
     );
     let lease = options.lease;
+    let vip_allocator = vips::run_kube(
+        client.clone(),
+        lease.namespace.clone(),
+        snapshots.clone(),
+        vip_updates,
+        leading.clone(),
+        stopped.clone(),
+    );
     let campaign = {
         let (client, lease, stopped) = (client.clone(), lease.clone(), stopped.clone());
         async move {
@@ -179,13 +187,6 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         }
     };
     let certs = cert_manager.run(snapshots.clone(), issued_updates, stopped.clone());
-    // Not persisted yet in Kubernetes mode: recomputed in AccessPoint age order on restart.
-    let vip_allocator = vips::run(
-        VipStore::Memory,
-        snapshots.clone(),
-        vip_updates,
-        stopped.clone(),
-    );
     let abort_watches = async move {
         crate::serve::stopped_signal(stopped).await;
         for task in watch_tasks {

@@ -77,14 +77,8 @@ pub async fn run<T: From<VipUpdate> + Send + 'static>(
                 table: table.clone(),
                 errors,
             };
-            if sent.as_ref() != Some(&update) {
-                for error in &update.errors {
-                    tracing::warn!(%error, "VIP not allocated");
-                }
-                if sink.send(T::from(update.clone())).await.is_err() {
-                    return Ok(());
-                }
-                sent = Some(update);
+            if !send(&sink, &mut sent, update).await {
+                return Ok(());
             }
         }
         tokio::select! {
@@ -92,4 +86,123 @@ pub async fn run<T: From<VipUpdate> + Send + 'static>(
             _ = stopped.changed() => return Ok(()),
         }
     }
+}
+
+/// Name of the ConfigMap (in Meridian's namespace) holding the VIP table in Kubernetes mode.
+pub const VIP_CONFIG_MAP: &str = "meridian-vips";
+const VIP_KEY: &str = "vips.json";
+/// How often a standby re-reads the leader's table.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+type ConfigMaps = kube::Api<k8s_openapi::api::core::v1::ConfigMap>;
+
+/// Kubernetes mode: the lease holder allocates and keeps the table in a ConfigMap; the other
+/// replicas serve the table it wrote, so every replica answers with the same VIPs.
+pub async fn run_kube<T: From<VipUpdate> + Send + 'static>(
+    client: kube::Client,
+    namespace: String,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    sink: mpsc::Sender<T>,
+    mut leading: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let api = ConfigMaps::namespaced(client, &namespace);
+    let mut table: Option<VipTable> = None;
+    let mut sent: Option<VipUpdate> = None;
+    loop {
+        let is_leader = *leading.borrow_and_update();
+        // A standby follows the leader's table; a new leader starts from it.
+        if table.is_none() || !is_leader {
+            match load_config_map(&api).await {
+                Ok(loaded) => table = Some(loaded),
+                Err(error) => {
+                    tracing::warn!(error = %format!("{error:#}"), "cannot read the VIP table; retrying")
+                }
+            }
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(current) = table.clone() {
+            let update = if is_leader && snapshot.generation > 0 {
+                let (next, errors) =
+                    tokio::task::spawn_blocking(move || allocate(&snapshot.model, &current))
+                        .await?;
+                if Some(&next) != table.as_ref() {
+                    // Persisted before anyone sees it.
+                    match save_config_map(&api, &namespace, &next).await {
+                        Ok(()) => table = Some(next),
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{error:#}"), "cannot write the VIP table; retrying")
+                        }
+                    }
+                }
+                VipUpdate {
+                    table: table.clone().unwrap_or_default(),
+                    errors,
+                }
+            } else {
+                VipUpdate {
+                    table: current,
+                    errors: Vec::new(),
+                }
+            };
+            if !send(&sink, &mut sent, update).await {
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
+            _ = leading.changed() => table = None,
+            _ = tokio::time::sleep(FOLLOW_EVERY), if !is_leader => {}
+            _ = stopped.changed() => return Ok(()),
+        }
+    }
+}
+
+async fn load_config_map(api: &ConfigMaps) -> anyhow::Result<VipTable> {
+    let map = api.get_opt(VIP_CONFIG_MAP).await?;
+    match map.and_then(|m| m.data).and_then(|mut d| d.remove(VIP_KEY)) {
+        Some(text) => Ok(serde_json::from_str(&text)
+            .with_context(|| format!("ConfigMap {VIP_CONFIG_MAP}: data[{VIP_KEY:?}]"))?),
+        None => Ok(VipTable::default()),
+    }
+}
+
+async fn save_config_map(
+    api: &ConfigMaps,
+    namespace: &str,
+    table: &VipTable,
+) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": VIP_CONFIG_MAP, "namespace": namespace },
+        "data": { VIP_KEY: serde_json::to_string(table)? },
+    });
+    api.patch(
+        VIP_CONFIG_MAP,
+        &PatchParams::apply(crate::status_writer::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sends `update` unless it repeats the last one; false once the receiver is gone.
+async fn send<T: From<VipUpdate>>(
+    sink: &mpsc::Sender<T>,
+    last: &mut Option<VipUpdate>,
+    update: VipUpdate,
+) -> bool {
+    if last.as_ref() == Some(&update) {
+        return true;
+    }
+    for error in &update.errors {
+        tracing::warn!(%error, "VIP not allocated");
+    }
+    if sink.send(T::from(update.clone())).await.is_err() {
+        return false;
+    }
+    *last = Some(update);
+    true
 }

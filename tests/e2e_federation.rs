@@ -19,14 +19,26 @@ fn repo(path: &str) -> String {
         .to_string()
 }
 
-fn member_cluster(name: &str, zone: &str) -> String {
+fn member_cluster(name: &str, zone: &str, vip_cidr: &str) -> String {
     format!(
         r#"
 apiVersion: meridian.dev/v1alpha1
 kind: MemberCluster
 metadata: {{name: {name}, labels: {{tier: edge}}}}
-spec: {{region: r1, zone: {zone}, connection: {{kubeconfigSecret: {{name: {name}}}}}}}
+spec:
+  region: r1
+  zone: {zone}
+  connection: {{kubeconfigSecret: {{name: {name}}}}}
+  vipPools: [{{name: {name}-vips, cidrs: ["{vip_cidr}"]}}]
 "#
+    )
+}
+
+/// The first `status.loadBalancer.ingress` IP of the `web` Service in a member.
+fn member_service_vip(member: &KubeCluster) -> String {
+    member.jsonpath(
+        &["get", "service", "web", "-n", "shop"],
+        "{.status.loadBalancer.ingress[0].ip}",
     )
 }
 
@@ -166,9 +178,9 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
     let hub = &fleet[0];
     hub.apply_ok(&format!(
         "{}---{}---{}",
-        member_cluster("m1", "z1"),
-        member_cluster("m2", "z1"),
-        member_cluster("m3", "z2")
+        member_cluster("m1", "z1", "192.0.2.0/28"),
+        member_cluster("m2", "z1", "192.0.2.16/28"),
+        member_cluster("m3", "z2", "198.51.100.0/28")
     ));
 
     let controller = Controller::start(&hub.controller_kubeconfig, work.path(), "replica-a", &[]);
@@ -206,6 +218,26 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
         member_service_port(&fleet[0]),
         None,
         "the hub is not placed"
+    );
+
+    // Each placed member's Service carries the AccessPoint's VIP there, as a LoadBalancer
+    // controller would write it; status lists them; the leader keeps the table in a ConfigMap.
+    eventually(WAIT, "VIPs on the member Services", || async {
+        member_service_vip(&fleet[1]) == "192.0.2.1"
+            && member_service_vip(&fleet[3]) == "198.51.100.1"
+    })
+    .await;
+    assert_eq!(
+        status_field(&fleet[0], "{.status.clusters[?(@.name==\"m3\")].vips[0]}"),
+        "198.51.100.1"
+    );
+    let table = fleet[0].jsonpath(
+        &["get", "configmap", "meridian-vips", "-n", "meridian-system"],
+        "{.data.vips\\.json}",
+    );
+    assert!(
+        table.contains("192.0.2.1") && table.contains("198.51.100.1"),
+        "{table}"
     );
 
     // Each member's gateway serves its own variant, from its own zone's endpoints read back

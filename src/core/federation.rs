@@ -24,6 +24,9 @@ pub struct MemberService {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub spec: ServiceSpec,
+    /// The AccessPoint's VIPs in that cluster, written to `status.loadBalancer.ingress` as a
+    /// LoadBalancer controller would.
+    pub load_balancer_ips: Vec<String>,
 }
 
 /// Every Service to apply, by (AccessPoint, cluster). AccessPoints being deleted and clusters
@@ -63,11 +66,17 @@ pub fn member_services(model: &Model) -> BTreeMap<(ObjectKey, String), MemberSer
                 (key.clone(), cluster.clone()),
                 MemberService {
                     access_point: key.clone(),
-                    cluster,
+                    cluster: cluster.clone(),
                     service: ObjectKey::new(namespace, service.metadata.name.clone()),
                     labels,
                     annotations,
                     spec: with_default_protocols(service.spec.clone()),
+                    load_balancer_ips: model
+                        .vips
+                        .of(key, &cluster)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect(),
                 },
             );
         }

@@ -139,6 +139,46 @@ async fn apply_service(
     policy: ConflictPolicy,
 ) -> Result<(), String> {
     let api: Api<Service> = Api::namespaced(client.clone(), &desired.service.namespace);
+    apply_spec(&api, desired, policy).await?;
+    if !desired.load_balancer_ips.is_empty() {
+        apply_load_balancer_status(&api, desired).await?;
+    }
+    Ok(())
+}
+
+/// The AccessPoint's VIPs in `status.loadBalancer.ingress`, as a LoadBalancer controller
+/// writes them. A merge patch: applying with the spec's field manager would (before
+/// Kubernetes 1.22 tracked subresources apart) drop the labels and annotations it owns.
+async fn apply_load_balancer_status(
+    api: &Api<Service>,
+    desired: &MemberService,
+) -> Result<(), String> {
+    let ingress: Vec<serde_json::Value> = desired
+        .load_balancer_ips
+        .iter()
+        .map(|ip| serde_json::json!({ "ip": ip }))
+        .collect();
+    let body = serde_json::json!({ "status": { "loadBalancer": { "ingress": ingress } } });
+    api.patch_status(
+        &desired.service.name,
+        &PatchParams::default(),
+        &Patch::Merge(&body),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "writing the VIPs into Service {} status: {e}",
+            desired.service
+        )
+    })?;
+    Ok(())
+}
+
+async fn apply_spec(
+    api: &Api<Service>,
+    desired: &MemberService,
+    policy: ConflictPolicy,
+) -> Result<(), String> {
     let owner = desired.access_point.to_string();
     let existing = api
         .get_opt(&desired.service.name)
@@ -160,7 +200,7 @@ async fn apply_service(
                     desired.service
                 ));
             }
-            return take_over(&api, existing, desired).await;
+            return take_over(api, existing, desired).await;
         }
     }
     let body = serde_json::json!({
