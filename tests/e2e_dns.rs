@@ -283,3 +283,88 @@ fn dns_query(name: &str) -> Vec<u8> {
     packet.extend_from_slice(&[0, 0, 1, 0, 1]);
     packet
 }
+
+/// The Failover fixture: `shop` on east and west, with a ready or unready endpoint in each.
+fn failover_manifest(east_ready: bool, west_ready: bool) -> String {
+    let slice = |cluster: &str, ready: bool| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{cluster}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: {cluster}}}
+addressType: IPv4
+endpoints: [{{addresses: ["10.0.0.1"], conditions: {{ready: {ready}}}}}]
+"#
+        )
+    };
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: east}}
+spec: {{zone: east-1, vipPools: [{{name: east-main, cidrs: ["192.0.2.0/24"]}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: west}}
+spec: {{zone: west-1, vipPools: [{{name: west-main, cidrs: ["198.51.100.0/24"]}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  placement: {{clusters: [east, west]}}
+  template:
+    service:
+      metadata: {{name: web}}
+      spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: NameService
+metadata: {{name: shop, namespace: shop}}
+spec: {{fqdn: shop.example.test, ttl: 5, policy: Failover, target: {{accessPoint: shop}}}}
+{}{}"#,
+        slice("east", east_ready),
+        slice("west", west_ready)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_withdraws_an_unhealthy_cluster_and_brings_it_back() {
+    let f = Fixture::new(&[]);
+    let write = |east: bool, west: bool| {
+        let tmp = f.path().join(".fleet.yaml.tmp");
+        std::fs::write(&tmp, failover_manifest(east, west)).unwrap();
+        std::fs::rename(&tmp, f.path().join("config").join("fleet.yaml")).unwrap();
+    };
+    write(true, true);
+    let meridian = f.start().await;
+    let dns = meridian.dns_addr.expect("DNS is serving");
+    let addresses = || {
+        answers(dns, "shop.example.test", "A")
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect::<Vec<_>>()
+    };
+    let both = vec!["192.0.2.1".to_owned(), "198.51.100.1".to_owned()];
+    eventually(
+        Duration::from_secs(10),
+        "both clusters answered",
+        || async { addresses() == both },
+    )
+    .await;
+    write(true, false);
+    eventually(Duration::from_secs(10), "west withdrawn", || async {
+        addresses() == vec!["192.0.2.1".to_owned()]
+    })
+    .await;
+    write(true, true);
+    eventually(Duration::from_secs(10), "west back", || async {
+        addresses() == both
+    })
+    .await;
+    meridian.shutdown().await.unwrap();
+}

@@ -20,6 +20,25 @@ pub struct NameServiceSpec {
     #[serde(default = "default_ttl")]
     pub ttl: u32,
     pub target: NameServiceTarget,
+    /// Which of an AccessPoint's VIPs are answered. Default `All`.
+    #[serde(default, skip_serializing_if = "DnsPolicy::is_default")]
+    pub policy: DnsPolicy,
+}
+
+/// `All`: every cluster's VIP. `Failover`: only clusters where the AccessPoint's Service has
+/// ready endpoints (read from that cluster); when none has, all of them (failing open, as a
+/// health-checked DNS record set does).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DnsPolicy {
+    #[default]
+    All,
+    Failover,
+}
+
+impl DnsPolicy {
+    fn is_default(&self) -> bool {
+        *self == DnsPolicy::All
+    }
 }
 
 fn default_ttl() -> u32 {

@@ -7,7 +7,10 @@
 use ::core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::BTreeMap;
 
-use super::model::{Model, ObjectKey};
+use super::model::{member_of, Model, ObjectKey};
+use super::translate::SERVICE_NAME_LABEL;
+use crate::api::name_service::DnsPolicy;
+use crate::api::LOCAL_CLUSTER;
 
 /// The addresses of one name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -123,13 +126,22 @@ pub fn records(model: &Model, zones: &[String]) -> DnsRecords {
                         format!("AccessPoint {ap} does not exist"),
                     );
                 }
-                model
+                let all: Vec<(&String, IpAddr)> = model
                     .vips
                     .vips
                     .iter()
                     .filter(|((owner, _, _), _)| owner == &ap)
-                    .map(|(_, vip)| vip.address)
-                    .collect()
+                    .map(|((_, cluster, _), vip)| (cluster, vip.address))
+                    .collect();
+                let healthy: Vec<IpAddr> = all
+                    .iter()
+                    .filter(|(cluster, _)| healthy_in(model, &ap, cluster))
+                    .map(|(_, address)| *address)
+                    .collect();
+                match spec.policy {
+                    DnsPolicy::Failover if !healthy.is_empty() => healthy,
+                    _ => all.into_iter().map(|(_, address)| address).collect(),
+                }
             }
             (None, false) => {
                 let mut parsed = Vec::new();
@@ -170,6 +182,35 @@ pub fn records(model: &Model, zones: &[String]) -> DnsRecords {
         out.names.insert(name, records);
     }
     out
+}
+
+/// Whether `access_point`'s Service has a ready endpoint read from `cluster`.
+fn healthy_in(model: &Model, access_point: &ObjectKey, cluster: &str) -> bool {
+    let Some(service) = model
+        .access_points
+        .get(access_point)
+        .and_then(|ap| ap.spec.template.service.as_ref())
+    else {
+        return false;
+    };
+    let namespace = service
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(&access_point.namespace);
+    model.endpoint_slices.values().any(|slice| {
+        let labels = slice.metadata.labels.as_ref();
+        let for_service = labels.and_then(|l| l.get(SERVICE_NAME_LABEL))
+            == Some(&service.metadata.name)
+            && slice.metadata.namespace.as_deref() == Some(namespace);
+        let origin = member_of(&slice.metadata).unwrap_or(LOCAL_CLUSTER);
+        for_service
+            && origin == cluster
+            && slice
+                .endpoints
+                .iter()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+    })
 }
 
 #[cfg(test)]

@@ -79,3 +79,76 @@ fn problems_name_the_name_service_and_field() {
     );
     assert_eq!(records.names.len(), 2);
 }
+
+const FAILOVER: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: east-1, vipPools: [{name: main, cidrs: ["192.0.2.0/24"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {zone: west-1, vipPools: [{name: main, cidrs: ["198.51.100.0/24"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  placement: {clusters: [east, west]}
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: NameService
+metadata: {name: shop, namespace: shop}
+spec: {fqdn: shop.example.test, policy: Failover, target: {accessPoint: shop}}
+"#;
+
+fn east_slice(ready: bool) -> String {
+    format!(
+        r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-east
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: east}}
+addressType: IPv4
+endpoints: [{{addresses: ["10.0.0.1"], conditions: {{ready: {ready}}}}}]
+"#
+    )
+}
+
+fn answered(yaml: &str) -> Vec<String> {
+    let mut model = model_of(yaml, "shop");
+    let (vips, _) = allocate(&model, &VipTable::default());
+    model.vips = std::sync::Arc::new(vips);
+    records(&model, &["example.test".to_owned()]).names["shop.example.test"]
+        .v4
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn failover_answers_only_clusters_with_ready_endpoints_and_fails_open() {
+    assert_eq!(
+        answered(&format!("{FAILOVER}{}", east_slice(true))),
+        ["192.0.2.1"],
+        "only east has ready endpoints"
+    );
+    assert_eq!(
+        answered(&format!("{FAILOVER}{}", east_slice(false))),
+        ["192.0.2.1", "198.51.100.1"],
+        "none healthy: every VIP, rather than none"
+    );
+    assert_eq!(
+        answered(&FAILOVER.replace("policy: Failover, ", "")),
+        ["192.0.2.1", "198.51.100.1"],
+        "All answers every cluster"
+    );
+}
