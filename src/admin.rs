@@ -23,6 +23,8 @@ pub struct AdminState {
     /// Set once the first configuration was loaded without a fatal error.
     pub ready: AtomicBool,
     pub problems: Mutex<Vec<ConfigProblem>>,
+    /// Zones the embedded DNS server is authoritative for (empty: no DNS server).
+    pub dns_zones: Mutex<Vec<String>>,
 }
 
 impl AdminState {
@@ -31,6 +33,7 @@ impl AdminState {
             xds,
             ready: AtomicBool::new(false),
             problems: Mutex::new(Vec::new()),
+            dns_zones: Mutex::new(Vec::new()),
         })
     }
 
@@ -48,6 +51,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/problems", get(problems))
+        .route("/debug/dns", get(dns))
         .route("/debug/status", get(access_point_statuses))
         .with_state(state)
 }
@@ -94,6 +98,46 @@ async fn problems(State(state): State<Arc<AdminState>>) -> Json<Vec<ConfigProble
 
 /// Every AccessPoint's conditions as this process sees them (its own proxies only), the same
 /// computation the Kubernetes status writer performs: how standalone mode shows status.
+/// What DNS answers: every served name with its records, NameServices that cannot be served,
+/// and VIPs that could not be allocated.
+async fn dns(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
+    let snapshot = state.xds.snapshots.borrow().clone();
+    let zones = state
+        .dns_zones
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let records = crate::core::dns::records(&snapshot.model, &zones);
+    let names: serde_json::Map<String, serde_json::Value> = records
+        .names
+        .iter()
+        .map(|(name, set)| {
+            (
+                name.clone(),
+                serde_json::json!({
+                    "nameService": set.owner.to_string(),
+                    "ttl": set.ttl,
+                    "a": set.v4,
+                    "aaaa": set.v6,
+                }),
+            )
+        })
+        .collect();
+    let problems: Vec<String> = records.problems.iter().map(ToString::to_string).collect();
+    let vip_errors: Vec<String> = snapshot
+        .model
+        .vip_errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Json(serde_json::json!({
+        "zones": zones,
+        "names": names,
+        "problems": problems,
+        "vipErrors": vip_errors,
+    }))
+}
+
 async fn access_point_statuses(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
     let snapshot = state.xds.snapshots.borrow().clone();
     let acks = state.xds.acks(&snapshot);

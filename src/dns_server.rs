@@ -120,6 +120,11 @@ impl DnsServer {
         Ok(Some((dns, task)))
     }
 
+    /// The zones served, normalized.
+    pub fn zones(&self) -> &[String] {
+        &self.zones
+    }
+
     /// Rebuilds the catalog on every snapshot.
     async fn follow(
         &self,

@@ -93,6 +93,11 @@ impl Running {
             return Ok(self);
         };
         self.dns_addr = Some(dns.addr);
+        *self
+            .admin
+            .dns_zones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = dns.zones().to_vec();
         self.tasks.push(task);
         Ok(self)
     }

@@ -155,6 +155,15 @@ async fn vips_are_answered_over_dns_and_survive_restarts() {
     let tcp = dig(dns, "shop.example.test", "A", &["+tcp", "+short"]);
     assert_eq!(tcp.lines().count(), 2, "{tcp}");
 
+    // The admin view shows what DNS serves, and what it cannot.
+    let view = admin_json(&client(), meridian.admin_addr, "/debug/dns").await;
+    assert_eq!(view["names"]["shop.example.test"]["ttl"], 45, "{view}");
+    assert_eq!(
+        view["names"]["shop.example.test"]["nameService"],
+        "shop/shop"
+    );
+    assert_eq!(view["problems"], serde_json::json!([]), "{view}");
+
     // Status shows them per cluster.
     let status = statuses(&meridian).await;
     assert_eq!(cluster(&status, "shop", "east")["vips"][0], "192.0.2.1");
@@ -198,6 +207,11 @@ async fn vips_are_answered_over_dns_and_survive_restarts() {
         },
     )
     .await;
+    let view = admin_json(&client(), meridian.admin_addr, "/debug/dns").await;
+    assert_eq!(
+        view["vipErrors"][0], "VIP pool east-main of cluster east has no free V4 address",
+        "{view}"
+    );
 
     // `shop` leaves west: its west VIP leaves the answer.
     f.write(&[("shop", "east"), ("api", "east"), ("late", "east")]);
