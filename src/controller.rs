@@ -119,6 +119,8 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         stopped.clone(),
     );
     let lease = options.lease;
+    let dns_updates =
+        crate::dns_update::run(snapshots.clone(), Some(leading.clone()), stopped.clone());
     let vip_allocator = vips::run_kube(
         client.clone(),
         lease.namespace.clone(),
@@ -198,6 +200,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .with_task(feed)
         .with_task(certs)
         .with_task(vip_allocator)
+        .with_task(dns_updates)
         .with_task(campaign)
         .with_task(publisher)
         .with_task(member_connections)

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod core;
 pub mod crds;
 pub mod dns_server;
+pub mod dns_update;
 pub mod index;
 pub mod leader;
 pub mod members;

@@ -106,6 +106,11 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
             derived_tx,
             stopped.clone(),
         ))
+        .with_task(crate::dns_update::run(
+            snapshots.clone(),
+            None,
+            stopped.clone(),
+        ))
         .with_task(watch_config(provider, index, derived, admin_state, stopped));
     running.with_dns(&options.dns, snapshots).await
 }

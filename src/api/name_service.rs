@@ -23,6 +23,43 @@ pub struct NameServiceSpec {
     /// Which of an AccessPoint's VIPs are answered. Default `All`.
     #[serde(default, skip_serializing_if = "DnsPolicy::is_default")]
     pub policy: DnsPolicy,
+    /// Where the records go. Absent: Meridian's embedded DNS server (`--dns-zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<DnsProvider>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsProvider {
+    /// Dynamic updates (RFC 2136) with TSIG to an external authoritative server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2136: Option<Rfc2136Provider>,
+}
+
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rfc2136Provider {
+    /// `host:port` of the primary server.
+    pub server: String,
+    /// The zone the name is updated in.
+    pub zone: String,
+    pub tsig_key: TsigKey,
+}
+
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TsigKey {
+    /// The key's name, as the server knows it.
+    pub name: String,
+    /// `hmac-sha256` (default), `hmac-sha384` or `hmac-sha512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// A file holding the base64 secret (as in a BIND `key` clause), read by Meridian.
+    pub secret_file: String,
 }
 
 /// `All`: every cluster's VIP. `Failover`: only clusters where the AccessPoint's Service has

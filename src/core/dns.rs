@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use super::model::{member_of, Model, ObjectKey};
 use super::translate::SERVICE_NAME_LABEL;
-use crate::api::name_service::DnsPolicy;
+use crate::api::name_service::{DnsPolicy, Rfc2136Provider};
+use crate::api::NameService;
 use crate::api::LOCAL_CLUSTER;
 
 /// The addresses of one name.
@@ -71,11 +72,49 @@ fn valid_name(name: &str) -> bool {
         })
 }
 
-/// The record sets of every NameService whose name falls in one of `zones`.
+/// The record sets the embedded server answers: NameServices without a provider, in `zones`.
 pub fn records(model: &Model, zones: &[String]) -> DnsRecords {
+    let embedded = model
+        .name_services
+        .iter()
+        .filter(|(_, ns)| provider_of(ns).is_none());
+    collect(model, embedded, zones)
+}
+
+/// The RFC 2136 provider of a NameService, if it names one.
+pub fn provider_of(service: &NameService) -> Option<&Rfc2136Provider> {
+    service.spec.provider.as_ref()?.rfc2136.as_ref()
+}
+
+/// The record sets each external server should hold, by provider (server, zone, key).
+pub fn rfc2136_records(model: &Model) -> BTreeMap<Rfc2136Provider, DnsRecords> {
+    let mut providers: BTreeMap<Rfc2136Provider, Vec<(&ObjectKey, &NameService)>> = BTreeMap::new();
+    for (key, service) in &model.name_services {
+        if let Some(provider) = provider_of(service) {
+            providers
+                .entry(provider.clone())
+                .or_default()
+                .push((key, service));
+        }
+    }
+    providers
+        .into_iter()
+        .map(|(provider, services)| {
+            let zones = [provider.zone.clone()];
+            let records = collect(model, services.into_iter(), &zones);
+            (provider, records)
+        })
+        .collect()
+}
+
+fn collect<'m>(
+    model: &Model,
+    services: impl Iterator<Item = (&'m ObjectKey, &'m NameService)>,
+    zones: &[String],
+) -> DnsRecords {
     let zones: Vec<String> = zones.iter().map(|z| normalize(z)).collect();
     let mut out = DnsRecords::default();
-    let mut services: Vec<_> = model.name_services.iter().collect();
+    let mut services: Vec<_> = services.collect();
     services.sort_by_key(|(key, ns)| (ns.metadata.creation_timestamp.clone(), *key));
     for (key, service) in services {
         let mut problem = |path: &str, message: String| {
