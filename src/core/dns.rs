@@ -165,21 +165,19 @@ fn collect<'m>(
                         format!("AccessPoint {ap} does not exist"),
                     );
                 }
-                let all: Vec<(&String, IpAddr)> = model
-                    .vips
-                    .vips
-                    .iter()
-                    .filter(|((owner, _, _), _)| owner == &ap)
-                    .map(|((_, cluster, _), vip)| (cluster, vip.address))
-                    .collect();
-                let healthy: Vec<IpAddr> = all
-                    .iter()
-                    .filter(|(cluster, _)| healthy_in(model, &ap, cluster))
-                    .map(|(_, address)| *address)
-                    .collect();
-                match spec.policy {
-                    DnsPolicy::Failover if !healthy.is_empty() => healthy,
-                    _ => all.into_iter().map(|(_, address)| address).collect(),
+                let all: Vec<(&String, IpAddr)> = model.vips.all_of(&ap).collect();
+                let healthy: Vec<IpAddr> = match spec.policy {
+                    DnsPolicy::All => Vec::new(),
+                    DnsPolicy::Failover => all
+                        .iter()
+                        .filter(|(cluster, _)| healthy_in(model, &ap, cluster))
+                        .map(|(_, address)| *address)
+                        .collect(),
+                };
+                if healthy.is_empty() {
+                    all.into_iter().map(|(_, address)| address).collect()
+                } else {
+                    healthy
                 }
             }
             (None, false) => {

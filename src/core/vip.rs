@@ -63,6 +63,17 @@ impl VipTable {
             .collect()
     }
 
+    /// Every (cluster, address) of `access_point`, by cluster.
+    pub fn all_of<'t>(
+        &'t self,
+        access_point: &'t ObjectKey,
+    ) -> impl Iterator<Item = (&'t String, IpAddr)> + 't {
+        self.vips
+            .range((access_point.clone(), String::new(), Family::V4)..)
+            .take_while(move |((owner, _, _), _)| owner == access_point)
+            .map(|((_, cluster, _), vip)| (cluster, vip.address))
+    }
+
     pub fn len(&self) -> usize {
         self.vips.len()
     }
