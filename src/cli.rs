@@ -53,10 +53,25 @@ impl MeshArgs {
     }
 }
 
+/// What both serving modes take besides their input: mesh defaults, certificates, secured
+/// xDS and DNS.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServingArgs {
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub certs: CertOptions,
+    #[command(flatten)]
+    pub xds_tls: XdsTlsOptions,
+    #[command(flatten)]
+    pub dns: DnsOptions,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve xDS from a directory of YAML manifests (AccessPoint, MemberCluster, NameService,
-    /// Service, EndpointSlice), applying edits live.
+    /// Serve xDS (and optionally DNS) from a directory of YAML manifests (AccessPoint,
+    /// MemberCluster, NameService, Service, EndpointSlice, Deployment, TLS Secret), applying
+    /// edits live.
     Standalone {
         /// Directory of manifests, read recursively (*.yaml, *.yml).
         #[arg(long)]
@@ -71,17 +86,12 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_addr: SocketAddr,
         #[command(flatten)]
-        mesh: MeshArgs,
-        #[command(flatten)]
-        certs: CertOptions,
-        #[command(flatten)]
-        xds_tls: XdsTlsOptions,
-        #[command(flatten)]
-        dns: DnsOptions,
+        serving: ServingArgs,
     },
     /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
-    /// EndpointSlice and Namespace objects, and write AccessPoint status while holding the
-    /// leader lease. Every replica serves xDS.
+    /// EndpointSlice, Deployment, TLS Secret and Namespace objects; while holding the leader
+    /// lease, write AccessPoint status, member-cluster Services, the VIP table and RFC 2136
+    /// updates. Every replica serves xDS (and DNS, with --dns-addr).
     Controller {
         /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster account).
         #[arg(long)]
@@ -115,13 +125,7 @@ pub enum Command {
         #[arg(long, default_value = "meridian-ca")]
         ca_secret: String,
         #[command(flatten)]
-        mesh: MeshArgs,
-        #[command(flatten)]
-        certs: CertOptions,
-        #[command(flatten)]
-        xds_tls: XdsTlsOptions,
-        #[command(flatten)]
-        dns: DnsOptions,
+        serving: ServingArgs,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -247,20 +251,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             xds_addr,
             admin_addr,
-            mesh,
-            certs,
-            xds_tls,
-            dns,
+            serving,
         } => {
             let running = standalone::start(StandaloneOptions {
                 config_dir,
                 state_dir,
                 xds_addr,
                 admin_addr,
-                export: mesh.export_policy(),
-                certs,
-                xds_tls,
-                dns,
+                export: serving.mesh.export_policy(),
+                certs: serving.certs,
+                xds_tls: serving.xds_tls,
+                dns: serving.dns,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -276,10 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_duration,
             renew_every,
             ca_secret,
-            mesh,
-            certs,
-            xds_tls,
-            dns,
+            serving,
         } => {
             if renew_every >= lease_duration {
                 bail!("--renew-every must be shorter than --lease-duration");
@@ -294,7 +292,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 namespace_selectors,
                 xds_addr,
                 admin_addr,
-                export: mesh.export_policy(),
+                export: serving.mesh.export_policy(),
                 lease: LeaseConfig {
                     namespace: lease_namespace,
                     name: lease_name,
@@ -302,10 +300,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     lease_duration,
                     renew_every,
                 },
-                certs,
-                xds_tls,
+                certs: serving.certs,
+                xds_tls: serving.xds_tls,
                 ca_secret,
-                dns,
+                dns: serving.dns,
             })
             .await?;
             running.run_until(shutdown_signal()).await
