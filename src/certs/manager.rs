@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::rotation::{CertificateSet, Plan, RotationPolicy, Why};
 use super::Issuer;
-use crate::core::expand::cluster_view;
 use crate::core::tls::{certificate_requests, CertificateRequest, SecretMaterial, CA_BUNDLE};
 use crate::index::Snapshot;
 use crate::metrics::{Metrics, ReasonLabel};
@@ -158,13 +157,7 @@ impl CertManager {
 
 /// The embedded certificates the snapshot's placed TLS servers need, across every cluster.
 fn wanted(snapshot: &Snapshot) -> BTreeMap<String, CertificateRequest> {
-    let model = &snapshot.model;
-    certificate_requests(
-        model
-            .cluster_names()
-            .iter()
-            .map(|cluster| cluster_view(model, cluster)),
-    )
+    certificate_requests(&snapshot.model)
 }
 
 #[cfg(test)]

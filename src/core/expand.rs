@@ -12,9 +12,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
+use super::refs::placed_clusters;
 use super::tls::TlsSources;
 use super::translate::{from_annotation, resolve_host, ExportPolicy, SERVICE_NAME_LABEL};
-use crate::api::access_point::Templated;
+use crate::api::access_point::{AccessPointTemplate, Templated};
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
@@ -63,6 +64,31 @@ pub struct ClusterView<'m> {
     pub rules_by_host: BTreeMap<String, Vec<usize>>,
     /// TLS material: issued certificates and user Secrets.
     pub tls: TlsSources<'m>,
+}
+
+/// Every (AccessPoint, cluster, template) in force: AccessPoints not being deleted, on each
+/// cluster they are placed on, with that cluster's overrides applied (clusters where overrides
+/// never produced a template are skipped). Cheaper than a view when only templates matter.
+pub fn placed_templates(
+    model: &Model,
+) -> impl Iterator<Item = (&ObjectKey, String, &AccessPointTemplate)> + '_ {
+    model
+        .access_points
+        .iter()
+        .filter(|(_, ap)| ap.metadata.deletion_timestamp.is_none())
+        .flat_map(move |(key, ap)| {
+            placed_clusters(model, ap)
+                .into_iter()
+                .filter_map(move |cluster| {
+                    let template =
+                        match model.cluster_templates.get(&(key.clone(), cluster.clone())) {
+                            None => &ap.spec.template,
+                            Some(ClusterTemplate::Patched(template)) => &**template,
+                            Some(ClusterTemplate::Blocked) => return None,
+                        };
+                    Some((key, cluster, template))
+                })
+        })
 }
 
 /// Builds the view of `cluster` (the model holds only accepted AccessPoints).

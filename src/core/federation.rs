@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ServiceSpec;
 
-use super::model::{ClusterTemplate, Model, ObjectKey};
-use super::refs::placed_clusters;
+use super::expand::placed_templates;
+use super::model::{Model, ObjectKey};
 
 /// Label on every object Meridian writes into a member cluster (for listing them back).
 pub const MANAGED_LABEL: &str = "meridian.dev/managed";
@@ -33,53 +33,41 @@ pub struct MemberService {
 /// where overrides never produced a template contribute nothing.
 pub fn member_services(model: &Model) -> BTreeMap<(ObjectKey, String), MemberService> {
     let mut out = BTreeMap::new();
-    for (key, ap) in &model.access_points {
-        if ap.metadata.deletion_timestamp.is_some() {
+    for (key, cluster, template) in placed_templates(model) {
+        let connected = model
+            .member_clusters
+            .get(&ObjectKey::new("", cluster.as_str()))
+            .is_some_and(|m| m.spec.connection.is_some());
+        let Some(service) = template.service.as_ref().filter(|_| connected) else {
             continue;
-        }
-        for cluster in placed_clusters(model, ap) {
-            let connected = model
-                .member_clusters
-                .get(&ObjectKey::new("", cluster.as_str()))
-                .is_some_and(|m| m.spec.connection.is_some());
-            if !connected {
-                continue;
-            }
-            let template = match model.cluster_templates.get(&(key.clone(), cluster.clone())) {
-                None => &ap.spec.template,
-                Some(ClusterTemplate::Patched(t)) => &**t,
-                Some(ClusterTemplate::Blocked) => continue,
-            };
-            let Some(service) = &template.service else {
-                continue;
-            };
-            let namespace = service
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| key.namespace.clone());
-            let mut labels = service.metadata.labels.clone();
-            labels.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
-            let mut annotations = service.metadata.annotations.clone();
-            annotations.insert(OWNER_ANNOTATION.to_owned(), key.to_string());
-            out.insert(
-                (key.clone(), cluster.clone()),
-                MemberService {
-                    access_point: key.clone(),
-                    cluster: cluster.clone(),
-                    service: ObjectKey::new(namespace, service.metadata.name.clone()),
-                    labels,
-                    annotations,
-                    spec: with_default_protocols(service.spec.clone()),
-                    load_balancer_ips: model
-                        .vips
-                        .of(key, &cluster)
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect(),
-                },
-            );
-        }
+        };
+        let namespace = service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| key.namespace.clone());
+        let mut labels = service.metadata.labels.clone();
+        labels.insert(MANAGED_LABEL.to_owned(), "true".to_owned());
+        let mut annotations = service.metadata.annotations.clone();
+        annotations.insert(OWNER_ANNOTATION.to_owned(), key.to_string());
+        let load_balancer_ips = model
+            .vips
+            .of(key, &cluster)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        out.insert(
+            (key.clone(), cluster.clone()),
+            MemberService {
+                access_point: key.clone(),
+                cluster,
+                service: ObjectKey::new(namespace, service.metadata.name.clone()),
+                labels,
+                annotations,
+                spec: with_default_protocols(service.spec.clone()),
+                load_balancer_ips,
+            },
+        );
     }
     out
 }

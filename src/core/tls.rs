@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
-use super::expand::ClusterView;
-use super::model::ObjectKey;
+use super::expand::placed_templates;
+use super::model::{Model, ObjectKey};
 use super::resources::content_hash;
 use crate::api::istio::Server;
 
@@ -125,15 +125,21 @@ pub struct CertificateRequest {
     pub dns_names: Vec<String>,
 }
 
-/// Every certificate the embedded issuer owes the TLS servers placed in `views`, by SDS name.
-pub fn certificate_requests<'m>(
-    views: impl IntoIterator<Item = ClusterView<'m>>,
-) -> BTreeMap<String, CertificateRequest> {
+/// Every certificate the embedded issuer owes the TLS servers placed anywhere, by SDS name.
+pub fn certificate_requests(model: &Model) -> BTreeMap<String, CertificateRequest> {
     let mut requests = BTreeMap::new();
-    for view in views {
-        for gateway in &view.gateways {
+    for (key, _, template) in placed_templates(model) {
+        for gateway in &template.gateways {
+            let gateway_key = ObjectKey::new(
+                gateway
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| key.namespace.clone()),
+                gateway.metadata.name.clone(),
+            );
             for server in &gateway.spec.servers {
-                let Some(tls) = TlsServer::of(&gateway.key, server) else {
+                let Some(tls) = TlsServer::of(&gateway_key, server) else {
                     continue;
                 };
                 if tls.is_embedded() {

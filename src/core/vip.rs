@@ -224,6 +224,10 @@ pub fn allocate(model: &Model, previous: &VipTable) -> (VipTable, Vec<VipError>)
         .filter(|(_, ap)| ap.metadata.deletion_timestamp.is_none())
         .collect();
     access_points.sort_by_key(|(key, ap)| (ap.metadata.creation_timestamp.clone(), *key));
+    let placements: BTreeMap<&ObjectKey, Vec<String>> = access_points
+        .iter()
+        .map(|(key, ap)| (*key, placed_clusters(model, ap)))
+        .collect();
 
     for cluster in model.cluster_names() {
         let pools = pools_of(model, &cluster, &mut errors);
@@ -232,7 +236,7 @@ pub fn allocate(model: &Model, previous: &VipTable) -> (VipTable, Vec<VipError>)
         }
         let placed: Vec<&ObjectKey> = access_points
             .iter()
-            .filter(|(_, ap)| placed_clusters(model, ap).contains(&cluster))
+            .filter(|(key, _)| placements[key].contains(&cluster))
             .map(|(key, _)| *key)
             .collect();
         let mut used: BTreeSet<IpAddr> = BTreeSet::new();

@@ -5,7 +5,6 @@ use k8s_openapi::ByteString;
 
 use super::*;
 use crate::api::istio::{Port, ServerTls};
-use crate::core::expand::cluster_view;
 use crate::core::test_support::model_of;
 
 fn server(hosts: &[&str], mode: &str, credential: Option<&str>) -> Server {
@@ -117,12 +116,7 @@ spec:
 "#,
         "default",
     );
-    let requests = certificate_requests(
-        model
-            .cluster_names()
-            .iter()
-            .map(|c| cluster_view(&model, c)),
-    );
+    let requests = certificate_requests(&model);
     let requests: Vec<&CertificateRequest> = requests.values().collect();
     assert_eq!(requests.len(), 1);
     assert_eq!(
