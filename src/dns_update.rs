@@ -51,6 +51,10 @@ pub async fn run(
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
+    // What each server was last brought in line with; a provider whose last NameService went
+    // away is reconciled once more with nothing, which removes what Meridian owns there.
+    let mut applied: BTreeMap<Rfc2136Provider, DnsRecords> = BTreeMap::new();
+    let mut resync_all = true;
     loop {
         if let Some(leading) = &mut leading {
             if !*leading.borrow_and_update() {
@@ -58,19 +62,34 @@ pub async fn run(
                     changed = leading.changed() => if changed.is_err() { return Ok(()) },
                     _ = stopped.changed() => return Ok(()),
                 }
+                resync_all = true;
                 continue;
             }
         }
         let snapshot = snapshots.borrow_and_update().clone();
-        let providers = rfc2136_records(&snapshot.model);
+        let mut desired = rfc2136_records(&snapshot.model);
+        for gone in applied.keys() {
+            desired.entry(gone.clone()).or_default();
+        }
         let mut failed = false;
-        for (provider, records) in &providers {
+        for (provider, records) in &desired {
+            if !resync_all && applied.get(provider) == Some(records) {
+                continue;
+            }
             for problem in &records.problems {
                 tracing::warn!(%problem, "NameService not published");
             }
-            if let Err(error) = reconcile(provider, records).await {
-                failed = true;
-                tracing::warn!(server = %provider.server, zone = %provider.zone, error = %format!("{error:#}"), retry_in = ?backoff, "RFC 2136 update failed");
+            match reconcile(provider, records).await {
+                Ok(()) if records.names.is_empty() && records.problems.is_empty() => {
+                    applied.remove(provider);
+                }
+                Ok(()) => {
+                    applied.insert(provider.clone(), records.clone());
+                }
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(server = %provider.server, zone = %provider.zone, error = %format!("{error:#}"), retry_in = ?backoff, "RFC 2136 update failed");
+                }
             }
         }
         let wait = if failed {
@@ -82,8 +101,13 @@ pub async fn run(
             RESYNC_EVERY
         };
         tokio::select! {
-            changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
-            _ = tokio::time::sleep(wait) => {}
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                resync_all = failed;
+            }
+            _ = tokio::time::sleep(wait) => resync_all = true,
             _ = stopped.changed() => return Ok(()),
         }
     }

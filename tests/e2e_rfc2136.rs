@@ -166,14 +166,21 @@ async fn records_follow_the_name_service_and_foreign_ones_are_left_alone() {
     })
     .await;
 
-    // The NameService goes: its records and ownership mark go; nothing else does.
+    // `taken` goes: it never owned its name, so nothing changes there.
     write(name_service(
-        "taken",
-        "taken.example.org",
-        "192.0.2.99",
+        "shop",
+        "shop.example.org",
+        "192.0.2.11",
         port,
         &secret_file,
     ));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(bind.dig("taken.example.org", "A"), ["203.0.113.51"]);
+    assert_eq!(bind.dig("shop.example.org", "A"), ["192.0.2.11"]);
+
+    // The last NameService of the provider goes: its records and ownership mark go; nothing
+    // else does.
+    write(String::new());
     eventually(Duration::from_secs(30), "shop removed", || async {
         bind.dig("shop.example.org", "A").is_empty()
             && bind
