@@ -65,6 +65,7 @@ impl RequestHandler for LiveCatalog {
 }
 
 /// A running DNS server.
+#[derive(Clone)]
 pub struct DnsServer {
     pub addr: SocketAddr,
     catalog: LiveCatalog,
@@ -102,11 +103,7 @@ impl DnsServer {
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
         tracing::info!(%addr, zones = ?dns.zones, "DNS serving");
-        let updater = DnsServer {
-            addr,
-            catalog: dns.catalog.clone(),
-            zones: dns.zones.clone(),
-        };
+        let updater = dns.clone();
         let task = tokio::spawn(async move {
             let updates = updater.follow(snapshots, stopped.clone());
             tokio::select! {

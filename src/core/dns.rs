@@ -7,11 +7,10 @@
 use ::core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::BTreeMap;
 
-use super::model::{member_of, Model, ObjectKey};
+use super::model::{ready_addresses, Model, ObjectKey};
 use super::translate::SERVICE_NAME_LABEL;
 use crate::api::name_service::{DnsPolicy, Rfc2136Provider};
 use crate::api::NameService;
-use crate::api::LOCAL_CLUSTER;
 
 /// The addresses of one name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -223,31 +222,19 @@ fn collect<'m>(
 
 /// Whether `access_point`'s Service has a ready endpoint read from `cluster`.
 fn healthy_in(model: &Model, access_point: &ObjectKey, cluster: &str) -> bool {
-    let Some(service) = model
-        .access_points
-        .get(access_point)
-        .and_then(|ap| ap.spec.template.service.as_ref())
-    else {
+    let Some((namespace, name)) = model.template_service(access_point) else {
         return false;
     };
-    let namespace = service
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or(&access_point.namespace);
-    model.endpoint_slices.values().any(|slice| {
-        let labels = slice.metadata.labels.as_ref();
-        let for_service = labels.and_then(|l| l.get(SERVICE_NAME_LABEL))
-            == Some(&service.metadata.name)
-            && slice.metadata.namespace.as_deref() == Some(namespace);
-        let origin = member_of(&slice.metadata).unwrap_or(LOCAL_CLUSTER);
-        for_service
-            && origin == cluster
+    let slices = model.endpoint_slices.values().filter(|slice| {
+        slice.metadata.namespace.as_deref() == Some(namespace.as_str())
             && slice
-                .endpoints
-                .iter()
-                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-    })
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                == Some(&name)
+    });
+    ready_addresses(slices, cluster) > 0
 }
 
 #[cfg(test)]

@@ -165,6 +165,20 @@ pub fn member_of(meta: &ObjectMeta) -> Option<&str> {
         .filter(|c| *c != LOCAL_CLUSTER)
 }
 
+/// Ready endpoint addresses among `slices` that were read from `cluster`.
+pub fn ready_addresses<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    cluster: &str,
+) -> usize {
+    slices
+        .into_iter()
+        .filter(|slice| member_of(&slice.metadata).unwrap_or(LOCAL_CLUSTER) == cluster)
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .map(|e| e.addresses.len())
+        .sum()
+}
+
 /// The objects currently in force. Cheap to clone behind an `Arc`; rebuilt by the index.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
@@ -282,6 +296,23 @@ impl Model {
                 }
             }
         }
+    }
+
+    /// (namespace, name) of the AccessPoint's template Service, if it has one.
+    pub fn template_service(&self, access_point: &ObjectKey) -> Option<(String, String)> {
+        let service = self
+            .access_points
+            .get(access_point)?
+            .spec
+            .template
+            .service
+            .as_ref()?;
+        let namespace = service
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| access_point.namespace.clone());
+        Some((namespace, service.metadata.name.clone()))
     }
 
     /// Every known cluster: the hub's own (`local`) plus each MemberCluster, sorted.

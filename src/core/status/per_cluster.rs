@@ -2,12 +2,10 @@
 
 use super::{GatewayAck, MemberWrite};
 use crate::api::access_point::{CertificateStatus, ClusterStatus};
-use crate::api::LOCAL_CLUSTER;
 use crate::core::expand::ClusterView;
-use crate::core::model::{Model, ObjectKey};
+use crate::core::model::{ready_addresses, Model, ObjectKey};
 use crate::core::refs::UnresolvedRef;
 use crate::core::tls::TlsServer;
-use crate::core::translate::CLUSTER_LABEL;
 
 /// Above this many placed clusters only the ones that are not ready are listed.
 pub const MAX_LISTED: usize = 32;
@@ -115,35 +113,11 @@ fn rfc3339(unix_seconds: i64) -> Option<String> {
 
 /// Ready endpoint addresses of the AccessPoint's template Service read from `cluster`.
 fn ready_endpoints(model: &Model, view: &ClusterView<'_>, key: &ObjectKey, cluster: &str) -> usize {
-    let Some(service) = model
-        .access_points
-        .get(key)
-        .and_then(|ap| ap.spec.template.service.as_ref())
-    else {
+    let Some(service) = model.template_service(key) else {
         return 0;
     };
-    let namespace = service
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| key.namespace.clone());
-    view.endpoint_slices
-        .get(&(namespace, service.metadata.name.clone()))
-        .into_iter()
-        .flatten()
-        .filter(|slice| {
-            let origin = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(CLUSTER_LABEL))
-                .map_or(LOCAL_CLUSTER, String::as_str);
-            origin == cluster
-        })
-        .flat_map(|slice| &slice.endpoints)
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .map(|e| e.addresses.len())
-        .sum()
+    let slices = view.endpoint_slices.get(&service).into_iter().flatten();
+    ready_addresses(slices.copied(), cluster)
 }
 
 /// Problems of `refs` that belong to `cluster`, described.
