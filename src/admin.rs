@@ -12,6 +12,9 @@ use serde::Deserialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use tokio::sync::watch;
+
+use crate::core::dns::status::{name_service_status, DnsPublication};
 use crate::core::refs::ClusterRefs;
 use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::provider::ConfigProblem;
@@ -23,8 +26,8 @@ pub struct AdminState {
     /// Set once the first configuration was loaded without a fatal error.
     pub ready: AtomicBool,
     pub problems: Mutex<Vec<ConfigProblem>>,
-    /// Zones the embedded DNS server is authoritative for (empty: no DNS server).
-    pub dns_zones: Mutex<Vec<String>>,
+    /// What DNS publishes: the embedded server's records and each RFC 2136 server's.
+    pub dns: watch::Sender<DnsPublication>,
 }
 
 impl AdminState {
@@ -33,7 +36,7 @@ impl AdminState {
             xds,
             ready: AtomicBool::new(false),
             problems: Mutex::new(Vec::new()),
-            dns_zones: Mutex::new(Vec::new()),
+            dns: watch::Sender::new(DnsPublication::default()),
         })
     }
 
@@ -96,19 +99,14 @@ async fn problems(State(state): State<Arc<AdminState>>) -> Json<Vec<ConfigProble
     )
 }
 
-/// Every AccessPoint's conditions as this process sees them (its own proxies only), the same
-/// computation the Kubernetes status writer performs: how standalone mode shows status.
-/// What DNS answers: every served name with its records, NameServices that cannot be served,
-/// and VIPs that could not be allocated.
+/// What DNS answers: every name the embedded server serves with its records, each
+/// NameService's status (as the Kubernetes leader writes it), and VIPs that could not be
+/// allocated.
 async fn dns(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
     let snapshot = state.xds.snapshots.borrow().clone();
-    let zones = state
-        .dns_zones
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let records = crate::core::dns::records(&snapshot.model, &zones);
-    let names: serde_json::Map<String, serde_json::Value> = records
+    let publication = state.dns.borrow().clone();
+    let embedded = publication.embedded.clone().unwrap_or_default();
+    let names: serde_json::Map<String, serde_json::Value> = embedded
         .names
         .iter()
         .map(|(name, set)| {
@@ -119,11 +117,33 @@ async fn dns(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
                     "ttl": set.ttl,
                     "a": set.v4,
                     "aaaa": set.v6,
+                    "zones": set.zones.iter().map(|z| serde_json::json!({
+                        "zone": z.zone,
+                        "priority": z.priority,
+                        "weight": z.weight,
+                        "a": z.v4,
+                        "aaaa": z.v6,
+                    })).collect::<Vec<_>>(),
                 }),
             )
         })
         .collect();
-    let problems: Vec<String> = records.problems.iter().map(ToString::to_string).collect();
+    let problems: Vec<String> = embedded
+        .problems
+        .iter()
+        .chain(publication.external.values().flat_map(|r| &r.problems))
+        .map(ToString::to_string)
+        .collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let statuses: serde_json::Map<String, serde_json::Value> = snapshot
+        .model
+        .name_services
+        .iter()
+        .map(|(key, service)| {
+            let status = name_service_status(&publication, key, service, None, &now);
+            (key.to_string(), serde_json::json!(status))
+        })
+        .collect();
     let vip_errors: Vec<String> = snapshot
         .model
         .vip_errors
@@ -131,9 +151,10 @@ async fn dns(State(state): State<Arc<AdminState>>) -> Json<serde_json::Value> {
         .map(ToString::to_string)
         .collect();
     Json(serde_json::json!({
-        "zones": zones,
+        "zones": publication.zones,
         "names": names,
         "problems": problems,
+        "nameServices": statuses,
         "vipErrors": vip_errors,
     }))
 }

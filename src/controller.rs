@@ -21,6 +21,7 @@ use crate::certs::manager::CertManager;
 use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
 use crate::dns_server::DnsOptions;
+use crate::fleet_acks::FleetAcks;
 use crate::index::Index;
 use crate::leader::{self, LeaseConfig};
 use crate::members::{self, connections, MemberState};
@@ -119,8 +120,6 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         stopped.clone(),
     );
     let lease = options.lease;
-    let dns_updates =
-        crate::dns_update::run(snapshots.clone(), Some(leading.clone()), stopped.clone());
     let vip_allocator = vips::run_kube(
         client.clone(),
         lease.namespace.clone(),
@@ -137,6 +136,14 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         }
     };
     let reports = ack_reports::watch_reports(client.clone(), &lease.namespace, stopped.clone());
+    let acks = FleetAcks::with_reports(xds.clone(), lease.identity.clone(), reports);
+    let dns_updates = crate::dns_update::run(
+        snapshots.clone(),
+        acks.clone(),
+        admin_state.dns.clone(),
+        Some(leading.clone()),
+        stopped.clone(),
+    );
     let publisher = {
         let (client, xds, stopped) = (client.clone(), xds.clone(), stopped.clone());
         let (namespace, identity) = (lease.namespace.clone(), lease.identity.clone());
@@ -172,19 +179,19 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
-    let writer = {
-        let (stopped, identity) = (stopped.clone(), lease.identity.clone());
+    let name_service_status = {
+        let (client, snapshots) = (client.clone(), snapshots.clone());
+        let (published, leading) = (admin_state.dns.subscribe(), leading.clone());
+        let stopped = stopped.clone();
         async move {
-            status_writer::run(
-                client,
-                xds,
-                identity,
-                reports,
-                member_writes,
-                leading,
-                stopped,
-            )
-            .await;
+            crate::name_service_status::run(client, snapshots, published, leading, stopped).await;
+            Ok(())
+        }
+    };
+    let writer = {
+        let (stopped, acks) = (stopped.clone(), acks.clone());
+        async move {
+            status_writer::run(client, xds, acks, member_writes, leading, stopped).await;
             Ok(())
         }
     };
@@ -206,8 +213,9 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .with_task(member_connections)
         .with_task(member_writer)
         .with_task(writer)
+        .with_task(name_service_status)
         .with_task(abort_watches);
-    running.with_dns(&options.dns, snapshots).await
+    running.with_dns(&options.dns, snapshots, acks).await
 }
 
 /// Bursts of watch events become one snapshot.

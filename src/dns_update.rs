@@ -26,7 +26,11 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use tokio::sync::watch;
 
 use crate::api::name_service::Rfc2136Provider;
-use crate::core::dns::{rfc2136_records, DnsRecords, NameRecords};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::core::dns::status::{DnsPublication, ProviderState};
+use crate::core::dns::{rfc2136_records, serving_clusters, DnsRecords, NameRecords};
+use crate::fleet_acks::FleetAcks;
 use crate::index::Snapshot;
 
 /// Prefix of the TXT records that mark names Meridian owns.
@@ -47,6 +51,8 @@ struct Observed {
 /// `leading`, only while it is true (one replica writes).
 pub async fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut acks: FleetAcks,
+    published: watch::Sender<DnsPublication>,
     mut leading: Option<watch::Receiver<bool>>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -55,6 +61,7 @@ pub async fn run(
     // away is reconciled once more with nothing, which removes what Meridian owns there.
     let mut applied: BTreeMap<Rfc2136Provider, DnsRecords> = BTreeMap::new();
     let mut resync_all = true;
+    let mut states: BTreeMap<Rfc2136Provider, ProviderState> = BTreeMap::new();
     loop {
         if let Some(leading) = &mut leading {
             if !*leading.borrow_and_update() {
@@ -67,7 +74,8 @@ pub async fn run(
             }
         }
         let snapshot = snapshots.borrow_and_update().clone();
-        let mut desired = rfc2136_records(&snapshot.model);
+        let serving = serving_clusters(&acks.current());
+        let mut desired = rfc2136_records(&snapshot.model, &serving);
         for gone in applied.keys() {
             desired.entry(gone.clone()).or_default();
         }
@@ -79,57 +87,92 @@ pub async fn run(
             for problem in &records.problems {
                 tracing::warn!(%problem, "NameService not published");
             }
-            match reconcile(provider, records).await {
-                Ok(()) if records.names.is_empty() && records.problems.is_empty() => {
+            let result = reconcile(provider, records).await;
+            let state = states.entry(provider.clone()).or_default();
+            match result {
+                Ok(_) if records.names.is_empty() && records.problems.is_empty() => {
                     applied.remove(provider);
+                    states.remove(provider);
                 }
-                Ok(()) => {
+                Ok(refused) => {
                     applied.insert(provider.clone(), records.clone());
+                    *state = ProviderState {
+                        last_sync: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+                        last_error: None,
+                        refused,
+                    };
                 }
                 Err(error) => {
                     failed = true;
+                    state.last_error = Some(format!("{error:#}"));
                     tracing::warn!(server = %provider.server, zone = %provider.zone, error = %format!("{error:#}"), retry_in = ?backoff, "RFC 2136 update failed");
                 }
             }
         }
-        let wait = if failed {
-            let wait = backoff;
+        desired.retain(|_, records| !records.names.is_empty() || !records.problems.is_empty());
+        published.send_if_modified(|p| {
+            let changed = *p.external != desired || p.providers != states;
+            if changed {
+                p.external = Arc::new(desired);
+                p.providers = states.clone();
+            }
+            changed
+        });
+        if failed {
+            // Nothing else is tried before the backoff ends, however much changes meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stopped.changed() => return Ok(()),
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            wait
-        } else {
-            backoff = Duration::from_secs(1);
-            RESYNC_EVERY
-        };
+            resync_all = true;
+            continue;
+        }
+        backoff = Duration::from_secs(1);
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                resync_all = failed;
+                resync_all = false;
             }
-            _ = tokio::time::sleep(wait) => resync_all = true,
+            _ = acks.changed() => resync_all = false,
+            _ = tokio::time::sleep(RESYNC_EVERY) => resync_all = true,
             _ = stopped.changed() => return Ok(()),
         }
     }
 }
 
 /// Brings one zone in line: adds and replaces what NameServices want, removes what Meridian
-/// owns and nobody wants any more.
-async fn reconcile(provider: &Rfc2136Provider, records: &DnsRecords) -> anyhow::Result<()> {
+/// owns and nobody wants any more. Returns the names left alone because someone else holds
+/// them, with why.
+async fn reconcile(
+    provider: &Rfc2136Provider,
+    records: &DnsRecords,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut client = connect(provider).await?;
     let zone = fqdn(&provider.zone)?;
     let observed = observe(&mut client, &zone).await?;
     let mut message = update_message(&zone);
     let mut changes = 0;
+    let mut refused = BTreeMap::new();
     for (name, wanted) in &records.names {
         let owner = wanted.owner.to_string();
         match observed.owned.get(name) {
             Some(holder) if holder != &owner => {
                 tracing::warn!(%name, %holder, "name owned by another NameService; left alone");
+                refused.insert(
+                    name.clone(),
+                    format!("{name} is marked as NameService {holder}'s on the server"),
+                );
                 continue;
             }
             None if observed.addresses.contains_key(name) => {
                 tracing::warn!(%name, zone = %provider.zone, "name exists and is not owned by Meridian; left alone");
+                refused.insert(
+                    name.clone(),
+                    format!("{name} already exists on the server and is not Meridian's"),
+                );
                 continue;
             }
             _ => {}
@@ -155,7 +198,7 @@ async fn reconcile(provider: &Rfc2136Provider, records: &DnsRecords) -> anyhow::
         }
     }
     if changes == 0 {
-        return Ok(());
+        return Ok(refused);
     }
     let response = client
         .send(message.into())
@@ -166,7 +209,7 @@ async fn reconcile(provider: &Rfc2136Provider, records: &DnsRecords) -> anyhow::
         bail!("the server refused the update: {}", response.response_code);
     }
     tracing::info!(server = %provider.server, zone = %provider.zone, changes, "RFC 2136 update applied");
-    Ok(())
+    Ok(refused)
 }
 
 async fn connect(provider: &Rfc2136Provider) -> anyhow::Result<Client<TokioRuntimeProvider>> {

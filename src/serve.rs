@@ -81,23 +81,23 @@ impl Running {
         self
     }
 
-    /// Starts the embedded DNS server, if `options` asks for one, answering from `snapshots`.
+    /// Starts the embedded DNS server, if `options` asks for one, answering from `snapshots`
+    /// with cluster health from `acks`.
     pub async fn with_dns(
         mut self,
         options: &crate::dns_server::DnsOptions,
         snapshots: watch::Receiver<Arc<crate::index::Snapshot>>,
+        acks: crate::fleet_acks::FleetAcks,
     ) -> anyhow::Result<Running> {
+        let published = self.admin.dns.clone();
+        let stopped = self.stopped();
         let Some((dns, task)) =
-            crate::dns_server::DnsServer::start(options, snapshots, self.stopped()).await?
+            crate::dns_server::DnsServer::start(options, snapshots, acks, published, stopped)
+                .await?
         else {
             return Ok(self);
         };
         self.dns_addr = Some(dns.addr);
-        *self
-            .admin
-            .dns_zones
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = dns.zones().to_vec();
         self.tasks.push(task);
         Ok(self)
     }

@@ -17,6 +17,7 @@ use crate::certs::{self, CertOptions, XdsTlsOptions};
 use crate::core::translate::ExportPolicy;
 use crate::core::vip::allocate;
 use crate::dns_server::DnsOptions;
+use crate::fleet_acks::FleetAcks;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::provider::file::FileProvider;
@@ -98,6 +99,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     let (derived_tx, derived) = mpsc::channel(4);
     let certs = CertManager::new(ca, options.certs.rotation(), metrics);
     let stopped = running.stopped();
+    let acks = FleetAcks::local(running.admin.xds.clone());
     let running = running
         .with_task(certs.run(snapshots.clone(), derived_tx.clone(), stopped.clone()))
         .with_task(vips::run(
@@ -108,11 +110,13 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         ))
         .with_task(crate::dns_update::run(
             snapshots.clone(),
+            acks.clone(),
+            admin_state.dns.clone(),
             None,
             stopped.clone(),
         ))
         .with_task(watch_config(provider, index, derived, admin_state, stopped));
-    running.with_dns(&options.dns, snapshots).await
+    running.with_dns(&options.dns, snapshots, acks).await
 }
 
 /// The CA: operator-provided, kept in the state directory, or (without one) made for this run.

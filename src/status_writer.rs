@@ -13,13 +13,13 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::watch;
 
-use crate::ack_reports::{Report, HEARTBEAT};
 use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
 use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
 use crate::core::status::{
     access_point_keys, access_point_status, GatewayAck, MemberWrites, StatusInput,
 };
+use crate::fleet_acks::FleetAcks;
 use crate::xds::server::XdsState;
 
 /// The field manager of every write Meridian makes.
@@ -32,15 +32,13 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub async fn run(
     client: Client,
     xds: Arc<XdsState>,
-    identity: String,
-    mut reports: watch::Receiver<BTreeMap<String, Report>>,
+    mut acks: FleetAcks,
     mut member_writes: watch::Receiver<MemberWrites>,
     mut leading: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let all: Api<AccessPoint> = Api::all(client.clone());
     let mut snapshots = xds.snapshots.clone();
-    let mut proxies = xds.proxies.subscribe();
     loop {
         // Follow until elected.
         while !*leading.borrow_and_update() {
@@ -59,9 +57,9 @@ pub async fn run(
             }
         };
         loop {
-            let acks = all_acks(&xds, &identity, &reports.borrow_and_update());
+            let current = acks.current();
             let writes = member_writes.borrow_and_update().clone();
-            let failures = write_round(&client, &xds, &acks, &writes, &mut shown).await;
+            let failures = write_round(&client, &xds, &current, &writes, &mut shown).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -71,11 +69,8 @@ pub async fn run(
             };
             tokio::select! {
                 _ = snapshots.changed() => {}
-                _ = proxies.changed() => {}
-                _ = reports.changed() => {}
+                _ = acks.changed() => {}
                 _ = member_writes.changed() => {}
-                // Reports of vanished replicas expire even when nothing else moves.
-                _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = retry => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
@@ -146,28 +141,6 @@ async fn write_round(
 
 /// This replica's proxies, then those other replicas report (a proxy that moved between
 /// replicas counts once, as the fresher replica sees it).
-fn all_acks(xds: &XdsState, identity: &str, reports: &BTreeMap<String, Report>) -> Vec<GatewayAck> {
-    let snapshot = xds.snapshots.borrow().clone();
-    let mut acks = xds.acks(&snapshot);
-    let now = k8s_openapi::jiff::Timestamp::now();
-    let mut remote: Vec<(&str, GatewayAck)> = reports
-        .values()
-        .filter(|r| r.replica != identity)
-        .flat_map(|r| {
-            r.live_acks(now)
-                .into_iter()
-                .map(move |a| (r.heartbeat.as_str(), a))
-        })
-        .collect();
-    remote.sort_by(|a, b| b.0.cmp(a.0));
-    for (_, ack) in remote {
-        if !acks.iter().any(|a| a.node_id == ack.node_id) {
-            acks.push(ack);
-        }
-    }
-    acks
-}
-
 async fn apply_status(
     client: &Client,
     key: &ObjectKey,

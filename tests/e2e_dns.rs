@@ -79,10 +79,14 @@ impl Fixture {
     }
 
     async fn start(&self) -> Running {
+        self.start_on(free_port()).await
+    }
+
+    async fn start_on(&self, xds_port: u16) -> Running {
         let mut options = meridian_options(
             &self.path().join("config"),
             &self.path().join("state"),
-            free_port(),
+            xds_port,
         );
         options.dns.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         options.dns.dns_zones = vec![ZONE.to_owned()];
@@ -378,6 +382,159 @@ async fn failover_withdraws_an_unhealthy_cluster_and_brings_it_back() {
     write(true, true);
     eventually(Duration::from_secs(10), "west back", || async {
         addresses() == both
+    })
+    .await;
+    meridian.shutdown().await.unwrap();
+}
+
+/// `shop` behind gateway `public` on east and west, with ready endpoints in both, and a
+/// Failover name preferring east 99 to 1, except for clients in 10.9.0.0/16 (west's).
+fn preferences_manifest(gateway_port: u16) -> String {
+    let slice = |cluster: &str| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-{cluster}
+  namespace: shop
+  labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: {cluster}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{name: http, port: 80}}]
+"#
+        )
+    };
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: east}}
+spec: {{zone: east-1, vipPools: [{{name: east-main, cidrs: ["192.0.2.0/24"]}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: west}}
+spec: {{zone: west-1, vipPools: [{{name: west-main, cidrs: ["198.51.100.0/24"]}}]}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  placement: {{clusters: [east, west]}}
+  template:
+    service:
+      metadata: {{name: web}}
+      spec: {{ports: [{{name: http, port: 80}}]}}
+    gateways:
+    - metadata: {{name: public}}
+      spec: {{servers: [{{port: {{number: {gateway_port}, protocol: HTTP}}, hosts: ["*"]}}]}}
+    virtualServices:
+    - metadata: {{name: shop}}
+      spec:
+        hosts: [shop.example.test]
+        gateways: [public]
+        http: [{{route: [{{destination: {{host: web}}}}]}}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: NameService
+metadata: {{name: shop, namespace: shop}}
+spec:
+  fqdn: shop.example.test
+  policy: Failover
+  target: {{accessPoint: shop}}
+  zones: [{{zone: east-1, weight: 99}}, {{zone: west-1, weight: 1}}]
+  sourceZones: [{{zone: west-1, cidrs: [10.9.0.0/16]}}]
+{}{}"#,
+        slice("east"),
+        slice("west")
+    )
+}
+
+/// How many of `n` A queries (one `dig` run) each address answered.
+fn tally(server: SocketAddr, name: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let mut args = vec![
+        format!("@{}", server.ip()),
+        "-p".to_owned(),
+        server.port().to_string(),
+        "+short".to_owned(),
+        "+time=2".to_owned(),
+        "+tries=1".to_owned(),
+    ];
+    for _ in 0..n {
+        args.extend([name.to_owned(), "A".to_owned()]);
+    }
+    let out = Command::new("dig").args(&args).output().expect("dig runs");
+    let mut counts = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        *counts.entry(line.trim().to_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_client_subnets_and_gateway_health_choose_the_answer() {
+    let f = Fixture::new(&[]);
+    let gateway_port = free_port();
+    let tmp = f.path().join(".fleet.yaml.tmp");
+    std::fs::write(&tmp, preferences_manifest(gateway_port)).unwrap();
+    std::fs::rename(&tmp, f.path().join("config").join("fleet.yaml")).unwrap();
+    let xds_port = free_port();
+    let meridian = f.start_on(xds_port).await;
+    let dns = meridian.dns_addr.expect("DNS is serving");
+    let (east, west) = ("192.0.2.1".to_owned(), "198.51.100.1".to_owned());
+    eventually(Duration::from_secs(10), "the name answered", || async {
+        !answers(dns, "shop.example.test", "A").is_empty()
+    })
+    .await;
+
+    // No gateway proxy anywhere yet: endpoints decide, both zones qualify, and the weights
+    // split 100 queries exactly 99 to 1, one zone per answer.
+    let counts = tally(dns, "shop.example.test", 100);
+    assert_eq!(counts.get(&east), Some(&99), "{counts:?}");
+    assert_eq!(counts.get(&west), Some(&1), "{counts:?}");
+
+    // A resolver forwarding a client subnet of west's gets west, and the reply says the
+    // answer holds for that whole subnet (RFC 7871 scope).
+    let ecs = dig(dns, "shop.example.test", "A", &["+subnet=10.9.4.0/24"]);
+    assert!(ecs.contains("CLIENT-SUBNET: 10.9.4.0/24/24"), "{ecs}");
+    for _ in 0..5 {
+        let short = dig(
+            dns,
+            "shop.example.test",
+            "A",
+            &["+subnet=10.9.4.0/24", "+short"],
+        );
+        assert_eq!(short.trim(), west);
+    }
+
+    // A real Envoy in west serves the AccessPoint: east, with endpoints but no gateway
+    // proxy serving it, leaves the answer, whatever the weights say.
+    let envoy = support::Envoy::start_in(
+        f.path(),
+        "gw-west",
+        "shop/public",
+        xds_port,
+        false,
+        Some(("west", "west-1")),
+    );
+    eventually(Duration::from_secs(20), "only west answered", || async {
+        tally(dns, "shop.example.test", 10)
+            .keys()
+            .collect::<Vec<_>>()
+            == [&west]
+    })
+    .await;
+    let view = admin_json(&client(), meridian.admin_addr, "/debug/dns").await;
+    assert_eq!(
+        view["names"]["shop.example.test"]["zones"][0]["zone"], "west-1",
+        "{view}"
+    );
+
+    // The gateway goes away: no proxy serves it anywhere, so endpoints decide again.
+    drop(envoy);
+    eventually(Duration::from_secs(20), "east back", || async {
+        tally(dns, "shop.example.test", 100).get(&east) == Some(&99)
     })
     .await;
     meridian.shutdown().await.unwrap();

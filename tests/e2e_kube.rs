@@ -265,13 +265,41 @@ async fn kubectl_apply_drives_envoy_and_status() {
     drop(envoy);
 }
 
+/// A member with a VIP pool (Meridian serves its gateways only), an AccessPoint placed there
+/// and a NameService for it.
+const VIP_FLEET: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: edge}
+spec: {zone: edge-1, vipPools: [{name: edge-main, cidrs: ["192.0.2.0/24"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: vip, namespace: shop}
+spec: {placement: {clusters: [edge]}, template: {}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: NameService
+metadata: {name: vip, namespace: shop}
+spec: {fqdn: vip.example.test, target: {accessPoint: vip}}
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
     let cluster = KubeCluster::start();
     let work = tempfile::tempdir().unwrap();
     let backend = Backend::start("web").await;
     install(&cluster, backend.port);
-    let lease_flags = ["--lease-duration", "4s", "--renew-every", "1s"];
+    let lease_flags = [
+        "--lease-duration",
+        "4s",
+        "--renew-every",
+        "1s",
+        "--dns-addr",
+        "127.0.0.1:0",
+        "--dns-zone",
+        "example.test",
+    ];
     let mut replicas = [
         Controller::start(
             &cluster.controller_kubeconfig,
@@ -339,6 +367,24 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
         .log_text()
         .contains("leading: writing AccessPoint status"));
 
+    // A VIP from a member's pool, kept in the ConfigMap, and a name answering it, whose
+    // status the leader writes.
+    cluster.apply_ok(VIP_FLEET);
+    let ns_status =
+        |path: &str| cluster.jsonpath(&["get", "nameservice", "vip", "-n", "shop"], path);
+    eventually(WAIT, "the NameService published with the VIP", || async {
+        ns_status("{.status.addresses[0]}") == "192.0.2.1"
+            && ns_status("{.status.conditions[0].reason}") == "Published"
+    })
+    .await;
+    let vip_table = || {
+        cluster.jsonpath(
+            &["get", "configmap", "meridian-vips", "-n", "meridian-system"],
+            "{.data}",
+        )
+    };
+    assert!(vip_table().contains("192.0.2.1"), "{}", vip_table());
+
     // Traffic keeps flowing while the leader dies.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
@@ -381,6 +427,26 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
         "takeover took {takeover:?}"
     );
     eprintln!("status writes resumed {takeover:?} after the leader was killed; {ok} requests, none failed");
+
+    // The new leader allocates from the table the old one kept: the next AccessPoint gets
+    // the next address, and the first keeps its own.
+    cluster.apply_ok(
+        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\n\
+         metadata: {name: vip2, namespace: shop}\n\
+         spec: {placement: {clusters: [edge]}, template: {}}\n",
+    );
+    let vips_of = |ap: &str| {
+        cluster.jsonpath(
+            &["get", "accesspoint", ap, "-n", "shop"],
+            "{.status.clusters[0].vips[0]}",
+        )
+    };
+    eventually(WAIT, "the second VIP allocated", || async {
+        vips_of("vip2") == "192.0.2.2"
+    })
+    .await;
+    assert_eq!(vips_of("vip"), "192.0.2.1");
+    assert_eq!(ns_status("{.status.addresses}"), r#"["192.0.2.1"]"#);
     assert_eq!(
         get(&http, gateway_port, "shop2.example.test", "/")
             .await

@@ -132,7 +132,23 @@ async fn records_follow_the_name_service_and_foreign_ones_are_left_alone() {
 
     // Meridian first: the server is down, and updates are retried until it is up.
     let meridian = start_meridian(&config, &dir.path().join("state"), free_port()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = |name: &'static str| {
+        let admin = meridian.admin_addr;
+        async move {
+            let view = admin_json(&client(), admin, "/debug/dns").await;
+            view["nameServices"][format!("dns/{name}")].clone()
+        }
+    };
+    eventually(Duration::from_secs(10), "the failure in status", || async {
+        let shop = status("shop").await;
+        shop["conditions"][0]["reason"] == "ProviderFailing"
+            && shop["provider"]["synced"] == false
+            && shop["provider"]["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("127.0.0.1:{port}")))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let bind = Bind::start(&bind_dir, port, &secret);
     eventually(Duration::from_secs(30), "shop in BIND", || async {
         bind.dig("shop.example.org", "A") == ["192.0.2.10"]
@@ -148,6 +164,26 @@ async fn records_follow_the_name_service_and_foreign_ones_are_left_alone() {
         "not ours: untouched"
     );
     assert_eq!(bind.dig("keep.example.org", "A"), ["203.0.113.50"]);
+    eventually(Duration::from_secs(10), "status caught up", || async {
+        let shop = status("shop").await;
+        shop["conditions"][0]["status"] == "True" && shop["provider"]["synced"] == true
+    })
+    .await;
+    let (shop, taken) = (status("shop").await, status("taken").await);
+    assert_eq!(
+        shop["addresses"],
+        serde_json::json!(["192.0.2.10"]),
+        "{shop}"
+    );
+    assert_eq!(
+        shop["conditions"][0]["message"],
+        format!("published to 127.0.0.1:{port} in zone example.org")
+    );
+    assert_eq!(taken["conditions"][0]["reason"], "NameTaken", "{taken}");
+    assert_eq!(
+        taken["conditions"][0]["message"],
+        "taken.example.org already exists on the server and is not Meridian's"
+    );
 
     // A changed address replaces the record.
     write(format!(

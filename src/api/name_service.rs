@@ -12,7 +12,12 @@ use serde::{Deserialize, Serialize};
     kind = "NameService",
     namespaced,
     status = "NameServiceStatus",
-    shortname = "ns"
+    shortname = "ns",
+    category = "meridian",
+    printcolumn = r#"{"name":"FQDN","type":"string","jsonPath":".spec.fqdn"}"#,
+    printcolumn = r#"{"name":"Addresses","type":"string","jsonPath":".status.addresses"}"#,
+    printcolumn = r#"{"name":"Published","type":"string","jsonPath":".status.conditions[?(@.type==\"Published\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NameServiceSpec {
@@ -26,6 +31,45 @@ pub struct NameServiceSpec {
     /// Where the records go. Absent: Meridian's embedded DNS server (`--dns-zone`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<DnsProvider>,
+    /// Which zones' VIPs are preferred (embedded server only). Absent: every zone alike.
+    /// Zones not listed come after every listed one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<ZonePreference>,
+    /// Source-aware answers (embedded server only): a client in one of these networks, by its
+    /// source address or the EDNS Client Subnet its resolver forwards, is answered its own
+    /// zone's VIPs while that zone has any to answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_zones: Vec<SourceZone>,
+}
+
+/// How one zone's VIPs are preferred. Only the lowest `priority` among the zones with VIPs to
+/// answer is answered; within it, when weights differ, each query gets one zone's VIPs chosen
+/// in proportion to `weight` (the 99/1 local-versus-remote pattern), else all of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZonePreference {
+    /// A MemberCluster `spec.zone`.
+    pub zone: String,
+    /// Lower is preferred. Default 0.
+    #[serde(default)]
+    pub priority: u32,
+    /// Share of the queries among zones of the same priority. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// Client networks that belong to a zone.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceZone {
+    /// A MemberCluster `spec.zone`.
+    pub zone: String,
+    /// e.g. `10.1.0.0/16`, `2001:db8:1::/48`.
+    pub cidrs: Vec<String>,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -63,8 +107,9 @@ pub struct TsigKey {
 }
 
 /// `All`: every cluster's VIP. `Failover`: only clusters where the AccessPoint's Service has
-/// ready endpoints (read from that cluster); when none has, all of them (failing open, as a
-/// health-checked DNS record set does).
+/// ready endpoints (read from that cluster) and a gateway proxy there serves the AccessPoint;
+/// when no cluster qualifies, all of them (failing open, as a health-checked DNS record set
+/// does). `zones` and `sourceZones` then choose among the clusters answered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DnsPolicy {
     #[default]
@@ -92,9 +137,34 @@ pub struct NameServiceTarget {
     pub addresses: Vec<String>,
 }
 
+/// Written by the Meridian leader.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NameServiceStatus {
+    /// `Published`: the name answers with `addresses`, from the embedded server or the
+    /// provider's server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    /// Every address the name is published with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The RFC 2136 server's state, for a NameService with a provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderStatus>,
+}
+
+/// How the last attempt to bring an RFC 2136 server in line went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderStatus {
+    pub server: String,
+    pub zone: String,
+    /// Whether the server holds what Meridian last wanted there.
+    pub synced: bool,
+    /// When it last did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }

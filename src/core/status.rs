@@ -155,7 +155,7 @@ pub fn access_point_status(
     }
 }
 
-struct Draft {
+pub(crate) struct Draft {
     kind: &'static str,
     status: &'static str,
     reason: &'static str,
@@ -163,7 +163,12 @@ struct Draft {
 }
 
 impl Draft {
-    fn new(kind: &'static str, ok: bool, reason: &'static str, message: String) -> Draft {
+    pub(crate) fn new(
+        kind: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: String,
+    ) -> Draft {
         Draft {
             kind,
             status: if ok { "True" } else { "False" },
@@ -172,7 +177,12 @@ impl Draft {
         }
     }
 
-    fn into_condition(self, generation: Option<i64>, old: &[Condition], now: &Time) -> Condition {
+    pub(crate) fn into_condition(
+        self,
+        generation: Option<i64>,
+        old: &[Condition],
+        now: &Time,
+    ) -> Condition {
         let last_transition_time = old
             .iter()
             .find(|c| c.type_ == self.kind && c.status == self.status)

@@ -50,7 +50,11 @@ fn model() -> Model {
 
 #[test]
 fn an_access_point_name_answers_its_vips_in_every_cluster_with_the_ttl() {
-    let records = records(&model(), &["example.test".to_owned()]);
+    let records = records(
+        &model(),
+        &ServingClusters::new(),
+        &["example.test".to_owned()],
+    );
     let shop = &records.names["shop.example.test"];
     assert_eq!(shop.ttl, 60);
     assert_eq!(
@@ -67,7 +71,11 @@ fn an_access_point_name_answers_its_vips_in_every_cluster_with_the_ttl() {
 
 #[test]
 fn problems_name_the_name_service_and_field() {
-    let records = records(&model(), &["example.test.".to_owned()]);
+    let records = records(
+        &model(),
+        &ServingClusters::new(),
+        &["example.test.".to_owned()],
+    );
     let problems: Vec<String> = records.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(
         problems,
@@ -123,15 +131,37 @@ endpoints: [{{addresses: ["10.0.0.1"], conditions: {{ready: {ready}}}}}]
     )
 }
 
-fn answered(yaml: &str) -> Vec<String> {
+fn name_records(yaml: &str, serving: &ServingClusters) -> NameRecords {
     let mut model = model_of(yaml, "shop");
     let (vips, _) = allocate(&model, &VipTable::default());
     model.vips = std::sync::Arc::new(vips);
-    records(&model, &["example.test".to_owned()]).names["shop.example.test"]
+    records(&model, serving, &["example.test".to_owned()]).names["shop.example.test"].clone()
+}
+
+fn answered_with(yaml: &str, serving: &ServingClusters) -> Vec<String> {
+    name_records(yaml, serving)
         .v4
         .iter()
         .map(ToString::to_string)
         .collect()
+}
+
+fn answered(yaml: &str) -> Vec<String> {
+    answered_with(yaml, &ServingClusters::new())
+}
+
+fn served_in(clusters: &[&str]) -> ServingClusters {
+    let acks: Vec<GatewayAck> = clusters
+        .iter()
+        .map(|cluster| GatewayAck {
+            node_id: format!("envoy-{cluster}"),
+            gateway: ObjectKey::new("shop", "public"),
+            cluster: cluster.to_string(),
+            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 1)]),
+            nack: None,
+        })
+        .collect();
+    serving_clusters(&acks)
 }
 
 #[test]
@@ -150,5 +180,90 @@ fn failover_answers_only_clusters_with_ready_endpoints_and_fails_open() {
         answered(&FAILOVER.replace("policy: Failover, ", "")),
         ["192.0.2.1", "198.51.100.1"],
         "All answers every cluster"
+    );
+}
+
+#[test]
+fn failover_needs_a_gateway_proxy_serving_the_access_point_where_any_does() {
+    let both_ready = format!(
+        "{FAILOVER}{}{}",
+        east_slice(true),
+        east_slice(true).replace("east", "west")
+    );
+    assert_eq!(
+        answered_with(&both_ready, &served_in(&["west"])),
+        ["198.51.100.1"],
+        "east has endpoints but no proxy serving the AccessPoint"
+    );
+    assert_eq!(
+        answered_with(&both_ready, &served_in(&["east", "west"])),
+        ["192.0.2.1", "198.51.100.1"]
+    );
+    assert_eq!(
+        answered_with(&both_ready, &ServingClusters::new()),
+        ["192.0.2.1", "198.51.100.1"],
+        "no proxy serves it anywhere (no gateway, or all gone): endpoints alone decide"
+    );
+    assert_eq!(
+        answered_with(
+            &format!("{FAILOVER}{}", east_slice(true)),
+            &served_in(&["west"])
+        ),
+        ["192.0.2.1", "198.51.100.1"],
+        "no cluster has both: fail open"
+    );
+}
+
+#[test]
+fn zones_carry_their_preferences_and_source_networks_are_most_specific_first() {
+    let yaml = FAILOVER.replace(
+        "policy: Failover, ",
+        "zones: [{zone: west-1, weight: 99}, {zone: north-1, priority: 1}], \
+         sourceZones: [{zone: east-1, cidrs: [10.0.0.0/8]}, {zone: west-1, cidrs: [10.9.0.0/16]}], ",
+    );
+    let shop = name_records(&yaml, &ServingClusters::new());
+    let zones: Vec<(&str, u32, u32, String)> = shop
+        .zones
+        .iter()
+        .map(|z| (z.zone.as_str(), z.priority, z.weight, z.v4[0].to_string()))
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            ("west-1", 0, 99, "198.51.100.1".to_owned()),
+            ("east-1", u32::MAX, 1, "192.0.2.1".to_owned()),
+        ],
+        "a listed zone first; an unlisted one after every listed one"
+    );
+    let sources: Vec<String> = shop
+        .sources
+        .iter()
+        .map(|(n, z)| format!("{n}={z}"))
+        .collect();
+    assert_eq!(sources, ["10.9.0.0/16=west-1", "10.0.0.0/8=east-1"]);
+    let client = "10.1.2.3".parse().ok();
+    let chosen = shop.answer(answer::Family::V4, client, 0);
+    assert_eq!(chosen[0].zone, "east-1");
+}
+
+#[test]
+fn a_bad_source_network_is_a_problem_naming_the_field() {
+    let yaml = format!(
+        "{FAILOVER}---\napiVersion: meridian.dev/v1alpha1\nkind: NameService\n\
+         metadata: {{name: geo, namespace: shop}}\n\
+         spec: {{fqdn: geo.example.test, target: {{addresses: [203.0.113.1]}}, \
+         sourceZones: [{{zone: east-1, cidrs: [10.0.0.0/33]}}]}}\n"
+    );
+    let mut model = model_of(&yaml, "shop");
+    model.vips = std::sync::Arc::new(allocate(&model, &VipTable::default()).0);
+    let records = records(
+        &model,
+        &ServingClusters::new(),
+        &["example.test".to_owned()],
+    );
+    let problems: Vec<String> = records.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        problems,
+        ["NameService shop/geo: spec.sourceZones[0].cidrs[0]: \"10.0.0.0/33\" is not a CIDR"]
     );
 }

@@ -1,0 +1,119 @@
+//! Writes NameService status while this replica holds the lease: what the embedded DNS server
+//! answers and what each RFC 2136 server was given ([`crate::core::dns::status`]). The leader
+//! is the replica that sends RFC 2136 updates, so it knows how each server is doing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::watch;
+
+use crate::api::name_service::NameServiceStatus;
+use crate::api::{NameService, API_VERSION};
+use crate::core::dns::status::{name_service_status, DnsPublication};
+use crate::core::model::ObjectKey;
+use crate::index::Snapshot;
+use crate::status_writer::FIELD_MANAGER;
+
+/// Bursts of changes become one round of writes.
+const SETTLE: Duration = Duration::from_millis(100);
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    client: Client,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut published: watch::Receiver<DnsPublication>,
+    mut leading: watch::Receiver<bool>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let all: Api<NameService> = Api::all(client.clone());
+    loop {
+        while !*leading.borrow_and_update() {
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return },
+                _ = stopped.changed() => return,
+            }
+        }
+        let mut shown = match all.list(&ListParams::default()).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .filter_map(|ns| {
+                    let key = ObjectKey::new(
+                        ns.metadata.namespace.clone().unwrap_or_default(),
+                        ns.metadata.name.clone().unwrap_or_default(),
+                    );
+                    ns.status.map(|s| (key, s))
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "listing NameServices failed; retrying");
+                tokio::time::sleep(RETRY_EVERY).await;
+                continue;
+            }
+        };
+        loop {
+            let snapshot = snapshots.borrow_and_update().clone();
+            let publication = published.borrow_and_update().clone();
+            let failures = write_round(&client, &snapshot, &publication, &mut shown).await;
+            let retry = async {
+                if failures > 0 {
+                    tokio::time::sleep(RETRY_EVERY).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = snapshots.changed() => {}
+                _ = published.changed() => {}
+                _ = retry => {}
+                _ = leading.changed() => break,
+                _ = stopped.changed() => return,
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+}
+
+/// Writes every status that changed; returns how many writes failed.
+async fn write_round(
+    client: &Client,
+    snapshot: &Snapshot,
+    publication: &DnsPublication,
+    shown: &mut BTreeMap<ObjectKey, NameServiceStatus>,
+) -> usize {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let services = &snapshot.model.name_services;
+    shown.retain(|key, _| services.contains_key(key));
+    let mut failures = 0;
+    for (key, service) in services {
+        let desired = name_service_status(publication, key, service, shown.get(key), &now);
+        if shown.get(key) == Some(&desired) {
+            continue;
+        }
+        let api: Api<NameService> = Api::namespaced(client.clone(), &key.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": "NameService",
+            "status": desired,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                shown.insert(key.clone(), desired);
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => {
+                tracing::warn!(name_service = %key, %error, "status write failed");
+                failures += 1;
+            }
+        }
+    }
+    failures
+}
