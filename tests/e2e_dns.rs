@@ -302,11 +302,23 @@ fn dns_query(name: &str) -> Vec<u8> {
     packet
 }
 
-/// The Failover fixture: `shop` on east and west, with a ready or unready endpoint in each.
-fn failover_manifest(east_ready: bool, west_ready: bool) -> String {
-    let slice = |cluster: &str, ready: bool| {
-        format!(
-            r#"---
+/// East and west, each with a VIP pool.
+const TWO_CLUSTERS: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: east-1, vipPools: [{name: east-main, cidrs: ["192.0.2.0/24"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {zone: west-1, vipPools: [{name: west-main, cidrs: ["198.51.100.0/24"]}]}
+"#;
+
+/// One endpoint of Service `web` read from `cluster`, ready or not.
+fn web_slice(cluster: &str, ready: bool) -> String {
+    format!(
+        r#"---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -314,22 +326,16 @@ metadata:
   namespace: shop
   labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: {cluster}}}
 addressType: IPv4
-endpoints: [{{addresses: ["10.0.0.1"], conditions: {{ready: {ready}}}}}]
+endpoints: [{{addresses: ["127.0.0.1"], conditions: {{ready: {ready}}}}}]
+ports: [{{name: http, port: 80}}]
 "#
-        )
-    };
+    )
+}
+
+/// The Failover fixture: `shop` on east and west, with a ready or unready endpoint in each.
+fn failover_manifest(east_ready: bool, west_ready: bool) -> String {
     format!(
-        r#"
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: east}}
-spec: {{zone: east-1, vipPools: [{{name: east-main, cidrs: ["192.0.2.0/24"]}}]}}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: west}}
-spec: {{zone: west-1, vipPools: [{{name: west-main, cidrs: ["198.51.100.0/24"]}}]}}
----
+        r#"{TWO_CLUSTERS}---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
 metadata: {{name: shop, namespace: shop}}
@@ -345,8 +351,8 @@ kind: NameService
 metadata: {{name: shop, namespace: shop}}
 spec: {{fqdn: shop.example.test, ttl: 5, policy: Failover, target: {{accessPoint: shop}}}}
 {}{}"#,
-        slice("east", east_ready),
-        slice("west", west_ready)
+        web_slice("east", east_ready),
+        web_slice("west", west_ready)
     )
 }
 
@@ -390,33 +396,8 @@ async fn failover_withdraws_an_unhealthy_cluster_and_brings_it_back() {
 /// `shop` behind gateway `public` on east and west, with ready endpoints in both, and a
 /// Failover name preferring east 99 to 1, except for clients in 10.9.0.0/16 (west's).
 fn preferences_manifest(gateway_port: u16) -> String {
-    let slice = |cluster: &str| {
-        format!(
-            r#"---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-{cluster}
-  namespace: shop
-  labels: {{kubernetes.io/service-name: web, meridian.dev/cluster: {cluster}}}
-addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-ports: [{{name: http, port: 80}}]
-"#
-        )
-    };
     format!(
-        r#"
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: east}}
-spec: {{zone: east-1, vipPools: [{{name: east-main, cidrs: ["192.0.2.0/24"]}}]}}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: west}}
-spec: {{zone: west-1, vipPools: [{{name: west-main, cidrs: ["198.51.100.0/24"]}}]}}
----
+        r#"{TWO_CLUSTERS}---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
 metadata: {{name: shop, namespace: shop}}
@@ -446,8 +427,8 @@ spec:
   zones: [{{zone: east-1, weight: 99}}, {{zone: west-1, weight: 1}}]
   sourceZones: [{{zone: west-1, cidrs: [10.9.0.0/16]}}]
 {}{}"#,
-        slice("east"),
-        slice("west")
+        web_slice("east", true),
+        web_slice("west", true)
     )
 }
 
