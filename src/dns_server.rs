@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hickory_net::runtime::{Time, TokioRuntimeProvider};
-use hickory_proto::op::{Edns, Metadata, OpCode};
+use hickory_proto::op::{Edns, MessageType, Metadata, OpCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
@@ -109,7 +109,8 @@ impl LiveTable {
     ) -> Result<ResponseInfo, R> {
         let metadata = &request.metadata;
         let edns = request.edns.as_ref();
-        if metadata.op_code != OpCode::Query
+        if metadata.message_type != MessageType::Query
+            || metadata.op_code != OpCode::Query
             || request.queries.len() != 1
             || edns.is_some_and(|e| e.version() > 0)
         {
