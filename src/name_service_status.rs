@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::Client;
 use tokio::sync::watch;
 
 use crate::api::name_service::NameServiceStatus;
-use crate::api::{NameService, API_VERSION};
+use crate::api::NameService;
 use crate::core::dns::status::{name_service_status, DnsPublication};
 use crate::core::model::ObjectKey;
 use crate::index::Snapshot;
-use crate::status_writer::FIELD_MANAGER;
+use crate::status_writer::{apply_status, shown_statuses, until_leading};
 
 /// Bursts of changes become one round of writes.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -31,24 +31,11 @@ pub async fn run(
 ) {
     let all: Api<NameService> = Api::all(client.clone());
     loop {
-        while !*leading.borrow_and_update() {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() { return },
-                _ = stopped.changed() => return,
-            }
+        if !until_leading(&mut leading, &mut stopped).await {
+            return;
         }
-        let mut shown = match all.list(&ListParams::default()).await {
-            Ok(list) => list
-                .items
-                .into_iter()
-                .filter_map(|ns| {
-                    let key = ObjectKey::new(
-                        ns.metadata.namespace.clone().unwrap_or_default(),
-                        ns.metadata.name.clone().unwrap_or_default(),
-                    );
-                    ns.status.map(|s| (key, s))
-                })
-                .collect(),
+        let mut shown = match shown_statuses(&all, |ns| ns.status).await {
+            Ok(shown) => shown,
             Err(error) => {
                 tracing::warn!(%error, "listing NameServices failed; retrying");
                 tokio::time::sleep(RETRY_EVERY).await;
@@ -94,18 +81,8 @@ async fn write_round(
         if shown.get(key) == Some(&desired) {
             continue;
         }
-        let api: Api<NameService> = Api::namespaced(client.clone(), &key.namespace);
-        let patch = serde_json::json!({
-            "apiVersion": API_VERSION,
-            "kind": "NameService",
-            "status": desired,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api
-            .patch_status(&key.name, &params, &Patch::Apply(&patch))
-            .await
-        {
-            Ok(_) => {
+        match apply_status::<NameService>(client, key, &desired).await {
+            Ok(()) => {
                 shown.insert(key.clone(), desired);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}

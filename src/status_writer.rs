@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::Client;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::api::{AccessPoint, AccessPointStatus, API_VERSION};
+use crate::api::{AccessPoint, AccessPointStatus};
 use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
 use crate::core::status::{
@@ -40,15 +43,11 @@ pub async fn run(
     let all: Api<AccessPoint> = Api::all(client.clone());
     let mut snapshots = xds.snapshots.clone();
     loop {
-        // Follow until elected.
-        while !*leading.borrow_and_update() {
-            tokio::select! {
-                changed = leading.changed() => if changed.is_err() { return },
-                _ = stopped.changed() => return,
-            }
+        if !until_leading(&mut leading, &mut stopped).await {
+            return;
         }
         tracing::info!("leading: writing AccessPoint status");
-        let mut shown = match current_statuses(&all).await {
+        let mut shown = match shown_statuses(&all, |ap| ap.status).await {
             Ok(shown) => shown,
             Err(error) => {
                 tracing::warn!(%error, "listing AccessPoints failed; retrying");
@@ -80,21 +79,68 @@ pub async fn run(
     }
 }
 
-async fn current_statuses(
-    api: &Api<AccessPoint>,
-) -> Result<BTreeMap<ObjectKey, AccessPointStatus>, kube::Error> {
+/// Waits until this replica holds the lease; false when stopping instead.
+pub(crate) async fn until_leading(
+    leading: &mut watch::Receiver<bool>,
+    stopped: &mut watch::Receiver<bool>,
+) -> bool {
+    while !*leading.borrow_and_update() {
+        tokio::select! {
+            changed = leading.changed() => if changed.is_err() { return false },
+            _ = stopped.changed() => return false,
+        }
+    }
+    true
+}
+
+/// The status every object of `api` shows now, by key.
+pub(crate) async fn shown_statuses<K, S>(
+    api: &Api<K>,
+    status: impl Fn(K) -> Option<S>,
+) -> Result<BTreeMap<ObjectKey, S>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let list = api.list(&ListParams::default()).await?;
     Ok(list
         .items
         .into_iter()
-        .filter_map(|ap| {
+        .filter_map(|object| {
+            let meta = object.meta();
             let key = ObjectKey::new(
-                ap.metadata.namespace.clone().unwrap_or_default(),
-                ap.metadata.name.clone().unwrap_or_default(),
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
             );
-            ap.status.map(|s| (key, s))
+            status(object).map(|s| (key, s))
         })
         .collect())
+}
+
+/// Writes one object's status by server-side apply under Meridian's field manager.
+pub(crate) async fn apply_status<K>(
+    client: &Client,
+    key: &ObjectKey,
+    status: &impl Serialize,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &key.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Writes every status that changed; returns how many writes failed.
@@ -124,7 +170,7 @@ async fn write_round(
         if shown.get(key) == Some(&desired) {
             continue;
         }
-        match apply_status(client, key, &desired).await {
+        match apply_status::<AccessPoint>(client, key, &desired).await {
             Ok(()) => {
                 tracing::debug!(access_point = %key, "status written");
                 shown.insert(key.clone(), desired);
@@ -137,26 +183,4 @@ async fn write_round(
         }
     }
     failures
-}
-
-/// This replica's proxies, then those other replicas report (a proxy that moved between
-/// replicas counts once, as the fresher replica sees it).
-async fn apply_status(
-    client: &Client,
-    key: &ObjectKey,
-    status: &AccessPointStatus,
-) -> Result<(), kube::Error> {
-    let api: Api<AccessPoint> = Api::namespaced(client.clone(), &key.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": API_VERSION,
-        "kind": "AccessPoint",
-        "status": status,
-    });
-    api.patch_status(
-        &key.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }
