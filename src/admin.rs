@@ -18,6 +18,9 @@ use crate::core::dns::status::{name_service_status, DnsPublication};
 use crate::core::refs::ClusterRefs;
 use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::provider::ConfigProblem;
+use crate::rollouts::RolloutChannel;
+
+mod rollouts;
 use crate::xds::server::XdsState;
 
 /// What the admin server reads; written by the provider loop and the xDS server.
@@ -28,6 +31,8 @@ pub struct AdminState {
     pub problems: Mutex<Vec<ConfigProblem>>,
     /// What DNS publishes: the embedded server's records and each RFC 2136 server's.
     pub dns: watch::Sender<DnsPublication>,
+    /// Staged rollouts: their statuses, and the operator's commands to the rollout task.
+    pub rollouts: Arc<RolloutChannel>,
 }
 
 impl AdminState {
@@ -37,6 +42,7 @@ impl AdminState {
             ready: AtomicBool::new(false),
             problems: Mutex::new(Vec::new()),
             dns: watch::Sender::new(DnsPublication::default()),
+            rollouts: Arc::new(RolloutChannel::default()),
         })
     }
 
@@ -56,6 +62,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/debug/problems", get(problems))
         .route("/debug/dns", get(dns))
         .route("/debug/status", get(access_point_statuses))
+        .merge(rollouts::routes())
         .with_state(state)
 }
 
@@ -164,6 +171,7 @@ async fn access_point_statuses(State(state): State<Arc<AdminState>>) -> Json<ser
     let acks = state.xds.acks(&snapshot);
     let clusters = ClusterRefs::all(&snapshot.model);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let rollouts = state.rollouts.statuses.borrow().clone();
     let statuses: serde_json::Map<String, serde_json::Value> =
         access_point_keys(snapshot.published())
             .iter()
@@ -174,6 +182,7 @@ async fn access_point_statuses(State(state): State<Arc<AdminState>>) -> Json<ser
                     clusters: &clusters,
                     proxies: &acks,
                     member_writes: &MemberWrites::new(),
+                    rollout: rollouts.get(key),
                 };
                 let status = access_point_status(&input, None, &now);
                 (

@@ -165,6 +165,7 @@ pub fn translate_bench(options: &FleetOptions) -> anyhow::Result<TranslateReport
             clusters: &clusters,
             proxies: &[],
             member_writes: &writes,
+            rollout: None,
         };
         let _ = access_point_status(&input, None, &now);
     }

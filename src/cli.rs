@@ -18,6 +18,8 @@ use crate::ops::pb::ops_client::OpsClient;
 use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
 use crate::standalone::{self, StandaloneOptions};
 
+mod rollout;
+
 #[derive(Parser, Debug)]
 #[command(name = "meridian", version, about = "Federated Envoy xDS control plane", long_about = None)]
 pub struct Cli {
@@ -211,6 +213,33 @@ pub enum Command {
     Validate {
         #[arg(long)]
         config_dir: PathBuf,
+    },
+    /// Approve a stage of an AccessPoint's staged rollout; the next stage starts once the
+    /// approved one is done.
+    Approve {
+        #[command(flatten)]
+        target: rollout::Target,
+        /// The stage to approve (as named in spec.rollout.stages).
+        #[arg(long)]
+        stage: String,
+        /// Who approves, for the record (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Inspect or steer an AccessPoint's staged rollout.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Show how each gateway's Envoy configuration (listeners, routes, clusters, endpoints)
+    /// would change if its cluster took the AccessPoint's current revision.
+    Diff {
+        #[command(flatten)]
+        target: rollout::Target,
+        /// Only this member cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Print JSON instead of unified diffs.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -415,6 +444,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Approve { target, stage, by } => rollout::approve(&target, &stage, by).await,
+        Command::Rollout(command) => rollout::run(command).await,
+        Command::Diff {
+            target,
+            cluster,
+            json,
+        } => rollout::diff(&target, cluster.as_deref(), json).await,
         Command::Validate { config_dir } => {
             let (mut index, _) = crate::index::Index::new();
             let mut provider = crate::provider::file::FileProvider::new(&config_dir, None);

@@ -5,13 +5,14 @@
 //! accepted version; the snapshot's model holds only accepted objects. Rejections travel in
 //! the snapshot beside the model so status writers can report them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
 
 use crate::core::model::{InputObject, Kind, Model, ObjectKey};
+use crate::core::rollout::revision::Pins;
 use crate::core::status::Published;
 use crate::core::tls::SecretMaterial;
 use crate::core::translate::ExportPolicy;
@@ -28,6 +29,9 @@ pub struct Snapshot {
     /// The snapshot generation in which each accepted AccessPoint's current version first
     /// appeared: a proxy that has acknowledged that snapshot (or a later one) serves it.
     pub in_force_since: BTreeMap<ObjectKey, u64>,
+    /// The generation in which a rollout last moved each (AccessPoint, cluster) to another
+    /// revision: a proxy there that acknowledged it serves the revision its cluster is pinned to.
+    pub released_at: BTreeMap<(ObjectKey, String), u64>,
     /// When this snapshot was published (for convergence metrics).
     pub published_at: Instant,
 }
@@ -38,6 +42,7 @@ impl Snapshot {
             model: &self.model,
             rejected: &self.rejected,
             in_force_since: &self.in_force_since,
+            released_at: &self.released_at,
         }
     }
 }
@@ -46,6 +51,7 @@ pub struct Index {
     model: Model,
     rejected: BTreeMap<ObjectKey, Rejection>,
     in_force_since: BTreeMap<ObjectKey, u64>,
+    released_at: BTreeMap<(ObjectKey, String), u64>,
     generation: u64,
     dirty: bool,
     tx: watch::Sender<Arc<Snapshot>>,
@@ -63,6 +69,7 @@ impl Index {
             model: Model::default(),
             rejected: BTreeMap::new(),
             in_force_since: BTreeMap::new(),
+            released_at: BTreeMap::new(),
             published_at: Instant::now(),
         }));
         let index = Index {
@@ -72,6 +79,7 @@ impl Index {
             },
             rejected: BTreeMap::new(),
             in_force_since: BTreeMap::new(),
+            released_at: BTreeMap::new(),
             generation: 0,
             dirty: false,
             tx,
@@ -118,6 +126,7 @@ impl Index {
         if kind == Kind::AccessPoint {
             self.dirty |= self.rejected.remove(key).is_some();
             self.in_force_since.remove(key);
+            self.released_at.retain(|(k, _), _| k != key);
         }
         if self.model.delete(kind, key) {
             self.dirty = true;
@@ -146,6 +155,40 @@ impl Index {
         }
     }
 
+    /// Replaces which revision each cluster is served (from the rollout task). Clusters that
+    /// move to another revision are recorded in `released_at`.
+    pub fn set_pins(&mut self, pins: Pins) {
+        if *self.model.pins == pins {
+            return;
+        }
+        let keys: BTreeSet<ObjectKey> =
+            self.model.pins.keys().chain(pins.keys()).cloned().collect();
+        let clusters = self.model.cluster_names();
+        let served = |model: &Model, key: &ObjectKey| -> Vec<Option<String>> {
+            clusters
+                .iter()
+                .map(|c| model.served_revision(key, c).map(str::to_owned))
+                .collect()
+        };
+        let before: Vec<Vec<Option<String>>> =
+            keys.iter().map(|k| served(&self.model, k)).collect();
+        self.model.pins = Arc::new(pins);
+        for (key, before) in keys.iter().zip(before) {
+            let after = served(&self.model, key);
+            if after == before {
+                continue;
+            }
+            self.model.refresh_overrides(Some(key));
+            for ((cluster, old), new) in clusters.iter().zip(before).zip(after) {
+                if old != new {
+                    self.released_at
+                        .insert((key.clone(), cluster.clone()), self.generation + 1);
+                }
+            }
+        }
+        self.dirty = true;
+    }
+
     /// Publishes a new snapshot if anything changed since the last one; returns its generation.
     pub fn publish(&mut self) -> u64 {
         if self.dirty || self.generation == 0 {
@@ -156,6 +199,7 @@ impl Index {
                 model: self.model.clone(),
                 rejected: self.rejected.clone(),
                 in_force_since: self.in_force_since.clone(),
+                released_at: self.released_at.clone(),
                 published_at: Instant::now(),
             }));
         }
@@ -320,6 +364,68 @@ spec:
         assert_eq!(port(&index, "east-1"), Some(8080));
         index.delete(Kind::AccessPoint, &ObjectKey::new("default", "shop"));
         assert!(index.model().cluster_templates.is_empty());
+    }
+
+    #[test]
+    fn pinned_clusters_keep_their_revision_until_the_rollout_moves_them() {
+        use crate::core::rollout::revision::{revision_of, Pin};
+        use crate::core::status::acked_access_points;
+        let (mut index, snapshots) = Index::new();
+        for object in parse_documents(CLUSTERS, "").unwrap() {
+            index.apply(object).unwrap();
+        }
+        let key = ObjectKey::new("default", "shop");
+        let path = "/gateways/0/spec/servers/0/port/number";
+        index.apply(access_point(path)).unwrap();
+        let first = index.model().access_points[&key].clone();
+        let r1 = revision_of(&first.spec);
+        index.set_pins(Pins::from([(
+            key.clone(),
+            Pin {
+                clusters: BTreeMap::new(),
+                fallback: r1.clone(),
+                revisions: BTreeMap::from([(r1.clone(), Arc::new(first))]),
+            },
+        )]));
+        index.publish();
+
+        // A new revision: nothing moves until the rollout says so (east-1 keeps its
+        // override of the old revision).
+        let mut second = access_point(path);
+        if let InputObject::AccessPoint(ap) = &mut second {
+            ap.spec.template.gateways[0].spec.servers[0].port.number = 8181;
+            ap.spec.overrides.clear();
+            ap.metadata.generation = Some(2);
+        }
+        index.apply(second).unwrap();
+        let r2 = index.model().revisions[&key].clone();
+        assert_ne!(r1, r2);
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(9000), Some(8080))
+        );
+        let g2 = index.publish();
+
+        let mut pin = index.model().pins[&key].clone();
+        pin.clusters.insert("west".to_owned(), r2.clone());
+        index.set_pins(Pins::from([(key.clone(), pin)]));
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(9000), Some(8181))
+        );
+        let g3 = index.publish();
+        let snapshot = snapshots.borrow().clone();
+        assert_eq!(snapshot.released_at[&(key.clone(), "west".to_owned())], g3);
+        assert!(!snapshot
+            .released_at
+            .contains_key(&(key.clone(), "east-1".to_owned())));
+        // A west proxy that acknowledged g2 still had revision 1 (generation 0 here); at g3 it
+        // has generation 2. East serves the pinned revision either way.
+        let acked =
+            |synced, cluster| acked_access_points(snapshot.published(), Some(synced), cluster);
+        assert_eq!(acked(g2, "west").get(&key), None);
+        assert_eq!(acked(g3, "west")[&key], 2);
+        assert_eq!(acked(g3, "east-1")[&key], 0);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod name_service_status;
 pub mod ops;
 pub mod provider;
+pub mod rollouts;
 pub mod serve;
 pub mod standalone;
 pub mod status_writer;

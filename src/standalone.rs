@@ -14,6 +14,7 @@ use crate::admin::AdminState;
 use crate::certs::ca::CertificateAuthority;
 use crate::certs::manager::{CertManager, IssuedSecrets};
 use crate::certs::{self, CertOptions, XdsTlsOptions};
+use crate::core::rollout::fleet::pins_of;
 use crate::core::translate::ExportPolicy;
 use crate::core::vip::allocate;
 use crate::dns_server::DnsOptions;
@@ -21,6 +22,7 @@ use crate::fleet_acks::FleetAcks;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::provider::file::FileProvider;
+use crate::rollouts::{PinUpdate, RolloutStore, RolloutTask};
 pub use crate::serve::Running;
 use crate::vips::{self, VipStore, VipUpdate};
 use crate::xds::server::XdsState;
@@ -47,6 +49,13 @@ pub struct StandaloneOptions {
 enum Derived {
     Issued(IssuedSecrets),
     Vips(VipUpdate),
+    Pins(PinUpdate),
+}
+
+impl From<PinUpdate> for Derived {
+    fn from(pins: PinUpdate) -> Derived {
+        Derived::Pins(pins)
+    }
 }
 
 impl From<IssuedSecrets> for Derived {
@@ -83,6 +92,13 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     };
     let (table, errors) = allocate(index.model(), &vip_store.load()?);
     index.set_vips(table, errors);
+    // Rollouts too: a cluster a rollout held back is not served the new revision by a restart.
+    let rollout_store = match &options.state_dir {
+        Some(dir) => RolloutStore::File(dir.join("rollouts.json")),
+        None => RolloutStore::Memory,
+    };
+    let stored = rollout_store.load()?;
+    index.set_pins(pins_of(&stored.records));
     index.publish();
 
     let tls = options
@@ -105,9 +121,19 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         .with_task(vips::run(
             vip_store,
             snapshots.clone(),
-            derived_tx,
+            derived_tx.clone(),
             stopped.clone(),
         ))
+        .with_task(
+            RolloutTask {
+                store: rollout_store,
+                stored,
+                snapshots: snapshots.clone(),
+                acks: acks.clone(),
+                channel: admin_state.rollouts.clone(),
+            }
+            .run(derived_tx.clone(), stopped.clone()),
+        )
         .with_task(crate::dns_update::run(
             snapshots.clone(),
             acks.clone(),
@@ -178,6 +204,7 @@ async fn watch_config(
                 match update {
                     Derived::Issued(secrets) => index.set_issued(secrets),
                     Derived::Vips(vips) => index.set_vips(vips.table, vips.errors),
+                    Derived::Pins(PinUpdate(pins)) => index.set_pins(pins),
                 }
                 let generation = index.publish();
                 admin.xds.metrics.config_generation.set(generation as i64);

@@ -165,6 +165,7 @@ async fn write_round(
             clusters: &clusters,
             proxies: acks,
             member_writes,
+            rollout: None,
         };
         let desired = access_point_status(&input, shown.get(key), &now);
         if shown.get(key) == Some(&desired) {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
+use super::rollout::{RolloutSpec, RolloutStatus};
 
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -27,6 +28,9 @@ use super::istio::{
     printcolumn = r#"{"name":"Clusters","type":"integer","jsonPath":".status.clusterCount"}"#,
     printcolumn = r#"{"name":"Ready-Clusters","type":"integer","priority":1,"jsonPath":".status.readyClusters"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Rollout","type":"string","jsonPath":".status.rollout.phase"}"#,
+    printcolumn = r#"{"name":"Stage","type":"string","jsonPath":".status.rollout.stage"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","priority":1,"jsonPath":".status.rollout.revision"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -50,6 +54,9 @@ pub struct AccessPointSpec {
     /// Absent: one address per IP family from the cluster's pools, in pool order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<VipRequest>,
+    /// How changes reach the clusters. Absent: every cluster at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// Which VIPs an AccessPoint gets.
@@ -244,4 +251,7 @@ pub struct AccessPointStatus {
     /// `Accepted`, `ResolvedRefs`, `Programmed` and the summary `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Where a staged rollout stands, and the operator's approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }

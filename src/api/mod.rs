@@ -7,6 +7,7 @@ pub mod access_point;
 pub mod istio;
 pub mod member_cluster;
 pub mod name_service;
+pub mod rollout;
 
 pub use access_point::{AccessPoint, AccessPointSpec, AccessPointStatus};
 pub use member_cluster::{MemberCluster, MemberClusterSpec};

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::overrides::{selects, template_for, OverrideError};
 use super::placement::ClusterFacts;
+use super::rollout::revision::{revision_of, Pins};
 use super::tls::{SecretMaterial, TlsSecret};
 use super::translate::ExportPolicy;
 use super::vip::{VipError, VipTable};
@@ -204,6 +205,11 @@ pub struct Model {
     pub export: ExportPolicy,
     /// Derived: overrides that failed, per (AccessPoint, cluster).
     pub override_errors: BTreeMap<(ObjectKey, String), OverrideError>,
+    /// Derived: the revision of each accepted AccessPoint's current spec.
+    pub revisions: BTreeMap<ObjectKey, String>,
+    /// Which revision each cluster is served, for AccessPoints under a staged rollout (fed by
+    /// the rollout task). Others are served their current spec everywhere.
+    pub pins: Arc<Pins>,
 }
 
 /// (name, zone, labels) of a cluster, owned.
@@ -230,7 +236,10 @@ impl Model {
             true
         }
         match object {
-            InputObject::AccessPoint(o) => put(&mut self.access_points, key, o),
+            InputObject::AccessPoint(o) => {
+                self.revisions.insert(key.clone(), revision_of(&o.spec));
+                put(&mut self.access_points, key, o)
+            }
             InputObject::MemberCluster(o) => put(&mut self.member_clusters, key, o),
             InputObject::NameService(o) => put(&mut self.name_services, key, o),
             InputObject::Service(o) => put(&mut self.services, key, o),
@@ -243,7 +252,10 @@ impl Model {
     /// Removes an object; returns whether it was present.
     pub fn delete(&mut self, kind: Kind, key: &ObjectKey) -> bool {
         match kind {
-            Kind::AccessPoint => self.access_points.remove(key).is_some(),
+            Kind::AccessPoint => {
+                self.revisions.remove(key);
+                self.access_points.remove(key).is_some()
+            }
             Kind::MemberCluster => self.member_clusters.remove(key).is_some(),
             Kind::NameService => self.name_services.remove(key).is_some(),
             Kind::Service => self.services.remove(key).is_some(),
@@ -263,11 +275,11 @@ impl Model {
             None => self.access_points.keys().cloned().collect(),
         };
         for key in keys {
-            let Some(ap) = self.access_points.get(&key) else {
+            if !self.access_points.contains_key(&key) {
                 self.cluster_templates.retain(|(k, _), _| k != &key);
                 self.override_errors.retain(|(k, _), _| k != &key);
                 continue;
-            };
+            }
             for (name, zone, labels) in &clusters {
                 let facts = ClusterFacts {
                     name,
@@ -276,14 +288,18 @@ impl Model {
                     deployments: None,
                 };
                 let id = (key.clone(), name.clone());
-                if !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {
+                let Some((ap, pinned)) = self.served_version(&key, name) else {
+                    continue;
+                };
+                if !pinned && !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {
                     self.cluster_templates.remove(&id);
                     self.override_errors.remove(&id);
                     continue;
                 }
-                match template_for(&ap.spec, &facts) {
+                let patched = template_for(&ap.spec, &facts).map(|t| t.into_owned());
+                match patched {
                     Ok(template) => {
-                        let template = ClusterTemplate::Patched(Arc::new(template.into_owned()));
+                        let template = ClusterTemplate::Patched(Arc::new(template));
                         self.cluster_templates.insert(id.clone(), template);
                         self.override_errors.remove(&id);
                     }
@@ -295,6 +311,37 @@ impl Model {
                     }
                 }
             }
+        }
+    }
+
+    /// The version of an AccessPoint `cluster` is served, and whether a rollout holds it to
+    /// another revision than the current spec's.
+    pub fn served_version(&self, key: &ObjectKey, cluster: &str) -> Option<(&AccessPoint, bool)> {
+        let current = self.access_points.get(key)?;
+        let Some(pin) = self.pins.get(key) else {
+            return Some((current, false));
+        };
+        let revision = pin.revision(cluster);
+        if self.revisions.get(key).map(String::as_str) == Some(revision) {
+            return Some((current, false));
+        }
+        match pin.revisions.get(revision) {
+            Some(held) => Some((held, true)),
+            None => Some((current, false)),
+        }
+    }
+
+    /// The revision of `key` that `cluster` is served.
+    pub fn served_revision(&self, key: &ObjectKey, cluster: &str) -> Option<&str> {
+        match self.pins.get(key) {
+            Some(pin)
+                if self
+                    .served_version(key, cluster)
+                    .is_some_and(|(_, held)| held) =>
+            {
+                Some(pin.revision(cluster))
+            }
+            _ => self.revisions.get(key).map(String::as_str),
         }
     }
 

@@ -17,6 +17,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod diff;
+pub mod fleet;
+pub mod observe;
+pub mod plan;
+pub mod report;
+pub mod revision;
+
 use serde::{Deserialize, Serialize};
 
 /// One stage, with its clusters already resolved against the placement.
@@ -90,6 +97,15 @@ impl RolloutState {
     /// The revision `cluster` is served.
     pub fn served(&self, cluster: &str) -> Option<&str> {
         self.served.get(cluster).map(String::as_str)
+    }
+
+    /// Every revision a cluster may be served now: the current one, the last completed one
+    /// and any a cluster is still on.
+    pub fn referenced(&self) -> BTreeSet<&str> {
+        let mut revisions: BTreeSet<&str> = self.served.values().map(String::as_str).collect();
+        revisions.insert(&self.revision);
+        revisions.extend(self.completed.as_deref());
+        revisions
     }
 }
 
@@ -213,7 +229,7 @@ fn everywhere(revision: &str, clusters: &[String], now_ms: u64) -> RolloutState 
 
 /// The plan's stages, each cluster in its first stage only, plus an implicit last stage for
 /// placed clusters no stage names.
-fn stages_with_remainder(plan: &Plan, clusters: &[String]) -> Vec<Stage> {
+pub(crate) fn stages_with_remainder(plan: &Plan, clusters: &[String]) -> Vec<Stage> {
     let mut seen: BTreeSet<&String> = BTreeSet::new();
     let mut stages: Vec<Stage> = plan
         .stages

@@ -23,6 +23,7 @@ use super::model::{Model, ObjectKey};
 use super::refs::{placed_clusters, ClusterRefs, RefKind, UnresolvedRef};
 use super::validate::{FieldError, Rejection};
 use crate::api::access_point::ClusterStatus;
+use crate::api::rollout::RolloutStatus;
 use crate::api::AccessPointStatus;
 
 pub const ACCEPTED: &str = "Accepted";
@@ -56,13 +57,18 @@ pub struct Published<'a> {
     pub rejected: &'a BTreeMap<ObjectKey, Rejection>,
     /// Snapshot generation in which each accepted AccessPoint's current version appeared.
     pub in_force_since: &'a BTreeMap<ObjectKey, u64>,
+    /// Snapshot generation in which a rollout last moved (AccessPoint, cluster) to another
+    /// revision.
+    pub released_at: &'a BTreeMap<(ObjectKey, String), u64>,
 }
 
-/// The AccessPoints (with `metadata.generation`, 0 when absent) a proxy has acknowledged,
-/// given the latest snapshot generation whose whole config it acknowledged.
+/// The AccessPoints (with `metadata.generation`, 0 when absent) a proxy in `cluster` has
+/// acknowledged, given the latest snapshot generation whose whole config it acknowledged. Under
+/// a staged rollout that is the generation of the revision its cluster is served.
 pub fn acked_access_points(
     published: Published<'_>,
     synced_generation: Option<u64>,
+    cluster: &str,
 ) -> BTreeMap<ObjectKey, i64> {
     let Some(synced) = synced_generation else {
         return BTreeMap::new();
@@ -70,9 +76,16 @@ pub fn acked_access_points(
     published
         .in_force_since
         .iter()
-        .filter(|(_, since)| **since <= synced)
+        .filter(|(key, since)| {
+            let released = published
+                .released_at
+                .get(&(ObjectKey::clone(key), cluster.to_owned()))
+                .copied()
+                .unwrap_or(0);
+            (**since).max(released) <= synced
+        })
         .filter_map(|(key, _)| {
-            let ap = published.model.access_points.get(key)?;
+            let (ap, _) = published.model.served_version(key, cluster)?;
             Some((key.clone(), ap.metadata.generation.unwrap_or(0)))
         })
         .collect()
@@ -99,6 +112,8 @@ pub struct StatusInput<'a> {
     pub proxies: &'a [GatewayAck],
     /// What the member-cluster writer did (empty in standalone mode).
     pub member_writes: &'a MemberWrites,
+    /// Where its staged rollout stands, if it has one.
+    pub rollout: Option<&'a RolloutStatus>,
 }
 
 /// Every AccessPoint published, accepted or rejected.
@@ -152,6 +167,7 @@ pub fn access_point_status(
         ready_clusters: rejection.is_none().then_some(ready_clusters),
         clusters: per_cluster::compact(statuses),
         conditions,
+        rollout: input.rollout.cloned(),
     }
 }
 

@@ -105,7 +105,33 @@ pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
             }
         }
     }
+    if let Some(rollout) = &spec.rollout {
+        rollout_stages(&mut errors, &rollout.stages);
+    }
     errors.0
+}
+
+fn rollout_stages(e: &mut Errors, stages: &[crate::api::rollout::RolloutStage]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, stage) in stages.iter().enumerate() {
+        let path = format!("spec.rollout.stages[{i}]");
+        if stage.name.is_empty() {
+            e.push(format!("{path}.name"), "must not be empty");
+        } else if stage.name == "remaining" {
+            e.push(
+                format!("{path}.name"),
+                "\"remaining\" names the implicit last stage of unlisted clusters",
+            );
+        } else if !seen.insert(stage.name.as_str()) {
+            e.push(
+                format!("{path}.name"),
+                format!("stage {:?} is defined twice", stage.name),
+            );
+        }
+        if stage.clusters.is_empty() && stage.cluster_selector.is_none() {
+            e.push(path, "set clusters or clusterSelector");
+        }
+    }
 }
 
 fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
@@ -496,6 +522,34 @@ mod tests {
             .iter()
             .map(|e| e.to_string())
             .collect()
+    }
+
+    #[test]
+    fn rollout_stages_need_unique_names_and_clusters() {
+        let errors = errors_of(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template: {}
+  rollout:
+    strategy: Staged
+    stages:
+    - {name: canary, clusters: [a]}
+    - {name: canary, clusters: [b]}
+    - {name: remaining, clusterSelector: {matchLabels: {x: y}}}
+    - {name: empty}
+"#,
+        );
+        assert_eq!(
+            errors,
+            [
+                "field `spec.rollout.stages[1].name`: stage \"canary\" is defined twice",
+                "field `spec.rollout.stages[2].name`: \"remaining\" names the implicit last stage of unlisted clusters",
+                "field `spec.rollout.stages[3]`: set clusters or clusterSelector",
+            ]
+        );
     }
 
     #[test]

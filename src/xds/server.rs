@@ -195,7 +195,11 @@ impl XdsState {
                 Some(GatewayAck {
                     gateway: ObjectKey::new(namespace, name),
                     nack: p.nack().map(str::to_owned),
-                    acked: acked_access_points(snapshot.published(), p.synced_generation),
+                    acked: acked_access_points(
+                        snapshot.published(),
+                        p.synced_generation,
+                        &p.cluster,
+                    ),
                     node_id: p.node_id,
                     cluster: p.cluster,
                 })

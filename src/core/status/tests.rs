@@ -31,6 +31,7 @@ struct Fixture {
     model: Model,
     rejected: BTreeMap<ObjectKey, Rejection>,
     in_force_since: BTreeMap<ObjectKey, u64>,
+    released_at: BTreeMap<(ObjectKey, String), u64>,
     proxies: Vec<GatewayAck>,
     member_writes: MemberWrites,
 }
@@ -43,6 +44,7 @@ impl Fixture {
             model,
             rejected: BTreeMap::new(),
             in_force_since,
+            released_at: BTreeMap::new(),
             proxies: Vec::new(),
             member_writes: MemberWrites::new(),
         }
@@ -53,12 +55,13 @@ impl Fixture {
             model: &self.model,
             rejected: &self.rejected,
             in_force_since: &self.in_force_since,
+            released_at: &self.released_at,
         }
     }
 
     /// A proxy whose whole config up to snapshot `synced` is acknowledged.
     fn proxy(mut self, gateway: &str, synced: Option<u64>, nack: Option<&str>) -> Fixture {
-        let acked = acked_access_points(self.published(), synced);
+        let acked = acked_access_points(self.published(), synced, "local");
         self.proxies.push(GatewayAck {
             node_id: format!("envoy-{}", self.proxies.len()),
             gateway: ObjectKey::new("shop", gateway),
@@ -79,6 +82,7 @@ impl Fixture {
                 clusters: &clusters,
                 proxies: &self.proxies,
                 member_writes: &self.member_writes,
+                rollout: None,
             },
             previous,
             now,
@@ -258,10 +262,10 @@ fn keys_cover_rejected_access_points_that_never_served() {
 fn acknowledgements_are_reported_per_access_point_generation() {
     let fixture = Fixture::new(SHOP);
     let key = ObjectKey::new("shop", "shop");
-    assert!(acked_access_points(fixture.published(), None).is_empty());
-    assert!(acked_access_points(fixture.published(), Some(6)).is_empty());
+    assert!(acked_access_points(fixture.published(), None, "local").is_empty());
+    assert!(acked_access_points(fixture.published(), Some(6), "local").is_empty());
     assert_eq!(
-        acked_access_points(fixture.published(), Some(7)),
+        acked_access_points(fixture.published(), Some(7), "local"),
         BTreeMap::from([(key, 4)])
     );
 }
@@ -295,6 +299,7 @@ spec:
             clusters: &clusters,
             proxies: &[],
             member_writes: &MemberWrites::new(),
+            rollout: None,
         },
         None,
         &at(100),

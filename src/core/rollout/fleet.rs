@@ -1,0 +1,238 @@
+//! Every staged rollout at once: one round reads the model, the proxies' acknowledgements, the
+//! operators' controls and the time, and returns what to persist, what each cluster is served
+//! and what to report. The edge task only persists, publishes and repeats.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::rollout::{Approval, RolloutControls, RolloutMode, RolloutStatus};
+use crate::api::AccessPoint;
+use crate::core::model::{Model, ObjectKey};
+use crate::core::refs::{placed_clusters, ClusterRefs};
+use crate::core::status::GatewayAck;
+
+use super::observe::observations;
+use super::plan::{plan, staged};
+use super::report::Report;
+use super::revision::{Pin, Pins};
+use super::{advance, stages_with_remainder, Controls, RolloutState};
+
+/// What a restart must find: the engine's state and the AccessPoint at every revision a
+/// cluster may still be served.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutRecord {
+    pub state: RolloutState,
+    pub revisions: BTreeMap<String, Arc<AccessPoint>>,
+}
+
+pub type Records = BTreeMap<ObjectKey, RolloutRecord>;
+
+/// The outcome of one round.
+#[derive(Debug, Default, PartialEq)]
+pub struct Round {
+    pub records: Records,
+    pub pins: Pins,
+    pub statuses: BTreeMap<ObjectKey, RolloutStatus>,
+}
+
+/// Advances every staged rollout to `now_ms`. AccessPoints no longer staged (or gone) drop
+/// out: they are served their current spec everywhere.
+pub fn round(
+    model: &Model,
+    previous: &Records,
+    controls: &BTreeMap<ObjectKey, RolloutControls>,
+    proxies: &[GatewayAck],
+    now_ms: u64,
+) -> Round {
+    let mut out = Round::default();
+    let mut refs: BTreeMap<String, ClusterRefs<'_>> = BTreeMap::new();
+    for (key, ap) in &model.access_points {
+        let Some(spec) = staged(ap) else { continue };
+        let Some(revision) = model.revisions.get(key) else {
+            continue;
+        };
+        let placed = placed_clusters(model, ap);
+        for cluster in &placed {
+            if !refs.contains_key(cluster) {
+                refs.insert(cluster.clone(), ClusterRefs::new(model, cluster));
+            }
+        }
+        let plan = plan(spec, model, &placed);
+        let generation = ap.metadata.generation.unwrap_or(0);
+        let observed = observations(key, generation, &placed, &refs, proxies);
+        let record = previous.get(key);
+        let shadowed = (spec.mode == RolloutMode::Shadow)
+            .then_some(record)
+            .flatten()
+            .filter(|r| &r.state.revision != revision);
+        let state = match shadowed {
+            // Shadow mode: the new revision is computed (and diffed) but nobody moves.
+            Some(record) => record.state.clone(),
+            None => {
+                let controls = engine_controls(controls.get(key), revision);
+                advance(
+                    record.map(|r| &r.state),
+                    revision,
+                    &placed,
+                    &plan,
+                    &observed,
+                    &controls,
+                    now_ms,
+                )
+            }
+        };
+        let mut revisions = record.map(|r| r.revisions.clone()).unwrap_or_default();
+        revisions
+            .entry(revision.clone())
+            .or_insert_with(|| Arc::new(ap.clone()));
+        let referenced = state.referenced();
+        revisions.retain(|r, _| referenced.contains(r.as_str()));
+        let status = Report {
+            key,
+            state: &state,
+            plan: &plan,
+            placed: &placed,
+            observations: &observed,
+            shadowed: shadowed.map(|_| revision.as_str()),
+        }
+        .status();
+        out.pins.insert(
+            key.clone(),
+            Pin {
+                clusters: state.served.clone(),
+                fallback: state
+                    .completed
+                    .clone()
+                    .unwrap_or_else(|| state.revision.clone()),
+                revisions: revisions.clone(),
+            },
+        );
+        out.statuses.insert(key.clone(), status);
+        out.records
+            .insert(key.clone(), RolloutRecord { state, revisions });
+    }
+    out
+}
+
+/// What a restart serves before the first round: the persisted assignments.
+pub fn pins_of(records: &Records) -> Pins {
+    records
+        .iter()
+        .map(|(key, record)| {
+            let state = &record.state;
+            let pin = Pin {
+                clusters: state.served.clone(),
+                fallback: state
+                    .completed
+                    .clone()
+                    .unwrap_or_else(|| state.revision.clone()),
+                revisions: record.revisions.clone(),
+            };
+            (key.clone(), pin)
+        })
+        .collect()
+}
+
+fn engine_controls(controls: Option<&RolloutControls>, revision: &str) -> Controls {
+    let Some(controls) = controls else {
+        return Controls::default();
+    };
+    Controls {
+        approved: controls
+            .approvals
+            .iter()
+            .filter(|a| a.revision == revision)
+            .map(|a| a.stage.clone())
+            .collect(),
+        paused: controls.paused,
+        undo: controls.undo.as_deref() == Some(revision),
+    }
+}
+
+/// An operator's act on one rollout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Approve { stage: String, by: Option<String> },
+    Pause,
+    Resume,
+    Undo,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("AccessPoint {0} not found")]
+    NotFound(ObjectKey),
+    #[error("AccessPoint {0} has no staged rollout (spec.rollout.strategy is not Staged)")]
+    NotStaged(ObjectKey),
+    #[error("AccessPoint {key} has no stage {stage:?}; its stages are {stages}")]
+    NoSuchStage {
+        key: ObjectKey,
+        stage: String,
+        stages: String,
+    },
+    #[error(
+        "AccessPoint {0}: no revision ever reached every cluster, so there is nothing to undo to"
+    )]
+    NothingToUndo(ObjectKey),
+}
+
+/// Records `command` in `controls` (the caller persists them); `now` is RFC 3339.
+pub fn apply_command(
+    model: &Model,
+    records: &Records,
+    controls: &mut RolloutControls,
+    key: &ObjectKey,
+    command: Command,
+    now: &str,
+) -> Result<(), CommandError> {
+    let ap = model
+        .access_points
+        .get(key)
+        .ok_or_else(|| CommandError::NotFound(key.clone()))?;
+    let spec = staged(ap).ok_or_else(|| CommandError::NotStaged(key.clone()))?;
+    let record = records.get(key);
+    let revision = record
+        .map(|r| r.state.revision.clone())
+        .or_else(|| model.revisions.get(key).cloned())
+        .unwrap_or_default();
+    match command {
+        Command::Approve { stage, by } => {
+            let placed = placed_clusters(model, ap);
+            let names: Vec<String> = stages_with_remainder(&plan(spec, model, &placed), &placed)
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            if !names.contains(&stage) {
+                return Err(CommandError::NoSuchStage {
+                    key: key.clone(),
+                    stage,
+                    stages: names.join(", "),
+                });
+            }
+            controls.approvals.retain(|a| a.revision == revision);
+            if !controls.approvals.iter().any(|a| a.stage == stage) {
+                controls.approvals.push(Approval {
+                    revision,
+                    stage,
+                    by,
+                    at: Some(now.to_owned()),
+                });
+            }
+        }
+        Command::Pause => controls.paused = true,
+        Command::Resume => controls.paused = false,
+        Command::Undo => {
+            if record.and_then(|r| r.state.completed.as_ref()).is_none() {
+                return Err(CommandError::NothingToUndo(key.clone()));
+            }
+            controls.undo = Some(revision);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

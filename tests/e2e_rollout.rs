@@ -1,0 +1,313 @@
+//! Staged rollout end to end (standalone mode): three member clusters, one real Envoy 1.40 in
+//! each, HTTP requests to see which revision each serves, and the `meridian` CLI to approve,
+//! undo and diff.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+
+const CLUSTERS: [&str; 3] = ["canary", "east", "west"];
+
+const FLEET: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: canary}
+spec: {zone: z1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: z2}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {zone: z3}
+"#;
+
+/// A regex Meridian accepts but Envoy's RE2 rejects (program size over the limit): a change
+/// the canary's Envoy NACKs.
+const RE2_REJECTS: &str = "\n        - match: [{uri: {regex: \"/(x{500}){100}\"}}]\n          directResponse: {status: 404}";
+
+/// The AccessPoint: one direct response whose body names the version; every cluster's gateway
+/// listens on its own port (overrides), since all Envoys share this host.
+fn web(ports: &[u16; 3], body: &str, mode: &str, extra_route: &str) -> String {
+    let overrides: String = CLUSTERS
+        .iter()
+        .zip(ports)
+        .map(|(cluster, port)| {
+            format!(
+                "  - clusterName: {cluster}\n    patches: [{{op: replace, path: /gateways/0/spec/servers/0/port/number, value: {port}}}]\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: web, namespace: shop}}
+spec:
+  placement: {{clusters: [canary, east, west]}}
+  rollout:
+    strategy: Staged
+    mode: {mode}
+    progressDeadlineSeconds: 60
+    stages:
+    - {{name: canary, clusters: [canary], requireApproval: true}}
+    - {{name: rest, clusters: [east, west]}}
+  template:
+    gateways:
+    - metadata: {{name: public}}
+      spec:
+        servers:
+        - port: {{number: 1, protocol: HTTP}}
+          bind: 127.0.0.1
+          hosts: ["*"]
+    virtualServices:
+    - metadata: {{name: web}}
+      spec:
+        hosts: ["*"]
+        gateways: [public]
+        http:{extra_route}
+        - directResponse: {{status: 200, body: {{string: "{body}"}}}}
+  overrides:
+{overrides}"#
+    )
+}
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    xds_port: u16,
+    ports: [u16; 3],
+    client: reqwest::Client,
+}
+
+impl Fleet {
+    fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    fn write_web(&self, body: &str, mode: &str, extra_route: &str) {
+        let text = web(&self.ports, body, mode, extra_route);
+        std::fs::write(self.config_dir().join("web.yaml"), text).unwrap();
+    }
+
+    /// What each cluster's Envoy answers (the body, or the error).
+    async fn bodies(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for port in self.ports {
+            out.push(match get(&self.client, port, "web.test", "/").await {
+                Ok(body) => body,
+                Err(e) => format!("error: {e}"),
+            });
+        }
+        out
+    }
+
+    async fn wait_for(&self, expected: [&str; 3], what: &str) {
+        eventually(Duration::from_secs(20), what, || async {
+            self.bodies().await == expected
+        })
+        .await;
+    }
+
+    /// Asserts the bodies stay `expected` for a while (nothing moves on its own).
+    async fn stays(&self, expected: [&str; 3]) {
+        for _ in 0..8 {
+            assert_eq!(self.bodies().await, expected);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+/// Runs the `meridian` CLI against `admin`; returns stdout, panicking with stderr on failure.
+fn meridian_cli(admin: SocketAddr, args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(args)
+        .args(["-n", "shop", "--admin", &admin.to_string()])
+        .output()
+        .expect("run meridian");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "meridian {args:?}: {stderr}{stdout}"
+    );
+    stdout
+}
+
+fn rollout_status(admin: SocketAddr) -> serde_json::Value {
+    let text = meridian_cli(admin, &["rollout", "status", "web", "--json"]);
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn wait_phase(admin: SocketAddr, phase: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..200 {
+        last = tokio::task::spawn_blocking(move || rollout_status(admin))
+            .await
+            .unwrap();
+        if last["phase"] == phase {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("rollout never reached {phase}: {last:#}");
+}
+
+async fn proxy_states(client: &reqwest::Client, admin: SocketAddr) -> Vec<(String, String)> {
+    let syncz = admin_json(client, admin, "/debug/syncz").await;
+    let mut states: Vec<(String, String)> = syncz["proxies"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let nacked = p["types"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["state"] == "NACKED");
+            let node = p["node_id"].as_str().unwrap_or_default().to_owned();
+            (node, if nacked { "NACKED" } else { "ok" }.to_owned())
+        })
+        .collect();
+    states.sort();
+    states
+}
+
+async fn start(
+    config_dir: &Path,
+    state_dir: &Path,
+    xds_port: u16,
+) -> meridian::standalone::Running {
+    start_meridian(config_dir, state_dir, xds_port).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_goes_canary_first_waits_for_approval_halts_on_nack_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let fleet = Fleet {
+        xds_port: free_port(),
+        ports: [free_port(), free_port(), free_port()],
+        client: client(),
+        dir,
+    };
+    std::fs::write(fleet.config_dir().join("fleet.yaml"), FLEET).unwrap();
+    fleet.write_web("v1", "Serve", "");
+    let state_dir = fleet.dir.path().join("state");
+    let mut meridian = start(&fleet.config_dir(), &state_dir, fleet.xds_port).await;
+    let _envoys: Vec<Envoy> = CLUSTERS
+        .iter()
+        .zip(["z1", "z2", "z3"])
+        .map(|(cluster, zone)| {
+            Envoy::start_in(
+                fleet.dir.path(),
+                &format!("gw-{cluster}"),
+                "shop/public",
+                fleet.xds_port,
+                false,
+                Some((cluster, zone)),
+            )
+        })
+        .collect();
+    fleet.wait_for(["v1", "v1", "v1"], "v1 everywhere").await;
+    let admin = meridian.admin_addr;
+    assert_eq!(
+        wait_phase(admin, "Succeeded").await["stage"],
+        serde_json::Value::Null
+    );
+
+    // A route change reaches only the canary, which then waits for approval.
+    fleet.write_web("v2", "Serve", "");
+    fleet.wait_for(["v2", "v1", "v1"], "v2 on the canary").await;
+    let status = wait_phase(admin, "AwaitingApproval").await;
+    assert_eq!(status["stage"], "canary");
+    assert!(status["message"]
+        .as_str()
+        .unwrap()
+        .contains("meridian approve web -n shop --stage canary"));
+    fleet.stays(["v2", "v1", "v1"]).await;
+    let debug_status = admin_json(&fleet.client, admin, "/debug/status").await;
+    assert_eq!(
+        debug_status["shop/web"]["rollout"]["phase"],
+        "AwaitingApproval"
+    );
+
+    // Restarted mid-rollout: no cluster changes revision.
+    meridian.shutdown().await.unwrap();
+    meridian = start(&fleet.config_dir(), &state_dir, fleet.xds_port).await;
+    let admin = meridian.admin_addr;
+    let status = wait_phase(admin, "AwaitingApproval").await;
+    assert_eq!(status["stage"], "canary");
+    eventually(Duration::from_secs(20), "Envoys reconnected", || async {
+        proxy_states(&fleet.client, admin).await.len() == 3
+    })
+    .await;
+    fleet.stays(["v2", "v1", "v1"]).await;
+
+    // Approval (through the CLI) lets the rest follow.
+    let out = meridian_cli(
+        admin,
+        &["approve", "web", "--stage", "canary", "--by", "e2e"],
+    );
+    assert!(out.contains("approved stage canary"), "{out}");
+    fleet.wait_for(["v2", "v2", "v2"], "v2 everywhere").await;
+    let status = wait_phase(admin, "Succeeded").await;
+    assert_eq!(status["completedRevision"], status["revision"]);
+    assert_eq!(status["controls"]["approvals"][0]["by"], "e2e");
+
+    // A change the canary's Envoy rejects halts the rollout; the others never get it.
+    fleet.write_web("v3", "Serve", RE2_REJECTS);
+    let status = wait_phase(admin, "Halted").await;
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("cluster canary rejected revision"),
+        "{message}"
+    );
+    assert_eq!(
+        proxy_states(&fleet.client, admin).await,
+        [
+            ("gw-canary".to_owned(), "NACKED".to_owned()),
+            ("gw-east".to_owned(), "ok".to_owned()),
+            ("gw-west".to_owned(), "ok".to_owned())
+        ]
+    );
+    fleet.stays(["v2", "v2", "v2"]).await;
+
+    // Undo sends the canary back to the last completed revision, which it accepts.
+    meridian_cli(admin, &["rollout", "undo", "web"]);
+    wait_phase(admin, "RolledBack").await;
+    eventually(
+        Duration::from_secs(20),
+        "the canary back in sync",
+        || async {
+            proxy_states(&fleet.client, admin)
+                .await
+                .iter()
+                .all(|(_, state)| state == "ok")
+        },
+    )
+    .await;
+    fleet.stays(["v2", "v2", "v2"]).await;
+
+    // Shadow mode: the next revision is only diffed.
+    fleet.write_web("v4", "Shadow", "");
+    wait_phase(admin, "Shadow").await;
+    fleet.stays(["v2", "v2", "v2"]).await;
+    let diff = meridian_cli(admin, &["diff", "web", "--cluster", "east"]);
+    assert!(
+        diff.contains("cluster east gateway shop/public: RDS") && diff.contains("Changed"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("-") && diff.contains("\"v2\"") && diff.contains("\"v4\""),
+        "{diff}"
+    );
+
+    meridian.shutdown().await.unwrap();
+}
