@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::Client;
+use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use crate::ack_reports;
@@ -27,6 +27,7 @@ use crate::leader::{self, LeaseConfig};
 use crate::members::{self, connections, MemberState};
 use crate::metrics::Metrics;
 use crate::provider::kube::{watch as watches, Scope, Update, Watched};
+use crate::rollouts::{Role, RolloutStore, RolloutTask};
 use crate::serve::Running;
 use crate::status_writer;
 use crate::vips;
@@ -90,6 +91,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let member_updates = updates_tx.clone();
     let issued_updates = updates_tx.clone();
     let vip_updates = updates_tx.clone();
+    let pin_updates = updates_tx.clone();
     let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
         .await
         .context("starting Kubernetes watches")?;
@@ -188,10 +190,26 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
+    let rollouts = RolloutTask {
+        store: RolloutStore::ConfigMap(Box::new(Api::namespaced(client.clone(), &lease.namespace))),
+        stored: None,
+        snapshots: snapshots.clone(),
+        acks: acks.clone(),
+        channel: admin_state.rollouts.clone(),
+        role: Role::Kubernetes {
+            leading: leading.clone(),
+        },
+    }
+    .run(pin_updates, stopped.clone());
     let writer = {
         let (stopped, acks) = (stopped.clone(), acks.clone());
+        let inputs = status_writer::Inputs {
+            acks,
+            member_writes,
+            rollouts: admin_state.rollouts.statuses.subscribe(),
+        };
         async move {
-            status_writer::run(client, xds, acks, member_writes, leading, stopped).await;
+            status_writer::run(client, xds, inputs, leading, stopped).await;
             Ok(())
         }
     };
@@ -206,6 +224,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let running = running
         .with_task(feed)
         .with_task(certs)
+        .with_task(rollouts)
         .with_task(vip_allocator)
         .with_task(dns_updates)
         .with_task(campaign)
@@ -230,6 +249,8 @@ async fn feed_index(
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut listed: BTreeSet<Watched> = BTreeSet::new();
+    // Rollouts are loaded before anything is served: a restart keeps each cluster's revision.
+    let mut pins_loaded = false;
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
@@ -245,6 +266,7 @@ async fn feed_index(
         }
         for update in batch {
             match &update {
+                Update::Pins(_) => pins_loaded = true,
                 // Member clusters come and go; only the hub's own watches gate serving.
                 Update::RelistDone(Watched::Member { .. }) => {}
                 Update::RelistDone(watched) => {
@@ -256,7 +278,7 @@ async fn feed_index(
         }
         admin.set_problems(scope.problems());
         // Serving a partial list would withdraw config from gateways; wait for all of them.
-        if listed.len() < watch_count {
+        if listed.len() < watch_count || !pins_loaded {
             continue;
         }
         let before = index.generation();

@@ -4,20 +4,20 @@
 //! arrive over a channel from the admin API and are persisted with the rest.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::api::rollout::{RolloutControls, RolloutStatus};
 use crate::core::model::ObjectKey;
-use crate::core::rollout::fleet::{apply_command, round, Command, Records, RolloutRecord};
+use crate::core::rollout::fleet::{apply_command, pins_of, round, Command, Records};
 use crate::core::rollout::revision::Pins;
 use crate::fleet_acks::FleetAcks;
 use crate::index::Snapshot;
+
+mod store;
+pub use store::{RolloutStore, Stored, ROLLOUT_CONFIG_MAP};
 
 /// How often rollouts advance without other news (soak times and deadlines).
 const TICK: Duration = Duration::from_secs(1);
@@ -25,88 +25,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// Which revision each cluster is served, as the index receives it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PinUpdate(pub Pins);
-
-/// Rollout state plus operator controls, by AccessPoint.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Stored {
-    pub records: Records,
-    pub controls: BTreeMap<ObjectKey, RolloutControls>,
-}
-
-/// The file form: keys as `namespace/name`.
-#[derive(Default, Serialize, Deserialize)]
-struct StoredFile {
-    #[serde(default)]
-    records: BTreeMap<String, RolloutRecord>,
-    #[serde(default)]
-    controls: BTreeMap<String, RolloutControls>,
-}
-
-fn parse_key(text: &str) -> ObjectKey {
-    match text.split_once('/') {
-        Some((namespace, name)) => ObjectKey::new(namespace, name),
-        None => ObjectKey::new("", text),
-    }
-}
-
-/// Where rollouts live between runs.
-#[derive(Clone, Debug)]
-pub enum RolloutStore {
-    /// Standalone: `<state-dir>/rollouts.json`.
-    File(PathBuf),
-    /// Nowhere: a restart starts every rollout afresh from the current spec.
-    Memory,
-}
-
-impl RolloutStore {
-    pub fn load(&self) -> anyhow::Result<Stored> {
-        let RolloutStore::File(path) = self else {
-            return Ok(Stored::default());
-        };
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let file: StoredFile = serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading rollouts {}", path.display()))?;
-        Ok(Stored {
-            records: file
-                .records
-                .into_iter()
-                .map(|(k, v)| (parse_key(&k), v))
-                .collect(),
-            controls: file
-                .controls
-                .into_iter()
-                .map(|(k, v)| (parse_key(&k), v))
-                .collect(),
-        })
-    }
-
-    /// Writes atomically: a crash leaves the old state or the new one.
-    fn save(&self, stored: &Stored) -> anyhow::Result<()> {
-        let RolloutStore::File(path) = self else {
-            return Ok(());
-        };
-        let file = StoredFile {
-            records: stored
-                .records
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-            controls: stored
-                .controls
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
-        };
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&file)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-    }
-}
 
 /// An operator's command and where its outcome goes.
 pub struct Request {
@@ -159,14 +77,27 @@ impl RolloutChannel {
     }
 }
 
+/// Which replica decides, and where operator controls come from.
+pub enum Role {
+    /// This process decides; controls arrive as commands and are stored with the rollouts.
+    Standalone,
+    /// The lease holder decides; every other replica serves what it persisted. Controls are
+    /// read from the AccessPoints' `status.rollout.controls`, written by approvers.
+    Kubernetes { leading: watch::Receiver<bool> },
+}
+
+/// How often a standby re-reads the leader's rollouts.
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
 /// The task's inputs.
 pub struct RolloutTask {
     pub store: RolloutStore,
-    /// What the store held at start (already served by the index).
-    pub stored: Stored,
+    /// What the store held at start (already served by the index), if it was read.
+    pub stored: Option<Stored>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub acks: FleetAcks,
     pub channel: Arc<RolloutChannel>,
+    pub role: Role,
 }
 
 impl RolloutTask {
@@ -179,59 +110,70 @@ impl RolloutTask {
         let Some(mut requests) = self.channel.take_receiver() else {
             anyhow::bail!("a rollout task is already running");
         };
-        let mut stored = self.stored.clone();
+        let mut stored = self.stored.take();
+        let mut lease = match &self.role {
+            Role::Kubernetes { leading } => Some(leading.clone()),
+            Role::Standalone => None,
+        };
         let mut sent: Option<Pins> = None;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let snapshot = self.snapshots.borrow_and_update().clone();
-            if snapshot.generation > 0 {
-                let proxies = self.acks.current();
-                let round = round(
-                    &snapshot.model,
-                    &stored.records,
-                    &stored.controls,
-                    &proxies,
-                    now_ms(),
-                );
-                let mut next = Stored {
-                    records: round.records,
-                    controls: stored.controls.clone(),
-                };
-                next.controls
-                    .retain(|key, _| snapshot.model.access_points.contains_key(key));
-                if next != stored {
-                    // Persisted before served: a restart never moves a cluster back or ahead.
-                    self.store.save(&next)?;
-                    log_transitions(&stored.records, &next.records);
-                    stored = next;
+            let leading = lease.as_mut().is_none_or(|l| *l.borrow_and_update());
+            // A standby follows the leader's rollouts; a new leader starts from them.
+            if stored.is_none() || !leading {
+                match self.store.load().await {
+                    Ok(loaded) => stored = Some(loaded),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "cannot read rollouts; retrying")
+                    }
                 }
-                if sent.as_ref() != Some(&round.pins) {
-                    if sink
-                        .send(T::from(PinUpdate(round.pins.clone())))
-                        .await
-                        .is_err()
-                    {
+            }
+            let snapshot = self.snapshots.borrow_and_update().clone();
+            if let Some(current) = stored.as_mut() {
+                let pins = if leading && snapshot.generation > 0 {
+                    match self.round(&snapshot, current).await {
+                        Ok(pins) => Some(pins),
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{error:#}"), "cannot persist rollouts; nothing moves until it can");
+                            None
+                        }
+                    }
+                } else {
+                    Some(pins_of(&current.records))
+                };
+                if let Some(pins) = pins.filter(|p| sent.as_ref() != Some(p)) {
+                    if sink.send(T::from(PinUpdate(pins.clone()))).await.is_err() {
                         return Ok(());
                     }
-                    sent = Some(round.pins);
+                    sent = Some(pins);
                 }
-                let statuses = round
-                    .statuses
-                    .into_iter()
-                    .map(|(key, mut status)| {
-                        status.controls = stored.controls.get(&key).cloned();
-                        (key, status)
-                    })
-                    .collect();
-                self.channel.statuses.send_replace(statuses);
             }
+            let lease_changed = async {
+                let changed = match lease.as_mut() {
+                    Some(lease) => lease.changed().await.is_ok(),
+                    None => false,
+                };
+                if !changed {
+                    std::future::pending::<()>().await
+                }
+            };
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { return Ok(()) },
                 _ = self.acks.changed() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick(), if leading => {}
+                _ = tokio::time::sleep(FOLLOW_EVERY), if !leading => {}
+                _ = lease_changed => stored = None,
                 Some(request) = requests.recv() => {
-                    let outcome = self.record(&snapshot, &mut stored, request.key, request.command);
+                    let outcome = match (&self.role, stored.as_mut()) {
+                        (Role::Standalone, Some(current)) => {
+                            self.record(&snapshot, current, request.key, request.command).await
+                        }
+                        (Role::Standalone, None) => Err("rollouts are not loaded yet".to_owned()),
+                        (Role::Kubernetes { .. }, _) => Err(
+                            "in Kubernetes mode approvals, pauses and undos are written to the AccessPoint's status: use `meridian approve|rollout … --kubernetes`".to_owned(),
+                        ),
+                    };
                     let _ = request.reply.send(outcome);
                 }
                 _ = stopped.changed() => return Ok(()),
@@ -239,8 +181,51 @@ impl RolloutTask {
         }
     }
 
+    /// One round as the decider: advance, persist what changed, publish statuses.
+    async fn round(&self, snapshot: &Snapshot, stored: &mut Stored) -> anyhow::Result<Pins> {
+        let controls = match self.role {
+            Role::Standalone => stored.controls.clone(),
+            Role::Kubernetes { .. } => controls_from_status(&snapshot.model),
+        };
+        let proxies = self.acks.clone().current();
+        let round = round(
+            &snapshot.model,
+            &stored.records,
+            &controls,
+            &proxies,
+            now_ms(),
+        );
+        let mut next = Stored {
+            records: round.records,
+            controls: stored.controls.clone(),
+        };
+        next.controls
+            .retain(|key, _| snapshot.model.access_points.contains_key(key));
+        if next != *stored {
+            // Persisted before served: a restart never moves a cluster back or ahead.
+            self.store.save(&next).await?;
+            log_transitions(&stored.records, &next.records);
+            *stored = next;
+        }
+        let standalone = matches!(self.role, Role::Standalone);
+        let statuses = round
+            .statuses
+            .into_iter()
+            .map(|(key, mut status)| {
+                // Standalone shows the stored controls; in Kubernetes they are the approvers'
+                // own fields of the status, never written by Meridian.
+                if standalone {
+                    status.controls = stored.controls.get(&key).cloned();
+                }
+                (key, status)
+            })
+            .collect();
+        self.channel.statuses.send_replace(statuses);
+        Ok(round.pins)
+    }
+
     /// Records a command in the controls and persists them.
-    fn record(
+    async fn record(
         &self,
         snapshot: &Snapshot,
         stored: &mut Stored,
@@ -262,11 +247,24 @@ impl RolloutTask {
         next.controls.insert(key.clone(), controls);
         self.store
             .save(&next)
+            .await
             .map_err(|e| format!("recording the command: {e:#}"))?;
         tracing::info!(access_point = %key, ?command, "rollout command recorded");
         *stored = next;
         Ok(())
     }
+}
+
+/// The controls approvers wrote on each AccessPoint's status (kept by the watcher).
+fn controls_from_status(model: &crate::core::model::Model) -> BTreeMap<ObjectKey, RolloutControls> {
+    model
+        .access_points
+        .iter()
+        .filter_map(|(key, ap)| {
+            let controls = ap.status.as_ref()?.rollout.as_ref()?.controls.clone()?;
+            Some((key.clone(), controls))
+        })
+        .collect()
 }
 
 fn log_transitions(before: &Records, after: &Records) {

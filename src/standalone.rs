@@ -22,7 +22,7 @@ use crate::fleet_acks::FleetAcks;
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::provider::file::FileProvider;
-use crate::rollouts::{PinUpdate, RolloutStore, RolloutTask};
+use crate::rollouts::{PinUpdate, Role, RolloutStore, RolloutTask};
 pub use crate::serve::Running;
 use crate::vips::{self, VipStore, VipUpdate};
 use crate::xds::server::XdsState;
@@ -97,7 +97,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         Some(dir) => RolloutStore::File(dir.join("rollouts.json")),
         None => RolloutStore::Memory,
     };
-    let stored = rollout_store.load()?;
+    let stored = rollout_store.load().await?;
     index.set_pins(pins_of(&stored.records));
     index.publish();
 
@@ -127,10 +127,11 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         .with_task(
             RolloutTask {
                 store: rollout_store,
-                stored,
+                stored: Some(stored),
                 snapshots: snapshots.clone(),
                 acks: acks.clone(),
                 channel: admin_state.rollouts.clone(),
+                role: Role::Standalone,
             }
             .run(derived_tx.clone(), stopped.clone()),
         )

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::api::rollout::RolloutStatus;
 use crate::api::{AccessPoint, AccessPointStatus};
 use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
@@ -32,14 +33,26 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// Failed writes are retried this often.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
+/// What AccessPoint status is computed from, besides the snapshot.
+pub struct Inputs {
+    pub acks: FleetAcks,
+    pub member_writes: watch::Receiver<MemberWrites>,
+    /// Staged rollouts' statuses (from the rollout task).
+    pub rollouts: watch::Receiver<BTreeMap<ObjectKey, RolloutStatus>>,
+}
+
 pub async fn run(
     client: Client,
     xds: Arc<XdsState>,
-    mut acks: FleetAcks,
-    mut member_writes: watch::Receiver<MemberWrites>,
+    inputs: Inputs,
     mut leading: watch::Receiver<bool>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let Inputs {
+        mut acks,
+        mut member_writes,
+        mut rollouts,
+    } = inputs;
     let all: Api<AccessPoint> = Api::all(client.clone());
     let mut snapshots = xds.snapshots.clone();
     loop {
@@ -47,7 +60,7 @@ pub async fn run(
             return;
         }
         tracing::info!("leading: writing AccessPoint status");
-        let mut shown = match shown_statuses(&all, |ap| ap.status).await {
+        let mut shown = match shown_statuses(&all, |ap| ap.status.map(without_controls)).await {
             Ok(shown) => shown,
             Err(error) => {
                 tracing::warn!(%error, "listing AccessPoints failed; retrying");
@@ -58,7 +71,13 @@ pub async fn run(
         loop {
             let current = acks.current();
             let writes = member_writes.borrow_and_update().clone();
-            let failures = write_round(&client, &xds, &current, &writes, &mut shown).await;
+            let rollout_statuses = rollouts.borrow_and_update().clone();
+            let round = Round {
+                acks: &current,
+                member_writes: &writes,
+                rollouts: &rollout_statuses,
+            };
+            let failures = write_round(&client, &xds, round, &mut shown).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -70,6 +89,7 @@ pub async fn run(
                 _ = snapshots.changed() => {}
                 _ = acks.changed() => {}
                 _ = member_writes.changed() => {}
+                _ = rollouts.changed() => {}
                 _ = retry => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
@@ -143,12 +163,26 @@ where
     Ok(())
 }
 
+/// The approvers' part of a status, which Meridian never writes (nor compares).
+fn without_controls(mut status: AccessPointStatus) -> AccessPointStatus {
+    if let Some(rollout) = &mut status.rollout {
+        rollout.controls = None;
+    }
+    status
+}
+
+/// The inputs of one round of writes.
+struct Round<'a> {
+    acks: &'a [GatewayAck],
+    member_writes: &'a MemberWrites,
+    rollouts: &'a BTreeMap<ObjectKey, RolloutStatus>,
+}
+
 /// Writes every status that changed; returns how many writes failed.
 async fn write_round(
     client: &Client,
     xds: &XdsState,
-    acks: &[GatewayAck],
-    member_writes: &MemberWrites,
+    round: Round<'_>,
     shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
 ) -> usize {
     let snapshot = xds.snapshots.borrow().clone();
@@ -163,9 +197,9 @@ async fn write_round(
             key,
             published: snapshot.published(),
             clusters: &clusters,
-            proxies: acks,
-            member_writes,
-            rollout: None,
+            proxies: round.acks,
+            member_writes: round.member_writes,
+            rollout: round.rollouts.get(key),
         };
         let desired = access_point_status(&input, shown.get(key), &now);
         if shown.get(key) == Some(&desired) {

@@ -124,11 +124,13 @@ pub struct Approval {
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     /// The revision of the current spec (a content hash).
+    #[serde(default)]
     pub revision: String,
     /// The last revision that reached every cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_revision: Option<String>,
     /// Progressing, Soaking, AwaitingApproval, Succeeded, Halted, RolledBack or Shadow.
+    #[serde(default)]
     pub phase: String,
     /// The stage the rollout is in.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,8 +3,10 @@
 
 use anyhow::{bail, Context};
 
-use crate::api::rollout::RolloutStatus;
+use crate::api::rollout::{Approval, RolloutControls, RolloutStatus};
+use crate::api::AccessPoint;
 use crate::core::rollout::diff::GatewayDiff;
+use crate::core::rollout::fleet::Command;
 
 /// Which AccessPoint, on which Meridian.
 #[derive(clap::Args, Debug, Clone)]
@@ -17,6 +19,13 @@ pub struct Target {
     /// Meridian's admin address (standalone mode).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin: String,
+    /// Kubernetes mode: read and write the AccessPoint's status through the API server, as
+    /// the user of the kubeconfig (approvers need `patch` on `accesspoints/status`).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig for --kubernetes (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Target {
@@ -67,8 +76,16 @@ pub async fn approve(target: &Target, stage: &str, by: Option<String>) -> anyhow
     let by = by
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_default();
-    let query = [("stage", stage), ("by", by.as_str())];
-    post(target, "approve", &query).await?;
+    if target.kubernetes {
+        let command = Command::Approve {
+            stage: stage.to_owned(),
+            by: Some(by),
+        };
+        kube_act(target, command).await?;
+    } else {
+        let query = [("stage", stage), ("by", by.as_str())];
+        post(target, "approve", &query).await?;
+    }
     println!(
         "approved stage {stage} of {}/{}",
         target.namespace, target.access_point
@@ -79,7 +96,11 @@ pub async fn approve(target: &Target, stage: &str, by: Option<String>) -> anyhow
 pub async fn run(command: RolloutCommand) -> anyhow::Result<()> {
     match command {
         RolloutCommand::Status { target, json } => {
-            let status: RolloutStatus = get(&target, "").await?;
+            let status: RolloutStatus = if target.kubernetes {
+                kube_status(&target).await?.1
+            } else {
+                get(&target, "").await?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -87,15 +108,18 @@ pub async fn run(command: RolloutCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        RolloutCommand::Pause { target } => act(&target, "pause", "paused").await,
-        RolloutCommand::Resume { target } => act(&target, "resume", "resumed").await,
-        RolloutCommand::Undo { target } => act(&target, "undo", "undone").await,
+        RolloutCommand::Pause { target } => act(&target, Command::Pause, "paused").await,
+        RolloutCommand::Resume { target } => act(&target, Command::Resume, "resumed").await,
+        RolloutCommand::Undo { target } => act(&target, Command::Undo, "undone").await,
     }
 }
 
 /// Prints what each gateway of `cluster` (default: every placed cluster) would be served if
 /// it took the current revision.
 pub async fn diff(target: &Target, cluster: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if target.kubernetes {
+        bail!("diff needs the controller's model: run it against a replica's admin address (kubectl port-forward deploy/meridian 9090), without --kubernetes");
+    }
     let rest = match cluster {
         Some(c) => format!("/diff?cluster={c}"),
         None => "/diff".to_owned(),
@@ -124,8 +148,18 @@ pub async fn diff(target: &Target, cluster: Option<&str>, json: bool) -> anyhow:
     Ok(())
 }
 
-async fn act(target: &Target, action: &str, done: &str) -> anyhow::Result<()> {
-    post(target, action, &[]).await?;
+async fn act(target: &Target, command: Command, done: &str) -> anyhow::Result<()> {
+    if target.kubernetes {
+        kube_act(target, command).await?;
+    } else {
+        let action = match command {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Undo => "undo",
+            Command::Approve { .. } => "approve",
+        };
+        post(target, action, &[]).await?;
+    }
     println!(
         "rollout of {}/{} {done}",
         target.namespace, target.access_point
@@ -193,5 +227,73 @@ async fn post(target: &Target, action: &str, query: &[(&str, &str)]) -> anyhow::
     if !response.status().is_success() {
         bail!("{}", response.text().await.unwrap_or_default().trim());
     }
+    Ok(())
+}
+
+/// Field manager of the operator's acts in Kubernetes mode (apart from Meridian's own).
+const OPERATOR_FIELD_MANAGER: &str = "meridian-operator";
+
+/// The AccessPoint's API and its rollout status, or why there is none.
+async fn kube_status(target: &Target) -> anyhow::Result<(kube::Api<AccessPoint>, RolloutStatus)> {
+    let client = crate::controller::client(target.kubeconfig.as_ref()).await?;
+    let api: kube::Api<AccessPoint> = kube::Api::namespaced(client, &target.namespace);
+    let name = format!("{}/{}", target.namespace, target.access_point);
+    let ap = api
+        .get(&target.access_point)
+        .await
+        .with_context(|| format!("reading AccessPoint {name}"))?;
+    let status = ap.status.and_then(|s| s.rollout).with_context(|| {
+        format!("AccessPoint {name} shows no staged rollout (spec.rollout.strategy: Staged, with a Meridian leader running)")
+    })?;
+    Ok((api, status))
+}
+
+/// Records `command` in the AccessPoint's `status.rollout.controls` by server-side apply,
+/// under the operator's own field manager (Meridian never writes these fields).
+async fn kube_act(target: &Target, command: Command) -> anyhow::Result<()> {
+    let (api, status) = kube_status(target).await?;
+    let name = format!("{}/{}", target.namespace, target.access_point);
+    let mut controls: RolloutControls = status.controls.clone().unwrap_or_default();
+    let revision = status.revision.clone();
+    match command {
+        Command::Approve { stage, by } => {
+            if !status.stages.iter().any(|s| s.name == stage) {
+                let names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "AccessPoint {name} has no stage {stage:?}; its stages are {}",
+                    names.join(", ")
+                );
+            }
+            controls
+                .approvals
+                .retain(|a| a.revision == revision && a.stage != stage);
+            controls.approvals.push(Approval {
+                revision,
+                stage,
+                by,
+                at: Some(k8s_openapi::jiff::Timestamp::now().to_string()),
+            });
+        }
+        Command::Pause => controls.paused = true,
+        Command::Resume => controls.paused = false,
+        Command::Undo => {
+            if status.completed_revision.is_none() {
+                bail!("AccessPoint {name}: no revision ever reached every cluster, so there is nothing to undo to");
+            }
+            controls.undo = Some(revision);
+        }
+    }
+    let patch = serde_json::json!({
+        "apiVersion": crate::api::API_VERSION,
+        "kind": "AccessPoint",
+        "status": { "rollout": { "controls": controls } },
+    });
+    api.patch_status(
+        &target.access_point,
+        &kube::api::PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .with_context(|| format!("writing the status of AccessPoint {name}"))?;
     Ok(())
 }

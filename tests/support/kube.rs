@@ -2,9 +2,9 @@
 //!
 //! Binaries come from `$KUBEBUILDER_ASSETS` when set, else from `e2e/kube/install.sh` (which
 //! builds kube-apiserver 1.20.2 once from Debian's source package and caches it outside the
-//! repository). Two identities are configured with static tokens: `admin` (system:masters)
-//! and the `meridian-system/meridian` service account, which gets only what
-//! `deploy/meridian.yaml` grants it.
+//! repository). Three identities are configured with static tokens: `admin` (system:masters),
+//! the `meridian-system/meridian` service account, which gets only what
+//! `deploy/meridian.yaml` grants it, and `approver`, which gets what a test binds to it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -55,7 +55,7 @@ impl Drop for Etcd {
 pub struct KubeCluster {
     _dir: tempfile::TempDir,
     dir: PathBuf,
-    assets: PathBuf,
+    pub assets: PathBuf,
     apiserver: Option<Child>,
     apiserver_args: Vec<String>,
     /// Dropped after the apiserver (field order).
@@ -64,6 +64,8 @@ pub struct KubeCluster {
     pub admin_kubeconfig: PathBuf,
     /// Authenticates as the controller's service account (RBAC applies).
     pub controller_kubeconfig: PathBuf,
+    /// User `approver`, with no rights until a test binds some.
+    pub approver_kubeconfig: PathBuf,
     /// Released last: lets the next test's cluster start.
     _slot: Option<Slot>,
 }
@@ -164,7 +166,8 @@ impl KubeCluster {
             &tokens,
             format!(
                 "admin-token,admin,admin,\"system:masters\"\n\
-                 meridian-token,{CONTROLLER_USER},meridian,\"system:serviceaccounts,system:serviceaccounts:meridian-system\"\n"
+                 meridian-token,{CONTROLLER_USER},meridian,\"system:serviceaccounts,system:serviceaccounts:meridian-system\"\n\
+                 approver-token,approver,approver\n"
             ),
         )
         .unwrap();
@@ -190,6 +193,7 @@ impl KubeCluster {
         let mut cluster = KubeCluster {
             admin_kubeconfig: kubeconfig("admin.kubeconfig", "admin-token"),
             controller_kubeconfig: kubeconfig("meridian.kubeconfig", "meridian-token"),
+            approver_kubeconfig: kubeconfig("approver.kubeconfig", "approver-token"),
             _dir: tmp,
             dir,
             assets,

@@ -10,6 +10,7 @@ use meridian::bootstrap::{bootstrap, BootstrapOptions};
 use meridian::standalone::{self, Running, StandaloneOptions};
 
 pub mod kube;
+pub mod rollout;
 pub mod tls;
 
 /// A port that was free a moment ago on 127.0.0.1.

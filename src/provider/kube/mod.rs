@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::certs::manager::IssuedSecrets;
 use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::rollouts::PinUpdate;
 use crate::vips::VipUpdate;
 pub use scope::{Scope, Watched};
 
@@ -36,6 +37,14 @@ pub enum Update {
     Issued(IssuedSecrets),
     /// The VIP allocator's current table.
     Vips(VipUpdate),
+    /// The revision each cluster is served, from the rollout task.
+    Pins(PinUpdate),
+}
+
+impl From<PinUpdate> for Update {
+    fn from(pins: PinUpdate) -> Update {
+        Update::Pins(pins)
+    }
 }
 
 impl From<VipUpdate> for Update {
@@ -63,6 +72,7 @@ impl Scope {
             Update::MemberGone(cluster) => self.drop_member(index, &cluster),
             Update::Issued(issued) => index.set_issued(issued),
             Update::Vips(vips) => index.set_vips(vips.table, vips.errors),
+            Update::Pins(PinUpdate(pins)) => index.set_pins(pins),
         }
     }
 }

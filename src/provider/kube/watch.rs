@@ -2,7 +2,8 @@
 //!
 //! Server-managed metadata (`resourceVersion`, `managedFields`) and AccessPoint status are
 //! dropped before objects reach the model: they do not change what gateways are served, and
-//! keeping them would make every status write look like a new AccessPoint generation.
+//! keeping them would make every status write look like a new AccessPoint generation. The one
+//! exception is `status.rollout.controls`, the approvers' input to staged rollouts.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -21,7 +22,8 @@ use tokio::sync::mpsc;
 
 use super::endpoint_slice::from_v1beta1;
 use super::{Update, Watched};
-use crate::api::{AccessPoint, MemberCluster, NameService};
+use crate::api::rollout::RolloutStatus;
+use crate::api::{AccessPoint, AccessPointStatus, MemberCluster, NameService};
 use crate::core::model::{InputObject, Kind, ObjectKey, CLUSTER_LABEL};
 use crate::core::tls::TlsSecret;
 
@@ -37,7 +39,7 @@ pub async fn spawn_all(
             Api::<AccessPoint>::all(client.clone()),
             tx.clone(),
             |mut ap| {
-                ap.status = None;
+                ap.status = operator_controls(ap.status.take());
                 Ok(InputObject::AccessPoint(ap))
             },
         ),
@@ -295,4 +297,17 @@ fn strip(mut object: InputObject) -> InputObject {
     });
     meta.annotations = annotations.filter(|a| !a.is_empty());
     object
+}
+
+/// Of an AccessPoint's status, only what approvers write (`status.rollout.controls`): input to
+/// the rollout, unlike everything Meridian itself writes there.
+fn operator_controls(status: Option<AccessPointStatus>) -> Option<AccessPointStatus> {
+    let controls = status?.rollout?.controls?;
+    Some(AccessPointStatus {
+        rollout: Some(RolloutStatus {
+            controls: Some(controls),
+            ..RolloutStatus::default()
+        }),
+        ..AccessPointStatus::default()
+    })
 }

@@ -1,0 +1,121 @@
+//! The three-cluster fleet of the staged-rollout tests: manifests, and what each cluster's
+//! Envoy answers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{eventually, get};
+
+pub const CLUSTERS: [&str; 3] = ["canary", "east", "west"];
+
+pub const FLEET: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: canary}
+spec: {zone: z1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: z2}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec: {zone: z3}
+"#;
+
+/// A regex Meridian accepts but Envoy's RE2 rejects (program size over the limit): a change
+/// the canary's Envoy NACKs.
+pub const RE2_REJECTS: &str = "\n        - match: [{uri: {regex: \"/(x{500}){100}\"}}]\n          directResponse: {status: 404}";
+
+/// The AccessPoint: one direct response whose body names the version; every cluster's gateway
+/// listens on its own port (overrides), since all Envoys share this host.
+pub fn web(ports: &[u16; 3], body: &str, mode: &str, extra_route: &str) -> String {
+    let overrides: String = CLUSTERS
+        .iter()
+        .zip(ports)
+        .map(|(cluster, port)| {
+            format!(
+                "  - clusterName: {cluster}\n    patches: [{{op: replace, path: /gateways/0/spec/servers/0/port/number, value: {port}}}]\n"
+            )
+        })
+        .collect();
+    format!(
+        r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: web, namespace: shop}}
+spec:
+  placement: {{clusters: [canary, east, west]}}
+  rollout:
+    strategy: Staged
+    mode: {mode}
+    progressDeadlineSeconds: 60
+    stages:
+    - {{name: canary, clusters: [canary], requireApproval: true}}
+    - {{name: rest, clusters: [east, west]}}
+  template:
+    gateways:
+    - metadata: {{name: public}}
+      spec:
+        servers:
+        - port: {{number: 1, protocol: HTTP}}
+          bind: 127.0.0.1
+          hosts: ["*"]
+    virtualServices:
+    - metadata: {{name: web}}
+      spec:
+        hosts: ["*"]
+        gateways: [public]
+        http:{extra_route}
+        - directResponse: {{status: 200, body: {{string: "{body}"}}}}
+  overrides:
+{overrides}"#
+    )
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    pub xds_port: u16,
+    pub ports: [u16; 3],
+    pub client: reqwest::Client,
+}
+
+impl Fleet {
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    pub fn write_web(&self, body: &str, mode: &str, extra_route: &str) {
+        let text = web(&self.ports, body, mode, extra_route);
+        std::fs::write(self.config_dir().join("web.yaml"), text).unwrap();
+    }
+
+    /// What each cluster's Envoy answers (the body, or the error).
+    pub async fn bodies(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for port in self.ports {
+            out.push(match get(&self.client, port, "web.test", "/").await {
+                Ok(body) => body,
+                Err(e) => format!("error: {e}"),
+            });
+        }
+        out
+    }
+
+    pub async fn wait_for(&self, expected: [&str; 3], what: &str) {
+        eventually(Duration::from_secs(20), what, || async {
+            self.bodies().await == expected
+        })
+        .await;
+    }
+
+    /// Asserts the bodies stay `expected` for a while (nothing moves on its own).
+    pub async fn stays(&self, expected: [&str; 3]) {
+        for _ in 0..8 {
+            assert_eq!(self.bodies().await, expected);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
