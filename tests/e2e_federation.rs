@@ -4,20 +4,12 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use support::kube::{Controller, KubeCluster};
+use support::kube::{repo, Controller, KubeCluster};
 use support::{client, eventually, get, Backend, Envoy};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
-}
 
 fn member_cluster(name: &str, zone: &str, vip_cidr: &str) -> String {
     format!(

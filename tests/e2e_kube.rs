@@ -3,21 +3,13 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use support::kube::{Controller, KubeCluster};
+use support::kube::{repo, Controller, KubeCluster};
 use support::tls::{curl_https, UserCertificate};
 use support::{client, eventually, get, Backend, Envoy};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
-}
 
 /// CRDs, the install manifest, and a labelled `shop` namespace with a backend Service whose
 /// EndpointSlice points at `backend_port` on loopback.
@@ -314,18 +306,7 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
             &lease_flags,
         ),
     ];
-    let holder = || {
-        cluster.jsonpath(
-            &[
-                "get",
-                "lease",
-                "meridian-controller",
-                "-n",
-                "meridian-system",
-            ],
-            "{.spec.holderIdentity}",
-        )
-    };
+    let holder = || cluster.lease_holder();
     eventually(WAIT, "a replica holds the lease", || async {
         !holder().is_empty()
     })

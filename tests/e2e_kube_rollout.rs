@@ -3,21 +3,13 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use support::kube::{Controller, KubeCluster};
+use support::kube::{repo, Controller, KubeCluster};
 use support::rollout::*;
 use support::{client, eventually, free_port, Envoy};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(path)
-        .display()
-        .to_string()
-}
 
 const APPROVER_BINDING: &str = r#"
 apiVersion: v1
@@ -73,18 +65,7 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         )
     };
     let mut leader = start("replica-a");
-    let holder = || {
-        cluster.jsonpath(
-            &[
-                "get",
-                "lease",
-                "meridian-controller",
-                "-n",
-                "meridian-system",
-            ],
-            "{.spec.holderIdentity}",
-        )
-    };
+    let holder = || cluster.lease_holder();
     eventually(WAIT, "replica-a holds the lease", || async {
         holder() == "replica-a"
     })

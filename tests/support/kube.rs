@@ -389,3 +389,27 @@ impl Drop for Controller {
         }
     }
 }
+
+/// A path in this repository, as a string for command lines.
+pub fn repo(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+impl KubeCluster {
+    /// Who holds Meridian's leader Lease now (empty: nobody yet).
+    pub fn lease_holder(&self) -> String {
+        self.jsonpath(
+            &[
+                "get",
+                "lease",
+                "meridian-controller",
+                "-n",
+                "meridian-system",
+            ],
+            "{.spec.holderIdentity}",
+        )
+    }
+}

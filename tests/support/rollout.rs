@@ -8,22 +8,7 @@ use super::{eventually, get};
 
 pub const CLUSTERS: [&str; 3] = ["canary", "east", "west"];
 
-pub const FLEET: &str = r#"
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: canary}
-spec: {zone: z1}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: east}
-spec: {zone: z2}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: west}
-spec: {zone: z3}
-"#;
+pub const FLEET: &str = include_str!("../fixtures/three_clusters.yaml");
 
 /// A regex Meridian accepts but Envoy's RE2 rejects (program size over the limit): a change
 /// the canary's Envoy NACKs.

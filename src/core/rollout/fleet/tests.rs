@@ -3,22 +3,8 @@
 use super::*;
 use crate::core::manifest::parse_documents;
 
-const FLEET: &str = r#"
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: canary}
-spec: {zone: z1}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: east}
-spec: {zone: z2}
----
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: west}
-spec: {zone: z3}
-"#;
+/// The fleet of the end-to-end rollout tests.
+const FLEET: &str = include_str!("../../../../tests/fixtures/three_clusters.yaml");
 
 fn access_point(generation: i64, body: &str, mode: &str) -> AccessPoint {
     let yaml = format!(
