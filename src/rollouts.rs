@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::api::rollout::{RolloutControls, RolloutStatus};
 use crate::core::model::ObjectKey;
 use crate::core::rollout::fleet::{apply_command, pins_of, round, Command, Records};
+use crate::core::rollout::plan::staged;
 use crate::core::rollout::revision::Pins;
 use crate::fleet_acks::FleetAcks;
 use crate::index::Snapshot;
@@ -187,7 +188,17 @@ impl RolloutTask {
             Role::Standalone => stored.controls.clone(),
             Role::Kubernetes { .. } => controls_from_status(&snapshot.model),
         };
-        let proxies = self.acks.clone().current();
+        let any_staged = snapshot
+            .model
+            .access_points
+            .values()
+            .any(|ap| staged(ap).is_some());
+        // Reading every proxy's acknowledgements costs; most fleets have no staged rollout.
+        let proxies = if any_staged {
+            self.acks.clone().current()
+        } else {
+            Vec::new()
+        };
         let round = round(
             &snapshot.model,
             &stored.records,
