@@ -28,6 +28,22 @@ pub struct RolloutRecord {
     pub revisions: BTreeMap<String, Arc<AccessPoint>>,
 }
 
+impl RolloutRecord {
+    /// What the index serves for this record: each cluster's revision; clusters not yet
+    /// placed by the rollout get the last completed one.
+    pub fn pin(&self) -> Pin {
+        let state = &self.state;
+        Pin {
+            clusters: state.served.clone(),
+            fallback: state
+                .completed
+                .clone()
+                .unwrap_or_else(|| state.revision.clone()),
+            revisions: self.revisions.clone(),
+        }
+    }
+}
+
 pub type Records = BTreeMap<ObjectKey, RolloutRecord>;
 
 /// The outcome of one round.
@@ -99,20 +115,10 @@ pub fn round(
             shadowed: shadowed.map(|_| revision.as_str()),
         }
         .status();
-        out.pins.insert(
-            key.clone(),
-            Pin {
-                clusters: state.served.clone(),
-                fallback: state
-                    .completed
-                    .clone()
-                    .unwrap_or_else(|| state.revision.clone()),
-                revisions: revisions.clone(),
-            },
-        );
+        let record = RolloutRecord { state, revisions };
+        out.pins.insert(key.clone(), record.pin());
         out.statuses.insert(key.clone(), status);
-        out.records
-            .insert(key.clone(), RolloutRecord { state, revisions });
+        out.records.insert(key.clone(), record);
     }
     out
 }
@@ -121,18 +127,7 @@ pub fn round(
 pub fn pins_of(records: &Records) -> Pins {
     records
         .iter()
-        .map(|(key, record)| {
-            let state = &record.state;
-            let pin = Pin {
-                clusters: state.served.clone(),
-                fallback: state
-                    .completed
-                    .clone()
-                    .unwrap_or_else(|| state.revision.clone()),
-                revisions: record.revisions.clone(),
-            };
-            (key.clone(), pin)
-        })
+        .map(|(key, record)| (key.clone(), record.pin()))
         .collect()
 }
 
