@@ -8,7 +8,7 @@
 //! proxies reconnect elsewhere and are reported there). This is how istiod distributes status
 //! reports between replicas.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::core::model::ObjectKey;
+use crate::core::rollout::fleet::watched_hosts;
+use crate::core::rollout::health::{upstream_host, UpstreamLoad};
 use crate::core::status::GatewayAck;
 use crate::status_writer::FIELD_MANAGER;
 use crate::xds::server::XdsState;
@@ -53,6 +55,9 @@ pub struct ReportedProxy {
     pub nack: Option<String>,
     /// `namespace/name` of each AccessPoint → acknowledged `metadata.generation`.
     pub acked: BTreeMap<String, i64>,
+    /// Recent load reports on upstreams a staged rollout watches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<UpstreamLoad>,
 }
 
 impl From<&GatewayAck> for ReportedProxy {
@@ -63,6 +68,7 @@ impl From<&GatewayAck> for ReportedProxy {
             cluster: ack.cluster.clone(),
             nack: ack.nack.clone(),
             acked: ack.acked.iter().map(|(k, g)| (k.to_string(), *g)).collect(),
+            load: ack.load.clone(),
         }
     }
 }
@@ -78,6 +84,7 @@ impl ReportedProxy {
             gateway: key(&self.gateway)?,
             cluster: self.cluster.clone(),
             nack: self.nack.clone(),
+            load: self.load.clone(),
             acked: self
                 .acked
                 .iter()
@@ -132,11 +139,19 @@ pub async fn publish(
     let name = config_map_name(&identity);
     let mut proxies = xds.proxies.subscribe();
     let mut snapshots = xds.snapshots.clone();
+    let mut loads = xds.loads.subscribe();
     let mut written: Option<(Vec<ReportedProxy>, tokio::time::Instant)> = None;
+    let mut watched: (u64, BTreeSet<String>) = (0, BTreeSet::new());
     loop {
         let snapshot = xds.snapshots.borrow().clone();
+        if watched.0 != snapshot.generation {
+            watched = (snapshot.generation, watched_hosts(&snapshot.model));
+        }
+        let hosts = &watched.1;
         let reported: Vec<ReportedProxy> = xds
-            .acks(&snapshot)
+            .acks_with_load(&snapshot, |load| {
+                upstream_host(&load.upstream).is_some_and(|h| hosts.contains(h))
+            })
             .iter()
             .map(ReportedProxy::from)
             .collect();
@@ -159,6 +174,10 @@ pub async fn publish(
         tokio::select! {
             _ = proxies.changed() => {}
             _ = snapshots.changed() => {}
+            // Load only matters while a rollout watches health; at most a write a second.
+            _ = loads.changed(), if !watched.1.is_empty() => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = stopped.changed() => break,
         }
@@ -257,6 +276,12 @@ mod tests {
             cluster: "local".to_owned(),
             acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]),
             nack: None,
+            load: vec![UpstreamLoad {
+                upstream: "outbound|80||web.shop.svc.cluster.local".to_owned(),
+                at_ms: 1_000_000,
+                requests: 10,
+                errors: 2,
+            }],
         };
         let written = Timestamp::from_second(1_000).unwrap();
         let report = Report {

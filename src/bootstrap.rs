@@ -62,6 +62,14 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
         },
+        // Upstream requests and failures, reported to Meridian: the rollouts' health signal.
+        "cluster_manager": {
+            "load_stats_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "meridian_xds" } }]
+            }
+        },
         "static_resources": {
             "clusters": [{
                 "name": "meridian_xds",
@@ -142,5 +150,10 @@ mod tests {
             "DELTA_GRPC"
         );
         assert!(b["static_resources"]["clusters"][0]["transport_socket"].is_null());
+        assert_eq!(
+            b["cluster_manager"]["load_stats_config"]["grpc_services"][0]["envoy_grpc"]
+                ["cluster_name"],
+            "meridian_xds"
+        );
     }
 }

@@ -67,6 +67,10 @@ pub struct ServingArgs {
     pub xds_tls: XdsTlsOptions,
     #[command(flatten)]
     pub dns: DnsOptions,
+    /// How often gateways report their upstream requests and failures (Envoy LRS), the
+    /// health signal of staged rollouts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub load_report_interval: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +295,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 certs: serving.certs,
                 xds_tls: serving.xds_tls,
                 dns: serving.dns,
+                load_report_interval: serving.load_report_interval,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -333,6 +338,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_tls: serving.xds_tls,
                 ca_secret,
                 dns: serving.dns,
+                load_report_interval: serving.load_report_interval,
             })
             .await?;
             running.run_until(shutdown_signal()).await

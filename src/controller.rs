@@ -49,6 +49,8 @@ pub struct ControllerOptions {
     /// Name of the Secret (in the lease namespace) holding Meridian's CA.
     pub ca_secret: String,
     pub dns: DnsOptions,
+    /// How often gateways send load reports.
+    pub load_report_interval: Duration,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -83,7 +85,12 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .xds_tls
         .server_config(&ca, &options.certs.trust_domain)?;
     let client_auth = options.xds_tls.client_trust_domain(&options.certs);
-    let xds = XdsState::with_client_auth(snapshots.clone(), metrics.clone(), client_auth);
+    let xds = XdsState::with_client_auth(
+        snapshots.clone(),
+        metrics.clone(),
+        client_auth,
+        options.load_report_interval,
+    );
     let admin_state = AdminState::new(xds.clone());
     let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);
 

@@ -48,9 +48,23 @@ impl FleetAcks {
     /// Every proxy's acknowledgements now; a proxy reported by several replicas counts once,
     /// from the freshest report, and this replica's own view wins.
     pub fn current(&mut self) -> Vec<GatewayAck> {
+        self.gather(false)
+    }
+
+    /// [`FleetAcks::current`] with each proxy's recent load reports (other replicas report
+    /// only the upstreams a staged rollout watches).
+    pub fn current_with_load(&mut self) -> Vec<GatewayAck> {
+        self.gather(true)
+    }
+
+    fn gather(&mut self, with_load: bool) -> Vec<GatewayAck> {
         self.proxies.borrow_and_update();
         let snapshot = self.xds.snapshots.borrow().clone();
-        let mut acks = self.xds.acks(&snapshot);
+        let mut acks = if with_load {
+            self.xds.acks_with_load(&snapshot, |_| true)
+        } else {
+            self.xds.acks(&snapshot)
+        };
         let Some(reports) = &mut self.reports else {
             return acks;
         };
@@ -60,9 +74,12 @@ impl FleetAcks {
             .values()
             .filter(|r| r.replica != self.identity)
             .flat_map(|r| {
-                r.live_acks(now)
-                    .into_iter()
-                    .map(move |a| (r.heartbeat.as_str(), a))
+                r.live_acks(now).into_iter().map(move |mut a| {
+                    if !with_load {
+                        a.load.clear();
+                    }
+                    (r.heartbeat.as_str(), a)
+                })
             })
             .collect();
         remote.sort_by(|a, b| b.0.cmp(a.0));

@@ -188,13 +188,16 @@ impl RolloutTask {
             Role::Standalone => stored.controls.clone(),
             Role::Kubernetes { .. } => controls_from_status(&snapshot.model),
         };
-        let any_staged = snapshot
+        let staged: Vec<_> = snapshot
             .model
             .access_points
             .values()
-            .any(|ap| staged(ap).is_some());
+            .filter_map(staged)
+            .collect();
         // Reading every proxy's acknowledgements costs; most fleets have no staged rollout.
-        let proxies = if any_staged {
+        let proxies = if staged.iter().any(|spec| spec.health.is_some()) {
+            self.acks.clone().current_with_load()
+        } else if !staged.is_empty() {
             self.acks.clone().current()
         } else {
             Vec::new()

@@ -14,6 +14,7 @@ use tonic::transport::ServerTlsConfig;
 
 use crate::admin::{self, AdminState};
 use crate::ops::OpsService;
+use crate::xds::load_stats::LoadStatsService;
 use crate::xds::server::AdsService;
 
 /// A running control plane.
@@ -52,6 +53,7 @@ impl Running {
         let grpc = builder
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(AdsService::new(xds.clone()))
+            .add_service(LoadStatsService::new(xds.clone()))
             .add_service(OpsService::new(xds))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(xds_listener),

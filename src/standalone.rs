@@ -43,6 +43,8 @@ pub struct StandaloneOptions {
     pub certs: CertOptions,
     pub xds_tls: XdsTlsOptions,
     pub dns: DnsOptions,
+    /// How often gateways send load reports.
+    pub load_report_interval: Duration,
 }
 
 /// What the edge tasks hand the index owner.
@@ -80,7 +82,12 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let ca = Arc::new(load_ca(&options)?);
     let client_auth = options.xds_tls.client_trust_domain(&options.certs);
-    let xds = XdsState::with_client_auth(snapshots.clone(), metrics.clone(), client_auth);
+    let xds = XdsState::with_client_auth(
+        snapshots.clone(),
+        metrics.clone(),
+        client_auth,
+        options.load_report_interval,
+    );
     let admin_state = AdminState::new(xds.clone());
     let mut provider = FileProvider::new(&options.config_dir, options.state_dir.clone());
     resync(&mut provider, &mut index, &admin_state)

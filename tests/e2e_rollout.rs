@@ -198,3 +198,125 @@ async fn a_change_goes_canary_first_waits_for_approval_halts_on_nack_and_survive
 
     meridian.shutdown().await.unwrap();
 }
+
+/// A Service `name` in namespace `shop` backed by one loopback endpoint.
+fn service(name: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: shop}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{name: http, port: {port}}}]
+---
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_errors_seen_by_the_canary_halt_the_rollout_before_the_rest() {
+    let healthy = Backend::start("healthy").await;
+    let other = Backend::start("other").await;
+    let broken = Backend::failing("broken").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    let fleet = Fleet {
+        xds_port: free_port(),
+        ports: [free_port(), free_port(), free_port()],
+        client: client(),
+        dir,
+    };
+    let config = fleet.config_dir();
+    std::fs::write(config.join("fleet.yaml"), FLEET).unwrap();
+    let services = [
+        ("healthy", &healthy),
+        ("other", &other),
+        ("broken", &broken),
+    ]
+    .iter()
+    .map(|(name, backend)| service(name, backend.port))
+    .collect::<String>();
+    std::fs::write(config.join("services.yaml"), services).unwrap();
+    let write_web = |backend: &str| {
+        std::fs::write(config.join("web.yaml"), routed_web(&fleet.ports, backend)).unwrap()
+    };
+    write_web("healthy");
+    let meridian = start(&config, &fleet.dir.path().join("state"), fleet.xds_port).await;
+    let admin = meridian.admin_addr;
+    let _envoys: Vec<Envoy> = CLUSTERS
+        .iter()
+        .zip(["z1", "z2", "z3"])
+        .map(|(cluster, zone)| {
+            Envoy::start_in(
+                fleet.dir.path(),
+                &format!("gw-{cluster}"),
+                "shop/public",
+                fleet.xds_port,
+                false,
+                Some((cluster, zone)),
+            )
+        })
+        .collect();
+    fleet
+        .wait_for(["healthy", "healthy", "healthy"], "v1 everywhere")
+        .await;
+    wait_phase(admin, "Succeeded").await;
+
+    // Users' requests through the canary's gateway, all along.
+    let canary_port = fleet.ports[0];
+    let users = tokio::spawn({
+        let client = fleet.client.clone();
+        async move {
+            loop {
+                let _ = get(&client, canary_port, "web.test", "/").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+
+    // A change whose upstream answers well passes the canary's health check.
+    write_web("other");
+    fleet
+        .wait_for(["other", "healthy", "healthy"], "the change on the canary")
+        .await;
+    wait_phase(admin, "AwaitingApproval").await;
+    // Several load reports (one a second) later it still only waits for approval.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = tokio::task::spawn_blocking(move || rollout_status(admin))
+            .await
+            .unwrap();
+        assert_eq!(status["phase"], "AwaitingApproval", "{status:#}");
+    }
+    meridian_cli(admin, &["approve", "web", "--stage", "canary"]);
+    fleet
+        .wait_for(["other", "other", "other"], "the change everywhere")
+        .await;
+    wait_phase(admin, "Succeeded").await;
+
+    // A change whose upstream fails: the canary's gateway reports the errors and the
+    // rollout halts by itself; east and west never get it.
+    write_web("broken");
+    let status = wait_phase(admin, "Halted").await;
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("cluster canary unhealthy") && message.contains("failed"),
+        "{message}"
+    );
+    assert_eq!(status["stage"], "canary", "{status:#}");
+    let broken_answer = "error: 500 Internal Server Error: broken";
+    fleet.stays([broken_answer, "other", "other"]).await;
+
+    meridian_cli(admin, &["rollout", "undo", "web"]);
+    wait_phase(admin, "RolledBack").await;
+    fleet
+        .wait_for(["other", "other", "other"], "the canary restored")
+        .await;
+    users.abort();
+    meridian.shutdown().await.unwrap();
+}

@@ -35,6 +35,35 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_failures: Option<u32>,
+    /// Halt when the gateways of a cluster on the new revision see too many upstream errors
+    /// (from Envoy's load reports). Absent: only NACKs and the deadline halt a rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthThreshold>,
+}
+
+/// Default `health.minRequests`.
+pub const DEFAULT_HEALTH_MIN_REQUESTS: u32 = 20;
+/// Default `health.windowSeconds`.
+pub const DEFAULT_HEALTH_WINDOW_SECONDS: u32 = 60;
+
+/// When a cluster counts as unhealthy: the share of requests its gateways forwarded to the
+/// AccessPoint's route destinations that failed (HTTP 5xx, connection failures, timeouts),
+/// over a sliding window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthThreshold {
+    /// Failed requests, in percent of requests, above which the cluster is unhealthy.
+    #[schemars(range(min = 0, max = 100))]
+    pub max_error_percent: u32,
+    /// Fewer requests than this in the window say nothing (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_requests: Option<u32>,
+    /// How far back to count (default 60, at most 300: the reports Meridian keeps); never
+    /// before the stage started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 300))]
+    pub window_seconds: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

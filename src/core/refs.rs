@@ -276,6 +276,20 @@ impl<'m> ClusterRefs<'m> {
         }
     }
 
+    /// The hosts the HTTP routes of `origin`'s VirtualServices send to, resolved as the
+    /// Envoy clusters built for them name them.
+    pub fn destination_hosts(&self, origin: &ObjectKey) -> BTreeSet<String> {
+        self.virtual_services_of(origin)
+            .flat_map(|v| {
+                v.spec
+                    .http
+                    .iter()
+                    .flat_map(|http| &http.route)
+                    .map(|d| resolve_host(&d.destination.host, &v.key.namespace))
+            })
+            .collect()
+    }
+
     /// Gateways in this cluster that serve something of `origin`: its own Gateways and those
     /// its VirtualServices bind to.
     pub fn bound_gateways(&self, origin: &ObjectKey) -> BTreeSet<ObjectKey> {

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub mod diff;
 pub mod fleet;
+pub mod health;
 pub mod observe;
 pub mod plan;
 pub mod report;
@@ -41,6 +42,8 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     pub progress_deadline_ms: u64,
     pub max_failures: usize,
+    /// When a cluster's traffic counts as unhealthy; `None`: never.
+    pub health: Option<health::HealthCheck>,
 }
 
 /// What the gateways of one cluster report about the revision they were last assigned.
@@ -171,7 +174,7 @@ pub fn advance(
             state.completed = Some(state.revision.clone());
             return state;
         };
-        for (culprit, reason) in failures(&state, stage, plan, observations, now_ms) {
+        for (culprit, reason) in failures(&state, plan, observations, now_ms) {
             state.failed.insert(culprit);
             if state.failed.len() > plan.max_failures {
                 state.phase = Phase::Halted;
@@ -284,22 +287,19 @@ fn assign(state: &mut RolloutState, stage: &Stage, observations: &BTreeMap<Strin
     }
 }
 
-/// What is failing in the current stage: (cluster or `deadline`, why).
+/// What is failing: any cluster already on the new revision (earlier stages' clusters stay
+/// watched while later stages run), and the current stage's deadline. (culprit, why).
 fn failures(
     state: &RolloutState,
-    stage: &Stage,
     plan: &Plan,
     observations: &BTreeMap<String, Observation>,
     now_ms: u64,
 ) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for cluster in &stage.clusters {
+    for (cluster, observed) in observations {
         if state.served(cluster) != Some(&state.revision) {
             continue;
         }
-        let Some(observed) = observations.get(cluster) else {
-            continue;
-        };
         if let Some(nack) = &observed.nack {
             let why = format!(
                 "cluster {cluster} rejected revision {}: {nack}",

@@ -25,6 +25,7 @@ use super::validate::{FieldError, Rejection};
 use crate::api::access_point::ClusterStatus;
 use crate::api::rollout::RolloutStatus;
 use crate::api::AccessPointStatus;
+use crate::core::rollout::health::UpstreamLoad;
 
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
@@ -47,6 +48,8 @@ pub struct GatewayAck {
     pub acked: BTreeMap<ObjectKey, i64>,
     /// The proxy's NACK of the latest config, if it rejected it.
     pub nack: Option<String>,
+    /// Its recent load reports (requests and failures per upstream), oldest first.
+    pub load: Vec<UpstreamLoad>,
 }
 
 /// What the index published, as status needs it.

@@ -107,6 +107,23 @@ pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
     }
     if let Some(rollout) = &spec.rollout {
         rollout_stages(&mut errors, &rollout.stages);
+        if let Some(health) = &rollout.health {
+            if health.max_error_percent > 100 {
+                errors.push(
+                    "spec.rollout.health.maxErrorPercent",
+                    "must be between 0 and 100",
+                );
+            }
+            if health
+                .window_seconds
+                .is_some_and(|w| !(1..=300).contains(&w))
+            {
+                errors.push(
+                    "spec.rollout.health.windowSeconds",
+                    "must be between 1 and 300 (load reports are kept five minutes)",
+                );
+            }
+        }
     }
     errors.0
 }
@@ -540,6 +557,7 @@ spec:
     - {name: canary, clusters: [b]}
     - {name: remaining, clusterSelector: {matchLabels: {x: y}}}
     - {name: empty}
+    health: {maxErrorPercent: 150, windowSeconds: 600}
 "#,
         );
         assert_eq!(
@@ -548,6 +566,8 @@ spec:
                 "field `spec.rollout.stages[1].name`: stage \"canary\" is defined twice",
                 "field `spec.rollout.stages[2].name`: \"remaining\" names the implicit last stage of unlisted clusters",
                 "field `spec.rollout.stages[3]`: set clusters or clusterSelector",
+                "field `spec.rollout.health.maxErrorPercent`: must be between 0 and 100",
+                "field `spec.rollout.health.windowSeconds`: must be between 1 and 300 (load reports are kept five minutes)",
             ]
         );
     }

@@ -2,6 +2,7 @@
 
 pub mod delta;
 pub mod identity;
+pub mod load_stats;
 pub mod server;
 pub mod sotw;
 pub mod status;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use serde::Serialize;
@@ -22,11 +22,13 @@ use xds_api::pb::envoy::service::discovery::v3::{
 
 use super::delta::DeltaSession;
 use super::identity::{certified_gateway, verified_identity, IdentityError};
+use super::load_stats::{LoadRegistry, DEFAULT_INTERVAL};
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
 use crate::core::expand::cluster_view;
 use crate::core::model::ObjectKey;
 use crate::core::resources::{GatewayConfig, ResourceType};
+use crate::core::rollout::health::UpstreamLoad;
 use crate::core::status::{acked_access_points, GatewayAck};
 use crate::core::translate::{translate, GatewayIdentity, Translation};
 use crate::index::Snapshot;
@@ -153,18 +155,22 @@ pub struct XdsState {
     /// With mutual TLS: the trust domain whose SPIFFE IDs name gateways in client certificates.
     /// A stream's gateway is then the one its certificate names.
     pub client_trust_domain: Option<String>,
+    /// The gateways' recent load reports (LRS).
+    pub loads: LoadRegistry,
 }
 
 impl XdsState {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Arc<XdsState> {
-        XdsState::with_client_auth(snapshots, metrics, None)
+        XdsState::with_client_auth(snapshots, metrics, None, DEFAULT_INTERVAL)
     }
 
-    /// A state whose streams must present a client certificate of `trust_domain` (if `Some`).
+    /// A state whose streams must present a client certificate of `trust_domain` (if `Some`),
+    /// asking gateways for a load report every `load_report_interval`.
     pub fn with_client_auth(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         metrics: Arc<Metrics>,
         client_trust_domain: Option<String>,
+        load_report_interval: Duration,
     ) -> Arc<XdsState> {
         Arc::new(XdsState {
             snapshots,
@@ -172,11 +178,15 @@ impl XdsState {
             proxies: ProxyRegistry::default(),
             metrics,
             client_trust_domain,
+            loads: LoadRegistry::new(load_report_interval),
         })
     }
 
     /// The gateway a stream's client certificate names, when mutual TLS is required.
-    fn certified<T>(&self, request: &Request<T>) -> Result<Option<ObjectKey>, IdentityError> {
+    pub(crate) fn certified<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<ObjectKey>, IdentityError> {
         let Some(trust_domain) = &self.client_trust_domain else {
             return Ok(None);
         };
@@ -202,9 +212,24 @@ impl XdsState {
                     ),
                     node_id: p.node_id,
                     cluster: p.cluster,
+                    load: Vec::new(),
                 })
             })
             .collect()
+    }
+
+    /// [`XdsState::acks`] with each proxy's recent load reports on the upstreams `keep`
+    /// accepts.
+    pub fn acks_with_load(
+        &self,
+        snapshot: &Snapshot,
+        keep: impl Fn(&UpstreamLoad) -> bool,
+    ) -> Vec<GatewayAck> {
+        let mut acks = self.acks(snapshot);
+        for ack in &mut acks {
+            ack.load = self.loads.recent(&ack.node_id, &ack.gateway, &keep);
+        }
+        acks
     }
 
     /// What `identity` is served from the current snapshot.
@@ -311,7 +336,7 @@ impl Session for DeltaSession {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {

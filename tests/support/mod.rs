@@ -126,6 +126,16 @@ impl Backend {
 
     /// A backend on a given port (0: any), e.g. to bring one back where it was.
     pub async fn start_on(name: &'static str, port: u16) -> Backend {
+        Backend::serve(name, port, 200).await
+    }
+
+    /// A backend answering every request with 500.
+    pub async fn failing(name: &'static str) -> Backend {
+        Backend::serve(name, 0, 500).await
+    }
+
+    async fn serve(name: &'static str, port: u16, status: u16) -> Backend {
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -133,7 +143,7 @@ impl Backend {
         // `Connection: close` keeps no connection open past its response, so a dropped
         // Backend is really gone (pooled connections would outlive the aborted listener).
         let app = axum::Router::new().fallback(move || async move {
-            ([("x-backend", name), ("connection", "close")], name)
+            (status, [("x-backend", name), ("connection", "close")], name)
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -165,6 +175,7 @@ pub fn meridian_options(config_dir: &Path, state_dir: &Path, xds_port: u16) -> S
         certs: Default::default(),
         xds_tls: Default::default(),
         dns: Default::default(),
+        load_report_interval: std::time::Duration::from_secs(1),
     }
 }
 

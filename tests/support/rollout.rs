@@ -17,6 +17,22 @@ pub const RE2_REJECTS: &str = "\n        - match: [{uri: {regex: \"/(x{500}){100
 /// The AccessPoint: one direct response whose body names the version; every cluster's gateway
 /// listens on its own port (overrides), since all Envoys share this host.
 pub fn web(ports: &[u16; 3], body: &str, mode: &str, extra_route: &str) -> String {
+    let http = format!(
+        "{extra_route}\n        - directResponse: {{status: 200, body: {{string: \"{body}\"}}}}"
+    );
+    access_point(ports, mode, "", &http)
+}
+
+/// The AccessPoint routing every request to Service `backend`, with the canary's health
+/// watched: more than 10 % failed requests (of at least 5 in 10 s) halts the rollout.
+pub fn routed_web(ports: &[u16; 3], backend: &str) -> String {
+    let health = "\n    health: {maxErrorPercent: 10, minRequests: 5, windowSeconds: 10}";
+    let http = format!("\n        - route: [{{destination: {{host: {backend}}}}}]");
+    access_point(ports, "Serve", health, &http)
+}
+
+/// `web` with the given HTTP routes and extra `spec.rollout` fields.
+fn access_point(ports: &[u16; 3], mode: &str, rollout_extra: &str, http: &str) -> String {
     let overrides: String = CLUSTERS
         .iter()
         .zip(ports)
@@ -36,7 +52,7 @@ spec:
   rollout:
     strategy: Staged
     mode: {mode}
-    progressDeadlineSeconds: 60
+    progressDeadlineSeconds: 60{rollout_extra}
     stages:
     - {{name: canary, clusters: [canary], requireApproval: true}}
     - {{name: rest, clusters: [east, west]}}
@@ -53,8 +69,7 @@ spec:
       spec:
         hosts: ["*"]
         gateways: [public]
-        http:{extra_route}
-        - directResponse: {{status: 200, body: {{string: "{body}"}}}}
+        http:{http}
   overrides:
 {overrides}"#
     )

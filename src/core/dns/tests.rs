@@ -158,6 +158,7 @@ fn served_in(clusters: &[&str]) -> ServingClusters {
             gateway: ObjectKey::new("shop", "public"),
             cluster: cluster.to_string(),
             acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 1)]),
+            load: Vec::new(),
             nack: None,
         })
         .collect();

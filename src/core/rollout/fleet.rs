@@ -2,7 +2,7 @@
 //! operators' controls and the time, and returns what to persist, what each cluster is served
 //! and what to report. The edge task only persists, publishes and repeats.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,7 @@ use crate::core::model::{Model, ObjectKey};
 use crate::core::refs::{placed_clusters, ClusterRefs};
 use crate::core::status::GatewayAck;
 
-use super::observe::observations;
+use super::observe::{observations, HealthWindow};
 use super::plan::{plan, staged};
 use super::report::Report;
 use super::revision::{Pin, Pins};
@@ -78,8 +78,17 @@ pub fn round(
         }
         let plan = plan(spec, model, &placed);
         let generation = ap.metadata.generation.unwrap_or(0);
-        let observed = observations(key, generation, &placed, &refs, proxies);
         let record = previous.get(key);
+        // Traffic counts from the start of the current stage of this revision, never before.
+        let health = plan.health.as_ref().map(|check| HealthWindow {
+            check,
+            since_ms: record
+                .map(|r| &r.state)
+                .filter(|s| &s.revision == revision)
+                .map_or(now_ms, |s| s.since_ms),
+            now_ms,
+        });
+        let observed = observations(key, generation, &placed, &refs, proxies, health);
         let shadowed = (spec.mode == RolloutMode::Shadow)
             .then_some(record)
             .flatten()
@@ -121,6 +130,25 @@ pub fn round(
         out.records.insert(key.clone(), record);
     }
     out
+}
+
+/// The destination hosts of every AccessPoint whose rollout watches health: the only
+/// upstreams whose load reports matter.
+pub fn watched_hosts(model: &Model) -> BTreeSet<String> {
+    let mut hosts = BTreeSet::new();
+    let mut refs: BTreeMap<String, ClusterRefs<'_>> = BTreeMap::new();
+    for (key, ap) in &model.access_points {
+        if staged(ap).is_none_or(|spec| spec.health.is_none()) {
+            continue;
+        }
+        for cluster in placed_clusters(model, ap) {
+            let refs = refs
+                .entry(cluster.clone())
+                .or_insert_with(|| ClusterRefs::new(model, &cluster));
+            hosts.extend(refs.destination_hosts(key));
+        }
+    }
+    hosts
 }
 
 /// What a restart serves before the first round: the persisted assignments.

@@ -6,17 +6,29 @@ use crate::core::model::ObjectKey;
 use crate::core::refs::ClusterRefs;
 use crate::core::status::GatewayAck;
 
+use super::health::{verdict, HealthCheck};
 use super::Observation;
 
+/// How much of the proxies' reported traffic counts for health: the check, and the window.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthWindow<'a> {
+    pub check: &'a HealthCheck,
+    /// When the current stage started; earlier traffic is the old revision's.
+    pub since_ms: u64,
+    pub now_ms: u64,
+}
+
 /// Per cluster: whether every proxy serving `key` there acknowledged `generation` (the
-/// current spec's), and the NACK of any that did not. A cluster where no proxy serves the
-/// AccessPoint has nothing to protect and counts as programmed.
+/// current spec's), the NACK of any that did not, and (with `health`) whether the traffic
+/// those proxies sent to the AccessPoint's destinations failed too often. A cluster where no
+/// proxy serves the AccessPoint has nothing to protect and counts as programmed.
 pub fn observations(
     key: &ObjectKey,
     generation: i64,
     clusters: &[String],
     refs: &BTreeMap<String, ClusterRefs<'_>>,
     proxies: &[GatewayAck],
+    health: Option<HealthWindow<'_>>,
 ) -> BTreeMap<String, Observation> {
     clusters
         .iter()
@@ -37,10 +49,20 @@ pub fn observations(
                 let why = p.nack.as_ref()?;
                 Some(format!("proxy {}: {why}", p.node_id))
             });
+            let unhealthy = health.and_then(|window| {
+                let hosts = refs.get(cluster)?.destination_hosts(key);
+                verdict(
+                    window.check,
+                    serving.iter().flat_map(|p| &p.load),
+                    &hosts,
+                    window.since_ms,
+                    window.now_ms,
+                )
+            });
             let observation = Observation {
                 programmed: behind.is_empty(),
                 nack,
-                unhealthy: None,
+                unhealthy,
             };
             (cluster.clone(), observation)
         })

@@ -6,6 +6,7 @@ use crate::api::rollout::{RolloutSpec, DEFAULT_PROGRESS_DEADLINE_SECONDS};
 use crate::core::model::{Model, ObjectKey};
 use crate::core::placement::selector_matches;
 
+use super::health::HealthCheck;
 use super::{Plan, Stage};
 
 /// The plan of `spec` over the `placed` clusters (a cluster may also be named before it
@@ -52,6 +53,7 @@ pub fn plan(spec: &RolloutSpec, model: &Model, placed: &[String]) -> Plan {
                 .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS),
         ) * 1000,
         max_failures: spec.max_failures.unwrap_or(0) as usize,
+        health: spec.health.as_ref().map(HealthCheck::from),
     }
 }
 

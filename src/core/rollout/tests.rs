@@ -28,6 +28,7 @@ fn plan() -> Plan {
         ],
         progress_deadline_ms: 600_000,
         max_failures: 0,
+        health: None,
     }
 }
 
@@ -37,6 +38,8 @@ struct Sim {
     now: u64,
     controls: Controls,
     nack: BTreeMap<String, String>,
+    /// Clusters whose traffic fails on the new revision.
+    unhealthy: BTreeMap<String, String>,
     slow: BTreeSet<String>,
     placement: Vec<String>,
 }
@@ -48,6 +51,7 @@ impl Sim {
             now: 0,
             controls: Controls::default(),
             nack: BTreeMap::new(),
+            unhealthy: BTreeMap::new(),
             slow: BTreeSet::new(),
             placement: clusters(),
         }
@@ -67,12 +71,15 @@ impl Sim {
                             .then(|| self.nack.get(c).cloned())
                             .flatten();
                         let programmed = nack.is_none() && !self.slow.contains(c);
+                        let unhealthy = (rev == revision)
+                            .then(|| self.unhealthy.get(c).cloned())
+                            .flatten();
                         (
                             c.clone(),
                             Observation {
                                 programmed,
                                 nack,
-                                unhealthy: None,
+                                unhealthy,
                             },
                         )
                     })
@@ -184,6 +191,38 @@ fn a_nack_in_the_canary_halts_and_undo_restores_everyone() {
     let state = sim.run("r3", 2, 1_000);
     assert_eq!((state.stage, state.phase), (0, Phase::Soaking));
     assert_eq!(sim.served()[0], ("canary", "r3"));
+}
+
+#[test]
+fn bad_health_halts_while_awaiting_approval_and_after_the_canary_stage() {
+    let mut sim = Sim::new();
+    sim.tick("r1");
+    let state = sim.run("r2", 40, 1_000);
+    assert_eq!(state.phase, Phase::AwaitingApproval);
+    sim.unhealthy
+        .insert("canary".into(), "9 of 20 requests failed".into());
+    let state = sim.tick("r2");
+    assert_eq!(state.phase, Phase::Halted);
+    assert_eq!(
+        state.reason.as_deref(),
+        Some("stage canary: cluster canary unhealthy: 9 of 20 requests failed")
+    );
+    assert_eq!(sim.served()[1], ("east", "r1"), "later stages untouched");
+
+    // A cluster of an earlier stage stays watched while the next stage runs.
+    let mut sim = Sim::new();
+    sim.tick("r1");
+    sim.controls.approved.insert("canary".into());
+    sim.slow.insert("west".into());
+    let state = sim.run("r2", 40, 1_000);
+    assert_eq!((state.stage, state.phase), (1, Phase::Progressing));
+    sim.unhealthy.insert("canary".into(), "errors".into());
+    let state = sim.tick("r2");
+    assert_eq!(state.phase, Phase::Halted);
+    assert_eq!(
+        state.reason.as_deref(),
+        Some("stage rest: cluster canary unhealthy: errors")
+    );
 }
 
 #[test]

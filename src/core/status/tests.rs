@@ -67,6 +67,7 @@ impl Fixture {
             gateway: ObjectKey::new("shop", gateway),
             cluster: "local".to_owned(),
             acked,
+            load: Vec::new(),
             nack: nack.map(str::to_owned),
         });
         self

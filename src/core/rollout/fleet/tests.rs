@@ -94,6 +94,7 @@ impl Fleet {
                     } else {
                         BTreeMap::from([(key(), generation)])
                     },
+                    load: Vec::new(),
                     nack: rejects.then(|| "bad route".to_owned()),
                 }
             })
