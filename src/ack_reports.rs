@@ -85,11 +85,12 @@ impl ReportedProxy {
             cluster: self.cluster.clone(),
             nack: self.nack.clone(),
             load: self.load.clone(),
-            acked: self
-                .acked
-                .iter()
-                .filter_map(|(k, g)| Some((key(k)?, *g)))
-                .collect(),
+            acked: Arc::new(
+                self.acked
+                    .iter()
+                    .filter_map(|(k, g)| Some((key(k)?, *g)))
+                    .collect(),
+            ),
         })
     }
 }
@@ -274,7 +275,7 @@ mod tests {
             node_id: "envoy-1".to_owned(),
             gateway: ObjectKey::new("shop", "public"),
             cluster: "local".to_owned(),
-            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]),
+            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]).into(),
             nack: None,
             load: vec![UpstreamLoad {
                 upstream: "outbound|80||web.shop.svc.cluster.local".to_owned(),

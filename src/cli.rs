@@ -200,6 +200,33 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         endpoints: usize,
     },
+    /// Measure ADS at scale: start `meridian standalone` on a synthetic fleet, open N streams
+    /// that ACK like Envoy, change one route per gateway and time until every stream ACKed it.
+    BenchXds {
+        /// ADS streams (simulated gateway proxies), spread over the gateways.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        /// Use delta xDS instead of state of the world.
+        #[arg(long)]
+        delta: bool,
+        #[arg(long, default_value_t = 1000)]
+        access_points: usize,
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10)]
+        gateways: usize,
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+        /// Config changes measured.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Streams per HTTP/2 connection (Envoy opens one connection per proxy).
+        #[arg(long, default_value_t = 1)]
+        streams_per_connection: usize,
+        /// Give up on a phase after this long.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Measure the embedded CA: certificates issued per second and the size of one SDS secret.
     BenchCerts {
         #[arg(long, default_value_t = 1000)]
@@ -438,6 +465,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = crate::bench::translate_bench(&options)?;
             print!("{}", crate::bench::render(&options, &report));
+            Ok(())
+        }
+        Command::BenchXds {
+            streams,
+            delta,
+            access_points,
+            namespaces,
+            gateways,
+            endpoints,
+            rounds,
+            streams_per_connection,
+            timeout,
+        } => {
+            let options = crate::bench::xds::XdsBenchOptions {
+                fleet: crate::bench::FleetOptions {
+                    access_points,
+                    namespaces,
+                    gateways: gateways.max(1),
+                    endpoints,
+                },
+                streams,
+                delta,
+                rounds,
+                streams_per_connection,
+                timeout,
+            };
+            let report = crate::bench::xds::run(&options).await?;
+            print!("{}", crate::bench::xds::render(&options, &report));
             Ok(())
         }
         Command::Crds { out_dir } => {

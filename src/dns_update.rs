@@ -29,7 +29,9 @@ use crate::api::name_service::Rfc2136Provider;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::core::dns::status::{DnsPublication, ProviderState};
-use crate::core::dns::{rfc2136_records, serving_clusters, DnsRecords, NameRecords};
+use crate::core::dns::{
+    provider_of, rfc2136_records, serving_clusters, DnsRecords, NameRecords, ServingClusters,
+};
 use crate::fleet_acks::FleetAcks;
 use crate::index::Snapshot;
 
@@ -74,7 +76,17 @@ pub async fn run(
             }
         }
         let snapshot = snapshots.borrow_and_update().clone();
-        let serving = serving_clusters(&acks.current());
+        let uses_providers = snapshot
+            .model
+            .name_services
+            .values()
+            .any(|s| provider_of(s).is_some());
+        // Without RFC 2136 NameServices there is nothing to publish: skip the fleet's acks.
+        let serving = if uses_providers {
+            serving_clusters(&acks.current())
+        } else {
+            ServingClusters::new()
+        };
         let mut desired = rfc2136_records(&snapshot.model, &serving);
         for gone in applied.keys() {
             desired.entry(gone.clone()).or_default();

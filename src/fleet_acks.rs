@@ -10,6 +10,9 @@ use crate::ack_reports::{Report, HEARTBEAT};
 use crate::core::status::GatewayAck;
 use crate::xds::server::XdsState;
 
+/// How long a follower lets acknowledgements accumulate before it looks again.
+pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A follower of the fleet's acknowledgements; each clone follows changes on its own.
 #[derive(Clone)]
 pub struct FleetAcks {
@@ -92,8 +95,15 @@ impl FleetAcks {
     }
 
     /// Resolves when a proxy's state or a report changed, or (with reports) a heartbeat
-    /// period passed, since reports of vanished replicas expire without any event.
+    /// period passed, since reports of vanished replicas expire without any event. A burst of
+    /// changes (thousands of proxies acknowledging one push) resolves once: it waits
+    /// [`COALESCE`] after the first.
     pub async fn changed(&mut self) {
+        self.first_change().await;
+        tokio::time::sleep(COALESCE).await;
+    }
+
+    async fn first_change(&mut self) {
         let proxies = async {
             if self.proxies.changed().await.is_err() {
                 std::future::pending::<()>().await

@@ -53,7 +53,12 @@ pub type ServingClusters = BTreeMap<ObjectKey, BTreeSet<String>>;
 /// Which clusters serve what, from every proxy's acknowledgements.
 pub fn serving_clusters(acks: &[GatewayAck]) -> ServingClusters {
     let mut out = ServingClusters::new();
+    // Proxies that acknowledged the same snapshot in one cluster share their set; count it once.
+    let mut counted = std::collections::HashSet::new();
     for ack in acks {
+        if !counted.insert((ack.cluster.as_str(), std::sync::Arc::as_ptr(&ack.acked))) {
+            continue;
+        }
         for access_point in ack.acked.keys() {
             out.entry(access_point.clone())
                 .or_default()

@@ -14,7 +14,9 @@ use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, ClusterFacts};
 use super::refs::placed_clusters;
 use super::tls::TlsSources;
-use super::translate::{from_annotation, resolve_host, ExportPolicy, SERVICE_NAME_LABEL};
+use super::translate::{
+    from_annotation, resolve_host, ExportPolicy, ServiceRegistry, SERVICE_NAME_LABEL,
+};
 use crate::api::access_point::{AccessPointTemplate, Templated};
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
@@ -60,10 +62,15 @@ pub struct ClusterView<'m> {
     pub services: Vec<ViewService<'m>>,
     /// EndpointSlices by (namespace, `kubernetes.io/service-name`).
     pub endpoint_slices: BTreeMap<(String, String), Vec<&'m EndpointSlice>>,
+    /// Indexes into `virtual_services` by each gateway they name, in order.
+    pub virtual_services_by_gateway: BTreeMap<ObjectKey, Vec<usize>>,
     /// Indexes into `destination_rules` by resolved host, in order.
     pub rules_by_host: BTreeMap<String, Vec<usize>>,
     /// TLS material: issued certificates and user Secrets.
     pub tls: TlsSources<'m>,
+    /// Every service in force by hostname (Kubernetes Services and ServiceEntry hosts),
+    /// built once per view and shared by every gateway translated from it.
+    pub registry: ServiceRegistry<'m>,
 }
 
 /// Every (AccessPoint, cluster, template) in force: AccessPoints not being deleted, on each
@@ -197,7 +204,42 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             .or_default()
             .push(i);
     }
+    for (i, vs) in view.virtual_services.iter().enumerate() {
+        let mut named: Vec<ObjectKey> = vs
+            .spec
+            .gateways
+            .iter()
+            .map(|g| match g.split_once('/') {
+                Some((namespace, name)) => ObjectKey::new(namespace, name),
+                None => ObjectKey::new(vs.key.namespace.clone(), g.clone()),
+            })
+            .collect();
+        named.sort();
+        named.dedup();
+        for gateway in named {
+            view.virtual_services_by_gateway
+                .entry(gateway)
+                .or_default()
+                .push(i);
+        }
+    }
+    view.registry = ServiceRegistry::new(&view);
     view
+}
+
+impl<'m> ClusterView<'m> {
+    /// The VirtualServices naming `gateway` in their `gateways`, in view order (whether they
+    /// are exported to it is for the caller to check).
+    pub fn virtual_services_naming<'v>(
+        &'v self,
+        gateway: &ObjectKey,
+    ) -> impl Iterator<Item = &'v Expanded<'m, VirtualServiceSpec>> + 'v {
+        self.virtual_services_by_gateway
+            .get(gateway)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.virtual_services[i])
+    }
 }
 
 fn resolve_key(default_ns: &str, meta: &crate::api::access_point::TemplateMeta) -> ObjectKey {

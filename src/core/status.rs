@@ -16,6 +16,7 @@
 //! unchanged statuses.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -44,8 +45,9 @@ pub struct GatewayAck {
     pub gateway: ObjectKey,
     pub cluster: String,
     /// For each AccessPoint the proxy serves, the `metadata.generation` it has acknowledged.
-    /// Replica-independent, so reports from every replica can be merged.
-    pub acked: BTreeMap<ObjectKey, i64>,
+    /// Replica-independent, so reports from every replica can be merged. Shared by the
+    /// proxies of a cluster that acknowledged the same snapshot.
+    pub acked: Arc<BTreeMap<ObjectKey, i64>>,
     /// The proxy's NACK of the latest config, if it rejected it.
     pub nack: Option<String>,
     /// Its recent load reports (requests and failures per upstream), oldest first.

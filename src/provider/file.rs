@@ -1,12 +1,13 @@
 //! The standalone provider: a directory of multi-document YAML manifests.
 //!
-//! Each sync re-reads the directory. A file that fails to parse keeps contributing the objects
+//! Each sync re-reads the directory (parsing only files whose text changed). A file that fails to parse keeps contributing the objects
 //! of its last good version (from memory, or from the state directory after a restart); an
 //! AccessPoint that fails validation keeps its last accepted version in the index. Every
 //! problem names the file, the document and the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::core::manifest::parse_documents;
 use crate::core::model::{InputObject, Kind, ObjectKey};
@@ -32,28 +33,44 @@ pub enum FileProviderError {
     },
 }
 
-type Located = (PathBuf, usize, InputObject);
+type Located = (PathBuf, usize, Arc<InputObject>);
+
+/// A file's last good version: its text and, once parsed, its objects. An unchanged file is
+/// not parsed again, so an edit to one file of a large directory costs that file's parse.
+struct GoodFile {
+    text: String,
+    objects: Option<Vec<Arc<InputObject>>>,
+}
 
 pub struct FileProvider {
     dir: PathBuf,
     state_dir: Option<PathBuf>,
-    /// Last good text per file (what the objects below were parsed from).
-    last_good: BTreeMap<PathBuf, String>,
+    last_good: BTreeMap<PathBuf, GoodFile>,
     /// Objects currently applied to the index, with where they came from.
     applied: BTreeMap<(Kind, ObjectKey), Located>,
 }
 
 impl FileProvider {
     pub fn new(dir: impl Into<PathBuf>, state_dir: Option<PathBuf>) -> FileProvider {
-        let state_dir_last_good = state_dir
+        let saved: BTreeMap<PathBuf, String> = state_dir
             .as_ref()
             .and_then(|d| std::fs::read(d.join(LAST_GOOD_FILE)).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
+        let last_good = saved
+            .into_iter()
+            .map(|(path, text)| {
+                let file = GoodFile {
+                    text,
+                    objects: None,
+                };
+                (path, file)
+            })
+            .collect();
         FileProvider {
             dir: dir.into(),
             state_dir,
-            last_good: state_dir_last_good,
+            last_good,
             applied: BTreeMap::new(),
         }
     }
@@ -67,35 +84,37 @@ impl FileProvider {
         let mut problems = Vec::new();
         let files = manifest_files(&self.dir)?;
         let mut wanted: BTreeMap<(Kind, ObjectKey), Located> = BTreeMap::new();
-        let mut good_texts = BTreeMap::new();
+        let mut contributing = BTreeSet::new();
+        let mut remembered_changed = false;
         for path in &files {
             let display = path.display().to_string();
             let text = match std::fs::read_to_string(path) {
-                Ok(text) => text,
+                Ok(text) => Some(text),
                 Err(e) => {
                     problems.push(problem(&display, format!("cannot read: {e}")));
-                    match self.last_good.get(path) {
-                        Some(text) => text.clone(),
-                        None => continue,
-                    }
+                    None
                 }
             };
-            let objects = match parse_documents(&text, DEFAULT_NAMESPACE) {
-                Ok(objects) => {
-                    good_texts.insert(path.clone(), text);
-                    objects
-                }
-                Err(error) => {
-                    problems.push(problem(&display, error.to_string()));
-                    match self.fallback(path) {
-                        Some(objects) => {
-                            good_texts.insert(path.clone(), self.last_good[path].clone());
-                            objects
+            let objects = match text {
+                Some(text) => match self.parse(path, text) {
+                    Ok((objects, changed)) => {
+                        remembered_changed |= changed;
+                        objects
+                    }
+                    Err(error) => {
+                        problems.push(problem(&display, error.to_string()));
+                        match self.fallback(path) {
+                            Some(objects) => objects,
+                            None => continue,
                         }
-                        None => continue,
                     }
-                }
+                },
+                None => match self.fallback(path) {
+                    Some(objects) => objects,
+                    None => continue,
+                },
             };
+            contributing.insert(path.clone());
             for (document, object) in objects.into_iter().enumerate() {
                 let id = (object.kind(), object.key());
                 if let Some((other, _, _)) = wanted.get(&id) {
@@ -113,6 +132,9 @@ impl FileProvider {
                 wanted.insert(id, (path.clone(), document, object));
             }
         }
+        let before = self.last_good.len();
+        self.last_good.retain(|path, _| contributing.contains(path));
+        remembered_changed |= self.last_good.len() != before;
 
         let gone: Vec<_> = self
             .applied
@@ -127,11 +149,14 @@ impl FileProvider {
         for (id, (path, document, object)) in wanted {
             // `applied` holds only accepted versions, so a rejected object differs from it and
             // is re-validated (and re-reported) on every sync until it is fixed.
-            let unchanged = self.applied.get(&id).is_some_and(|(_, _, o)| o == &object);
+            let unchanged = self
+                .applied
+                .get(&id)
+                .is_some_and(|(_, _, o)| Arc::ptr_eq(o, &object) || o == &object);
             if unchanged {
                 continue;
             }
-            match index.apply(object.clone()) {
+            match index.apply(InputObject::clone(&object)) {
                 Ok(()) => {
                     self.applied.insert(id, (path, document, object));
                 }
@@ -145,27 +170,61 @@ impl FileProvider {
                 }
             }
         }
-        self.remember(good_texts)?;
+        if remembered_changed {
+            self.remember()?;
+        }
         Ok(problems)
     }
 
-    /// Objects from the last good version of a file that now fails to parse.
-    fn fallback(&self, path: &Path) -> Option<Vec<InputObject>> {
-        let text = self.last_good.get(path)?;
-        parse_documents(text, DEFAULT_NAMESPACE).ok()
+    /// The objects of `text`, read from `path`: from the cache when the text is the last good
+    /// one, else parsed and remembered as the new last good version (then `true`).
+    fn parse(
+        &mut self,
+        path: &Path,
+        text: String,
+    ) -> Result<(Vec<Arc<InputObject>>, bool), crate::core::manifest::ManifestError> {
+        if let Some(good) = self.last_good.get(path) {
+            if good.text == text {
+                if let Some(objects) = &good.objects {
+                    return Ok((objects.clone(), false));
+                }
+            }
+        }
+        let objects: Vec<Arc<InputObject>> = parse_documents(&text, DEFAULT_NAMESPACE)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        let changed = self.last_good.get(path).is_none_or(|g| g.text != text);
+        let file = GoodFile {
+            text,
+            objects: Some(objects.clone()),
+        };
+        self.last_good.insert(path.to_path_buf(), file);
+        Ok((objects, changed))
     }
 
-    fn remember(&mut self, texts: BTreeMap<PathBuf, String>) -> Result<(), FileProviderError> {
-        if texts == self.last_good {
-            return Ok(());
+    /// Objects from the last good version of a file that now fails to parse or read.
+    fn fallback(&mut self, path: &Path) -> Option<Vec<Arc<InputObject>>> {
+        let good = self.last_good.get_mut(path)?;
+        if good.objects.is_none() {
+            let parsed = parse_documents(&good.text, DEFAULT_NAMESPACE).ok()?;
+            good.objects = Some(parsed.into_iter().map(Arc::new).collect());
         }
-        self.last_good = texts;
+        good.objects.clone()
+    }
+
+    fn remember(&self) -> Result<(), FileProviderError> {
         let Some(state_dir) = &self.state_dir else {
             return Ok(());
         };
+        let texts: BTreeMap<&PathBuf, &str> = self
+            .last_good
+            .iter()
+            .map(|(path, good)| (path, good.text.as_str()))
+            .collect();
         let path = state_dir.join(LAST_GOOD_FILE);
         let tmp = state_dir.join(format!("{LAST_GOOD_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(&self.last_good).unwrap_or_default();
+        let bytes = serde_json::to_vec_pretty(&texts).unwrap_or_default();
         std::fs::create_dir_all(state_dir)
             .and_then(|_| std::fs::write(&tmp, bytes))
             .and_then(|_| std::fs::rename(&tmp, &path))

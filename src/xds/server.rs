@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -35,24 +35,42 @@ use crate::index::Snapshot;
 use crate::metrics::{Metrics, ModeLabel, TypeLabel};
 
 /// Translations cached per gateway identity for the current snapshot generation, so many
-/// proxies of one gateway share one translation.
+/// proxies of one gateway share one translation. When a snapshot arrives, the first stream
+/// of an identity translates; the others of that identity wait for its result rather than
+/// repeating the work.
 #[derive(Default)]
 pub struct Translator {
-    cache: Mutex<HashMap<GatewayIdentity, (u64, Arc<Translation>)>>,
+    cache: Mutex<HashMap<GatewayIdentity, (u64, TranslationSlot)>>,
 }
+
+/// Filled once by whichever stream of the identity gets there first.
+type TranslationSlot = Arc<OnceLock<Arc<Translation>>>;
 
 impl Translator {
     pub fn translate(&self, snapshot: &Snapshot, identity: &GatewayIdentity) -> Arc<Translation> {
-        if let Some((generation, t)) = lock(&self.cache).get(identity) {
-            if *generation == snapshot.generation {
-                return t.clone();
+        let slot = {
+            let mut cache = lock(&self.cache);
+            let entry = cache
+                .entry(identity.clone())
+                .or_insert_with(|| (snapshot.generation, Arc::default()));
+            if entry.0 < snapshot.generation {
+                *entry = (snapshot.generation, Arc::default());
             }
+            if entry.0 == snapshot.generation {
+                Some(entry.1.clone())
+            } else {
+                // A stream still on an older snapshot than the cache: translate, do not cache.
+                None
+            }
+        };
+        let compute = || {
+            let view = cluster_view(&snapshot.model, &identity.cluster);
+            Arc::new(translate(&view, identity))
+        };
+        match slot {
+            Some(slot) => slot.get_or_init(compute).clone(),
+            None => compute(),
         }
-        let model = &snapshot.model;
-        let view = cluster_view(model, &identity.cluster);
-        let translation = Arc::new(translate(&view, identity));
-        lock(&self.cache).insert(identity.clone(), (snapshot.generation, translation.clone()));
-        translation
     }
 }
 
@@ -60,6 +78,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// The AccessPoint generations one proxy has acknowledged.
+type AckedSet = Arc<BTreeMap<ObjectKey, i64>>;
 
 /// One connected proxy, as `/debug/syncz` and `meridian status` show it.
 #[derive(Clone, Debug, Serialize)]
@@ -196,20 +217,29 @@ impl XdsState {
     }
 
     /// What the proxies connected to this process acknowledged, per AccessPoint generation.
+    /// Proxies of one cluster synced to the same generation share one acknowledged set, so
+    /// this costs O(proxies + clusters × AccessPoints), not their product.
     pub fn acks(&self, snapshot: &Snapshot) -> Vec<GatewayAck> {
+        let mut shared: HashMap<(String, Option<u64>), AckedSet> = HashMap::new();
         self.proxies
             .list()
             .into_iter()
             .filter_map(|p| {
                 let (namespace, name) = p.gateway.split_once('/')?;
+                let acked = shared
+                    .entry((p.cluster.clone(), p.synced_generation))
+                    .or_insert_with(|| {
+                        Arc::new(acked_access_points(
+                            snapshot.published(),
+                            p.synced_generation,
+                            &p.cluster,
+                        ))
+                    })
+                    .clone();
                 Some(GatewayAck {
                     gateway: ObjectKey::new(namespace, name),
                     nack: p.nack().map(str::to_owned),
-                    acked: acked_access_points(
-                        snapshot.published(),
-                        p.synced_generation,
-                        &p.cluster,
-                    ),
+                    acked,
                     node_id: p.node_id,
                     cluster: p.cluster,
                     load: Vec::new(),

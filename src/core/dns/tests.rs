@@ -157,7 +157,7 @@ fn served_in(clusters: &[&str]) -> ServingClusters {
             node_id: format!("envoy-{cluster}"),
             gateway: ObjectKey::new("shop", "public"),
             cluster: cluster.to_string(),
-            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 1)]),
+            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 1)]).into(),
             load: Vec::new(),
             nack: None,
         })

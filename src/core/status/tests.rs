@@ -66,7 +66,7 @@ impl Fixture {
             node_id: format!("envoy-{}", self.proxies.len()),
             gateway: ObjectKey::new("shop", gateway),
             cluster: "local".to_owned(),
-            acked,
+            acked: acked.into(),
             load: Vec::new(),
             nack: nack.map(str::to_owned),
         });

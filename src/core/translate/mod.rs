@@ -65,7 +65,7 @@ pub(crate) fn cluster_name(port: u32, subset: &str, host: &str) -> String {
 
 /// Translates everything `identity` should be served from `view`.
 pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translation {
-    let registry = ServiceRegistry::new(view);
+    let registry = &view.registry;
     let mut config = GatewayConfig::default();
     let mut unresolved = Vec::new();
     let mut clusters: BTreeMap<String, ClusterRef> = BTreeMap::new();
@@ -82,7 +82,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
         }
         let routes = route::build_route_config(
             view,
-            &registry,
+            registry,
             identity,
             scope,
             &mut clusters,

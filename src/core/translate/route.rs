@@ -66,7 +66,7 @@ pub(super) fn build_route_config(
     // domain → routes, in VirtualService order (merged like Istio merges VS for one host).
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     let owners = host_owners(view, port);
-    for vs in &view.virtual_services {
+    for vs in view.virtual_services_naming(&identity.gateway) {
         if !serves(view, vs, &identity.gateway) {
             continue;
         }
@@ -122,7 +122,7 @@ pub fn host_owners<'v>(
     port: &GatewayPort,
 ) -> BTreeMap<String, &'v ObjectKey> {
     let mut owners = BTreeMap::new();
-    for vs in &view.virtual_services {
+    for vs in view.virtual_services_naming(&port.gateway) {
         if serves(view, vs, &port.gateway) {
             for domain in bound_domains(vs, port) {
                 owners.entry(domain).or_insert(vs.origin);

@@ -89,11 +89,11 @@ impl Fleet {
                     node_id: format!("{cluster}-1"),
                     gateway: ObjectKey::new("shop", "gw"),
                     cluster: cluster.to_owned(),
-                    acked: if rejects {
+                    acked: Arc::new(if rejects {
                         BTreeMap::new()
                     } else {
                         BTreeMap::from([(key(), generation)])
-                    },
+                    }),
                     load: Vec::new(),
                     nack: rejects.then(|| "bad route".to_owned()),
                 }

@@ -1,4 +1,4 @@
-//! `meridian bench translate`: a synthetic fleet, and how long Meridian takes to turn it into
+//! `meridian bench-translate`: a synthetic fleet, and how long Meridian takes to turn it into
 //! Envoy configuration, how long one edit takes, and how large each gateway's configuration is.
 //!
 //! The fleet: `access_points` AccessPoints spread over `namespaces` namespaces, each with a

@@ -1,0 +1,8 @@
+//! Benchmarks run from the CLI: `bench-translate` (the pure core on a synthetic fleet) and
+//! `bench-xds` (a real Meridian process and thousands of ADS streams that ACK like Envoy).
+
+mod ads_client;
+pub mod translate;
+pub mod xds;
+
+pub use translate::{fleet, render, rss_bytes, translate_bench, FleetOptions, TranslateReport};
