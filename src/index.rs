@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::core::model::{InputObject, Kind, Model, ObjectKey};
+use crate::core::model::{InputObject, Kind, Model, ObjectKey, ObjectMap};
 use crate::core::rollout::revision::Pins;
 use crate::core::status::Published;
 use crate::core::tls::SecretMaterial;
@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub rejected: BTreeMap<ObjectKey, Rejection>,
     /// The snapshot generation in which each accepted AccessPoint's current version first
     /// appeared: a proxy that has acknowledged that snapshot (or a later one) serves it.
-    pub in_force_since: BTreeMap<ObjectKey, u64>,
+    pub in_force_since: ObjectMap<u64>,
     /// The generation in which a rollout last moved each (AccessPoint, cluster) to another
     /// revision: a proxy there that acknowledged it serves the revision its cluster is pinned to.
     pub released_at: BTreeMap<(ObjectKey, String), u64>,
@@ -50,7 +50,7 @@ impl Snapshot {
 pub struct Index {
     model: Model,
     rejected: BTreeMap<ObjectKey, Rejection>,
-    in_force_since: BTreeMap<ObjectKey, u64>,
+    in_force_since: ObjectMap<u64>,
     released_at: BTreeMap<(ObjectKey, String), u64>,
     generation: u64,
     dirty: bool,
@@ -68,7 +68,7 @@ impl Index {
             generation: 0,
             model: Model::default(),
             rejected: BTreeMap::new(),
-            in_force_since: BTreeMap::new(),
+            in_force_since: ObjectMap::new(),
             released_at: BTreeMap::new(),
             published_at: Instant::now(),
         }));
@@ -78,7 +78,7 @@ impl Index {
                 ..Model::default()
             },
             rejected: BTreeMap::new(),
-            in_force_since: BTreeMap::new(),
+            in_force_since: ObjectMap::new(),
             released_at: BTreeMap::new(),
             generation: 0,
             dirty: false,

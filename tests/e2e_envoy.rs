@@ -50,23 +50,7 @@ spec:
 }
 
 fn backends_manifest(alpha: u16, beta: u16) -> String {
-    let one = |name: &str, port: u16| {
-        format!(
-            r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: shop}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-ports: [{{name: http, port: {port}}}]
-"#
-        )
-    };
-    format!("{}---\n{}", one("alpha", alpha), one("beta", beta))
+    loopback_service("alpha", alpha) + &loopback_service("beta", beta)
 }
 
 struct Fixture {

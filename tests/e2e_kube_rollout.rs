@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::kube::{repo, Controller, KubeCluster};
 use support::rollout::*;
-use support::{client, eventually, free_port, Envoy};
+use support::{client, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -78,20 +78,7 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         ports: [free_port(), free_port(), free_port()],
         client: client(),
     };
-    let _envoys: Vec<Envoy> = CLUSTERS
-        .iter()
-        .zip(["z1", "z2", "z3"])
-        .map(|(c, zone)| {
-            Envoy::start_in(
-                work.path(),
-                &format!("gw-{c}"),
-                "shop/public",
-                fleet.xds_port,
-                true,
-                Some((c, zone)),
-            )
-        })
-        .collect();
+    let _envoys = fleet.start_envoys(work.path(), true);
     cluster.apply_ok(&web(&fleet.ports, "v1", "Serve", ""));
     fleet.wait_for(["v1", "v1", "v1"], "v1 everywhere").await;
     eventually(WAIT, "rollout Succeeded", || async {

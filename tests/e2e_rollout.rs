@@ -88,20 +88,7 @@ async fn a_change_goes_canary_first_waits_for_approval_halts_on_nack_and_survive
     fleet.write_web("v1", "Serve", "");
     let state_dir = fleet.dir.path().join("state");
     let mut meridian = start(&fleet.config_dir(), &state_dir, fleet.xds_port).await;
-    let _envoys: Vec<Envoy> = CLUSTERS
-        .iter()
-        .zip(["z1", "z2", "z3"])
-        .map(|(cluster, zone)| {
-            Envoy::start_in(
-                fleet.dir.path(),
-                &format!("gw-{cluster}"),
-                "shop/public",
-                fleet.xds_port,
-                false,
-                Some((cluster, zone)),
-            )
-        })
-        .collect();
+    let _envoys = fleet.start_envoys(fleet.dir.path(), false);
     fleet.wait_for(["v1", "v1", "v1"], "v1 everywhere").await;
     let admin = meridian.admin_addr;
     assert_eq!(
@@ -199,25 +186,6 @@ async fn a_change_goes_canary_first_waits_for_approval_halts_on_nack_and_survive
     meridian.shutdown().await.unwrap();
 }
 
-/// A Service `name` in namespace `shop` backed by one loopback endpoint.
-fn service(name: &str, port: u16) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: shop}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.1"]}}]
-ports: [{{name: http, port: {port}}}]
----
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_seen_by_the_canary_halt_the_rollout_before_the_rest() {
     let healthy = Backend::start("healthy").await;
@@ -239,7 +207,7 @@ async fn upstream_errors_seen_by_the_canary_halt_the_rollout_before_the_rest() {
         ("broken", &broken),
     ]
     .iter()
-    .map(|(name, backend)| service(name, backend.port))
+    .map(|(name, backend)| loopback_service(name, backend.port))
     .collect::<String>();
     std::fs::write(config.join("services.yaml"), services).unwrap();
     let write_web = |backend: &str| {
@@ -248,20 +216,7 @@ async fn upstream_errors_seen_by_the_canary_halt_the_rollout_before_the_rest() {
     write_web("healthy");
     let meridian = start(&config, &fleet.dir.path().join("state"), fleet.xds_port).await;
     let admin = meridian.admin_addr;
-    let _envoys: Vec<Envoy> = CLUSTERS
-        .iter()
-        .zip(["z1", "z2", "z3"])
-        .map(|(cluster, zone)| {
-            Envoy::start_in(
-                fleet.dir.path(),
-                &format!("gw-{cluster}"),
-                "shop/public",
-                fleet.xds_port,
-                false,
-                Some((cluster, zone)),
-            )
-        })
-        .collect();
+    let _envoys = fleet.start_envoys(fleet.dir.path(), false);
     fleet
         .wait_for(["healthy", "healthy", "healthy"], "v1 everywhere")
         .await;

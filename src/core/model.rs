@@ -22,6 +22,10 @@ use super::vip::{VipError, VipTable};
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::{AccessPoint, MemberCluster, NameService, LOCAL_CLUSTER};
 
+/// Objects by key, in key order. A persistent map: cloning the model for a snapshot shares
+/// its nodes, so publishing after one edit copies only the edited path, not every object.
+pub type ObjectMap<T> = imbl::OrdMap<ObjectKey, T>;
+
 /// `namespace/name`; cluster-scoped objects have an empty namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -183,13 +187,13 @@ pub fn ready_addresses<'a>(
 /// The objects currently in force. Cheap to clone behind an `Arc`; rebuilt by the index.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Model {
-    pub access_points: BTreeMap<ObjectKey, AccessPoint>,
+    pub access_points: ObjectMap<AccessPoint>,
     pub member_clusters: BTreeMap<ObjectKey, MemberCluster>,
-    pub name_services: BTreeMap<ObjectKey, NameService>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub name_services: ObjectMap<NameService>,
+    pub services: ObjectMap<Service>,
+    pub endpoint_slices: ObjectMap<EndpointSlice>,
     /// Deployments of the hub and of member clusters (metadata only).
-    pub deployments: BTreeMap<ObjectKey, Deployment>,
+    pub deployments: ObjectMap<Deployment>,
     /// TLS Secrets Gateway servers name in `credentialName`.
     pub secrets: BTreeMap<ObjectKey, TlsSecret>,
     /// Certificates Meridian issued, by SDS name (fed by the certificate manager).
@@ -206,7 +210,7 @@ pub struct Model {
     /// Derived: overrides that failed, per (AccessPoint, cluster).
     pub override_errors: BTreeMap<(ObjectKey, String), OverrideError>,
     /// Derived: the revision of each accepted AccessPoint's current spec.
-    pub revisions: BTreeMap<ObjectKey, String>,
+    pub revisions: ObjectMap<String>,
     /// Which revision each cluster is served, for AccessPoints under a staged rollout (fed by
     /// the rollout task). Others are served their current spec everywhere.
     pub pins: Arc<Pins>,
@@ -228,7 +232,11 @@ impl Model {
     /// Inserts or replaces an object; returns whether the model changed.
     pub fn apply(&mut self, object: InputObject) -> bool {
         let key = object.key();
-        fn put<T: PartialEq>(map: &mut BTreeMap<ObjectKey, T>, key: ObjectKey, value: T) -> bool {
+        fn put<T: PartialEq + Clone, M: ObjectStore<T>>(
+            map: &mut M,
+            key: ObjectKey,
+            value: T,
+        ) -> bool {
             if map.get(&key) == Some(&value) {
                 return false;
             }
@@ -398,5 +406,29 @@ impl Model {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The maps [`Model::apply`] stores objects in: persistent for the many, plain for the few.
+trait ObjectStore<T> {
+    fn get(&self, key: &ObjectKey) -> Option<&T>;
+    fn insert(&mut self, key: ObjectKey, value: T);
+}
+
+impl<T: Clone> ObjectStore<T> for ObjectMap<T> {
+    fn get(&self, key: &ObjectKey) -> Option<&T> {
+        imbl::OrdMap::get(self, key)
+    }
+    fn insert(&mut self, key: ObjectKey, value: T) {
+        imbl::OrdMap::insert(self, key, value);
+    }
+}
+
+impl<T> ObjectStore<T> for BTreeMap<ObjectKey, T> {
+    fn get(&self, key: &ObjectKey) -> Option<&T> {
+        BTreeMap::get(self, key)
+    }
+    fn insert(&mut self, key: ObjectKey, value: T) {
+        BTreeMap::insert(self, key, value);
     }
 }

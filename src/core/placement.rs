@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use k8s_openapi::api::apps::v1::Deployment;
 
-use super::model::{Model, ObjectKey};
+use super::model::{Model, ObjectKey, ObjectMap};
 use crate::api::access_point::Placement;
 use crate::api::LOCAL_CLUSTER;
 
@@ -22,7 +22,7 @@ pub struct ClusterFacts<'a> {
     pub zone: &'a str,
     pub labels: Option<&'a BTreeMap<String, String>>,
     /// Every known Deployment (the model's map), for `followDeployment`.
-    pub deployments: Option<&'a BTreeMap<ObjectKey, Deployment>>,
+    pub deployments: Option<&'a ObjectMap<Deployment>>,
 }
 
 impl<'a> ClusterFacts<'a> {

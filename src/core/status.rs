@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use super::model::{Model, ObjectKey};
+use super::model::{Model, ObjectKey, ObjectMap};
 use super::refs::{placed_clusters, ClusterRefs, RefKind, UnresolvedRef};
 use super::validate::{FieldError, Rejection};
 use crate::api::access_point::ClusterStatus;
@@ -61,7 +61,7 @@ pub struct Published<'a> {
     /// AccessPoints whose latest version was rejected.
     pub rejected: &'a BTreeMap<ObjectKey, Rejection>,
     /// Snapshot generation in which each accepted AccessPoint's current version appeared.
-    pub in_force_since: &'a BTreeMap<ObjectKey, u64>,
+    pub in_force_since: &'a ObjectMap<u64>,
     /// Snapshot generation in which a rollout last moved (AccessPoint, cluster) to another
     /// revision.
     pub released_at: &'a BTreeMap<(ObjectKey, String), u64>,

@@ -6,6 +6,7 @@ pub mod load_stats;
 pub mod server;
 pub mod sotw;
 pub mod status;
+pub mod translator;
 
 #[cfg(test)]
 mod test_support;

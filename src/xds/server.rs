@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -25,54 +25,14 @@ use super::identity::{certified_gateway, verified_identity, IdentityError};
 use super::load_stats::{LoadRegistry, DEFAULT_INTERVAL};
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
-use crate::core::expand::cluster_view;
+use super::translator::Translator;
 use crate::core::model::ObjectKey;
 use crate::core::resources::{GatewayConfig, ResourceType};
 use crate::core::rollout::health::UpstreamLoad;
 use crate::core::status::{acked_access_points, GatewayAck};
-use crate::core::translate::{translate, GatewayIdentity, Translation};
+use crate::core::translate::{GatewayIdentity, Translation};
 use crate::index::Snapshot;
 use crate::metrics::{Metrics, ModeLabel, TypeLabel};
-
-/// Translations cached per gateway identity for the current snapshot generation, so many
-/// proxies of one gateway share one translation. When a snapshot arrives, the first stream
-/// of an identity translates; the others of that identity wait for its result rather than
-/// repeating the work.
-#[derive(Default)]
-pub struct Translator {
-    cache: Mutex<HashMap<GatewayIdentity, (u64, TranslationSlot)>>,
-}
-
-/// Filled once by whichever stream of the identity gets there first.
-type TranslationSlot = Arc<OnceLock<Arc<Translation>>>;
-
-impl Translator {
-    pub fn translate(&self, snapshot: &Snapshot, identity: &GatewayIdentity) -> Arc<Translation> {
-        let slot = {
-            let mut cache = lock(&self.cache);
-            let entry = cache
-                .entry(identity.clone())
-                .or_insert_with(|| (snapshot.generation, Arc::default()));
-            if entry.0 < snapshot.generation {
-                *entry = (snapshot.generation, Arc::default());
-            }
-            if entry.0 == snapshot.generation {
-                Some(entry.1.clone())
-            } else {
-                // A stream still on an older snapshot than the cache: translate, do not cache.
-                None
-            }
-        };
-        let compute = || {
-            let view = cluster_view(&snapshot.model, &identity.cluster);
-            Arc::new(translate(&view, identity))
-        };
-        match slot {
-            Some(slot) => slot.get_or_init(compute).clone(),
-            None => compute(),
-        }
-    }
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
@@ -476,6 +436,7 @@ where
         _ => Status::invalid_argument(e.to_string()),
     })?;
     let node_id = node.map(|n| n.id).unwrap_or_default();
+    let _translated_with_its_cluster = state.translator.subscribe(&identity);
     let mut snapshots = state.snapshots.clone();
     // Generation 0 is "nothing loaded yet"; serving it would withdraw the proxy's config.
     if snapshots.wait_for(|s| s.generation > 0).await.is_err() {

@@ -1,10 +1,10 @@
 //! The three-cluster fleet of the staged-rollout tests: manifests, and what each cluster's
 //! Envoy answers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{eventually, get};
+use super::{eventually, get, Envoy};
 
 pub const CLUSTERS: [&str; 3] = ["canary", "east", "west"];
 
@@ -83,6 +83,24 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// One Envoy per cluster (zones z1–z3) for gateway `shop/public`, working in `dir`.
+    pub fn start_envoys(&self, dir: &Path, delta: bool) -> Vec<Envoy> {
+        CLUSTERS
+            .iter()
+            .zip(["z1", "z2", "z3"])
+            .map(|(cluster, zone)| {
+                Envoy::start_in(
+                    dir,
+                    &format!("gw-{cluster}"),
+                    "shop/public",
+                    self.xds_port,
+                    delta,
+                    Some((cluster, zone)),
+                )
+            })
+            .collect()
+    }
+
     pub fn config_dir(&self) -> PathBuf {
         self.dir.path().join("config")
     }

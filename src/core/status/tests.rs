@@ -30,7 +30,7 @@ spec:
 struct Fixture {
     model: Model,
     rejected: BTreeMap<ObjectKey, Rejection>,
-    in_force_since: BTreeMap<ObjectKey, u64>,
+    in_force_since: ObjectMap<u64>,
     released_at: BTreeMap<(ObjectKey, String), u64>,
     proxies: Vec<GatewayAck>,
     member_writes: MemberWrites,
@@ -39,7 +39,11 @@ struct Fixture {
 impl Fixture {
     fn new(yaml: &str) -> Fixture {
         let model = crate::core::test_support::model_of(yaml, "shop");
-        let in_force_since = model.access_points.keys().map(|k| (k.clone(), 7)).collect();
+        let in_force_since = model
+            .access_points
+            .keys()
+            .map(|k| (k.clone(), 7u64))
+            .collect();
         Fixture {
             model,
             rejected: BTreeMap::new(),
