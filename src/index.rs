@@ -5,7 +5,7 @@
 //! accepted version; the snapshot's model holds only accepted objects. Rejections travel in
 //! the snapshot beside the model so status writers can report them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use crate::core::model::{InputObject, Kind, Model, ObjectKey, ObjectMap};
 use crate::core::rollout::revision::Pins;
 use crate::core::status::Published;
 use crate::core::tls::SecretMaterial;
-use crate::core::translate::ExportPolicy;
+use crate::core::translate::{ExportPolicy, ModelChanges};
 use crate::core::validate::{validate_access_point, FieldError, Rejection};
 use crate::core::vip::{VipError, VipTable};
 
@@ -34,9 +34,36 @@ pub struct Snapshot {
     pub released_at: BTreeMap<(ObjectKey, String), u64>,
     /// When this snapshot was published (for convergence metrics).
     pub published_at: Instant,
+    /// What changed in the model in each of the last few generations.
+    pub changes: Arc<VecDeque<(u64, Arc<ModelChanges>)>>,
 }
 
+/// Generations whose model changes a snapshot remembers.
+const CHANGE_LOG_LENGTH: usize = 32;
+/// Objects changed in one generation beyond which it counts as a change of everything (a
+/// start or a resync), so the log stays small.
+const CHANGED_OBJECTS_TRACKED: usize = 1024;
+
 impl Snapshot {
+    /// What changed in the model since `generation` (everything, if that is too long ago).
+    pub fn changes_since(&self, generation: u64) -> ModelChanges {
+        let remembered = self
+            .changes
+            .front()
+            .is_some_and(|(first, _)| *first <= generation + 1);
+        if !remembered && generation < self.generation {
+            return ModelChanges {
+                everything: true,
+                ..ModelChanges::default()
+            };
+        }
+        let mut out = ModelChanges::default();
+        for (_, changes) in self.changes.iter().filter(|(g, _)| *g > generation) {
+            out.merge(changes);
+        }
+        out
+    }
+
     pub fn published(&self) -> Published<'_> {
         Published {
             model: &self.model,
@@ -54,6 +81,9 @@ pub struct Index {
     released_at: BTreeMap<(ObjectKey, String), u64>,
     generation: u64,
     dirty: bool,
+    /// Model changes since the last publish, and those of the generations before.
+    changes: ModelChanges,
+    change_log: VecDeque<(u64, Arc<ModelChanges>)>,
     tx: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -71,6 +101,7 @@ impl Index {
             in_force_since: ObjectMap::new(),
             released_at: BTreeMap::new(),
             published_at: Instant::now(),
+            changes: Arc::default(),
         }));
         let index = Index {
             model: Model {
@@ -82,6 +113,8 @@ impl Index {
             released_at: BTreeMap::new(),
             generation: 0,
             dirty: false,
+            changes: ModelChanges::default(),
+            change_log: VecDeque::new(),
             tx,
         };
         (index, rx)
@@ -109,6 +142,7 @@ impl Index {
         let kind = object.kind();
         if self.model.apply(object) {
             self.dirty = true;
+            self.record_change(kind, &key);
             match kind {
                 Kind::AccessPoint => {
                     self.model.refresh_overrides(Some(&key));
@@ -130,6 +164,7 @@ impl Index {
         }
         if self.model.delete(kind, key) {
             self.dirty = true;
+            self.record_change(kind, key);
             match kind {
                 Kind::AccessPoint => self.model.refresh_overrides(Some(key)),
                 Kind::MemberCluster => self.model.refresh_overrides(None),
@@ -143,6 +178,7 @@ impl Index {
         if self.model.issued != issued {
             self.model.issued = issued;
             self.dirty = true;
+            self.changes.everything = true;
         }
     }
 
@@ -179,6 +215,7 @@ impl Index {
                 continue;
             }
             self.model.refresh_overrides(Some(key));
+            self.changes.access_points.insert(key.clone());
             for ((cluster, old), new) in clusters.iter().zip(before).zip(after) {
                 if old != new {
                     self.released_at
@@ -194,6 +231,21 @@ impl Index {
         if self.dirty || self.generation == 0 {
             self.generation += 1;
             self.dirty = false;
+            let mut changes = std::mem::take(&mut self.changes);
+            let count = changes.access_points.len()
+                + changes.services.len()
+                + changes.endpoint_slices.len();
+            if count > CHANGED_OBJECTS_TRACKED {
+                changes = ModelChanges {
+                    everything: true,
+                    ..ModelChanges::default()
+                };
+            }
+            self.change_log
+                .push_back((self.generation, Arc::new(changes)));
+            if self.change_log.len() > CHANGE_LOG_LENGTH {
+                self.change_log.pop_front();
+            }
             self.tx.send_replace(Arc::new(Snapshot {
                 generation: self.generation,
                 model: self.model.clone(),
@@ -201,9 +253,29 @@ impl Index {
                 in_force_since: self.in_force_since.clone(),
                 released_at: self.released_at.clone(),
                 published_at: Instant::now(),
+                changes: Arc::new(self.change_log.clone()),
             }));
         }
         self.generation
+    }
+
+    /// Notes what a model change can affect in translation (VIPs and NameServices are not
+    /// translated; cluster facts, Deployments and Secrets may affect any gateway).
+    fn record_change(&mut self, kind: Kind, key: &ObjectKey) {
+        let changes = &mut self.changes;
+        match kind {
+            Kind::AccessPoint => {
+                changes.access_points.insert(key.clone());
+            }
+            Kind::Service => {
+                changes.services.insert(key.clone());
+            }
+            Kind::EndpointSlice => {
+                changes.endpoint_slices.insert(key.clone());
+            }
+            Kind::NameService => {}
+            Kind::MemberCluster | Kind::Deployment | Kind::Secret => changes.everything = true,
+        }
     }
 
     /// The generation of the last published snapshot.
@@ -272,6 +344,55 @@ spec:
         index.delete(Kind::AccessPoint, &key);
         assert_eq!(index.publish(), 4);
         assert!(snapshots.borrow().in_force_since.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+
+    fn apply(index: &mut Index, yaml: &str) {
+        for object in parse_documents(yaml, "shop").unwrap() {
+            let _ = index.apply(object);
+        }
+        index.publish();
+    }
+
+    const SERVICE: &str =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n";
+
+    #[test]
+    fn snapshots_say_what_changed_since_an_earlier_generation() {
+        let (mut index, rx) = Index::new();
+        apply(&mut index, SERVICE);
+        apply(&mut index, &SERVICE.replace("80", "81"));
+        let snapshot = rx.borrow().clone();
+        let since_first = snapshot.changes_since(1);
+        assert!(!since_first.everything);
+        assert_eq!(
+            since_first.services,
+            BTreeSet::from([ObjectKey::new("shop", "web")])
+        );
+        assert!(snapshot.changes_since(2).is_empty());
+
+        // A MemberCluster can change any gateway's view.
+        apply(
+            &mut index,
+            "apiVersion: meridian.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: east}\nspec: {zone: z1}\n",
+        );
+        assert!(rx.borrow().changes_since(2).everything);
+
+        // Generations older than the log count as everything.
+        for port in 0..CHANGE_LOG_LENGTH {
+            apply(
+                &mut index,
+                &SERVICE.replace("80", &format!("{}", 1000 + port)),
+            );
+        }
+        let snapshot = rx.borrow().clone();
+        assert!(snapshot.changes_since(2).everything);
+        assert!(!snapshot.changes_since(snapshot.generation - 1).everything);
     }
 }
 

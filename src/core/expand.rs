@@ -242,7 +242,10 @@ impl<'m> ClusterView<'m> {
     }
 }
 
-fn resolve_key(default_ns: &str, meta: &crate::api::access_point::TemplateMeta) -> ObjectKey {
+pub(crate) fn resolve_key(
+    default_ns: &str,
+    meta: &crate::api::access_point::TemplateMeta,
+) -> ObjectKey {
     ObjectKey::new(
         meta.namespace
             .clone()

@@ -6,13 +6,16 @@
 //! of a cluster to ask translates every gateway connected in that cluster from one view, and
 //! the others take their result. A gateway that first connects after that (or a debug
 //! request for one not connected) is translated on its own, once per generation.
+//!
+//! A gateway the changes since the previous batch cannot reach keeps its translation (the
+//! same `Arc`, so its streams push nothing); the view is built only if some gateway needs it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::core::expand::cluster_view;
-use crate::core::translate::{translate, GatewayIdentity, Translation};
+use crate::core::translate::{touched, translate, GatewayIdentity, Translation};
 use crate::index::Snapshot;
 
 #[derive(Default)]
@@ -32,12 +35,24 @@ struct State {
 
 /// One generation's translations for one cluster.
 struct Batch {
+    snapshot: Arc<Snapshot>,
     generation: u64,
     /// The identities connected when the batch was planned: translated together.
     members: BTreeSet<GatewayIdentity>,
     translated: OnceLock<HashMap<GatewayIdentity, Arc<Translation>>>,
     /// Identities asked for after it was planned, each translated once.
     late: Mutex<HashMap<GatewayIdentity, Arc<OnceLock<Arc<Translation>>>>>,
+    /// The batch this one replaced, until this one is translated.
+    previous: Mutex<Option<Arc<Batch>>>,
+}
+
+impl Batch {
+    fn translation_of(&self, identity: &GatewayIdentity) -> Option<Arc<Translation>> {
+        if let Some(translation) = self.translated.get().and_then(|t| t.get(identity)) {
+            return Some(translation.clone());
+        }
+        lock(&self.late).get(identity)?.get().cloned()
+    }
 }
 
 /// Keeps an identity among those translated together while a stream serves it.
@@ -72,21 +87,19 @@ impl Translator {
     }
 
     /// What `identity` is served from `snapshot`.
-    pub fn translate(&self, snapshot: &Snapshot, identity: &GatewayIdentity) -> Arc<Translation> {
+    pub fn translate(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        identity: &GatewayIdentity,
+    ) -> Arc<Translation> {
         let Some(batch) = self.batch_for(snapshot, &identity.cluster) else {
             // A stream still on an older snapshot than the newest batch: translate alone.
             return self.translate_alone(snapshot, identity);
         };
         if batch.members.contains(identity) {
-            let translated = batch.translated.get_or_init(|| {
-                let view = cluster_view(&snapshot.model, &identity.cluster);
-                self.views_built.fetch_add(1, Ordering::Relaxed);
-                batch
-                    .members
-                    .iter()
-                    .map(|member| (member.clone(), Arc::new(translate(&view, member))))
-                    .collect()
-            });
+            let translated = batch
+                .translated
+                .get_or_init(|| self.translate_batch(&batch, &identity.cluster));
             if let Some(translation) = translated.get(identity) {
                 return translation.clone();
             }
@@ -97,6 +110,41 @@ impl Translator {
             .clone();
         slot.get_or_init(|| self.translate_alone(snapshot, identity))
             .clone()
+    }
+
+    /// Every member of `batch`: reused from the previous batch where the changes since do not
+    /// reach it, else translated from one view of the cluster.
+    fn translate_batch(
+        &self,
+        batch: &Batch,
+        cluster: &str,
+    ) -> HashMap<GatewayIdentity, Arc<Translation>> {
+        let previous = lock(&batch.previous).take();
+        let touched = previous.as_ref().map(|previous| {
+            let changes = batch.snapshot.changes_since(previous.generation);
+            touched(&previous.snapshot.model, &batch.snapshot.model, &changes)
+        });
+        let mut view = None;
+        let mut out = HashMap::new();
+        for member in &batch.members {
+            let kept = previous
+                .as_ref()
+                .and_then(|previous| previous.translation_of(member))
+                .filter(|t| {
+                    touched
+                        .as_ref()
+                        .is_some_and(|touched| !touched.affects(member, t))
+                });
+            let translation = kept.unwrap_or_else(|| {
+                let view = view.get_or_insert_with(|| {
+                    self.views_built.fetch_add(1, Ordering::Relaxed);
+                    cluster_view(&batch.snapshot.model, cluster)
+                });
+                Arc::new(translate(view, member))
+            });
+            out.insert(member.clone(), translation);
+        }
+        out
     }
 
     /// Cluster views built since start.
@@ -112,8 +160,9 @@ impl Translator {
 
     /// The batch of `snapshot`'s generation for `cluster`, planned now if this is the first
     /// request for it; `None` when a newer generation's batch exists.
-    fn batch_for(&self, snapshot: &Snapshot, cluster: &str) -> Option<Arc<Batch>> {
+    fn batch_for(&self, snapshot: &Arc<Snapshot>, cluster: &str) -> Option<Arc<Batch>> {
         let mut state = lock(&self.state);
+        let mut previous = None;
         if let Some(batch) = state.batches.get(cluster) {
             if batch.generation == snapshot.generation {
                 return Some(batch.clone());
@@ -121,6 +170,13 @@ impl Translator {
             if batch.generation > snapshot.generation {
                 return None;
             }
+            // The newest translated batch is the base for reuse; one never translated passes
+            // on its own base, so the chain never grows.
+            previous = if batch.translated.get().is_some() {
+                Some(batch.clone())
+            } else {
+                lock(&batch.previous).take()
+            };
         }
         let members = state
             .connected
@@ -128,11 +184,17 @@ impl Translator {
             .filter(|identity| identity.cluster == cluster)
             .cloned()
             .collect();
+        if let Some(previous) = &previous {
+            // Its own base is no longer needed.
+            lock(&previous.previous).take();
+        }
         let batch = Arc::new(Batch {
+            snapshot: snapshot.clone(),
             generation: snapshot.generation,
             members,
             translated: OnceLock::new(),
             late: Mutex::default(),
+            previous: Mutex::new(previous),
         });
         state.batches.insert(cluster.to_owned(), batch.clone());
         Some(batch)
@@ -270,5 +332,176 @@ spec:
             state.batches[crate::api::LOCAL_CLUSTER].members,
             BTreeSet::from([a.clone()])
         );
+    }
+
+    /// An AccessPoint `shop-{name}` with gateway `{name}`, a VirtualService on `{gateway}`
+    /// for host `{host}` routing to `{destination}`, and a Service `web-{name}` on `port`.
+    fn access_point(name: &str, gateway: &str, host: &str, destination: &str, port: u16) -> String {
+        format!(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop-{name}, namespace: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: {name}}}
+      spec: {{servers: [{{port: {{number: 8080, protocol: HTTP}}, hosts: ["*"]}}]}}
+    virtualServices:
+    - metadata: {{name: {name}}}
+      spec:
+        hosts: [{host}]
+        gateways: [{gateway}]
+        http: [{{route: [{{destination: {{host: {destination}}}}}]}}]
+    service:
+      metadata: {{name: web-{name}}}
+      spec: {{ports: [{{port: {port}}}]}}
+"#
+        )
+    }
+
+    const SLICE_B: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b-1, namespace: shop, labels: {kubernetes.io/service-name: web-b}}
+addressType: IPv4
+endpoints: [{addresses: ["10.0.0.7"]}]
+ports: [{port: 8080}]
+"#;
+
+    const RULE_C: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: rules, namespace: shop}
+spec:
+  template:
+    destinationRules:
+    - metadata: {name: web-b}
+      spec: {host: web-b, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+"#;
+
+    fn apply(index: &mut Index, yaml: &str) {
+        for object in parse_documents(yaml, "default").unwrap() {
+            index.apply(object).unwrap();
+        }
+    }
+
+    /// What an edit is called, the edit, and the gateways it must leave untouched.
+    type Step = (
+        &'static str,
+        Box<dyn Fn(&mut Index)>,
+        &'static [&'static str],
+    );
+
+    #[test]
+    fn reused_translations_always_equal_a_fresh_translation() {
+        let (mut index, rx) = Index::new();
+        let translator = Translator::default();
+        let ids: Vec<GatewayIdentity> = ["a", "b", "c"].into_iter().map(identity).collect();
+        let _streams: Vec<_> = ids.iter().map(|id| translator.subscribe(id)).collect();
+        let mut previous: Vec<Arc<Translation>> = Vec::new();
+        let steps: Vec<Step> = vec![
+            (
+                "start",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("a", "a", "a.example", "web-a", 80));
+                    apply(i, &access_point("b", "b", "b.example", "web-b", 80));
+                    apply(i, &access_point("c", "c", "c.example", "web-c", 80));
+                }),
+                &[],
+            ),
+            (
+                "a's route moves to b's service",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("a", "a", "a.example", "web-b", 80));
+                }),
+                &["b", "c"],
+            ),
+            (
+                "b's service changes port: a and b route to it",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("b", "b", "b.example", "web-b", 81));
+                }),
+                &["c"],
+            ),
+            (
+                "endpoints of b's service appear",
+                Box::new(|i: &mut Index| apply(i, SLICE_B)),
+                &["c"],
+            ),
+            (
+                "a DestinationRule for b's service in another AccessPoint",
+                Box::new(|i: &mut Index| apply(i, RULE_C)),
+                &["c"],
+            ),
+            (
+                "c's VirtualService binds to gateway a instead",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("c", "a", "c.example", "web-c", 80));
+                }),
+                &["b"],
+            ),
+            (
+                "b routes to a host nobody serves yet",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("b", "b", "b.example", "web-z", 81));
+                }),
+                &["c"],
+            ),
+            (
+                "then an AccessPoint serves it",
+                Box::new(|i: &mut Index| {
+                    apply(i, &access_point("z", "z", "z.example", "web-z", 80));
+                }),
+                &["c"],
+            ),
+            (
+                "c is deleted",
+                Box::new(|i: &mut Index| {
+                    i.delete(
+                        crate::core::model::Kind::AccessPoint,
+                        &ObjectKey::new("shop", "shop-c"),
+                    );
+                }),
+                &["b"],
+            ),
+            (
+                "the endpoints go",
+                Box::new(|i: &mut Index| {
+                    i.delete(
+                        crate::core::model::Kind::EndpointSlice,
+                        &ObjectKey::new("shop", "web-b-1"),
+                    );
+                }),
+                &["b", "c"],
+            ),
+        ];
+        for (what, step, untouched) in steps {
+            step(&mut index);
+            index.publish();
+            let snapshot = rx.borrow().clone();
+            let now: Vec<Arc<Translation>> = ids
+                .iter()
+                .map(|id| translator.translate(&snapshot, id))
+                .collect();
+            for (id, translation) in ids.iter().zip(&now) {
+                assert_eq!(
+                    **translation,
+                    *direct(&snapshot, id),
+                    "{what}: gateway {} differs from a fresh translation",
+                    id.gateway
+                );
+            }
+            for (i, id) in ids.iter().enumerate() {
+                if untouched.contains(&id.gateway.name.as_str()) {
+                    assert!(
+                        Arc::ptr_eq(&previous[i], &now[i]),
+                        "{what}: gateway {} was translated again",
+                        id.gateway
+                    );
+                }
+            }
+            previous = now;
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! `<bind>_<port>`, route configurations `http.<port>`, clusters `outbound|<port>|<subset>|<host>`.
 //! The output is a pure function of the input, so it can be snapshot-tested and diffed.
 
+mod affected;
 mod cluster;
 mod endpoint;
 pub mod envoy_shim;
@@ -23,6 +24,7 @@ use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
 use super::tls::{TlsError, TlsServer};
 
+pub use affected::{touched, ModelChanges, Touched};
 pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
 pub use export::{from_annotation, is_exported, ExportPolicy, EXPORT_TO_ANNOTATION};
 pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
@@ -47,6 +49,9 @@ pub struct Translation {
     pub unresolved: Vec<String>,
     /// Every SDS name this gateway's listeners reference: the only secrets it may fetch.
     pub secret_names: BTreeSet<String>,
+    /// Every host its routes reference, resolved or not: a change to one of them (its
+    /// service, endpoints or DestinationRules) may change this translation.
+    pub hosts: BTreeSet<String>,
 }
 
 /// A cluster a route refers to, recorded while routes are built.
@@ -69,6 +74,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
     let mut config = GatewayConfig::default();
     let mut unresolved = Vec::new();
     let mut clusters: BTreeMap<String, ClusterRef> = BTreeMap::new();
+    let mut hosts = BTreeSet::new();
 
     let mut secret_names = BTreeSet::new();
     let scopes = listener::gateway_ports(view, &identity.gateway);
@@ -86,6 +92,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
             identity,
             scope,
             &mut clusters,
+            &mut hosts,
             &mut unresolved,
         );
         config.insert(ResourceType::Route, routes);
@@ -128,6 +135,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
         config: Arc::new(config),
         unresolved,
         secret_names,
+        hosts,
     }
 }
 

@@ -1,6 +1,6 @@
 //! Route configurations: VirtualServices bound to the gateway become virtual hosts and routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use xds_api::pb::envoy::config::core::v3::{
     data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue,
@@ -61,6 +61,7 @@ pub(super) fn build_route_config(
     identity: &GatewayIdentity,
     port: &GatewayPort,
     clusters: &mut BTreeMap<String, ClusterRef>,
+    referenced_hosts: &mut BTreeSet<String>,
     unresolved: &mut Vec<String>,
 ) -> Resource {
     // domain → routes, in VirtualService order (merged like Istio merges VS for one host).
@@ -81,6 +82,7 @@ pub(super) fn build_route_config(
             gateway: &identity.gateway,
             vs,
             clusters,
+            hosts: referenced_hosts,
             unresolved,
         };
         let routes: Vec<Route> = vs
@@ -156,6 +158,8 @@ struct RouteBuilder<'a, 'm> {
     gateway: &'a ObjectKey,
     vs: &'a Expanded<'m, VirtualServiceSpec>,
     clusters: &'a mut BTreeMap<String, ClusterRef>,
+    /// Every destination host, resolved or not.
+    hosts: &'a mut BTreeSet<String>,
     unresolved: &'a mut Vec<String>,
 }
 
@@ -304,6 +308,7 @@ impl RouteBuilder<'_, '_> {
     fn cluster_for(&mut self, destination: &Destination) -> String {
         let namespace = &self.vs.key.namespace;
         let host = resolve_host(&destination.host, namespace);
+        self.hosts.insert(host.clone());
         let subset = destination.subset.clone().unwrap_or_default();
         let client = &self.gateway.namespace;
         let known = self.registry.get(&host);
