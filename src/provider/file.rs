@@ -1,9 +1,10 @@
 //! The standalone provider: a directory of multi-document YAML manifests.
 //!
-//! Each sync re-reads the directory (parsing only files whose text changed). A file that fails to parse keeps contributing the objects
-//! of its last good version (from memory, or from the state directory after a restart); an
-//! AccessPoint that fails validation keeps its last accepted version in the index. Every
-//! problem names the file, the document and the field.
+//! Each sync re-reads the directory, parsing only files whose text changed; a file unchanged
+//! since a sync that applied all its objects is not compared object by object. A file that
+//! fails to parse keeps contributing the objects of its last good version (from memory, or from
+//! the state directory after a restart); an AccessPoint that fails validation keeps its last
+//! accepted version in the index. Every problem names the file, the document and the field.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub struct FileProvider {
     last_good: BTreeMap<PathBuf, GoodFile>,
     /// Objects currently applied to the index, with where they came from.
     applied: BTreeMap<(Kind, ObjectKey), Located>,
+    /// Files whose every object the last sync applied without a problem.
+    clean: BTreeSet<PathBuf>,
 }
 
 impl FileProvider {
@@ -72,6 +75,7 @@ impl FileProvider {
             state_dir,
             last_good,
             applied: BTreeMap::new(),
+            clean: BTreeSet::new(),
         }
     }
 
@@ -81,10 +85,27 @@ impl FileProvider {
 
     /// Reads the directory and brings the index in line with it. Does not publish.
     pub fn sync(&mut self, index: &mut Index) -> Result<Vec<ConfigProblem>, FileProviderError> {
+        match self.sync_with(index, true)? {
+            Some(problems) => Ok(problems),
+            // A changed file defines an object a skipped file holds: decide who wins in order.
+            None => Ok(self.sync_with(index, false)?.unwrap_or_default()),
+        }
+    }
+
+    /// With `skip_clean`, files unchanged since a sync that applied all their objects without
+    /// a problem are not looked at object by object; `None` if a changed file defines an
+    /// object such a file holds (nothing was applied then).
+    fn sync_with(
+        &mut self,
+        index: &mut Index,
+        skip_clean: bool,
+    ) -> Result<Option<Vec<ConfigProblem>>, FileProviderError> {
         let mut problems = Vec::new();
         let files = manifest_files(&self.dir)?;
         let mut wanted: BTreeMap<(Kind, ObjectKey), Located> = BTreeMap::new();
         let mut contributing = BTreeSet::new();
+        let mut skipped = BTreeSet::new();
+        let mut troubled = BTreeSet::new();
         let mut remembered_changed = false;
         for path in &files {
             let display = path.display().to_string();
@@ -92,17 +113,24 @@ impl FileProvider {
                 Ok(text) => Some(text),
                 Err(e) => {
                     problems.push(problem(&display, format!("cannot read: {e}")));
+                    troubled.insert(path.clone());
                     None
                 }
             };
             let objects = match text {
                 Some(text) => match self.parse(path, text) {
+                    Ok((_, false)) if skip_clean && self.clean.contains(path) => {
+                        contributing.insert(path.clone());
+                        skipped.insert(path.clone());
+                        continue;
+                    }
                     Ok((objects, changed)) => {
                         remembered_changed |= changed;
                         objects
                     }
                     Err(error) => {
                         problems.push(problem(&display, error.to_string()));
+                        troubled.insert(path.clone());
                         match self.fallback(path) {
                             Some(objects) => objects,
                             None => continue,
@@ -118,6 +146,7 @@ impl FileProvider {
             for (document, object) in objects.into_iter().enumerate() {
                 let id = (object.kind(), object.key());
                 if let Some((other, _, _)) = wanted.get(&id) {
+                    troubled.insert(path.clone());
                     problems.push(problem(
                         &display,
                         format!(
@@ -136,11 +165,23 @@ impl FileProvider {
         self.last_good.retain(|path, _| contributing.contains(path));
         remembered_changed |= self.last_good.len() != before;
 
+        // A changed file claims an object a skipped file holds: which copy wins depends on
+        // file order, so look at every file.
+        if skip_clean {
+            let claimed_late = wanted.iter().any(|(id, (path, _, _))| {
+                self.applied
+                    .get(id)
+                    .is_some_and(|(other, _, _)| other != path && skipped.contains(other))
+            });
+            if claimed_late {
+                return Ok(None);
+            }
+        }
         let gone: Vec<_> = self
             .applied
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, (path, _, _))| !skipped.contains(path) && !wanted.contains_key(*id))
+            .map(|(id, _)| id.clone())
             .collect();
         for (kind, key) in gone {
             index.delete(kind, &key);
@@ -161,6 +202,7 @@ impl FileProvider {
                     self.applied.insert(id, (path, document, object));
                 }
                 Err(errors) => {
+                    troubled.insert(path.clone());
                     for e in errors {
                         problems.push(problem(
                             &path.display().to_string(),
@@ -173,7 +215,8 @@ impl FileProvider {
         if remembered_changed {
             self.remember()?;
         }
-        Ok(problems)
+        self.clean = contributing.difference(&troubled).cloned().collect();
+        Ok(Some(problems))
     }
 
     /// The objects of `text`, read from `path`: from the cache when the text is the last good
@@ -371,5 +414,55 @@ spec:
         std::fs::remove_file(dir.path().join("b.yml")).unwrap();
         assert!(p.sync(&mut index).unwrap().is_empty());
         assert!(index.model().access_points.is_empty());
+    }
+
+    #[test]
+    fn a_changed_file_claiming_an_object_of_an_unchanged_one_loses_to_file_order() {
+        let other = GOOD.replace("name: shop", "name: other");
+        for (first, second) in [("a.yaml", "b.yaml"), ("b.yaml", "a.yaml")] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            // `second` holds shop; `first` holds another AccessPoint.
+            std::fs::write(dir.path().join(second), GOOD).unwrap();
+            std::fs::write(dir.path().join(first), &other).unwrap();
+            let (mut p, mut index) = provider(dir.path(), state.path());
+            assert!(p.sync(&mut index).unwrap().is_empty());
+            assert!(
+                p.sync(&mut index).unwrap().is_empty(),
+                "unchanged: nothing to say"
+            );
+
+            // `first` now defines shop too, on another port; only it changed.
+            let claim = format!("{other}---\n{}", GOOD.replace("8080", "9090"));
+            std::fs::write(dir.path().join(first), claim).unwrap();
+            let problems = p.sync(&mut index).unwrap();
+            let port = |index: &Index| {
+                index.model().access_points[&ObjectKey::new("default", "shop")]
+                    .spec
+                    .template
+                    .gateways[0]
+                    .spec
+                    .servers[0]
+                    .port
+                    .number
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].message.contains("already defined"),
+                "{problems:?}"
+            );
+            // The file first in order keeps it, as on a fresh start.
+            let (winner, loser, expected) = if first < second {
+                (first, second, 9090)
+            } else {
+                (second, first, 8080)
+            };
+            assert!(
+                problems[0].source.ends_with(loser),
+                "{winner}: {problems:?}"
+            );
+            assert_eq!(port(&index), expected);
+            assert_eq!(index.model().access_points.len(), 2);
+        }
     }
 }
