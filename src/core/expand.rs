@@ -5,7 +5,7 @@
 //! Order is deterministic (AccessPoint creation time, then key, then template index), so the
 //! same input always produces the same Envoy configuration.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -15,7 +15,7 @@ use super::placement::{is_placed, ClusterFacts};
 use super::refs::placed_clusters;
 use super::tls::TlsSources;
 use super::translate::{
-    from_annotation, resolve_host, ExportPolicy, ServiceRegistry, SERVICE_NAME_LABEL,
+    from_annotation, resolve_host, ExportPolicy, Scope, ServiceRegistry, SERVICE_NAME_LABEL,
 };
 use crate::api::access_point::{AccessPointTemplate, Templated};
 use crate::api::istio::{
@@ -100,6 +100,28 @@ pub fn placed_templates(
 
 /// Builds the view of `cluster` (the model holds only accepted AccessPoints).
 pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
+    build_view(model, cluster, None).unwrap_or_default()
+}
+
+/// Builds the view of `cluster` holding only what `scope` wants: the AccessPoints whose
+/// templates it wants, the plain Services of its hosts and their EndpointSlices. `None` when
+/// that is most of the model (a full view, which other gateways can share, costs no more).
+pub fn scoped_view<'m>(
+    model: &'m Model,
+    cluster: &str,
+    scope: &Scope<'_>,
+) -> Option<ClusterView<'m>> {
+    build_view(model, cluster, Some(scope))
+}
+
+/// Below this many AccessPoints a scope is always used, however much it takes in.
+const SMALL_MODEL: usize = 256;
+
+fn build_view<'m>(
+    model: &'m Model,
+    cluster: &str,
+    scope: Option<&Scope<'_>>,
+) -> Option<ClusterView<'m>> {
     let member = model.member_clusters.get(&ObjectKey::new("", cluster));
     let facts = ClusterFacts::of(model, cluster);
     let mut view = ClusterView {
@@ -123,10 +145,8 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         },
         ..Default::default()
     };
-    // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
-    let mut access_points: Vec<_> = model.access_points.iter().collect();
-    access_points.sort_by_key(|(key, ap)| (ap.metadata.creation_timestamp.clone(), *key));
-    for (key, ap) in access_points {
+    let mut access_points = Vec::new();
+    for (key, ap) in &model.access_points {
         // Being deleted (waiting for member cleanup): no longer served.
         if ap.metadata.deletion_timestamp.is_some() {
             continue;
@@ -142,6 +162,18 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             Some(ClusterTemplate::Patched(template)) => &**template,
             Some(ClusterTemplate::Blocked) => continue,
         };
+        if scope.is_some_and(|scope| !scope.wants(&key.namespace, template)) {
+            continue;
+        }
+        access_points.push((key, ap, template));
+    }
+    let total = model.access_points.len();
+    if scope.is_some() && total >= SMALL_MODEL && access_points.len() * 2 > total {
+        return None;
+    }
+    // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
+    access_points.sort_by_key(|(key, ap, _)| (ap.metadata.creation_timestamp.clone(), *key));
+    for (key, _, template) in access_points {
         let ns = key.namespace.as_str();
         expand_into(&mut view.gateways, key, ns, &template.gateways);
         expand_into(
@@ -177,6 +209,9 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         }
     }
     for (key, service) in &model.services {
+        if scope.is_some_and(|scope| !scope.wants_service(key)) {
+            continue;
+        }
         if let Some(spec) = &service.spec {
             view.services.push(ViewService {
                 key: key.clone(),
@@ -185,6 +220,11 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             });
         }
     }
+    let in_view: BTreeSet<(&str, &str)> = view
+        .services
+        .iter()
+        .map(|s| (s.key.namespace.as_str(), s.key.name.as_str()))
+        .collect();
     for slice in model.endpoint_slices.values() {
         let service = slice
             .metadata
@@ -192,6 +232,9 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL));
         if let (Some(namespace), Some(service)) = (&slice.metadata.namespace, service) {
+            if scope.is_some() && !in_view.contains(&(namespace.as_str(), service.as_str())) {
+                continue;
+            }
             view.endpoint_slices
                 .entry((namespace.clone(), service.clone()))
                 .or_default()
@@ -224,7 +267,7 @@ pub fn cluster_view<'m>(model: &'m Model, cluster: &str) -> ClusterView<'m> {
         }
     }
     view.registry = ServiceRegistry::new(&view);
-    view
+    Some(view)
 }
 
 impl<'m> ClusterView<'m> {

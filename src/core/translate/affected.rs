@@ -8,12 +8,12 @@
 //! facts, certificates, Secrets, wildcard DestinationRules, workload selection — touches
 //! everything.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use super::hosts::{resolve_host, DOMAIN_SUFFIX};
 use super::{GatewayIdentity, Translation, SERVICE_NAME_LABEL};
 use crate::api::access_point::AccessPointTemplate;
-use crate::core::expand::resolve_key;
 use crate::core::model::{ClusterTemplate, Model, ObjectKey};
 
 /// What changed in the model between two snapshots, as translation needs it.
@@ -75,7 +75,7 @@ pub fn touched(before: &Model, after: &Model, changes: &ModelChanges) -> Touched
         }
     }
     for key in &changes.services {
-        out.hosts.insert(service_host(key));
+        out.hosts.insert(service_host(&key.namespace, &key.name));
     }
     for key in &changes.endpoint_slices {
         for model in [before, after] {
@@ -89,10 +89,7 @@ pub fn touched(before: &Model, after: &Model, changes: &ModelChanges) -> Touched
                 .and_then(|l| l.get(SERVICE_NAME_LABEL));
             match service {
                 Some(name) => {
-                    out.hosts.insert(service_host(&ObjectKey::new(
-                        key.namespace.clone(),
-                        name.clone(),
-                    )));
+                    out.hosts.insert(service_host(&key.namespace, name));
                 }
                 None => out.everything = true,
             }
@@ -118,37 +115,86 @@ fn templates<'m>(model: &'m Model, key: &ObjectKey) -> Vec<&'m AccessPointTempla
 }
 
 fn touch_template(out: &mut Touched, namespace: &str, template: &AccessPointTemplate) {
+    for_each_reference(namespace, template, |reference| match reference {
+        Reference::Gateway { namespace, name } => {
+            out.gateways.insert(ObjectKey::new(namespace, name));
+        }
+        Reference::Host(host) => {
+            out.hosts.insert(host.into_owned());
+        }
+        Reference::Unscoped => out.everything = true,
+    });
+}
+
+/// Something a gateway's translation may read, named by an AccessPoint's template.
+pub(super) enum Reference<'t> {
+    /// A Gateway it defines, or one its VirtualServices bind to.
+    Gateway { namespace: &'t str, name: &'t str },
+    /// A host it serves (Service, ServiceEntry) or has a DestinationRule for.
+    Host(Cow<'t, str>),
+    /// Something no gateway name or host pins down: WorkloadEntries (which ServiceEntries
+    /// select them is not tracked by host), selecting ServiceEntries, wildcard rules.
+    Unscoped,
+}
+
+/// Calls `visit` with every [`Reference`] `template`, of an AccessPoint in `namespace`, makes.
+pub(super) fn for_each_reference<'t>(
+    namespace: &'t str,
+    template: &'t AccessPointTemplate,
+    mut visit: impl FnMut(Reference<'t>),
+) {
+    let namespace_of = |meta: &'t crate::api::access_point::TemplateMeta| {
+        meta.namespace.as_deref().unwrap_or(namespace)
+    };
     for gateway in &template.gateways {
-        out.gateways
-            .insert(resolve_key(namespace, &gateway.metadata));
+        visit(Reference::Gateway {
+            namespace: namespace_of(&gateway.metadata),
+            name: &gateway.metadata.name,
+        });
     }
     for vs in &template.virtual_services {
-        let vs_namespace = resolve_key(namespace, &vs.metadata).namespace;
+        let vs_namespace = namespace_of(&vs.metadata);
         for gateway in &vs.spec.gateways {
-            out.gateways.insert(match gateway.split_once('/') {
-                Some((ns, name)) => ObjectKey::new(ns, name),
-                None => ObjectKey::new(vs_namespace.clone(), gateway.clone()),
+            visit(match gateway.split_once('/') {
+                Some((namespace, name)) => Reference::Gateway { namespace, name },
+                None => Reference::Gateway {
+                    namespace: vs_namespace,
+                    name: gateway,
+                },
             });
         }
     }
     if let Some(service) = &template.service {
-        out.hosts
-            .insert(service_host(&resolve_key(namespace, &service.metadata)));
+        visit(Reference::Host(Cow::Owned(service_host(
+            namespace_of(&service.metadata),
+            &service.metadata.name,
+        ))));
     }
     for entry in &template.service_entries {
-        out.hosts.extend(entry.spec.hosts.iter().cloned());
-        // Which WorkloadEntries an entry selects is not tracked by host.
-        out.everything |= entry.spec.workload_selector.is_some();
+        for host in &entry.spec.hosts {
+            visit(Reference::Host(Cow::Borrowed(host)));
+        }
+        if entry.spec.workload_selector.is_some() {
+            visit(Reference::Unscoped);
+        }
     }
-    out.everything |= !template.workload_entries.is_empty();
+    if !template.workload_entries.is_empty() {
+        visit(Reference::Unscoped);
+    }
     for rule in &template.destination_rules {
-        let rule_namespace = resolve_key(namespace, &rule.metadata).namespace;
-        let host = resolve_host(&rule.spec.host, &rule_namespace);
-        out.everything |= host.contains('*');
-        out.hosts.insert(host);
+        let host = &rule.spec.host;
+        if host.contains('*') {
+            visit(Reference::Unscoped);
+        }
+        visit(Reference::Host(if host.contains('.') || host == "*" {
+            Cow::Borrowed(host)
+        } else {
+            Cow::Owned(resolve_host(host, namespace_of(&rule.metadata)))
+        }));
     }
 }
 
-fn service_host(key: &ObjectKey) -> String {
-    format!("{}.{}.svc.{DOMAIN_SUFFIX}", key.name, key.namespace)
+/// The hostname of Service `name` in `namespace`.
+pub(crate) fn service_host(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{DOMAIN_SUFFIX}")
 }

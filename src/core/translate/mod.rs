@@ -14,6 +14,7 @@ mod listener;
 mod locality;
 mod registry;
 mod route;
+mod scope;
 mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +32,7 @@ pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
 pub use listener::{gateway_ports, GatewayPort, ServerHost};
 pub use registry::ServiceRegistry;
 pub use route::{bound_domains, host_owners, serves};
+pub use scope::{translate_scoped, Scope};
 pub use secret::build as secret_resource;
 
 /// Who a gateway is: the Gateway object it serves, in which cluster and zone.

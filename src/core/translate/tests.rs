@@ -1,7 +1,6 @@
 //! Snapshot tests of generated xDS: the fixture's full configuration as canonical JSON.
 
 use super::*;
-use crate::core::expand::cluster_view;
 use crate::core::json::config_to_json;
 use crate::core::model::Model;
 use crate::core::resources::ResourceType;
@@ -19,8 +18,7 @@ fn identity(ns: &str, name: &str) -> GatewayIdentity {
 }
 
 fn translate_fixture(model: &Model, gateway: &GatewayIdentity) -> Translation {
-    let view = cluster_view(model, &gateway.cluster);
-    translate(&view, gateway)
+    super::scope::translate_checked(model, gateway)
 }
 
 const SHOP: &str = include_str!("../../../tests/fixtures/shop.yaml");

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::core::expand::cluster_view;
 use crate::core::json::config_to_json;
 use crate::core::model::Model;
 use crate::core::tls::{CertInfo, PrivateKeyPem, SecretMaterial, CA_BUNDLE};
@@ -50,7 +49,7 @@ fn model_of(yaml: &str) -> Model {
 }
 
 fn run(model: &Model) -> Translation {
-    translate(&cluster_view(model, "local"), &identity())
+    super::scope::translate_checked(model, &identity())
 }
 
 fn fake_certificate(name: &str) -> Arc<SecretMaterial> {
@@ -115,7 +114,7 @@ fn a_gateway_may_fetch_exactly_the_secrets_its_listeners_reference() {
         gateway: ObjectKey::new("edge", "internal"),
         ..identity()
     };
-    let other = translate(&cluster_view(&model, "local"), &other);
+    let other = super::scope::translate_checked(&model, &other);
     assert!(other.secret_names.is_empty());
 }
 
