@@ -202,6 +202,27 @@ fn response_edns(request: &Edns, subnet: Option<&ClientSubnet>, served: &ServedN
     edns
 }
 
+/// Binds UDP and TCP on the same address. Port 0 takes the port the kernel gives UDP, and
+/// tries again when TCP's port of that number is taken.
+async fn bind_both(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    const ATTEMPTS: usize = 16;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS UDP {addr}"))?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && attempt < ATTEMPTS => {
+                tracing::debug!(port = bound.port(), error = %e, "DNS TCP port taken; another");
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding DNS TCP {bound}")),
+        }
+    }
+}
+
 /// A running DNS server.
 #[derive(Clone)]
 pub struct DnsServer {
@@ -223,13 +244,8 @@ impl DnsServer {
         let Some(addr) = options.dns_addr else {
             return Ok(None);
         };
-        let udp = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("binding DNS UDP {addr}"))?;
+        let (udp, tcp) = bind_both(addr).await?;
         let addr = udp.local_addr()?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding DNS TCP {addr}"))?;
         let zones: Vec<String> = options.dns_zones.iter().map(|z| normalize(z)).collect();
         for zone in &zones {
             Name::from_str(zone).with_context(|| format!("--dns-zone {zone:?}"))?;

@@ -5,7 +5,7 @@
 //! Order is deterministic (AccessPoint creation time, then key, then template index), so the
 //! same input always produces the same Envoy configuration.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::ServiceSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,6 +21,7 @@ use crate::api::access_point::{AccessPointTemplate, Templated};
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec,
 };
+use crate::api::AccessPoint;
 
 /// One expanded object: where it came from, its resolved key, and its spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,8 +146,28 @@ fn build_view<'m>(
         },
         ..Default::default()
     };
+    let overridden: HashMap<&ObjectKey, &ClusterTemplate> = model
+        .cluster_templates
+        .iter()
+        .filter(|((_, c), _)| c == cluster)
+        .map(|((key, _), template)| (key, template))
+        .collect();
+    let total = model.access_points.len();
+    let candidates = scope.and_then(Scope::candidates);
+    let too_many = |count: usize| total >= SMALL_MODEL && count * 2 > total;
+    if candidates.as_ref().is_some_and(|c| too_many(c.len())) {
+        return None;
+    }
+    let all: Box<dyn Iterator<Item = (&ObjectKey, &AccessPoint)>> = match candidates {
+        Some(keys) => Box::new(
+            keys.into_iter()
+                .filter_map(|key| model.access_points.get_key_value(key)),
+        ),
+        None => Box::new(model.access_points.iter()),
+    };
+    let mut scratch = String::new();
     let mut access_points = Vec::new();
-    for (key, ap) in &model.access_points {
+    for (key, ap) in all {
         // Being deleted (waiting for member cleanup): no longer served.
         if ap.metadata.deletion_timestamp.is_some() {
             continue;
@@ -154,21 +175,17 @@ fn build_view<'m>(
         if !is_placed(ap.spec.placement.as_ref(), &key.namespace, &facts) {
             continue;
         }
-        let template = match model
-            .cluster_templates
-            .get(&(key.clone(), cluster.to_owned()))
-        {
+        let template = match overridden.get(key) {
             None => &ap.spec.template,
             Some(ClusterTemplate::Patched(template)) => &**template,
             Some(ClusterTemplate::Blocked) => continue,
         };
-        if scope.is_some_and(|scope| !scope.wants(&key.namespace, template)) {
+        if scope.is_some_and(|scope| !scope.wants(&key.namespace, template, &mut scratch)) {
             continue;
         }
         access_points.push((key, ap, template));
     }
-    let total = model.access_points.len();
-    if scope.is_some() && total >= SMALL_MODEL && access_points.len() * 2 > total {
+    if scope.is_some() && too_many(access_points.len()) {
         return None;
     }
     // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
@@ -220,12 +237,30 @@ fn build_view<'m>(
             });
         }
     }
+    // Scoped, only the namespaces of the view's Services are looked at.
+    let slices: Box<dyn Iterator<Item = &EndpointSlice>> = match scope {
+        None => Box::new(model.endpoint_slices.values()),
+        Some(_) => {
+            let namespaces: BTreeSet<&str> = view
+                .services
+                .iter()
+                .map(|s| s.key.namespace.as_str())
+                .collect();
+            Box::new(namespaces.into_iter().flat_map(|namespace| {
+                model
+                    .endpoint_slices
+                    .range(ObjectKey::new(namespace, "")..)
+                    .take_while(move |(key, _)| key.namespace == namespace)
+                    .map(|(_, slice)| slice)
+            }))
+        }
+    };
     let in_view: BTreeSet<(&str, &str)> = view
         .services
         .iter()
         .map(|s| (s.key.namespace.as_str(), s.key.name.as_str()))
         .collect();
-    for slice in model.endpoint_slices.values() {
+    for slice in slices {
         let service = slice
             .metadata
             .labels

@@ -15,10 +15,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::core::expand::cluster_view;
-use crate::core::translate::{touched, translate, translate_scoped, GatewayIdentity, Translation};
+use crate::core::translate::{
+    touched, translate, translate_scoped, GatewayIdentity, ReferenceIndex, Translation,
+};
 use crate::index::Snapshot;
 
 #[derive(Default)]
@@ -28,12 +30,15 @@ pub struct Translator {
     views_built: AtomicU64,
     /// Gateways translated from a view scoped to them.
     scoped_translations: AtomicU64,
+    /// Where scoped views find the AccessPoints a gateway reads.
+    references: RwLock<ReferenceIndex>,
 }
 
 /// Up to this many gateways reached by one change are translated each from its own scoped
-/// view; a scoped view costs a pass over the AccessPoints' references, a full one expands
-/// them all, about ten times dearer.
-const SCOPED_AT_MOST: usize = 8;
+/// view. At 10,000 AccessPoints over 100 gateways a scoped view takes about 0.7 ms and a full
+/// one about 40 ms, with about 2 ms to translate a gateway either way: scoped views stay
+/// cheaper up to about 50 gateways.
+const SCOPED_AT_MOST: usize = 32;
 
 #[derive(Default)]
 struct State {
@@ -180,7 +185,10 @@ impl Translator {
         identity: &GatewayIdentity,
         hosts: &BTreeSet<String>,
     ) -> Option<Translation> {
-        let translation = translate_scoped(&snapshot.model, identity, hosts)?;
+        let references = self.references_at(snapshot);
+        // A stream on an older snapshot than the index looks at every AccessPoint.
+        let index = Some(&*references).filter(|index| index.generation() == snapshot.generation);
+        let translation = translate_scoped(&snapshot.model, identity, hosts, index)?;
         self.scoped_translations.fetch_add(1, Ordering::Relaxed);
         Some(translation)
     }
@@ -188,6 +196,24 @@ impl Translator {
     /// Cluster views built since start.
     pub fn views_built(&self) -> u64 {
         self.views_built.load(Ordering::Relaxed)
+    }
+
+    /// The reference index, brought to `snapshot` unless it already describes a newer one.
+    fn references_at(&self, snapshot: &Snapshot) -> RwLockReadGuard<'_, ReferenceIndex> {
+        {
+            let index = read(&self.references);
+            if index.generation() >= snapshot.generation {
+                return index;
+            }
+        }
+        {
+            let mut index = write(&self.references);
+            if index.generation() < snapshot.generation {
+                let changes = snapshot.changes_since(index.generation());
+                index.update(&snapshot.model, snapshot.generation, &changes);
+            }
+        }
+        read(&self.references)
     }
 
     /// Translations made from a view scoped to one gateway since start.
@@ -251,6 +277,14 @@ impl Translator {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -8,10 +8,9 @@
 //! facts, certificates, Secrets, wildcard DestinationRules, workload selection — touches
 //! everything.
 
-use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use super::hosts::{resolve_host, DOMAIN_SUFFIX};
+use super::hosts::DOMAIN_SUFFIX;
 use super::{GatewayIdentity, Translation, SERVICE_NAME_LABEL};
 use crate::api::access_point::AccessPointTemplate;
 use crate::core::model::{ClusterTemplate, Model, ObjectKey};
@@ -99,61 +98,68 @@ pub fn touched(before: &Model, after: &Model, changes: &ModelChanges) -> Touched
 }
 
 /// The AccessPoint's own template and every per-cluster one overrides made of it.
-fn templates<'m>(model: &'m Model, key: &ObjectKey) -> Vec<&'m AccessPointTemplate> {
+pub(super) fn templates<'m>(model: &'m Model, key: &ObjectKey) -> Vec<&'m AccessPointTemplate> {
     let Some(ap) = model.access_points.get(key) else {
         return Vec::new();
     };
     let mut out = vec![&ap.spec.template];
-    for ((k, _), template) in &model.cluster_templates {
-        if k == key {
-            if let ClusterTemplate::Patched(template) = template {
-                out.push(&**template);
-            }
+    let overridden = model
+        .cluster_templates
+        .range((key.clone(), String::new())..)
+        .take_while(|((k, _), _)| k == key);
+    for (_, template) in overridden {
+        if let ClusterTemplate::Patched(template) = template {
+            out.push(&**template);
         }
     }
     out
 }
 
-fn touch_template(out: &mut Touched, namespace: &str, template: &AccessPointTemplate) {
-    for_each_reference(namespace, template, |reference| match reference {
-        Reference::Gateway { namespace, name } => {
-            out.gateways.insert(ObjectKey::new(namespace, name));
-        }
-        Reference::Host(host) => {
-            out.hosts.insert(host.into_owned());
-        }
-        Reference::Unscoped => out.everything = true,
-    });
+pub(super) fn touch_template(out: &mut Touched, namespace: &str, template: &AccessPointTemplate) {
+    for_each_reference(
+        namespace,
+        template,
+        &mut String::new(),
+        |reference| match reference {
+            Reference::Gateway { namespace, name } => {
+                out.gateways.insert(ObjectKey::new(namespace, name));
+            }
+            Reference::Host(host) => {
+                out.hosts.insert(host.to_owned());
+            }
+            Reference::Unscoped => out.everything = true,
+        },
+    );
 }
 
 /// Something a gateway's translation may read, named by an AccessPoint's template.
-pub(super) enum Reference<'t> {
+pub(super) enum Reference<'r> {
     /// A Gateway it defines, or one its VirtualServices bind to.
-    Gateway { namespace: &'t str, name: &'t str },
+    Gateway { namespace: &'r str, name: &'r str },
     /// A host it serves (Service, ServiceEntry) or has a DestinationRule for.
-    Host(Cow<'t, str>),
+    Host(&'r str),
     /// Something no gateway name or host pins down: WorkloadEntries (which ServiceEntries
     /// select them is not tracked by host), selecting ServiceEntries, wildcard rules.
     Unscoped,
 }
 
 /// Calls `visit` with every [`Reference`] `template`, of an AccessPoint in `namespace`, makes.
-pub(super) fn for_each_reference<'t>(
-    namespace: &'t str,
-    template: &'t AccessPointTemplate,
-    mut visit: impl FnMut(Reference<'t>),
+/// Hostnames that must be spelled out are written into `scratch`, so a caller looking at many
+/// templates allocates once.
+pub(super) fn for_each_reference(
+    namespace: &str,
+    template: &AccessPointTemplate,
+    scratch: &mut String,
+    mut visit: impl FnMut(Reference<'_>),
 ) {
-    let namespace_of = |meta: &'t crate::api::access_point::TemplateMeta| {
-        meta.namespace.as_deref().unwrap_or(namespace)
-    };
     for gateway in &template.gateways {
         visit(Reference::Gateway {
-            namespace: namespace_of(&gateway.metadata),
+            namespace: gateway.metadata.namespace.as_deref().unwrap_or(namespace),
             name: &gateway.metadata.name,
         });
     }
     for vs in &template.virtual_services {
-        let vs_namespace = namespace_of(&vs.metadata);
+        let vs_namespace = vs.metadata.namespace.as_deref().unwrap_or(namespace);
         for gateway in &vs.spec.gateways {
             visit(match gateway.split_once('/') {
                 Some((namespace, name)) => Reference::Gateway { namespace, name },
@@ -165,14 +171,13 @@ pub(super) fn for_each_reference<'t>(
         }
     }
     if let Some(service) = &template.service {
-        visit(Reference::Host(Cow::Owned(service_host(
-            namespace_of(&service.metadata),
-            &service.metadata.name,
-        ))));
+        let service_namespace = service.metadata.namespace.as_deref().unwrap_or(namespace);
+        write_service_host(scratch, service_namespace, &service.metadata.name);
+        visit(Reference::Host(scratch));
     }
     for entry in &template.service_entries {
         for host in &entry.spec.hosts {
-            visit(Reference::Host(Cow::Borrowed(host)));
+            visit(Reference::Host(host));
         }
         if entry.spec.workload_selector.is_some() {
             visit(Reference::Unscoped);
@@ -186,12 +191,25 @@ pub(super) fn for_each_reference<'t>(
         if host.contains('*') {
             visit(Reference::Unscoped);
         }
-        visit(Reference::Host(if host.contains('.') || host == "*" {
-            Cow::Borrowed(host)
+        // As `hosts::resolve_host` spells it.
+        if host.contains('.') || host == "*" {
+            visit(Reference::Host(host));
         } else {
-            Cow::Owned(resolve_host(host, namespace_of(&rule.metadata)))
-        }));
+            let rule_namespace = rule.metadata.namespace.as_deref().unwrap_or(namespace);
+            write_service_host(scratch, rule_namespace, host);
+            visit(Reference::Host(scratch));
+        }
     }
+}
+
+/// Writes the hostname of Service `name` in `namespace` into `out` (replacing its text).
+fn write_service_host(out: &mut String, namespace: &str, name: &str) {
+    out.clear();
+    out.push_str(name);
+    out.push('.');
+    out.push_str(namespace);
+    out.push_str(".svc.");
+    out.push_str(DOMAIN_SUFFIX);
 }
 
 /// The hostname of Service `name` in `namespace`.

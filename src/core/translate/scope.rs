@@ -13,9 +13,10 @@
 //! through [`for_each_reference`]; what is not (WorkloadEntries, wildcard rules) is in every
 //! scope.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use super::affected::{for_each_reference, service_host, Reference};
+use super::references::ReferenceIndex;
 use super::{translate, GatewayIdentity, Translation};
 use crate::api::access_point::AccessPointTemplate;
 use crate::core::expand::scoped_view;
@@ -24,22 +25,51 @@ use crate::core::model::{Model, ObjectKey};
 /// What one gateway's translation may read: its Gateway's name, and the hosts its routes
 /// reference.
 pub struct Scope<'a> {
-    pub gateway: &'a ObjectKey,
-    pub hosts: &'a BTreeSet<String>,
+    gateway: &'a ObjectKey,
+    /// Hashed: every AccessPoint's hosts are looked up in it.
+    hosts: HashSet<&'a str>,
+    /// Where to find the AccessPoints it may want; without it, every one is looked at.
+    index: Option<&'a ReferenceIndex>,
 }
 
-impl Scope<'_> {
+impl<'a> Scope<'a> {
+    pub fn new(gateway: &'a ObjectKey, hosts: &'a BTreeSet<String>) -> Scope<'a> {
+        Scope {
+            gateway,
+            hosts: hosts.iter().map(String::as_str).collect(),
+            index: None,
+        }
+    }
+
+    pub fn gateway(&self) -> &ObjectKey {
+        self.gateway
+    }
+
+    pub fn hosts(&self) -> impl Iterator<Item = &str> + '_ {
+        self.hosts.iter().copied()
+    }
+
+    /// The AccessPoints to look at: those the index names, or `None` for all of them.
+    pub fn candidates(&self) -> Option<BTreeSet<&'a ObjectKey>> {
+        self.index.map(|index| index.candidates(self))
+    }
+
     /// Whether `template`, of an AccessPoint in `namespace`, may contribute to the gateway's
-    /// translation.
-    pub fn wants(&self, namespace: &str, template: &AccessPointTemplate) -> bool {
+    /// translation. `scratch` is room to spell hostnames in, reused across calls.
+    pub fn wants(
+        &self,
+        namespace: &str,
+        template: &AccessPointTemplate,
+        scratch: &mut String,
+    ) -> bool {
         let mut wanted = false;
-        for_each_reference(namespace, template, |reference| {
+        for_each_reference(namespace, template, scratch, |reference| {
             wanted = wanted
                 || match reference {
                     Reference::Gateway { namespace, name } => {
                         self.gateway.namespace == namespace && self.gateway.name == name
                     }
-                    Reference::Host(host) => self.hosts.contains(host.as_ref()),
+                    Reference::Host(host) => self.hosts.contains(host),
                     Reference::Unscoped => true,
                 }
         });
@@ -49,25 +79,28 @@ impl Scope<'_> {
     /// Whether the plain Service `key` serves one of the hosts.
     pub fn wants_service(&self, key: &ObjectKey) -> bool {
         self.hosts
-            .contains(&service_host(&key.namespace, &key.name))
+            .contains(service_host(&key.namespace, &key.name).as_str())
     }
 }
 
 /// Translates `identity` from a view scoped to it, starting from `hosts` (a guess: those of
 /// its previous translation, or none). `None` when the gateway reads most of the model: a
 /// full cluster view is then no dearer, and shared with other gateways.
+///
+/// `index`, when it describes `model`, saves looking at every AccessPoint.
 pub fn translate_scoped(
     model: &Model,
     identity: &GatewayIdentity,
     hosts: &BTreeSet<String>,
+    index: Option<&ReferenceIndex>,
 ) -> Option<Translation> {
     let mut hosts = hosts.clone();
     // The hosts a gateway's routes reference come from the VirtualServices binding it, which
     // every scope holds; so the second round references nothing new.
     for _ in 0..2 {
         let scope = Scope {
-            gateway: &identity.gateway,
-            hosts: &hosts,
+            index,
+            ..Scope::new(&identity.gateway, &hosts)
         };
         let view = scoped_view(model, &identity.cluster, &scope)?;
         let translation = translate(&view, identity);
@@ -87,12 +120,17 @@ pub(super) fn translate_checked(model: &Model, identity: &GatewayIdentity) -> Tr
         &crate::core::expand::cluster_view(model, &identity.cluster),
         identity,
     );
+    let mut index = ReferenceIndex::default();
+    index.update(model, 1, &super::ModelChanges::default());
     for guess in [BTreeSet::new(), full.hosts.clone()] {
-        assert_eq!(
-            translate_scoped(model, identity, &guess).as_ref(),
-            Some(&full),
-            "the scoped translation of {identity:?} (guessing {guess:?}) differs"
-        );
+        for index in [None, Some(&index)] {
+            assert_eq!(
+                translate_scoped(model, identity, &guess, index).as_ref(),
+                Some(&full),
+                "the scoped translation of {identity:?} (guessing {guess:?}, index: {}) differs",
+                index.is_some()
+            );
+        }
     }
     full
 }
@@ -230,10 +268,8 @@ spec:
         );
 
         let hosts = translation.hosts.clone();
-        let scope = Scope {
-            gateway: &identity().gateway,
-            hosts: &hosts,
-        };
+        let gateway = identity().gateway;
+        let scope = Scope::new(&gateway, &hosts);
         let view = scoped_view(&model, crate::api::LOCAL_CLUSTER, &scope).unwrap();
         let origins: BTreeSet<&str> = (view.gateways.iter().map(|g| g.origin))
             .chain(view.virtual_services.iter().map(|v| v.origin))
