@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use k8s_openapi::api::core::v1::ServiceSpec;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::model::{ClusterTemplate, Model, ObjectKey};
@@ -225,10 +225,16 @@ fn build_view<'m>(
             });
         }
     }
-    for (key, service) in &model.services {
-        if scope.is_some_and(|scope| !scope.wants_service(key)) {
-            continue;
-        }
+    let plain_services: Box<dyn Iterator<Item = (&ObjectKey, &Service)>> = match scope {
+        None => Box::new(model.services.iter()),
+        Some(scope) => Box::new(
+            scope
+                .service_keys()
+                .into_iter()
+                .filter_map(|key| model.services.get_key_value(&key)),
+        ),
+    };
+    for (key, service) in plain_services {
         if let Some(spec) = &service.spec {
             view.services.push(ViewService {
                 key: key.clone(),

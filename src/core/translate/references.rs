@@ -108,7 +108,7 @@ fn unlist<K: std::hash::Hash + Eq>(
 mod tests {
     use super::*;
     use crate::core::manifest::parse_documents;
-    use crate::index::{Index, Snapshot};
+    use crate::core::model::Kind;
 
     fn access_point(name: &str, gateway: &str, destination: &str) -> String {
         format!(
@@ -134,72 +134,74 @@ spec:
         )
     }
 
-    fn rebuilt(snapshot: &Snapshot) -> ReferenceIndex {
+    fn rebuilt(model: &Model, generation: u64) -> ReferenceIndex {
         let mut index = ReferenceIndex::default();
-        index.update(
-            &snapshot.model,
-            snapshot.generation,
-            &ModelChanges::default(),
-        );
+        index.update(model, generation, &ModelChanges::default());
         index
     }
 
-    fn apply(index: &mut Index, yaml: &str) {
+    /// Applies `yaml`; the AccessPoints it changed.
+    fn apply(model: &mut Model, yaml: &str) -> BTreeSet<ObjectKey> {
+        let mut changed = BTreeSet::new();
         for object in parse_documents(yaml, "default").unwrap() {
-            index.apply(object).unwrap();
+            let key = (object.kind() == Kind::AccessPoint).then(|| object.key());
+            if model.apply(object) {
+                changed.extend(key);
+            }
         }
+        changed
     }
 
-    /// What an edit is called, and the edit.
-    type Edit = (&'static str, Box<dyn Fn(&mut Index)>);
+    /// What an edit is called, and the edit (returning the AccessPoints it changed).
+    type Edit = (&'static str, Box<dyn Fn(&mut Model) -> BTreeSet<ObjectKey>>);
 
     #[test]
     fn an_index_brought_forward_by_changes_equals_one_rebuilt() {
-        let (mut index, rx) = Index::new();
+        let mut model = Model::default();
         let mut references = ReferenceIndex::default();
         let edits: Vec<Edit> = vec![
             (
                 "start",
-                Box::new(|i| {
-                    apply(i, &access_point("a", "a", "web"));
-                    apply(i, &access_point("b", "b", "web"));
-                    apply(i, &access_point("c", "a", "c"));
+                Box::new(|m| {
+                    let mut changed = apply(m, &access_point("a", "a", "web"));
+                    changed.extend(apply(m, &access_point("b", "b", "web")));
+                    changed.extend(apply(m, &access_point("c", "a", "c")));
+                    changed
                 }),
             ),
             (
                 "b binds gateway c and routes elsewhere",
-                Box::new(|i| apply(i, &access_point("b", "c", "other.example"))),
+                Box::new(|m| apply(m, &access_point("b", "c", "other.example"))),
             ),
             (
                 "a is deleted",
-                Box::new(|i| {
-                    i.delete(
-                        crate::core::model::Kind::AccessPoint,
-                        &ObjectKey::new("shop", "a"),
-                    );
+                Box::new(|m| {
+                    let a = ObjectKey::new("shop", "a");
+                    m.delete(Kind::AccessPoint, &a);
+                    BTreeSet::from([a])
                 }),
             ),
             (
-                "a plain Service changes nothing here",
-                Box::new(|i| {
+                "a plain Service changes no AccessPoint",
+                Box::new(|m| {
                     apply(
-                        i,
+                        m,
                         "{apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {ports: [{port: 80}]}}",
-                    );
+                    )
                 }),
             ),
             (
                 "a comes back",
-                Box::new(|i| apply(i, &access_point("a", "a", "web"))),
+                Box::new(|m| apply(m, &access_point("a", "a", "web"))),
             ),
         ];
-        for (what, edit) in edits {
-            edit(&mut index);
-            index.publish();
-            let snapshot = rx.borrow().clone();
-            let changes = snapshot.changes_since(references.generation());
-            references.update(&snapshot.model, snapshot.generation, &changes);
-            assert_eq!(references, rebuilt(&snapshot), "{what}");
+        for (generation, (what, edit)) in (2..).zip(edits) {
+            let changes = ModelChanges {
+                access_points: edit(&mut model),
+                ..ModelChanges::default()
+            };
+            references.update(&model, generation, &changes);
+            assert_eq!(references, rebuilt(&model, generation), "{what}");
         }
         let gateway = ObjectKey::new("shop", "c");
         let hosts = BTreeSet::from(["other.example".to_owned()]);

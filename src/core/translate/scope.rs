@@ -7,6 +7,8 @@
 //! The hosts are known only once the routes are built, so the scope starts from a guess (the
 //! hosts of the gateway's previous translation) and widens until the translation references
 //! no host outside it.
+//! A [`ReferenceIndex`] says which AccessPoints name a gateway or host, so the view is built
+//! without looking at the others at all.
 //!
 //! Architecture Invariant: a scoped translation equals the translation from the full cluster
 //! view. Everything translation reads about a gateway is reachable from its name and its hosts
@@ -15,7 +17,8 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use super::affected::{for_each_reference, service_host, Reference};
+use super::affected::{for_each_reference, Reference};
+use super::hosts::DOMAIN_SUFFIX;
 use super::references::ReferenceIndex;
 use super::{translate, GatewayIdentity, Translation};
 use crate::api::access_point::AccessPointTemplate;
@@ -76,10 +79,23 @@ impl<'a> Scope<'a> {
         wanted
     }
 
-    /// Whether the plain Service `key` serves one of the hosts.
-    pub fn wants_service(&self, key: &ObjectKey) -> bool {
-        self.hosts
-            .contains(service_host(&key.namespace, &key.name).as_str())
+    /// The keys of the Services whose hostname is one of the hosts, in key order: every way
+    /// of reading a host as `<name>.<namespace>.svc.<domain suffix>`.
+    pub fn service_keys(&self) -> BTreeSet<ObjectKey> {
+        let suffix = format!(".svc.{DOMAIN_SUFFIX}");
+        let mut keys = BTreeSet::new();
+        for host in &self.hosts {
+            let Some(name_and_namespace) = host.strip_suffix(suffix.as_str()) else {
+                continue;
+            };
+            for (dot, _) in name_and_namespace.match_indices('.') {
+                keys.insert(ObjectKey::new(
+                    &name_and_namespace[dot + 1..],
+                    &name_and_namespace[..dot],
+                ));
+            }
+        }
+        keys
     }
 }
 
