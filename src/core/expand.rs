@@ -261,11 +261,13 @@ fn build_view<'m>(
             }))
         }
     };
-    let in_view: BTreeSet<(&str, &str)> = view
-        .services
-        .iter()
-        .map(|s| (s.key.namespace.as_str(), s.key.name.as_str()))
-        .collect();
+    // Scoped, only the Services in the view: a full view keeps every labelled slice.
+    let in_view: Option<BTreeSet<(&str, &str)>> = scope.map(|_| {
+        view.services
+            .iter()
+            .map(|s| (s.key.namespace.as_str(), s.key.name.as_str()))
+            .collect()
+    });
     for slice in slices {
         let service = slice
             .metadata
@@ -273,7 +275,10 @@ fn build_view<'m>(
             .as_ref()
             .and_then(|l| l.get(SERVICE_NAME_LABEL));
         if let (Some(namespace), Some(service)) = (&slice.metadata.namespace, service) {
-            if scope.is_some() && !in_view.contains(&(namespace.as_str(), service.as_str())) {
+            if in_view
+                .as_ref()
+                .is_some_and(|wanted| !wanted.contains(&(namespace.as_str(), service.as_str())))
+            {
                 continue;
             }
             view.endpoint_slices
