@@ -46,9 +46,13 @@ impl AdminState {
         })
     }
 
-    pub fn set_problems(&self, problems: Vec<ConfigProblem>) {
+    /// Replaces the reported problems; returns the ones before.
+    pub fn set_problems(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
         self.xds.metrics.config_errors.set(problems.len() as i64);
-        *self.problems.lock().unwrap_or_else(|p| p.into_inner()) = problems;
+        std::mem::replace(
+            &mut *self.problems.lock().unwrap_or_else(|p| p.into_inner()),
+            problems,
+        )
     }
 }
 

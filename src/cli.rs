@@ -304,6 +304,22 @@ async fn ops_client(
     Ok(OpsClient::new(channel))
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default: info, hickory-server's per-query lines off),
+/// in colour only when stderr is a terminal and `NO_COLOR` is unset: a file or a pipe gets
+/// plain text.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .init();
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Standalone {
@@ -514,7 +530,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => rollout::diff(&target, cluster.as_deref(), json).await,
         Command::Validate { config_dir } => {
             let (mut index, _) = crate::index::Index::new();
-            let mut provider = crate::provider::file::FileProvider::new(&config_dir, None);
+            let mut provider = crate::provider::file::FileProvider::new(&config_dir, None)?;
             let problems = provider.sync(&mut index)?;
             for p in &problems {
                 println!("{}: {}", p.source, p.message);

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub convergence_seconds: Histogram,
     pub config_generation: Gauge,
     pub config_errors: Gauge,
+    pub config_syncs: Counter,
     pub certs_issued: Family<ReasonLabel, Counter>,
     pub certs_held: Gauge,
     pub cert_expiry_horizon_seconds: Gauge,
@@ -78,6 +79,12 @@ impl Metrics {
             "Input files or objects currently rejected (last good config is serving)",
             config_errors.clone(),
         );
+        let config_syncs = Counter::default();
+        registry.register(
+            "config_syncs",
+            "Times the configuration directory was read (on a change, and every 5 s)",
+            config_syncs.clone(),
+        );
         let certs_issued = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "certs_issued",
@@ -115,6 +122,7 @@ impl Metrics {
             convergence_seconds,
             config_generation,
             config_errors,
+            config_syncs,
         }
     }
 

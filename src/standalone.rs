@@ -1,5 +1,6 @@
 //! Standalone mode wiring: file provider → index → ADS/ops gRPC server and admin HTTP.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -89,7 +90,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         options.load_report_interval,
     );
     let admin_state = AdminState::new(xds.clone());
-    let mut provider = FileProvider::new(&options.config_dir, options.state_dir.clone());
+    let mut provider = FileProvider::new(&options.config_dir, options.state_dir.clone())?;
     resync(&mut provider, &mut index, &admin_state)
         .with_context(|| format!("loading {}", options.config_dir.display()))?;
     // VIPs before anything is served: a restart answers with the addresses it had.
@@ -172,11 +173,19 @@ fn resync(
     index: &mut Index,
     admin: &AdminState,
 ) -> anyhow::Result<()> {
+    admin.xds.metrics.config_syncs.inc();
     let problems = provider.sync(index)?;
-    for p in &problems {
+    let before = admin.set_problems(problems.clone());
+    // Each problem is logged once, when it appears, not on every resync while it lasts.
+    let (before, after): (BTreeSet<_>, BTreeSet<_>) =
+        (before.iter().collect(), problems.iter().collect());
+    for p in after.difference(&before) {
         tracing::warn!(source = %p.source, problem = %p.message, "config rejected; last good config keeps serving");
     }
-    admin.set_problems(problems);
+    let fixed = before.difference(&after).count();
+    if fixed > 0 {
+        tracing::info!(fixed, "config problems resolved");
+    }
     let generation = index.publish();
     admin.xds.metrics.config_generation.set(generation as i64);
     admin.ready.store(true, Ordering::Release);
@@ -192,7 +201,9 @@ async fn watch_config(
 ) -> anyhow::Result<()> {
     let (events_tx, mut events) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (our own included) change nothing; reacting to them would resync forever.
+        let changes = event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_)));
+        if changes {
             // A full channel already means "resync pending".
             let _ = events_tx.try_send(());
         }

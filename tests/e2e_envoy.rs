@@ -428,3 +428,154 @@ async fn sotw_nack_is_reported_and_not_resent() {
 async fn delta_nack_is_reported_and_not_resent() {
     nack_scenario(true).await;
 }
+
+/// Versions of `shop.yaml` that parse but fail validation: a regex that does not compile, and a
+/// route after the catch-all.
+fn rejected_versions(port: u16) -> [(&'static str, String); 2] {
+    let catch_all = "        - route: [{destination: {host: beta}}]\n";
+    [
+        (
+            "bad regex",
+            shop_manifest(
+                port,
+                "beta",
+                "        - match: [{uri: {regex: \"^/re/[0-9+$\"}}]\n          route: [{destination: {host: alpha}}]\n",
+            ),
+        ),
+        (
+            "route after a catch-all",
+            shop_manifest(port, "beta", "").replace(
+                catch_all,
+                &format!("{catch_all}        - match: [{{uri: {{prefix: /late}}}}]\n          route: [{{destination: {{host: alpha}}}}]\n"),
+            ),
+        ),
+    ]
+}
+
+/// Requests `/a` until `until` passes; returns how many failed or did not reach `want`.
+async fn misses_during(client: &reqwest::Client, port: u16, want: &str, until: Duration) -> usize {
+    let start = Instant::now();
+    let mut misses = 0;
+    while start.elapsed() < until {
+        if !routes_to(client, port, "shop.example.test", "/a", want).await {
+            misses += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    misses
+}
+
+/// Every type in /debug/syncz SYNCED for the one proxy.
+async fn synced(client: &reqwest::Client, admin: std::net::SocketAddr) -> bool {
+    let syncz = admin_json(client, admin, "/debug/syncz").await;
+    syncz["proxies"][0]["types"]
+        .as_array()
+        .is_some_and(|types| types.len() >= 4 && types.iter().all(|t| t["state"] == "SYNCED"))
+}
+
+async fn restart_with_rejected_manifest(delta: bool) {
+    let f = Fixture::new().await;
+    let client = client();
+    let port = f.gateway_port;
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    let envoy = Envoy::start(f.path(), "gw-restart", "edge/public", f.xds_port, delta);
+    f.write("shop.yaml", &shop_manifest(port, "beta", ""));
+    eventually(Duration::from_secs(30), "Envoy converges", || {
+        routes_to(&client, port, "shop.example.test", "/a", "beta")
+    })
+    .await;
+    let mut meridian = Some(meridian);
+    for (what, text) in rejected_versions(port) {
+        // Stopped, the file broken meanwhile, started again on the same state dir.
+        meridian.take().unwrap().shutdown().await.unwrap();
+        f.write("shop.yaml", &text);
+        let restarted = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+        let admin = restarted.admin_addr;
+        eventually(Duration::from_secs(30), "Envoy back in sync", || {
+            synced(&client, admin)
+        })
+        .await;
+        let problems = admin_json(&client, admin, "/debug/problems").await;
+        assert!(
+            problems.to_string().contains("shop.yaml"),
+            "{what}: {problems}"
+        );
+        let misses = misses_during(&client, port, "beta", Duration::from_secs(2)).await;
+        assert_eq!(misses, 0, "{what}: requests failed after the restart");
+        meridian = Some(restarted);
+    }
+    meridian.unwrap().shutdown().await.unwrap();
+    drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_restart_with_a_rejected_manifest_serves_the_last_good_config() {
+    restart_with_rejected_manifest(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_restart_with_a_rejected_manifest_serves_the_last_good_config() {
+    restart_with_rejected_manifest(true).await;
+}
+
+/// `connect_timeout` of the alpha cluster Envoy has active (a warming one is not active).
+async fn active_alpha_timeout(client: &reqwest::Client, envoy: &Envoy) -> Option<String> {
+    let url = format!(
+        "http://127.0.0.1:{}/config_dump?resource=dynamic_active_clusters",
+        envoy.admin_port
+    );
+    let dump: serde_json::Value = client.get(url).send().await.ok()?.json().await.ok()?;
+    dump["configs"].as_array()?.iter().find_map(|c| {
+        let cluster = &c["cluster"];
+        (cluster["name"] == "outbound|80||alpha.shop.svc.cluster.local")
+            .then(|| cluster["connect_timeout"].as_str().map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// A DestinationRule edit changes a cluster; Envoy warms it until its (unchanged) endpoints
+/// arrive, so Meridian sends them again instead of letting Envoy wait out its 15 s
+/// initial-fetch timeout.
+async fn destination_rule_edit(delta: bool) {
+    let f = Fixture::new().await;
+    let client = client();
+    let port = f.gateway_port;
+    let with_timeout = |timeout: &str| {
+        shop_manifest(port, "alpha", "")
+            + &format!("    destinationRules:\n    - metadata: {{name: alpha}}\n      spec: {{host: alpha, trafficPolicy: {{connectionPool: {{tcp: {{connectTimeout: {timeout}}}}}}}}}\n")
+    };
+    f.write("shop.yaml", &with_timeout("1s"));
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    let envoy = Envoy::start(f.path(), "gw-warming", "edge/public", f.xds_port, delta);
+    eventually(Duration::from_secs(30), "Envoy converges", || async {
+        active_alpha_timeout(&client, &envoy).await.as_deref() == Some("1s")
+    })
+    .await;
+    for timeout in ["2s", "3s"] {
+        f.write("shop.yaml", &with_timeout(timeout));
+        let took = eventually(
+            Duration::from_secs(20),
+            "the edited cluster is active",
+            || async { active_alpha_timeout(&client, &envoy).await.as_deref() == Some(timeout) },
+        )
+        .await;
+        eprintln!("DestinationRule edit → active in Envoy: {took:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "took {took:?}: the cluster waited to warm"
+        );
+        assert!(routes_to(&client, port, "shop.example.test", "/a", "alpha").await);
+    }
+    meridian.shutdown().await.unwrap();
+    drop(envoy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_destination_rule_edit_reaches_envoy_without_waiting_to_warm() {
+    destination_rule_edit(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_destination_rule_edit_reaches_envoy_without_waiting_to_warm() {
+    destination_rule_edit(true).await;
+}

@@ -147,3 +147,111 @@ async fn traffic_fails_over_to_the_other_zone_and_back() {
     drop(near);
     meridian.shutdown().await.unwrap();
 }
+
+/// `shop` placed on east-1 (z1) and east-2 (z2), 99 % of z1's traffic kept in z1, outlier
+/// detection that ejects a host on its first gateway error and keeps it out for 30 s.
+fn distributed(gateway_port: u16, min_health_percent: Option<u32>) -> String {
+    let min_health =
+        min_health_percent.map_or(String::new(), |p| format!(", minHealthPercent: {p}"));
+    manifests(gateway_port, 80).replace(
+        "          outlierDetection: {consecutiveGatewayErrors: 1, interval: 0.2s, baseEjectionTime: 1s, maxEjectionPercent: 100}\n",
+        &format!(
+            r#"          loadBalancer: {{localityLbSetting: {{distribute: [{{from: "r1/z1/*", to: {{"r1/z1/*": 99, "r1/z2/*": 1}}}}]}}}}
+          outlierDetection: {{consecutiveGatewayErrors: 1, interval: 0.2s, baseEjectionTime: 30s, maxEjectionPercent: 100{min_health}}}
+"#
+        ),
+    )
+}
+
+/// An EndpointSlice `web-<name>` of cluster `cluster` with one endpoint on `port`.
+fn named_slice(name: &str, cluster: &str, port: u16) -> String {
+    slice(cluster, port, true).replace(
+        &format!("name: web-{cluster}\n"),
+        &format!("name: web-{name}\n"),
+    )
+}
+
+/// Istio's default minHealthPercent is 0: with three of four local hosts ejected (two of five
+/// healthy), Envoy must not fall into panic mode (its own default below 50 %) and send traffic
+/// to the ejected hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejected_hosts_stay_out_however_many_fail() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let near = [
+        Backend::start("near-1").await,
+        Backend::start("near-2").await,
+        Backend::start("near-3").await,
+        Backend::start("near-4").await,
+    ];
+    let far = Backend::start("far").await;
+    let gateway_port = support::free_port();
+    write(&config, "shop.yaml", &distributed(gateway_port, None));
+    for (i, backend) in near.iter().enumerate() {
+        write(
+            &config,
+            &format!("near-{i}.yaml"),
+            &named_slice(&format!("near-{i}"), "east-1", backend.port),
+        );
+    }
+    write(&config, "far.yaml", &named_slice("far", "east-2", far.port));
+    let xds_port = support::free_port();
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let _envoy = Envoy::start_in(
+        work.path(),
+        "gw-panic",
+        "shop/public",
+        xds_port,
+        false,
+        Some(("east-1", "z1")),
+    );
+    let http = client();
+    eventually(WAIT, "all three local backends answer", || async {
+        spread(&http, gateway_port, 40)
+            .await
+            .keys()
+            .filter(|k| k.starts_with("near"))
+            .count()
+            == 4
+    })
+    .await;
+
+    let [a, b, c, survivor] = near;
+    drop((a, b, c));
+    // Each dead host fails once and is ejected; then the survivor (and 1 % far) take it all.
+    eventually(WAIT, "the dead hosts ejected", || async {
+        !spread(&http, gateway_port, 20).await.contains_key("error")
+    })
+    .await;
+    let counts = spread(&http, gateway_port, 300).await;
+    eprintln!("after ejecting 3 of 4 local hosts: {counts:?}");
+    assert_eq!(
+        counts.get("error"),
+        None,
+        "requests went to ejected hosts: {counts:?}"
+    );
+    assert!(
+        counts.get("near-4").copied().unwrap_or(0) >= 270,
+        "{counts:?}"
+    );
+
+    // minHealthPercent is honoured: above the healthy share (2 of 5), Envoy balances across
+    // every host again, ejected ones included.
+    write(&config, "shop.yaml", &distributed(gateway_port, Some(80)));
+    eventually(
+        WAIT,
+        "panic mode sends requests to the dead hosts",
+        || async {
+            spread(&http, gateway_port, 30)
+                .await
+                .get("error")
+                .copied()
+                .unwrap_or(0)
+                > 5
+        },
+    )
+    .await;
+    drop(survivor);
+    meridian.shutdown().await.unwrap();
+}

@@ -416,6 +416,12 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 100))]
     pub max_ejection_percent: Option<u32>,
+    /// Outlier detection holds while at least this share of hosts is healthy; below it, the
+    /// proxy balances across all hosts, ejected ones included (Envoy's panic threshold).
+    /// Istio's default: 0, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
+    pub min_health_percent: Option<u32>,
 }
 
 /// `ServiceEntry.spec`: a host outside the Kubernetes service registry.

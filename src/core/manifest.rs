@@ -5,7 +5,7 @@
 
 use serde::de::DeserializeOwned;
 
-use super::model::InputObject;
+use super::model::{InputObject, ObjectKey};
 use super::tls::TlsSecret;
 use crate::api::API_VERSION;
 
@@ -72,10 +72,22 @@ fn parse_object(
             document,
             kind: kind.clone(),
         })?;
+    // Named as validation errors and `/debug/problems` name objects: `namespace/name`.
+    let namespace = match kind.as_str() {
+        "MemberCluster" => String::new(),
+        _ => value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(default_namespace)
+            .to_owned(),
+    };
+    let key = ObjectKey::new(namespace, name).to_string();
     let typed = Typed {
         document,
         kind: &kind,
-        name: &name,
+        name: &key,
     };
     let mut object = match (api_version.as_str(), kind.as_str()) {
         (API_VERSION, "AccessPoint") => InputObject::AccessPoint(typed.parse(value)?),
@@ -194,12 +206,22 @@ spec:
         };
         assert_eq!(
             (*document, kind.as_str(), name.as_str()),
-            (1, "AccessPoint", "shop")
+            (1, "AccessPoint", "default/shop")
         );
         assert_eq!(
             path,
             "spec.template.virtualServices[0].spec.http[0].route[0].weight"
         );
+    }
+
+    #[test]
+    fn parse_and_validation_errors_name_an_object_the_same_way() {
+        let text = "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {name: web, namespace: apps}\nspec: {nope: 1}\n";
+        let err = parse_documents(text, "default").unwrap_err().to_string();
+        assert!(err.contains("(AccessPoint apps/web)"), "{err}");
+        let cluster = "apiVersion: meridian.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: east}\nspec: {nope: 1}\n";
+        let err = parse_documents(cluster, "default").unwrap_err().to_string();
+        assert!(err.contains("(MemberCluster east)"), "{err}");
     }
 
     #[test]

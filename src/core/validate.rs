@@ -16,6 +16,9 @@ use crate::api::AccessPointSpec;
 
 use super::duration;
 
+mod export_to;
+use export_to::NoneAllowed;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
     pub path: String,
@@ -159,6 +162,15 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
     };
     if let Some(s) = &t.service {
         named(e, format!("{path}.service"), &s.metadata.name);
+        let annotation = crate::core::translate::EXPORT_TO_ANNOTATION;
+        let export = crate::core::translate::from_annotation(Some(&s.metadata.annotations));
+        export_to::check(
+            e,
+            &format!("{path}.service.metadata.annotations[{annotation}]"),
+            &export,
+            s.metadata.namespace.as_deref(),
+            NoneAllowed::Yes,
+        );
     }
     for (i, g) in t.gateways.iter().enumerate() {
         let p = format!("{path}.gateways[{i}]");
@@ -169,16 +181,43 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
         let p = format!("{path}.virtualServices[{i}]");
         named(e, p.clone(), &vs.metadata.name);
         virtual_service(e, &format!("{p}.spec"), &vs.spec);
+        let namespace = vs.metadata.namespace.as_deref();
+        let values = &vs.spec.export_to;
+        export_to::check(
+            e,
+            &format!("{p}.spec.exportTo"),
+            values,
+            namespace,
+            NoneAllowed::No,
+        );
     }
     for (i, dr) in t.destination_rules.iter().enumerate() {
         let p = format!("{path}.destinationRules[{i}]");
         named(e, p.clone(), &dr.metadata.name);
         destination_rule(e, &format!("{p}.spec"), &dr.spec);
+        let namespace = dr.metadata.namespace.as_deref();
+        let values = &dr.spec.export_to;
+        export_to::check(
+            e,
+            &format!("{p}.spec.exportTo"),
+            values,
+            namespace,
+            NoneAllowed::No,
+        );
     }
     for (i, se) in t.service_entries.iter().enumerate() {
         let p = format!("{path}.serviceEntries[{i}]");
         named(e, p.clone(), &se.metadata.name);
         service_entry(e, &format!("{p}.spec"), &se.spec);
+        let namespace = se.metadata.namespace.as_deref();
+        let values = &se.spec.export_to;
+        export_to::check(
+            e,
+            &format!("{p}.spec.exportTo"),
+            values,
+            namespace,
+            NoneAllowed::Yes,
+        );
     }
     for (i, we) in t.workload_entries.iter().enumerate() {
         let p = format!("{path}.workloadEntries[{i}]");
@@ -375,7 +414,8 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
             );
         }
     }
-    if r.route.len() > 1 && r.route.iter().filter_map(|d| d.weight).sum::<u32>() == 0 {
+    let total: u64 = r.route.iter().filter_map(|d| d.weight).map(u64::from).sum();
+    if r.route.len() > 1 && total == 0 {
         e.push(format!("{path}.route"), "weights must not all be zero");
     }
     if let Some(redirect) = &r.redirect {
@@ -442,7 +482,7 @@ fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
             e.push(p.clone(), "distribute and failover are exclusive");
         }
         for (i, rule) in setting.distribute.iter().enumerate() {
-            let total: u32 = rule.to.values().sum();
+            let total: u64 = rule.to.values().map(|&v| u64::from(v)).sum();
             if total != 100 {
                 e.push(
                     format!("{p}.distribute[{i}].to"),
@@ -493,6 +533,12 @@ fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
         if od.max_ejection_percent.is_some_and(|p| p > 100) {
             e.push(
                 format!("{path}.outlierDetection.maxEjectionPercent"),
+                "must be 0-100",
+            );
+        }
+        if od.min_health_percent.is_some_and(|p| p > 100) {
+            e.push(
+                format!("{path}.outlierDetection.minHealthPercent"),
                 "must be 0-100",
             );
         }

@@ -2,23 +2,28 @@
 //!
 //! Each sync re-reads the directory, parsing only files whose text changed; a file unchanged
 //! since a sync that applied all its objects is not compared object by object. A file that
-//! fails to parse keeps contributing the objects of its last good version (from memory, or from
-//! the state directory after a restart); an AccessPoint that fails validation keeps its last
-//! accepted version in the index. Every problem names the file, the document and the field.
+//! fails to parse keeps contributing the objects the index accepted from it; an object that
+//! fails validation keeps its last accepted version in the index. What the index accepted is
+//! saved in the state directory (`state.rs`) and applied first after a restart, so a restart
+//! serves what was in force, whatever kind of rejection the files hold now. Every problem
+//! names the file, the document and the field.
+
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::core::manifest::parse_documents;
-use crate::core::model::{InputObject, Kind, ObjectKey};
+use crate::core::model::InputObject;
 use crate::index::Index;
 
+use self::state::{Accepted, ObjectId, Source};
+pub use self::state::{StateError, STATE_FILE};
 use super::ConfigProblem;
 
 /// Namespace for objects that name none, as `kubectl apply` would use.
 const DEFAULT_NAMESPACE: &str = "default";
-const LAST_GOOD_FILE: &str = "last-good-manifests.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileProviderError {
@@ -27,56 +32,59 @@ pub enum FileProviderError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write state file {path}: {source}")]
-    WriteState {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
-type Located = (PathBuf, usize, Arc<InputObject>);
+/// The last text read from a file and, if it parsed, its objects. An unchanged file is not
+/// parsed again, so an edit to one file of a large directory costs that file's parse.
+struct ParsedFile {
+    source: Arc<Source>,
+    objects: Result<Vec<Arc<InputObject>>, crate::core::manifest::ManifestError>,
+}
 
-/// A file's last good version: its text and, once parsed, its objects. An unchanged file is
-/// not parsed again, so an edit to one file of a large directory costs that file's parse.
-struct GoodFile {
-    text: String,
-    objects: Option<Vec<Arc<InputObject>>>,
+/// The objects of a file as just read, and whether its text changed since the last read.
+struct FileRead {
+    source: Arc<Source>,
+    objects: Vec<Arc<InputObject>>,
+    changed: bool,
 }
 
 pub struct FileProvider {
     dir: PathBuf,
     state_dir: Option<PathBuf>,
-    last_good: BTreeMap<PathBuf, GoodFile>,
-    /// Objects currently applied to the index, with where they came from.
-    applied: BTreeMap<(Kind, ObjectKey), Located>,
+    parsed: BTreeMap<PathBuf, ParsedFile>,
+    /// Objects the index accepted and holds now, with where they came from.
+    applied: BTreeMap<ObjectId, Accepted>,
+    /// Objects the index rejected at the last sync (it may hold an older version), by file.
+    rejected: BTreeMap<ObjectId, PathBuf>,
+    /// What a restart found in the state directory, applied before the first sync.
+    saved: Option<Vec<Accepted>>,
     /// Files whose every object the last sync applied without a problem.
     clean: BTreeSet<PathBuf>,
 }
 
 impl FileProvider {
-    pub fn new(dir: impl Into<PathBuf>, state_dir: Option<PathBuf>) -> FileProvider {
-        let saved: BTreeMap<PathBuf, String> = state_dir
-            .as_ref()
-            .and_then(|d| std::fs::read(d.join(LAST_GOOD_FILE)).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let last_good = saved
-            .into_iter()
-            .map(|(path, text)| {
-                let file = GoodFile {
-                    text,
-                    objects: None,
-                };
-                (path, file)
-            })
-            .collect();
-        FileProvider {
+    /// A provider of `dir`, saving what it applies in `state_dir`. A state file that cannot be
+    /// read or understood is an error: starting without it would withdraw whatever the
+    /// directory holds broken now.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        state_dir: Option<PathBuf>,
+    ) -> Result<FileProvider, FileProviderError> {
+        let saved = match &state_dir {
+            Some(state_dir) => Some(state::load(state_dir)?),
+            None => None,
+        };
+        Ok(FileProvider {
             dir: dir.into(),
             state_dir,
-            last_good,
+            parsed: BTreeMap::new(),
             applied: BTreeMap::new(),
+            rejected: BTreeMap::new(),
+            saved,
             clean: BTreeSet::new(),
-        }
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -85,10 +93,30 @@ impl FileProvider {
 
     /// Reads the directory and brings the index in line with it. Does not publish.
     pub fn sync(&mut self, index: &mut Index) -> Result<Vec<ConfigProblem>, FileProviderError> {
+        self.apply_saved(index);
         match self.sync_with(index, true)? {
             Some(problems) => Ok(problems),
             // A changed file defines an object a skipped file holds: decide who wins in order.
             None => Ok(self.sync_with(index, false)?.unwrap_or_default()),
+        }
+    }
+
+    /// After a restart, puts back what was in force before it, as if Meridian had never
+    /// stopped; the sync that follows applies the files over it.
+    fn apply_saved(&mut self, index: &mut Index) {
+        for accepted in self.saved.take().into_iter().flatten() {
+            let id = (accepted.object.kind(), accepted.object.key());
+            match index.apply(InputObject::clone(&accepted.object)) {
+                Ok(()) => {
+                    self.applied.insert(id, accepted);
+                }
+                Err(errors) => tracing::warn!(
+                    file = %accepted.path.display(),
+                    object = %format!("{} {}", id.0, id.1),
+                    errors = errors.len(),
+                    "a saved object no longer validates; it is not served"
+                ),
+            }
         }
     }
 
@@ -102,50 +130,40 @@ impl FileProvider {
     ) -> Result<Option<Vec<ConfigProblem>>, FileProviderError> {
         let mut problems = Vec::new();
         let files = manifest_files(&self.dir)?;
-        let mut wanted: BTreeMap<(Kind, ObjectKey), Located> = BTreeMap::new();
+        let mut wanted: BTreeMap<ObjectId, Accepted> = BTreeMap::new();
         let mut contributing = BTreeSet::new();
         let mut skipped = BTreeSet::new();
         let mut troubled = BTreeSet::new();
-        let mut remembered_changed = false;
         for path in &files {
             let display = path.display().to_string();
-            let text = match std::fs::read_to_string(path) {
-                Ok(text) => Some(text),
-                Err(e) => {
-                    problems.push(problem(&display, format!("cannot read: {e}")));
-                    troubled.insert(path.clone());
-                    None
-                }
+            let read = match std::fs::read_to_string(path) {
+                Ok(text) => self.parse(path, text),
+                Err(e) => Err(format!("cannot read: {e}")),
             };
-            let objects = match text {
-                Some(text) => match self.parse(path, text) {
-                    Ok((_, false)) if skip_clean && self.clean.contains(path) => {
-                        contributing.insert(path.clone());
-                        skipped.insert(path.clone());
-                        continue;
-                    }
-                    Ok((objects, changed)) => {
-                        remembered_changed |= changed;
-                        objects
-                    }
-                    Err(error) => {
-                        problems.push(problem(&display, error.to_string()));
-                        troubled.insert(path.clone());
-                        match self.fallback(path) {
-                            Some(objects) => objects,
-                            None => continue,
+            let (source, objects) = match read {
+                Ok(read) if !read.changed && skip_clean && self.clean.contains(path) => {
+                    contributing.insert(path.clone());
+                    skipped.insert(path.clone());
+                    continue;
+                }
+                Ok(read) => (read.source, read.objects),
+                Err(error) => {
+                    problems.push(problem(&display, error));
+                    troubled.insert(path.clone());
+                    // What the index accepted from this file keeps serving.
+                    for (id, accepted) in &self.applied {
+                        if &accepted.path == path && !wanted.contains_key(id) {
+                            wanted.insert(id.clone(), accepted.clone());
                         }
                     }
-                },
-                None => match self.fallback(path) {
-                    Some(objects) => objects,
-                    None => continue,
-                },
+                    contributing.insert(path.clone());
+                    continue;
+                }
             };
             contributing.insert(path.clone());
             for (document, object) in objects.into_iter().enumerate() {
                 let id = (object.kind(), object.key());
-                if let Some((other, _, _)) = wanted.get(&id) {
+                if let Some(other) = wanted.get(&id) {
                     troubled.insert(path.clone());
                     problems.push(problem(
                         &display,
@@ -153,125 +171,118 @@ impl FileProvider {
                             "{} {} is already defined in {}; this copy is ignored",
                             id.0,
                             id.1,
-                            other.display()
+                            other.path.display()
                         ),
                     ));
                     continue;
                 }
-                wanted.insert(id, (path.clone(), document, object));
+                let accepted = Accepted {
+                    path: path.clone(),
+                    document,
+                    object,
+                    source: source.clone(),
+                };
+                wanted.insert(id, accepted);
             }
         }
-        let before = self.last_good.len();
-        self.last_good.retain(|path, _| contributing.contains(path));
-        remembered_changed |= self.last_good.len() != before;
+        self.parsed.retain(|path, _| contributing.contains(path));
 
         // A changed file claims an object a skipped file holds: which copy wins depends on
         // file order, so look at every file.
         if skip_clean {
-            let claimed_late = wanted.iter().any(|(id, (path, _, _))| {
+            let claimed_late = wanted.iter().any(|(id, wanted)| {
                 self.applied
                     .get(id)
-                    .is_some_and(|(other, _, _)| other != path && skipped.contains(other))
+                    .is_some_and(|a| a.path != wanted.path && skipped.contains(&a.path))
             });
             if claimed_late {
                 return Ok(None);
             }
         }
-        let gone: Vec<_> = self
+        let mut changed = false;
+        let gone: Vec<ObjectId> = self
             .applied
             .iter()
-            .filter(|(id, (path, _, _))| !skipped.contains(path) && !wanted.contains_key(*id))
+            .map(|(id, a)| (id, &a.path))
+            .chain(self.rejected.iter())
+            .filter(|(id, path)| !skipped.contains(*path) && !wanted.contains_key(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        for (kind, key) in gone {
-            index.delete(kind, &key);
-            self.applied.remove(&(kind, key));
+        for id in gone {
+            index.delete(id.0, &id.1);
+            changed |= self.applied.remove(&id).is_some();
+            self.rejected.remove(&id);
         }
-        for (id, (path, document, object)) in wanted {
+        for (id, wanted) in wanted {
             // `applied` holds only accepted versions, so a rejected object differs from it and
             // is re-validated (and re-reported) on every sync until it is fixed.
-            let unchanged = self
-                .applied
-                .get(&id)
-                .is_some_and(|(_, _, o)| Arc::ptr_eq(o, &object) || o == &object);
+            let unchanged = self.applied.get(&id).is_some_and(|a| {
+                Arc::ptr_eq(&a.object, &wanted.object) || a.object == wanted.object
+            });
             if unchanged {
+                // The same object, from another file or version of it: save where it is now.
+                if let Some(a) = self.applied.get_mut(&id) {
+                    if !Arc::ptr_eq(&a.source, &wanted.source)
+                        || a.path != wanted.path
+                        || a.document != wanted.document
+                    {
+                        *a = wanted;
+                        changed = true;
+                    }
+                }
                 continue;
             }
-            match index.apply(InputObject::clone(&object)) {
+            match index.apply(InputObject::clone(&wanted.object)) {
                 Ok(()) => {
-                    self.applied.insert(id, (path, document, object));
+                    self.rejected.remove(&id);
+                    self.applied.insert(id, wanted);
+                    changed = true;
                 }
                 Err(errors) => {
-                    troubled.insert(path.clone());
+                    troubled.insert(wanted.path.clone());
+                    let display = wanted.path.display().to_string();
                     for e in errors {
                         problems.push(problem(
-                            &path.display().to_string(),
-                            format!("document {document} ({} {}): {e}", id.0, id.1),
+                            &display,
+                            format!("document {} ({} {}): {e}", wanted.document, id.0, id.1),
                         ));
                     }
+                    self.rejected.insert(id, wanted.path);
                 }
             }
         }
-        if remembered_changed {
-            self.remember()?;
+        if changed {
+            if let Some(state_dir) = &self.state_dir {
+                state::save(state_dir, self.applied.values())?;
+            }
         }
         self.clean = contributing.difference(&troubled).cloned().collect();
         Ok(Some(problems))
     }
 
-    /// The objects of `text`, read from `path`: from the cache when the text is the last good
-    /// one, else parsed and remembered as the new last good version (then `true`).
-    fn parse(
-        &mut self,
-        path: &Path,
-        text: String,
-    ) -> Result<(Vec<Arc<InputObject>>, bool), crate::core::manifest::ManifestError> {
-        if let Some(good) = self.last_good.get(path) {
-            if good.text == text {
-                if let Some(objects) = &good.objects {
-                    return Ok((objects.clone(), false));
-                }
-            }
+    /// The objects of `text`, read from `path`, and whether the text differs from the last
+    /// read; parsed only when it does.
+    fn parse(&mut self, path: &Path, text: String) -> Result<FileRead, String> {
+        let cached = self.parsed.get(path).filter(|p| p.source.text == text);
+        let changed = cached.is_none();
+        if changed {
+            let objects = parse_documents(&text, DEFAULT_NAMESPACE)
+                .map(|objects| objects.into_iter().map(Arc::new).collect());
+            let file = ParsedFile {
+                source: Source::new(text),
+                objects,
+            };
+            self.parsed.insert(path.to_path_buf(), file);
         }
-        let objects: Vec<Arc<InputObject>> = parse_documents(&text, DEFAULT_NAMESPACE)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
-        let changed = self.last_good.get(path).is_none_or(|g| g.text != text);
-        let file = GoodFile {
-            text,
-            objects: Some(objects.clone()),
-        };
-        self.last_good.insert(path.to_path_buf(), file);
-        Ok((objects, changed))
-    }
-
-    /// Objects from the last good version of a file that now fails to parse or read.
-    fn fallback(&mut self, path: &Path) -> Option<Vec<Arc<InputObject>>> {
-        let good = self.last_good.get_mut(path)?;
-        if good.objects.is_none() {
-            let parsed = parse_documents(&good.text, DEFAULT_NAMESPACE).ok()?;
-            good.objects = Some(parsed.into_iter().map(Arc::new).collect());
+        let file = &self.parsed[path];
+        match &file.objects {
+            Ok(objects) => Ok(FileRead {
+                source: file.source.clone(),
+                objects: objects.clone(),
+                changed,
+            }),
+            Err(error) => Err(error.to_string()),
         }
-        good.objects.clone()
-    }
-
-    fn remember(&self) -> Result<(), FileProviderError> {
-        let Some(state_dir) = &self.state_dir else {
-            return Ok(());
-        };
-        let texts: BTreeMap<&PathBuf, &str> = self
-            .last_good
-            .iter()
-            .map(|(path, good)| (path, good.text.as_str()))
-            .collect();
-        let path = state_dir.join(LAST_GOOD_FILE);
-        let tmp = state_dir.join(format!("{LAST_GOOD_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(&texts).unwrap_or_default();
-        std::fs::create_dir_all(state_dir)
-            .and_then(|_| std::fs::write(&tmp, bytes))
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| FileProviderError::WriteState { path, source })
     }
 }
 
@@ -317,6 +328,7 @@ fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, FileProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::ObjectKey;
 
     const GOOD: &str = r#"
 apiVersion: meridian.dev/v1alpha1
@@ -331,7 +343,7 @@ spec:
 
     fn provider(dir: &Path, state: &Path) -> (FileProvider, Index) {
         (
-            FileProvider::new(dir, Some(state.to_path_buf())),
+            FileProvider::new(dir, Some(state.to_path_buf())).unwrap(),
             Index::new().0,
         )
     }
@@ -464,5 +476,88 @@ spec:
             assert_eq!(port(&index), expected);
             assert_eq!(index.model().access_points.len(), 2);
         }
+    }
+
+    fn port(index: &Index) -> Option<u32> {
+        let ap = index
+            .model()
+            .access_points
+            .get(&ObjectKey::new("default", "shop"))?;
+        Some(ap.spec.template.gateways[0].spec.servers[0].port.number)
+    }
+
+    #[test]
+    fn a_restart_serves_the_last_accepted_version_whatever_the_files_hold_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.yaml");
+        std::fs::write(&file, GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        p.sync(&mut index).unwrap();
+        assert_eq!(port(&index), Some(8080));
+
+        // Rejected by validation, then unparsable: neither becomes the last good version.
+        for broken in [GOOD.replace("8080", "0"), GOOD.replace("8080", "many")] {
+            std::fs::write(&file, &broken).unwrap();
+            assert_eq!(p.sync(&mut index).unwrap().len(), 1);
+            assert_eq!(port(&index), Some(8080));
+            let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+            let problems = restarted.sync(&mut fresh).unwrap();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].source.ends_with("shop.yaml"), "{problems:?}");
+            assert_eq!(port(&fresh), Some(8080), "after a restart with {broken}");
+        }
+        // The rejected version is reported on every restart, however many there were.
+        std::fs::write(&file, GOOD.replace("8080", "0")).unwrap();
+        for _ in 0..2 {
+            let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+            assert_eq!(restarted.sync(&mut fresh).unwrap().len(), 1);
+            assert_eq!(port(&fresh), Some(8080));
+            assert!(fresh
+                .rejected()
+                .contains_key(&ObjectKey::new("default", "shop")));
+        }
+
+        // Fixed while stopped: the fix is served; removed while stopped: nothing is.
+        std::fs::write(&file, GOOD.replace("8080", "9090")).unwrap();
+        let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+        assert!(restarted.sync(&mut fresh).unwrap().is_empty());
+        assert_eq!(port(&fresh), Some(9090));
+        std::fs::remove_file(&file).unwrap();
+        let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+        assert!(restarted.sync(&mut fresh).unwrap().is_empty());
+        assert_eq!(port(&fresh), None);
+    }
+
+    #[test]
+    fn an_object_never_accepted_is_not_served_after_a_restart_and_its_rejection_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.yaml");
+        std::fs::write(&file, GOOD.replace("8080", "0")).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        assert_eq!(p.sync(&mut index).unwrap().len(), 1);
+        assert_eq!(port(&index), None);
+        assert_eq!(index.rejected().len(), 1);
+        let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+        assert_eq!(restarted.sync(&mut fresh).unwrap().len(), 1);
+        assert_eq!(port(&fresh), None);
+
+        // The file stops parsing: only the parse error is left to report.
+        std::fs::write(&file, "kind: [").unwrap();
+        assert_eq!(restarted.sync(&mut fresh).unwrap().len(), 1);
+        assert!(fresh.rejected().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(state.path().join(STATE_FILE), "{not json").unwrap();
+        let error = FileProvider::new(dir.path(), Some(state.path().to_path_buf()))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(STATE_FILE), "{error}");
     }
 }

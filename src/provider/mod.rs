@@ -7,7 +7,7 @@ pub mod kube;
 use serde::Serialize;
 
 /// A problem with the input that operators must see; the last good config keeps serving.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct ConfigProblem {
     /// The file (standalone) or object (Kubernetes) at fault.
     pub source: String,

@@ -146,6 +146,9 @@ impl DeltaSession {
         Ok(out)
     }
 
+    /// A new configuration: push what changed, in make-before-break order. A changed cluster
+    /// or listener warms in Envoy until its endpoints or routes arrive, so those are sent again
+    /// even when the proxy has them (xDS "Resource warming").
     pub fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<DeltaDiscoveryResponse> {
         self.config = config;
         // A new push supersedes any removal still waiting on an older one.
@@ -162,16 +165,36 @@ impl DeltaSession {
         } else {
             self.respond(ResourceType::Cluster)
         };
+        if let Some(update) = &cluster_update {
+            let warming: Vec<String> = update.resources.iter().map(|r| r.name.clone()).collect();
+            self.forget(ResourceType::Endpoint, warming);
+        }
         out.extend(cluster_update);
         for kind in ResourceType::AFTER_CLUSTERS {
             if let Some(r) = self.respond(kind) {
                 if defer && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
                 }
+                if kind == ResourceType::Listener && !r.resources.is_empty() {
+                    let routes = self.config.resources(ResourceType::Route);
+                    let routes: Vec<String> = routes.keys().cloned().collect();
+                    self.forget(ResourceType::Route, routes);
+                }
                 out.push(r);
             }
         }
         out
+    }
+
+    /// Counts `names` of `kind` as not held by the proxy, so the next response sends them.
+    fn forget(&mut self, kind: ResourceType, names: Vec<String>) {
+        if let Some(state) = self.types.get_mut(&kind) {
+            for name in names {
+                if self.config.get(kind, &name).is_some() {
+                    state.known.remove(&name);
+                }
+            }
+        }
     }
 
     pub fn take_events(&mut self) -> Events {

@@ -137,3 +137,56 @@ fn cluster_removal_waits_for_route_ack() {
         .unwrap();
     assert_eq!(after[0].removed_resources, ["old"]);
 }
+
+/// Subscribes CDS (wildcard), EDS (a, b), LDS (wildcard) and RDS (r) and ACKs each.
+fn synced_everything(spec: &[&str]) -> DeltaSession {
+    let mut s = DeltaSession::new(config(spec, "1"));
+    for (kind, names) in [
+        (ResourceType::Cluster, &[][..]),
+        (ResourceType::Endpoint, &["a", "b"][..]),
+        (ResourceType::Listener, &[][..]),
+        (ResourceType::Route, &["r"][..]),
+    ] {
+        let r = s.on_request(&request(kind, names, "")).unwrap().remove(0);
+        s.on_request(&request(kind, &[], &r.nonce)).unwrap();
+    }
+    s
+}
+
+#[test]
+fn a_changed_cluster_is_sent_its_unchanged_endpoints_again() {
+    let spec = ["CDS:a", "CDS:b", "EDS:a", "EDS:b", "LDS:l", "RDS:r"];
+    let mut s = synced_everything(&spec);
+    let out = s.on_config(config(
+        &["CDS:a@2", "CDS:b", "EDS:a", "EDS:b", "LDS:l", "RDS:r"],
+        "1",
+    ));
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        (out[0].type_url.clone(), names(&out[0])),
+        (ResourceType::Cluster.type_url(), vec!["a"])
+    );
+    assert_eq!(
+        (out[1].type_url.clone(), names(&out[1])),
+        (ResourceType::Endpoint.type_url(), vec!["a"]),
+        "only the changed cluster's assignment, though unchanged"
+    );
+}
+
+#[test]
+fn a_changed_listener_is_sent_its_unchanged_routes_again() {
+    let spec = ["CDS:a", "CDS:b", "EDS:a", "EDS:b", "LDS:l", "RDS:r"];
+    let mut s = synced_everything(&spec);
+    let out = s.on_config(config(
+        &["CDS:a", "CDS:b", "EDS:a", "EDS:b", "LDS:l@2", "RDS:r"],
+        "1",
+    ));
+    let sent: Vec<_> = out.iter().map(|r| (r.type_url.clone(), names(r))).collect();
+    assert_eq!(
+        sent,
+        [
+            (ResourceType::Listener.type_url(), vec!["l"]),
+            (ResourceType::Route.type_url(), vec!["r"])
+        ]
+    );
+}

@@ -138,6 +138,8 @@ impl SotwSession {
     }
 
     /// A new configuration for this gateway: push what changed, in make-before-break order.
+    /// A changed cluster or listener warms in Envoy until its endpoints or routes arrive, so
+    /// those are sent again even when unchanged (xDS "Resource warming").
     pub fn on_config(&mut self, config: Arc<GatewayConfig>) -> Vec<DiscoveryResponse> {
         let removed_clusters = self
             .types
@@ -151,16 +153,29 @@ impl SotwSession {
         self.config = config;
         // A new push supersedes any removal still waiting on an older one.
         self.removal_waits_for.clear();
+        let changed_clusters = self.changed_names(ResourceType::Cluster);
+        let changed_listeners = self.changed_names(ResourceType::Listener);
         let mut out = Vec::new();
         let keep_stale = removed_clusters
             && [ResourceType::Listener, ResourceType::Route]
                 .iter()
                 .any(|k| self.would_change(*k));
-        if let Some(r) = self.respond_with(ResourceType::Cluster, false, keep_stale) {
-            out.push(r);
-        }
+        let clusters_sent = self
+            .respond_with(ResourceType::Cluster, false, keep_stale)
+            .map(|r| out.push(r))
+            .is_some();
         for kind in ResourceType::AFTER_CLUSTERS {
-            if let Some(r) = self.respond(kind, false) {
+            let warming = match kind {
+                ResourceType::Endpoint => {
+                    clusters_sent
+                        && changed_clusters
+                            .iter()
+                            .any(|name| self.config.get(kind, name).is_some())
+                }
+                ResourceType::Route => !changed_listeners.is_empty(),
+                _ => false,
+            };
+            if let Some(r) = self.respond(kind, warming) {
                 if keep_stale && matches!(kind, ResourceType::Listener | ResourceType::Route) {
                     self.removal_waits_for.insert(r.nonce.clone());
                 }
@@ -168,6 +183,23 @@ impl SotwSession {
             }
         }
         out
+    }
+
+    /// Names of `kind` the current config has in another version than the proxy was sent
+    /// (new names too).
+    fn changed_names(&self, kind: ResourceType) -> Vec<String> {
+        let Some(sent) = self.types.get(&kind).and_then(|s| s.sent.as_ref()) else {
+            return Vec::new();
+        };
+        self.desired(kind, false)
+            .into_iter()
+            .filter(|(name, r)| {
+                sent.resources
+                    .get(name)
+                    .is_none_or(|s| s.version != r.version)
+            })
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Drains ACK/NACK events since the last call (for metrics and logs).

@@ -263,3 +263,75 @@ fn a_newer_push_releases_a_pending_cluster_removal() {
         "stale cluster must not linger forever"
     );
 }
+
+/// Subscribes CDS, EDS (a, b), LDS and RDS (r) and ACKs each first response.
+fn synced_everything(spec: &[&str]) -> SotwSession {
+    let mut s = SotwSession::new(config(spec, "1"));
+    for (kind, names) in [
+        (ResourceType::Cluster, &[][..]),
+        (ResourceType::Endpoint, &["a", "b"][..]),
+        (ResourceType::Listener, &[][..]),
+        (ResourceType::Route, &["r"][..]),
+    ] {
+        let r = s
+            .on_request(&request(kind, names, "", ""))
+            .unwrap()
+            .remove(0);
+        s.on_request(&request(kind, names, &r.version_info, &r.nonce))
+            .unwrap();
+    }
+    s
+}
+
+const WARMING: &[&str] = &["CDS:a", "CDS:b", "EDS:a", "EDS:b", "LDS:l", "RDS:r"];
+
+#[test]
+fn a_changed_cluster_is_sent_its_unchanged_endpoints_again() {
+    let mut s = synced_everything(WARMING);
+    let out = s.on_config(config(
+        &["CDS:a@2", "CDS:b", "EDS:a", "EDS:b", "LDS:l", "RDS:r"],
+        "1",
+    ));
+    let types: Vec<String> = out.iter().map(|r| r.type_url.clone()).collect();
+    assert_eq!(
+        types,
+        [
+            ResourceType::Cluster.type_url(),
+            ResourceType::Endpoint.type_url()
+        ],
+        "Envoy warms cluster a until its ClusterLoadAssignment arrives"
+    );
+    // (Test assignments are named after their cluster and tag.)
+    assert_eq!(names(&out[1]), ["a1", "b1"]);
+
+    // An endpoint change alone is sent once, as before; nothing is forced.
+    let out = s.on_config(config(
+        &["CDS:a@2", "CDS:b", "EDS:a@3", "EDS:b", "LDS:l", "RDS:r"],
+        "1",
+    ));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].type_url, ResourceType::Endpoint.type_url());
+    assert!(s
+        .on_config(config(
+            &["CDS:a@2", "CDS:b", "EDS:a@3", "EDS:b", "LDS:l", "RDS:r"],
+            "1"
+        ))
+        .is_empty());
+}
+
+#[test]
+fn a_changed_listener_is_sent_its_unchanged_routes_again() {
+    let mut s = synced_everything(WARMING);
+    let out = s.on_config(config(
+        &["CDS:a", "CDS:b", "EDS:a", "EDS:b", "LDS:l@2", "RDS:r"],
+        "1",
+    ));
+    let types: Vec<String> = out.iter().map(|r| r.type_url.clone()).collect();
+    assert_eq!(
+        types,
+        [
+            ResourceType::Listener.type_url(),
+            ResourceType::Route.type_url()
+        ]
+    );
+}

@@ -6,8 +6,9 @@ use std::time::Duration;
 use xds_api::pb::envoy::config::cluster::v3::{
     circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
 };
-use xds_api::pb::envoy::config::core::v3::RoutingPriority;
+use xds_api::pb::envoy::config::core::v3::{Http2ProtocolOptions, RoutingPriority};
 use xds_api::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
+use xds_api::pb::envoy::r#type::v3::Percent;
 use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::endpoint;
@@ -176,6 +177,15 @@ pub fn build(
     }
     apply_connection_pool(&mut cluster, policy);
     apply_outlier_detection(&mut cluster, policy);
+    if service.port(cluster_ref.port).is_some_and(|p| p.http2) {
+        // gRPC and HTTP/2 backends need HTTP/2 upstream. The field is deprecated in favour of
+        // `typed_extension_protocol_options`, whose message xds-api does not ship; Envoy 1.40
+        // still honours it (moving to envoy-types is issue 23).
+        #[allow(deprecated)]
+        {
+            cluster.http2_protocol_options = Some(Http2ProtocolOptions::default());
+        }
+    }
     BuiltCluster {
         resource: Resource::new(name, &cluster),
         uses_eds,
@@ -253,6 +263,14 @@ fn apply_outlier_detection(cluster: &mut Cluster, policy: &TrafficPolicy) {
             .and_then(|d| duration::parse(d).ok())
             .map(duration::to_proto)
     };
+    // Istio's reading of minHealthPercent: Envoy's panic threshold, 0 (no panic) by default,
+    // so ejected hosts stay ejected however many there are.
+    cluster
+        .common_lb_config
+        .get_or_insert_with(Default::default)
+        .healthy_panic_threshold = Some(Percent {
+        value: f64::from(od.min_health_percent.unwrap_or(0)),
+    });
     cluster.outlier_detection = Some(EnvoyOutlier {
         consecutive_5xx: u32v(od.consecutive_5xx_errors),
         consecutive_gateway_failure: u32v(od.consecutive_gateway_errors),

@@ -17,6 +17,27 @@ pub struct ServicePortInfo {
     pub name: String,
     /// The port endpoints listen on, when known from the Service (`targetPort`).
     pub target: Option<IntOrString>,
+    /// Whether its backends speak HTTP/2 (gRPC, HTTP/2, h2c), so the proxy must too.
+    pub http2: bool,
+}
+
+/// Whether an Istio protocol name (a ServiceEntry port's `protocol`, a Service port's
+/// `appProtocol`, or the prefix of its name) means HTTP/2 to the backend, as Istio reads it.
+pub fn speaks_http2(protocol: &str) -> bool {
+    let protocol = protocol.to_ascii_lowercase();
+    matches!(
+        protocol.as_str(),
+        "grpc" | "grpc-web" | "http2" | "h2c" | "kubernetes.io/h2c"
+    )
+}
+
+/// A port's protocol as Istio selects it: `appProtocol` (or a ServiceEntry's `protocol`) when
+/// set, else the port name's prefix before `-` (`grpc-api`, `http2`).
+fn port_speaks_http2(protocol: Option<&str>, name: &str) -> bool {
+    match protocol.filter(|p| !p.is_empty()) {
+        Some(protocol) => speaks_http2(protocol),
+        None => name.split('-').next().is_some_and(speaks_http2) || speaks_http2(name),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -86,6 +107,10 @@ impl<'m> ServiceRegistry<'m> {
                     number: p.port as u32,
                     name: p.name.clone().unwrap_or_default(),
                     target: p.target_port.clone(),
+                    http2: port_speaks_http2(
+                        p.app_protocol.as_deref(),
+                        p.name.as_deref().unwrap_or_default(),
+                    ),
                 })
                 .collect();
             by_host
@@ -122,6 +147,7 @@ impl<'m> ServiceRegistry<'m> {
                     number: p.number,
                     name: p.name.clone(),
                     target: p.target_port.map(|t| IntOrString::Int(t as i32)),
+                    http2: port_speaks_http2(Some(&p.protocol), &p.name),
                 })
                 .collect();
             for host in &entry.spec.hosts {

@@ -500,3 +500,117 @@ fn mesh_default_export_applies_to_objects_without_export_to() {
     model.export.virtual_service = vec![".".to_owned()];
     assert_eq!(export_outcome(&model).0, 0);
 }
+
+/// Services whose ports speak gRPC or HTTP/2, by each of the ways Istio infers a protocol, and
+/// one that speaks HTTP/1.1.
+const PROTOCOLS: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: rpc, namespace: edge}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 80, protocol: HTTP2}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: rpc}
+      spec:
+        hosts: [rpc.example.com]
+        gateways: [gw]
+        http:
+        - match: [{uri: {prefix: /named}}]
+          route: [{destination: {host: named}}]
+        - match: [{uri: {prefix: /app}}]
+          route: [{destination: {host: app}}]
+        - match: [{uri: {prefix: /h2c}}]
+          route: [{destination: {host: h2c}}]
+        - match: [{uri: {prefix: /entry}}]
+          route: [{destination: {host: entry.internal}}]
+        - route: [{destination: {host: plain}}]
+    serviceEntries:
+    - metadata: {name: entry}
+      spec:
+        hosts: [entry.internal]
+        ports: [{number: 9000, name: api, protocol: GRPC}]
+        resolution: DNS
+---
+apiVersion: v1
+kind: Service
+metadata: {name: named, namespace: edge}
+spec: {ports: [{name: grpc-api, port: 9000}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: app, namespace: edge}
+spec: {ports: [{name: api, port: 9000, appProtocol: grpc}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: h2c, namespace: edge}
+spec: {ports: [{name: web, port: 9000, appProtocol: kubernetes.io/h2c}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: edge}
+spec: {ports: [{name: http-web, port: 9000, appProtocol: http}]}
+"#;
+
+#[test]
+fn grpc_and_http2_ports_are_reached_over_http2() {
+    let model = model_of(PROTOCOLS);
+    let translation = translate_fixture(&model, &identity("edge", "gw"));
+    let http2 = |host: &str| {
+        let name = format!("outbound|9000||{host}");
+        let cluster = translation
+            .config
+            .get(ResourceType::Cluster, &name)
+            .unwrap_or_else(|| panic!("no cluster {name}"));
+        let json = crate::core::json::any_to_json(&cluster.body).unwrap();
+        json.get("http2ProtocolOptions").is_some()
+    };
+    for host in [
+        "named.edge.svc.cluster.local",
+        "app.edge.svc.cluster.local",
+        "h2c.edge.svc.cluster.local",
+        "entry.internal",
+    ] {
+        assert!(http2(host), "{host} should be reached over HTTP/2");
+    }
+    assert!(!http2("plain.edge.svc.cluster.local"));
+}
+
+#[test]
+fn outlier_detection_sets_the_panic_threshold_from_min_health_percent() {
+    let threshold = |policy: &str| {
+        let yaml = PROTOCOLS.replace(
+            "    serviceEntries:",
+            &format!(
+                "    destinationRules:\n    - metadata: {{name: plain}}\n      spec: {{host: plain, trafficPolicy: {policy}}}\n    serviceEntries:"
+            ),
+        );
+        let model = model_of(&yaml);
+        let translation = translate_fixture(&model, &identity("edge", "gw"));
+        let cluster = translation
+            .config
+            .get(
+                ResourceType::Cluster,
+                "outbound|9000||plain.edge.svc.cluster.local",
+            )
+            .unwrap();
+        let json = crate::core::json::any_to_json(&cluster.body).unwrap();
+        // Proto3 JSON leaves out a zero: an empty Percent is 0%.
+        json.pointer("/commonLbConfig/healthyPanicThreshold")
+            .map(|p| p.get("value").and_then(|v| v.as_f64()).unwrap_or(0.0))
+    };
+    // Istio's default: no panic mode, so ejected hosts stay out however many there are.
+    assert_eq!(
+        threshold("{outlierDetection: {consecutive5xxErrors: 1}}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        threshold("{outlierDetection: {consecutive5xxErrors: 1, minHealthPercent: 30}}"),
+        Some(30.0)
+    );
+    // Without outlier detection Envoy's own default (50%) stands, as in Istio.
+    assert_eq!(threshold("{loadBalancer: {simple: ROUND_ROBIN}}"), None);
+}

@@ -1,0 +1,98 @@
+//! The `meridian standalone` binary as operators run it: its logs and its quiet when idle.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const INVALID: &str = r#"apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: web, namespace: apps}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 0}, hosts: ["*"]}]}
+"#;
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {metrics}"))
+}
+
+/// A rejected file is logged once, not on every resync; an idle directory is not re-read in
+/// a loop (the watcher ignores reads, its own included); logs to a file carry no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_logged_once_and_an_idle_directory_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("invalid.yaml"), INVALID).unwrap();
+    std::fs::write(config.join("unparsable.yaml"), "kind: [").unwrap();
+    let log_path = dir.path().join("meridian.log");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("standalone")
+        .arg("--config-dir")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args([
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = client();
+    eventually(Duration::from_secs(30), "admin answers", || async {
+        client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let syncs = metric(
+        &admin_text(&client, admin, "/metrics").await,
+        "meridian_config_syncs_total",
+    );
+    // Reading the files, as an operator or a backup job would, is not a change.
+    for _ in 0..20 {
+        for name in ["invalid.yaml", "unparsable.yaml"] {
+            std::fs::read(config.join(name)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = admin_text(&client, admin, "/metrics").await;
+    let more = metric(&metrics, "meridian_config_syncs_total") - syncs;
+    // At most the periodic resync (every 5 s) in these 2 s.
+    assert!(more <= 1.0, "{more} re-syncs of an idle directory in 2 s");
+    assert_eq!(metric(&metrics, "meridian_config_errors"), 2.0);
+
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    let rejected = log.matches("config rejected").count();
+    assert_eq!(rejected, 2, "each rejection logged once:\n{log}");
+    assert!(
+        log.contains("invalid.yaml") && log.contains("unparsable.yaml"),
+        "{log}"
+    );
+}
