@@ -22,7 +22,7 @@ use crate::dns_server::DnsOptions;
 use crate::fleet_acks::FleetAcks;
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::provider::file::FileProvider;
+use crate::provider::file::{FileProvider, SETTLE};
 use crate::rollouts::{PinUpdate, Role, RolloutStore, RolloutTask};
 pub use crate::serve::Running;
 use crate::vips::{self, VipStore, VipUpdate};
@@ -193,8 +193,8 @@ fn resync(
 }
 
 async fn watch_config(
-    mut provider: FileProvider,
-    mut index: Index,
+    provider: FileProvider,
+    index: Index,
     mut derived: mpsc::Receiver<Derived>,
     admin: Arc<AdminState>,
     mut stopped: watch::Receiver<bool>,
@@ -214,12 +214,16 @@ async fn watch_config(
         .with_context(|| format!("watching {}", provider.dir().display()))?;
     let mut periodic = tokio::time::interval(RESYNC_EVERY);
     periodic.tick().await;
+    let mut settle_at = None;
+    let mut state = (provider, index);
     loop {
         tokio::select! {
             _ = stopped.changed() => return Ok(()),
             Some(()) = events.recv() => tokio::time::sleep(DEBOUNCE).await,
             _ = periodic.tick() => {}
+            _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {}
             Some(update) = derived.recv() => {
+                let index = &mut state.1;
                 match update {
                     Derived::Issued(secrets) => index.set_issued(secrets),
                     Derived::Vips(vips) => index.set_vips(vips.table, vips.errors),
@@ -230,18 +234,32 @@ async fn watch_config(
                 continue;
             }
         }
-        let before = index.publish();
-        if let Err(error) = resync(&mut provider, &mut index, &admin) {
-            tracing::error!(%error, "config directory unreadable; last good config keeps serving");
-            continue;
-        }
-        let after = index.publish();
-        if after != before {
-            tracing::info!(
+        // Reading and parsing take time the async workers (xDS, DNS, admin) must not lose.
+        let admin = admin.clone();
+        let (returned, result, before, after) = tokio::task::spawn_blocking(move || {
+            let (mut provider, mut index) = state;
+            let before = index.publish();
+            let result = resync(&mut provider, &mut index, &admin);
+            let after = index.publish();
+            ((provider, index), result, before, after)
+        })
+        .await
+        .context("config sync panicked")?;
+        state = returned;
+        let (provider, index) = &state;
+        settle_at = provider
+            .settling()
+            .then(|| tokio::time::Instant::now() + SETTLE);
+        match result {
+            Err(error) => {
+                tracing::error!(%error, "config directory unreadable; last good config keeps serving")
+            }
+            Ok(()) if after != before => tracing::info!(
                 generation = after,
                 objects = index.model().len(),
                 "config applied"
-            );
+            ),
+            Ok(()) => {}
         }
     }
 }

@@ -579,3 +579,41 @@ async fn sotw_destination_rule_edit_reaches_envoy_without_waiting_to_warm() {
 async fn delta_destination_rule_edit_reaches_envoy_without_waiting_to_warm() {
     destination_rule_edit(true).await;
 }
+
+/// Editors and scripts that rewrite a file in place leave it empty or half-written for a
+/// moment; what the file served keeps serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_rewritten_in_place_withdraw_nothing_while_half_written() {
+    use std::io::Write;
+    let f = Fixture::new().await;
+    let client = client();
+    let port = f.gateway_port;
+    let meridian = start_meridian(&f.config_dir(), &f.state_dir(), f.xds_port).await;
+    let envoy = Envoy::start(f.path(), "gw-in-place", "edge/public", f.xds_port, false);
+    eventually(Duration::from_secs(30), "Envoy converges", || {
+        routes_to(&client, port, "shop.example.test", "/a", "alpha")
+    })
+    .await;
+    let text = shop_manifest(port, "alpha", "");
+    let path = f.config_dir().join("shop.yaml");
+    let writer = tokio::task::spawn_blocking(move || {
+        for _ in 0..5 {
+            // Truncate, then write in two halves with a pause between (same content).
+            let mut file = std::fs::File::create(&path).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            file.write_all(&text.as_bytes()[..text.len() / 2]).unwrap();
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            file.write_all(&text.as_bytes()[text.len() / 2..]).unwrap();
+            drop(file);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let misses = misses_during(&client, port, "alpha", Duration::from_millis(3200)).await;
+    writer.await.unwrap();
+    assert_eq!(misses, 0, "requests failed while the file was half-written");
+    let problems = admin_json(&client, meridian.admin_addr, "/debug/problems").await;
+    assert_eq!(problems, serde_json::json!([]));
+    meridian.shutdown().await.unwrap();
+    drop(envoy);
+}

@@ -31,7 +31,14 @@ pub enum ManifestError {
     },
     #[error("document {document} ({kind}): metadata.name is required")]
     MissingName { document: usize, kind: String },
+    #[error("line {line}: brackets nested deeper than {MAX_FLOW_DEPTH}")]
+    TooDeep { line: usize },
 }
+
+/// How deep `[` and `{` may nest. The YAML parser takes time quadratic in the nesting (100,000
+/// brackets: 20 s), and deserialization gives up at 128 levels anyway, so deeper text is
+/// refused before it is parsed.
+pub const MAX_FLOW_DEPTH: usize = 128;
 
 /// Parses every document of one file. Empty documents are skipped. Objects without a
 /// namespace get `default_namespace` (as `kubectl apply` would), except cluster-scoped kinds.
@@ -39,6 +46,7 @@ pub fn parse_documents(
     text: &str,
     default_namespace: &str,
 ) -> Result<Vec<InputObject>, ManifestError> {
+    check_flow_depth(text)?;
     let mut objects = Vec::new();
     for (document, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value: serde_yaml::Value =
@@ -52,6 +60,53 @@ pub fn parse_documents(
         objects.push(parse_object(document, value, default_namespace)?);
     }
     Ok(objects)
+}
+
+/// Refuses text whose flow collections nest deeper than [`MAX_FLOW_DEPTH`], in one pass.
+/// Brackets inside quoted scalars and comments do not count; it may over-count brackets in
+/// plain or block scalars, which only matters past 128 unclosed ones.
+fn check_flow_depth(text: &str) -> Result<(), ManifestError> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    let mut chars = text.chars().peekable();
+    let mut previous = '\n';
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if previous.is_whitespace() => while chars.next_if(|&c| c != '\n').is_some() {},
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '\'' if !previous.is_alphanumeric() => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\'' if chars.next_if_eq(&'\'').is_none() => break,
+                        '\n' => line += 1,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(ManifestError::TooDeep { line });
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    Ok(())
 }
 
 fn parse_object(
@@ -222,6 +277,29 @@ spec:
         let cluster = "apiVersion: meridian.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: east}\nspec: {nope: 1}\n";
         let err = parse_documents(cluster, "default").unwrap_err().to_string();
         assert!(err.contains("(MemberCluster east)"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_the_quadratic_parse() {
+        for open in ["[", "{a: "] {
+            let text = format!("a: {}", open.repeat(100_000));
+            let started = std::time::Instant::now();
+            let err = parse_documents(&text, "d").unwrap_err();
+            assert!(matches!(err, ManifestError::TooDeep { line: 1 }), "{err}");
+            // Refused in one pass; the parser would take tens of seconds.
+            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        }
+        // Quoted brackets and comments do not count; real nesting up to the limit parses.
+        let quoted = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  annotations: {{a: \"{0}\", b: '{0}'}} # {0}\nspec: {{ports: [{{port: 80}}]}}\n",
+            "[".repeat(500)
+        );
+        assert_eq!(parse_documents(&quoted, "d").unwrap().len(), 1);
+        let nested = format!("a: {}{}", "[".repeat(100), "]".repeat(100));
+        assert!(!matches!(
+            parse_documents(&nested, "d"),
+            Err(ManifestError::TooDeep { .. })
+        ));
     }
 
     #[test]

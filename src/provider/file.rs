@@ -8,11 +8,13 @@
 //! serves what was in force, whatever kind of rejection the files hold now. Every problem
 //! names the file, the document and the field.
 
+mod read;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use crate::core::manifest::parse_documents;
 use crate::core::model::InputObject;
@@ -24,6 +26,9 @@ use super::ConfigProblem;
 
 /// Namespace for objects that name none, as `kubectl apply` would use.
 const DEFAULT_NAMESPACE: &str = "default";
+
+/// How long after its last write a file that shrank, emptied or broke may still be mid-write.
+pub const SETTLE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileProviderError {
@@ -62,6 +67,10 @@ pub struct FileProvider {
     saved: Option<Vec<Accepted>>,
     /// Files whose every object the last sync applied without a problem.
     clean: BTreeSet<PathBuf>,
+    /// The last sync passed over a file that may be mid-write.
+    settling: bool,
+    /// What is applied could not be saved yet.
+    unsaved: bool,
 }
 
 impl FileProvider {
@@ -84,6 +93,8 @@ impl FileProvider {
             rejected: BTreeMap::new(),
             saved,
             clean: BTreeSet::new(),
+            settling: false,
+            unsaved: false,
         })
     }
 
@@ -129,33 +140,60 @@ impl FileProvider {
         skip_clean: bool,
     ) -> Result<Option<Vec<ConfigProblem>>, FileProviderError> {
         let mut problems = Vec::new();
-        let files = manifest_files(&self.dir)?;
+        let listing = read::list(&self.dir).map_err(|source| FileProviderError::ReadDir {
+            path: self.dir.clone(),
+            source,
+        })?;
+        for (path, why) in &listing.skipped {
+            problems.push(problem(&path.display().to_string(), why.clone()));
+        }
         let mut wanted: BTreeMap<ObjectId, Accepted> = BTreeMap::new();
         let mut contributing = BTreeSet::new();
         let mut skipped = BTreeSet::new();
         let mut troubled = BTreeSet::new();
-        for path in &files {
+        // Files in directories that cannot be listed are not gone: keep what they gave.
+        for (id, accepted) in &self.applied {
+            if listing
+                .unreadable
+                .iter()
+                .any(|d| accepted.path.starts_with(d))
+            {
+                wanted.insert(id.clone(), accepted.clone());
+                contributing.insert(accepted.path.clone());
+                troubled.insert(accepted.path.clone());
+            }
+        }
+        self.settling = false;
+        let mut budget = read::MAX_TOTAL_BYTES;
+        for path in &listing.files {
             let display = path.display().to_string();
-            let read = match std::fs::read_to_string(path) {
-                Ok(text) => self.parse(path, text),
-                Err(e) => Err(format!("cannot read: {e}")),
+            let outcome = match read::read(path, budget) {
+                Ok(file) => {
+                    budget = budget.saturating_sub(file.text.len() as u64);
+                    self.examine(path, file)
+                }
+                Err(error) => Outcome::Failed(error),
             };
-            let (source, objects) = match read {
-                Ok(read) if !read.changed && skip_clean && self.clean.contains(path) => {
+            let (source, objects) = match outcome {
+                Outcome::Parsed(read)
+                    if !read.changed && skip_clean && self.clean.contains(path) =>
+                {
                     contributing.insert(path.clone());
                     skipped.insert(path.clone());
                     continue;
                 }
-                Ok(read) => (read.source, read.objects),
-                Err(error) => {
+                Outcome::Parsed(read) => (read.source, read.objects),
+                Outcome::Failed(error) => {
                     problems.push(problem(&display, error));
+                    self.keep_serving(path, &mut wanted);
                     troubled.insert(path.clone());
-                    // What the index accepted from this file keeps serving.
-                    for (id, accepted) in &self.applied {
-                        if &accepted.path == path && !wanted.contains_key(id) {
-                            wanted.insert(id.clone(), accepted.clone());
-                        }
-                    }
+                    contributing.insert(path.clone());
+                    continue;
+                }
+                Outcome::Settling => {
+                    self.settling = true;
+                    self.keep_serving(path, &mut wanted);
+                    troubled.insert(path.clone());
                     contributing.insert(path.clone());
                     continue;
                 }
@@ -251,13 +289,69 @@ impl FileProvider {
                 }
             }
         }
-        if changed {
+        if changed || self.unsaved {
             if let Some(state_dir) = &self.state_dir {
-                state::save(state_dir, self.applied.values())?;
+                // Serving goes on; the save is retried on every sync until it works.
+                let saved = state::save(state_dir, self.applied.values());
+                self.unsaved = saved.is_err();
+                if let Err(error) = saved {
+                    let why = format!(
+                        "{error}; the config is served but would not survive a restart, retrying"
+                    );
+                    problems.push(problem(&state_dir.display().to_string(), why));
+                }
             }
         }
         self.clean = contributing.difference(&troubled).cloned().collect();
         Ok(Some(problems))
+    }
+
+    /// What the index accepted from `path` keeps serving.
+    fn keep_serving(&self, path: &Path, wanted: &mut BTreeMap<ObjectId, Accepted>) {
+        for (id, accepted) in &self.applied {
+            if accepted.path == path && !wanted.contains_key(id) {
+                wanted.insert(id.clone(), accepted.clone());
+            }
+        }
+    }
+
+    /// Whether the last sync passed over a file caught mid-write; sync again after
+    /// [`SETTLE`] to take it as it is then.
+    pub fn settling(&self) -> bool {
+        self.settling
+    }
+
+    /// What a file just read contributes. A changed file written within [`SETTLE`] that lost
+    /// objects, went empty, stopped parsing or ends mid-line may be caught mid-write (a rewrite
+    /// in place): it counts as unchanged until it settles.
+    fn examine(&mut self, path: &Path, file: read::FileText) -> Outcome {
+        let changed = self
+            .parsed
+            .get(path)
+            .is_none_or(|p| p.source.text != file.text);
+        let recent = file.modified.is_some_and(|m| {
+            SystemTime::now()
+                .duration_since(m)
+                .map_or(true, |age| age < SETTLE)
+        });
+        let mid_line = !file.text.is_empty() && !file.text.ends_with('\n');
+        let read = self.parse(path, file.text);
+        if changed && recent {
+            let before = self.applied.values().filter(|a| a.path == path).count();
+            let unfinished = match &read {
+                Ok(read) => read.objects.len() < before || read.objects.is_empty() || mid_line,
+                Err(_) => true,
+            };
+            if unfinished {
+                // Parsed again once settled, whatever it holds then.
+                self.parsed.remove(path);
+                return Outcome::Settling;
+            }
+        }
+        match read {
+            Ok(read) => Outcome::Parsed(read),
+            Err(error) => Outcome::Failed(error),
+        }
     }
 
     /// The objects of `text`, read from `path`, and whether the text differs from the last
@@ -286,43 +380,20 @@ impl FileProvider {
     }
 }
 
+/// What one file contributes to a sync.
+enum Outcome {
+    Parsed(FileRead),
+    /// It cannot be read or parsed: reported, and its last accepted objects keep serving.
+    Failed(String),
+    /// Caught mid-write: its last accepted objects keep serving until it settles.
+    Settling,
+}
+
 fn problem(source: &str, message: String) -> ConfigProblem {
     ConfigProblem {
         source: source.to_owned(),
         message,
     }
-}
-
-/// `*.yaml` / `*.yml` files under `dir`, recursively, sorted; hidden files are skipped.
-fn manifest_files(dir: &Path) -> Result<Vec<PathBuf>, FileProviderError> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        let entries = std::fs::read_dir(&current).map_err(|source| FileProviderError::ReadDir {
-            path: current.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]
@@ -341,6 +412,21 @@ spec:
       spec: {servers: [{port: {number: 8080}, hosts: ["*"]}]}
 "#;
 
+    /// Writes `text` to `path` as if the write had finished well before the next sync.
+    fn write_settled(path: impl AsRef<Path>, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+        std::fs::write(&path, text)?;
+        let long_ago = SystemTime::now() - Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(long_ago)
+    }
+
+    /// Writes `text` to `path` as a write still under way would leave it.
+    fn write_just_now(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
     fn provider(dir: &Path, state: &Path) -> (FileProvider, Index) {
         (
             FileProvider::new(dir, Some(state.to_path_buf())).unwrap(),
@@ -352,12 +438,12 @@ spec:
     fn broken_file_keeps_last_good_objects_and_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("shop.yaml"), GOOD).unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD).unwrap();
         let (mut p, mut index) = provider(dir.path(), state.path());
         assert!(p.sync(&mut index).unwrap().is_empty());
         assert_eq!(index.model().access_points.len(), 1);
 
-        std::fs::write(
+        write_settled(
             dir.path().join("shop.yaml"),
             GOOD.replace("number: 8080", "number: many"),
         )
@@ -388,11 +474,11 @@ spec:
     fn invalid_access_point_keeps_previous_version() {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("shop.yaml"), GOOD).unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD).unwrap();
         let (mut p, mut index) = provider(dir.path(), state.path());
         p.sync(&mut index).unwrap();
         let before = index.model().clone();
-        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("8080", "0")).unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD.replace("8080", "0")).unwrap();
         let problems = p.sync(&mut index).unwrap();
         assert!(
             problems[0].message.contains("AccessPoint default/shop"),
@@ -405,7 +491,7 @@ spec:
         assert_eq!(index.model(), &before);
         // Still reported on the next sync, until fixed.
         assert_eq!(p.sync(&mut index).unwrap().len(), 1);
-        std::fs::write(dir.path().join("shop.yaml"), GOOD.replace("8080", "9090")).unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD.replace("8080", "9090")).unwrap();
         assert!(p.sync(&mut index).unwrap().is_empty());
     }
 
@@ -413,8 +499,8 @@ spec:
     fn removed_files_delete_their_objects_and_duplicates_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
-        std::fs::write(dir.path().join("b.yml"), GOOD).unwrap();
+        write_settled(dir.path().join("a.yaml"), GOOD).unwrap();
+        write_settled(dir.path().join("b.yml"), GOOD).unwrap();
         let (mut p, mut index) = provider(dir.path(), state.path());
         let problems = p.sync(&mut index).unwrap();
         assert_eq!(problems.len(), 1);
@@ -435,8 +521,8 @@ spec:
             let dir = tempfile::tempdir().unwrap();
             let state = tempfile::tempdir().unwrap();
             // `second` holds shop; `first` holds another AccessPoint.
-            std::fs::write(dir.path().join(second), GOOD).unwrap();
-            std::fs::write(dir.path().join(first), &other).unwrap();
+            write_settled(dir.path().join(second), GOOD).unwrap();
+            write_settled(dir.path().join(first), &other).unwrap();
             let (mut p, mut index) = provider(dir.path(), state.path());
             assert!(p.sync(&mut index).unwrap().is_empty());
             assert!(
@@ -446,7 +532,7 @@ spec:
 
             // `first` now defines shop too, on another port; only it changed.
             let claim = format!("{other}---\n{}", GOOD.replace("8080", "9090"));
-            std::fs::write(dir.path().join(first), claim).unwrap();
+            write_settled(dir.path().join(first), claim).unwrap();
             let problems = p.sync(&mut index).unwrap();
             let port = |index: &Index| {
                 index.model().access_points[&ObjectKey::new("default", "shop")]
@@ -491,14 +577,14 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let file = dir.path().join("shop.yaml");
-        std::fs::write(&file, GOOD).unwrap();
+        write_settled(&file, GOOD).unwrap();
         let (mut p, mut index) = provider(dir.path(), state.path());
         p.sync(&mut index).unwrap();
         assert_eq!(port(&index), Some(8080));
 
         // Rejected by validation, then unparsable: neither becomes the last good version.
         for broken in [GOOD.replace("8080", "0"), GOOD.replace("8080", "many")] {
-            std::fs::write(&file, &broken).unwrap();
+            write_settled(&file, &broken).unwrap();
             assert_eq!(p.sync(&mut index).unwrap().len(), 1);
             assert_eq!(port(&index), Some(8080));
             let (mut restarted, mut fresh) = provider(dir.path(), state.path());
@@ -508,7 +594,7 @@ spec:
             assert_eq!(port(&fresh), Some(8080), "after a restart with {broken}");
         }
         // The rejected version is reported on every restart, however many there were.
-        std::fs::write(&file, GOOD.replace("8080", "0")).unwrap();
+        write_settled(&file, GOOD.replace("8080", "0")).unwrap();
         for _ in 0..2 {
             let (mut restarted, mut fresh) = provider(dir.path(), state.path());
             assert_eq!(restarted.sync(&mut fresh).unwrap().len(), 1);
@@ -519,7 +605,7 @@ spec:
         }
 
         // Fixed while stopped: the fix is served; removed while stopped: nothing is.
-        std::fs::write(&file, GOOD.replace("8080", "9090")).unwrap();
+        write_settled(&file, GOOD.replace("8080", "9090")).unwrap();
         let (mut restarted, mut fresh) = provider(dir.path(), state.path());
         assert!(restarted.sync(&mut fresh).unwrap().is_empty());
         assert_eq!(port(&fresh), Some(9090));
@@ -534,7 +620,7 @@ spec:
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
         let file = dir.path().join("shop.yaml");
-        std::fs::write(&file, GOOD.replace("8080", "0")).unwrap();
+        write_settled(&file, GOOD.replace("8080", "0")).unwrap();
         let (mut p, mut index) = provider(dir.path(), state.path());
         assert_eq!(p.sync(&mut index).unwrap().len(), 1);
         assert_eq!(port(&index), None);
@@ -544,7 +630,7 @@ spec:
         assert_eq!(port(&fresh), None);
 
         // The file stops parsing: only the parse error is left to report.
-        std::fs::write(&file, "kind: [").unwrap();
+        write_settled(&file, "kind: [").unwrap();
         assert_eq!(restarted.sync(&mut fresh).unwrap().len(), 1);
         assert!(fresh.rejected().is_empty());
     }
@@ -553,11 +639,110 @@ spec:
     fn a_corrupt_state_file_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         let state = tempfile::tempdir().unwrap();
-        std::fs::write(state.path().join(STATE_FILE), "{not json").unwrap();
+        write_settled(state.path().join(STATE_FILE), "{not json").unwrap();
         let error = FileProvider::new(dir.path(), Some(state.path().to_path_buf()))
             .err()
             .expect("refused")
             .to_string();
         assert!(error.contains(STATE_FILE), "{error}");
+    }
+
+    #[test]
+    fn a_file_caught_mid_write_keeps_its_objects_until_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.yaml");
+        let two = format!("{GOOD}---\n{}", GOOD.replace("name: shop", "name: cart"));
+        write_settled(&file, &two).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        p.sync(&mut index).unwrap();
+        assert_eq!(index.model().access_points.len(), 2);
+
+        // Truncated to nothing, to one document, to half a document, mid-line: each is held
+        // back.
+        let mid_line = two.replace("8080", "9090");
+        let mid_line = mid_line.trim_end();
+        for partial in ["", GOOD, &two[..two.len() / 2 + 7], mid_line] {
+            write_just_now(&file, partial);
+            assert!(p.sync(&mut index).unwrap().is_empty(), "{partial}");
+            assert!(p.settling());
+            assert_eq!(index.model().access_points.len(), 2, "{partial}");
+        }
+        // Settled as one document: the other goes.
+        write_settled(&file, GOOD).unwrap();
+        assert!(p.sync(&mut index).unwrap().is_empty());
+        assert!(!p.settling());
+        assert_eq!(index.model().access_points.len(), 1);
+        // A file that grows or stays whole is taken at once.
+        write_just_now(&file, &two.replace("8080", "9090"));
+        p.sync(&mut index).unwrap();
+        assert_eq!(
+            (index.model().access_points.len(), port(&index)),
+            (2, Some(9090))
+        );
+        // Settled broken: reported, and the last good config keeps serving.
+        write_settled(&file, "kind: [").unwrap();
+        assert_eq!(p.sync(&mut index).unwrap().len(), 1);
+        assert_eq!(index.model().access_points.len(), 2);
+    }
+
+    #[test]
+    fn special_and_oversized_files_are_reported_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).unwrap();
+        std::os::unix::fs::symlink(".", dir.path().join("loop")).unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join("fifo.yaml").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        let problems = p.sync(&mut index).unwrap();
+        let sources: Vec<_> = problems
+            .iter()
+            .map(|p| p.source.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(sources, ["fifo.yaml", "loop", "zero.yaml"], "{problems:?}");
+        assert_eq!(port(&index), Some(8080));
+
+        // Past the size limit, the last good version keeps serving.
+        let huge = format!("{GOOD}# {}\n", "x".repeat(read::MAX_FILE_BYTES as usize));
+        write_settled(dir.path().join("shop.yaml"), huge).unwrap();
+        let problems = p.sync(&mut index).unwrap();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.source.ends_with("shop.yaml") && p.message.contains("more than")),
+            "{problems:?}"
+        );
+        assert_eq!(port(&index), Some(8080));
+    }
+
+    #[test]
+    fn a_state_dir_that_cannot_be_written_is_reported_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        // The temporary file the save writes through cannot be created.
+        let blocker = state.path().join(format!(".{STATE_FILE}.tmp"));
+        std::fs::create_dir(&blocker).unwrap();
+        write_settled(dir.path().join("shop.yaml"), GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        let problems = p.sync(&mut index).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("would not survive a restart"),
+            "{problems:?}"
+        );
+        assert_eq!(port(&index), Some(8080), "served all the same");
+        assert_eq!(p.sync(&mut index).unwrap().len(), 1, "still unsaved");
+
+        std::fs::remove_dir(&blocker).unwrap();
+        assert!(
+            p.sync(&mut index).unwrap().is_empty(),
+            "saved on the next sync"
+        );
+        let (mut restarted, mut fresh) = provider(dir.path(), state.path());
+        write_settled(dir.path().join("shop.yaml"), "kind: [").unwrap();
+        restarted.sync(&mut fresh).unwrap();
+        assert_eq!(port(&fresh), Some(8080));
     }
 }
