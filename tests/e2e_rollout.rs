@@ -136,7 +136,8 @@ async fn a_change_goes_canary_first_waits_for_approval_halts_on_nack_and_survive
     assert_eq!(status["controls"]["approvals"][0]["by"], "e2e");
 
     // A change the canary's Envoy rejects halts the rollout; the others never get it.
-    fleet.write_web("v3", "Serve", RE2_REJECTS);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fleet.write_web_unbindable("v2", taken.local_addr().unwrap().port());
     let status = wait_phase(admin, "Halted").await;
     let message = status["message"].as_str().unwrap();
     assert!(

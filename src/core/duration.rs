@@ -32,11 +32,19 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             "ns" => 1e-9,
             _ => return Err(err()),
         };
-        total += Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| err())?;
+        let part = Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| err())?;
+        total = total.checked_add(part).ok_or_else(err)?;
         rest = after;
+    }
+    // Protobuf's Duration holds at most 10,000 years; Envoy refuses anything longer.
+    if total > MAX {
+        return Err(err());
     }
     Ok(total)
 }
+
+/// The longest duration a protobuf `Duration` can carry.
+const MAX: Duration = Duration::from_secs(315_576_000_000);
 
 /// Converts to the protobuf well-known type.
 pub fn to_proto(duration: Duration) -> xds_api::pb::google::protobuf::Duration {
@@ -64,5 +72,17 @@ mod tests {
         for bad in ["", "5", "s", "5x", "-1s", "1..2s"] {
             assert!(parse(bad).is_err(), "{bad} should fail");
         }
+    }
+
+    #[test]
+    fn durations_past_what_protobuf_holds_are_errors_not_overflows() {
+        for text in [
+            "1e300h",
+            "5000000000000000h5000000000000000h",
+            "10000000000000000000s",
+        ] {
+            assert!(parse(text).is_err(), "{text}");
+        }
+        assert_eq!(parse("87600h").unwrap(), Duration::from_secs(87_600 * 3600));
     }
 }

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use super::tls::TlsMode;
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::istio::{
@@ -17,6 +19,8 @@ use crate::api::AccessPointSpec;
 use super::duration;
 
 mod export_to;
+mod hosts;
+pub mod re2;
 use export_to::NoneAllowed;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,8 +63,13 @@ impl Errors {
     }
 
     fn regex(&mut self, path: String, value: &str) {
-        if let Err(e) = regex::Regex::new(value) {
-            self.push(path, format!("invalid regex: {e}"));
+        match regex::Regex::new(value) {
+            Err(e) => self.push(path, format!("invalid regex: {e}")),
+            Ok(_) => {
+                if let Some(why) = re2::refusal(value) {
+                    self.push(path, format!("regex Envoy would refuse: {why}"));
+                }
+            }
         }
     }
 
@@ -171,6 +180,13 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
             s.metadata.namespace.as_deref(),
             NoneAllowed::Yes,
         );
+        for (i, port) in s.spec.ports.iter().flatten().enumerate() {
+            let p = format!("{path}.service.spec.ports[{i}]");
+            hosts::check_port(e, format!("{p}.port"), port.port.into());
+            if let Some(IntOrString::Int(target)) = &port.target_port {
+                hosts::check_port(e, format!("{p}.targetPort"), (*target).into());
+            }
+        }
     }
     for (i, g) in t.gateways.iter().enumerate() {
         let p = format!("{path}.gateways[{i}]");
@@ -225,6 +241,9 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
         if we.spec.address.is_empty() {
             e.push(format!("{p}.spec.address"), "must not be empty");
         }
+        for (name, port) in &we.spec.ports {
+            hosts::check_port(e, format!("{p}.spec.ports.{name}"), (*port).into());
+        }
     }
 }
 
@@ -256,6 +275,9 @@ fn gateway(e: &mut Errors, path: &str, g: &GatewaySpec) {
         }
         if s.hosts.is_empty() {
             e.push(format!("{p}.hosts"), "at least one host is required");
+        }
+        for (j, host) in s.hosts.iter().enumerate() {
+            hosts::check_server_host(e, format!("{p}.hosts[{j}]"), host);
         }
     }
 }
@@ -308,6 +330,9 @@ fn is_dns_subdomain(name: &str) -> bool {
 fn virtual_service(e: &mut Errors, path: &str, vs: &VirtualServiceSpec) {
     if vs.hosts.is_empty() {
         e.push(format!("{path}.hosts"), "at least one host is required");
+    }
+    for (i, host) in vs.hosts.iter().enumerate() {
+        hosts::check_host(e, format!("{path}.hosts[{i}]"), host);
     }
     for (i, http) in vs.http.iter().enumerate() {
         http_route(e, &format!("{path}.http[{i}]"), http);
@@ -450,6 +475,8 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
 fn destination_rule(e: &mut Errors, path: &str, dr: &DestinationRuleSpec) {
     if dr.host.is_empty() {
         e.push(format!("{path}.host"), "must not be empty");
+    } else {
+        hosts::check_host(e, format!("{path}.host"), &dr.host);
     }
     if let Some(tp) = &dr.traffic_policy {
         traffic_policy(e, &format!("{path}.trafficPolicy"), tp);
@@ -506,7 +533,7 @@ fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
                 );
             }
             if let Some(size) = ch.maglev.as_ref().and_then(|m| m.table_size) {
-                if !is_prime(size) || size > 5_000_011 {
+                if size > 5_000_011 || !is_prime(size) {
                     e.push(
                         format!("{path}.loadBalancer.consistentHash.maglev.tableSize"),
                         "must be a prime no larger than 5000011",
@@ -548,6 +575,24 @@ fn traffic_policy(e: &mut Errors, path: &str, tp: &TrafficPolicy) {
 fn service_entry(e: &mut Errors, path: &str, se: &ServiceEntrySpec) {
     if se.hosts.is_empty() {
         e.push(format!("{path}.hosts"), "at least one host is required");
+    }
+    for (i, host) in se.hosts.iter().enumerate() {
+        hosts::check_host(e, format!("{path}.hosts[{i}]"), host);
+    }
+    for (i, port) in se.ports.iter().enumerate() {
+        hosts::check_port(e, format!("{path}.ports[{i}].number"), port.number.into());
+        if let Some(target) = port.target_port {
+            hosts::check_port(e, format!("{path}.ports[{i}].targetPort"), target.into());
+        }
+    }
+    for (i, endpoint) in se.endpoints.iter().enumerate() {
+        for (name, port) in &endpoint.ports {
+            hosts::check_port(
+                e,
+                format!("{path}.endpoints[{i}].ports.{name}"),
+                (*port).into(),
+            );
+        }
     }
     if se.ports.is_empty() {
         e.push(format!("{path}.ports"), "at least one port is required");
@@ -737,5 +782,53 @@ spec:
 "#,
         );
         assert!(errors.is_empty(), "{errors:#?}");
+    }
+
+    #[test]
+    fn hosts_and_ports_envoy_would_refuse_are_rejected_with_their_paths() {
+        let errors = errors_of(
+            r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop}
+spec:
+  template:
+    service:
+      metadata: {name: web}
+      spec: {ports: [{port: 80, targetPort: 70000}]}
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 80, protocol: HTTP}, hosts: ["*/bücher.example"]}]}
+    virtualServices:
+    - metadata: {name: vs}
+      spec:
+        hosts: ["shop example.com"]
+        http: [{route: [{destination: {host: web}}]}]
+    destinationRules:
+    - metadata: {name: dr}
+      spec: {host: "web\u0000"}
+    serviceEntries:
+    - metadata: {name: se}
+      spec:
+        hosts: [ext.example.com]
+        ports: [{number: 70000, name: http, protocol: HTTP}]
+        resolution: STATIC
+        endpoints: [{address: 10.0.0.1, ports: {http: 0}}]
+"#,
+        );
+        for path in [
+            "spec.template.service.spec.ports[0].targetPort",
+            "spec.template.gateways[0].spec.servers[0].hosts[0]",
+            "spec.template.virtualServices[0].spec.hosts[0]",
+            "spec.template.destinationRules[0].spec.host",
+            "spec.template.serviceEntries[0].spec.ports[0].number",
+            "spec.template.serviceEntries[0].spec.endpoints[0].ports.http",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(&format!("`{path}`"))),
+                "{path}: {errors:?}"
+            );
+        }
+        assert!(errors.iter().any(|e| e.contains("xn--")), "{errors:?}");
     }
 }

@@ -60,16 +60,22 @@ impl LoadRegistry {
     /// completed no request are left out; so are reports older than [`RETENTION`].
     pub fn record(&self, node: &str, gateway: &ObjectKey, stats: &[ClusterStats], at_ms: u64) {
         let loads = stats.iter().filter_map(|cluster| {
-            let (successes, errors) = cluster
-                .upstream_locality_stats
-                .iter()
-                .fold((0u64, 0u64), |(s, e), l| {
-                    (s + l.total_successful_requests, e + l.total_error_requests)
-                });
-            (successes + errors > 0).then(|| UpstreamLoad {
+            let (successes, errors) =
+                cluster
+                    .upstream_locality_stats
+                    .iter()
+                    .fold((0u64, 0u64), |(s, e), l| {
+                        // Counts come from the proxy: they may be anything.
+                        (
+                            s.saturating_add(l.total_successful_requests),
+                            e.saturating_add(l.total_error_requests),
+                        )
+                    });
+            let requests = successes.saturating_add(errors);
+            (requests > 0).then(|| UpstreamLoad {
                 upstream: cluster.cluster_name.clone(),
                 at_ms,
-                requests: successes + errors,
+                requests,
                 errors,
             })
         });

@@ -10,10 +10,6 @@ pub const CLUSTERS: [&str; 3] = ["canary", "east", "west"];
 
 pub const FLEET: &str = include_str!("../fixtures/three_clusters.yaml");
 
-/// A regex Meridian accepts but Envoy's RE2 rejects (program size over the limit): a change
-/// the canary's Envoy NACKs.
-pub const RE2_REJECTS: &str = "\n        - match: [{uri: {regex: \"/(x{500}){100}\"}}]\n          directResponse: {status: 404}";
-
 /// The AccessPoint: one direct response whose body names the version; every cluster's gateway
 /// listens on its own port (overrides), since all Envoys share this host.
 pub fn web(ports: &[u16; 3], body: &str, mode: &str, extra_route: &str) -> String {
@@ -107,6 +103,18 @@ impl Fleet {
 
     pub fn write_web(&self, body: &str, mode: &str, extra_route: &str) {
         let text = web(&self.ports, body, mode, extra_route);
+        std::fs::write(self.config_dir().join("web.yaml"), text).unwrap();
+    }
+
+    /// A revision every Envoy NACKs: a second server on `taken`, a port another socket holds
+    /// (the proxy cannot bind it; validation cannot know).
+    pub fn write_web_unbindable(&self, body: &str, taken: u16) {
+        let server = "          hosts: [\"*\"]\n";
+        let text = web(&self.ports, body, "Serve", "").replacen(
+            server,
+            &format!("{server}        - port: {{number: {taken}, protocol: HTTP}}\n          bind: 127.0.0.1\n{server}"),
+            1,
+        );
         std::fs::write(self.config_dir().join("web.yaml"), text).unwrap();
     }
 

@@ -69,18 +69,20 @@ pub fn verdict<'a>(
         .into_iter()
         .filter(|l| l.at_ms >= from && l.at_ms <= now_ms)
         .filter(|l| upstream_host(&l.upstream).is_some_and(|h| hosts.contains(h)))
-        .fold((0u64, 0u64), |(r, e), l| (r + l.requests, e + l.errors));
+        .fold((0u64, 0u64), |(r, e), l| {
+            (r.saturating_add(l.requests), e.saturating_add(l.errors))
+        });
     if requests == 0 || requests < check.min_requests {
         return None;
     }
     // errors / requests > max% without floating point.
-    if errors * 100 <= u64::from(check.max_error_percent) * requests {
+    if u128::from(errors) * 100 <= u128::from(check.max_error_percent) * u128::from(requests) {
         return None;
     }
     Some(format!(
         "{errors} of {requests} requests to its destinations failed in the last {}s ({}%, limit {}%)",
         now_ms.saturating_sub(from).div_ceil(1000),
-        errors * 100 / requests,
+        u128::from(errors) * 100 / u128::from(requests),
         check.max_error_percent
     ))
 }

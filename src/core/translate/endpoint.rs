@@ -92,10 +92,17 @@ pub fn dns_assignment(
     assignment(name, backends, None)
 }
 
+/// A port Envoy accepts: 1-65535. EndpointSlices are not validated like AccessPoints (they
+/// come from Kubernetes or plain files), so an endpoint with another port is left out rather
+/// than sent to be NACKed.
+fn valid_port(port: i32) -> Option<u32> {
+    u16::try_from(port).ok().filter(|p| *p > 0).map(u32::from)
+}
+
 impl ServicePortInfo {
     fn target_number(&self) -> Option<u32> {
         match &self.target {
-            Some(IntOrString::Int(n)) => Some(*n as u32),
+            Some(IntOrString::Int(n)) => valid_port(*n),
             _ => None,
         }
     }
@@ -124,6 +131,7 @@ fn kubernetes_backends(
                 None
             })
             .and_then(|p| p.port)
+            .and_then(valid_port)
         else {
             continue;
         };
@@ -144,7 +152,7 @@ fn kubernetes_backends(
                 backends.push(Backend {
                     locality: (region.clone(), zone.clone(), String::new()),
                     address: address.clone(),
-                    port: slice_port as u32,
+                    port: slice_port,
                     weight: 1,
                 });
             }

@@ -614,3 +614,21 @@ fn outlier_detection_sets_the_panic_threshold_from_min_health_percent() {
     // Without outlier detection Envoy's own default (50%) stands, as in Istio.
     assert_eq!(threshold("{loadBalancer: {simple: ROUND_ROBIN}}"), None);
 }
+
+#[test]
+fn endpoints_on_ports_envoy_refuses_are_left_out() {
+    let yaml = SHOP.replace(
+        "ports: [{name: http, port: 8080}]",
+        "ports: [{name: http, port: 70000}]",
+    );
+    let model = model_of(&yaml);
+    let translation = translate_fixture(&model, &identity("edge", "public"));
+    for assignment in translation
+        .config
+        .resources(ResourceType::Endpoint)
+        .values()
+    {
+        let json = crate::core::json::any_to_json(&assignment.body).unwrap();
+        assert!(!json.to_string().contains("70000"), "{json}");
+    }
+}
