@@ -20,6 +20,7 @@ use crate::core::status::{access_point_keys, access_point_status, MemberWrites, 
 use crate::provider::ConfigProblem;
 use crate::rollouts::RolloutChannel;
 
+pub mod guard;
 mod rollouts;
 use crate::xds::server::XdsState;
 
@@ -67,6 +68,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/debug/dns", get(dns))
         .route("/debug/status", get(access_point_statuses))
         .merge(rollouts::routes())
+        .layer(axum::middleware::from_fn(guard::guard))
         .with_state(state)
 }
 

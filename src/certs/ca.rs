@@ -38,6 +38,8 @@ pub enum CaError {
     BadCertificate(#[from] TlsError),
     #[error("CA certificate {0} is not a CA (basicConstraints CA:TRUE is required)")]
     NotCa(String),
+    #[error("the CA key does not belong to CA certificate {0}: every certificate it signed would fail verification")]
+    KeyMismatch(String),
 }
 
 /// Validity a certificate should get.
@@ -138,6 +140,9 @@ impl CertificateAuthority {
         let info = cert_info(&files.cert_pem, "CA certificate")?;
         if !is_ca(&files.cert_pem) {
             return Err(CaError::NotCa(info.serial));
+        }
+        if public_key(&files.cert_pem).as_deref() != Some(key.public_key_raw()) {
+            return Err(CaError::KeyMismatch(info.serial));
         }
         let issuer = Issuer::from_ca_cert_pem(&files.cert_pem, key)?;
         Ok(CertificateAuthority {
@@ -256,6 +261,16 @@ fn is_ca(cert_pem: &str) -> bool {
         return false;
     };
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
+}
+
+/// The subject public key of the first certificate in `cert_pem`, in the raw form rcgen gives
+/// a key pair's (an EC point, or PKCS#1 for RSA).
+fn public_key(cert_pem: &str) -> Option<Vec<u8>> {
+    let pem = x509_parser::pem::Pem::iter_from_buffer(cert_pem.as_bytes())
+        .next()?
+        .ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.public_key().subject_public_key.data.to_vec())
 }
 
 fn random_serial() -> SerialNumber {

@@ -279,6 +279,13 @@ pub fn load_or_create_in_dir(
     if let Some(ca) = options.provided_ca()? {
         return Ok(ca);
     }
+    if !dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists() {
+        anyhow::bail!(
+            "{} exists without {}: restore the certificate, or remove the key to make a new CA (every certificate the old one issued would then stop verifying)",
+            dir.join(KEY_FILE).display(),
+            dir.join(CERT_FILE).display()
+        );
+    }
     if dir.join(CERT_FILE).exists() {
         let ca = load_existing(options, Some(dir))?;
         tracing::info!(dir = %dir.display(), serial = %ca.info().serial, "CA loaded");
@@ -333,5 +340,43 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "CA key must not be group/world readable");
+    }
+
+    #[test]
+    fn a_key_without_its_certificate_or_with_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = CertOptions::default();
+        let first = load_or_create_in_dir(dir.path(), &options).unwrap();
+        let key = std::fs::read(dir.path().join(KEY_FILE)).unwrap();
+
+        std::fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
+        let error = load_or_create_in_dir(dir.path(), &options)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exists without"), "{error}");
+        assert_eq!(
+            std::fs::read(dir.path().join(KEY_FILE)).unwrap(),
+            key,
+            "the key is untouched"
+        );
+
+        // Another CA's certificate beside this key.
+        let other = tempfile::tempdir().unwrap();
+        load_or_create_in_dir(other.path(), &options).unwrap();
+        std::fs::copy(other.path().join(CERT_FILE), dir.path().join(CERT_FILE)).unwrap();
+        let error = format!(
+            "{:#}",
+            load_or_create_in_dir(dir.path(), &options).unwrap_err()
+        );
+        assert!(error.contains("does not belong"), "{error}");
+
+        std::fs::write(dir.path().join(CERT_FILE), &first.files().cert_pem).unwrap();
+        assert_eq!(
+            load_or_create_in_dir(dir.path(), &options)
+                .unwrap()
+                .info()
+                .serial,
+            first.info().serial
+        );
     }
 }

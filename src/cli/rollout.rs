@@ -220,6 +220,7 @@ async fn post(target: &Target, action: &str, query: &[(&str, &str)]) -> anyhow::
     let url = target.url(&format!("/{action}"));
     let response = reqwest::Client::new()
         .post(&url)
+        .header(crate::admin::guard::REQUEST_HEADER, "cli")
         .query(query)
         .send()
         .await
