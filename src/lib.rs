@@ -15,6 +15,7 @@ pub mod dns_update;
 pub mod fleet_acks;
 pub mod index;
 pub mod leader;
+pub mod log_budget;
 pub mod members;
 pub mod metrics;
 pub mod name_service_status;

@@ -214,7 +214,10 @@ async fn watch_config(
         .with_context(|| format!("watching {}", provider.dir().display()))?;
     let mut periodic = tokio::time::interval(RESYNC_EVERY);
     periodic.tick().await;
-    let mut settle_at = None;
+    // The first sync (before serving) may have passed over a file caught mid-write.
+    let mut settle_at = provider
+        .settling()
+        .then(|| tokio::time::Instant::now() + SETTLE);
     let mut state = (provider, index);
     loop {
         tokio::select! {

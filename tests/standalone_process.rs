@@ -96,3 +96,84 @@ async fn rejections_are_logged_once_and_an_idle_directory_is_left_alone() {
         "{log}"
     );
 }
+
+/// What one client can make Meridian log is bounded: a 64 KB node id and a thousand secret
+/// names of 1 KB each (62 MB of logs before) stay a few kilobytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_flood_the_log() {
+    use xds_api::pb::envoy::config::core::v3::Node;
+    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let log_path = dir.path().join("meridian.log");
+    let (admin, xds) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("standalone")
+        .arg("--config-dir")
+        .arg(&config)
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = client();
+    eventually(Duration::from_secs(30), "admin answers", || async {
+        client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    let before = std::fs::metadata(&log_path).unwrap().len();
+
+    let gateway = Value {
+        kind: Some(Kind::StringValue("edge/public".into())),
+    };
+    let node = Node {
+        id: "n".repeat(64 * 1024),
+        metadata: Some(Struct {
+            fields: [("meridian.dev/gateway".to_owned(), gateway)].into(),
+        }),
+        ..Default::default()
+    };
+    let names: Vec<String> = (0..1000)
+        .map(|i| format!("{i}-{}", "s".repeat(1024)))
+        .collect();
+    let request = DiscoveryRequest {
+        node: Some(node),
+        type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+        resource_names: names,
+        ..Default::default()
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{xds}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut ads = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(request).await.unwrap();
+    let mut responses = ads
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = tokio::time::timeout(Duration::from_secs(2), responses.message()).await;
+    eventually(Duration::from_secs(10), "the denials counted", || async {
+        let metrics = admin_text(&client, ([127, 0, 0, 1], admin).into(), "/metrics").await;
+        metric(&metrics, "meridian_sds_denied_total") >= 1000.0
+    })
+    .await;
+    drop((tx, responses));
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    let logged = std::fs::metadata(&log_path).unwrap().len() - before;
+    assert!(logged < 32 * 1024, "{logged} bytes logged for one request");
+}

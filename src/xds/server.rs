@@ -32,6 +32,7 @@ use crate::core::rollout::health::UpstreamLoad;
 use crate::core::status::{acked_access_points, GatewayAck};
 use crate::core::translate::{GatewayIdentity, Translation};
 use crate::index::Snapshot;
+use crate::log_budget::{bounded, LogBudget};
 use crate::metrics::{Metrics, ModeLabel, TypeLabel};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -375,12 +376,18 @@ where
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         if let Err(status) = run_stream::<S>(&state, certified.as_ref(), incoming, &tx).await {
-            tracing::warn!(code = ?status.code(), message = status.message(), "ADS stream ended with error");
+            static ENDED: LogBudget = LogBudget::new(20, Duration::from_secs(10));
+            if let Some(suppressed) = ENDED.allow() {
+                tracing::warn!(code = ?status.code(), message = %bounded(status.message()), suppressed, "ADS stream ended with error");
+            }
             let _ = tx.send(Err(status)).await;
         }
     });
     Box::pin(ReceiverStream::new(rx))
 }
+
+/// Secret names a stream's denials remember; past it, a denial is counted again if repeated.
+const MAX_DENIED_REMEMBERED: usize = 64;
 
 /// Logs and counts requests for secrets this gateway's listeners do not reference (once per
 /// name and stream). Nothing is served for them: a gateway's config holds only its own.
@@ -392,10 +399,18 @@ fn deny_foreign_secrets<S: Session>(
     identity: &GatewayIdentity,
     denied: &mut BTreeSet<String>,
 ) {
+    static LOG: LogBudget = LogBudget::new(10, Duration::from_secs(10));
     for name in S::secrets_requested(req) {
-        if !translation.secret_names.contains(name) && denied.insert(name.clone()) {
-            state.metrics.sds_denied.inc();
-            tracing::warn!(node = %node_id, gateway = %identity.gateway, secret = %name, "SDS request for a secret this gateway does not reference; nothing served");
+        if translation.secret_names.contains(name) || denied.contains(name) {
+            continue;
+        }
+        state.metrics.sds_denied.inc();
+        // Remembered (to count and log each once) up to a bound a client cannot grow.
+        if denied.len() < MAX_DENIED_REMEMBERED {
+            denied.insert(name.clone());
+        }
+        if let Some(suppressed) = LOG.allow() {
+            tracing::warn!(node = %bounded(node_id), gateway = %identity.gateway, secret = %bounded(name), suppressed, "SDS request for a secret this gateway does not reference; nothing served");
         }
     }
 }
@@ -460,9 +475,12 @@ where
         .connected_proxies
         .get_or_create(&ModeLabel { mode: S::MODE })
         .inc();
-    let span = tracing::info_span!("ads", node = %node_id, gateway = %identity.gateway, cluster = %identity.cluster, mode = S::MODE);
+    let span = tracing::info_span!("ads", node = %bounded(&node_id), gateway = %identity.gateway, cluster = %bounded(&identity.cluster), mode = S::MODE);
     let _enter = span.enter();
-    tracing::info!("proxy connected");
+    static CONNECTED: LogBudget = LogBudget::new(20, Duration::from_secs(1));
+    if let Some(suppressed) = CONNECTED.allow() {
+        tracing::info!(suppressed, "proxy connected");
+    }
     drop(_enter);
 
     let mut awaiting_since: Option<Instant> = Some(snapshot.published_at);
@@ -523,7 +541,10 @@ where
                     r#type: kind.short_name(),
                 })
                 .inc();
-            tracing::warn!(node = %node_id, r#type = %kind, version = %nack.version, message = %nack.message, "proxy rejected config (NACK)");
+            static NACKED: LogBudget = LogBudget::new(20, Duration::from_secs(10));
+            if let Some(suppressed) = NACKED.allow() {
+                tracing::warn!(node = %bounded(&node_id), r#type = %kind, version = %nack.version, message = %bounded(&nack.message), suppressed, "proxy rejected config (NACK)");
+            }
             awaiting_since = None;
         }
         let status = session.status();
@@ -554,6 +575,9 @@ where
         );
     }
     drop(registration);
-    tracing::info!(node = %node_id, "proxy disconnected");
+    static DISCONNECTED: LogBudget = LogBudget::new(20, Duration::from_secs(1));
+    if let Some(suppressed) = DISCONNECTED.allow() {
+        tracing::info!(node = %bounded(&node_id), suppressed, "proxy disconnected");
+    }
     Ok(())
 }
