@@ -19,6 +19,7 @@ use crate::core::refs::ClusterRefs;
 use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::provider::ConfigProblem;
 use crate::rollouts::RolloutChannel;
+use crate::serve::connections::GuardedStream;
 
 pub mod guard;
 mod rollouts;
@@ -55,6 +56,42 @@ impl AdminState {
             problems,
         )
     }
+}
+
+/// Serves the admin API on the connections `incoming` hands over, until `stopped`; requests
+/// under way then get a few seconds to finish.
+pub async fn serve(
+    mut incoming: tokio::sync::mpsc::Receiver<std::io::Result<GuardedStream>>,
+    state: Arc<AdminState>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let app = router(state);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = crate::serve::stopped_signal(stopped.clone()) => break,
+            accepted = incoming.recv() => accepted,
+        };
+        let Some(accepted) = accepted else { break };
+        let Ok(stream) = accepted else { continue };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+    Ok(())
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {

@@ -71,6 +71,24 @@ pub struct ServingArgs {
     /// health signal of staged rollouts.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub load_report_interval: Duration,
+    /// Connections the xDS and the admin listener each take at once (lowered to fit the
+    /// process's open-file limit, which is raised to its hard limit at start).
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// How long a new connection may stay silent before it is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+}
+
+impl ServingArgs {
+    fn connection_limits(&self) -> crate::serve::ConnectionLimits {
+        let fd_limit = crate::serve::connections::raise_fd_limit();
+        crate::serve::ConnectionLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+        }
+        .within(fd_limit)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -329,6 +347,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_addr,
             serving,
         } => {
+            let connections = serving.connection_limits();
             let running = standalone::start(StandaloneOptions {
                 config_dir,
                 state_dir,
@@ -337,6 +356,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 export: serving.mesh.export_policy(),
                 certs: serving.certs,
                 xds_tls: serving.xds_tls,
+                connections,
                 dns: serving.dns,
                 load_report_interval: serving.load_report_interval,
             })
@@ -364,6 +384,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| parse_selector(s))
                 .collect::<Result<Vec<_>, _>>()?;
             let identity = identity.unwrap_or_else(default_identity);
+            let connections = serving.connection_limits();
             let running = controller::start(ControllerOptions {
                 kubeconfig,
                 namespace_selectors,
@@ -380,6 +401,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 certs: serving.certs,
                 xds_tls: serving.xds_tls,
                 ca_secret,
+                connections,
                 dns: serving.dns,
                 load_report_interval: serving.load_report_interval,
             })

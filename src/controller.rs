@@ -51,6 +51,8 @@ pub struct ControllerOptions {
     pub dns: DnsOptions,
     /// How often gateways send load reports.
     pub load_report_interval: Duration,
+    /// Connections each listener takes at once, and how soon they must speak.
+    pub connections: crate::serve::ConnectionLimits,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -109,6 +111,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         options.admin_addr,
         admin_state.clone(),
         tls,
+        options.connections,
     )
     .await?;
     tracing::info!(

@@ -9,13 +9,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::ServerTlsConfig;
 
 use crate::admin::{self, AdminState};
 use crate::ops::OpsService;
 use crate::xds::load_stats::LoadStatsService;
 use crate::xds::server::AdsService;
+
+pub mod connections;
+pub use connections::ConnectionLimits;
 
 /// A running control plane.
 pub struct Running {
@@ -29,12 +32,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Binds both listeners and starts serving `admin.xds` (over `tls` when given).
+    /// Binds both listeners and starts serving `admin.xds` (over `tls` when given), each
+    /// listener within `limits`.
     pub async fn serve(
         xds_addr: SocketAddr,
         admin_addr: SocketAddr,
         admin_state: Arc<AdminState>,
         tls: Option<ServerTlsConfig>,
+        limits: ConnectionLimits,
     ) -> anyhow::Result<Running> {
         let xds_listener = TcpListener::bind(xds_addr)
             .await
@@ -50,17 +55,20 @@ impl Running {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).context("xDS TLS settings")?;
         }
+        let incoming = connections::incoming(xds_listener, limits, stopped.clone());
         let grpc = builder
+            // A peer that stops answering pings is dropped.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(AdsService::new(xds.clone()))
             .add_service(LoadStatsService::new(xds.clone()))
             .add_service(OpsService::new(xds))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(xds_listener),
+                ReceiverStream::new(incoming),
                 stopped_signal(stopped.clone()),
             );
-        let http = axum::serve(admin_listener, admin::router(admin_state.clone()))
-            .with_graceful_shutdown(stopped_signal(stopped));
+        let incoming = connections::incoming(admin_listener, limits, stopped.clone());
+        let http = admin::serve(incoming, admin_state.clone(), stopped);
         let running = Running {
             xds_addr,
             admin_addr,
@@ -118,16 +126,23 @@ impl Running {
         Ok(())
     }
 
-    /// Runs until `signal` resolves or a task fails.
+    /// Runs until `signal` resolves or a task ends (its error, if any, is returned after the
+    /// others have stopped).
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let first_failure = futures::future::select_all(self.tasks.iter_mut());
-        tokio::select! {
-            _ = signal => {}
-            (result, _, _) = first_failure => {
-                result.context("task panicked")??;
+        let ended = tokio::select! {
+            _ = signal => None,
+            (result, index, _) = futures::future::select_all(self.tasks.iter_mut()) => {
+                Some((index, result))
             }
-        }
-        self.shutdown().await
+        };
+        let Some((index, result)) = ended else {
+            return self.shutdown().await;
+        };
+        // A finished task is not awaited again.
+        drop(self.tasks.swap_remove(index));
+        let stopped = self.shutdown().await;
+        result.context("task panicked")??;
+        stopped
     }
 }
 

@@ -46,6 +46,8 @@ pub struct StandaloneOptions {
     pub dns: DnsOptions,
     /// How often gateways send load reports.
     pub load_report_interval: Duration,
+    /// Connections each listener takes at once, and how soon they must speak.
+    pub connections: crate::serve::ConnectionLimits,
 }
 
 /// What the edge tasks hand the index owner.
@@ -117,6 +119,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
         options.admin_addr,
         admin_state.clone(),
         tls,
+        options.connections,
     )
     .await?;
     tracing::info!(xds_addr = %running.xds_addr, admin_addr = %running.admin_addr, config_dir = %options.config_dir.display(), mtls = options.xds_tls.xds_mtls, "meridian standalone serving");

@@ -177,3 +177,77 @@ async fn a_client_cannot_flood_the_log() {
     let logged = std::fs::metadata(&log_path).unwrap().len() - before;
     assert!(logged < 32 * 1024, "{logged} bytes logged for one request");
 }
+
+/// Idle connections cannot take Meridian down: with few file descriptors, a flood of silent
+/// connections to the xDS and admin ports is closed after the handshake timeout, accepting
+/// waits instead of failing, and the process keeps serving and shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_and_never_exhaust_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (admin, xds) = (free_port(), free_port());
+    // 256 descriptors: the connection limit becomes 192 per listener.
+    let script = format!(
+        "ulimit -n 256 && exec {} standalone --config-dir {} --xds-addr 127.0.0.1:{xds} --admin-addr 127.0.0.1:{admin} --handshake-timeout 1s",
+        env!("CARGO_BIN_EXE_meridian"),
+        config.display()
+    );
+    let log_path = dir.path().join("meridian.log");
+    let mut child = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = client();
+    let healthy = || async {
+        client
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    eventually(Duration::from_secs(30), "admin answers", healthy).await;
+
+    // More silent connections than the process has descriptors for.
+    let mut silent = Vec::new();
+    for i in 0..600 {
+        let port = if i % 2 == 0 { xds } else { admin };
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            silent.push(stream);
+        }
+    }
+    // Closed by the server after the handshake timeout: reading reaches the end (past the
+    // HTTP/2 server's own SETTINGS frame).
+    let mut closed = 0;
+    for stream in silent.iter_mut().take(20) {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        let to_end = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink));
+        if to_end.await.is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 20, "silent connections are closed");
+    eventually(Duration::from_secs(20), "admin answers again", healthy).await;
+    drop(silent);
+    eventually(
+        Duration::from_secs(20),
+        "admin answers once they are gone",
+        healthy,
+    )
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "meridian exited");
+
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "exit {status:?}:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

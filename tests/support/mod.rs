@@ -196,6 +196,7 @@ pub fn meridian_options(config_dir: &Path, state_dir: &Path, xds_port: u16) -> S
         xds_tls: Default::default(),
         dns: Default::default(),
         load_report_interval: std::time::Duration::from_secs(1),
+        connections: Default::default(),
     }
 }
 
