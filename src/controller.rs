@@ -86,7 +86,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let tls = options
         .xds_tls
         .server_config(&ca, &options.certs.trust_domain)?;
-    let client_auth = options.xds_tls.client_trust_domain(&options.certs);
+    let client_auth = options.xds_tls.client_auth(&options.certs);
     let xds = XdsState::with_client_auth(
         snapshots.clone(),
         metrics.clone(),

@@ -84,7 +84,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
     let metrics = Arc::new(Metrics::new());
     let ca = Arc::new(load_ca(&options)?);
-    let client_auth = options.xds_tls.client_trust_domain(&options.certs);
+    let client_auth = options.xds_tls.client_auth(&options.certs);
     let xds = XdsState::with_client_auth(
         snapshots.clone(),
         metrics.clone(),

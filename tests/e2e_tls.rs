@@ -114,10 +114,13 @@ impl Fixture {
         std::fs::read_to_string(self.ca_file()).unwrap()
     }
 
+    /// Meridian with these certificate options, over mutual TLS or (a loopback demo) plain
+    /// ADS that serves keys to gateways without a client certificate.
     async fn start(&self, certs: CertOptions, mtls: bool) -> Running {
         let mut options = meridian_options(&self.config_dir(), &self.state_dir(), self.xds_port);
         options.certs = certs;
         options.xds_tls.xds_mtls = mtls;
+        options.xds_tls.insecure_serve_keys_without_mtls = !mtls;
         meridian::standalone::start(options)
             .await
             .expect("meridian starts")
@@ -569,4 +572,77 @@ async fn ask(
             }
         })
         .collect())
+}
+
+/// Secure by default: without mutual TLS, anyone who reaches the xDS port can claim a gateway,
+/// so no private key is served over plain ADS; a real Envoy's HTTPS listener waits for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_ads_serves_no_private_keys_unless_told_to() {
+    use meridian::core::tls::EMBEDDED_PREFIX;
+    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+
+    let f = Fixture::new().await;
+    let options = meridian_options(&f.config_dir(), &f.state_dir(), f.xds_port);
+    assert!(
+        !options.xds_tls.insecure_serve_keys_without_mtls,
+        "the default"
+    );
+    let meridian = meridian::standalone::start(options).await.unwrap();
+    let _envoy = Envoy::start(f.path(), "gw-plain", "edge/public", f.xds_port, false);
+    let admin = meridian.admin_addr;
+    let http = client();
+    // The gateway is connected and served everything but the key.
+    eventually(Duration::from_secs(30), "the gateway connected", || async {
+        admin_json(&http, admin, "/debug/syncz").await["proxies"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+    })
+    .await;
+    for _ in 0..20 {
+        assert!(
+            f.curl(HOST, &[]).is_err(),
+            "HTTPS answered without a key served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connect = || async {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", f.xds_port))
+                .unwrap();
+        AggregatedDiscoveryServiceClient::new(endpoint.connect().await.unwrap())
+    };
+    let mut client = connect().await;
+    let listeners = format!(
+        "{:?}",
+        ask(&mut client, "edge/public", LDS, &[]).await.unwrap()
+    );
+    let start = listeners.find(EMBEDDED_PREFIX).expect("an SDS reference");
+    let end = listeners[start..].find(['"', '\\']).unwrap() + start;
+    let name = listeners[start..end].to_owned();
+    let served = ask(&mut client, "edge/public", SDS, &[name.as_str()])
+        .await
+        .unwrap();
+    assert!(
+        served.is_empty(),
+        "a private key over plain ADS: {served:?}"
+    );
+    meridian.shutdown().await.unwrap();
+
+    // Told to (a loopback demo), the same request is answered with the key.
+    let mut options = meridian_options(&f.config_dir(), &f.state_dir(), f.xds_port);
+    options.xds_tls.insecure_serve_keys_without_mtls = true;
+    let meridian = meridian::standalone::start(options).await.unwrap();
+    let mut served = Vec::new();
+    for _ in 0..50 {
+        let mut client = connect().await;
+        served = ask(&mut client, "edge/public", SDS, &[name.as_str()])
+            .await
+            .unwrap();
+        if !served.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(served, [name], "the key served when allowed");
+    meridian.shutdown().await.unwrap();
 }

@@ -215,6 +215,11 @@ pub struct XdsTlsOptions {
     /// DNS names and IP addresses in the xDS server certificate.
     #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
     pub xds_server_names: Vec<String>,
+    /// INSECURE: serve gateways' TLS private keys over SDS to clients that present no
+    /// certificate, that is to anyone who can reach the xDS port. Only for demos on loopback;
+    /// without it, private keys go only to gateways authenticated by --xds-mtls.
+    #[arg(long)]
+    pub insecure_serve_keys_without_mtls: bool,
 }
 
 impl Default for XdsTlsOptions {
@@ -222,6 +227,7 @@ impl Default for XdsTlsOptions {
         XdsTlsOptions {
             xds_mtls: false,
             xds_server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            insecure_serve_keys_without_mtls: false,
         }
     }
 }
@@ -234,6 +240,18 @@ impl XdsTlsOptions {
     /// TLS is on.
     pub fn client_trust_domain(&self, certs: &CertOptions) -> Option<String> {
         self.xds_mtls.then(|| certs.trust_domain.clone())
+    }
+
+    /// How ADS clients authenticate, saying loudly when keys go to anyone.
+    pub fn client_auth(&self, certs: &CertOptions) -> crate::xds::server::ClientAuth {
+        let keys_without_client_certs = self.insecure_serve_keys_without_mtls && !self.xds_mtls;
+        if keys_without_client_certs {
+            tracing::warn!("--insecure-serve-keys-without-mtls: TLS private keys are served to any client that reaches the xDS port; use --xds-mtls outside a loopback demo");
+        }
+        crate::xds::server::ClientAuth {
+            trust_domain: self.client_trust_domain(certs),
+            keys_without_client_certs,
+        }
     }
 
     /// The gRPC server's TLS settings, when mutual TLS is on.

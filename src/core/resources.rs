@@ -118,6 +118,8 @@ pub fn content_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GatewayConfig {
     by_type: BTreeMap<ResourceType, BTreeMap<String, Arc<Resource>>>,
+    /// Secrets that carry a private key.
+    private: std::collections::BTreeSet<String>,
 }
 
 impl GatewayConfig {
@@ -126,6 +128,27 @@ impl GatewayConfig {
             .entry(kind)
             .or_default()
             .insert(resource.name.clone(), Arc::new(resource));
+    }
+
+    /// Marks the Secret `name` as carrying a private key.
+    pub fn mark_private(&mut self, name: &str) {
+        self.private.insert(name.to_owned());
+    }
+
+    /// This configuration without the Secrets that carry private keys, and how many were
+    /// left out (none: `None`, use this one as it is).
+    pub fn without_private_keys(&self) -> Option<(GatewayConfig, usize)> {
+        let secrets = self.by_type.get(&ResourceType::Secret)?;
+        let withheld = secrets.keys().filter(|n| self.private.contains(*n)).count();
+        if withheld == 0 {
+            return None;
+        }
+        let mut config = self.clone();
+        if let Some(secrets) = config.by_type.get_mut(&ResourceType::Secret) {
+            secrets.retain(|name, _| !self.private.contains(name));
+        }
+        config.private.clear();
+        Some((config, withheld))
     }
 
     pub fn resources(&self, kind: ResourceType) -> &BTreeMap<String, Arc<Resource>> {

@@ -128,6 +128,15 @@ impl ProxyRegistry {
     }
 }
 
+/// How ADS clients prove who they are.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAuth {
+    /// Mutual TLS: the trust domain of the SPIFFE IDs that name gateways.
+    pub trust_domain: Option<String>,
+    /// Serve private keys to clients without a certificate (loopback demos only).
+    pub keys_without_client_certs: bool,
+}
+
 /// Shared state of the xDS server and the read-only views onto it.
 pub struct XdsState {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -137,21 +146,24 @@ pub struct XdsState {
     /// With mutual TLS: the trust domain whose SPIFFE IDs name gateways in client certificates.
     /// A stream's gateway is then the one its certificate names.
     pub client_trust_domain: Option<String>,
+    /// Whether a stream without a client certificate is served TLS private keys (only with
+    /// `--insecure-serve-keys-without-mtls`).
+    pub keys_without_client_certs: bool,
     /// The gateways' recent load reports (LRS).
     pub loads: LoadRegistry,
 }
 
 impl XdsState {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Arc<XdsState> {
-        XdsState::with_client_auth(snapshots, metrics, None, DEFAULT_INTERVAL)
+        XdsState::with_client_auth(snapshots, metrics, ClientAuth::default(), DEFAULT_INTERVAL)
     }
 
-    /// A state whose streams must present a client certificate of `trust_domain` (if `Some`),
-    /// asking gateways for a load report every `load_report_interval`.
+    /// A state whose streams authenticate as `auth` says, asking gateways for a load report
+    /// every `load_report_interval`.
     pub fn with_client_auth(
         snapshots: watch::Receiver<Arc<Snapshot>>,
         metrics: Arc<Metrics>,
-        client_trust_domain: Option<String>,
+        auth: ClientAuth,
         load_report_interval: Duration,
     ) -> Arc<XdsState> {
         Arc::new(XdsState {
@@ -159,9 +171,22 @@ impl XdsState {
             translator: Translator::default(),
             proxies: ProxyRegistry::default(),
             metrics,
-            client_trust_domain,
+            client_trust_domain: auth.trust_domain,
+            keys_without_client_certs: auth.keys_without_client_certs,
             loads: LoadRegistry::new(load_report_interval),
         })
+    }
+
+    /// What a stream is served of `config`: without private keys unless its client proved
+    /// who it is (or the operator said to serve them anyway); the count left out.
+    fn served(&self, certified: bool, config: &Arc<GatewayConfig>) -> (Arc<GatewayConfig>, usize) {
+        if certified || self.keys_without_client_certs {
+            return (config.clone(), 0);
+        }
+        match config.without_private_keys() {
+            Some((withheld, count)) => (Arc::new(withheld), count),
+            None => (config.clone(), 0),
+        }
     }
 
     /// The gateway a stream's client certificate names, when mutual TLS is required.
@@ -386,6 +411,17 @@ where
     Box::pin(ReceiverStream::new(rx))
 }
 
+/// Says (rate-limited) that private keys were kept from a client without a certificate.
+fn warn_withheld(withheld: usize, node_id: &str) {
+    static LOG: LogBudget = LogBudget::new(10, Duration::from_secs(10));
+    if withheld == 0 {
+        return;
+    }
+    if let Some(suppressed) = LOG.allow() {
+        tracing::warn!(node = %bounded(node_id), withheld, suppressed, "TLS private keys are served only to gateways with a client certificate (--xds-mtls); this one's HTTPS listeners wait for them");
+    }
+}
+
 /// Secret names a stream's denials remember; past it, a denial is counted again if repeated.
 const MAX_DENIED_REMEMBERED: usize = 64;
 
@@ -459,7 +495,8 @@ where
     }
     let mut snapshot = snapshots.borrow_and_update().clone();
     let mut translation = state.translator.translate(&snapshot, &identity);
-    let mut config = translation.config.clone();
+    let (mut config, mut withheld) = state.served(certified.is_some(), &translation.config);
+    warn_withheld(withheld, &node_id);
     let mut session = S::create(config.clone());
     let mut denied: BTreeSet<String> = BTreeSet::new();
     let mut synced_generation = None;
@@ -509,7 +546,11 @@ where
                     snapshot = snapshots.borrow_and_update().clone();
                     let started = Instant::now();
                     translation = state.translator.translate(&snapshot, &identity);
-                    config = translation.config.clone();
+                    let before = withheld;
+                    (config, withheld) = state.served(certified.is_some(), &translation.config);
+                    if withheld > before {
+                        warn_withheld(withheld, &node_id);
+                    }
                     let out = session.on_config(config.clone());
                     state.metrics.push_seconds.observe(started.elapsed().as_secs_f64());
                     if !out.is_empty() {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::expand::ClusterView;
 use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
-use super::tls::{TlsError, TlsServer};
+use super::tls::{SecretMaterial, TlsError, TlsServer};
 
 pub use affected::{touched, ModelChanges, Touched};
 pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
@@ -154,7 +154,12 @@ fn secrets_ready(
 ) -> bool {
     for name in tls.secret_names() {
         match view.tls.resolve(name) {
-            Ok(material) => config.insert(ResourceType::Secret, secret::build(name, &material)),
+            Ok(material) => {
+                config.insert(ResourceType::Secret, secret::build(name, &material));
+                if matches!(material, SecretMaterial::Certificate { .. }) {
+                    config.mark_private(name);
+                }
+            }
             Err(TlsError::NotIssued { .. }) => {}
             Err(error) => {
                 unresolved.push(error.to_string());
