@@ -27,3 +27,6 @@ pub mod standalone;
 pub mod status_writer;
 pub mod vips;
 pub mod xds;
+
+#[cfg(test)]
+mod proptests;

@@ -9,4 +9,6 @@ pub mod status;
 pub mod translator;
 
 #[cfg(test)]
+mod session_proptests;
+#[cfg(test)]
 mod test_support;
