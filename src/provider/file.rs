@@ -27,6 +27,10 @@ use super::ConfigProblem;
 /// Namespace for objects that name none, as `kubectl apply` would use.
 const DEFAULT_NAMESPACE: &str = "default";
 
+/// The most objects a config directory may hold (about 5 KiB of memory each once indexed);
+/// files past it, in path order, are reported and keep their last good objects.
+pub const MAX_OBJECTS: usize = 100_000;
+
 /// How long after its last write a file that shrank, emptied or broke may still be mid-write.
 pub const SETTLE: Duration = Duration::from_millis(500);
 
@@ -165,6 +169,7 @@ impl FileProvider {
         }
         self.settling = false;
         let mut budget = read::MAX_TOTAL_BYTES;
+        let mut objects_seen = 0usize;
         for path in &listing.files {
             let display = path.display().to_string();
             let outcome = match read::read(path, budget) {
@@ -173,6 +178,20 @@ impl FileProvider {
                     self.examine(path, file)
                 }
                 Err(error) => Outcome::Failed(error),
+            };
+            let outcome = match outcome {
+                Outcome::Parsed(read) => {
+                    objects_seen = objects_seen.saturating_add(read.objects.len());
+                    if objects_seen > MAX_OBJECTS {
+                        let why = format!(
+                            "not read: the config directory holds more than {MAX_OBJECTS} objects"
+                        );
+                        Outcome::Failed(why)
+                    } else {
+                        Outcome::Parsed(read)
+                    }
+                }
+                other => other,
             };
             let (source, objects) = match outcome {
                 Outcome::Parsed(read)
@@ -744,5 +763,32 @@ spec:
         write_settled(dir.path().join("shop.yaml"), "kind: [").unwrap();
         restarted.sync(&mut fresh).unwrap();
         assert_eq!(port(&fresh), Some(8080));
+    }
+
+    #[test]
+    fn objects_past_the_limit_are_reported_and_keep_their_last_good_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let service = |i: usize| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec: {{ports: [{{port: 80}}]}}\n---\n")
+        };
+        // Four files of a quarter of the limit each (one would be past the file size limit).
+        for part in 0..4 {
+            let quarter = MAX_OBJECTS / 4;
+            let text: String = (part * quarter..(part + 1) * quarter)
+                .map(service)
+                .collect();
+            write_settled(dir.path().join(format!("a{part}.yaml")), &text).unwrap();
+        }
+        write_settled(dir.path().join("b.yaml"), GOOD).unwrap();
+        let (mut p, mut index) = provider(dir.path(), state.path());
+        let problems = p.sync(&mut index).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].source.ends_with("b.yaml") && problems[0].message.contains("more than"),
+            "{problems:?}"
+        );
+        assert_eq!(port(&index), None);
+        assert_eq!(index.model().len(), MAX_OBJECTS);
     }
 }
