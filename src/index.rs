@@ -140,12 +140,22 @@ impl Index {
             self.dirty |= self.rejected.remove(&key).is_some();
         }
         let kind = object.kind();
+        // What the AccessPoint served where no override applied: a cluster whose override
+        // starts failing with this version keeps it.
+        let previous = match kind {
+            Kind::AccessPoint => self
+                .model
+                .access_points
+                .get(&key)
+                .map(|ap| Arc::new(ap.spec.template.clone())),
+            _ => None,
+        };
         if self.model.apply(object) {
             self.dirty = true;
             self.record_change(kind, &key);
             match kind {
                 Kind::AccessPoint => {
-                    self.model.refresh_overrides(Some(&key));
+                    self.model.refresh_overrides_after(&key, previous);
                     self.in_force_since.insert(key, self.generation + 1);
                 }
                 // Cluster labels decide which overrides apply.
@@ -547,6 +557,36 @@ spec:
         assert_eq!(acked(g2, "west").get(&key), None);
         assert_eq!(acked(g3, "west")[&key], 2);
         assert_eq!(acked(g3, "east-1")[&key], 0);
+    }
+
+    #[test]
+    fn an_override_that_starts_failing_keeps_what_the_cluster_served_before() {
+        let (mut index, _rx) = Index::new();
+        for object in parse_documents(CLUSTERS, "").unwrap() {
+            index.apply(object).unwrap();
+        }
+        // First without overrides: both clusters serve port 8080.
+        let mut plain = access_point("/gateways/0/spec/servers/0/port/number");
+        if let InputObject::AccessPoint(ap) = &mut plain {
+            ap.spec.overrides.clear();
+        }
+        index.apply(plain).unwrap();
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(8080), Some(8080))
+        );
+        // The next version adds an override for east-1 that does not apply, and moves the
+        // port: east-1 keeps serving what it had, west takes the new version.
+        let mut broken = access_point("/gateways/5/spec/servers/0/port/number");
+        if let InputObject::AccessPoint(ap) = &mut broken {
+            ap.spec.template.gateways[0].spec.servers[0].port.number = 8181;
+        }
+        index.apply(broken).unwrap();
+        assert_eq!(
+            (port(&index, "east-1"), port(&index, "west")),
+            (Some(8080), Some(8181))
+        );
+        assert_eq!(index.model().override_errors.len(), 1);
     }
 
     #[test]

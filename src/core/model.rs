@@ -277,6 +277,25 @@ impl Model {
     /// whose patches fail keeps the last template that patched cleanly, so a bad override
     /// blocks only that cluster and withdraws nothing.
     pub fn refresh_overrides(&mut self, only: Option<&ObjectKey>) {
+        self.refresh_with(only, None)
+    }
+
+    /// [`Model::refresh_overrides`] for a new version of AccessPoint `key`, whose previous
+    /// version served `previous` (its template) where no override applied: a cluster whose
+    /// override fails with the new version, and had no patched template, keeps that.
+    pub fn refresh_overrides_after(
+        &mut self,
+        key: &ObjectKey,
+        previous: Option<Arc<AccessPointTemplate>>,
+    ) {
+        self.refresh_with(Some(key), previous)
+    }
+
+    fn refresh_with(
+        &mut self,
+        only: Option<&ObjectKey>,
+        previous: Option<Arc<AccessPointTemplate>>,
+    ) {
         let clusters = self.cluster_facts();
         let keys: Vec<ObjectKey> = match only {
             Some(key) => vec![key.clone()],
@@ -312,9 +331,13 @@ impl Model {
                         self.override_errors.remove(&id);
                     }
                     Err(error) => {
+                        let last_good = match &previous {
+                            Some(template) => ClusterTemplate::Patched(template.clone()),
+                            None => ClusterTemplate::Blocked,
+                        };
                         self.cluster_templates
                             .entry(id.clone())
-                            .or_insert(ClusterTemplate::Blocked);
+                            .or_insert(last_good);
                         self.override_errors.insert(id, error);
                     }
                 }
