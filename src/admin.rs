@@ -246,7 +246,9 @@ async fn config_dump(
     State(state): State<Arc<AdminState>>,
     Query(query): Query<NodeQuery>,
 ) -> Response {
-    match crate::ops::config_dump(&state.xds, &query.node) {
+    // The admin port authenticates nobody: it is for operators (keep it on loopback).
+    let caller = crate::xds::server::OpsCaller::Anyone;
+    match crate::ops::config_dump(&state.xds, &caller, &query.node) {
         None => (
             StatusCode::NOT_FOUND,
             format!("no connected proxy with node id {:?}\n", query.node),

@@ -184,7 +184,23 @@ pub enum Command {
         #[command(flatten)]
         certs: CertOptions,
     },
-    /// Show every connected proxy and its per-type sync state (SYNCED, STALE, NACKED, NOT_SENT).
+    /// Mint an operator's client certificate for the ops API over --xds-mtls (`status`,
+    /// `config-dump` see every proxy with it; a gateway's certificate sees only its own).
+    OperatorCredentials {
+        /// The operator's name (in the SPIFFE ID spiffe://<trust-domain>/operator/<name>).
+        #[arg(long)]
+        name: String,
+        /// Where to write tls.crt, tls.key and ca.crt.
+        #[arg(long)]
+        cert_dir: PathBuf,
+        /// Where the CA is kept (standalone: <state-dir>/ca); or give --ca-cert and --ca-key.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        #[command(flatten)]
+        certs: CertOptions,
+    },
+    /// Show connected proxies and their per-type sync state (SYNCED, STALE, NACKED, NOT_SENT):
+    /// every proxy, or with a gateway's certificate only that gateway's.
     Status {
         /// Meridian's gRPC address (`https://…` when it runs with --xds-mtls).
         #[arg(long, default_value = "http://127.0.0.1:18000")]
@@ -539,6 +555,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 let path = out_dir.join(name);
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::OperatorCredentials {
+            name,
+            cert_dir,
+            ca_dir,
+            certs,
+        } => {
+            let ca = crate::certs::load_existing(&certs, ca_dir.as_deref())?;
+            let (cert, key, ca_file) =
+                crate::certs::write_operator_credentials(&ca, &certs, &name, &cert_dir)?;
+            for path in [cert, key, ca_file] {
                 println!("wrote {}", path.display());
             }
             Ok(())

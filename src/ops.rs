@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::core::json::config_to_json;
-use crate::xds::server::XdsState;
+use crate::xds::server::{OpsCaller, XdsState};
 
 pub mod pb {
     #![allow(clippy::all)]
@@ -22,12 +22,16 @@ impl OpsService {
     }
 }
 
-/// The proxy-status table from the live registry.
-pub fn proxy_status(state: &XdsState) -> pb::ProxyStatusResponse {
+/// The proxy-status table from the live registry, of the proxies `caller` may see.
+pub fn proxy_status(state: &XdsState, caller: &OpsCaller) -> pb::ProxyStatusResponse {
     let proxies = state
         .proxies
         .list()
         .into_iter()
+        .filter(|p| match caller {
+            OpsCaller::Anyone => true,
+            OpsCaller::Gateway(gateway) => p.gateway == gateway.to_string(),
+        })
         .map(|p| pb::Proxy {
             node_id: p.node_id,
             gateway: p.gateway,
@@ -58,9 +62,19 @@ pub fn proxy_status(state: &XdsState) -> pb::ProxyStatusResponse {
     }
 }
 
-/// What a connected node is served, as JSON; `None` if no such node is connected.
-pub fn config_dump(state: &XdsState, node_id: &str) -> Option<Result<serde_json::Value, String>> {
+/// What a connected node is served, as JSON; `None` if no such node is connected (that
+/// `caller` may see).
+pub fn config_dump(
+    state: &XdsState,
+    caller: &OpsCaller,
+    node_id: &str,
+) -> Option<Result<serde_json::Value, String>> {
     let identity = state.proxies.identity_of_node(node_id)?;
+    if let OpsCaller::Gateway(gateway) = caller {
+        if &identity.gateway != gateway {
+            return None;
+        }
+    }
     let translation = state.config_for(&identity);
     Some(config_to_json(&translation.config).map_err(|e| e.to_string()))
 }
@@ -69,17 +83,19 @@ pub fn config_dump(state: &XdsState, node_id: &str) -> Option<Result<serde_json:
 impl pb::ops_server::Ops for OpsService {
     async fn proxy_status(
         &self,
-        _request: Request<pb::ProxyStatusRequest>,
+        request: Request<pb::ProxyStatusRequest>,
     ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
-        Ok(Response::new(proxy_status(&self.state)))
+        let caller = self.state.ops_caller(&request)?;
+        Ok(Response::new(proxy_status(&self.state, &caller)))
     }
 
     async fn config_dump(
         &self,
         request: Request<pb::ConfigDumpRequest>,
     ) -> Result<Response<pb::ConfigDumpResponse>, Status> {
+        let caller = self.state.ops_caller(&request)?;
         let node = request.into_inner().node_id;
-        match config_dump(&self.state, &node) {
+        match config_dump(&self.state, &caller, &node) {
             None => Err(Status::not_found(format!(
                 "no connected proxy with node id {node:?}"
             ))),

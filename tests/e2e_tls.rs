@@ -414,6 +414,63 @@ async fn over_mutual_tls_a_gateway_gets_only_its_own_secrets() {
         "status without a client certificate"
     );
 
+    // An operator's certificate sees every proxy; another gateway's sees none of this one's,
+    // and cannot dump its config.
+    let operator_dir = f.path().join("operator");
+    let minted = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["operator-credentials", "--name", "alice", "--cert-dir"])
+        .arg(&operator_dir)
+        .arg("--ca-dir")
+        .arg(f.state_dir().join("ca"))
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let operator = status(&["--cert-dir", &operator_dir.display().to_string()]);
+    assert!(
+        all_synced(&String::from_utf8_lossy(&operator.stdout)),
+        "{operator:?}"
+    );
+    let ca_for_others =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    let internal_dir = f.path().join("internal");
+    certs::write_client_credentials(
+        &ca_for_others,
+        &CertOptions::default(),
+        ("edge", "internal"),
+        &internal_dir,
+    )
+    .unwrap();
+    let internal_dir = internal_dir.display().to_string();
+    let other = status(&["--cert-dir", &internal_dir]);
+    let table = String::from_utf8_lossy(&other.stdout);
+    assert!(
+        other.status.success() && !table.contains("gw-mtls"),
+        "{table}"
+    );
+    let dump = |cert_dir: &str| {
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args([
+                "config-dump",
+                "--node",
+                "gw-mtls",
+                "--server",
+                &server,
+                "--cert-dir",
+                cert_dir,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(
+        !dump(&internal_dir).status.success(),
+        "another gateway dumped gw-mtls"
+    );
+    assert!(dump(&operator_dir.display().to_string()).status.success());
+    assert!(
+        dump(&cert_dir).status.success(),
+        "a gateway dumps its own config"
+    );
+
     let ca =
         certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
     let ca_pem = ca.trust_pem().to_owned();

@@ -140,6 +140,11 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, name: &str) -> String {
     format!("spiffe://{trust_domain}/ns/{namespace}/gateway/{name}")
 }
 
+/// The SPIFFE ID of an operator's client certificate (the ops API shows them every proxy).
+pub fn operator_spiffe_id(trust_domain: &str, name: &str) -> String {
+    format!("spiffe://{trust_domain}/operator/{name}")
+}
+
 /// The identity of the xDS server's certificate, which gateways pin.
 pub fn xds_server_id(trust_domain: &str) -> String {
     format!("spiffe://{trust_domain}/meridian/xds")
@@ -159,12 +164,38 @@ pub fn write_client_credentials(
     dir: &Path,
 ) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let identity = options.gateway_spiffe_id(gateway.0, gateway.1);
+    write_credentials(ca, options, &identity, dir)
+}
+
+/// Like [`write_client_credentials`], for an operator of the ops API.
+pub fn write_operator_credentials(
+    ca: &CertificateAuthority,
+    options: &CertOptions,
+    name: &str,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    if name.is_empty() || name.contains('/') {
+        anyhow::bail!("operator name {name:?} must be non-empty and have no '/'");
+    }
+    write_credentials(
+        ca,
+        options,
+        &operator_spiffe_id(&options.trust_domain, name),
+        dir,
+    )
+}
+
+fn write_credentials(
+    ca: &CertificateAuthority,
+    options: &CertOptions,
+    identity: &str,
+    dir: &Path,
+) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let validity = Validity {
         now: SystemTime::now(),
         lifetime: options.cert_lifetime,
     };
-    let SecretMaterial::Certificate { chain_pem, key, .. } =
-        ca.issue_client(&identity, validity)?
+    let SecretMaterial::Certificate { chain_pem, key, .. } = ca.issue_client(identity, validity)?
     else {
         anyhow::bail!("the CA issued no client certificate");
     };

@@ -55,6 +55,48 @@ pub fn certified_gateway(
         .ok_or_else(none)
 }
 
+/// Who a verified client certificate (DER, leaf first) names: an operator
+/// (`spiffe://<trust_domain>/operator/<name>`) or a gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertifiedClient {
+    Operator(String),
+    Gateway(ObjectKey),
+}
+
+pub fn certified_client(
+    chain: &[impl AsRef<[u8]>],
+    trust_domain: &str,
+) -> Result<CertifiedClient, IdentityError> {
+    if let Ok(gateway) = certified_gateway(chain, trust_domain) {
+        return Ok(CertifiedClient::Gateway(gateway));
+    }
+    let none = || IdentityError::NoCertificateIdentity {
+        trust_domain: trust_domain.to_owned(),
+    };
+    let leaf = chain.first().ok_or_else(none)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| none())?;
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(none)?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                let operator = uri
+                    .strip_prefix("spiffe://")?
+                    .strip_prefix(trust_domain)?
+                    .strip_prefix("/operator/")?;
+                (!operator.is_empty() && !operator.contains('/'))
+                    .then(|| CertifiedClient::Operator(operator.to_owned()))
+            }
+            _ => None,
+        })
+        .ok_or_else(none)
+}
+
 fn gateway_of_spiffe_id(uri: &str, trust_domain: &str) -> Option<ObjectKey> {
     let path = uri
         .strip_prefix("spiffe://")?

@@ -21,7 +21,9 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 
 use super::delta::DeltaSession;
-use super::identity::{certified_gateway, verified_identity, IdentityError};
+use super::identity::{
+    certified_client, certified_gateway, verified_identity, CertifiedClient, IdentityError,
+};
 use super::load_stats::{LoadRegistry, DEFAULT_INTERVAL};
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
@@ -128,6 +130,15 @@ impl ProxyRegistry {
     }
 }
 
+/// Who may see what through the ops API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpsCaller {
+    /// An operator, or anyone when there is no mutual TLS: every proxy.
+    Anyone,
+    /// A gateway's certificate: only the proxies of that gateway.
+    Gateway(ObjectKey),
+}
+
 /// How ADS clients prove who they are.
 #[derive(Clone, Debug, Default)]
 pub struct ClientAuth {
@@ -186,6 +197,21 @@ impl XdsState {
         match config.without_private_keys() {
             Some((withheld, count)) => (Arc::new(withheld), count),
             None => (config.clone(), 0),
+        }
+    }
+
+    /// Who called the ops API: anyone, without mutual TLS; else the operator or gateway its
+    /// certificate names (another certificate of the CA is refused).
+    pub(crate) fn ops_caller<T>(&self, request: &Request<T>) -> Result<OpsCaller, Status> {
+        let Some(trust_domain) = &self.client_trust_domain else {
+            return Ok(OpsCaller::Anyone);
+        };
+        let chain = request.peer_certs();
+        let chain = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
+        match certified_client(chain, trust_domain) {
+            Ok(CertifiedClient::Operator(_)) => Ok(OpsCaller::Anyone),
+            Ok(CertifiedClient::Gateway(gateway)) => Ok(OpsCaller::Gateway(gateway)),
+            Err(e) => Err(Status::permission_denied(e.to_string())),
         }
     }
 
