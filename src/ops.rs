@@ -79,13 +79,17 @@ pub fn config_dump(
     Some(config_to_json(&translation.config).map_err(|e| e.to_string()))
 }
 
+fn refused(error: crate::xds::identity::IdentityError) -> Status {
+    Status::permission_denied(error.to_string())
+}
+
 #[tonic::async_trait]
 impl pb::ops_server::Ops for OpsService {
     async fn proxy_status(
         &self,
         request: Request<pb::ProxyStatusRequest>,
     ) -> Result<Response<pb::ProxyStatusResponse>, Status> {
-        let caller = self.state.ops_caller(&request)?;
+        let caller = self.state.ops_caller(&request).map_err(refused)?;
         Ok(Response::new(proxy_status(&self.state, &caller)))
     }
 
@@ -93,7 +97,7 @@ impl pb::ops_server::Ops for OpsService {
         &self,
         request: Request<pb::ConfigDumpRequest>,
     ) -> Result<Response<pb::ConfigDumpResponse>, Status> {
-        let caller = self.state.ops_caller(&request)?;
+        let caller = self.state.ops_caller(&request).map_err(refused)?;
         let node = request.into_inner().node_id;
         match config_dump(&self.state, &caller, &node) {
             None => Err(Status::not_found(format!(

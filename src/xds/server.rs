@@ -202,17 +202,16 @@ impl XdsState {
 
     /// Who called the ops API: anyone, without mutual TLS; else the operator or gateway its
     /// certificate names (another certificate of the CA is refused).
-    pub(crate) fn ops_caller<T>(&self, request: &Request<T>) -> Result<OpsCaller, Status> {
+    pub(crate) fn ops_caller<T>(&self, request: &Request<T>) -> Result<OpsCaller, IdentityError> {
         let Some(trust_domain) = &self.client_trust_domain else {
             return Ok(OpsCaller::Anyone);
         };
         let chain = request.peer_certs();
         let chain = chain.as_deref().map(Vec::as_slice).unwrap_or_default();
-        match certified_client(chain, trust_domain) {
-            Ok(CertifiedClient::Operator(_)) => Ok(OpsCaller::Anyone),
-            Ok(CertifiedClient::Gateway(gateway)) => Ok(OpsCaller::Gateway(gateway)),
-            Err(e) => Err(Status::permission_denied(e.to_string())),
-        }
+        Ok(match certified_client(chain, trust_domain)? {
+            CertifiedClient::Operator(_) => OpsCaller::Anyone,
+            CertifiedClient::Gateway(gateway) => OpsCaller::Gateway(gateway),
+        })
     }
 
     /// The gateway a stream's client certificate names, when mutual TLS is required.
