@@ -18,6 +18,7 @@ use crate::ops::pb::ops_client::OpsClient;
 use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
 use crate::standalone::{self, StandaloneOptions};
 
+mod ops_tls;
 mod rollout;
 
 #[derive(Parser, Debug)]
@@ -313,25 +314,22 @@ async fn ops_client(
     server: &str,
     cert_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<OpsClient<tonic::transport::Channel>> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("--server {server:?} is not a URL"))?;
     if let Some(dir) = cert_dir {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
         };
         use crate::certs::{CLIENT_CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(
-                CLIENT_CA_FILE,
-            )?))
-            .identity(tonic::transport::Identity::from_pem(
-                read(CLIENT_CERT_FILE)?,
-                read(CLIENT_KEY_FILE)?,
-            ));
-        endpoint = endpoint.tls_config(tls).context("client TLS settings")?;
+        let (ca, cert, key) = (
+            read(CLIENT_CA_FILE)?,
+            read(CLIENT_CERT_FILE)?,
+            read(CLIENT_KEY_FILE)?,
+        );
+        let channel = ops_tls::connect(server, &ca, &cert, &key).await?;
+        return Ok(OpsClient::new(channel));
     }
-    let channel = endpoint
+    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("--server {server:?} is not a URL"))?
         .connect()
         .await
         .with_context(|| format!("connecting to {server}"))?;

@@ -703,3 +703,75 @@ async fn plain_ads_serves_no_private_keys_unless_told_to() {
     assert_eq!(served, [name], "the key served when allowed");
     meridian.shutdown().await.unwrap();
 }
+
+/// `meridian status` trusts only Meridian's xDS server, not any certificate its CA issued:
+/// a tenant's Gateway can get one for `localhost`, and the CLI must not talk to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_refuses_a_server_with_a_certificate_for_the_right_name_but_not_meridians() {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let options = CertOptions::default();
+    let ca = certs::load_or_create_in_dir(&dir.path().join("ca"), &options).unwrap();
+    let validity = meridian::certs::ca::Validity {
+        now: std::time::SystemTime::now(),
+        lifetime: Duration::from_secs(3600),
+    };
+    // What the embedded CA issues a Gateway server for host `localhost`.
+    let meridian::core::tls::SecretMaterial::Certificate { chain_pem, key, .. } = ca
+        .issue_server(&["localhost".to_owned()], validity)
+        .unwrap()
+    else {
+        panic!("a certificate");
+    };
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key.expose().as_bytes())
+        .unwrap()
+        .unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let accepted = handshakes.clone();
+    let impostor = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            if acceptor.accept(tcp).await.is_ok() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+
+    let operator = dir.path().join("operator");
+    certs::write_operator_credentials(&ca, &options, "alice", &operator).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "status",
+            "--server",
+            &format!("https://localhost:{port}"),
+            "--cert-dir",
+        ])
+        .arg(&operator)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        format!("{stderr:?}").contains("not Meridian"),
+        "refused for the identity: {stderr}"
+    );
+    assert_eq!(
+        handshakes.load(Ordering::Relaxed),
+        0,
+        "no handshake completed"
+    );
+    impostor.abort();
+}
