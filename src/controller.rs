@@ -74,7 +74,8 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
 /// Starts watching and serving; xDS answers once every watch has listed once.
 pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let client = client(options.kubeconfig.as_ref()).await?;
-    let (index, snapshots) = Index::with_export_policy(options.export.clone());
+    let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
+    index.reserve_cert_names(options.xds_tls.reserved_cert_names());
     let metrics = Arc::new(Metrics::new());
     let ca = certs::kube_store::load_or_create(
         client.clone(),

@@ -16,7 +16,9 @@ use crate::core::rollout::revision::Pins;
 use crate::core::status::Published;
 use crate::core::tls::SecretMaterial;
 use crate::core::translate::{ExportPolicy, ModelChanges};
-use crate::core::validate::{validate_access_point, FieldError, Rejection};
+use crate::core::validate::{
+    validate_access_point, validate_certificate_names, FieldError, Rejection,
+};
 use crate::core::vip::{VipError, VipTable};
 
 /// An immutable view of accepted input, numbered by generation.
@@ -85,6 +87,8 @@ pub struct Index {
     changes: ModelChanges,
     change_log: VecDeque<(u64, Arc<ModelChanges>)>,
     tx: watch::Sender<Arc<Snapshot>>,
+    /// Host names no Gateway gets a certificate issued for.
+    reserved_cert_names: Vec<String>,
 }
 
 impl Index {
@@ -116,8 +120,15 @@ impl Index {
             changes: ModelChanges::default(),
             change_log: VecDeque::new(),
             tx,
+            reserved_cert_names: Vec::new(),
         };
         (index, rx)
+    }
+
+    /// Host names the embedded CA must not issue to Gateways: AccessPoints asking for them are
+    /// rejected.
+    pub fn reserve_cert_names(&mut self, names: Vec<String>) {
+        self.reserved_cert_names = names;
     }
 
     /// Applies an object. An invalid AccessPoint is rejected with its field errors and the
@@ -125,7 +136,11 @@ impl Index {
     pub fn apply(&mut self, object: InputObject) -> Result<(), Vec<FieldError>> {
         let key = object.key();
         if let InputObject::AccessPoint(ap) = &object {
-            let errors = validate_access_point(&ap.spec);
+            let mut errors = validate_access_point(&ap.spec);
+            errors.extend(validate_certificate_names(
+                &ap.spec,
+                &self.reserved_cert_names,
+            ));
             if !errors.is_empty() {
                 let rejection = Rejection {
                     generation: ap.metadata.generation,

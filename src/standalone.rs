@@ -82,6 +82,7 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
             .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     }
     let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
+    index.reserve_cert_names(options.xds_tls.reserved_cert_names());
     let metrics = Arc::new(Metrics::new());
     let ca = Arc::new(load_ca(&options)?);
     let client_auth = options.xds_tls.client_auth(&options.certs);

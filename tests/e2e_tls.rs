@@ -775,3 +775,41 @@ async fn the_cli_refuses_a_server_with_a_certificate_for_the_right_name_but_not_
     );
     impostor.abort();
 }
+
+/// A tenant cannot get a certificate for a name Meridian uses itself (here `localhost`, in
+/// the xDS server certificate): the AccessPoint is rejected, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_for_meridians_own_names_are_not_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let impostor = r#"apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: impostor, namespace: shop}
+spec:
+  template:
+    gateways:
+    - metadata: {name: gw}
+      spec: {servers: [{port: {number: 8443, protocol: HTTPS}, hosts: [localhost], tls: {mode: SIMPLE}}]}
+"#;
+    std::fs::write(config.join("impostor.yaml"), impostor).unwrap();
+    let meridian = start_meridian(&config, &dir.path().join("state"), free_port()).await;
+    let http = client();
+    let admin = meridian.admin_addr;
+    eventually(
+        Duration::from_secs(10),
+        "the rejection reported",
+        || async {
+            let problems = admin_json(&http, admin, "/debug/problems")
+                .await
+                .to_string();
+            problems.contains("servers[0].hosts[0]") && problems.contains("reserved")
+        },
+    )
+    .await;
+    // Nothing issued, a second later either.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let metrics = admin_text(&http, admin, "/metrics").await;
+    assert!(metrics.contains("meridian_certs_held 0\n"), "{metrics}");
+    meridian.shutdown().await.unwrap();
+}

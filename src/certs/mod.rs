@@ -251,6 +251,10 @@ pub struct XdsTlsOptions {
     /// without it, private keys go only to gateways authenticated by --xds-mtls.
     #[arg(long)]
     pub insecure_serve_keys_without_mtls: bool,
+    /// Host names the embedded CA never issues to a Gateway (exact, or `*.suffix`), besides
+    /// `localhost` and the --xds-server-names, which belong to Meridian itself.
+    #[arg(long, value_delimiter = ',')]
+    pub forbidden_cert_names: Vec<String>,
 }
 
 impl Default for XdsTlsOptions {
@@ -259,6 +263,7 @@ impl Default for XdsTlsOptions {
             xds_mtls: false,
             xds_server_names: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             insecure_serve_keys_without_mtls: false,
+            forbidden_cert_names: Vec::new(),
         }
     }
 }
@@ -271,6 +276,16 @@ impl XdsTlsOptions {
     /// TLS is on.
     pub fn client_trust_domain(&self, certs: &CertOptions) -> Option<String> {
         self.xds_mtls.then(|| certs.trust_domain.clone())
+    }
+
+    /// Names no Gateway may have a certificate issued for: Meridian's own and the forbidden.
+    pub fn reserved_cert_names(&self) -> Vec<String> {
+        let mut names = vec!["localhost".to_owned()];
+        names.extend(self.xds_server_names.iter().cloned());
+        names.extend(self.forbidden_cert_names.iter().cloned());
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// How ADS clients authenticate, saying loudly when keys go to anyone.

@@ -90,6 +90,54 @@ impl Errors {
     }
 }
 
+/// Hosts of TLS servers whose certificate Meridian would issue that name something reserved
+/// (`localhost`, Meridian's own server names, operator-forbidden names): the embedded CA must
+/// not hand a tenant a certificate clients trust for those.
+pub fn validate_certificate_names(spec: &AccessPointSpec, reserved: &[String]) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    for (i, gateway) in spec.template.gateways.iter().enumerate() {
+        for (j, server) in gateway.spec.servers.iter().enumerate() {
+            let embedded = server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.credential_name.is_none());
+            if !embedded {
+                continue;
+            }
+            for (k, host) in server.hosts.iter().enumerate() {
+                let name = host.split_once('/').map_or(host.as_str(), |(_, h)| h);
+                if let Some(hit) = reserved.iter().find(|r| covers(name, r)) {
+                    errors.push(
+                        format!("spec.template.gateways[{i}].spec.servers[{j}].hosts[{k}]"),
+                        format!("Meridian does not issue certificates for {hit:?} (reserved); use credentialName with your own certificate"),
+                    );
+                }
+            }
+        }
+    }
+    errors.0
+}
+
+/// Whether a certificate for `host` (maybe `*.suffix`) would be valid for `reserved` (maybe
+/// `*.suffix`, then any name under it).
+fn covers(host: &str, reserved: &str) -> bool {
+    let (host, reserved) = (host.to_ascii_lowercase(), reserved.to_ascii_lowercase());
+    if host == reserved {
+        return true;
+    }
+    let one_label_under = |name: &str, suffix: &str| {
+        name.strip_suffix(suffix)
+            .and_then(|label| label.strip_suffix('.'))
+            .is_some_and(|label| !label.is_empty() && !label.contains('.'))
+    };
+    match (host.strip_prefix("*."), reserved.strip_prefix("*.")) {
+        (Some(suffix), None) => one_label_under(&reserved, suffix),
+        (None, Some(suffix)) => host.ends_with(&format!(".{suffix}")),
+        (Some(a), Some(b)) => a == b || a.ends_with(&format!(".{b}")),
+        (None, None) => false,
+    }
+}
+
 /// Validates an AccessPoint spec; empty means accepted.
 pub fn validate_access_point(spec: &AccessPointSpec) -> Vec<FieldError> {
     let mut errors = Errors::default();
@@ -830,5 +878,67 @@ spec:
             );
         }
         assert!(errors.iter().any(|e| e.contains("xn--")), "{errors:?}");
+    }
+
+    #[test]
+    fn certificates_for_reserved_names_are_refused() {
+        let spec = |host: &str, credential: &str| {
+            let objects = parse_documents(
+                &format!(
+                    r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: gw}}
+      spec: {{servers: [{{port: {{number: 443, protocol: HTTPS}}, hosts: ["{host}"], tls: {{mode: SIMPLE{credential}}}}}]}}
+"#
+                ),
+                "default",
+            )
+            .unwrap();
+            let InputObject::AccessPoint(ap) = &objects[0] else {
+                panic!()
+            };
+            ap.spec.clone()
+        };
+        let reserved = [
+            "localhost".to_owned(),
+            "meridian.system.svc".to_owned(),
+            "*.corp.example".to_owned(),
+        ];
+        for host in [
+            "localhost",
+            "LocalHost",
+            "ns/localhost",
+            "*.system.svc",
+            "meridian.system.svc",
+            "a.corp.example",
+            "*.corp.example",
+            "*.x.corp.example",
+        ] {
+            let errors = validate_certificate_names(&spec(host, ""), &reserved);
+            assert_eq!(errors.len(), 1, "{host}: {errors:?}");
+            assert!(errors[0].path.ends_with("hosts[0]") && errors[0].message.contains("reserved"));
+        }
+        for host in [
+            "shop.example.com",
+            "*.svc",
+            "localhost.example.com",
+            "*.example",
+        ] {
+            assert!(
+                validate_certificate_names(&spec(host, ""), &reserved).is_empty(),
+                "{host}"
+            );
+        }
+        // The operator's own certificate: nothing is issued, nothing to refuse.
+        assert!(validate_certificate_names(
+            &spec("localhost", ", credentialName: mine"),
+            &reserved
+        )
+        .is_empty());
     }
 }
