@@ -10,6 +10,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::core::vip::{allocate, VipError, VipTable};
 use crate::index::Snapshot;
+use crate::log_budget::LogBudget;
+use std::time::Duration;
 
 /// An allocation result, as the index receives it.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,19 +61,32 @@ pub async fn run<T: From<VipUpdate> + Send + 'static>(
     sink: mpsc::Sender<T>,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    static UNSAVED: LogBudget = LogBudget::new(1, Duration::from_secs(30));
     let mut table = store.load()?;
     let mut sent: Option<VipUpdate> = None;
+    let mut retry_at = None;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if snapshot.generation > 0 {
             let previous = table.clone();
             let (next, errors) =
                 tokio::task::spawn_blocking(move || allocate(&snapshot.model, &previous)).await?;
+            retry_at = None;
             if next != table {
-                // Persisted before anyone sees it: an address is never shown, then lost.
-                store.save(&next)?;
-                tracing::info!(vips = next.len(), "VIP table updated");
-                table = next;
+                // Persisted before anyone sees it: an address is never shown, then lost. If
+                // it cannot be saved, the table in force stays, and saving is retried.
+                match store.save(&next) {
+                    Ok(()) => {
+                        tracing::info!(vips = next.len(), "VIP table updated");
+                        table = next;
+                    }
+                    Err(error) => {
+                        if let Some(suppressed) = UNSAVED.allow() {
+                            tracing::error!(error = %format!("{error:#}"), suppressed, "cannot save the VIP table; addresses stay as they were until it can be saved, retrying");
+                        }
+                        retry_at = Some(tokio::time::Instant::now() + RETRY_SAVE);
+                    }
+                }
             }
             let update = VipUpdate {
                 table: table.clone(),
@@ -81,18 +96,23 @@ pub async fn run<T: From<VipUpdate> + Send + 'static>(
                 return Ok(());
             }
         }
+        let retry = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now));
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return Ok(()) },
             _ = stopped.changed() => return Ok(()),
+            _ = retry, if retry_at.is_some() => {}
         }
     }
 }
+
+/// How soon a VIP table that could not be saved is tried again.
+const RETRY_SAVE: Duration = Duration::from_secs(2);
 
 /// Name of the ConfigMap (in Meridian's namespace) holding the VIP table in Kubernetes mode.
 pub const VIP_CONFIG_MAP: &str = "meridian-vips";
 const VIP_KEY: &str = "vips.json";
 /// How often a standby re-reads the leader's table.
-const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 type ConfigMaps = kube::Api<k8s_openapi::api::core::v1::ConfigMap>;
 
@@ -205,4 +225,56 @@ async fn send<T: From<VipUpdate>>(
     }
     *last = Some(update);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::manifest::parse_documents;
+    use crate::index::Index;
+
+    const FLEET: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec: {zone: east-1, vipPools: [{name: main, cidrs: ["192.0.2.0/24"]}]}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: web, namespace: shop}
+spec:
+  placement: {clusters: [east]}
+  template: {}
+"#;
+
+    /// A state dir that cannot be written (the temporary file's name is a directory) does not
+    /// stop the task: nothing new is shown until the table is saved, then it is.
+    #[tokio::test]
+    async fn a_table_that_cannot_be_saved_waits_and_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vips.json");
+        let blocker = path.with_extension("json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let (mut index, snapshots) = Index::new();
+        for object in parse_documents(FLEET, "shop").unwrap() {
+            index.apply(object).unwrap();
+        }
+        index.publish();
+        let (tx, mut rx) = mpsc::channel::<VipUpdate>(4);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(VipStore::File(path.clone()), snapshots, tx, stopped));
+
+        let first = rx.recv().await.unwrap();
+        assert!(first.table.is_empty(), "unsaved, so not shown: {first:?}");
+        assert!(!task.is_finished(), "the task goes on");
+        std::fs::remove_dir(&blocker).unwrap();
+        let saved = tokio::time::timeout(RETRY_SAVE * 3, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(saved.table.len(), 1);
+        assert_eq!(VipStore::File(path).load().unwrap(), saved.table);
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
 }
