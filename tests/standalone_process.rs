@@ -3,7 +3,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::*;
@@ -27,6 +27,40 @@ fn metric(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} not in {metrics}"))
 }
 
+/// `meridian standalone` on `config` (a state dir beside it), admin on `admin`, xDS on `xds`,
+/// logging to `log` with default settings; returns once the admin API answers.
+async fn standalone(
+    config: &std::path::Path,
+    admin: u16,
+    xds: u16,
+    log: &std::path::Path,
+) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("standalone")
+        .arg("--config-dir")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(config.with_file_name("state"))
+        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let client = client();
+    eventually(Duration::from_secs(30), "admin answers", || async {
+        client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    child
+}
+
 /// A rejected file is logged once, not on every resync; an idle directory is not re-read in
 /// a loop (the watcher ignores reads, its own included); logs to a file carry no colour codes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,33 +72,8 @@ async fn rejections_are_logged_once_and_an_idle_directory_is_left_alone() {
     std::fs::write(config.join("unparsable.yaml"), "kind: [").unwrap();
     let log_path = dir.path().join("meridian.log");
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("standalone")
-        .arg("--config-dir")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .args([
-            "--xds-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            &admin.to_string(),
-        ])
-        .env_remove("RUST_LOG")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = standalone(&config, admin.port(), free_port(), &log_path).await;
     let client = client();
-    eventually(Duration::from_secs(30), "admin answers", || async {
-        client
-            .get(format!("http://{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
     let syncs = metric(
         &admin_text(&client, admin, "/metrics").await,
         "meridian_config_syncs_total",
@@ -111,26 +120,8 @@ async fn a_client_cannot_flood_the_log() {
     std::fs::create_dir_all(&config).unwrap();
     let log_path = dir.path().join("meridian.log");
     let (admin, xds) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("standalone")
-        .arg("--config-dir")
-        .arg(&config)
-        .args(["--xds-addr", &format!("127.0.0.1:{xds}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = standalone(&config, admin, xds, &log_path).await;
     let client = client();
-    eventually(Duration::from_secs(30), "admin answers", || async {
-        client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
     let before = std::fs::metadata(&log_path).unwrap().len();
 
     let gateway = Value {

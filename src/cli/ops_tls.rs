@@ -17,6 +17,8 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::TlsConnector;
 
+use crate::xds::identity::leaf_uris;
+
 /// Checks the chain and name as usual, then the SPIFFE ID.
 #[derive(Debug)]
 struct PinnedIdentity {
@@ -35,7 +37,7 @@ impl ServerCertVerifier for PinnedIdentity {
     ) -> Result<ServerCertVerified, TlsError> {
         self.chain
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        if uri_sans(end_entity)
+        if leaf_uris(&[end_entity])
             .iter()
             .any(|uri| uri == &self.spiffe_id)
         {
@@ -71,23 +73,6 @@ impl ServerCertVerifier for PinnedIdentity {
     }
 }
 
-fn uri_sans(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn pem_certs(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<_, _>>()
@@ -101,7 +86,7 @@ fn trust_domain(cert_pem: &[u8]) -> anyhow::Result<String> {
         .into_iter()
         .next()
         .context("no certificate in tls.crt")?;
-    uri_sans(&leaf)
+    leaf_uris(&[leaf])
         .iter()
         .find_map(|uri| {
             uri.strip_prefix("spiffe://")?

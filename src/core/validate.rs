@@ -246,11 +246,10 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
         named(e, p.clone(), &vs.metadata.name);
         virtual_service(e, &format!("{p}.spec"), &vs.spec);
         let namespace = vs.metadata.namespace.as_deref();
-        let values = &vs.spec.export_to;
         export_to::check(
             e,
             &format!("{p}.spec.exportTo"),
-            values,
+            &vs.spec.export_to,
             namespace,
             NoneAllowed::No,
         );
@@ -260,11 +259,10 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
         named(e, p.clone(), &dr.metadata.name);
         destination_rule(e, &format!("{p}.spec"), &dr.spec);
         let namespace = dr.metadata.namespace.as_deref();
-        let values = &dr.spec.export_to;
         export_to::check(
             e,
             &format!("{p}.spec.exportTo"),
-            values,
+            &dr.spec.export_to,
             namespace,
             NoneAllowed::No,
         );
@@ -274,11 +272,10 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
         named(e, p.clone(), &se.metadata.name);
         service_entry(e, &format!("{p}.spec"), &se.spec);
         let namespace = se.metadata.namespace.as_deref();
-        let values = &se.spec.export_to;
         export_to::check(
             e,
             &format!("{p}.spec.exportTo"),
-            values,
+            &se.spec.export_to,
             namespace,
             NoneAllowed::Yes,
         );

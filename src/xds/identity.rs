@@ -33,26 +33,37 @@ pub fn certified_gateway(
     chain: &[impl AsRef<[u8]>],
     trust_domain: &str,
 ) -> Result<ObjectKey, IdentityError> {
-    let none = || IdentityError::NoCertificateIdentity {
+    leaf_uris(chain)
+        .iter()
+        .find_map(|uri| gateway_of_spiffe_id(uri, trust_domain))
+        .ok_or_else(|| no_identity(trust_domain))
+}
+
+fn no_identity(trust_domain: &str) -> IdentityError {
+    IdentityError::NoCertificateIdentity {
         trust_domain: trust_domain.to_owned(),
+    }
+}
+
+/// The URI SANs of the leaf of `chain` (none if it does not parse).
+pub fn leaf_uris(chain: &[impl AsRef<[u8]>]) -> Vec<String> {
+    let Some(leaf) = chain.first() else {
+        return Vec::new();
     };
-    let leaf = chain.first().ok_or_else(none)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| none())?;
-    let san = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .ok_or_else(none)?;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
     san.value
         .general_names
         .iter()
-        .find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => {
-                gateway_of_spiffe_id(uri, trust_domain)
-            }
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
             _ => None,
         })
-        .ok_or_else(none)
+        .collect()
 }
 
 /// Who a verified client certificate (DER, leaf first) names: an operator
@@ -67,34 +78,21 @@ pub fn certified_client(
     chain: &[impl AsRef<[u8]>],
     trust_domain: &str,
 ) -> Result<CertifiedClient, IdentityError> {
-    if let Ok(gateway) = certified_gateway(chain, trust_domain) {
-        return Ok(CertifiedClient::Gateway(gateway));
-    }
-    let none = || IdentityError::NoCertificateIdentity {
-        trust_domain: trust_domain.to_owned(),
+    let operator = |uri: &str| {
+        let name = uri
+            .strip_prefix("spiffe://")?
+            .strip_prefix(trust_domain)?
+            .strip_prefix("/operator/")?;
+        (!name.is_empty() && !name.contains('/')).then(|| name.to_owned())
     };
-    let leaf = chain.first().ok_or_else(none)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| none())?;
-    let san = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .ok_or_else(none)?;
-    san.value
-        .general_names
+    leaf_uris(chain)
         .iter()
-        .find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => {
-                let operator = uri
-                    .strip_prefix("spiffe://")?
-                    .strip_prefix(trust_domain)?
-                    .strip_prefix("/operator/")?;
-                (!operator.is_empty() && !operator.contains('/'))
-                    .then(|| CertifiedClient::Operator(operator.to_owned()))
-            }
-            _ => None,
+        .find_map(|uri| {
+            gateway_of_spiffe_id(uri, trust_domain)
+                .map(CertifiedClient::Gateway)
+                .or_else(|| operator(uri).map(CertifiedClient::Operator))
         })
-        .ok_or_else(none)
+        .ok_or_else(|| no_identity(trust_domain))
 }
 
 fn gateway_of_spiffe_id(uri: &str, trust_domain: &str) -> Option<ObjectKey> {
