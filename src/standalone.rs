@@ -178,7 +178,10 @@ fn resync(
     admin: &AdminState,
 ) -> anyhow::Result<()> {
     admin.xds.metrics.config_syncs.inc();
-    let problems = provider.sync(index)?;
+    let mut problems = provider.sync_unsaved(index)?;
+    // Served first, saved right after: a slow disk delays the save, not the edit.
+    let generation = index.publish();
+    problems.extend(provider.save());
     let before = admin.set_problems(problems.clone());
     // Each problem is logged once, when it appears, not on every resync while it lasts.
     let (before, after): (BTreeSet<_>, BTreeSet<_>) =
@@ -190,7 +193,6 @@ fn resync(
     if fixed > 0 {
         tracing::info!(fixed, "config problems resolved");
     }
-    let generation = index.publish();
     admin.xds.metrics.config_generation.set(generation as i64);
     admin.ready.store(true, Ordering::Release);
     Ok(())

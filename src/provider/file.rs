@@ -107,13 +107,38 @@ impl FileProvider {
     }
 
     /// Reads the directory and brings the index in line with it. Does not publish.
+    /// Reads the directory and brings the index in line with it, then saves what the index
+    /// now holds. Does not publish: see [`FileProvider::sync_unsaved`] to publish first.
     pub fn sync(&mut self, index: &mut Index) -> Result<Vec<ConfigProblem>, FileProviderError> {
+        let mut problems = self.sync_unsaved(index)?;
+        problems.extend(self.save());
+        Ok(problems)
+    }
+
+    /// [`FileProvider::sync`] without the save, for a caller that publishes before it saves
+    /// (an fsync on a busy disk must not delay an edit); then call [`FileProvider::save`].
+    pub fn sync_unsaved(
+        &mut self,
+        index: &mut Index,
+    ) -> Result<Vec<ConfigProblem>, FileProviderError> {
         self.apply_saved(index);
         match self.sync_with(index, true)? {
             Some(problems) => Ok(problems),
             // A changed file defines an object a skipped file holds: decide who wins in order.
             None => Ok(self.sync_with(index, false)?.unwrap_or_default()),
         }
+    }
+
+    /// Saves what the index holds from the files, if it changed since the last save (or that
+    /// failed); a failure is a problem to report, and is retried on the next call.
+    pub fn save(&mut self) -> Option<ConfigProblem> {
+        let state_dir = self.state_dir.as_ref().filter(|_| self.unsaved)?;
+        let saved = state::save(state_dir, self.applied.values());
+        self.unsaved = saved.is_err();
+        let error = saved.err()?;
+        let why =
+            format!("{error}; the config is served but would not survive a restart, retrying");
+        Some(problem(&state_dir.display().to_string(), why))
     }
 
     /// After a restart, puts back what was in force before it, as if Meridian had never
@@ -308,19 +333,7 @@ impl FileProvider {
                 }
             }
         }
-        if changed || self.unsaved {
-            if let Some(state_dir) = &self.state_dir {
-                // Serving goes on; the save is retried on every sync until it works.
-                let saved = state::save(state_dir, self.applied.values());
-                self.unsaved = saved.is_err();
-                if let Err(error) = saved {
-                    let why = format!(
-                        "{error}; the config is served but would not survive a restart, retrying"
-                    );
-                    problems.push(problem(&state_dir.display().to_string(), why));
-                }
-            }
-        }
+        self.unsaved |= changed;
         self.clean = contributing.difference(&troubled).cloned().collect();
         Ok(Some(problems))
     }
