@@ -367,9 +367,14 @@ impl FileProvider {
                 .map_or(true, |age| age < SETTLE)
         });
         let mid_line = !file.text.is_empty() && !file.text.ends_with('\n');
+        // How many objects the file held: its last parse, else what it contributes (a scan,
+        // only for a file never parsed cleanly in this run).
+        let parsed_before = self.parsed.get(path).and_then(|p| p.objects.as_ref().ok());
+        let before = parsed_before.map(Vec::len);
         let read = self.parse(path, file.text);
         if changed && recent {
-            let before = self.applied.values().filter(|a| a.path == path).count();
+            let before =
+                before.unwrap_or_else(|| self.applied.values().filter(|a| a.path == path).count());
             let unfinished = match &read {
                 Ok(read) => read.objects.len() < before || read.objects.is_empty() || mid_line,
                 Err(_) => true,
