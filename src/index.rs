@@ -198,12 +198,22 @@ impl Index {
         }
     }
 
-    /// Replaces the certificates Meridian issued (from the certificate manager).
-    pub fn set_issued(&mut self, issued: BTreeMap<String, Arc<SecretMaterial>>) {
+    /// Replaces the certificates Meridian issued, and why some could not be (from the
+    /// certificate manager).
+    pub fn set_issued(
+        &mut self,
+        issued: BTreeMap<String, Arc<SecretMaterial>>,
+        errors: BTreeMap<String, String>,
+    ) {
         if self.model.issued != issued {
             self.model.issued = issued;
             self.dirty = true;
             self.changes.everything = true;
+        }
+        if *self.model.issue_errors != errors {
+            // Status only: translation does not read them.
+            self.model.issue_errors = Arc::new(errors);
+            self.dirty = true;
         }
     }
 

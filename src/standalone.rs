@@ -234,7 +234,7 @@ async fn watch_config(
             Some(update) = derived.recv() => {
                 let index = &mut state.1;
                 match update {
-                    Derived::Issued(secrets) => index.set_issued(secrets),
+                    Derived::Issued(issued) => index.set_issued(issued.secrets, issued.errors),
                     Derived::Vips(vips) => index.set_vips(vips.table, vips.errors),
                     Derived::Pins(PinUpdate(pins)) => index.set_pins(pins),
                 }

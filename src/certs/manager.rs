@@ -14,8 +14,13 @@ use crate::core::tls::{certificate_requests, CertificateRequest, SecretMaterial,
 use crate::index::Snapshot;
 use crate::metrics::{Metrics, ReasonLabel};
 
-/// Issued material by SDS name, as the index receives it.
-pub type IssuedSecrets = BTreeMap<String, Arc<SecretMaterial>>;
+/// Issued material by SDS name, and why the certificates that could not be issued were not,
+/// as the index receives them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IssuedSecrets {
+    pub secrets: BTreeMap<String, Arc<SecretMaterial>>,
+    pub errors: BTreeMap<String, String>,
+}
 
 /// How long to wait before retrying after a failed issuance.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -24,6 +29,8 @@ pub struct CertManager {
     issuer: Arc<dyn Issuer>,
     set: CertificateSet,
     metrics: Arc<Metrics>,
+    /// The last failure of each wanted certificate not issued since.
+    failures: BTreeMap<String, String>,
 }
 
 impl CertManager {
@@ -36,6 +43,7 @@ impl CertManager {
             issuer,
             set: CertificateSet::new(policy),
             metrics,
+            failures: BTreeMap::new(),
         }
     }
 
@@ -50,6 +58,7 @@ impl CertManager {
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let wanted = tokio::task::spawn_blocking(move || wanted(&snapshot)).await?;
+            self.failures.retain(|name, _| wanted.contains_key(name));
             let plan = self.set.plan(&wanted, SystemTime::now());
             let failed = self.carry_out(plan).await?;
             let issued = self.issued();
@@ -121,11 +130,14 @@ impl CertManager {
                         .certs_issued
                         .get_or_create(&ReasonLabel { reason })
                         .inc();
+                    self.failures.remove(&request.name);
                     self.set.insert(&request, Arc::new(material), now);
                 }
                 Err(error) => {
                     failed = true;
-                    tracing::error!(secret = %request.name, issuer = self.issuer.name(), error = %format!("{error:#}"), "certificate issuance failed; retrying");
+                    let error = format!("{error:#}");
+                    tracing::error!(secret = %request.name, issuer = self.issuer.name(), %error, "certificate issuance failed; retrying");
+                    self.failures.insert(request.name.clone(), error);
                 }
             }
         }
@@ -134,11 +146,14 @@ impl CertManager {
 
     /// Everything the issuer provides: gateway certificates and its CA bundle.
     fn issued(&self) -> IssuedSecrets {
-        let mut issued = self.set.materials();
+        let mut secrets = self.set.materials();
         if let Some(bundle) = self.issuer.trust_bundle() {
-            issued.insert(CA_BUNDLE.to_owned(), Arc::new(bundle));
+            secrets.insert(CA_BUNDLE.to_owned(), Arc::new(bundle));
         }
-        issued
+        IssuedSecrets {
+            secrets,
+            errors: self.failures.clone(),
+        }
     }
 
     fn record_metrics(&self) {
@@ -245,11 +260,18 @@ spec:
         let (_stop, stopped) = watch::channel(false);
         let task = tokio::spawn(manager.run(snapshots, tx, stopped));
 
-        // The first attempt fails: nothing is issued yet, and it is retried after RETRY_AFTER.
-        assert!(next(&mut rx).await.is_empty());
+        // The first attempt fails: nothing is issued yet, the failure is said, and issuance is
+        // retried after RETRY_AFTER.
+        let failed = next(&mut rx).await;
+        assert!(failed.secrets.is_empty());
+        assert_eq!(
+            failed.errors.values().collect::<Vec<_>>(),
+            ["issuer unavailable"]
+        );
         let issued = next(&mut rx).await;
         assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
-        let names: Vec<&String> = issued.keys().collect();
+        assert!(issued.errors.is_empty(), "cleared once issued");
+        let names: Vec<&String> = issued.secrets.keys().collect();
         assert_eq!(names.len(), 1);
         assert!(
             names[0].starts_with("embedded://shop/public/443/"),
@@ -262,7 +284,7 @@ spec:
             &crate::core::model::ObjectKey::new("shop", "shop"),
         );
         index.publish();
-        assert!(next(&mut rx).await.is_empty());
+        assert!(next(&mut rx).await.secrets.is_empty());
         task.abort();
     }
 }

@@ -143,6 +143,7 @@ fn build_view<'m>(
         tls: TlsSources {
             issued: &model.issued,
             secrets: &model.secrets,
+            issue_errors: &model.issue_errors,
         },
         ..Default::default()
     };

@@ -198,6 +198,9 @@ pub struct Model {
     pub secrets: BTreeMap<ObjectKey, TlsSecret>,
     /// Certificates Meridian issued, by SDS name (fed by the certificate manager).
     pub issued: BTreeMap<String, Arc<SecretMaterial>>,
+    /// Why certificates Meridian owes could not be issued, by SDS name (fed by the
+    /// certificate manager; shown in status, never read by translation).
+    pub issue_errors: Arc<BTreeMap<String, String>>,
     /// VIPs allocated per (AccessPoint, cluster, family), and what could not be allocated
     /// (fed by the VIP allocator).
     pub vips: Arc<VipTable>,

@@ -150,6 +150,17 @@ impl<'m> ClusterRefs<'m> {
                     continue;
                 };
                 if tls.is_embedded() {
+                    // Owed but not issued: awaited (the listener warms), and said here.
+                    if let Some(error) = view.tls.issue_errors.get(&tls.certificate) {
+                        push(
+                            RefKind::Credential,
+                            format!(
+                                "spec.template.gateways[{}].spec.servers[{s}].hosts",
+                                gateway.index
+                            ),
+                            format!("the certificate could not be issued: {error}"),
+                        );
+                    }
                     continue;
                 }
                 let error = tls

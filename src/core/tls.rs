@@ -292,16 +292,20 @@ impl From<Secret> for TlsSecret {
 pub struct TlsSources<'m> {
     pub issued: &'m BTreeMap<String, Arc<SecretMaterial>>,
     pub secrets: &'m BTreeMap<ObjectKey, TlsSecret>,
+    /// Why owed certificates could not be issued (for status).
+    pub issue_errors: &'m BTreeMap<String, String>,
 }
 
 static NO_ISSUED: BTreeMap<String, Arc<SecretMaterial>> = BTreeMap::new();
 static NO_SECRETS: BTreeMap<ObjectKey, TlsSecret> = BTreeMap::new();
+static NO_ERRORS: BTreeMap<String, String> = BTreeMap::new();
 
 impl Default for TlsSources<'_> {
     fn default() -> Self {
         TlsSources {
             issued: &NO_ISSUED,
             secrets: &NO_SECRETS,
+            issue_errors: &NO_ERRORS,
         }
     }
 }

@@ -480,3 +480,32 @@ fn certificates_are_reported_per_cluster_and_a_missing_secret_is_a_resolved_refs
         Some("Secret shop/byo does not exist")
     );
 }
+
+#[test]
+fn a_certificate_that_cannot_be_issued_is_a_resolved_refs_problem_not_ready() {
+    use crate::core::tls::TlsServer;
+    let mut fixture = Fixture::new(&SHOP_TLS.replace(", credentialName: byo", ""));
+    let ap = &fixture.model.access_points[&ObjectKey::new("shop", "shop")];
+    let server = &ap.spec.template.gateways[0].spec.servers[0];
+    let name = TlsServer::of(&ObjectKey::new("shop", "public"), server)
+        .unwrap()
+        .certificate;
+    fixture.model.issue_errors =
+        std::sync::Arc::new([(name, "the CA is unavailable".to_owned())].into());
+    let status = fixture
+        .proxy("public", Some(7), None)
+        .status(None, &at(100));
+    let resolved = condition(&status, RESOLVED_REFS);
+    assert_eq!(
+        (resolved.status.as_str(), resolved.reason.as_str()),
+        ("False", "InvalidCertificateRef")
+    );
+    assert!(
+        resolved.message.starts_with(
+            "spec.template.gateways[0].spec.servers[0].hosts: the certificate could not be issued: the CA is unavailable"
+        ),
+        "{}",
+        resolved.message
+    );
+    assert_eq!(condition(&status, "Ready").status, "False");
+}

@@ -70,7 +70,7 @@ impl Scope {
             Update::RelistStarted(watched) => self.begin_relist(watched),
             Update::RelistDone(watched) => self.end_relist(index, watched),
             Update::MemberGone(cluster) => self.drop_member(index, &cluster),
-            Update::Issued(issued) => index.set_issued(issued),
+            Update::Issued(issued) => index.set_issued(issued.secrets, issued.errors),
             Update::Vips(vips) => index.set_vips(vips.table, vips.errors),
             Update::Pins(PinUpdate(pins)) => index.set_pins(pins),
         }
