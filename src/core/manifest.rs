@@ -303,6 +303,24 @@ spec:
     }
 
     #[test]
+    fn alias_bombs_are_refused_quickly() {
+        // "Billion laughs": nine levels of nine aliases each would expand to 9^9 strings.
+        let mut text = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for level in b'b'..=b'i' {
+            let (this, prev) = (level as char, (level - 1) as char);
+            let refs = vec![format!("*{prev}"); 9].join(",");
+            text.push_str(&format!("{this}: &{this} [{refs}]\n"));
+        }
+        let text = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\n{text}");
+        let started = std::time::Instant::now();
+        let error = parse_documents(&text, "d").unwrap_err().to_string();
+        assert!(error.contains("repetition limit"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
     fn unknown_fields_are_errors_not_silence() {
         let text = r#"
 apiVersion: meridian.dev/v1alpha1
