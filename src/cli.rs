@@ -7,16 +7,16 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
-use crate::bootstrap::{bootstrap, BootstrapOptions, ClientTls};
-use crate::certs::{CertOptions, XdsTlsOptions};
-use crate::controller::{self, ControllerOptions};
+use crate::control_plane::admin::ops::pb::ops_client::OpsClient;
+use crate::control_plane::admin::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
+use crate::control_plane::bootstrap::{bootstrap, BootstrapOptions, ClientTls};
+use crate::control_plane::certs::{CertOptions, XdsTlsOptions};
+use crate::control_plane::dns::server::DnsOptions;
+use crate::control_plane::kubernetes::controller::{self, ControllerOptions};
+use crate::control_plane::kubernetes::leader::LeaseConfig;
+use crate::control_plane::standalone::{self, StandaloneOptions};
+use crate::core::model::export::ExportPolicy;
 use crate::core::selector::parse_selector;
-use crate::core::translate::ExportPolicy;
-use crate::dns_server::DnsOptions;
-use crate::leader::LeaseConfig;
-use crate::ops::pb::ops_client::OpsClient;
-use crate::ops::pb::{ConfigDumpRequest, ProxyStatusRequest};
-use crate::standalone::{self, StandaloneOptions};
 
 mod ops_tls;
 mod rollout;
@@ -82,9 +82,9 @@ pub struct ServingArgs {
 }
 
 impl ServingArgs {
-    fn connection_limits(&self) -> crate::serve::ConnectionLimits {
-        let fd_limit = crate::serve::connections::raise_fd_limit();
-        crate::serve::ConnectionLimits {
+    fn connection_limits(&self) -> crate::runtime::connections::ConnectionLimits {
+        let fd_limit = crate::runtime::connections::raise_fd_limit();
+        crate::runtime::connections::ConnectionLimits {
             max_connections: self.max_connections,
             handshake_timeout: self.handshake_timeout,
         }
@@ -266,8 +266,8 @@ pub enum Command {
     BenchCerts {
         #[arg(long, default_value_t = 1000)]
         count: usize,
-        #[arg(long, value_enum, default_value_t = crate::certs::ca::KeyType::EcdsaP256)]
-        key_type: crate::certs::ca::KeyType,
+        #[arg(long, value_enum, default_value_t = crate::control_plane::certs::ca::KeyType::EcdsaP256)]
+        key_type: crate::control_plane::certs::ca::KeyType,
     },
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
@@ -319,7 +319,7 @@ async fn ops_client(
             let path = dir.join(name);
             std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
         };
-        use crate::certs::{CLIENT_CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
+        use crate::control_plane::certs::{CLIENT_CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
         let (ca, cert, key) = (
             read(CLIENT_CA_FILE)?,
             read(CLIENT_CERT_FILE)?,
@@ -444,20 +444,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let tls = match &cert_dir {
                 None => None,
                 Some(dir) => {
-                    let ca = crate::certs::load_existing(&certs, ca_dir.as_deref())?;
-                    let (cert, key, ca_file) = crate::certs::write_client_credentials(
-                        &ca,
-                        &certs,
-                        (namespace, name),
-                        dir,
-                    )?;
+                    let ca = crate::control_plane::certs::load_existing(&certs, ca_dir.as_deref())?;
+                    let (cert, key, ca_file) =
+                        crate::control_plane::certs::write_client_credentials(
+                            &ca,
+                            &certs,
+                            (namespace, name),
+                            dir,
+                        )?;
                     let path =
                         |p: PathBuf| std::path::absolute(&p).unwrap_or(p).display().to_string();
                     Some(ClientTls {
                         cert_file: path(cert),
                         key_file: path(key),
                         ca_file: path(ca_file),
-                        server_identity: crate::certs::xds_server_id(&certs.trust_domain),
+                        server_identity: crate::control_plane::certs::xds_server_id(
+                            &certs.trust_domain,
+                        ),
                     })
                 }
             };
@@ -499,8 +502,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchCerts { count, key_type } => {
-            let report = crate::certs::bench::run(key_type, count)?;
-            print!("{}", crate::certs::bench::render(&report));
+            let report = crate::control_plane::certs::bench::run(key_type, count)?;
+            print!("{}", crate::control_plane::certs::bench::render(&report));
             Ok(())
         }
         Command::BenchTranslate {
@@ -549,7 +552,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Crds { out_dir } => {
             std::fs::create_dir_all(&out_dir)?;
-            for (name, yaml) in crate::crds::all()? {
+            for (name, yaml) in crate::api::crds::all()? {
                 let path = out_dir.join(name);
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -563,9 +566,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ca_dir,
             certs,
         } => {
-            let ca = crate::certs::load_existing(&certs, ca_dir.as_deref())?;
-            let (cert, key, ca_file) =
-                crate::certs::write_operator_credentials(&ca, &certs, &name, &cert_dir)?;
+            let ca = crate::control_plane::certs::load_existing(&certs, ca_dir.as_deref())?;
+            let (cert, key, ca_file) = crate::control_plane::certs::write_operator_credentials(
+                &ca, &certs, &name, &cert_dir,
+            )?;
             for path in [cert, key, ca_file] {
                 println!("wrote {}", path.display());
             }
@@ -579,8 +583,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => rollout::diff(&target, cluster.as_deref(), json).await,
         Command::Validate { config_dir } => {
-            let (mut index, _) = crate::index::Index::new();
-            let mut provider = crate::provider::file::FileProvider::new(&config_dir, None)?;
+            let (mut index, _) = crate::control_plane::index::Index::new();
+            let mut provider =
+                crate::control_plane::standalone::files::FileProvider::new(&config_dir, None)?;
             let problems = provider.sync(&mut index)?;
             for p in &problems {
                 println!("{}: {}", p.source, p.message);
@@ -629,7 +634,7 @@ fn default_identity() -> String {
 }
 
 /// The `meridian status` table.
-pub fn render_status(status: &crate::ops::pb::ProxyStatusResponse) -> String {
+pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusResponse) -> String {
     let mut out = format!(
         "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
         "NODE", "GATEWAY", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS"

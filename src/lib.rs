@@ -1,32 +1,17 @@
-//! Meridian: a federated Envoy xDS control plane. See `docs/ARCHITECTURE.md` for the code map.
+//! Meridian: a federated gateway platform. Programs over one pure core; see
+//! `docs/ARCHITECTURE.md` for the code map and the layers `tests/architecture.rs` enforces.
+//!
+//! - [`api`] and [`core`]: the CRD types and the pure core (no I/O).
+//! - [`runtime`]: I/O plumbing every program shares.
+//! - [`control_plane`]: the xDS control plane (standalone and Kubernetes modes).
+//! - [`bench`] and [`cli`]: benchmarks and the command line, on top.
 
-pub mod ack_reports;
-pub mod admin;
 pub mod api;
 pub mod bench;
-pub mod bootstrap;
-pub mod certs;
 pub mod cli;
-pub mod controller;
+pub mod control_plane;
 pub mod core;
-pub mod crds;
-pub mod dns_server;
-pub mod dns_update;
-pub mod fleet_acks;
-pub mod index;
-pub mod leader;
-pub mod log_budget;
-pub mod members;
-pub mod metrics;
-pub mod name_service_status;
-pub mod ops;
-pub mod provider;
-pub mod rollouts;
-pub mod serve;
-pub mod standalone;
-pub mod status_writer;
-pub mod vips;
-pub mod xds;
+pub mod runtime;
 
 #[cfg(test)]
 mod proptests;

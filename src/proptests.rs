@@ -5,13 +5,13 @@
 use proptest::prelude::*;
 use proptest::sample::Index as Pick;
 
+use crate::control_plane::index::Index;
 use crate::core::expand::cluster_view;
 use crate::core::json::any_to_json;
 use crate::core::manifest::parse_documents;
 use crate::core::model::ObjectKey;
 use crate::core::resources::ResourceType;
 use crate::core::translate::{translate, GatewayIdentity};
-use crate::index::Index;
 
 const SHOP: &str = include_str!("../tests/fixtures/shop.yaml");
 

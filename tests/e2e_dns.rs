@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use meridian::standalone::Running;
+use meridian::control_plane::standalone::Running;
 use support::*;
 
 const ZONE: &str = "example.test";
@@ -90,7 +90,7 @@ impl Fixture {
         );
         options.dns.dns_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         options.dns.dns_zones = vec![ZONE.to_owned()];
-        meridian::standalone::start(options)
+        meridian::control_plane::standalone::start(options)
             .await
             .expect("meridian starts")
     }

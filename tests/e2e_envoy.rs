@@ -134,13 +134,13 @@ async fn full_scenario(delta: bool) {
 
     // The ops API (what `meridian status` / `config-dump` use) reports the proxy in sync.
     let server = format!("http://127.0.0.1:{}", f.xds_port);
-    let mut ops = meridian::ops::pb::ops_client::OpsClient::connect(server)
+    let mut ops = meridian::control_plane::admin::ops::pb::ops_client::OpsClient::connect(server)
         .await
         .unwrap();
     let mut table = String::new();
     for _ in 0..100 {
         let status = ops
-            .proxy_status(meridian::ops::pb::ProxyStatusRequest {})
+            .proxy_status(meridian::control_plane::admin::ops::pb::ProxyStatusRequest {})
             .await
             .unwrap()
             .into_inner();
@@ -159,7 +159,7 @@ async fn full_scenario(delta: bool) {
         "{table}"
     );
     let dump = ops
-        .config_dump(meridian::ops::pb::ConfigDumpRequest {
+        .config_dump(meridian::control_plane::admin::ops::pb::ConfigDumpRequest {
             node_id: node.into(),
         })
         .await

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use meridian::ops::pb::ops_client::OpsClient;
-use meridian::ops::pb::ProxyStatusRequest;
+use meridian::control_plane::admin::ops::pb::ops_client::OpsClient;
+use meridian::control_plane::admin::ops::pb::ProxyStatusRequest;
 use support::*;
 
 /// Four ways to say "gRPC" for one backend on `backend_port`, each behind its own host, and the

@@ -70,7 +70,7 @@ async fn start(
     config_dir: &Path,
     state_dir: &Path,
     xds_port: u16,
-) -> meridian::standalone::Running {
+) -> meridian::control_plane::standalone::Running {
     start_meridian(config_dir, state_dir, xds_port).await
 }
 

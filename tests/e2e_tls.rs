@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meridian::bootstrap::{BootstrapOptions, ClientTls};
-use meridian::certs::{self, CertOptions};
-use meridian::standalone::Running;
+use meridian::control_plane::bootstrap::{BootstrapOptions, ClientTls};
+use meridian::control_plane::certs::{self, CertOptions};
+use meridian::control_plane::standalone::Running;
 use support::tls::{curl_https, TlsClient, UserCertificate};
 use support::*;
 
@@ -121,7 +121,7 @@ impl Fixture {
         options.certs = certs;
         options.xds_tls.xds_mtls = mtls;
         options.xds_tls.insecure_serve_keys_without_mtls = !mtls;
-        meridian::standalone::start(options)
+        meridian::control_plane::standalone::start(options)
             .await
             .expect("meridian starts")
     }
@@ -367,7 +367,7 @@ fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mutual_tls_a_gateway_gets_only_its_own_secrets() {
-    use meridian::core::tls::EMBEDDED_PREFIX;
+    use meridian::core::model::tls::EMBEDDED_PREFIX;
     use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
     let f = Fixture::new().await;
@@ -635,7 +635,7 @@ async fn ask(
 /// so no private key is served over plain ADS; a real Envoy's HTTPS listener waits for one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_ads_serves_no_private_keys_unless_told_to() {
-    use meridian::core::tls::EMBEDDED_PREFIX;
+    use meridian::core::model::tls::EMBEDDED_PREFIX;
     use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
     let f = Fixture::new().await;
@@ -644,7 +644,9 @@ async fn plain_ads_serves_no_private_keys_unless_told_to() {
         !options.xds_tls.insecure_serve_keys_without_mtls,
         "the default"
     );
-    let meridian = meridian::standalone::start(options).await.unwrap();
+    let meridian = meridian::control_plane::standalone::start(options)
+        .await
+        .unwrap();
     let _envoy = Envoy::start(f.path(), "gw-plain", "edge/public", f.xds_port, false);
     let admin = meridian.admin_addr;
     let http = client();
@@ -688,7 +690,9 @@ async fn plain_ads_serves_no_private_keys_unless_told_to() {
     // Told to (a loopback demo), the same request is answered with the key.
     let mut options = meridian_options(&f.config_dir(), &f.state_dir(), f.xds_port);
     options.xds_tls.insecure_serve_keys_without_mtls = true;
-    let meridian = meridian::standalone::start(options).await.unwrap();
+    let meridian = meridian::control_plane::standalone::start(options)
+        .await
+        .unwrap();
     let mut served = Vec::new();
     for _ in 0..50 {
         let mut client = connect().await;
@@ -712,12 +716,12 @@ async fn the_cli_refuses_a_server_with_a_certificate_for_the_right_name_but_not_
     let dir = tempfile::tempdir().unwrap();
     let options = CertOptions::default();
     let ca = certs::load_or_create_in_dir(&dir.path().join("ca"), &options).unwrap();
-    let validity = meridian::certs::ca::Validity {
+    let validity = meridian::control_plane::certs::ca::Validity {
         now: std::time::SystemTime::now(),
         lifetime: Duration::from_secs(3600),
     };
     // What the embedded CA issues a Gateway server for host `localhost`.
-    let meridian::core::tls::SecretMaterial::Certificate { chain_pem, key, .. } = ca
+    let meridian::core::model::tls::SecretMaterial::Certificate { chain_pem, key, .. } = ca
         .issue_server(&["localhost".to_owned()], validity)
         .unwrap()
     else {

@@ -4,6 +4,7 @@
 //! schemas (kube-core, no client), so the pure core may depend on them.
 
 pub mod access_point;
+pub mod crds;
 pub mod istio;
 pub mod member_cluster;
 pub mod name_service;
@@ -19,3 +20,6 @@ pub const GROUP: &str = "meridian.dev";
 pub const API_VERSION: &str = "meridian.dev/v1alpha1";
 /// The hub's own cluster: where an AccessPoint without a placement is served.
 pub const LOCAL_CLUSTER: &str = "local";
+
+/// The field manager of every write Meridian makes (server-side apply).
+pub const FIELD_MANAGER: &str = "meridian";

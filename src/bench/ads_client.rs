@@ -21,8 +21,8 @@ use xds_api::pb::envoy::service::discovery::v3::{
 };
 use xds_api::pb::google::protobuf::{value::Kind, Any, Struct, Value};
 
+use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY};
 use crate::core::resources::ResourceType;
-use crate::xds::identity::{CLUSTER_KEY, GATEWAY_KEY};
 
 /// What a stream tells the bench: a response of `kind` was received and ACKed.
 #[derive(Clone, Copy, Debug)]

@@ -15,14 +15,14 @@ use serde_json::json;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use crate::control_plane::index::Index;
+use crate::control_plane::xds::translator::Translator;
 use crate::core::expand::cluster_view;
 use crate::core::model::{InputObject, ObjectKey};
 use crate::core::refs::ClusterRefs;
 use crate::core::resources::ResourceType;
 use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
 use crate::core::translate::{translate, GatewayIdentity};
-use crate::index::Index;
-use crate::xds::translator::Translator;
 
 #[derive(Clone, Debug)]
 pub struct FleetOptions {

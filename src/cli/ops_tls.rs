@@ -17,7 +17,7 @@ use tokio_rustls::rustls::{
 };
 use tokio_rustls::TlsConnector;
 
-use crate::xds::identity::leaf_uris;
+use crate::control_plane::xds::identity::leaf_uris;
 
 /// Checks the chain and name as usual, then the SPIFFE ID.
 #[derive(Debug)]
@@ -120,7 +120,7 @@ pub async fn connect(
         .context("building the certificate verifier")?;
     let verifier = PinnedIdentity {
         chain,
-        spiffe_id: crate::certs::xds_server_id(&trust_domain(cert_pem)?),
+        spiffe_id: crate::control_plane::certs::xds_server_id(&trust_domain(cert_pem)?),
     };
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
         .context("reading tls.key")?

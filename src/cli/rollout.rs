@@ -220,7 +220,7 @@ async fn post(target: &Target, action: &str, query: &[(&str, &str)]) -> anyhow::
     let url = target.url(&format!("/{action}"));
     let response = reqwest::Client::new()
         .post(&url)
-        .header(crate::admin::guard::REQUEST_HEADER, "cli")
+        .header(crate::control_plane::admin::guard::REQUEST_HEADER, "cli")
         .query(query)
         .send()
         .await
@@ -236,7 +236,8 @@ const OPERATOR_FIELD_MANAGER: &str = "meridian-operator";
 
 /// The AccessPoint's API and its rollout status, or why there is none.
 async fn kube_status(target: &Target) -> anyhow::Result<(kube::Api<AccessPoint>, RolloutStatus)> {
-    let client = crate::controller::client(target.kubeconfig.as_ref()).await?;
+    let client =
+        crate::control_plane::kubernetes::controller::client(target.kubeconfig.as_ref()).await?;
     let api: kube::Api<AccessPoint> = kube::Api::namespaced(client, &target.namespace);
     let name = format!("{}/{}", target.namespace, target.access_point);
     let ap = api

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 
+use super::hosts::SERVICE_NAME_LABEL;
 use super::model::{ready_addresses, Model, ObjectKey};
-use super::status::GatewayAck;
-use super::translate::SERVICE_NAME_LABEL;
+use super::observed::GatewayAck;
 use crate::api::name_service::{DnsPolicy, Rfc2136Provider};
 use crate::api::NameService;
 

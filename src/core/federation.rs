@@ -84,6 +84,7 @@ fn with_default_protocols(mut spec: ServiceSpec) -> ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::overrides::refresh_overrides;
     use crate::core::test_support::model_of;
 
     #[test]
@@ -123,7 +124,7 @@ spec:
     patches: [{op: replace, path: /service/spec/ports/0/port, value: 9090}]
 "#;
         let mut model = model_of(yaml, "default");
-        model.refresh_overrides(None);
+        refresh_overrides(&mut model, None);
         let services = member_services(&model);
         let placed: Vec<(&str, i32)> = services
             .values()

@@ -5,8 +5,8 @@
 
 use serde::de::DeserializeOwned;
 
+use super::model::tls::TlsSecret;
 use super::model::{InputObject, ObjectKey};
-use super::tls::TlsSecret;
 use crate::api::API_VERSION;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

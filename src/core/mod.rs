@@ -4,13 +4,17 @@
 //! Architecture Invariant: nothing under `core` performs I/O or depends on an async runtime,
 //! Kubernetes client, gRPC stack or socket; `tests/architecture.rs` enforces it.
 
+pub mod binding;
+pub mod certificates;
 pub mod dns;
 pub mod duration;
 pub mod expand;
 pub mod federation;
+pub mod hosts;
 pub mod json;
 pub mod manifest;
 pub mod model;
+pub mod observed;
 pub mod overrides;
 pub mod placement;
 pub mod refs;
@@ -20,7 +24,6 @@ pub mod selector;
 pub mod status;
 #[cfg(test)]
 pub(crate) mod test_support;
-pub mod tls;
 pub mod translate;
 pub mod validate;
-pub mod vip;
+pub mod vip_allocation;

@@ -6,18 +6,13 @@
 //! cluster; the error names the override and the patch.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use super::model::{ClusterTemplate, Model, ObjectKey, OverrideError};
 use super::placement::{selector_matches, ClusterFacts};
 use crate::api::access_point::{AccessPointTemplate, ClusterOverride};
 use crate::api::AccessPointSpec;
-
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("spec.overrides[{index}]: {message}")]
-pub struct OverrideError {
-    /// Index of the failing override in `spec.overrides`.
-    pub index: usize,
-    pub message: String,
-}
 
 /// Whether `o` applies to `cluster`.
 pub fn selects(o: &ClusterOverride, cluster: &ClusterFacts<'_>) -> bool {
@@ -67,6 +62,98 @@ pub fn template_for<'a>(
                 e.inner()
             ),
         })
+}
+
+/// Recomputes the overridden templates of `only` (or of every AccessPoint) in
+/// [`Model::cluster_templates`]. A cluster whose patches fail keeps the last template that
+/// patched cleanly, so a bad override blocks only that cluster and withdraws nothing.
+pub fn refresh_overrides(model: &mut Model, only: Option<&ObjectKey>) {
+    refresh(model, only, None)
+}
+
+/// [`refresh_overrides`] for a new version of AccessPoint `key`, whose previous version
+/// served `previous` (its template) where no override applied: a cluster whose override fails
+/// with the new version, and had no patched template, keeps that.
+pub fn refresh_overrides_after(
+    model: &mut Model,
+    key: &ObjectKey,
+    previous: Option<Arc<AccessPointTemplate>>,
+) {
+    refresh(model, Some(key), previous)
+}
+
+/// (name, zone, labels) of a cluster, owned.
+type KnownCluster = (String, String, Option<BTreeMap<String, String>>);
+
+/// (name, zone, labels) of every known cluster, owned (the caller mutates the model).
+fn cluster_facts(model: &Model) -> Vec<KnownCluster> {
+    model
+        .cluster_names()
+        .into_iter()
+        .map(|name| {
+            let member = model
+                .member_clusters
+                .get(&ObjectKey::new("", name.as_str()));
+            let zone = member.map(|m| m.spec.zone.clone()).unwrap_or_default();
+            let labels = member.and_then(|m| m.metadata.labels.clone());
+            (name, zone, labels)
+        })
+        .collect()
+}
+
+fn refresh(
+    model: &mut Model,
+    only: Option<&ObjectKey>,
+    previous: Option<Arc<AccessPointTemplate>>,
+) {
+    let clusters = cluster_facts(model);
+    let keys: Vec<ObjectKey> = match only {
+        Some(key) => vec![key.clone()],
+        None => model.access_points.keys().cloned().collect(),
+    };
+    for key in keys {
+        if !model.access_points.contains_key(&key) {
+            model.cluster_templates.retain(|(k, _), _| k != &key);
+            model.override_errors.retain(|(k, _), _| k != &key);
+            continue;
+        }
+        for (name, zone, labels) in &clusters {
+            let facts = ClusterFacts {
+                name,
+                zone,
+                labels: labels.as_ref(),
+                deployments: None,
+            };
+            let id = (key.clone(), name.clone());
+            let Some((ap, pinned)) = model.served_version(&key, name) else {
+                continue;
+            };
+            if !pinned && !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {
+                model.cluster_templates.remove(&id);
+                model.override_errors.remove(&id);
+                continue;
+            }
+            let patched = template_for(&ap.spec, &facts).map(|t| t.into_owned());
+            match patched {
+                Ok(template) => {
+                    let template = ClusterTemplate::Patched(Arc::new(template));
+                    model.cluster_templates.insert(id.clone(), template);
+                    model.override_errors.remove(&id);
+                }
+                Err(error) => {
+                    let last_good = match &previous {
+                        Some(template) => ClusterTemplate::Patched(template.clone()),
+                        None => ClusterTemplate::Blocked,
+                    };
+                    model
+                        .cluster_templates
+                        .entry(id.clone())
+                        .or_insert(last_good);
+                    model.override_errors.insert(id, error);
+                }
+            }
+        }
+    }
 }
 
 fn describe(error: &json_patch::PatchError) -> String {

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 
 use super::model::{Model, ObjectKey, ObjectMap};
 use crate::api::access_point::Placement;
-use crate::api::LOCAL_CLUSTER;
+use crate::api::{AccessPoint, LOCAL_CLUSTER};
 
 /// What placement needs to know about a cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,6 +93,22 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
         }
     });
     labels_ok && expressions_ok
+}
+
+/// The clusters `ap` is placed on.
+pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
+    model
+        .cluster_names()
+        .into_iter()
+        .filter(|name| {
+            let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
+            is_placed(
+                ap.spec.placement.as_ref(),
+                namespace,
+                &ClusterFacts::of(model, name),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

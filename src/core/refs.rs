@@ -8,15 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::binding::{bound_domains, gateway_ports, host_owners, serves, GatewayPort};
+use super::expand::ServiceRegistry;
 use super::expand::{cluster_view, ClusterView, Expanded};
+use super::hosts::resolve_host;
+use super::model::tls::TlsServer;
 use super::model::{Model, ObjectKey};
-use super::placement::{is_placed, ClusterFacts};
-use super::tls::TlsServer;
-use super::translate::{
-    bound_domains, gateway_ports, host_owners, resolve_host, serves, GatewayPort, ServiceRegistry,
-};
 use crate::api::istio::{Destination, VirtualServiceSpec};
-use crate::api::AccessPoint;
 
 /// Istio's reserved gateway name for sidecars; a gateway control plane has none to bind.
 const MESH_GATEWAY: &str = "mesh";
@@ -41,22 +39,6 @@ pub struct UnresolvedRef {
     /// Field path inside the AccessPoint.
     pub path: String,
     pub message: String,
-}
-
-/// The clusters `ap` is placed on.
-pub fn placed_clusters(model: &Model, ap: &AccessPoint) -> Vec<String> {
-    model
-        .cluster_names()
-        .into_iter()
-        .filter(|name| {
-            let namespace = ap.metadata.namespace.as_deref().unwrap_or_default();
-            is_placed(
-                ap.spec.placement.as_ref(),
-                namespace,
-                &ClusterFacts::of(model, name),
-            )
-        })
-        .collect()
 }
 
 /// A gateway port and which AccessPoint owns each host on it.
@@ -332,6 +314,7 @@ fn gateway_key(name: &str, vs_namespace: &str) -> ObjectKey {
 mod tests {
     use super::*;
     use crate::api::LOCAL_CLUSTER;
+    use crate::core::placement::placed_clusters;
 
     fn model_of(yaml: &str) -> Model {
         crate::core::test_support::model_of(yaml, "shop")

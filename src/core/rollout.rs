@@ -23,7 +23,6 @@ pub mod health;
 pub mod observe;
 pub mod plan;
 pub mod report;
-pub mod revision;
 
 use serde::{Deserialize, Serialize};
 

@@ -16,17 +16,17 @@
 //! unchanged statuses.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::model::{Model, ObjectKey, ObjectMap};
-use super::refs::{placed_clusters, ClusterRefs, RefKind, UnresolvedRef};
+use super::observed::GatewayAck;
+use super::placement::placed_clusters;
+use super::refs::{ClusterRefs, RefKind, UnresolvedRef};
 use super::validate::{FieldError, Rejection};
 use crate::api::access_point::ClusterStatus;
 use crate::api::rollout::RolloutStatus;
 use crate::api::AccessPointStatus;
-use crate::core::rollout::health::UpstreamLoad;
 
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
@@ -37,22 +37,6 @@ pub const APPLIED: &str = "Applied";
 
 /// Kubernetes caps a condition message at 32768 bytes.
 const MAX_MESSAGE: usize = 32 * 1024;
-
-/// What one connected gateway proxy has acknowledged.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GatewayAck {
-    pub node_id: String,
-    pub gateway: ObjectKey,
-    pub cluster: String,
-    /// For each AccessPoint the proxy serves, the `metadata.generation` it has acknowledged.
-    /// Replica-independent, so reports from every replica can be merged. Shared by the
-    /// proxies of a cluster that acknowledged the same snapshot.
-    pub acked: Arc<BTreeMap<ObjectKey, i64>>,
-    /// The proxy's NACK of the latest config, if it rejected it.
-    pub nack: Option<String>,
-    /// Its recent load reports (requests and failures per upstream), oldest first.
-    pub load: Vec<UpstreamLoad>,
-}
 
 /// What the index published, as status needs it.
 #[derive(Clone, Copy)]

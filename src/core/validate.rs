@@ -8,7 +8,7 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::tls::TlsMode;
+use super::model::tls::TlsMode;
 use crate::api::access_point::AccessPointTemplate;
 use crate::api::istio::{
     DestinationRuleSpec, GatewaySpec, HttpMatchRequest, HttpRoute, Resolution, ServerTls,
@@ -219,8 +219,8 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
     };
     if let Some(s) = &t.service {
         named(e, format!("{path}.service"), &s.metadata.name);
-        let annotation = crate::core::translate::EXPORT_TO_ANNOTATION;
-        let export = crate::core::translate::from_annotation(Some(&s.metadata.annotations));
+        let annotation = crate::core::model::export::EXPORT_TO_ANNOTATION;
+        let export = crate::core::model::export::from_annotation(Some(&s.metadata.annotations));
         export_to::check(
             e,
             &format!("{path}.service.metadata.annotations[{annotation}]"),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian::bootstrap::{bootstrap, BootstrapOptions};
-use meridian::standalone::{self, Running, StandaloneOptions};
+use meridian::control_plane::bootstrap::{bootstrap, BootstrapOptions};
+use meridian::control_plane::standalone::{self, Running, StandaloneOptions};
 
 pub mod kube;
 pub mod rollout;

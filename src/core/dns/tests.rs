@@ -1,6 +1,7 @@
 use super::*;
+use crate::core::model::vip::VipTable;
 use crate::core::test_support::model_of;
-use crate::core::vip::{allocate, VipTable};
+use crate::core::vip_allocation::allocate;
 
 const FLEET: &str = r#"
 apiVersion: meridian.dev/v1alpha1

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::expand::cluster_view;
 use crate::core::json::{config_to_json, JsonError};
 use crate::core::model::{Model, ObjectKey};
+use crate::core::overrides::refresh_overrides;
 use crate::core::refs::ClusterRefs;
 use crate::core::translate::{translate, GatewayIdentity};
 
@@ -51,7 +52,7 @@ pub fn diff(model: &Model, key: &ObjectKey, cluster: &str) -> Result<Vec<Gateway
         .access_points
         .get(key)
         .ok_or_else(|| DiffError::NotFound(key.clone()))?;
-    if !crate::core::refs::placed_clusters(model, ap)
+    if !crate::core::placement::placed_clusters(model, ap)
         .iter()
         .any(|c| c == cluster)
     {
@@ -98,7 +99,7 @@ fn released(model: &Model, key: &ObjectKey, cluster: &str) -> Model {
         pin.clusters.insert(cluster.to_owned(), revision.clone());
     }
     candidate.pins = Arc::new(pins);
-    candidate.refresh_overrides(Some(key));
+    refresh_overrides(&mut candidate, Some(key));
     candidate
 }
 

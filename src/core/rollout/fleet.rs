@@ -10,14 +10,15 @@ use serde::{Deserialize, Serialize};
 use crate::api::rollout::{Approval, RolloutControls, RolloutMode, RolloutStatus};
 use crate::api::AccessPoint;
 use crate::core::model::{Model, ObjectKey};
-use crate::core::refs::{placed_clusters, ClusterRefs};
-use crate::core::status::GatewayAck;
+use crate::core::observed::GatewayAck;
+use crate::core::placement::placed_clusters;
+use crate::core::refs::ClusterRefs;
 
 use super::observe::{observations, HealthWindow};
 use super::plan::{plan, staged};
 use super::report::Report;
-use super::revision::{Pin, Pins};
 use super::{advance, stages_with_remainder, Controls, RolloutState};
+use crate::core::model::revision::{Pin, Pins};
 
 /// What a restart must find: the engine's state and the AccessPoint at every revision a
 /// cluster may still be served.

@@ -4,25 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
-
 use crate::api::rollout::{
     HealthThreshold, DEFAULT_HEALTH_MIN_REQUESTS, DEFAULT_HEALTH_WINDOW_SECONDS,
 };
-
-/// What one proxy reported about one upstream (Envoy cluster) for one reporting interval.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpstreamLoad {
-    /// The Envoy cluster, `outbound|port|subset|host`.
-    pub upstream: String,
-    /// When the report arrived, in ms since the Unix epoch.
-    pub at_ms: u64,
-    /// Requests that completed in the interval, failed ones included.
-    pub requests: u64,
-    /// Requests that failed: 5xx responses, connection failures, timeouts.
-    pub errors: u64,
-}
+use crate::core::observed::UpstreamLoad;
 
 /// `spec.rollout.health` with its defaults filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use crate::core::model::ObjectKey;
+use crate::core::observed::GatewayAck;
 use crate::core::refs::ClusterRefs;
-use crate::core::status::GatewayAck;
 
 use super::health::{verdict, HealthCheck};
 use super::Observation;

@@ -1,11 +1,12 @@
 //! The per-cluster part of an AccessPoint's status, kept compact for large fleets.
 
-use super::{GatewayAck, MemberWrite};
+use super::MemberWrite;
 use crate::api::access_point::{CertificateStatus, ClusterStatus};
 use crate::core::expand::ClusterView;
+use crate::core::model::tls::TlsServer;
 use crate::core::model::{ready_addresses, Model, ObjectKey};
+use crate::core::observed::GatewayAck;
 use crate::core::refs::UnresolvedRef;
-use crate::core::tls::TlsServer;
 
 /// Above this many placed clusters only the ones that are not ready are listed.
 pub const MAX_LISTED: usize = 32;

@@ -5,6 +5,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::core::model::Model;
+use crate::core::overrides::refresh_overrides;
 use crate::core::validate::FieldError;
 
 const SHOP: &str = r#"
@@ -326,7 +327,7 @@ fn a_failed_override_is_reported_with_its_cluster() {
         "{SHOP}  overrides:\n  - clusterName: local\n    patches: [{{op: remove, path: /gateways/7}}]\n"
     );
     let mut fixture = Fixture::new(&yaml);
-    fixture.model.refresh_overrides(None);
+    refresh_overrides(&mut fixture.model, None);
     let status = fixture.status(None, &at(100));
     assert_eq!(summary(&status)[0], "Accepted=False/OverrideFailed");
     let message = &condition(&status, ACCEPTED).message;
@@ -363,7 +364,7 @@ endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2], conditions: {ready:
         "{members}---{ap}  overrides:\n  - clusterName: east-2\n    patches: [{{op: remove, path: /gateways/9}}]\n"
     );
     let mut fixture = Fixture::new(&yaml);
-    fixture.model.refresh_overrides(None);
+    refresh_overrides(&mut fixture.model, None);
     let mut fixture = fixture.proxy("public", Some(7), None);
     fixture.proxies[0].cluster = "east-1".to_owned();
     let status = fixture.status(None, &at(100));
@@ -433,7 +434,7 @@ spec:
 
 #[test]
 fn certificates_are_reported_per_cluster_and_a_missing_secret_is_a_resolved_refs_problem() {
-    use crate::core::tls::{CertInfo, PrivateKeyPem, SecretMaterial, TlsServer};
+    use crate::core::model::tls::{CertInfo, PrivateKeyPem, SecretMaterial, TlsServer};
     let mut fixture = Fixture::new(SHOP_TLS);
     let ap = &fixture.model.access_points[&ObjectKey::new("shop", "shop")];
     let server = &ap.spec.template.gateways[0].spec.servers[0];
@@ -483,7 +484,7 @@ fn certificates_are_reported_per_cluster_and_a_missing_secret_is_a_resolved_refs
 
 #[test]
 fn a_certificate_that_cannot_be_issued_is_a_resolved_refs_problem_not_ready() {
-    use crate::core::tls::TlsServer;
+    use crate::core::model::tls::TlsServer;
     let mut fixture = Fixture::new(&SHOP_TLS.replace(", credentialName: byo", ""));
     let ap = &fixture.model.access_points[&ObjectKey::new("shop", "shop")];
     let server = &ap.spec.template.gateways[0].spec.servers[0];

@@ -9,19 +9,16 @@ use xds_api::pb::envoy::config::endpoint::v3::{
 };
 use xds_api::pb::google::protobuf::UInt32Value;
 
-use super::cluster::subset_labels;
+use super::destination_rule::subset_labels;
 use super::listener::socket_address;
 use super::locality::{self, Locality};
-use super::registry::{RegisteredService, ServicePortInfo, ServiceSource};
 use super::ClusterRef;
 use crate::api::istio::{LocalityLbSetting, WorkloadEntrySpec};
 use crate::api::LOCAL_CLUSTER;
+use crate::core::expand::registry::{RegisteredService, ServicePortInfo, ServiceSource};
 use crate::core::expand::ClusterView;
+use crate::core::model::CLUSTER_LABEL;
 use crate::core::resources::Resource;
-
-/// Label that ties an EndpointSlice to its Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-pub use crate::core::model::CLUSTER_LABEL;
 
 /// One backend address, before grouping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -4,16 +4,12 @@
 //! `<bind>_<port>`, route configurations `http.<port>`, clusters `outbound|<port>|<subset>|<host>`.
 //! The output is a pure function of the input, so it can be snapshot-tested and diffed.
 
-mod affected;
 mod cluster;
+mod destination_rule;
 mod endpoint;
 pub mod envoy_shim;
-mod export;
-mod hosts;
 mod listener;
 mod locality;
-mod references;
-mod registry;
 mod route;
 mod scope;
 mod secret;
@@ -21,20 +17,13 @@ mod secret;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::binding::{gateway_ports, GatewayPort};
 use super::expand::ClusterView;
+use super::model::tls::{SecretMaterial, TlsError, TlsServer};
 use super::model::ObjectKey;
 use super::resources::{GatewayConfig, ResourceType};
-use super::tls::{SecretMaterial, TlsError, TlsServer};
 
-pub use affected::{touched, ModelChanges, Touched};
-pub use endpoint::{CLUSTER_LABEL, SERVICE_NAME_LABEL};
-pub use export::{from_annotation, is_exported, ExportPolicy, EXPORT_TO_ANNOTATION};
-pub use hosts::{host_intersection, resolve_host, DOMAIN_SUFFIX};
-pub use listener::{gateway_ports, GatewayPort, ServerHost};
-pub use references::ReferenceIndex;
-pub use registry::ServiceRegistry;
-pub use route::{bound_domains, host_owners, serves};
-pub use scope::{translate_scoped, Scope};
+pub use scope::translate_scoped;
 pub use secret::build as secret_resource;
 
 /// Who a gateway is: the Gateway object it serves, in which cluster and zone.
@@ -81,7 +70,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
     let mut hosts = BTreeSet::new();
 
     let mut secret_names = BTreeSet::new();
-    let scopes = listener::gateway_ports(view, &identity.gateway);
+    let scopes = gateway_ports(view, &identity.gateway);
     let mut served: Vec<&GatewayPort> = Vec::new();
     for scope in &scopes {
         if let Some(tls) = &scope.tls {
@@ -112,7 +101,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
         let Some(service) = registry.get(&cluster_ref.host) else {
             continue;
         };
-        let policy = cluster::policy_for(view, service, cluster_ref);
+        let policy = destination_rule::policy_for(view, service, cluster_ref);
         let built = cluster::build(name, service, cluster_ref, &policy);
         let is_eds = built.uses_eds;
         config.insert(ResourceType::Cluster, built.resource);

@@ -17,43 +17,18 @@ use xds_api::pb::envoy::r#type::matcher::v3::{
 use xds_api::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::cluster::hash_policy_for;
-use super::export::is_exported;
-use super::hosts::{host_intersection, resolve_host};
-use super::listener::GatewayPort;
-use super::registry::ServiceRegistry;
 use super::{cluster_name, ClusterRef, GatewayIdentity};
 use crate::api::istio::{
     Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRoute, StringMatch,
     VirtualServiceSpec,
 };
+use crate::core::binding::{bound_domains, host_owners, serves, GatewayPort};
 use crate::core::duration;
+use crate::core::expand::ServiceRegistry;
 use crate::core::expand::{ClusterView, Expanded};
+use crate::core::hosts::resolve_host;
 use crate::core::model::ObjectKey;
 use crate::core::resources::Resource;
-
-/// Whether `vs` binds to `gateway`: it names the gateway, and it is exported to the gateway's
-/// namespace (Istio binds only VirtualServices visible from there).
-pub fn serves(
-    view: &ClusterView<'_>,
-    vs: &Expanded<'_, VirtualServiceSpec>,
-    gateway: &ObjectKey,
-) -> bool {
-    binds_to(vs.spec, &vs.key.namespace, gateway)
-        && is_exported(
-            &vs.spec.export_to,
-            &view.export.virtual_service,
-            &vs.key.namespace,
-            &gateway.namespace,
-        )
-}
-
-/// Whether a VirtualService in `vs_namespace` names `gateway` in its `gateways` list.
-pub(super) fn binds_to(vs: &VirtualServiceSpec, vs_namespace: &str, gateway: &ObjectKey) -> bool {
-    vs.gateways.iter().any(|g| match g.split_once('/') {
-        Some((ns, name)) => ns == gateway.namespace && name == gateway.name,
-        None => vs_namespace == gateway.namespace && g == &gateway.name,
-    })
-}
 
 pub(super) fn build_route_config(
     view: &ClusterView<'_>,
@@ -114,42 +89,6 @@ pub(super) fn build_route_config(
         ..Default::default()
     };
     Resource::new(port.route_name(), &config)
-}
-
-/// Which AccessPoint serves each host on `port`: the first (oldest) to claim it. VirtualServices
-/// of that AccessPoint for the host merge, as Istio merges them; other AccessPoints' claims on
-/// it are refused, so one team cannot take over another's host.
-pub fn host_owners<'v>(
-    view: &'v ClusterView<'_>,
-    port: &GatewayPort,
-) -> BTreeMap<String, &'v ObjectKey> {
-    let mut owners = BTreeMap::new();
-    for vs in view.virtual_services_naming(&port.gateway) {
-        if serves(view, vs, &port.gateway) {
-            for domain in bound_domains(vs, port) {
-                owners.entry(domain).or_insert(vs.origin);
-            }
-        }
-    }
-    owners
-}
-
-/// The VirtualService hosts this port's servers expose to it.
-pub fn bound_domains(vs: &Expanded<'_, VirtualServiceSpec>, port: &GatewayPort) -> Vec<String> {
-    let mut domains = Vec::new();
-    for server_host in &port.hosts {
-        if !server_host.admits_namespace(&vs.key.namespace, &port.gateway.namespace) {
-            continue;
-        }
-        for host in &vs.spec.hosts {
-            if let Some(domain) = host_intersection(&server_host.host, host) {
-                domains.push(domain);
-            }
-        }
-    }
-    domains.sort();
-    domains.dedup();
-    domains
 }
 
 struct RouteBuilder<'a, 'm> {

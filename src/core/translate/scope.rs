@@ -12,92 +12,14 @@
 //!
 //! Architecture Invariant: a scoped translation equals the translation from the full cluster
 //! view. Everything translation reads about a gateway is reachable from its name and its hosts
-//! through [`for_each_reference`]; what is not (WorkloadEntries, wildcard rules) is in every
+//! through `expand::affected::for_each_reference`; what is not (WorkloadEntries, wildcard rules) is in every
 //! scope.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
-use super::affected::{for_each_reference, Reference};
-use super::hosts::DOMAIN_SUFFIX;
-use super::references::ReferenceIndex;
 use super::{translate, GatewayIdentity, Translation};
-use crate::api::access_point::AccessPointTemplate;
-use crate::core::expand::scoped_view;
-use crate::core::model::{Model, ObjectKey};
-
-/// What one gateway's translation may read: its Gateway's name, and the hosts its routes
-/// reference.
-pub struct Scope<'a> {
-    gateway: &'a ObjectKey,
-    /// Hashed: every AccessPoint's hosts are looked up in it.
-    hosts: HashSet<&'a str>,
-    /// Where to find the AccessPoints it may want; without it, every one is looked at.
-    index: Option<&'a ReferenceIndex>,
-}
-
-impl<'a> Scope<'a> {
-    pub fn new(gateway: &'a ObjectKey, hosts: &'a BTreeSet<String>) -> Scope<'a> {
-        Scope {
-            gateway,
-            hosts: hosts.iter().map(String::as_str).collect(),
-            index: None,
-        }
-    }
-
-    pub fn gateway(&self) -> &ObjectKey {
-        self.gateway
-    }
-
-    pub fn hosts(&self) -> impl Iterator<Item = &str> + '_ {
-        self.hosts.iter().copied()
-    }
-
-    /// The AccessPoints to look at: those the index names, or `None` for all of them.
-    pub fn candidates(&self) -> Option<BTreeSet<&'a ObjectKey>> {
-        self.index.map(|index| index.candidates(self))
-    }
-
-    /// Whether `template`, of an AccessPoint in `namespace`, may contribute to the gateway's
-    /// translation. `scratch` is room to spell hostnames in, reused across calls.
-    pub fn wants(
-        &self,
-        namespace: &str,
-        template: &AccessPointTemplate,
-        scratch: &mut String,
-    ) -> bool {
-        let mut wanted = false;
-        for_each_reference(namespace, template, scratch, |reference| {
-            wanted = wanted
-                || match reference {
-                    Reference::Gateway { namespace, name } => {
-                        self.gateway.namespace == namespace && self.gateway.name == name
-                    }
-                    Reference::Host(host) => self.hosts.contains(host),
-                    Reference::Unscoped => true,
-                }
-        });
-        wanted
-    }
-
-    /// The keys of the Services whose hostname is one of the hosts, in key order: every way
-    /// of reading a host as `<name>.<namespace>.svc.<domain suffix>`.
-    pub fn service_keys(&self) -> BTreeSet<ObjectKey> {
-        let suffix = format!(".svc.{DOMAIN_SUFFIX}");
-        let mut keys = BTreeSet::new();
-        for host in &self.hosts {
-            let Some(name_and_namespace) = host.strip_suffix(suffix.as_str()) else {
-                continue;
-            };
-            for (dot, _) in name_and_namespace.match_indices('.') {
-                keys.insert(ObjectKey::new(
-                    &name_and_namespace[dot + 1..],
-                    &name_and_namespace[..dot],
-                ));
-            }
-        }
-        keys
-    }
-}
+use crate::core::expand::{scoped_view, ReferenceIndex, Scope};
+use crate::core::model::Model;
 
 /// Translates `identity` from a view scoped to it, starting from `hosts` (a guess: those of
 /// its previous translation, or none). `None` when the gateway reads most of the model: a
@@ -114,10 +36,7 @@ pub fn translate_scoped(
     // The hosts a gateway's routes reference come from the VirtualServices binding it, which
     // every scope holds; so the second round references nothing new.
     for _ in 0..2 {
-        let scope = Scope {
-            index,
-            ..Scope::new(&identity.gateway, &hosts)
-        };
+        let scope = Scope::new(&identity.gateway, &hosts).with_index(index);
         let view = scoped_view(model, &identity.cluster, &scope)?;
         let translation = translate(&view, identity);
         if translation.hosts.is_subset(&hosts) {
@@ -137,7 +56,7 @@ pub(super) fn translate_checked(model: &Model, identity: &GatewayIdentity) -> Tr
         identity,
     );
     let mut index = ReferenceIndex::default();
-    index.update(model, 1, &super::ModelChanges::default());
+    index.update(model, 1, &crate::core::expand::ModelChanges::default());
     for guess in [BTreeSet::new(), full.hosts.clone()] {
         for index in [None, Some(&index)] {
             assert_eq!(
@@ -154,6 +73,7 @@ pub(super) fn translate_checked(model: &Model, identity: &GatewayIdentity) -> Tr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::model::ObjectKey;
     use crate::core::resources::ResourceType;
 
     /// One gateway whose every input comes from a different AccessPoint (or a plain object),

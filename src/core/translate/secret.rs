@@ -5,8 +5,8 @@ use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, CertificateValidationContext, Secret, TlsCertificate,
 };
 
+use crate::core::model::tls::SecretMaterial;
 use crate::core::resources::Resource;
-use crate::core::tls::SecretMaterial;
 
 pub fn build(name: &str, material: &SecretMaterial) -> Resource {
     let inline = |text: &str| DataSource {

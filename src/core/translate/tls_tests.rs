@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use super::*;
 use crate::core::json::config_to_json;
+use crate::core::model::tls::{CertInfo, PrivateKeyPem, SecretMaterial, CA_BUNDLE};
 use crate::core::model::Model;
-use crate::core::tls::{CertInfo, PrivateKeyPem, SecretMaterial, CA_BUNDLE};
 
 const SHOP_TLS: &str = r#"
 apiVersion: meridian.dev/v1alpha1
@@ -68,7 +68,7 @@ fn fake_certificate(name: &str) -> Arc<SecretMaterial> {
 
 /// Issues (fake) material for every certificate the model asks for, plus the CA bundle.
 fn issue_all(model: &mut Model) {
-    let requests = crate::core::tls::certificate_requests(model);
+    let requests = crate::core::certificates::certificate_requests(model);
     for name in requests.into_keys() {
         let material = fake_certificate(&name);
         model.issued.insert(name, material);

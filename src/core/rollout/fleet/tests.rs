@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::core::manifest::parse_documents;
+use crate::core::overrides::refresh_overrides;
 
 /// The fleet of the end-to-end rollout tests.
 const FLEET: &str = include_str!("../../../../tests/fixtures/three_clusters.yaml");
@@ -70,7 +71,7 @@ impl Fleet {
     fn apply(&mut self, ap: AccessPoint) {
         self.model
             .apply(crate::core::model::InputObject::AccessPoint(ap));
-        self.model.refresh_overrides(None);
+        refresh_overrides(&mut self.model, None);
     }
 
     fn proxies(&self) -> Vec<GatewayAck> {
@@ -115,7 +116,7 @@ impl Fleet {
         self.records = round.records;
         self.statuses = round.statuses;
         self.model.pins = Arc::new(round.pins);
-        self.model.refresh_overrides(None);
+        refresh_overrides(&mut self.model, None);
         &self.statuses[&key()]
     }
 

@@ -1,0 +1,159 @@
+//! `meridian bootstrap`: an Envoy bootstrap that connects to Meridian over ADS.
+
+use serde_json::{json, Value};
+
+use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY, ZONE_KEY};
+
+#[derive(Clone, Debug)]
+pub struct BootstrapOptions {
+    pub node_id: String,
+    /// `namespace/name` of the Gateway this proxy serves.
+    pub gateway: String,
+    pub cluster: Option<String>,
+    pub zone: Option<String>,
+    /// Meridian's xDS address, `host:port`.
+    pub xds_host: String,
+    pub xds_port: u16,
+    pub delta: bool,
+    /// Envoy's own admin port on 127.0.0.1.
+    pub admin_port: u16,
+    /// Mutual TLS to Meridian, when it requires it.
+    pub tls: Option<ClientTls>,
+}
+
+/// Files holding a gateway's client credentials, and the identity the xDS server must prove.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+    /// URI SAN the server certificate must carry.
+    pub server_identity: String,
+}
+
+/// The bootstrap as JSON (Envoy accepts JSON or YAML).
+pub fn bootstrap(o: &BootstrapOptions) -> Value {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(GATEWAY_KEY.into(), json!(o.gateway));
+    if let Some(cluster) = &o.cluster {
+        metadata.insert(CLUSTER_KEY.into(), json!(cluster));
+    }
+    if let Some(zone) = &o.zone {
+        metadata.insert(ZONE_KEY.into(), json!(zone));
+    }
+    let api_type = if o.delta { "DELTA_GRPC" } else { "GRPC" };
+    let mut bootstrap = json!({
+        "node": {
+            "id": o.node_id,
+            "cluster": o.gateway.replace('/', "."),
+            "metadata": metadata,
+            "locality": { "zone": o.zone.clone().unwrap_or_default() },
+        },
+        "admin": {
+            "address": { "socket_address": { "address": "127.0.0.1", "port_value": o.admin_port } }
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "meridian_xds" } }]
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" }
+        },
+        // Upstream requests and failures, reported to Meridian: the rollouts' health signal.
+        "cluster_manager": {
+            "load_stats_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": "meridian_xds" } }]
+            }
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": "meridian_xds",
+                "type": "STRICT_DNS",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": "meridian_xds",
+                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
+                        "socket_address": { "address": o.xds_host, "port_value": o.xds_port }
+                    }}}]}]
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {
+                            "http2_protocol_options": {
+                                "connection_keepalive": { "interval": "10s", "timeout": "5s" }
+                            }
+                        }
+                    }
+                }
+            }]
+        }
+    });
+    if let Some(tls) = &o.tls {
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] = upstream_tls(o, tls);
+    }
+    bootstrap
+}
+
+/// TLS to the xDS server: present the gateway's certificate, trust only Meridian's CA, and
+/// accept only the xDS server's own identity (not a certificate issued for some gateway host).
+fn upstream_tls(o: &BootstrapOptions, tls: &ClientTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": o.xds_host,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": tls.cert_file },
+                    "private_key": { "filename": tls.key_file }
+                }],
+                "validation_context": {
+                    "trusted_ca": { "filename": tls.ca_file },
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "URI",
+                        "matcher": { "exact": tls.server_identity }
+                    }]
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carries_identity_and_ads_mode() {
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "gw-1".into(),
+            gateway: "edge/public".into(),
+            cluster: Some("east".into()),
+            zone: Some("z1".into()),
+            xds_host: "127.0.0.1".into(),
+            xds_port: 18000,
+            delta: true,
+            admin_port: 19000,
+            tls: None,
+        });
+        assert_eq!(b["node"]["metadata"][GATEWAY_KEY], "edge/public");
+        assert_eq!(b["node"]["metadata"][CLUSTER_KEY], "east");
+        assert_eq!(
+            b["dynamic_resources"]["ads_config"]["api_type"],
+            "DELTA_GRPC"
+        );
+        assert!(b["static_resources"]["clusters"][0]["transport_socket"].is_null());
+        assert_eq!(
+            b["cluster_manager"]["load_stats_config"]["grpc_services"][0]["envoy_grpc"]
+                ["cluster_name"],
+            "meridian_xds"
+        );
+    }
+}

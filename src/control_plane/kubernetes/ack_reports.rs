@@ -1,0 +1,222 @@
+//! Acknowledgement reports: how the leader learns what gateways connected to *other* replicas
+//! have acknowledged, so `Programmed` covers every proxy however the Service spread them.
+//!
+//! Every replica publishes what its own proxies acknowledged in a ConfigMap
+//! (`meridian-acks-<identity>`, labelled `meridian.dev/ack-report`) in Meridian's namespace,
+//! rewritten when it changes and at least every [`HEARTBEAT`]. The leader watches those
+//! ConfigMaps and ignores reports not refreshed within [`STALE_AFTER`] (a crashed replica's
+//! proxies reconnect elsewhere and are reported there). This is how istiod distributes status
+//! reports between replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Client;
+use tokio::sync::watch;
+
+use crate::api::FIELD_MANAGER;
+use crate::control_plane::fleet_acks::{Report, ReportedProxy, HEARTBEAT};
+use crate::control_plane::xds::server::XdsState;
+use crate::core::rollout::fleet::watched_hosts;
+use crate::core::rollout::health::upstream_host;
+
+pub const REPORT_LABEL: &str = "meridian.dev/ack-report";
+const REPORT_KEY: &str = "report.json";
+fn config_map_name(identity: &str) -> String {
+    let safe: String = identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("meridian-acks-{safe}")
+}
+
+/// Publishes this replica's report until `stopped`, then deletes it.
+pub async fn publish(
+    client: Client,
+    namespace: String,
+    identity: String,
+    xds: Arc<XdsState>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let name = config_map_name(&identity);
+    let mut proxies = xds.proxies.subscribe();
+    let mut snapshots = xds.snapshots.clone();
+    let mut loads = xds.loads.subscribe();
+    let mut written: Option<(Vec<ReportedProxy>, tokio::time::Instant)> = None;
+    let mut watched: (u64, BTreeSet<String>) = (0, BTreeSet::new());
+    loop {
+        let snapshot = xds.snapshots.borrow().clone();
+        if watched.0 != snapshot.generation {
+            watched = (snapshot.generation, watched_hosts(&snapshot.model));
+        }
+        let hosts = &watched.1;
+        let reported: Vec<ReportedProxy> = xds
+            .acks_with_load(&snapshot, |load| {
+                upstream_host(&load.upstream).is_some_and(|h| hosts.contains(h))
+            })
+            .iter()
+            .map(ReportedProxy::from)
+            .collect();
+        let due = written
+            .as_ref()
+            .is_none_or(|(last, at)| *last != reported || at.elapsed() >= HEARTBEAT.mul_f64(0.8));
+        if due {
+            let report = Report {
+                replica: identity.clone(),
+                heartbeat: Timestamp::now().to_string(),
+                proxies: reported.clone(),
+            };
+            match write(&api, &name, &report).await {
+                Ok(()) => written = Some((reported, tokio::time::Instant::now())),
+                Err(error) => {
+                    tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed")
+                }
+            }
+        }
+        tokio::select! {
+            _ = proxies.changed() => {}
+            _ = snapshots.changed() => {}
+            // Load only matters while a rollout watches health; at most a write a second.
+            _ = loads.changed(), if !watched.1.is_empty() => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    if let Err(error) = api.delete(&name, &DeleteParams::default()).await {
+        tracing::debug!(%error, "deleting the acknowledgement report failed");
+    }
+}
+
+async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> Result<(), kube::Error> {
+    let body = serde_json::to_string(report).map_err(kube::Error::SerdeError)?;
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {REPORT_LABEL: "true"}},
+        "data": {REPORT_KEY: body},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Watches every replica's report; the map is keyed by replica identity.
+pub fn watch_reports(
+    client: Client,
+    namespace: &str,
+    mut stopped: watch::Receiver<bool>,
+) -> watch::Receiver<BTreeMap<String, Report>> {
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let (tx, rx) = watch::channel(BTreeMap::new());
+    tokio::spawn(async move {
+        let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
+        let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+        let mut listing: Option<BTreeMap<String, Report>> = None;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                _ = stopped.changed() => return,
+            };
+            let Some(event) = event else { return };
+            match event {
+                Ok(Event::Init) => listing = Some(BTreeMap::new()),
+                Ok(Event::InitApply(cm)) => {
+                    if let (Some(list), Some(report)) = (listing.as_mut(), parse(&cm)) {
+                        list.insert(report.replica.clone(), report);
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    tx.send_replace(listing.take().unwrap_or_default());
+                }
+                Ok(Event::Apply(cm)) => {
+                    if let Some(report) = parse(&cm) {
+                        tx.send_modify(|reports| {
+                            reports.insert(report.replica.clone(), report);
+                        });
+                    }
+                }
+                Ok(Event::Delete(cm)) => {
+                    if let Some(report) = parse(&cm) {
+                        tx.send_modify(|reports| {
+                            reports.remove(&report.replica);
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "watching acknowledgement reports failed"),
+            }
+        }
+    });
+    rx
+}
+
+fn parse(cm: &ConfigMap) -> Option<Report> {
+    let body = cm.data.as_ref()?.get(REPORT_KEY)?;
+    match serde_json::from_str(body) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            tracing::warn!(%error, config_map = ?cm.metadata.name, "unreadable acknowledgement report");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::model::ObjectKey;
+    use crate::core::observed::{GatewayAck, UpstreamLoad};
+
+    #[test]
+    fn reports_round_trip_and_expire() {
+        let ack = GatewayAck {
+            node_id: "envoy-1".to_owned(),
+            gateway: ObjectKey::new("shop", "public"),
+            cluster: "local".to_owned(),
+            acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]).into(),
+            nack: None,
+            load: vec![UpstreamLoad {
+                upstream: "outbound|80||web.shop.svc.cluster.local".to_owned(),
+                at_ms: 1_000_000,
+                requests: 10,
+                errors: 2,
+            }],
+        };
+        let written = Timestamp::from_second(1_000).unwrap();
+        let report = Report {
+            replica: "a".to_owned(),
+            heartbeat: written.to_string(),
+            proxies: vec![ReportedProxy::from(&ack)],
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        let read: Report = serde_json::from_str(&json).unwrap();
+        let soon = Timestamp::from_second(1_010).unwrap();
+        assert_eq!(read.live_acks(soon), vec![ack]);
+        let later = Timestamp::from_second(1_015).unwrap();
+        assert!(read.live_acks(later).is_empty());
+    }
+
+    #[test]
+    fn config_map_names_are_valid_for_any_identity() {
+        assert_eq!(config_map_name("Pod_7:x"), "meridian-acks-pod-7-x");
+    }
+}

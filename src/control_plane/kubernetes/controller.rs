@@ -1,0 +1,311 @@
+//! Kubernetes mode wiring: watchers → scope → index → ADS/ops gRPC and admin HTTP (every
+//! replica), each replica's acknowledgement report and member-cluster connections, the lease
+//! campaign, and the leader's writers (AccessPoint status, member-cluster objects).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use crate::control_plane::admin::AdminState;
+use crate::control_plane::certs::manager::CertManager;
+use crate::control_plane::certs::{CertOptions, XdsTlsOptions};
+use crate::control_plane::dns::server::DnsOptions;
+use crate::control_plane::fleet_acks::FleetAcks;
+use crate::control_plane::index::Index;
+use crate::control_plane::kubernetes::ack_reports;
+use crate::control_plane::kubernetes::inputs::{watch as watches, Scope, Update, Watched};
+use crate::control_plane::kubernetes::leader::{self, LeaseConfig};
+use crate::control_plane::kubernetes::members::{self, connections, MemberState};
+use crate::control_plane::kubernetes::status_writer;
+use crate::control_plane::metrics::Metrics;
+use crate::control_plane::rollouts::{Role, RolloutStore, RolloutTask};
+use crate::control_plane::serve::Running;
+use crate::control_plane::vips;
+use crate::control_plane::xds::server::XdsState;
+use crate::core::model::export::ExportPolicy;
+
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Kubeconfig to use; absent: `KUBECONFIG`, `~/.kube/config`, or the in-cluster account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Only namespaces matching one of these are processed (none: all namespaces).
+    pub namespace_selectors: Vec<LabelSelector>,
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// Mesh-wide `exportTo` defaults.
+    pub export: ExportPolicy,
+    pub lease: LeaseConfig,
+    pub certs: CertOptions,
+    pub xds_tls: XdsTlsOptions,
+    /// Name of the Secret (in the lease namespace) holding Meridian's CA.
+    pub ca_secret: String,
+    pub dns: DnsOptions,
+    /// How often gateways send load reports.
+    pub load_report_interval: Duration,
+    /// Connections each listener takes at once, and how soon they must speak.
+    pub connections: crate::runtime::connections::ConnectionLimits,
+}
+
+pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig found and not running in a cluster")?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Starts watching and serving; xDS answers once every watch has listed once.
+pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
+    let client = client(options.kubeconfig.as_ref()).await?;
+    let (mut index, snapshots) = Index::with_export_policy(options.export.clone());
+    index.reserve_cert_names(options.xds_tls.reserved_cert_names());
+    let metrics = Arc::new(Metrics::new());
+    let ca = super::ca_store::load_or_create(
+        client.clone(),
+        &options.lease.namespace,
+        &options.ca_secret,
+        &options.certs,
+    )
+    .await?;
+    let tls = options
+        .xds_tls
+        .server_config(&ca, &options.certs.trust_domain)?;
+    let client_auth = options.xds_tls.client_auth(&options.certs);
+    let xds = XdsState::with_client_auth(
+        snapshots.clone(),
+        metrics.clone(),
+        client_auth,
+        options.load_report_interval,
+    );
+    let admin_state = AdminState::new(xds.clone());
+    let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);
+
+    let (updates_tx, updates) = mpsc::channel(1024);
+    let member_updates = updates_tx.clone();
+    let issued_updates = updates_tx.clone();
+    let vip_updates = updates_tx.clone();
+    let pin_updates = updates_tx.clone();
+    let watch_tasks = watches::spawn_all(client.clone(), updates_tx)
+        .await
+        .context("starting Kubernetes watches")?;
+    let watch_count = watch_tasks.len();
+
+    let running = Running::serve(
+        options.xds_addr,
+        options.admin_addr,
+        admin_state.clone(),
+        tls,
+        options.connections,
+    )
+    .await?;
+    tracing::info!(
+        xds_addr = %running.xds_addr,
+        admin_addr = %running.admin_addr,
+        identity = %options.lease.identity,
+        "meridian controller serving"
+    );
+    let (leading_tx, leading) = watch::channel(false);
+    let scope = Scope::new(options.namespace_selectors);
+    let stopped = running.stopped();
+    let feed = feed_index(
+        updates,
+        scope,
+        index,
+        admin_state.clone(),
+        watch_count,
+        stopped.clone(),
+    );
+    let lease = options.lease;
+    let vip_allocator = vips::run_kube(
+        client.clone(),
+        lease.namespace.clone(),
+        snapshots.clone(),
+        vip_updates,
+        leading.clone(),
+        stopped.clone(),
+    );
+    let campaign = {
+        let (client, lease, stopped) = (client.clone(), lease.clone(), stopped.clone());
+        async move {
+            leader::run(client, lease, leading_tx, stopped).await;
+            Ok(())
+        }
+    };
+    let reports = ack_reports::watch_reports(client.clone(), &lease.namespace, stopped.clone());
+    let acks = FleetAcks::with_reports(xds.clone(), lease.identity.clone(), reports);
+    let dns_updates = crate::control_plane::dns::update::run(
+        snapshots.clone(),
+        acks.clone(),
+        admin_state.dns.clone(),
+        Some(leading.clone()),
+        stopped.clone(),
+    );
+    let publisher = {
+        let (client, xds, stopped) = (client.clone(), xds.clone(), stopped.clone());
+        let (namespace, identity) = (lease.namespace.clone(), lease.identity.clone());
+        async move {
+            ack_reports::publish(client, namespace, identity, xds, stopped).await;
+            Ok(())
+        }
+    };
+    let members = Arc::new(MemberState::default());
+    let member_connections = {
+        let (client, namespace) = (client.clone(), lease.namespace.clone());
+        let (snapshots, members, stopped) =
+            (xds.snapshots.clone(), members.clone(), stopped.clone());
+        async move {
+            connections::run(
+                client,
+                namespace,
+                snapshots,
+                member_updates,
+                members,
+                stopped,
+            )
+            .await;
+            Ok(())
+        }
+    };
+    let (writes_tx, member_writes) = watch::channel(Default::default());
+    let member_writer = {
+        let (client, snapshots) = (client.clone(), xds.snapshots.clone());
+        let (leading, stopped) = (leading.clone(), stopped.clone());
+        async move {
+            members::writer::run(client, snapshots, members, leading, writes_tx, stopped).await;
+            Ok(())
+        }
+    };
+    let name_service_status = {
+        let (client, snapshots) = (client.clone(), snapshots.clone());
+        let (published, leading) = (admin_state.dns.subscribe(), leading.clone());
+        let stopped = stopped.clone();
+        async move {
+            crate::control_plane::kubernetes::name_service_status::run(
+                client, snapshots, published, leading, stopped,
+            )
+            .await;
+            Ok(())
+        }
+    };
+    let rollouts = RolloutTask {
+        store: RolloutStore::ConfigMap(Box::new(Api::namespaced(client.clone(), &lease.namespace))),
+        stored: None,
+        snapshots: snapshots.clone(),
+        acks: acks.clone(),
+        channel: admin_state.rollouts.clone(),
+        role: Role::Kubernetes {
+            leading: leading.clone(),
+        },
+    }
+    .run(pin_updates, stopped.clone());
+    let writer = {
+        let (stopped, acks) = (stopped.clone(), acks.clone());
+        let inputs = status_writer::Inputs {
+            acks,
+            member_writes,
+            rollouts: admin_state.rollouts.statuses.subscribe(),
+        };
+        async move {
+            status_writer::run(client, xds, inputs, leading, stopped).await;
+            Ok(())
+        }
+    };
+    let certs = cert_manager.run(snapshots.clone(), issued_updates, stopped.clone());
+    let abort_watches = async move {
+        crate::runtime::stopped_signal(stopped).await;
+        for task in watch_tasks {
+            task.abort();
+        }
+        Ok(())
+    };
+    let running = running
+        .with_task(feed)
+        .with_task(certs)
+        .with_task(rollouts)
+        .with_task(vip_allocator)
+        .with_task(dns_updates)
+        .with_task(campaign)
+        .with_task(publisher)
+        .with_task(member_connections)
+        .with_task(member_writer)
+        .with_task(writer)
+        .with_task(name_service_status)
+        .with_task(abort_watches);
+    running.with_dns(&options.dns, snapshots, acks).await
+}
+
+/// Bursts of watch events become one snapshot.
+const BATCH: Duration = Duration::from_millis(20);
+
+async fn feed_index(
+    mut updates: mpsc::Receiver<Update>,
+    mut scope: Scope,
+    mut index: Index,
+    admin: Arc<AdminState>,
+    watch_count: usize,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut listed: BTreeSet<Watched> = BTreeSet::new();
+    // Rollouts are loaded before anything is served: a restart keeps each cluster's revision.
+    let mut pins_loaded = false;
+    loop {
+        let update = tokio::select! {
+            update = updates.recv() => update,
+            _ = stopped.changed() => return Ok(()),
+        };
+        let Some(update) = update else {
+            return Ok(());
+        };
+        let mut batch = vec![update];
+        tokio::time::sleep(BATCH).await;
+        while let Ok(more) = updates.try_recv() {
+            batch.push(more);
+        }
+        for update in batch {
+            match &update {
+                Update::Pins(_) => pins_loaded = true,
+                // Member clusters come and go; only the hub's own watches gate serving.
+                Update::RelistDone(Watched::Member { .. }) => {}
+                Update::RelistDone(watched) => {
+                    listed.insert(watched.clone());
+                }
+                _ => {}
+            }
+            scope.update(&mut index, update);
+        }
+        admin.set_problems(scope.problems());
+        // Serving a partial list would withdraw config from gateways; wait for all of them.
+        if listed.len() < watch_count || !pins_loaded {
+            continue;
+        }
+        let before = index.generation();
+        let generation = index.publish();
+        admin.xds.metrics.config_generation.set(generation as i64);
+        if !admin.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!(
+                generation,
+                objects = index.model().len(),
+                "initial sync complete"
+            );
+        } else if generation != before {
+            tracing::info!(generation, objects = index.model().len(), "config applied");
+        }
+    }
+}

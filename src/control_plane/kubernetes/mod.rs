@@ -1,0 +1,13 @@
+//! Everything only Kubernetes mode has: the watchers that feed the index from the API server,
+//! the lease that elects a leader, and the leader's writers (AccessPoint and NameService status,
+//! member-cluster objects), the acknowledgement reports replicas exchange, and the CA kept in a
+//! Secret. `controller` wires them to the shared edges above `core`.
+
+pub mod ack_reports;
+pub mod ca_store;
+pub mod controller;
+pub mod inputs;
+pub mod leader;
+pub mod members;
+pub mod name_service_status;
+pub mod status_writer;

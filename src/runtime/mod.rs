@@ -1,0 +1,17 @@
+//! I/O plumbing every program shares: listeners that bound connections and handshakes, the
+//! budget that bounds what input can make us log, and shutdown signalling. Nothing here knows
+//! about xDS, Kubernetes or the model.
+
+pub mod connections;
+pub mod log_budget;
+
+use tokio::sync::watch;
+
+/// Resolves when `stopped` turns true (or its sender is gone).
+pub async fn stopped_signal(mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow_and_update() {
+        if stopped.changed().await.is_err() {
+            return;
+        }
+    }
+}
