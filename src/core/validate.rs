@@ -19,6 +19,7 @@ use crate::api::AccessPointSpec;
 use super::duration;
 
 mod export_to;
+mod headers;
 mod hosts;
 pub mod re2;
 use export_to::NoneAllowed;
@@ -466,14 +467,17 @@ fn http_route(e: &mut Errors, path: &str, r: &HttpRoute) {
             e.string_match(format!("{p}.authority"), u);
         }
         for (name, h) in &m.headers {
+            headers::check_name(e, &format!("{p}.headers"), name);
             e.string_match(format!("{p}.headers.{name}"), h);
         }
         for (name, q) in &m.query_params {
             e.string_match(format!("{p}.queryParams.{name}"), q);
         }
     }
+    headers::check_edits(e, &format!("{path}.headers"), r.headers.as_ref());
     for (i, d) in r.route.iter().enumerate() {
         let p = format!("{path}.route[{i}]");
+        headers::check_edits(e, &format!("{p}.headers"), d.headers.as_ref());
         if d.destination.host.is_empty() {
             e.push(format!("{p}.destination.host"), "must not be empty");
         }
