@@ -59,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "core::translate",
             "core::rollout",
+            "core::quarantine",
             "core::dns",
             "core::status",
             "core::federation",

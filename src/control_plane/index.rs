@@ -543,6 +543,7 @@ spec:
                 clusters: BTreeMap::new(),
                 fallback: r1.clone(),
                 revisions: BTreeMap::from([(r1.clone(), Arc::new(first))]),
+                ..Pin::default()
             },
         )]));
         index.publish();

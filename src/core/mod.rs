@@ -17,6 +17,7 @@ pub mod model;
 pub mod observed;
 pub mod overrides;
 pub mod placement;
+pub mod quarantine;
 pub mod refs;
 pub mod resources;
 pub mod rollout;

@@ -126,6 +126,11 @@ fn refresh(
             };
             let id = (key.clone(), name.clone());
             let Some((ap, pinned)) = model.served_version(&key, name) else {
+                // Withheld from the cluster (its gateways rejected the only version there is).
+                model
+                    .cluster_templates
+                    .insert(id.clone(), ClusterTemplate::Blocked);
+                model.override_errors.remove(&id);
                 continue;
             };
             if !pinned && !ap.spec.overrides.iter().any(|o| selects(o, &facts)) {

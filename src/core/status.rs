@@ -258,6 +258,7 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
             .into_iter()
             .collect();
         problems.extend(per_cluster::problems_in(&cluster_refs, cluster));
+        problems.extend(rejected_in(published.model, input.key, cluster));
         problems.extend(
             published
                 .model
@@ -319,7 +320,14 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
         Draft::new(ACCEPTED, false, reason, problems.join("; "))
     };
     let resolved = resolved_refs(&missing_backends, &missing_credentials);
-    let programmed = programmed(input.key, clusters, &serving, generation);
+    let rejected: Vec<String> = clusters
+        .iter()
+        .filter_map(|c| rejected_in(published.model, input.key, c))
+        .collect();
+    let programmed = match rejected.is_empty() {
+        true => programmed(input.key, clusters, &serving, generation),
+        false => Draft::new(PROGRAMMED, false, "Rejected", rejected.join("; ")),
+    };
     let mut drafts = vec![accepted, resolved, programmed];
     let writes: Vec<(&String, &MemberWrite)> = clusters
         .iter()
@@ -377,6 +385,13 @@ fn resolved_refs(missing_backends: &[String], missing_credentials: &[String]) ->
         "BackendNotFound"
     };
     Draft::new(RESOLVED_REFS, false, reason, parts.join("; "))
+}
+
+/// Why the quarantine holds `key` back in `cluster`, if it does: the gateways there rejected
+/// its current revision, and what they are served instead.
+fn rejected_in(model: &Model, key: &ObjectKey, cluster: &str) -> Option<String> {
+    let why = model.pins.get(key)?.rejected.get(cluster)?;
+    Some(format!("cluster {cluster}: {why}"))
 }
 
 fn programmed(

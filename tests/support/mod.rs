@@ -98,8 +98,22 @@ impl Envoy {
 
     /// An Envoy started from these bootstrap options.
     pub fn launch(dir: &Path, options: BootstrapOptions) -> Envoy {
+        Envoy::launch_with_runtime(dir, options, None)
+    }
+
+    /// An Envoy started from these bootstrap options, with `runtime` as a static runtime
+    /// layer (Envoy's `layered_runtime`), as operators tune their Envoys.
+    pub fn launch_with_runtime(
+        dir: &Path,
+        options: BootstrapOptions,
+        runtime: Option<serde_json::Value>,
+    ) -> Envoy {
         let (node_id, admin_port) = (options.node_id.clone(), options.admin_port);
-        let config = bootstrap(&options);
+        let mut config = bootstrap(&options);
+        if let Some(runtime) = runtime {
+            config["layered_runtime"] =
+                serde_json::json!({"layers": [{"name": "operator", "static_layer": runtime}]});
+        }
         let bootstrap_path = dir.join(format!("{node_id}.json"));
         std::fs::write(&bootstrap_path, serde_json::to_vec(&config).unwrap()).unwrap();
         let log = dir.join(format!("{node_id}.log"));

@@ -1,5 +1,5 @@
-//! The rollout task: runs the pure rollout round whenever the config, a proxy's
-//! acknowledgements or the time move, persists what a restart must find, then hands the
+//! The rollout task: runs the pure rollout round and the NACK quarantine whenever the config, a
+//! proxy's acknowledgements or the time move, persists what a restart must find, then hands the
 //! per-cluster revisions to the index owner. Operators' commands (approve, pause, resume, undo)
 //! arrive over a channel from the admin API and are persisted with the rest.
 
@@ -14,7 +14,8 @@ use crate::control_plane::fleet_acks::FleetAcks;
 use crate::control_plane::index::Snapshot;
 use crate::core::model::revision::Pins;
 use crate::core::model::ObjectKey;
-use crate::core::rollout::fleet::{apply_command, pins_of, round, Command, Records};
+use crate::core::quarantine::{self, Quarantine, QuarantineRecords};
+use crate::core::rollout::fleet::{apply_command, round, Command, Records};
 use crate::core::rollout::plan::staged;
 
 mod store;
@@ -117,6 +118,7 @@ impl RolloutTask {
             Role::Standalone => None,
         };
         let mut sent: Option<Pins> = None;
+        let mut quarantine = Quarantine::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -133,7 +135,7 @@ impl RolloutTask {
             let snapshot = self.snapshots.borrow_and_update().clone();
             if let Some(current) = stored.as_mut() {
                 let pins = if leading && snapshot.generation > 0 {
-                    match self.round(&snapshot, current).await {
+                    match self.round(&snapshot, current, &mut quarantine).await {
                         Ok(pins) => Some(pins),
                         Err(error) => {
                             tracing::warn!(error = %format!("{error:#}"), "cannot persist rollouts; nothing moves until it can");
@@ -141,7 +143,10 @@ impl RolloutTask {
                         }
                     }
                 } else {
-                    Some(pins_of(&current.records))
+                    // A standby (or a leader before the first snapshot) serves what is stored,
+                    // and remembers nothing a later round as leader could misread.
+                    quarantine = Quarantine::default();
+                    Some(current.pins())
                 };
                 if let Some(pins) = pins.filter(|p| sent.as_ref() != Some(p)) {
                     if sink.send(T::from(PinUpdate(pins.clone()))).await.is_err() {
@@ -183,7 +188,12 @@ impl RolloutTask {
     }
 
     /// One round as the decider: advance, persist what changed, publish statuses.
-    async fn round(&self, snapshot: &Snapshot, stored: &mut Stored) -> anyhow::Result<Pins> {
+    async fn round(
+        &self,
+        snapshot: &Snapshot,
+        stored: &mut Stored,
+        quarantine: &mut Quarantine,
+    ) -> anyhow::Result<Pins> {
         let controls = match self.role {
             Role::Standalone => stored.controls.clone(),
             Role::Kubernetes { .. } => controls_from_status(&snapshot.model),
@@ -194,14 +204,18 @@ impl RolloutTask {
             .values()
             .filter_map(staged)
             .collect();
-        // Reading every proxy's acknowledgements costs; most fleets have no staged rollout.
+        let mut held = stored.quarantine.clone();
+        quarantine.note_changes(&snapshot.model, &mut held);
+        // Reading every proxy's acknowledgements costs; most of the time no rollout is staged,
+        // no change is awaiting its acknowledgements and nothing is held.
         let proxies = if staged.iter().any(|spec| spec.health.is_some()) {
             self.acks.clone().current_with_load()
-        } else if !staged.is_empty() {
+        } else if !staged.is_empty() || quarantine.watching(&held) {
             self.acks.clone().current()
         } else {
             Vec::new()
         };
+        quarantine.decide(&snapshot.model, &proxies, &mut held);
         let round = round(
             &snapshot.model,
             &stored.records,
@@ -212,6 +226,7 @@ impl RolloutTask {
         let mut next = Stored {
             records: round.records,
             controls: stored.controls.clone(),
+            quarantine: held,
         };
         next.controls
             .retain(|key, _| snapshot.model.access_points.contains_key(key));
@@ -219,6 +234,7 @@ impl RolloutTask {
             // Persisted before served: a restart never moves a cluster back or ahead.
             self.store.save(&next).await?;
             log_transitions(&stored.records, &next.records);
+            log_holds(&stored.quarantine, &next.quarantine);
             *stored = next;
         }
         let standalone = matches!(self.role, Role::Standalone);
@@ -235,7 +251,9 @@ impl RolloutTask {
             })
             .collect();
         self.channel.statuses.send_replace(statuses);
-        Ok(round.pins)
+        let mut pins = round.pins;
+        pins.extend(quarantine::pins(&stored.quarantine));
+        Ok(pins)
     }
 
     /// Records a command in the controls and persists them.
@@ -279,6 +297,27 @@ fn controls_from_status(model: &crate::core::model::Model) -> BTreeMap<ObjectKey
             Some((key.clone(), controls))
         })
         .collect()
+}
+
+fn log_holds(before: &QuarantineRecords, after: &QuarantineRecords) {
+    for (key, record) in after {
+        for (cluster, hold) in &record.clusters {
+            let old = before.get(key).and_then(|r| r.clusters.get(cluster));
+            if old != Some(hold) {
+                tracing::warn!(access_point = %key, %cluster, revision = %record.rejected, serving = hold.serving.as_deref().unwrap_or("nothing"), confirmed = hold.confirmed, reason = %hold.reason, "gateways rejected a change; holding it back in that cluster");
+            }
+        }
+    }
+    for (key, record) in before {
+        for cluster in record.clusters.keys() {
+            if after
+                .get(key)
+                .is_none_or(|r| !r.clusters.contains_key(cluster))
+            {
+                tracing::info!(access_point = %key, %cluster, "hold lifted; the current revision is tried again");
+            }
+        }
+    }
 }
 
 fn log_transitions(before: &Records, after: &Records) {

@@ -1,5 +1,5 @@
-//! Where rollouts live between runs: a file in the state directory (standalone) or a
-//! ConfigMap the leader writes and the other replicas follow (Kubernetes).
+//! Where rollouts and the quarantine's holds live between runs: a file in the state directory
+//! (standalone) or a ConfigMap the leader writes and the other replicas follow (Kubernetes).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,14 +10,26 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::api::rollout::RolloutControls;
+use crate::core::model::revision::Pins;
 use crate::core::model::ObjectKey;
-use crate::core::rollout::fleet::{Records, RolloutRecord};
+use crate::core::quarantine::{self, QuarantineRecord, QuarantineRecords};
+use crate::core::rollout::fleet::{pins_of, Records, RolloutRecord};
 
-/// Rollout state plus operator controls, by AccessPoint.
+/// Rollout state plus operator controls, and the quarantine's holds, by AccessPoint.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Stored {
     pub records: Records,
     pub controls: BTreeMap<ObjectKey, RolloutControls>,
+    pub quarantine: QuarantineRecords,
+}
+
+impl Stored {
+    /// What a replica serves from the store alone: the rollouts' assignments and the holds.
+    pub fn pins(&self) -> Pins {
+        let mut pins = pins_of(&self.records);
+        pins.extend(quarantine::pins(&self.quarantine));
+        pins
+    }
 }
 
 /// The file form: keys as `namespace/name`.
@@ -27,6 +39,8 @@ struct StoredFile {
     records: BTreeMap<String, RolloutRecord>,
     #[serde(default)]
     controls: BTreeMap<String, RolloutControls>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    quarantine: BTreeMap<String, QuarantineRecord>,
 }
 
 fn parse_key(text: &str) -> ObjectKey {
@@ -65,7 +79,7 @@ impl RolloutStore {
         match self {
             RolloutStore::Memory => Ok(()),
             RolloutStore::File(path) => save_file(path, stored),
-            RolloutStore::ConfigMap(api) => save_config_map(api, &stored.records).await,
+            RolloutStore::ConfigMap(api) => save_config_map(api, stored).await,
         }
     }
 }
@@ -89,6 +103,11 @@ fn load_file(path: &std::path::Path) -> anyhow::Result<Stored> {
             .into_iter()
             .map(|(k, v)| (parse_key(&k), v))
             .collect(),
+        quarantine: file
+            .quarantine
+            .into_iter()
+            .map(|(k, v)| (parse_key(&k), v))
+            .collect(),
     })
 }
 
@@ -101,6 +120,11 @@ fn save_file(path: &std::path::Path, stored: &Stored) -> anyhow::Result<()> {
             .collect(),
         controls: stored
             .controls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        quarantine: stored
+            .quarantine
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
@@ -117,10 +141,23 @@ fn config_map_key(key: &ObjectKey) -> String {
     format!("{}.{}", key.namespace, key.name)
 }
 
+/// Keys of the quarantine's holds: an underscore, which no namespace starts with, first.
+const QUARANTINE_PREFIX: &str = "_quarantine.";
+
 async fn load_config_map(api: &Api<ConfigMap>) -> anyhow::Result<Stored> {
     let map = api.get_opt(ROLLOUT_CONFIG_MAP).await?;
     let mut records = Records::new();
+    let mut quarantine = QuarantineRecords::new();
     for (name, text) in map.and_then(|m| m.data).unwrap_or_default() {
+        if let Some(held) = name.strip_prefix(QUARANTINE_PREFIX) {
+            let Some((namespace, ap)) = held.split_once('.') else {
+                continue;
+            };
+            let record: QuarantineRecord = serde_json::from_str(&text)
+                .with_context(|| format!("ConfigMap {ROLLOUT_CONFIG_MAP}: data[{name:?}]"))?;
+            quarantine.insert(ObjectKey::new(namespace, ap), record);
+            continue;
+        }
         let Some((namespace, ap)) = name.split_once('.') else {
             continue;
         };
@@ -131,13 +168,18 @@ async fn load_config_map(api: &Api<ConfigMap>) -> anyhow::Result<Stored> {
     Ok(Stored {
         records,
         controls: BTreeMap::new(),
+        quarantine,
     })
 }
 
-async fn save_config_map(api: &Api<ConfigMap>, records: &Records) -> anyhow::Result<()> {
+async fn save_config_map(api: &Api<ConfigMap>, stored: &Stored) -> anyhow::Result<()> {
     let mut data = BTreeMap::new();
-    for (key, record) in records {
+    for (key, record) in &stored.records {
         data.insert(config_map_key(key), serde_json::to_string(record)?);
+    }
+    for (key, record) in &stored.quarantine {
+        let name = format!("{QUARANTINE_PREFIX}{}", config_map_key(key));
+        data.insert(name, serde_json::to_string(record)?);
     }
     let body = serde_json::json!({
         "apiVersion": "v1",

@@ -27,7 +27,6 @@ use crate::control_plane::standalone::files::{FileProvider, SETTLE};
 use crate::control_plane::vips::{self, VipStore, VipUpdate};
 use crate::control_plane::xds::server::XdsState;
 use crate::core::model::export::ExportPolicy;
-use crate::core::rollout::fleet::pins_of;
 use crate::core::vip_allocation::allocate;
 
 /// How long file events are collected before one resync.
@@ -105,13 +104,14 @@ pub async fn start(options: StandaloneOptions) -> anyhow::Result<Running> {
     };
     let (table, errors) = allocate(index.model(), &vip_store.load()?);
     index.set_vips(table, errors);
-    // Rollouts too: a cluster a rollout held back is not served the new revision by a restart.
+    // Rollouts and holds too: a cluster a rollout or the quarantine held back is not served the
+    // new revision by a restart.
     let rollout_store = match &options.state_dir {
         Some(dir) => RolloutStore::File(dir.join("rollouts.json")),
         None => RolloutStore::Memory,
     };
     let stored = rollout_store.load().await?;
-    index.set_pins(pins_of(&stored.records));
+    index.set_pins(stored.pins());
     index.publish();
 
     let tls = options

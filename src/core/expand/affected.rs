@@ -115,6 +115,21 @@ pub(super) fn templates<'m>(model: &'m Model, key: &ObjectKey) -> Vec<&'m Access
     out
 }
 
+/// Every Gateway an AccessPoint defines or binds routes to, in any cluster's template: the
+/// gateways whose proxies serve it.
+pub fn gateways_named(model: &Model, key: &ObjectKey) -> BTreeSet<ObjectKey> {
+    let mut gateways = BTreeSet::new();
+    let mut scratch = String::new();
+    for template in templates(model, key) {
+        for_each_reference(&key.namespace, template, &mut scratch, |reference| {
+            if let Reference::Gateway { namespace, name } = reference {
+                gateways.insert(ObjectKey::new(namespace, name));
+            }
+        });
+    }
+    gateways
+}
+
 pub(super) fn touch_template(out: &mut Touched, namespace: &str, template: &AccessPointTemplate) {
     for_each_reference(
         namespace,

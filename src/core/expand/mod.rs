@@ -15,7 +15,7 @@ pub mod references;
 pub mod registry;
 mod scope;
 
-pub use affected::{touched, ModelChanges, Touched};
+pub use affected::{gateways_named, touched, ModelChanges, Touched};
 pub use references::ReferenceIndex;
 pub use registry::ServiceRegistry;
 pub use scope::Scope;

@@ -228,7 +228,8 @@ pub struct Model {
 pub enum ClusterTemplate {
     /// The patched template (after a failure: the last one that patched cleanly).
     Patched(Arc<AccessPointTemplate>),
-    /// Overrides failed and nothing patched cleanly before: not expanded in that cluster.
+    /// Overrides failed and nothing patched cleanly before, or the cluster's gateways rejected
+    /// the only version there is (withheld by the quarantine): not expanded in that cluster.
     Blocked,
 }
 
@@ -286,13 +287,16 @@ impl Model {
         }
     }
 
-    /// The version of an AccessPoint `cluster` is served, and whether a rollout holds it to
-    /// another revision than the current spec's.
+    /// The version of an AccessPoint `cluster` is served, and whether a rollout or the
+    /// quarantine holds it to another revision than the current spec's. `None`: none is.
     pub fn served_version(&self, key: &ObjectKey, cluster: &str) -> Option<(&AccessPoint, bool)> {
         let current = self.access_points.get(key)?;
         let Some(pin) = self.pins.get(key) else {
             return Some((current, false));
         };
+        if pin.withheld.contains(cluster) {
+            return None;
+        }
         let revision = pin.revision(cluster);
         if self.revisions.get(key).map(String::as_str) == Some(revision) {
             return Some((current, false));
@@ -305,7 +309,11 @@ impl Model {
 
     /// The revision of `key` that `cluster` is served.
     pub fn served_revision(&self, key: &ObjectKey, cluster: &str) -> Option<&str> {
-        match self.pins.get(key) {
+        let pin = self.pins.get(key);
+        if pin.is_some_and(|p| p.withheld.contains(cluster)) {
+            return None;
+        }
+        match pin {
             Some(pin)
                 if self
                     .served_version(key, cluster)

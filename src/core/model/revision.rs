@@ -1,6 +1,6 @@
 //! Revisions: what changed in an AccessPoint's served configuration, by content.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::api::{AccessPoint, AccessPointSpec};
@@ -18,7 +18,8 @@ pub fn revision_of(spec: &AccessPointSpec) -> String {
     content_hash([bytes.as_slice()])[..10].to_owned()
 }
 
-/// Which revision of one AccessPoint each cluster is served, as the rollout decided it.
+/// Which revision of one AccessPoint each cluster is served, as a staged rollout decided it,
+/// or as the quarantine held it after the cluster's gateways rejected the current one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pin {
     /// Clusters the rollout has placed, with their revision.
@@ -28,6 +29,10 @@ pub struct Pin {
     pub fallback: String,
     /// The AccessPoint as it was at each revision named above (the current one may be absent).
     pub revisions: BTreeMap<String, Arc<AccessPoint>>,
+    /// Clusters served no version at all: gateways there rejected the only one there is.
+    pub withheld: BTreeSet<String>,
+    /// Why each cluster held back by the quarantine is not served the current revision.
+    pub rejected: BTreeMap<String, String>,
 }
 
 impl Pin {

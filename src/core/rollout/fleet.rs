@@ -41,6 +41,7 @@ impl RolloutRecord {
                 .clone()
                 .unwrap_or_else(|| state.revision.clone()),
             revisions: self.revisions.clone(),
+            ..Pin::default()
         }
     }
 }
