@@ -152,6 +152,16 @@ pub enum Command {
         #[command(flatten)]
         serving: ServingArgs,
     },
+    /// Run Meridian's own HTTP gateway proxy, fed over ADS like Envoy: takes the bootstrap
+    /// `meridian bootstrap` prints (state-of-the-world, without mutual TLS for now).
+    Proxy {
+        /// The bootstrap file (JSON), as for `envoy -c`.
+        #[arg(short = 'c', long = "config-path")]
+        config_path: PathBuf,
+        /// Admin listener (`/ready`, `/config_dump`); default: the bootstrap's admin address.
+        #[arg(long)]
+        admin_addr: Option<std::net::SocketAddr>,
+    },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
         /// Envoy node id; must be unique per proxy.
@@ -477,6 +487,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
+        }
+        Command::Proxy {
+            config_path,
+            admin_addr,
+        } => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.send_replace(true);
+            });
+            let options = crate::proxy::ProxyOptions {
+                bootstrap: config_path,
+                admin_addr,
+            };
+            crate::proxy::run(options, stopped).await
         }
         Command::Status { server, cert_dir } => {
             let mut client = ops_client(&server, cert_dir.as_deref()).await?;

@@ -4,6 +4,7 @@
 //! - [`api`] and [`core`]: the CRD types and the pure core (no I/O).
 //! - [`runtime`]: I/O plumbing every program shares.
 //! - [`control_plane`]: the xDS control plane (standalone and Kubernetes modes).
+//! - [`proxy`]: `meridian proxy`, the L7 gateway fed by the same xDS.
 //! - [`bench`] and [`cli`]: benchmarks and the command line, on top.
 
 pub mod api;
@@ -11,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod control_plane;
 pub mod core;
+pub mod proxy;
 pub mod runtime;
 
 #[cfg(test)]

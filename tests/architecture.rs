@@ -55,11 +55,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "outputs: translation, rollout, DNS records, status",
+        "outputs: translation, rollout, DNS records, status, what data planes compile",
         &[
             "core::translate",
             "core::rollout",
             "core::quarantine",
+            "core::dataplane",
             "core::dns",
             "core::status",
             "core::federation",

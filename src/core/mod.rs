@@ -6,6 +6,7 @@
 
 pub mod binding;
 pub mod certificates;
+pub mod dataplane;
 pub mod dns;
 pub mod duration;
 pub mod expand;

@@ -147,6 +147,43 @@ impl Drop for Envoy {
     }
 }
 
+/// `meridian proxy`, killed on drop.
+pub struct MeridianProxy {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl MeridianProxy {
+    /// `meridian proxy -c <bootstrap>` (the binary under test), its log in `dir`.
+    pub fn start(dir: &Path, options: BootstrapOptions) -> MeridianProxy {
+        let path = dir.join(format!("{}.json", options.node_id));
+        std::fs::write(&path, serde_json::to_vec(&bootstrap(&options)).unwrap()).unwrap();
+        let log = dir.join(format!("{}.log", options.node_id));
+        let child = Command::new(meridian_binary())
+            .arg("proxy")
+            .arg("-c")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start meridian proxy");
+        MeridianProxy { child, log }
+    }
+}
+
+impl Drop for MeridianProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `meridian` binary Cargo built for these tests.
+pub fn meridian_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meridian"))
+}
+
 /// An HTTP backend answering every request with its name (body and `x-backend`).
 pub struct Backend {
     pub port: u16,

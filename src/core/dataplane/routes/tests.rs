@@ -1,0 +1,323 @@
+use super::compile::re2_substitution;
+use super::*;
+use xds_api::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use xds_api::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use xds_api::pb::envoy::config::route::v3::route::Action as EnvoyAction;
+use xds_api::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use xds_api::pb::envoy::config::route::v3::route_action::HashPolicy;
+use xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use xds_api::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use xds_api::pb::envoy::config::route::v3::{DirectResponseAction, WeightedCluster};
+use xds_api::pb::envoy::config::route::v3::{
+    HeaderMatcher, QueryParameterMatcher, Route as EnvoyRoute, RouteAction, RouteMatch,
+    VirtualHost as EnvoyVirtualHost,
+};
+use xds_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use xds_api::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use xds_api::pb::envoy::r#type::matcher::v3::StringMatcher;
+use xds_api::pb::google::protobuf::{BoolValue, UInt32Value};
+
+fn forward_to(cluster: &str) -> Option<EnvoyAction> {
+    Some(EnvoyAction::Route(RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    }))
+}
+
+fn route_with(path: PathSpecifier, cluster: &str) -> EnvoyRoute {
+    EnvoyRoute {
+        name: cluster.to_owned(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(path),
+            ..Default::default()
+        }),
+        action: forward_to(cluster),
+        ..Default::default()
+    }
+}
+
+fn host(domains: &[&str], routes: Vec<EnvoyRoute>) -> EnvoyVirtualHost {
+    EnvoyVirtualHost {
+        name: domains[0].to_owned(),
+        domains: domains.iter().map(|d| d.to_string()).collect(),
+        routes,
+        ..Default::default()
+    }
+}
+
+fn table(hosts: Vec<EnvoyVirtualHost>) -> RouteTable {
+    RouteTable::compile(&RouteConfiguration {
+        name: "http.80".to_owned(),
+        virtual_hosts: hosts,
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// The route name (its cluster, in these tests) a request takes.
+fn routed(
+    table: &RouteTable,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<String> {
+    let mut map = http::HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let head = RequestHead {
+        method: "GET",
+        authority,
+        path,
+        headers: &map,
+    };
+    table.route(&head).map(|r| r.name.clone())
+}
+
+fn prefix(p: &str) -> PathSpecifier {
+    PathSpecifier::Prefix(p.to_owned())
+}
+
+#[test]
+fn hosts_are_found_exact_then_longest_suffix_then_prefix_then_any() {
+    let t = table(vec![
+        host(&["*"], vec![route_with(prefix("/"), "any")]),
+        host(&["*.example.com"], vec![route_with(prefix("/"), "suffix")]),
+        host(
+            &["*.shop.example.com"],
+            vec![route_with(prefix("/"), "longer-suffix")],
+        ),
+        host(&["www.*"], vec![route_with(prefix("/"), "prefix")]),
+        host(
+            &["shop.example.com"],
+            vec![route_with(prefix("/"), "exact")],
+        ),
+    ]);
+    assert_eq!(
+        routed(&t, "Shop.Example.com:8080", "/", &[]).as_deref(),
+        Some("exact")
+    );
+    assert_eq!(
+        routed(&t, "a.shop.example.com", "/", &[]).as_deref(),
+        Some("longer-suffix")
+    );
+    assert_eq!(
+        routed(&t, "a.example.com", "/", &[]).as_deref(),
+        Some("suffix")
+    );
+    assert_eq!(
+        routed(&t, "www.other.org", "/", &[]).as_deref(),
+        Some("prefix")
+    );
+    assert_eq!(routed(&t, "other.org", "/", &[]).as_deref(), Some("any"));
+    // A wildcard never matches the bare suffix.
+    let t = table(vec![host(
+        &["*.example.com"],
+        vec![route_with(prefix("/"), "s")],
+    )]);
+    assert_eq!(routed(&t, "example.com", "/", &[]), None);
+}
+
+#[test]
+fn paths_match_by_prefix_with_query_and_exactly_or_by_regex_without() {
+    let t = table(vec![host(
+        &["*"],
+        vec![
+            route_with(PathSpecifier::Path("/exact".into()), "exact"),
+            route_with(
+                PathSpecifier::SafeRegex(RegexMatcher {
+                    regex: "/re/[0-9]+".into(),
+                    ..Default::default()
+                }),
+                "regex",
+            ),
+            route_with(prefix("/p"), "prefix"),
+        ],
+    )]);
+    assert_eq!(routed(&t, "h", "/exact?x=1", &[]).as_deref(), Some("exact"));
+    assert_eq!(routed(&t, "h", "/exact/more", &[]), None);
+    assert_eq!(routed(&t, "h", "/re/42?q", &[]).as_deref(), Some("regex"));
+    assert_eq!(routed(&t, "h", "/re/42x", &[]), None);
+    assert_eq!(routed(&t, "h", "/prefix/x", &[]).as_deref(), Some("prefix"));
+}
+
+#[test]
+fn case_insensitive_routes_and_header_and_query_matchers() {
+    let mut insensitive = route_with(prefix("/API"), "api");
+    insensitive.r#match.as_mut().unwrap().case_sensitive = Some(BoolValue { value: false });
+    let mut canary = route_with(prefix("/"), "canary");
+    let m = canary.r#match.as_mut().unwrap();
+    m.headers.push(HeaderMatcher {
+        name: "x-canary".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact("yes".into())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    m.query_parameters.push(QueryParameterMatcher {
+        name: "debug".into(),
+        query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix("1".into())),
+                ..Default::default()
+            },
+        )),
+    });
+    let mut not_get = route_with(prefix("/"), "not-get");
+    not_get
+        .r#match
+        .as_mut()
+        .unwrap()
+        .headers
+        .push(HeaderMatcher {
+            name: ":method".into(),
+            invert_match: true,
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(StringMatcher {
+                match_pattern: Some(MatchPattern::Exact("GET".into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    let t = table(vec![host(
+        &["*"],
+        vec![
+            insensitive,
+            canary,
+            not_get,
+            route_with(prefix("/"), "default"),
+        ],
+    )]);
+    assert_eq!(routed(&t, "h", "/api/x", &[]).as_deref(), Some("api"));
+    assert_eq!(
+        routed(&t, "h", "/?debug=10", &[("x-canary", "yes")]).as_deref(),
+        Some("canary")
+    );
+    assert_eq!(
+        routed(&t, "h", "/?debug=2", &[("x-canary", "yes")]).as_deref(),
+        Some("default")
+    );
+    assert_eq!(
+        routed(&t, "h", "/?debug=1", &[]).as_deref(),
+        Some("default")
+    );
+}
+
+#[test]
+fn weights_split_by_the_draw_and_rewrites_apply() {
+    let weighted = |name: &str, weight: u32| ClusterWeight {
+        name: name.to_owned(),
+        weight: Some(UInt32Value { value: weight }),
+        ..Default::default()
+    };
+    let route = EnvoyRoute {
+        name: "split".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(prefix("/old")),
+            ..Default::default()
+        }),
+        action: Some(EnvoyAction::Route(RouteAction {
+            cluster_specifier: Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: vec![weighted("a", 90), weighted("b", 10)],
+                ..Default::default()
+            })),
+            prefix_rewrite: "/new".into(),
+            hash_policy: vec![HashPolicy::default()],
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let t = table(vec![host(&["*"], vec![route])]);
+    let map = http::HeaderMap::new();
+    let head = RequestHead {
+        method: "GET",
+        authority: "h",
+        path: "/old/x?y",
+        headers: &map,
+    };
+    let route = t.route(&head).unwrap();
+    let Action::Forward(forward) = &route.action else {
+        panic!()
+    };
+    let picks: Vec<&str> = (0..100)
+        .map(|d| forward.target(d).cluster.as_str())
+        .collect();
+    assert_eq!(picks.iter().filter(|c| **c == "a").count(), 90);
+    assert_eq!(
+        forward.rewrite_path(route, "/old/x?y").as_deref(),
+        Some("/new/x?y")
+    );
+}
+
+#[test]
+fn redirects_keep_what_they_do_not_replace() {
+    let redirect = Redirect {
+        scheme: Some("https".into()),
+        host: None,
+        port: None,
+        path: Some("/moved".into()),
+        strip_query: false,
+        status: 301,
+    };
+    assert_eq!(
+        redirect.location("http", "shop.test:8080", "/a?x=1"),
+        "https://shop.test:8080/moved?x=1"
+    );
+    let host_only = Redirect {
+        scheme: None,
+        host: Some("new.test".into()),
+        port: None,
+        path: None,
+        strip_query: true,
+        status: 302,
+    };
+    assert_eq!(
+        host_only.location("http", "shop.test:8080", "/a?x=1"),
+        "http://new.test/a"
+    );
+}
+
+#[test]
+fn what_it_cannot_honour_is_refused_with_the_field() {
+    let mut route = route_with(prefix("/"), "c");
+    route.action = Some(EnvoyAction::Route(RouteAction {
+        cluster_specifier: Some(ClusterSpecifier::Cluster("c".into())),
+        idle_timeout: Some(Default::default()),
+        ..Default::default()
+    }));
+    let error = RouteTable::compile(&RouteConfiguration {
+        name: "http.80".into(),
+        virtual_hosts: vec![host(&["*"], vec![route])],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(error.field, "virtual_hosts[0].routes[0].route");
+    assert!(error.message.contains("idleTimeout"), "{error}");
+
+    let direct = EnvoyRoute {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(prefix("/")),
+            ..Default::default()
+        }),
+        action: Some(EnvoyAction::DirectResponse(DirectResponseAction {
+            status: 700,
+            body: None,
+        })),
+        ..Default::default()
+    };
+    let error = RouteTable::compile(&RouteConfiguration {
+        virtual_hosts: vec![host(&["*"], vec![direct])],
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(error.field.ends_with("direct_response.status"), "{error}");
+}
+
+#[test]
+fn re2_substitutions_become_regex_crate_ones() {
+    assert_eq!(re2_substitution(r"/v\1/\\x$"), "/v${1}/\\x$$");
+}

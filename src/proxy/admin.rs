@@ -1,0 +1,62 @@
+//! The proxy's admin listener: `/ready` (200 `LIVE` once a first config is applied, 503
+//! before), and `/config_dump`: what is applied, per type and version.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::watch;
+
+use super::ProxyState;
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ProxyState>,
+    stopped: watch::Receiver<bool>,
+) {
+    let app = Router::new()
+        .route("/ready", get(ready))
+        .route("/config_dump", get(config_dump))
+        .with_state(state);
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(crate::runtime::stopped_signal(stopped))
+        .await;
+}
+
+async fn ready(State(state): State<Arc<ProxyState>>) -> (StatusCode, &'static str) {
+    match state.is_ready() {
+        true => (StatusCode::OK, "LIVE\n"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
+    }
+}
+
+async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::Value> {
+    let config = state.config.load_full();
+    let listeners: Vec<serde_json::Value> = config
+        .listeners
+        .values()
+        .map(|l| {
+            serde_json::json!({
+                "name": l.name, "address": l.address, "port": l.port, "routeConfig": l.route_config,
+            })
+        })
+        .collect();
+    let mut routes: Vec<&String> = config.routes.keys().collect();
+    routes.sort();
+    let mut clusters: Vec<serde_json::Value> = config
+        .clusters
+        .iter()
+        .map(|(name, upstream)| {
+            serde_json::json!({"name": name, "policy": format!("{:?}", upstream.plan.policy), "http2": upstream.plan.http2, "serving": !upstream.balancer.is_empty()})
+        })
+        .collect();
+    clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(serde_json::json!({
+        "versions": config.versions,
+        "listeners": listeners,
+        "routes": routes,
+        "clusters": clusters,
+    }))
+}

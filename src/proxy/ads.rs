@@ -1,0 +1,368 @@
+//! The proxy's ADS client (state of the world): subscribes to clusters and listeners, follows
+//! them to endpoints and route configurations, compiles what arrives, ACKs what it applies and
+//! NACKs, naming resource and field, what it cannot honour — applying the rest of the response
+//! as Envoy does. When the stream fails it keeps serving and reconnects with backoff and jitter.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use xds_api::pb::google::protobuf::Any;
+use xds_api::pb::google::rpc::Status;
+
+use super::bootstrap::Bootstrap;
+use super::config::{Accepted, Config};
+use super::listeners::Listeners;
+use super::ProxyState;
+use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery, Endpoint};
+use crate::core::dataplane::listeners::ListenerPlan;
+use crate::core::dataplane::routes::RouteTable;
+use crate::runtime::log_budget::bounded;
+
+const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+const LISTENERS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// Backoff between reconnects: from 500 ms, doubling, to 30 s, with up to half of it as jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connecting to {address}: {source}")]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("ADS stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("ADS stream: the request channel closed")]
+    Closed,
+}
+
+/// What is subscribed to, and the last nonce, per type.
+#[derive(Default)]
+struct Subscriptions {
+    names: BTreeMap<&'static str, BTreeSet<String>>,
+    nonces: BTreeMap<&'static str, String>,
+}
+
+/// The outcome of applying one response.
+struct Applied {
+    errors: Vec<String>,
+    /// The type whose subscription it changed (EDS after CDS, RDS after LDS).
+    follow: Option<&'static str>,
+}
+
+pub struct AdsClient {
+    pub bootstrap: Bootstrap,
+    pub state: Arc<ProxyState>,
+    pub listeners: Listeners,
+}
+
+impl AdsClient {
+    /// Streams until `stopped`; each failed stream is retried after a backoff.
+    pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
+        let mut accepted = Accepted::default();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let streamed = tokio::select! {
+                result = self.stream(&mut accepted) => result,
+                _ = crate::runtime::stopped_signal(stopped.clone()) => {
+                    self.listeners.stop_all();
+                    return;
+                }
+            };
+            let error = match streamed {
+                Ok(true) => {
+                    backoff = FIRST_BACKOFF;
+                    "the server ended the stream".to_owned()
+                }
+                Ok(false) => "the server ended the stream before any response".to_owned(),
+                Err(error) => error.to_string(),
+            };
+            let jitter = backoff.mul_f64(rand::random::<f64>() / 2.0);
+            let wait = backoff + jitter;
+            tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "xDS stream lost; serving the last accepted config");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => {
+                    self.listeners.stop_all();
+                    return;
+                }
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One stream; whether any response arrived on it.
+    async fn stream(&mut self, accepted: &mut Accepted) -> Result<bool, StreamError> {
+        let address = self.bootstrap.xds_address.clone();
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|source| StreamError::Connect {
+                address: address.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| StreamError::Connect { address, source })?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        let mut subscriptions = Subscriptions::default();
+        // Clusters and listeners first (wildcard); what they reference follows.
+        for (kind, names) in [(CLUSTERS, BTreeSet::new()), (LISTENERS, BTreeSet::new())] {
+            subscriptions.names.insert(kind, names);
+            self.request(&tx, accepted, &subscriptions, kind, None)
+                .await?;
+        }
+        let mut responses = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut any = false;
+        while let Some(response) = responses.message().await? {
+            any = true;
+            let kind = match response.type_url.as_str() {
+                CLUSTERS => CLUSTERS,
+                ENDPOINTS => ENDPOINTS,
+                LISTENERS => LISTENERS,
+                ROUTES => ROUTES,
+                other => {
+                    tracing::warn!(type_url = %bounded(other), "ignoring a response of a type never asked for");
+                    continue;
+                }
+            };
+            subscriptions.nonces.insert(kind, response.nonce.clone());
+            let applied = self
+                .apply(kind, &response, accepted, &mut subscriptions)
+                .await;
+            if applied.errors.is_empty() {
+                accepted
+                    .versions
+                    .insert(kind, response.version_info.clone());
+            } else {
+                tracing::warn!(r#type = kind, version = %response.version_info, errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
+            }
+            self.state.config.store(Arc::new(Config::build(accepted)));
+            if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS)
+            {
+                self.state.mark_ready();
+            }
+            let detail = (!applied.errors.is_empty()).then(|| Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message: applied.errors.join("; "),
+                details: Vec::new(),
+            });
+            self.request(&tx, accepted, &subscriptions, kind, detail)
+                .await?;
+            if let Some(follow) = applied.follow {
+                self.request(&tx, accepted, &subscriptions, follow, None)
+                    .await?;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Asks for `kind` (its current names, the version accepted, the last nonce): an ACK, a
+    /// NACK with `error`, or a subscription change.
+    async fn request(
+        &self,
+        tx: &mpsc::Sender<DiscoveryRequest>,
+        accepted: &Accepted,
+        subscriptions: &Subscriptions,
+        kind: &'static str,
+        error: Option<Status>,
+    ) -> Result<(), StreamError> {
+        let request = DiscoveryRequest {
+            version_info: accepted.versions.get(kind).cloned().unwrap_or_default(),
+            node: Some(self.bootstrap.node.clone()),
+            resource_names: subscriptions
+                .names
+                .get(kind)
+                .map(|n| n.iter().cloned().collect())
+                .unwrap_or_default(),
+            type_url: kind.to_owned(),
+            response_nonce: subscriptions.nonces.get(kind).cloned().unwrap_or_default(),
+            error_detail: error,
+            ..Default::default()
+        };
+        tx.send(request).await.map_err(|_| StreamError::Closed)
+    }
+
+    async fn apply(
+        &mut self,
+        kind: &'static str,
+        response: &DiscoveryResponse,
+        accepted: &mut Accepted,
+        subscriptions: &mut Subscriptions,
+    ) -> Applied {
+        let mut errors = Vec::new();
+        let follow = match kind {
+            CLUSTERS => {
+                let mut clusters = BTreeMap::new();
+                for any in &response.resources {
+                    match decode::<Cluster>(any, kind)
+                        .and_then(|c| ClusterPlan::compile(&c).map_err(|e| e.to_string()))
+                    {
+                        Ok(plan) => {
+                            clusters.insert(plan.name.clone(), plan);
+                        }
+                        Err(error) => {
+                            // A rejected update keeps the cluster as it was, as Envoy does.
+                            errors.push(error);
+                            let name = decode::<Cluster>(any, kind)
+                                .map(|c| c.name)
+                                .unwrap_or_default();
+                            if let Some(old) = accepted.clusters.get(&name) {
+                                clusters.insert(name, old.clone());
+                            }
+                        }
+                    }
+                }
+                for plan in clusters.values() {
+                    if let Discovery::Dns(assignment) = &plan.discovery {
+                        let resolved = resolve(assignment).await;
+                        accepted.assignments.insert(plan.name.clone(), resolved);
+                    }
+                }
+                accepted.clusters = clusters;
+                let eds: BTreeSet<String> = accepted
+                    .clusters
+                    .values()
+                    .filter(|p| p.discovery == Discovery::Eds)
+                    .map(|p| p.name.clone())
+                    .collect();
+                let dns: BTreeSet<&String> = accepted
+                    .clusters
+                    .values()
+                    .filter(|p| matches!(p.discovery, Discovery::Dns(_)))
+                    .map(|p| &p.name)
+                    .collect();
+                accepted
+                    .assignments
+                    .retain(|name, _| eds.contains(name) || dns.contains(name));
+                let changed = subscriptions.names.get(ENDPOINTS) != Some(&eds);
+                subscriptions.names.insert(ENDPOINTS, eds);
+                changed.then_some(ENDPOINTS)
+            }
+            ENDPOINTS => {
+                for any in &response.resources {
+                    match decode::<ClusterLoadAssignment>(any, kind).and_then(|cla| {
+                        let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
+                        Assignment::compile(&cla, &resource)
+                            .map(|a| (cla.cluster_name, a))
+                            .map_err(|e| e.to_string())
+                    }) {
+                        Ok((name, assignment)) => {
+                            accepted.assignments.insert(name, assignment);
+                        }
+                        Err(error) => errors.push(error),
+                    }
+                }
+                None
+            }
+            LISTENERS => {
+                let mut plans = BTreeMap::new();
+                for any in &response.resources {
+                    match decode::<Listener>(any, kind)
+                        .and_then(|l| ListenerPlan::compile(&l).map_err(|e| e.to_string()))
+                    {
+                        Ok(plan) => {
+                            plans.insert(plan.name.clone(), plan);
+                        }
+                        Err(error) => {
+                            errors.push(error);
+                            let name = decode::<Listener>(any, kind)
+                                .map(|l| l.name)
+                                .unwrap_or_default();
+                            if let Some(old) = accepted.listeners.get(&name) {
+                                plans.insert(name, old.clone());
+                            }
+                        }
+                    }
+                }
+                // Binding can fail (the port is taken): the listener it replaces keeps serving.
+                for (name, error) in self.listeners.reconcile(&plans, &self.state) {
+                    errors.push(format!("Listener {name}: address: {error}"));
+                    match accepted.listeners.get(&name) {
+                        Some(old) => {
+                            plans.insert(name, old.clone());
+                        }
+                        None => {
+                            plans.remove(&name);
+                        }
+                    }
+                }
+                accepted.listeners = plans;
+                let routes: BTreeSet<String> = accepted
+                    .listeners
+                    .values()
+                    .map(|l| l.route_config.clone())
+                    .collect();
+                accepted.routes.retain(|name, _| routes.contains(name));
+                let changed = subscriptions.names.get(ROUTES) != Some(&routes);
+                subscriptions.names.insert(ROUTES, routes);
+                changed.then_some(ROUTES)
+            }
+            _ => {
+                for any in &response.resources {
+                    match decode::<RouteConfiguration>(any, kind)
+                        .and_then(|r| RouteTable::compile(&r).map_err(|e| e.to_string()))
+                    {
+                        Ok(table) => {
+                            accepted.routes.insert(table.name.clone(), Arc::new(table));
+                        }
+                        Err(error) => errors.push(error),
+                    }
+                }
+                None
+            }
+        };
+        Applied { errors, follow }
+    }
+}
+
+fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {
+    if any.type_url != kind {
+        return Err(format!("a {} in a {kind} response", any.type_url));
+    }
+    M::decode(any.value.as_slice()).map_err(|e| format!("undecodable {kind}: {e}"))
+}
+
+/// A DNS cluster's hosts resolved to addresses (IPv4 first); a name that does not resolve
+/// contributes no endpoint.
+async fn resolve(assignment: &Assignment) -> Assignment {
+    let mut resolved = assignment.clone();
+    for locality in &mut resolved.localities {
+        let mut endpoints = Vec::new();
+        for endpoint in &locality.endpoints {
+            let found = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port)).await;
+            let mut addresses: Vec<std::net::SocketAddr> =
+                found.map(|a| a.collect()).unwrap_or_default();
+            addresses.sort_by_key(|a| !a.is_ipv4());
+            if let Some(address) = addresses.first() {
+                endpoints.push(Endpoint {
+                    host: address.ip().to_string(),
+                    port: endpoint.port,
+                    weight: endpoint.weight,
+                });
+            }
+        }
+        locality.endpoints = endpoints;
+    }
+    resolved
+}

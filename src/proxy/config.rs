@@ -1,0 +1,69 @@
+//! What the proxy serves: the resources it accepted, compiled, and the snapshot of them that
+//! requests read. A snapshot is rebuilt whole after every accepted response and swapped in by
+//! pointer, so a request sees one consistent config from start to end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery};
+use crate::core::dataplane::listeners::ListenerPlan;
+use crate::core::dataplane::routes::RouteTable;
+
+/// The accepted resources of each type, compiled, with the version of each type.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    pub listeners: BTreeMap<String, ListenerPlan>,
+    pub routes: BTreeMap<String, Arc<RouteTable>>,
+    pub clusters: BTreeMap<String, ClusterPlan>,
+    /// EDS assignments by cluster name, and DNS clusters' resolved endpoints.
+    pub assignments: BTreeMap<String, Assignment>,
+    pub versions: BTreeMap<&'static str, String>,
+}
+
+/// One cluster as requests use it.
+#[derive(Debug)]
+pub struct Upstream {
+    pub plan: ClusterPlan,
+    pub balancer: Balancer,
+}
+
+/// The snapshot requests read.
+#[derive(Debug, Default)]
+pub struct Config {
+    pub listeners: BTreeMap<String, ListenerPlan>,
+    pub routes: HashMap<String, Arc<RouteTable>>,
+    pub clusters: HashMap<String, Arc<Upstream>>,
+    pub versions: BTreeMap<&'static str, String>,
+}
+
+impl Config {
+    /// A snapshot of `accepted`. A cluster is usable once its endpoints arrived (EDS) or were
+    /// resolved (DNS); until then requests for it get 503, as for an unknown cluster.
+    pub fn build(accepted: &Accepted) -> Config {
+        let clusters = accepted
+            .clusters
+            .iter()
+            .filter_map(|(name, plan)| {
+                let assignment = match &plan.discovery {
+                    Discovery::Static(assignment) => assignment,
+                    Discovery::Eds | Discovery::Dns(_) => accepted.assignments.get(name)?,
+                };
+                let upstream = Upstream {
+                    plan: plan.clone(),
+                    balancer: Balancer::new(plan, assignment),
+                };
+                Some((name.clone(), Arc::new(upstream)))
+            })
+            .collect();
+        Config {
+            listeners: accepted.listeners.clone(),
+            routes: accepted
+                .routes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            clusters,
+            versions: accepted.versions.clone(),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The request path: the compiled route table says where a request goes, the cluster's
+//! balancer which endpoint; this module only moves bytes and applies the header edits, with
+//! Envoy's gateway defaults (`x-forwarded-for`, `x-request-id`, the port stripped from Host).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use super::ProxyState;
+use crate::core::dataplane::routes::{
+    strip_port, Action, Forward, HeaderEdits, RequestHead, Route, Target,
+};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies up to this size are buffered so a retry can send them again.
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "trailer",
+];
+
+pub async fn handle(
+    request: Request<Incoming>,
+    listener: Arc<str>,
+    remote: SocketAddr,
+    state: Arc<ProxyState>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let config = state.config.load_full();
+    let Some(table) = config
+        .listeners
+        .get(&*listener)
+        .and_then(|l| config.routes.get(&l.route_config))
+    else {
+        return Ok(local_reply(StatusCode::NOT_FOUND, None));
+    };
+    // Meridian's listeners strip any port from the host (Envoy's strip_any_host_port): for
+    // matching, redirects and the Host sent upstream alike.
+    let authority = strip_port(
+        request
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default(),
+    )
+    .to_owned();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let head = RequestHead {
+        method: request.method().as_str(),
+        authority: &authority,
+        path: &path,
+        headers: request.headers(),
+    };
+    let Some(route) = table.route(&head) else {
+        return Ok(local_reply(StatusCode::NOT_FOUND, None));
+    };
+    let mut response = match &route.action {
+        Action::Direct { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            local_reply(status, body.clone())
+        }
+        Action::Redirect(redirect) => {
+            let mut reply = local_reply(
+                StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+                None,
+            );
+            if let Ok(location) =
+                HeaderValue::from_str(&redirect.location("http", &authority, &path))
+            {
+                reply.headers_mut().insert(LOCATION, location);
+            }
+            reply
+        }
+        Action::Forward(forward) => {
+            let target = forward.target(rand::random());
+            let mut response = proxy(
+                request, route, forward, target, &authority, &path, remote, &state, &config,
+            )
+            .await;
+            edit_response(response.headers_mut(), &target.edits);
+            response
+        }
+    };
+    edit_response(response.headers_mut(), &route.edits);
+    Ok(response)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    request: Request<Incoming>,
+    route: &Route,
+    forward: &Forward,
+    target: &Target,
+    authority: &str,
+    path: &str,
+    remote: SocketAddr,
+    state: &ProxyState,
+    config: &super::config::Config,
+) -> Response<ProxyBody> {
+    let Some(upstream) = config.clusters.get(&target.cluster) else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, None);
+    };
+    let (parts, body) = request.into_parts();
+    let content_length = parts.headers_len_hint();
+    let method = parts.method;
+    let mut headers = parts.headers;
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let host = forward
+        .host_rewrite
+        .clone()
+        .unwrap_or_else(|| authority.to_owned());
+    if let Ok(host) = HeaderValue::from_str(&host) {
+        headers.insert(HOST, host);
+    }
+    append_forwarded_for(&mut headers, remote);
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !headers.contains_key("x-request-id") {
+        if let Ok(id) = HeaderValue::from_str(&request_id()) {
+            headers.insert("x-request-id", id);
+        }
+    }
+    // Envoy's order: the weighted cluster's edits, then the route's (which win a conflict).
+    edit_request(&mut headers, &target.edits);
+    edit_request(&mut headers, &route.edits);
+    let upstream_path = forward
+        .rewrite_path(route, path)
+        .unwrap_or_else(|| path.to_owned());
+
+    let retry = forward.retry.as_ref();
+    let small = content_length.is_some_and(|len| len <= RETRY_BUFFER);
+    let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) =
+        match (retry, small || body_is_empty(&method)) {
+            (Some(_), true) => match body.collect().await {
+                Ok(collected) => (Some(collected.to_bytes()), None),
+                Err(_) => return local_reply(StatusCode::BAD_REQUEST, None),
+            },
+            _ => (None, Some(body)),
+        };
+    let attempts = retry.map_or(1, |r| r.attempts.saturating_add(1));
+    let per_try = retry.and_then(|r| r.per_try_timeout).or(forward.timeout);
+    let mut last = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some("no healthy upstream".to_owned()),
+    );
+    for attempt in 0..attempts {
+        let Some(pick) = upstream.balancer.pick(rand::random()) else {
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("no healthy upstream".to_owned()),
+            );
+        };
+        let endpoint = upstream.balancer.endpoint(pick);
+        let _active = upstream.balancer.start(pick);
+        let uri: Uri = match format!(
+            "http://{}{upstream_path}",
+            host_port(&endpoint.host, endpoint.port)
+        )
+        .parse()
+        {
+            Ok(uri) => uri,
+            Err(_) => return local_reply(StatusCode::BAD_REQUEST, None),
+        };
+        let body: ProxyBody = match (&buffered, streamed.take()) {
+            (Some(bytes), _) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed(),
+            (None, Some(incoming)) => incoming.boxed(),
+            (None, None) => break,
+        };
+        let mut outgoing = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(body)
+            .unwrap_or_default();
+        *outgoing.headers_mut() = headers.clone();
+        if upstream.plan.http2 {
+            *outgoing.version_mut() = http::Version::HTTP_2;
+        }
+        let client = state.client(upstream.plan.connect_timeout, upstream.plan.http2);
+        let sent = client.request(outgoing);
+        let outcome = match per_try {
+            Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let retriable = |status: StatusCode| {
+            retry.is_some_and(|r| {
+                (r.on_5xx && status.is_server_error())
+                    || (r.on_gateway_error && matches!(status.as_u16(), 502..=504))
+                    || r.statuses.contains(&status.as_u16())
+            })
+        };
+        match outcome {
+            Err(()) => {
+                last = local_reply(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Some("upstream request timeout".to_owned()),
+                );
+                if !retry.is_some_and(|r| r.on_5xx || r.on_gateway_error) {
+                    return last;
+                }
+            }
+            Ok(Err(error)) => {
+                let connect = error.is_connect();
+                last = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: {}",
+                        if connect { "connection failure" } else { "connection termination" }
+                    )),
+                );
+                let again = retry.is_some_and(|r| {
+                    r.on_5xx
+                        || r.on_gateway_error
+                        || (connect && r.on_connect_failure)
+                        || (!connect && r.on_reset)
+                });
+                if !again {
+                    return last;
+                }
+            }
+            Ok(Ok(response)) => {
+                let status = response.status();
+                let (mut parts, body) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(name);
+                }
+                let response = Response::from_parts(parts, body.boxed());
+                if attempt + 1 < attempts && retriable(status) {
+                    last = response;
+                    continue;
+                }
+                return response;
+            }
+        }
+        if attempt + 1 < attempts {
+            tokio::time::sleep(retry_backoff(attempt)).await;
+        }
+    }
+    last
+}
+
+/// Envoy's default retry back-off: 25 ms base, jittered, doubling.
+fn retry_backoff(attempt: u32) -> Duration {
+    let base = 25u64.saturating_mul(1 << attempt.min(6));
+    Duration::from_millis(rand::random::<u64>() % base.max(1) + 1)
+}
+
+trait LengthHint {
+    fn headers_len_hint(&self) -> Option<u64>;
+}
+
+impl LengthHint for http::request::Parts {
+    fn headers_len_hint(&self) -> Option<u64> {
+        self.headers
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+}
+
+fn body_is_empty(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
+    )
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+/// A random UUID (version 4), as Envoy generates for `x-request-id`.
+fn request_id() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+fn edit_request(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    apply(headers, &edits.request_set, &edits.request_remove);
+}
+
+fn edit_response(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    apply(headers, &edits.response_set, &edits.response_remove);
+}
+
+fn apply(headers: &mut HeaderMap, set: &[(HeaderName, HeaderValue, bool)], remove: &[HeaderName]) {
+    for name in remove {
+        headers.remove(name);
+    }
+    for (name, value, append) in set {
+        if *append {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A response the proxy makes itself (no route, no upstream, a redirect, a direct response).
+fn local_reply(status: StatusCode, body: Option<String>) -> Response<ProxyBody> {
+    let mut response = Response::builder().status(status);
+    let body: ProxyBody = match body {
+        Some(text) => {
+            response = response.header(http::header::CONTENT_TYPE, "text/plain");
+            Full::new(Bytes::from(text))
+                .map_err(|never| match never {})
+                .boxed()
+        }
+        None => Empty::new().map_err(|never| match never {}).boxed(),
+    };
+    response.body(body).unwrap_or_default()
+}

@@ -1,0 +1,328 @@
+//! The routing conformance suite: every case in `tests/conformance/` runs against Envoy 1.40
+//! and `meridian proxy`, both fed by one Meridian, and both must meet every expectation.
+//! See `tests/conformance/README.md` for the case format.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use meridian::control_plane::bootstrap::BootstrapOptions;
+use serde::Deserialize;
+use support::*;
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    template: serde_yaml::Value,
+    requests: Vec<Probe>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Probe {
+    host: String,
+    path: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    samples: Option<usize>,
+    expect: Expect,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Expect {
+    backend: Option<String>,
+    status: Option<u16>,
+    body: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    absent: Vec<String>,
+    location: Option<String>,
+    #[serde(default)]
+    distribution: BTreeMap<String, f64>,
+}
+
+/// An HTTP backend that answers with its name and echoes the request as it arrived.
+struct EchoBackend {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoBackend {
+    async fn start(name: &'static str) -> EchoBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| async move {
+            let mut response = axum::response::Response::new(axum::body::Body::from(name));
+            let headers = response.headers_mut();
+            let mut put = |key: String, value: &str| {
+                if let (Ok(k), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(key.as_bytes()),
+                    axum::http::HeaderValue::from_str(value),
+                ) {
+                    headers.append(k, v);
+                }
+            };
+            put("x-backend".into(), name);
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            put("x-seen-path".into(), path);
+            for (key, value) in request.headers() {
+                put(format!("x-seen-{key}"), value.to_str().unwrap_or_default());
+            }
+            response
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        EchoBackend { port, task }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn gateways(envoy_port: u16, proxy_port: u16) -> String {
+    let gateway = |name: &str, port: u16| {
+        format!(
+            "    - metadata: {{name: {name}}}\n      spec:\n        servers:\n        - port: {{number: {port}, protocol: HTTP}}\n          bind: 127.0.0.1\n          hosts: [\"*/*.example.test\"]\n"
+        )
+    };
+    format!(
+        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}",
+        gateway("envoy", envoy_port),
+        gateway("proxy", proxy_port)
+    )
+}
+
+/// The case's template as an AccessPoint, its routes bound to both gateways.
+fn access_point(name: &str, template: &serde_yaml::Value) -> String {
+    let template = serde_yaml::to_string(template)
+        .unwrap()
+        .replace("- edge/public", "- edge/envoy\n    - edge/proxy")
+        .replace("[edge/public]", "[edge/envoy, edge/proxy]");
+    let indented: String = template.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  template:\n{indented}"
+    )
+}
+
+fn cases() -> Vec<(String, Case)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    let mut cases: Vec<(String, Case)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&p).unwrap();
+            let case: Case =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (name, case)
+        })
+        .collect();
+    cases.sort_by(|a, b| a.0.cmp(&b.0));
+    cases
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+async fn send(client: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer, String> {
+    let method = reqwest::Method::from_bytes(probe.method.as_deref().unwrap_or("GET").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut request = client
+        .request(method, format!("http://127.0.0.1:{port}{}", probe.path))
+        .header("host", &probe.host);
+    for (k, v) in &probe.headers {
+        request = request.header(k, v);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.map_err(|e| e.to_string())?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// What is wrong with `answer` for `expect`, if anything.
+fn check(expect: &Expect, answer: &Answer, port: u16) -> Vec<String> {
+    let mut wrong = Vec::new();
+    if let Some(status) = expect.status {
+        if answer.status != status {
+            wrong.push(format!("status {} (want {status})", answer.status));
+        }
+    }
+    if let Some(backend) = &expect.backend {
+        if answer.status != 200 || &answer.body != backend {
+            wrong.push(format!(
+                "answered {} {:?} (want backend {backend})",
+                answer.status, answer.body
+            ));
+        }
+    }
+    if let Some(body) = &expect.body {
+        if &answer.body != body {
+            wrong.push(format!("body {:?} (want {body:?})", answer.body));
+        }
+    }
+    let header = |name: &str| {
+        answer
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for (name, value) in &expect.headers {
+        if &header(name) != value {
+            wrong.push(format!(
+                "header {name}: {:?} (want {value:?})",
+                header(name)
+            ));
+        }
+    }
+    for name in &expect.absent {
+        if answer.headers.contains_key(name.as_str()) {
+            wrong.push(format!("header {name} present: {:?}", header(name)));
+        }
+    }
+    if let Some(location) = &expect.location {
+        let location = location.replace("{port}", &port.to_string());
+        if header("location") != location {
+            wrong.push(format!(
+                "location {:?} (want {location:?})",
+                header("location")
+            ));
+        }
+    }
+    wrong
+}
+
+async fn run_probe(client: &reqwest::Client, port: u16, probe: &Probe) -> Vec<String> {
+    if !probe.expect.distribution.is_empty() {
+        let samples = probe.samples.unwrap_or(200);
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..samples {
+            match send(client, port, probe).await {
+                Ok(answer) => *counts.entry(answer.body).or_default() += 1,
+                Err(e) => return vec![e],
+            }
+        }
+        let mut wrong = Vec::new();
+        for (backend, share) in &probe.expect.distribution {
+            let seen = counts.get(backend).copied().unwrap_or(0) as f64 / samples as f64;
+            if (seen - share).abs() > 0.08 {
+                wrong.push(format!(
+                    "{backend} took {seen:.2} of {samples} (want {share:.2})"
+                ));
+            }
+        }
+        return wrong;
+    }
+    match send(client, port, probe).await {
+        Ok(answer) => check(&probe.expect, &answer, port),
+        Err(e) => vec![e],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_meridian_proxy_route_every_case_alike() {
+    let cases = cases();
+    assert!(!cases.is_empty());
+    let alpha = EchoBackend::start("alpha").await;
+    let beta = EchoBackend::start("beta").await;
+    let gamma = EchoBackend::start("gamma").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let (envoy_port, proxy_port, xds_port) = (free_port(), free_port(), free_port());
+    let backends = loopback_service("alpha", alpha.port)
+        + &loopback_service("beta", beta.port)
+        + &loopback_service("gamma", gamma.port);
+    std::fs::write(config.join("backends.yaml"), backends).unwrap();
+    std::fs::write(
+        config.join("gateways.yaml"),
+        gateways(envoy_port, proxy_port),
+    )
+    .unwrap();
+    for (name, case) in &cases {
+        std::fs::write(
+            config.join(format!("{name}.yaml")),
+            access_point(name, &case.template),
+        )
+        .unwrap();
+    }
+    let meridian = start_meridian(&config, &state, xds_port).await;
+    let options = |node: &str, gateway: &str| BootstrapOptions {
+        node_id: node.into(),
+        gateway: gateway.into(),
+        cluster: None,
+        zone: None,
+        xds_host: "127.0.0.1".into(),
+        xds_port,
+        delta: false,
+        admin_port: free_port(),
+        tls: None,
+    };
+    let envoy = Envoy::launch(dir.path(), options("conformance-envoy", "edge/envoy"));
+    let proxy = MeridianProxy::start(dir.path(), options("conformance-proxy", "edge/proxy"));
+    // Redirects are answers to check, not to follow.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let first = &cases[0].1.requests[0];
+    for (what, port) in [("Envoy", envoy_port), ("meridian proxy", proxy_port)] {
+        let ready = || async { run_probe(&client, port, first).await.is_empty() };
+        let mut waited = Duration::ZERO;
+        while !ready().await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+            assert!(
+                waited < Duration::from_secs(30),
+                "{what} never served the first case; proxy log:\n{}",
+                std::fs::read_to_string(&proxy.log).unwrap_or_default()
+            );
+        }
+    }
+    let mut failures = Vec::new();
+    for (name, case) in &cases {
+        for (i, probe) in case.requests.iter().enumerate() {
+            for (what, port) in [("envoy", envoy_port), ("meridian-proxy", proxy_port)] {
+                for wrong in run_probe(&client, port, probe).await {
+                    failures.push(format!(
+                        "{name}[{i}] {} {}{} on {what}: {wrong}",
+                        probe.method.as_deref().unwrap_or("GET"),
+                        probe.host,
+                        probe.path
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}\n\nproxy log:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        std::fs::read_to_string(&proxy.log).unwrap_or_default()
+    );
+    drop((envoy, proxy));
+    meridian.shutdown().await.unwrap();
+}
