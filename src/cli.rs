@@ -161,6 +161,14 @@ pub enum Command {
         /// Admin listener (`/ready`, `/config_dump`); default: the bootstrap's admin address.
         #[arg(long)]
         admin_addr: Option<std::net::SocketAddr>,
+        /// Keep the last accepted config in this directory and serve it at start, before
+        /// Meridian answers (a restart while Meridian is unreachable keeps serving).
+        #[arg(long)]
+        config_cache: Option<PathBuf>,
+        /// Report not ready (`/ready` 503) until Meridian itself sent a config, even when the
+        /// cached one is served.
+        #[arg(long)]
+        wait_first_config: bool,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -491,6 +499,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Proxy {
             config_path,
             admin_addr,
+            config_cache,
+            wait_first_config,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -500,6 +510,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = crate::proxy::ProxyOptions {
                 bootstrap: config_path,
                 admin_addr,
+                config_cache,
+                wait_first_config,
             };
             crate::proxy::run(options, stopped).await
         }

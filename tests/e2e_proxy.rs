@@ -86,20 +86,22 @@ impl Setup {
     }
 
     fn proxy(&self) -> MeridianProxy {
-        MeridianProxy::start(
-            self.dir.path(),
-            BootstrapOptions {
-                node_id: "gw-proxy".into(),
-                gateway: "edge/public".into(),
-                cluster: None,
-                zone: None,
-                xds_host: "127.0.0.1".into(),
-                xds_port: self.xds_port,
-                delta: false,
-                admin_port: free_port(),
-                tls: None,
-            },
-        )
+        self.proxy_with(free_port(), &[])
+    }
+
+    fn proxy_with(&self, admin_port: u16, args: &[&str]) -> MeridianProxy {
+        let options = BootstrapOptions {
+            node_id: "gw-proxy".into(),
+            gateway: "edge/public".into(),
+            cluster: None,
+            zone: None,
+            xds_host: "127.0.0.1".into(),
+            xds_port: self.xds_port,
+            delta: false,
+            admin_port,
+            tls: None,
+        };
+        MeridianProxy::start_with(self.dir.path(), options, args)
     }
 }
 
@@ -219,6 +221,73 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     .await;
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     assert!(log.contains("rejected (NACK)"), "{log}");
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+}
+
+/// (status, body) of the proxy's `/ready`.
+async fn ready(client: &reqwest::Client, admin_port: u16) -> (u16, String) {
+    match client
+        .get(format!("http://127.0.0.1:{admin_port}/ready"))
+        .send()
+        .await
+    {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_meridian_is_down_serves_the_cached_config_at_once() {
+    let setup = Setup::new().await;
+    let cache = setup.dir.path().join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cache_arg = cache.to_str().unwrap().to_owned();
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let client = client();
+    let port = setup.port;
+    let admin = free_port();
+    let proxy = setup.proxy_with(admin, &["--config-cache", &cache_arg]);
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/b", "alpha")
+    })
+    .await;
+    assert_eq!(ready(&client, admin).await, (200, "LIVE\n".to_owned()));
+    let file = cache.join("meridian-proxy-config.pb");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the cache may hold secrets");
+
+    // Both gone; the proxy comes back first and serves what it had, without Meridian.
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+    let admin = free_port();
+    let proxy = setup.proxy_with(
+        admin,
+        &["--config-cache", &cache_arg, "--wait-first-config"],
+    );
+    let took = eventually(Duration::from_secs(10), "the cached config served", || {
+        routes_to(&client, port, "/b", "alpha")
+    })
+    .await;
+    eprintln!("served from the cache {took:?} after the start, Meridian down");
+    let (status, body) = ready(&client, admin).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("SERVING_CACHED_CONFIG"), "{body}");
+
+    // Meridian back, with a change meanwhile: followed, and ready.
+    write(&setup.config(), "shop.yaml", &shop(port, "beta", ""));
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    eventually(
+        Duration::from_secs(40),
+        "the proxy follows Meridian again",
+        || routes_to(&client, port, "/b", "beta"),
+    )
+    .await;
+    assert_eq!(ready(&client, admin).await.0, 200);
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }

@@ -1,5 +1,6 @@
-//! The proxy's admin listener: `/ready` (200 `LIVE` once a first config is applied, 503
-//! before), and `/config_dump`: what is applied, per type and version.
+//! The proxy's admin listener: `/ready` (200 `LIVE` once a first config is applied — from the
+//! cache too, unless `--wait-first-config` — 503 before, saying which), and `/config_dump`:
+//! what is applied, per type and version.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
-use super::ProxyState;
+use super::{ProxyState, Readiness};
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -26,9 +27,17 @@ pub async fn serve(
 }
 
 async fn ready(State(state): State<Arc<ProxyState>>) -> (StatusCode, &'static str) {
-    match state.is_ready() {
-        true => (StatusCode::OK, "LIVE\n"),
-        false => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
+    match (state.readiness(), state.wait_first_config) {
+        (Readiness::Live, _) => (StatusCode::OK, "LIVE\n"),
+        (Readiness::Cached, false) => (
+            StatusCode::OK,
+            "LIVE: serving the cached config; Meridian not reached yet\n",
+        ),
+        (Readiness::Cached, true) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVING_CACHED_CONFIG: waiting for Meridian's (--wait-first-config)\n",
+        ),
+        (Readiness::Initializing, _) => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
     }
 }
 

@@ -20,13 +20,14 @@ use xds_api::pb::google::protobuf::Any;
 use xds_api::pb::google::rpc::Status;
 
 use super::bootstrap::Bootstrap;
+use super::cache::ConfigCache;
 use super::config::{Accepted, Config};
 use super::listeners::Listeners;
 use super::ProxyState;
 use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery, Endpoint};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::routes::RouteTable;
-use crate::runtime::log_budget::bounded;
+use crate::runtime::log_budget::{bounded, LogBudget};
 
 const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -68,12 +69,14 @@ pub struct AdsClient {
     pub bootstrap: Bootstrap,
     pub state: Arc<ProxyState>,
     pub listeners: Listeners,
+    pub cache: Option<ConfigCache>,
 }
 
 impl AdsClient {
     /// Streams until `stopped`; each failed stream is retried after a backoff.
     pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         let mut accepted = Accepted::default();
+        self.serve_cache(&mut accepted).await;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let streamed = tokio::select! {
@@ -103,6 +106,45 @@ impl AdsClient {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Applies the cached config, if there is one, before Meridian answers.
+    async fn serve_cache(&mut self, accepted: &mut Accepted) {
+        let Some(cache) = self.cache.clone() else {
+            return;
+        };
+        let responses = match cache.load() {
+            Ok(responses) => responses,
+            Err(error) => {
+                tracing::warn!(%error, "config cache unreadable; starting without it");
+                return;
+            }
+        };
+        if responses.is_empty() {
+            return;
+        }
+        let mut subscriptions = Subscriptions::default();
+        for response in &responses {
+            let Some(kind) = known(&response.type_url) else {
+                continue;
+            };
+            let applied = self
+                .apply(kind, response, accepted, &mut subscriptions)
+                .await;
+            if !applied.errors.is_empty() {
+                tracing::warn!(r#type = kind, errors = %bounded(&applied.errors.join("; ")), "cached resources this version cannot honour are left out");
+            }
+            accepted
+                .versions
+                .insert(kind, response.version_info.clone());
+        }
+        self.state.config.store(Arc::new(Config::build(accepted)));
+        self.state.mark_cached();
+        tracing::info!(
+            listeners = accepted.listeners.len(),
+            clusters = accepted.clusters.len(),
+            "serving the cached config until Meridian answers"
+        );
     }
 
     /// One stream; whether any response arrived on it.
@@ -136,12 +178,10 @@ impl AdsClient {
         let mut any = false;
         while let Some(response) = responses.message().await? {
             any = true;
-            let kind = match response.type_url.as_str() {
-                CLUSTERS => CLUSTERS,
-                ENDPOINTS => ENDPOINTS,
-                LISTENERS => LISTENERS,
-                ROUTES => ROUTES,
-                other => {
+            let kind = match known(&response.type_url) {
+                Some(kind) => kind,
+                None => {
+                    let other = response.type_url.as_str();
                     tracing::warn!(type_url = %bounded(other), "ignoring a response of a type never asked for");
                     continue;
                 }
@@ -161,6 +201,15 @@ impl AdsClient {
             if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS)
             {
                 self.state.mark_ready();
+            }
+            if let Some(cache) = &self.cache {
+                if let Err(error) = cache.save(accepted, &[CLUSTERS, ENDPOINTS, LISTENERS, ROUTES])
+                {
+                    static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
+                    if let Some(suppressed) = SAVE.allow() {
+                        tracing::warn!(%error, suppressed, "cannot write the config cache");
+                    }
+                }
             }
             let detail = (!applied.errors.is_empty()).then(|| Status {
                 code: tonic::Code::InvalidArgument as i32,
@@ -213,12 +262,15 @@ impl AdsClient {
         let mut errors = Vec::new();
         let follow = match kind {
             CLUSTERS => {
+                let old_raw = accepted.raw.remove(CLUSTERS).unwrap_or_default();
                 let mut clusters = BTreeMap::new();
+                let mut raw = BTreeMap::new();
                 for any in &response.resources {
-                    match decode::<Cluster>(any, kind)
-                        .and_then(|c| ClusterPlan::compile(&c).map_err(|e| e.to_string()))
-                    {
+                    let compiled = decode::<Cluster>(any, kind)
+                        .and_then(|c| ClusterPlan::compile(&c).map_err(|e| e.to_string()));
+                    match compiled {
                         Ok(plan) => {
+                            raw.insert(plan.name.clone(), any.clone());
                             clusters.insert(plan.name.clone(), plan);
                         }
                         Err(error) => {
@@ -227,7 +279,10 @@ impl AdsClient {
                             let name = decode::<Cluster>(any, kind)
                                 .map(|c| c.name)
                                 .unwrap_or_default();
-                            if let Some(old) = accepted.clusters.get(&name) {
+                            if let (Some(old), Some(old_any)) =
+                                (accepted.clusters.get(&name), old_raw.get(&name))
+                            {
+                                raw.insert(name.clone(), old_any.clone());
                                 clusters.insert(name, old.clone());
                             }
                         }
@@ -240,6 +295,7 @@ impl AdsClient {
                     }
                 }
                 accepted.clusters = clusters;
+                accepted.raw.insert(CLUSTERS, raw);
                 let eds: BTreeSet<String> = accepted
                     .clusters
                     .values()
@@ -255,19 +311,27 @@ impl AdsClient {
                 accepted
                     .assignments
                     .retain(|name, _| eds.contains(name) || dns.contains(name));
+                accepted
+                    .raw
+                    .entry(ENDPOINTS)
+                    .or_default()
+                    .retain(|name, _| eds.contains(name));
                 let changed = subscriptions.names.get(ENDPOINTS) != Some(&eds);
                 subscriptions.names.insert(ENDPOINTS, eds);
                 changed.then_some(ENDPOINTS)
             }
             ENDPOINTS => {
                 for any in &response.resources {
-                    match decode::<ClusterLoadAssignment>(any, kind).and_then(|cla| {
+                    let compiled = decode::<ClusterLoadAssignment>(any, kind).and_then(|cla| {
                         let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
                         Assignment::compile(&cla, &resource)
                             .map(|a| (cla.cluster_name, a))
                             .map_err(|e| e.to_string())
-                    }) {
+                    });
+                    match compiled {
                         Ok((name, assignment)) => {
+                            let raw = accepted.raw.entry(ENDPOINTS).or_default();
+                            raw.insert(name.clone(), any.clone());
                             accepted.assignments.insert(name, assignment);
                         }
                         Err(error) => errors.push(error),
@@ -276,12 +340,15 @@ impl AdsClient {
                 None
             }
             LISTENERS => {
+                let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
                 let mut plans = BTreeMap::new();
+                let mut raw = BTreeMap::new();
                 for any in &response.resources {
-                    match decode::<Listener>(any, kind)
-                        .and_then(|l| ListenerPlan::compile(&l).map_err(|e| e.to_string()))
-                    {
+                    let compiled = decode::<Listener>(any, kind)
+                        .and_then(|l| ListenerPlan::compile(&l).map_err(|e| e.to_string()));
+                    match compiled {
                         Ok(plan) => {
+                            raw.insert(plan.name.clone(), any.clone());
                             plans.insert(plan.name.clone(), plan);
                         }
                         Err(error) => {
@@ -289,7 +356,10 @@ impl AdsClient {
                             let name = decode::<Listener>(any, kind)
                                 .map(|l| l.name)
                                 .unwrap_or_default();
-                            if let Some(old) = accepted.listeners.get(&name) {
+                            if let (Some(old), Some(old_any)) =
+                                (accepted.listeners.get(&name), old_raw.get(&name))
+                            {
+                                raw.insert(name.clone(), old_any.clone());
                                 plans.insert(name, old.clone());
                             }
                         }
@@ -298,32 +368,42 @@ impl AdsClient {
                 // Binding can fail (the port is taken): the listener it replaces keeps serving.
                 for (name, error) in self.listeners.reconcile(&plans, &self.state) {
                     errors.push(format!("Listener {name}: address: {error}"));
-                    match accepted.listeners.get(&name) {
-                        Some(old) => {
+                    match (accepted.listeners.get(&name), old_raw.get(&name)) {
+                        (Some(old), Some(old_any)) => {
+                            raw.insert(name.clone(), old_any.clone());
                             plans.insert(name, old.clone());
                         }
-                        None => {
+                        _ => {
+                            raw.remove(&name);
                             plans.remove(&name);
                         }
                     }
                 }
                 accepted.listeners = plans;
+                accepted.raw.insert(LISTENERS, raw);
                 let routes: BTreeSet<String> = accepted
                     .listeners
                     .values()
                     .map(|l| l.route_config.clone())
                     .collect();
                 accepted.routes.retain(|name, _| routes.contains(name));
+                accepted
+                    .raw
+                    .entry(ROUTES)
+                    .or_default()
+                    .retain(|name, _| routes.contains(name));
                 let changed = subscriptions.names.get(ROUTES) != Some(&routes);
                 subscriptions.names.insert(ROUTES, routes);
                 changed.then_some(ROUTES)
             }
             _ => {
                 for any in &response.resources {
-                    match decode::<RouteConfiguration>(any, kind)
-                        .and_then(|r| RouteTable::compile(&r).map_err(|e| e.to_string()))
-                    {
+                    let compiled = decode::<RouteConfiguration>(any, kind)
+                        .and_then(|r| RouteTable::compile(&r).map_err(|e| e.to_string()));
+                    match compiled {
                         Ok(table) => {
+                            let raw = accepted.raw.entry(ROUTES).or_default();
+                            raw.insert(table.name.clone(), any.clone());
                             accepted.routes.insert(table.name.clone(), Arc::new(table));
                         }
                         Err(error) => errors.push(error),
@@ -334,6 +414,13 @@ impl AdsClient {
         };
         Applied { errors, follow }
     }
+}
+
+/// The type a response is of, if it is one this client asks for.
+fn known(type_url: &str) -> Option<&'static str> {
+    [CLUSTERS, ENDPOINTS, LISTENERS, ROUTES]
+        .into_iter()
+        .find(|kind| *kind == type_url)
 }
 
 fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {

@@ -18,6 +18,8 @@ pub struct Accepted {
     /// EDS assignments by cluster name, and DNS clusters' resolved endpoints.
     pub assignments: BTreeMap<String, Assignment>,
     pub versions: BTreeMap<&'static str, String>,
+    /// The accepted resources as received, by type and name: what the config cache keeps.
+    pub raw: BTreeMap<&'static str, BTreeMap<String, xds_api::pb::google::protobuf::Any>>,
 }
 
 /// One cluster as requests use it.

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod ads;
 pub mod bootstrap;
+pub mod cache;
 pub mod config;
 pub mod forward;
 pub mod listeners;
@@ -16,7 +17,7 @@ pub mod listeners;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +40,18 @@ pub struct ProxyOptions {
     pub bootstrap: PathBuf,
     /// Where the admin listener binds; the bootstrap's `admin.address` if unset.
     pub admin_addr: Option<SocketAddr>,
+    /// Keep the last accepted config here, and serve it at start before Meridian answers.
+    pub config_cache: Option<PathBuf>,
+    /// Stay unready (`/ready` 503) until Meridian itself sent a config, cache or not.
+    pub wait_first_config: bool,
+}
+
+/// How far the proxy got: nothing to serve yet, the cached config, or Meridian's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Initializing,
+    Cached,
+    Live,
 }
 
 type UpstreamClient = Client<HttpConnector, ProxyBody>;
@@ -46,7 +59,9 @@ type UpstreamClient = Client<HttpConnector, ProxyBody>;
 /// What the ADS client publishes and requests read.
 pub struct ProxyState {
     pub config: ArcSwap<Config>,
-    ready: AtomicBool,
+    /// 0: initializing, 1: serving the cache, 2: serving Meridian's config.
+    readiness: AtomicU8,
+    pub wait_first_config: bool,
     /// Upstream clients (and their connection pools) by (connect timeout, HTTP/2).
     clients: ArcSwap<HashMap<(Duration, bool), UpstreamClient>>,
 }
@@ -55,20 +70,32 @@ impl Default for ProxyState {
     fn default() -> ProxyState {
         ProxyState {
             config: ArcSwap::from_pointee(Config::default()),
-            ready: AtomicBool::new(false),
+            readiness: AtomicU8::new(0),
+            wait_first_config: false,
             clients: ArcSwap::from_pointee(HashMap::new()),
         }
     }
 }
 
 impl ProxyState {
-    /// Whether a first config (clusters and listeners) has been applied.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    pub fn readiness(&self) -> Readiness {
+        match self.readiness.load(Ordering::Relaxed) {
+            0 => Readiness::Initializing,
+            1 => Readiness::Cached,
+            _ => Readiness::Live,
+        }
     }
 
+    /// Meridian's clusters and listeners are applied.
     pub(crate) fn mark_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        self.readiness.store(2, Ordering::Relaxed);
+    }
+
+    /// The cached config is applied (never moves back from Meridian's).
+    pub(crate) fn mark_cached(&self) {
+        let _ = self
+            .readiness
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// The pooled client for upstreams with this connect timeout and protocol; pools survive
@@ -100,7 +127,10 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     tracing::warn!(
         "meridian proxy does not send load reports (LRS) yet: rollout health gates see no traffic from it"
     );
-    let state = Arc::new(ProxyState::default());
+    let state = Arc::new(ProxyState {
+        wait_first_config: options.wait_first_config,
+        ..ProxyState::default()
+    });
     if let Some(address) = options.admin_addr.or(bootstrap.admin) {
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -113,6 +143,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         bootstrap,
         state,
         listeners: Listeners::default(),
+        cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
     };
     client.run(stopped).await;
     Ok(())

@@ -156,6 +156,11 @@ pub struct MeridianProxy {
 impl MeridianProxy {
     /// `meridian proxy -c <bootstrap>` (the binary under test), its log in `dir`.
     pub fn start(dir: &Path, options: BootstrapOptions) -> MeridianProxy {
+        MeridianProxy::start_with(dir, options, &[])
+    }
+
+    /// [`MeridianProxy::start`] with more command-line arguments.
+    pub fn start_with(dir: &Path, options: BootstrapOptions, args: &[&str]) -> MeridianProxy {
         let path = dir.join(format!("{}.json", options.node_id));
         std::fs::write(&path, serde_json::to_vec(&bootstrap(&options)).unwrap()).unwrap();
         let log = dir.join(format!("{}.log", options.node_id));
@@ -163,9 +168,16 @@ impl MeridianProxy {
             .arg("proxy")
             .arg("-c")
             .arg(&path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .spawn()
             .expect("start meridian proxy");
         MeridianProxy { child, log }
