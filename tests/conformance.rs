@@ -4,8 +4,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian::control_plane::bootstrap::BootstrapOptions;
@@ -52,27 +53,49 @@ struct EchoBackend {
 }
 
 impl EchoBackend {
+    /// `flaky` answers 503 the first time it sees an `x-request-id` (a retry carries the same
+    /// id, so it succeeds); every backend waits `x-delay-ms` before answering when asked to.
     async fn start(name: &'static str) -> EchoBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(move |request: axum::extract::Request| async move {
-            let mut response = axum::response::Response::new(axum::body::Body::from(name));
-            let headers = response.headers_mut();
-            let mut put = |key: String, value: &str| {
-                if let (Ok(k), Ok(v)) = (
-                    axum::http::HeaderName::from_bytes(key.as_bytes()),
-                    axum::http::HeaderValue::from_str(value),
-                ) {
-                    headers.append(k, v);
+        let seen = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let (request, _body) = request.into_parts();
+                let header = |key: &str| {
+                    request
+                        .headers
+                        .get(key)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                if let Some(delay) = header("x-delay-ms").and_then(|d| d.parse().ok()) {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
-            };
-            put("x-backend".into(), name);
-            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-            put("x-seen-path".into(), path);
-            for (key, value) in request.headers() {
-                put(format!("x-seen-{key}"), value.to_str().unwrap_or_default());
+                let first_time =
+                    header("x-request-id").is_some_and(|id| seen.lock().unwrap().insert(id));
+                let mut response = axum::response::Response::new(axum::body::Body::from(name));
+                if name == "flaky" && first_time {
+                    *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let headers = response.headers_mut();
+                let mut put = |key: String, value: &str| {
+                    if let (Ok(k), Ok(v)) = (
+                        axum::http::HeaderName::from_bytes(key.as_bytes()),
+                        axum::http::HeaderValue::from_str(value),
+                    ) {
+                        headers.append(k, v);
+                    }
+                };
+                put("x-backend".into(), name);
+                let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
+                put("x-seen-path".into(), path);
+                for (key, value) in &request.headers {
+                    put(format!("x-seen-{key}"), value.to_str().unwrap_or_default());
+                }
+                response
             }
-            response
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -245,6 +268,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     let alpha = EchoBackend::start("alpha").await;
     let beta = EchoBackend::start("beta").await;
     let gamma = EchoBackend::start("gamma").await;
+    let flaky = EchoBackend::start("flaky").await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");
     let state = dir.path().join("state");
@@ -253,7 +277,8 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     let (envoy_port, proxy_port, xds_port) = (free_port(), free_port(), free_port());
     let backends = loopback_service("alpha", alpha.port)
         + &loopback_service("beta", beta.port)
-        + &loopback_service("gamma", gamma.port);
+        + &loopback_service("gamma", gamma.port)
+        + &loopback_service("flaky", flaky.port);
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),
