@@ -291,3 +291,77 @@ async fn a_restart_while_meridian_is_down_serves_the_cached_config_at_once() {
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_the_proxy_proves_its_gateway_and_pins_meridians_identity() {
+    use meridian::control_plane::bootstrap::ClientTls;
+    use meridian::control_plane::certs::{self, CertOptions};
+
+    let setup = Setup::new().await;
+    let mut options = meridian_options(&setup.config(), &setup.state(), setup.xds_port);
+    options.xds_tls.xds_mtls = true;
+    let meridian = meridian::control_plane::standalone::start(options)
+        .await
+        .expect("meridian starts");
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&setup.state().join("ca"))).unwrap();
+    let credentials = setup.dir.path().join("gw-proxy-credentials");
+    let (cert, key, ca_file) = certs::write_client_credentials(
+        &ca,
+        &CertOptions::default(),
+        ("edge", "public"),
+        &credentials,
+    )
+    .unwrap();
+    let bootstrap = |node: &str, identity: &str| BootstrapOptions {
+        node_id: node.into(),
+        gateway: "edge/public".into(),
+        cluster: None,
+        zone: None,
+        xds_host: "127.0.0.1".into(),
+        xds_port: setup.xds_port,
+        delta: false,
+        admin_port: free_port(),
+        tls: Some(ClientTls {
+            cert_file: cert.display().to_string(),
+            key_file: key.display().to_string(),
+            ca_file: ca_file.display().to_string(),
+            server_identity: identity.into(),
+        }),
+    };
+    let client = client();
+    let port = setup.port;
+    let proxy = MeridianProxy::start(
+        setup.dir.path(),
+        bootstrap("gw-proxy", &certs::xds_server_id("meridian.local")),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the proxy serves over mutual TLS",
+        || routes_to(&client, port, "/a", "alpha"),
+    )
+    .await;
+    drop(proxy);
+
+    // Pinned to another identity, the same server is refused: nothing is served.
+    let impostor = MeridianProxy::start(
+        setup.dir.path(),
+        bootstrap(
+            "gw-pinned-elsewhere",
+            "spiffe://meridian.local/somebody-else",
+        ),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the refusal in the proxy's log",
+        || async {
+            std::fs::read_to_string(&impostor.log)
+                .unwrap_or_default()
+                .contains("not Meridian's xDS server")
+        },
+    )
+    .await;
+    assert!(get(&client, port, "shop.example.test", "/a").await.is_err());
+    drop(impostor);
+    meridian.shutdown().await.unwrap();
+}

@@ -28,6 +28,7 @@ use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery, Endpo
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::routes::RouteTable;
 use crate::runtime::log_budget::{bounded, LogBudget};
+use crate::runtime::pinned_tls::{self, ClientCredentials, PinnedTlsError};
 
 const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -38,6 +39,12 @@ const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfigurati
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+impl From<tonic::Status> for StreamError {
+    fn from(status: tonic::Status) -> StreamError {
+        StreamError::Status(Box::new(status))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
     #[error("connecting to {address}: {source}")]
@@ -46,7 +53,11 @@ enum StreamError {
         source: tonic::transport::Error,
     },
     #[error("ADS stream: {0}")]
-    Status(#[from] tonic::Status),
+    Status(Box<tonic::Status>),
+    #[error("mutual TLS to Meridian: {0}")]
+    Tls(#[from] PinnedTlsError),
+    #[error("mutual TLS to Meridian: {0}")]
+    Credentials(String),
     #[error("ADS stream: the request channel closed")]
     Closed,
 }
@@ -149,19 +160,7 @@ impl AdsClient {
 
     /// One stream; whether any response arrived on it.
     async fn stream(&mut self, accepted: &mut Accepted) -> Result<bool, StreamError> {
-        let address = self.bootstrap.xds_address.clone();
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|source| StreamError::Connect {
-                address: address.clone(),
-                source,
-            })?
-            .connect_timeout(Duration::from_secs(1))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| StreamError::Connect { address, source })?;
+        let channel = self.connect().await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::default();
@@ -224,6 +223,47 @@ impl AdsClient {
             }
         }
         Ok(any)
+    }
+
+    /// A channel to Meridian: plain, or mutual TLS with the server's identity pinned (the
+    /// credential files are read at every connect, so rotated ones are picked up).
+    async fn connect(&self) -> Result<tonic::transport::Channel, StreamError> {
+        let (host, port) = (&self.bootstrap.xds_host, self.bootstrap.xds_port);
+        let address = format!("{host}:{port}");
+        let Some(tls) = &self.bootstrap.tls else {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .map_err(|source| StreamError::Connect {
+                    address: address.clone(),
+                    source,
+                })?
+                .connect_timeout(Duration::from_secs(1))
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5));
+            return endpoint
+                .connect()
+                .await
+                .map_err(|source| StreamError::Connect { address, source });
+        };
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| StreamError::Credentials(format!("{path}: {e}")))
+        };
+        let (ca_pem, cert_pem, key_pem) = (
+            read(&tls.ca_file)?,
+            read(&tls.cert_file)?,
+            read(&tls.key_file)?,
+        );
+        let credentials = ClientCredentials {
+            ca_pem: &ca_pem,
+            cert_pem: &cert_pem,
+            key_pem: &key_pem,
+        };
+        let connecting = pinned_tls::connect(host, port, credentials, &tls.server_identity);
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(channel) => Ok(channel?),
+            Err(_) => Err(StreamError::Credentials(format!(
+                "{address}: TLS connect timed out"
+            ))),
+        }
     }
 
     /// Asks for `kind` (its current names, the version accepted, the last nonce): an ACK, a

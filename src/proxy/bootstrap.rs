@@ -27,12 +27,24 @@ pub enum BootstrapError {
     },
 }
 
+/// Mutual TLS to Meridian, as `meridian bootstrap --cert-dir` writes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdsTls {
+    pub cert_file: String,
+    pub key_file: String,
+    pub ca_file: String,
+    /// The URI SAN (SPIFFE ID) the server's certificate must carry.
+    pub server_identity: String,
+}
+
 /// What the proxy needs from a bootstrap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bootstrap {
     pub node: Node,
-    /// `host:port` of the ADS server.
-    pub xds_address: String,
+    /// The ADS server.
+    pub xds_host: String,
+    pub xds_port: u16,
+    pub tls: Option<XdsTls>,
     /// The admin listener (`admin.address`), if any.
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -107,12 +119,10 @@ impl Bootstrap {
                 "static_resources.clusters",
                 format!("no cluster {cluster_name:?} for the ADS server"),
             ))?;
-        if !xds["transport_socket"].is_null() {
-            return Err((
-                "static_resources.clusters[].transport_socket",
-                "mutual TLS to Meridian is not supported by meridian proxy yet".to_owned(),
-            ));
-        }
+        let tls = match &xds["transport_socket"] {
+            serde_json::Value::Null => None,
+            socket => Some(xds_tls(socket)?),
+        };
         let socket = &xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
             ["address"]["socket_address"];
         let host = socket["address"].as_str().unwrap_or_default();
@@ -143,10 +153,43 @@ impl Bootstrap {
                 user_agent_name: "meridian-proxy".to_owned(),
                 ..Default::default()
             },
-            xds_address: format!("{host}:{port}"),
+            xds_host: host.to_owned(),
+            xds_port: port as u16,
+            tls,
             admin,
         })
     }
+}
+
+/// The files and identity of an `UpstreamTlsContext`: client certificate and key, the CA, and
+/// the one URI SAN the server must carry (nothing less pinned is accepted).
+fn xds_tls(socket: &Value) -> Result<XdsTls, (&'static str, String)> {
+    const FIELD: &str = "static_resources.clusters[].transport_socket";
+    let context = &socket["typed_config"]["common_tls_context"];
+    let file = |value: &Value, what: &str| {
+        value["filename"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or((FIELD, format!("{what}: a filename is required")))
+    };
+    let certificate = &context["tls_certificates"][0];
+    let validation = &context["validation_context"];
+    let san = &validation["match_typed_subject_alt_names"][0];
+    let server_identity = match (san["san_type"].as_str(), san["matcher"]["exact"].as_str()) {
+        (Some("URI"), Some(id)) => id.to_owned(),
+        _ => {
+            return Err((
+                FIELD,
+                "the xDS server's identity must be pinned by an exact URI SAN".to_owned(),
+            ))
+        }
+    };
+    Ok(XdsTls {
+        cert_file: file(&certificate["certificate_chain"], "certificate_chain")?,
+        key_file: file(&certificate["private_key"], "private_key")?,
+        ca_file: file(&validation["trusted_ca"], "trusted_ca")?,
+        server_identity,
+    })
 }
 
 #[cfg(test)]
@@ -172,10 +215,30 @@ mod tests {
     fn reads_what_meridian_bootstrap_prints() {
         let parsed = Bootstrap::parse(&bootstrap(&options(false))).unwrap();
         assert_eq!(parsed.node.id, "gw-1");
-        assert_eq!(parsed.xds_address, "127.0.0.1:18000");
+        assert_eq!(
+            (parsed.xds_host.as_str(), parsed.xds_port),
+            ("127.0.0.1", 18000)
+        );
+        assert_eq!(parsed.tls, None);
         assert_eq!(parsed.admin, Some("127.0.0.1:19000".parse().unwrap()));
         let fields = &parsed.node.metadata.unwrap().fields;
         assert!(fields.contains_key(crate::control_plane::xds::identity::GATEWAY_KEY));
+        let mut with_tls = options(false);
+        with_tls.tls = Some(crate::control_plane::bootstrap::ClientTls {
+            cert_file: "/c/tls.crt".into(),
+            key_file: "/c/tls.key".into(),
+            ca_file: "/c/ca.crt".into(),
+            server_identity: "spiffe://meridian.local/xds".into(),
+        });
+        let tls = Bootstrap::parse(&bootstrap(&with_tls))
+            .unwrap()
+            .tls
+            .unwrap();
+        assert_eq!(tls.server_identity, "spiffe://meridian.local/xds");
+        assert_eq!(
+            (tls.cert_file.as_str(), tls.ca_file.as_str()),
+            ("/c/tls.crt", "/c/ca.crt")
+        );
         let (field, message) = Bootstrap::parse(&bootstrap(&options(true))).unwrap_err();
         assert!(
             field.ends_with("api_type") && message.contains("DELTA"),

@@ -138,7 +138,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         tracing::info!(%address, "admin listening");
         tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
     }
-    tracing::info!(node = %bootstrap.node.id, xds = %bootstrap.xds_address, "proxy starting");
+    tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "proxy starting");
     let client = AdsClient {
         bootstrap,
         state,

@@ -1,9 +1,11 @@
 //! I/O plumbing every program shares: listeners that bound connections and handshakes, the
-//! budget that bounds what input can make us log, and shutdown signalling. Nothing here knows
+//! budget that bounds what input can make us log, mutual TLS to Meridian with its identity
+//! pinned, and shutdown signalling. Nothing here knows
 //! about xDS, Kubernetes or the model.
 
 pub mod connections;
 pub mod log_budget;
+pub mod pinned_tls;
 
 use tokio::sync::watch;
 

@@ -45,26 +45,7 @@ fn no_identity(trust_domain: &str) -> IdentityError {
     }
 }
 
-/// The URI SANs of the leaf of `chain` (none if it does not parse).
-pub fn leaf_uris(chain: &[impl AsRef<[u8]>]) -> Vec<String> {
-    let Some(leaf) = chain.first() else {
-        return Vec::new();
-    };
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
-            _ => None,
-        })
-        .collect()
-}
+pub use crate::core::model::tls::leaf_uris;
 
 /// Who a verified client certificate (DER, leaf first) names: an operator
 /// (`spiffe://<trust_domain>/operator/<name>`) or a gateway.

@@ -334,5 +334,26 @@ fn user_bundle(key: &ObjectKey, secret: &TlsSecret) -> Result<SecretMaterial, Tl
     Ok(SecretMaterial::TrustBundle { ca_pem })
 }
 
+/// The URI SANs of the leaf of `chain` (none if it does not parse).
+pub fn leaf_uris(chain: &[impl AsRef<[u8]>]) -> Vec<String> {
+    let Some(leaf) = chain.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;
