@@ -29,6 +29,9 @@ struct Probe {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     samples: Option<usize>,
+    /// Over TLS to the gateways' HTTPS port, with `host` as SNI (status and backend checked).
+    #[serde(default)]
+    tls: bool,
     expect: Expect,
 }
 
@@ -110,16 +113,24 @@ impl Drop for EchoBackend {
     }
 }
 
-fn gateways(envoy_port: u16, proxy_port: u16) -> String {
-    let gateway = |name: &str, port: u16| {
+/// A gateway's plaintext and HTTPS ports.
+#[derive(Clone, Copy)]
+struct Ports {
+    http: u16,
+    https: u16,
+}
+
+fn gateways(envoy: Ports, proxy: Ports) -> String {
+    let gateway = |name: &str, ports: Ports| {
+        let (port, tls_port) = (ports.http, ports.https);
         format!(
-            "    - metadata: {{name: {name}}}\n      spec:\n        servers:\n        - port: {{number: {port}, protocol: HTTP}}\n          bind: 127.0.0.1\n          hosts: [\"*/*.example.test\"]\n"
+            "    - metadata: {{name: {name}}}\n      spec:\n        servers:\n        - port: {{number: {port}, protocol: HTTP}}\n          bind: 127.0.0.1\n          hosts: [\"*/*.example.test\"]\n        - port: {{number: {tls_port}, protocol: HTTPS}}\n          bind: 127.0.0.1\n          hosts: [\"*/secure.example.test\"]\n          tls: {{mode: SIMPLE}}\n"
         )
     };
     format!(
         "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}",
-        gateway("envoy", envoy_port),
-        gateway("proxy", proxy_port)
+        gateway("envoy", envoy),
+        gateway("proxy", proxy)
     )
 }
 
@@ -159,7 +170,29 @@ struct Answer {
     body: String,
 }
 
-async fn send(client: &reqwest::Client, port: u16, probe: &Probe) -> Result<Answer, String> {
+async fn send(
+    client: &reqwest::Client,
+    ports: Ports,
+    ca_pem: &str,
+    probe: &Probe,
+) -> Result<Answer, String> {
+    if probe.tls {
+        let tls = support::tls::TlsClient::trusting(ca_pem);
+        let mut connection = tls
+            .connect(ports.https, &probe.host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (status, body) = connection
+            .get(&probe.path)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Answer {
+            status,
+            headers: Default::default(),
+            body,
+        });
+    }
+    let port = ports.http;
     let method = reqwest::Method::from_bytes(probe.method.as_deref().unwrap_or("GET").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut request = client
@@ -234,12 +267,18 @@ fn check(expect: &Expect, answer: &Answer, port: u16) -> Vec<String> {
     wrong
 }
 
-async fn run_probe(client: &reqwest::Client, port: u16, probe: &Probe) -> Vec<String> {
+async fn run_probe(
+    client: &reqwest::Client,
+    ports: Ports,
+    ca_pem: &str,
+    probe: &Probe,
+) -> Vec<String> {
+    let port = ports.http;
     if !probe.expect.distribution.is_empty() {
         let samples = probe.samples.unwrap_or(200);
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..samples {
-            match send(client, port, probe).await {
+            match send(client, ports, ca_pem, probe).await {
                 Ok(answer) => *counts.entry(answer.body).or_default() += 1,
                 Err(e) => return vec![e],
             }
@@ -255,7 +294,7 @@ async fn run_probe(client: &reqwest::Client, port: u16, probe: &Probe) -> Vec<St
         }
         return wrong;
     }
-    match send(client, port, probe).await {
+    match send(client, ports, ca_pem, probe).await {
         Ok(answer) => check(&probe.expect, &answer, port),
         Err(e) => vec![e],
     }
@@ -274,7 +313,15 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     let state = dir.path().join("state");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::create_dir_all(&state).unwrap();
-    let (envoy_port, proxy_port, xds_port) = (free_port(), free_port(), free_port());
+    let envoy_ports = Ports {
+        http: free_port(),
+        https: free_port(),
+    };
+    let proxy_ports = Ports {
+        http: free_port(),
+        https: free_port(),
+    };
+    let xds_port = free_port();
     let backends = loopback_service("alpha", alpha.port)
         + &loopback_service("beta", beta.port)
         + &loopback_service("gamma", gamma.port)
@@ -282,7 +329,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),
-        gateways(envoy_port, proxy_port),
+        gateways(envoy_ports, proxy_ports),
     )
     .unwrap();
     for (name, case) in &cases {
@@ -292,7 +339,13 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         )
         .unwrap();
     }
-    let meridian = start_meridian(&config, &state, xds_port).await;
+    // Both gateways fetch their certificates over plain ADS here, on loopback.
+    let mut serving = meridian_options(&config, &state, xds_port);
+    serving.xds_tls.insecure_serve_keys_without_mtls = true;
+    let meridian = meridian::control_plane::standalone::start(serving)
+        .await
+        .expect("meridian starts");
+    let ca_pem = std::fs::read_to_string(state.join("ca").join("ca.crt")).unwrap();
     let options = |node: &str, gateway: &str| BootstrapOptions {
         node_id: node.into(),
         gateway: gateway.into(),
@@ -313,8 +366,8 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         .build()
         .unwrap();
     let first = &cases[0].1.requests[0];
-    for (what, port) in [("Envoy", envoy_port), ("meridian proxy", proxy_port)] {
-        let ready = || async { run_probe(&client, port, first).await.is_empty() };
+    for (what, ports) in [("Envoy", envoy_ports), ("meridian proxy", proxy_ports)] {
+        let ready = || async { run_probe(&client, ports, &ca_pem, first).await.is_empty() };
         let mut waited = Duration::ZERO;
         while !ready().await {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -329,8 +382,8 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     let mut failures = Vec::new();
     for (name, case) in &cases {
         for (i, probe) in case.requests.iter().enumerate() {
-            for (what, port) in [("envoy", envoy_port), ("meridian-proxy", proxy_port)] {
-                for wrong in run_probe(&client, port, probe).await {
+            for (what, ports) in [("envoy", envoy_ports), ("meridian-proxy", proxy_ports)] {
+                for wrong in run_probe(&client, ports, &ca_pem, probe).await {
                     failures.push(format!(
                         "{name}[{i}] {} {}{} on {what}: {wrong}",
                         probe.method.as_deref().unwrap_or("GET"),

@@ -48,7 +48,9 @@ async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::V
         .values()
         .map(|l| {
             serde_json::json!({
-                "name": l.name, "address": l.address, "port": l.port, "routeConfig": l.route_config,
+                "name": l.name, "address": l.address, "port": l.port,
+                "routeConfigs": l.route_configs().collect::<Vec<_>>(),
+                "tls": l.has_tls(),
             })
         })
         .collect();

@@ -14,6 +14,7 @@ use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_api::pb::envoy::config::listener::v3::Listener;
 use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use xds_api::pb::google::protobuf::Any;
@@ -27,6 +28,7 @@ use super::ProxyState;
 use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery, Endpoint};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::routes::RouteTable;
+use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::{bounded, LogBudget};
 use crate::runtime::pinned_tls::{self, ClientCredentials, PinnedTlsError};
 
@@ -34,6 +36,10 @@ const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 const LISTENERS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 const ROUTES: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+const SECRETS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// The order resources apply in (and are cached in).
+const ORDER: [&str; 5] = [CLUSTERS, ENDPOINTS, SECRETS, LISTENERS, ROUTES];
 
 /// Backoff between reconnects: from 500 ms, doubling, to 30 s, with up to half of it as jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -73,7 +79,7 @@ struct Subscriptions {
 struct Applied {
     errors: Vec<String>,
     /// The type whose subscription it changed (EDS after CDS, RDS after LDS).
-    follow: Option<&'static str>,
+    follow: Vec<&'static str>,
 }
 
 pub struct AdsClient {
@@ -202,8 +208,7 @@ impl AdsClient {
                 self.state.mark_ready();
             }
             if let Some(cache) = &self.cache {
-                if let Err(error) = cache.save(accepted, &[CLUSTERS, ENDPOINTS, LISTENERS, ROUTES])
-                {
+                if let Err(error) = cache.save(accepted, &ORDER) {
                     static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
                     if let Some(suppressed) = SAVE.allow() {
                         tracing::warn!(%error, suppressed, "cannot write the config cache");
@@ -217,7 +222,7 @@ impl AdsClient {
             });
             self.request(&tx, accepted, &subscriptions, kind, detail)
                 .await?;
-            if let Some(follow) = applied.follow {
+            for follow in applied.follow {
                 self.request(&tx, accepted, &subscriptions, follow, None)
                     .await?;
             }
@@ -358,7 +363,7 @@ impl AdsClient {
                     .retain(|name, _| eds.contains(name));
                 let changed = subscriptions.names.get(ENDPOINTS) != Some(&eds);
                 subscriptions.names.insert(ENDPOINTS, eds);
-                changed.then_some(ENDPOINTS)
+                changed.then_some(ENDPOINTS).into_iter().collect()
             }
             ENDPOINTS => {
                 for any in &response.resources {
@@ -377,7 +382,22 @@ impl AdsClient {
                         Err(error) => errors.push(error),
                     }
                 }
-                None
+                Vec::new()
+            }
+            SECRETS => {
+                for any in &response.resources {
+                    let compiled = decode::<Secret>(any, kind)
+                        .and_then(|s| SecretPlan::compile(&s).map_err(|e| e.to_string()));
+                    match compiled {
+                        Ok((name, plan)) => {
+                            let raw = accepted.raw.entry(SECRETS).or_default();
+                            raw.insert(name.clone(), any.clone());
+                            accepted.secrets.insert(name, plan);
+                        }
+                        Err(error) => errors.push(error),
+                    }
+                }
+                Vec::new()
             }
             LISTENERS => {
                 let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
@@ -424,19 +444,37 @@ impl AdsClient {
                 let routes: BTreeSet<String> = accepted
                     .listeners
                     .values()
-                    .map(|l| l.route_config.clone())
+                    .flat_map(|l| l.route_configs().map(str::to_owned))
                     .collect();
+                let secrets: BTreeSet<String> = accepted
+                    .listeners
+                    .values()
+                    .flat_map(|l| l.secret_names().map(str::to_owned))
+                    .collect();
+                accepted.secrets.retain(|name, _| secrets.contains(name));
+                accepted
+                    .raw
+                    .entry(SECRETS)
+                    .or_default()
+                    .retain(|name, _| secrets.contains(name));
                 accepted.routes.retain(|name, _| routes.contains(name));
                 accepted
                     .raw
                     .entry(ROUTES)
                     .or_default()
                     .retain(|name, _| routes.contains(name));
-                let changed = subscriptions.names.get(ROUTES) != Some(&routes);
+                let mut follow = Vec::new();
+                if subscriptions.names.get(ROUTES) != Some(&routes) {
+                    follow.push(ROUTES);
+                }
+                if subscriptions.names.get(SECRETS) != Some(&secrets) {
+                    follow.push(SECRETS);
+                }
                 subscriptions.names.insert(ROUTES, routes);
-                changed.then_some(ROUTES)
+                subscriptions.names.insert(SECRETS, secrets);
+                follow
             }
-            _ => {
+            ROUTES => {
                 for any in &response.resources {
                     let compiled = decode::<RouteConfiguration>(any, kind)
                         .and_then(|r| RouteTable::compile(&r).map_err(|e| e.to_string()));
@@ -449,8 +487,9 @@ impl AdsClient {
                         Err(error) => errors.push(error),
                     }
                 }
-                None
+                Vec::new()
             }
+            _ => Vec::new(),
         };
         Applied { errors, follow }
     }
@@ -458,9 +497,7 @@ impl AdsClient {
 
 /// The type a response is of, if it is one this client asks for.
 fn known(type_url: &str) -> Option<&'static str> {
-    [CLUSTERS, ENDPOINTS, LISTENERS, ROUTES]
-        .into_iter()
-        .find(|kind| *kind == type_url)
+    ORDER.into_iter().find(|kind| *kind == type_url)
 }
 
 fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {

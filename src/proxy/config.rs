@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::routes::RouteTable;
+use crate::core::dataplane::secrets::SecretPlan;
 
 /// The accepted resources of each type, compiled, with the version of each type.
 #[derive(Debug, Default)]
@@ -17,6 +18,7 @@ pub struct Accepted {
     pub clusters: BTreeMap<String, ClusterPlan>,
     /// EDS assignments by cluster name, and DNS clusters' resolved endpoints.
     pub assignments: BTreeMap<String, Assignment>,
+    pub secrets: BTreeMap<String, SecretPlan>,
     pub versions: BTreeMap<&'static str, String>,
     /// The accepted resources as received, by type and name: what the config cache keeps.
     pub raw: BTreeMap<&'static str, BTreeMap<String, xds_api::pb::google::protobuf::Any>>,
@@ -35,6 +37,8 @@ pub struct Config {
     pub listeners: BTreeMap<String, ListenerPlan>,
     pub routes: HashMap<String, Arc<RouteTable>>,
     pub clusters: HashMap<String, Arc<Upstream>>,
+    /// TLS of each (listener, chain) whose secrets have arrived.
+    pub tls: HashMap<(String, usize), Arc<tokio_rustls::rustls::ServerConfig>>,
     pub versions: BTreeMap<&'static str, String>,
 }
 
@@ -57,7 +61,23 @@ impl Config {
                 Some((name.clone(), Arc::new(upstream)))
             })
             .collect();
+        let mut tls = HashMap::new();
+        for (name, listener) in &accepted.listeners {
+            for (i, chain) in listener.chains.iter().enumerate() {
+                let Some(plan) = &chain.tls else { continue };
+                match super::tls::server_config(plan, &accepted.secrets) {
+                    Ok(config) => {
+                        tls.insert((name.clone(), i), config);
+                    }
+                    // Until its secrets arrive a chain refuses handshakes, as Envoy warms it.
+                    Err(error) => {
+                        tracing::debug!(listener = %name, chain = i, %error, "TLS chain not ready")
+                    }
+                }
+            }
+        }
         Config {
+            tls,
             listeners: accepted.listeners.clone(),
             routes: accepted
                 .routes

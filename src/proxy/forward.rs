@@ -34,18 +34,22 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
+/// Where a connection came in: the route configuration of its filter chain, the client, and
+/// whether it is TLS.
+#[derive(Clone)]
+pub struct Downstream {
+    pub route_config: Arc<str>,
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
 pub async fn handle(
     request: Request<Incoming>,
-    listener: Arc<str>,
-    remote: SocketAddr,
+    downstream: Downstream,
     state: Arc<ProxyState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let config = state.config.load_full();
-    let Some(table) = config
-        .listeners
-        .get(&*listener)
-        .and_then(|l| config.routes.get(&l.route_config))
-    else {
+    let Some(table) = config.routes.get(&*downstream.route_config) else {
         return Ok(local_reply(StatusCode::NOT_FOUND, None));
     };
     // Meridian's listeners strip any port from the host (Envoy's strip_any_host_port): for
@@ -83,8 +87,9 @@ pub async fn handle(
                 StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
                 None,
             );
+            let scheme = if downstream.tls { "https" } else { "http" };
             if let Ok(location) =
-                HeaderValue::from_str(&redirect.location("http", &authority, &path))
+                HeaderValue::from_str(&redirect.location(scheme, &authority, &path))
             {
                 reply.headers_mut().insert(LOCATION, location);
             }
@@ -93,7 +98,15 @@ pub async fn handle(
         Action::Forward(forward) => {
             let target = forward.target(rand::random());
             let mut response = proxy(
-                request, route, forward, target, &authority, &path, remote, &state, &config,
+                request,
+                route,
+                forward,
+                target,
+                &authority,
+                &path,
+                &downstream,
+                &state,
+                &config,
             )
             .await;
             edit_response(response.headers_mut(), &target.edits);
@@ -112,7 +125,7 @@ async fn proxy(
     target: &Target,
     authority: &str,
     path: &str,
-    remote: SocketAddr,
+    downstream: &Downstream,
     state: &ProxyState,
     config: &super::config::Config,
 ) -> Response<ProxyBody> {
@@ -133,8 +146,9 @@ async fn proxy(
     if let Ok(host) = HeaderValue::from_str(&host) {
         headers.insert(HOST, host);
     }
-    append_forwarded_for(&mut headers, remote);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    append_forwarded_for(&mut headers, downstream.remote);
+    let proto = if downstream.tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if !headers.contains_key("x-request-id") {
         if let Ok(id) = HeaderValue::from_str(&request_id()) {
             headers.insert("x-request-id", id);

@@ -5,11 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
+use tokio_rustls::rustls::server::Acceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
-use super::forward;
+use super::forward::{self, Downstream};
 use super::ProxyState;
 use crate::core::dataplane::listeners::ListenerPlan;
 
@@ -97,7 +100,6 @@ async fn accept(
     state: Arc<ProxyState>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let listener: Arc<str> = listener.into();
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
@@ -115,13 +117,76 @@ async fn accept(
         let _ = stream.set_nodelay(true);
         let (listener, state) = (listener.clone(), state.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                forward::handle(request, listener.clone(), remote, state.clone())
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            if let Err(why) = connection(stream, remote, &listener, state).await {
+                tracing::debug!(%remote, listener = %listener, why, "connection closed");
+            }
         });
     }
+}
+
+/// How long a client may take to send its TLS ClientHello and finish the handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves one connection: TLS (a ClientHello first) by the chain its SNI picks, plaintext by
+/// the plaintext chain, as Envoy's filter chain match does.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    listener: &str,
+    state: Arc<ProxyState>,
+) -> Result<(), &'static str> {
+    let config = state.config.load_full();
+    let plan = config.listeners.get(listener).ok_or("listener gone")?;
+    let mut first = [0u8; 1];
+    let tls = plan.has_tls()
+        && matches!(
+            tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await,
+            Ok(Ok(1))
+        )
+        && first[0] == 0x16;
+    if !tls {
+        let chain = plan.plaintext_chain().ok_or("no plaintext chain")?;
+        let downstream = Downstream {
+            route_config: plan.chains[chain].route_config.as_str().into(),
+            remote,
+            tls: false,
+        };
+        serve(TokioIo::new(stream), downstream, state).await;
+        return Ok(());
+    }
+    let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
+    let start = tokio::time::timeout(HANDSHAKE, acceptor)
+        .await
+        .map_err(|_| "ClientHello timed out")?
+        .map_err(|_| "not a TLS ClientHello")?;
+    let chain = plan
+        .tls_chain(start.client_hello().server_name())
+        .ok_or("no chain for the SNI name")?;
+    let server_config = config
+        .tls
+        .get(&(listener.to_owned(), chain))
+        .ok_or("the chain's certificate has not arrived")?
+        .clone();
+    let stream = tokio::time::timeout(HANDSHAKE, start.into_stream(server_config))
+        .await
+        .map_err(|_| "TLS handshake timed out")?
+        .map_err(|_| "TLS handshake failed")?;
+    let downstream = Downstream {
+        route_config: plan.chains[chain].route_config.as_str().into(),
+        remote,
+        tls: true,
+    };
+    serve(TokioIo::new(stream), downstream, state).await;
+    Ok(())
+}
+
+async fn serve<I>(io: TokioIo<I>, downstream: Downstream, state: Arc<ProxyState>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        forward::handle(request, downstream.clone(), state.clone())
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let _ = builder.serve_connection(io, service).await;
 }

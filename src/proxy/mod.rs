@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod forward;
 pub mod listeners;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,12 +1,14 @@
-//! Listeners: where to accept connections and which route configuration serves them. A
-//! listener Meridian emits holds one HTTP connection manager per filter chain, its routes over
-//! RDS; TLS filter chains (SNI, SDS certificates) are not served by this proxy yet and refused.
+//! Listeners: where to accept connections, and per filter chain which connections it takes
+//! (TLS by SNI, or plaintext), how TLS is terminated (certificates by SDS name) and which route
+//! configuration serves them. Meridian emits one HTTP connection manager per chain, its routes
+//! over RDS.
 
 use prost::Message;
 use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
 use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use xds_api::pb::envoy::config::core::v3::transport_socket;
 use xds_api::pb::envoy::config::listener::v3::filter::ConfigType;
-use xds_api::pb::envoy::config::listener::v3::Listener;
+use xds_api::pb::envoy::config::listener::v3::{listener_filter, FilterChain, Listener};
 use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, RouteSpecifier, StripPortMode,
 };
@@ -15,10 +17,16 @@ use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v
 };
 
 use super::{refuse_leftovers, CompileError};
+use crate::core::translate::envoy_shim::tls::common_tls_context::ValidationContextType;
+use crate::core::translate::envoy_shim::tls::DownstreamTlsContext;
 
 const CONNECTION_MANAGER: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+const TLS_INSPECTOR: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const DOWNSTREAM_TLS: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
 /// A compiled listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,10 +34,32 @@ pub struct ListenerPlan {
     pub name: String,
     pub address: String,
     pub port: u16,
+    /// In Envoy's order: the first that takes a connection serves it.
+    pub chains: Vec<ChainPlan>,
+}
+
+/// One filter chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainPlan {
+    /// SNI names it takes (`*.x` wildcards included); empty: any name, or none.
+    pub server_names: Vec<String>,
+    /// TLS termination; `None`: plaintext connections.
+    pub tls: Option<TlsPlan>,
     /// The route configuration (RDS) its requests are routed by.
     pub route_config: String,
     /// Append the client's address to `x-forwarded-for` (Envoy's `use_remote_address`).
     pub use_remote_address: bool,
+}
+
+/// How a chain terminates TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPlan {
+    /// SDS name of the server certificate and key.
+    pub certificate: String,
+    /// SDS name of the CA bundle client certificates must chain to.
+    pub validation: Option<String>,
+    pub require_client_certificate: bool,
+    pub alpn: Vec<String>,
 }
 
 impl ListenerPlan {
@@ -56,49 +86,212 @@ impl ListenerPlan {
                 ))
             }
         };
-        let chains = std::mem::take(&mut rest.filter_chains);
-        let [chain] = chains.as_slice() else {
-            return Err(CompileError::new(
-                &resource,
-                "filter_chains",
-                "exactly one filter chain is supported by meridian proxy (TLS servers are not yet)",
-            ));
-        };
-        refuse_leftovers(&rest, &resource, "")?;
-        let mut chain = chain.clone();
-        let filters = std::mem::take(&mut chain.filters);
-        refuse_leftovers(&chain, &resource, "filter_chains[0]")?;
-        let [filter] = filters.as_slice() else {
-            return Err(CompileError::new(
-                &resource,
-                "filter_chains[0].filters",
-                "exactly one filter, the HTTP connection manager, is supported by meridian proxy",
-            ));
-        };
-        let field = "filter_chains[0].filters[0]";
-        let manager = match &filter.config_type {
-            Some(ConfigType::TypedConfig(any)) if any.type_url == CONNECTION_MANAGER => {
-                HttpConnectionManager::decode(any.value.as_slice())
-                    .map_err(|e| CompileError::new(&resource, field, e.to_string()))?
-            }
-            _ => {
+        // The TLS inspector only reads the SNI name, which this proxy always does.
+        for (i, filter) in std::mem::take(&mut rest.listener_filters)
+            .iter()
+            .enumerate()
+        {
+            let inspector = matches!(
+                &filter.config_type,
+                Some(listener_filter::ConfigType::TypedConfig(any)) if any.type_url == TLS_INSPECTOR
+            );
+            if !inspector {
                 return Err(CompileError::new(
                     &resource,
-                    field,
-                    "only the HTTP connection manager is supported by meridian proxy",
-                ))
+                    format!("listener_filters[{i}]"),
+                    "only the TLS inspector is supported by meridian proxy",
+                ));
             }
-        };
-        let (route_config, use_remote_address) =
-            connection_manager(manager, &resource, &format!("{field}.typed_config"))?;
+        }
+        let chains = std::mem::take(&mut rest.filter_chains)
+            .iter()
+            .enumerate()
+            .map(|(i, chain)| chain_plan(chain, &resource, &format!("filter_chains[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if chains.is_empty() {
+            return Err(CompileError::new(&resource, "filter_chains", "none"));
+        }
+        refuse_leftovers(&rest, &resource, "")?;
         Ok(ListenerPlan {
             name,
             address,
             port,
-            route_config,
-            use_remote_address,
+            chains,
         })
     }
+
+    /// The route configurations its chains are routed by.
+    pub fn route_configs(&self) -> impl Iterator<Item = &str> {
+        self.chains.iter().map(|c| c.route_config.as_str())
+    }
+
+    /// The SDS names its chains need.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.chains
+            .iter()
+            .filter_map(|c| c.tls.as_ref())
+            .flat_map(|t| std::iter::once(t.certificate.as_str()).chain(t.validation.as_deref()))
+    }
+
+    pub fn has_tls(&self) -> bool {
+        self.chains.iter().any(|c| c.tls.is_some())
+    }
+
+    /// The chain a TLS connection asking for `sni` goes to, as Envoy matches server names:
+    /// exact, then the longest wildcard, then a chain without names.
+    pub fn tls_chain(&self, sni: Option<&str>) -> Option<usize> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        let tls = || {
+            self.chains
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.tls.is_some())
+        };
+        if let Some(sni) = &sni {
+            if let Some((i, _)) = tls().find(|(_, c)| c.server_names.iter().any(|n| n == sni)) {
+                return Some(i);
+            }
+            let wildcard = tls()
+                .flat_map(|(i, c)| c.server_names.iter().map(move |n| (i, n)))
+                .filter_map(|(i, n)| {
+                    let suffix = n.strip_prefix('*')?;
+                    (sni.len() > suffix.len() && sni.ends_with(suffix)).then_some((i, suffix.len()))
+                })
+                .max_by_key(|(_, len)| *len);
+            if let Some((i, _)) = wildcard {
+                return Some(i);
+            }
+        }
+        tls()
+            .find(|(_, c)| c.server_names.is_empty())
+            .map(|(i, _)| i)
+    }
+
+    /// The chain a plaintext connection goes to.
+    pub fn plaintext_chain(&self) -> Option<usize> {
+        self.chains
+            .iter()
+            .position(|c| c.tls.is_none() && c.server_names.is_empty())
+    }
+}
+
+fn chain_plan(chain: &FilterChain, resource: &str, field: &str) -> Result<ChainPlan, CompileError> {
+    let mut rest = chain.clone();
+    let mut server_names = Vec::new();
+    let mut transport = String::new();
+    if let Some(mut matcher) = rest.filter_chain_match.take() {
+        server_names = std::mem::take(&mut matcher.server_names)
+            .into_iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        transport = std::mem::take(&mut matcher.transport_protocol);
+        refuse_leftovers(&matcher, resource, &format!("{field}.filter_chain_match"))?;
+    }
+    let tls = match rest.transport_socket.take() {
+        Some(socket) => Some(tls_plan(
+            socket,
+            resource,
+            &format!("{field}.transport_socket"),
+        )?),
+        None => None,
+    };
+    let consistent = match transport.as_str() {
+        "" => true,
+        "tls" => tls.is_some(),
+        "raw_buffer" => tls.is_none(),
+        _ => false,
+    };
+    if !consistent {
+        return Err(CompileError::new(
+            resource,
+            format!("{field}.filter_chain_match.transport_protocol"),
+            format!("{transport:?} does not fit the chain's transport socket"),
+        ));
+    }
+    let filters = std::mem::take(&mut rest.filters);
+    refuse_leftovers(&rest, resource, field)?;
+    let [filter] = filters.as_slice() else {
+        return Err(CompileError::new(
+            resource,
+            format!("{field}.filters"),
+            "exactly one filter, the HTTP connection manager, is supported by meridian proxy",
+        ));
+    };
+    let field = format!("{field}.filters[0]");
+    let manager = match &filter.config_type {
+        Some(ConfigType::TypedConfig(any)) if any.type_url == CONNECTION_MANAGER => {
+            HttpConnectionManager::decode(any.value.as_slice())
+                .map_err(|e| CompileError::new(resource, &field, e.to_string()))?
+        }
+        _ => {
+            return Err(CompileError::new(
+                resource,
+                field,
+                "only the HTTP connection manager is supported by meridian proxy",
+            ))
+        }
+    };
+    let (route_config, use_remote_address) =
+        connection_manager(manager, resource, &format!("{field}.typed_config"))?;
+    Ok(ChainPlan {
+        server_names,
+        tls,
+        route_config,
+        use_remote_address,
+    })
+}
+
+/// The shim message declares only the fields Meridian sets; those are read here.
+fn tls_plan(
+    socket: xds_api::pb::envoy::config::core::v3::TransportSocket,
+    resource: &str,
+    field: &str,
+) -> Result<TlsPlan, CompileError> {
+    let context = match socket.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == DOWNSTREAM_TLS => {
+            DownstreamTlsContext::decode(any.value.as_slice())
+                .map_err(|e| CompileError::new(resource, field, e.to_string()))?
+        }
+        _ => {
+            return Err(CompileError::new(
+                resource,
+                field,
+                "only a DownstreamTlsContext is supported by meridian proxy",
+            ))
+        }
+    };
+    let common = context.common_tls_context.unwrap_or_default();
+    if !common.tls_certificates.is_empty() {
+        return Err(CompileError::new(
+            resource,
+            format!("{field}.common_tls_context.tls_certificates"),
+            "inline certificates are not supported by meridian proxy (SDS is)",
+        ));
+    }
+    let [certificate] = common.tls_certificate_sds_secret_configs.as_slice() else {
+        return Err(CompileError::new(
+            resource,
+            format!("{field}.common_tls_context.tls_certificate_sds_secret_configs"),
+            "exactly one certificate is supported by meridian proxy",
+        ));
+    };
+    let validation = match common.validation_context_type {
+        None => None,
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => Some(sds.name),
+        Some(_) => {
+            return Err(CompileError::new(
+                resource,
+                format!("{field}.common_tls_context.validation_context"),
+                "only a validation context over SDS is supported by meridian proxy",
+            ))
+        }
+    };
+    Ok(TlsPlan {
+        certificate: certificate.name.clone(),
+        validation,
+        require_client_certificate: context.require_client_certificate.unwrap_or(false),
+        alpn: common.alpn_protocols,
+    })
 }
 
 fn connection_manager(
@@ -147,4 +340,47 @@ fn connection_manager(
     }
     refuse_leftovers(&rest, resource, field)?;
     Ok((route_config, use_remote_address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(names: &[&str], tls: bool) -> ChainPlan {
+        ChainPlan {
+            server_names: names.iter().map(|n| n.to_string()).collect(),
+            tls: tls.then(|| TlsPlan {
+                certificate: format!("cert-{}", names.join(",")),
+                validation: None,
+                require_client_certificate: false,
+                alpn: Vec::new(),
+            }),
+            route_config: "r".into(),
+            use_remote_address: true,
+        }
+    }
+
+    #[test]
+    fn sni_picks_exact_then_longest_wildcard_then_the_unnamed_chain() {
+        let listener = ListenerPlan {
+            name: "l".into(),
+            address: "0.0.0.0".into(),
+            port: 443,
+            chains: vec![
+                chain(&[], false),
+                chain(&["*.example.com"], true),
+                chain(&["*.shop.example.com"], true),
+                chain(&["shop.example.com"], true),
+                chain(&[], true),
+            ],
+        };
+        assert_eq!(listener.tls_chain(Some("Shop.Example.com")), Some(3));
+        assert_eq!(listener.tls_chain(Some("a.shop.example.com")), Some(2));
+        assert_eq!(listener.tls_chain(Some("a.example.com")), Some(1));
+        assert_eq!(listener.tls_chain(Some("other.org")), Some(4));
+        assert_eq!(listener.tls_chain(None), Some(4));
+        assert_eq!(listener.plaintext_chain(), Some(0));
+        let secrets: Vec<&str> = listener.secret_names().collect();
+        assert_eq!(secrets.len(), 4);
+    }
 }

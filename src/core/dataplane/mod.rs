@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod listeners;
 pub mod routes;
+pub mod secrets;
 
 use prost::{Message, Name};
 
