@@ -365,3 +365,56 @@ async fn over_mutual_tls_the_proxy_proves_its_gateway_and_pins_meridians_identit
     drop(impostor);
     meridian.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_reach_meridian_for_rollout_health() {
+    use meridian::core::model::ObjectKey;
+
+    let setup = Setup::new().await;
+    let broken = Backend::failing("broken").await;
+    write(
+        &setup.config(),
+        "broken.yaml",
+        &loopback_service("broken", broken.port),
+    );
+    write(
+        &setup.config(),
+        "shop.yaml",
+        &shop(setup.port, "broken", ""),
+    );
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let proxy = setup.proxy();
+    let client = client();
+    let port = setup.port;
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/a", "alpha")
+    })
+    .await;
+    for _ in 0..20 {
+        assert!(routes_to(&client, port, "/a", "alpha").await);
+        assert!(get(&client, port, "shop.example.test", "/b").await.is_err());
+    }
+    let gateway = ObjectKey::new("edge", "public");
+    let totals = |upstream: &str| {
+        let loads = meridian
+            .admin
+            .xds
+            .loads
+            .recent("gw-proxy", &gateway, |_| true);
+        loads
+            .iter()
+            .filter(|l| l.upstream == upstream)
+            .fold((0, 0), |(r, e), l| (r + l.requests, e + l.errors))
+    };
+    let alpha = "outbound|80||alpha.shop.svc.cluster.local";
+    let broken_cluster = "outbound|80||broken.shop.svc.cluster.local";
+    eventually(
+        Duration::from_secs(10),
+        "the proxy's load reports",
+        || async { totals(alpha).0 >= 21 && totals(broken_cluster) == (20, 20) },
+    )
+    .await;
+    assert_eq!(totals(alpha).1, 0);
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+}

@@ -52,7 +52,7 @@ impl From<tonic::Status> for StreamError {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum StreamError {
+pub(super) enum StreamError {
     #[error("connecting to {address}: {source}")]
     Connect {
         address: String,
@@ -166,7 +166,7 @@ impl AdsClient {
 
     /// One stream; whether any response arrived on it.
     async fn stream(&mut self, accepted: &mut Accepted) -> Result<bool, StreamError> {
-        let channel = self.connect().await?;
+        let channel = connect(&self.bootstrap).await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::default();
@@ -228,47 +228,6 @@ impl AdsClient {
             }
         }
         Ok(any)
-    }
-
-    /// A channel to Meridian: plain, or mutual TLS with the server's identity pinned (the
-    /// credential files are read at every connect, so rotated ones are picked up).
-    async fn connect(&self) -> Result<tonic::transport::Channel, StreamError> {
-        let (host, port) = (&self.bootstrap.xds_host, self.bootstrap.xds_port);
-        let address = format!("{host}:{port}");
-        let Some(tls) = &self.bootstrap.tls else {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                .map_err(|source| StreamError::Connect {
-                    address: address.clone(),
-                    source,
-                })?
-                .connect_timeout(Duration::from_secs(1))
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5));
-            return endpoint
-                .connect()
-                .await
-                .map_err(|source| StreamError::Connect { address, source });
-        };
-        let read = |path: &str| {
-            std::fs::read(path).map_err(|e| StreamError::Credentials(format!("{path}: {e}")))
-        };
-        let (ca_pem, cert_pem, key_pem) = (
-            read(&tls.ca_file)?,
-            read(&tls.cert_file)?,
-            read(&tls.key_file)?,
-        );
-        let credentials = ClientCredentials {
-            ca_pem: &ca_pem,
-            cert_pem: &cert_pem,
-            key_pem: &key_pem,
-        };
-        let connecting = pinned_tls::connect(host, port, credentials, &tls.server_identity);
-        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-            Ok(channel) => Ok(channel?),
-            Err(_) => Err(StreamError::Credentials(format!(
-                "{address}: TLS connect timed out"
-            ))),
-        }
     }
 
     /// Asks for `kind` (its current names, the version accepted, the last nonce): an ACK, a
@@ -492,6 +451,49 @@ impl AdsClient {
             _ => Vec::new(),
         };
         Applied { errors, follow }
+    }
+}
+
+/// A channel to Meridian: plain, or mutual TLS with the server's identity pinned (the
+/// credential files are read at every connect, so rotated ones are picked up).
+pub(super) async fn connect(
+    bootstrap: &Bootstrap,
+) -> Result<tonic::transport::Channel, StreamError> {
+    let (host, port) = (&bootstrap.xds_host, bootstrap.xds_port);
+    let address = format!("{host}:{port}");
+    let Some(tls) = &bootstrap.tls else {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|source| StreamError::Connect {
+                address: address.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        return endpoint
+            .connect()
+            .await
+            .map_err(|source| StreamError::Connect { address, source });
+    };
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| StreamError::Credentials(format!("{path}: {e}")))
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        read(&tls.ca_file)?,
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    );
+    let credentials = ClientCredentials {
+        ca_pem: &ca_pem,
+        cert_pem: &cert_pem,
+        key_pem: &key_pem,
+    };
+    let connecting = pinned_tls::connect(host, port, credentials, &tls.server_identity);
+    match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+        Ok(channel) => Ok(channel?),
+        Err(_) => Err(StreamError::Credentials(format!(
+            "{address}: TLS connect timed out"
+        ))),
     }
 }
 

@@ -45,6 +45,8 @@ pub struct Bootstrap {
     pub xds_host: String,
     pub xds_port: u16,
     pub tls: Option<XdsTls>,
+    /// Send load reports to Meridian (`cluster_manager.load_stats_config` names its cluster).
+    pub load_reports: bool,
     /// The admin listener (`admin.address`), if any.
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -153,6 +155,9 @@ impl Bootstrap {
                 user_agent_name: "meridian-proxy".to_owned(),
                 ..Default::default()
             },
+            load_reports: value["cluster_manager"]["load_stats_config"]["grpc_services"][0]
+                ["envoy_grpc"]["cluster_name"]
+                == cluster_name,
             xds_host: host.to_owned(),
             xds_port: port as u16,
             tls,
@@ -220,6 +225,7 @@ mod tests {
             ("127.0.0.1", 18000)
         );
         assert_eq!(parsed.tls, None);
+        assert!(parsed.load_reports);
         assert_eq!(parsed.admin, Some("127.0.0.1:19000".parse().unwrap()));
         let fields = &parsed.node.metadata.unwrap().fields;
         assert!(fields.contains_key(crate::control_plane::xds::identity::GATEWAY_KEY));

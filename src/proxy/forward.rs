@@ -109,6 +109,9 @@ pub async fn handle(
                 &config,
             )
             .await;
+            state
+                .loads
+                .record(&target.cluster, response.status().is_server_error());
             edit_response(response.headers_mut(), &target.edits);
             response
         }

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod forward;
 pub mod listeners;
+pub mod lrs;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -63,6 +64,8 @@ pub struct ProxyState {
     /// 0: initializing, 1: serving the cache, 2: serving Meridian's config.
     readiness: AtomicU8,
     pub wait_first_config: bool,
+    /// Requests per cluster since the last load report.
+    pub loads: Arc<lrs::Loads>,
     /// Upstream clients (and their connection pools) by (connect timeout, HTTP/2).
     clients: ArcSwap<HashMap<(Duration, bool), UpstreamClient>>,
 }
@@ -74,6 +77,7 @@ impl Default for ProxyState {
             readiness: AtomicU8::new(0),
             wait_first_config: false,
             clients: ArcSwap::from_pointee(HashMap::new()),
+            loads: Arc::default(),
         }
     }
 }
@@ -125,9 +129,6 @@ impl ProxyState {
 /// Runs the proxy until `stopped`.
 pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bootstrap = Bootstrap::load(&options.bootstrap)?;
-    tracing::warn!(
-        "meridian proxy does not send load reports (LRS) yet: rollout health gates see no traffic from it"
-    );
     let state = Arc::new(ProxyState {
         wait_first_config: options.wait_first_config,
         ..ProxyState::default()
@@ -138,6 +139,13 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
             .map_err(|e| anyhow::anyhow!("admin listener {address}: {e}"))?;
         tracing::info!(%address, "admin listening");
         tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
+    }
+    if bootstrap.load_reports {
+        tokio::spawn(lrs::run(
+            bootstrap.clone(),
+            state.loads.clone(),
+            stopped.clone(),
+        ));
     }
     tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "proxy starting");
     let client = AdsClient {

@@ -1,0 +1,139 @@
+//! Load reports to Meridian (LRS, as Envoy sends them when its bootstrap says so): requests
+//! that completed and failed per cluster, every interval Meridian asks for. Staged rollouts'
+//! health gates read them, so they work with this proxy as with Envoy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use xds_api::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
+use xds_api::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+use xds_api::pb::envoy::service::load_stats::v3::LoadStatsRequest;
+
+use super::ads::connect;
+use super::bootstrap::Bootstrap;
+
+/// Requests per cluster since the last report; counted lock-free on the request path.
+#[derive(Default)]
+pub struct Loads {
+    clusters: ArcSwap<HashMap<String, Arc<Counts>>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Loads {
+    /// Counts one finished request to `cluster`; a 5xx or no response at all is a failure.
+    pub fn record(&self, cluster: &str, failed: bool) {
+        let counts = match self.clusters.load().get(cluster) {
+            Some(counts) => counts.clone(),
+            None => {
+                let counts = Arc::new(Counts::default());
+                self.clusters.rcu(|clusters| {
+                    let mut clusters = HashMap::clone(clusters);
+                    clusters
+                        .entry(cluster.to_owned())
+                        .or_insert_with(|| counts.clone());
+                    clusters
+                });
+                match self.clusters.load().get(cluster) {
+                    Some(counts) => counts.clone(),
+                    None => counts,
+                }
+            }
+        };
+        let counter = if failed { &counts.failed } else { &counts.ok };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What was counted since the last call, per cluster (zero ones left out).
+    fn take(&self, interval: Duration) -> Vec<ClusterStats> {
+        let mut stats = Vec::new();
+        for (cluster, counts) in self.clusters.load().iter() {
+            let ok = counts.ok.swap(0, Ordering::Relaxed);
+            let failed = counts.failed.swap(0, Ordering::Relaxed);
+            if ok + failed == 0 {
+                continue;
+            }
+            stats.push(ClusterStats {
+                cluster_name: cluster.clone(),
+                upstream_locality_stats: vec![UpstreamLocalityStats {
+                    total_successful_requests: ok,
+                    total_error_requests: failed,
+                    total_issued_requests: ok + failed,
+                    ..Default::default()
+                }],
+                load_report_interval: Some(xds_api::pb::google::protobuf::Duration {
+                    seconds: interval.as_secs() as i64,
+                    nanos: interval.subsec_nanos() as i32,
+                }),
+                ..Default::default()
+            });
+        }
+        stats
+    }
+}
+
+/// Reports until `stopped`, reconnecting (with backoff) when the stream fails.
+pub async fn run(bootstrap: Bootstrap, loads: Arc<Loads>, mut stopped: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let result = tokio::select! {
+            result = stream(&bootstrap, &loads) => result,
+            _ = crate::runtime::stopped_signal(stopped.clone()) => return,
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "load report stream lost");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn stream(bootstrap: &Bootstrap, loads: &Loads) -> Result<(), String> {
+    let channel = connect(bootstrap).await.map_err(|e| e.to_string())?;
+    let mut client = LoadReportingServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let first = LoadStatsRequest {
+        node: Some(bootstrap.node.clone()),
+        cluster_stats: Vec::new(),
+    };
+    tx.send(first).await.map_err(|_| "closed")?;
+    let mut responses = client
+        .stream_load_stats(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut interval = Duration::from_secs(5);
+    loop {
+        tokio::select! {
+            response = responses.message() => {
+                let Some(response) = response.map_err(|e| e.to_string())? else {
+                    return Ok(());
+                };
+                if let Some(d) = response.load_reporting_interval {
+                    let asked = Duration::new(u64::try_from(d.seconds).unwrap_or(5), u32::try_from(d.nanos).unwrap_or(0));
+                    interval = asked.max(Duration::from_millis(100));
+                }
+            }
+            _ = tokio::time::sleep(interval) => {
+                let stats = loads.take(interval);
+                if stats.is_empty() {
+                    continue;
+                }
+                let report = LoadStatsRequest { node: None, cluster_stats: stats };
+                tx.send(report).await.map_err(|_| "closed")?;
+            }
+        }
+    }
+}
