@@ -169,6 +169,10 @@ pub enum Command {
         /// cached one is served.
         #[arg(long)]
         wait_first_config: bool,
+        /// How long connections of a removed listener, or of all at SIGTERM, may take to
+        /// finish before they are closed.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        drain_time: Duration,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -501,6 +505,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_addr,
             config_cache,
             wait_first_config,
+            drain_time,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -512,6 +517,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin_addr,
                 config_cache,
                 wait_first_config,
+                drain_time,
             };
             crate::proxy::run(options, stopped).await
         }

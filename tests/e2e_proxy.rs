@@ -418,3 +418,60 @@ async fn load_reports_reach_meridian_for_rollout_health() {
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_then_exits() {
+    let setup = Setup::new().await;
+    // A backend that takes a second to answer.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_port = slow.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        "slow"
+    });
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(slow, app).await;
+    });
+    write(
+        &setup.config(),
+        "slow.yaml",
+        &loopback_service("slow", slow_port),
+    );
+    write(&setup.config(), "shop.yaml", &shop(setup.port, "slow", ""));
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let mut proxy = setup.proxy();
+    let client = client();
+    let port = setup.port;
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/a", "alpha")
+    })
+    .await;
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, port, "shop.example.test", "/b").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = proxy.terminate();
+        (proxy, status)
+    });
+    assert_eq!(
+        in_flight.await.unwrap().as_deref(),
+        Ok("slow"),
+        "the request in flight finished"
+    );
+    let (_proxy, status) = status.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "drained without waiting for the drain time"
+    );
+    assert!(
+        get(&client, port, "shop.example.test", "/a").await.is_err(),
+        "no longer accepting"
+    );
+    server.abort();
+    meridian.shutdown().await.unwrap();
+}

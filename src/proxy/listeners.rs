@@ -1,6 +1,8 @@
 //! The proxy's listening sockets, reconciled with the accepted listeners: a new one is bound
 //! before anything it replaces stops, so a listener whose new address cannot be bound keeps its
-//! old socket serving; a removed one stops accepting while its connections finish.
+//! old socket serving. A removed one (or all of them, on SIGTERM) stops accepting and drains:
+//! its connections finish the requests in flight and are told to close (HTTP/2 GOAWAY,
+//! `Connection: close`), closed for good after the drain time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,9 +117,10 @@ async fn accept(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (listener, state) = (listener.clone(), state.clone());
+        let (listener, state, drain) = (listener.clone(), state.clone(), stopped.clone());
         tokio::spawn(async move {
-            if let Err(why) = connection(stream, remote, &listener, state).await {
+            let _open = state.open_connection();
+            if let Err(why) = connection(stream, remote, &listener, state.clone(), drain).await {
                 tracing::debug!(%remote, listener = %listener, why, "connection closed");
             }
         });
@@ -134,6 +137,7 @@ async fn connection(
     remote: SocketAddr,
     listener: &str,
     state: Arc<ProxyState>,
+    drain: watch::Receiver<bool>,
 ) -> Result<(), &'static str> {
     let config = state.config.load_full();
     let plan = config.listeners.get(listener).ok_or("listener gone")?;
@@ -151,7 +155,7 @@ async fn connection(
             remote,
             tls: false,
         };
-        serve(TokioIo::new(stream), downstream, state).await;
+        serve(TokioIo::new(stream), downstream, state, drain).await;
         return Ok(());
     }
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
@@ -176,17 +180,32 @@ async fn connection(
         remote,
         tls: true,
     };
-    serve(TokioIo::new(stream), downstream, state).await;
+    serve(TokioIo::new(stream), downstream, state, drain).await;
     Ok(())
 }
 
-async fn serve<I>(io: TokioIo<I>, downstream: Downstream, state: Arc<ProxyState>)
-where
+/// Serves HTTP on `io` until the client closes, or until `drain` says so: then the
+/// connection finishes what is in flight and closes, within the drain time.
+async fn serve<I>(
+    io: TokioIo<I>,
+    downstream: Downstream,
+    state: Arc<ProxyState>,
+    drain: watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let drain_time = state.drain_time;
     let service = hyper::service::service_fn(move |request| {
         forward::handle(request, downstream.clone(), state.clone())
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let _ = builder.serve_connection(io, service).await;
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = crate::runtime::stopped_signal(drain) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(drain_time, connection).await;
+        }
+    }
 }

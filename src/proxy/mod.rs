@@ -19,7 +19,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ pub struct ProxyOptions {
     pub config_cache: Option<PathBuf>,
     /// Stay unready (`/ready` 503) until Meridian itself sent a config, cache or not.
     pub wait_first_config: bool,
+    /// How long connections of a removed listener, or of every listener at SIGTERM, may take
+    /// to finish before they are closed.
+    pub drain_time: Duration,
 }
 
 /// How far the proxy got: nothing to serve yet, the cached config, or Meridian's.
@@ -64,6 +67,9 @@ pub struct ProxyState {
     /// 0: initializing, 1: serving the cache, 2: serving Meridian's config.
     readiness: AtomicU8,
     pub wait_first_config: bool,
+    pub drain_time: Duration,
+    /// Open downstream connections (a shutdown waits for them to drain).
+    connections: AtomicUsize,
     /// Requests per cluster since the last load report.
     pub loads: Arc<lrs::Loads>,
     /// Upstream clients (and their connection pools) by (connect timeout, HTTP/2).
@@ -76,6 +82,8 @@ impl Default for ProxyState {
             config: ArcSwap::from_pointee(Config::default()),
             readiness: AtomicU8::new(0),
             wait_first_config: false,
+            drain_time: Duration::from_secs(15),
+            connections: AtomicUsize::new(0),
             clients: ArcSwap::from_pointee(HashMap::new()),
             loads: Arc::default(),
         }
@@ -103,6 +111,21 @@ impl ProxyState {
             .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// Counts a downstream connection open until the guard drops.
+    pub(crate) fn open_connection(&self) -> OpenConnection<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection { state: self }
+    }
+
+    /// Waits until every downstream connection closed, or `limit` passed.
+    async fn drained(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The pooled client for upstreams with this connect timeout and protocol; pools survive
     /// config changes.
     pub(crate) fn client(&self, connect_timeout: Duration, http2: bool) -> UpstreamClient {
@@ -126,11 +149,23 @@ impl ProxyState {
     }
 }
 
-/// Runs the proxy until `stopped`.
+/// A downstream connection, counted while open.
+pub(crate) struct OpenConnection<'a> {
+    state: &'a ProxyState,
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the proxy until `stopped`; then its listeners drain (within the drain time).
 pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bootstrap = Bootstrap::load(&options.bootstrap)?;
     let state = Arc::new(ProxyState {
         wait_first_config: options.wait_first_config,
+        drain_time: options.drain_time,
         ..ProxyState::default()
     });
     if let Some(address) = options.admin_addr.or(bootstrap.admin) {
@@ -148,6 +183,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         ));
     }
     tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "proxy starting");
+    let drain = state.clone();
     let client = AdsClient {
         bootstrap,
         state,
@@ -155,5 +191,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
     };
     client.run(stopped).await;
+    tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
+    drain.drained(options.drain_time).await;
     Ok(())
 }

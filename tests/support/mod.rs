@@ -184,6 +184,17 @@ impl MeridianProxy {
     }
 }
 
+impl MeridianProxy {
+    /// SIGTERM, as Kubernetes stops a pod; returns once the process exited.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for MeridianProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
