@@ -475,3 +475,67 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits() {
     server.abort();
     meridian.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_stats_count_responses_upstreams_and_config_updates() {
+    let setup = Setup::new().await;
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let admin = free_port();
+    let proxy = setup.proxy_with(admin, &[]);
+    let client = client();
+    let port = setup.port;
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/a", "alpha")
+    })
+    .await;
+    for _ in 0..5 {
+        assert!(routes_to(&client, port, "/a", "alpha").await);
+        assert!(get(&client, port, "nowhere.example.test", "/")
+            .await
+            .is_err());
+    }
+    let stats = client
+        .get(format!("http://127.0.0.1:{admin}/stats/prometheus"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        stats
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        value("meridian_proxy_downstream_responses_total{code_class=\"2xx\"}") >= 6.0,
+        "{stats}"
+    );
+    assert_eq!(
+        value("meridian_proxy_downstream_responses_total{code_class=\"4xx\"}"),
+        5.0,
+        "{stats}"
+    );
+    let alpha = "cluster=\"outbound|80||alpha.shop.svc.cluster.local\"";
+    assert!(
+        value(&format!(
+            "meridian_proxy_upstream_responses_total{{{alpha},code_class=\"2xx\"}}"
+        )) >= 6.0,
+        "{stats}"
+    );
+    assert!(
+        stats.contains(&format!(
+            "meridian_proxy_upstream_request_duration_seconds_count{{{alpha}}}"
+        )),
+        "{stats}"
+    );
+    assert!(
+        value("meridian_proxy_config_updates_total{type=\"LDS\",result=\"ack\"}") >= 1.0,
+        "{stats}"
+    );
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+}

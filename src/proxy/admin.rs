@@ -1,6 +1,6 @@
 //! The proxy's admin listener: `/ready` (200 `LIVE` once a first config is applied — from the
 //! cache too, unless `--wait-first-config` — 503 before, saying which), and `/config_dump`:
-//! what is applied, per type and version.
+//! what is applied, per type and version, and `/stats/prometheus`.
 
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/ready", get(ready))
         .route("/config_dump", get(config_dump))
+        .route("/stats/prometheus", get(prometheus))
         .with_state(state);
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(crate::runtime::stopped_signal(stopped))
@@ -38,6 +39,14 @@ async fn ready(State(state): State<Arc<ProxyState>>) -> (StatusCode, &'static st
             "SERVING_CACHED_CONFIG: waiting for Meridian's (--wait-first-config)\n",
         ),
         (Readiness::Initializing, _) => (StatusCode::SERVICE_UNAVAILABLE, "PRE_INITIALIZING\n"),
+    }
+}
+
+async fn prometheus(State(state): State<Arc<ProxyState>>) -> (StatusCode, String) {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &state.stats.registry) {
+        Ok(()) => (StatusCode::OK, text),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -195,6 +195,16 @@ impl AdsClient {
             let applied = self
                 .apply(kind, &response, accepted, &mut subscriptions)
                 .await;
+            let result = if applied.errors.is_empty() {
+                "ack"
+            } else {
+                "nack"
+            };
+            let update = super::stats::Update {
+                r#type: short_name(kind),
+                result,
+            };
+            self.state.stats.config_updates.get_or_create(&update).inc();
             if applied.errors.is_empty() {
                 accepted
                     .versions
@@ -494,6 +504,17 @@ pub(super) async fn connect(
         Err(_) => Err(StreamError::Credentials(format!(
             "{address}: TLS connect timed out"
         ))),
+    }
+}
+
+/// `CDS`, `EDS`, `LDS`, `RDS` or `SDS`.
+fn short_name(kind: &str) -> &'static str {
+    match kind {
+        CLUSTERS => "CDS",
+        ENDPOINTS => "EDS",
+        LISTENERS => "LDS",
+        ROUTES => "RDS",
+        _ => "SDS",
     }
 }
 

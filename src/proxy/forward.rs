@@ -50,7 +50,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let config = state.config.load_full();
     let Some(table) = config.routes.get(&*downstream.route_config) else {
-        return Ok(local_reply(StatusCode::NOT_FOUND, None));
+        return counted(&state, local_reply(StatusCode::NOT_FOUND, None));
     };
     // Meridian's listeners strip any port from the host (Envoy's strip_any_host_port): for
     // matching, redirects and the Host sent upstream alike.
@@ -75,7 +75,7 @@ pub async fn handle(
         headers: request.headers(),
     };
     let Some(route) = table.route(&head) else {
-        return Ok(local_reply(StatusCode::NOT_FOUND, None));
+        return counted(&state, local_reply(StatusCode::NOT_FOUND, None));
     };
     let mut response = match &route.action {
         Action::Direct { status, body } => {
@@ -117,6 +117,20 @@ pub async fn handle(
         }
     };
     edit_response(response.headers_mut(), &route.edits);
+    counted(&state, response)
+}
+
+/// Counts the response a client gets.
+fn counted(
+    state: &ProxyState,
+    response: Response<ProxyBody>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let class = super::stats::code_class(response.status());
+    state
+        .stats
+        .downstream_responses
+        .get_or_create(&super::stats::CodeClass { code_class: class })
+        .inc();
     Ok(response)
 }
 
@@ -216,6 +230,7 @@ async fn proxy(
         }
         let client = state.client(upstream.plan.connect_timeout, upstream.plan.http2);
         let sent = client.request(outgoing);
+        let started = std::time::Instant::now();
         let outcome = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
             None => Ok(sent.await),
@@ -227,6 +242,7 @@ async fn proxy(
                     || r.statuses.contains(&status.as_u16())
             })
         };
+        record_attempt(state, &target.cluster, &outcome, started.elapsed());
         match outcome {
             Err(()) => {
                 last = local_reply(
@@ -373,4 +389,44 @@ fn local_reply(status: StatusCode, body: Option<String>) -> Response<ProxyBody> 
         None => Empty::new().map_err(|never| match never {}).boxed(),
     };
     response.body(body).unwrap_or_default()
+}
+
+/// Counts one upstream attempt: its response class and latency, or why there was none.
+fn record_attempt(
+    state: &ProxyState,
+    cluster: &str,
+    outcome: &Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
+    took: Duration,
+) {
+    use super::stats::{ClusterLabel, Upstream, UpstreamFailure};
+    let stats = &state.stats;
+    let failure = |reason| {
+        stats
+            .upstream_failures
+            .get_or_create(&UpstreamFailure {
+                cluster: cluster.to_owned(),
+                reason,
+            })
+            .inc();
+    };
+    match outcome {
+        Ok(Ok(response)) => {
+            stats
+                .upstream_responses
+                .get_or_create(&Upstream {
+                    cluster: cluster.to_owned(),
+                    code_class: super::stats::code_class(response.status()),
+                })
+                .inc();
+            stats
+                .upstream_seconds
+                .get_or_create(&ClusterLabel {
+                    cluster: cluster.to_owned(),
+                })
+                .observe(took.as_secs_f64());
+        }
+        Ok(Err(error)) if error.is_connect() => failure("connect_failure"),
+        Ok(Err(_)) => failure("reset"),
+        Err(()) => failure("timeout"),
+    }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod forward;
 pub mod listeners;
 pub mod lrs;
+pub mod stats;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ pub struct ProxyState {
     pub drain_time: Duration,
     /// Open downstream connections (a shutdown waits for them to drain).
     connections: AtomicUsize,
+    pub stats: stats::Stats,
     /// Requests per cluster since the last load report.
     pub loads: Arc<lrs::Loads>,
     /// Upstream clients (and their connection pools) by (connect timeout, HTTP/2).
@@ -86,6 +88,7 @@ impl Default for ProxyState {
             connections: AtomicUsize::new(0),
             clients: ArcSwap::from_pointee(HashMap::new()),
             loads: Arc::default(),
+            stats: stats::Stats::default(),
         }
     }
 }
@@ -114,6 +117,7 @@ impl ProxyState {
     /// Counts a downstream connection open until the guard drops.
     pub(crate) fn open_connection(&self) -> OpenConnection<'_> {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.downstream_connections.inc();
         OpenConnection { state: self }
     }
 
@@ -157,6 +161,7 @@ pub(crate) struct OpenConnection<'a> {
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.state.connections.fetch_sub(1, Ordering::Relaxed);
+        self.state.stats.downstream_connections.dec();
     }
 }
 

@@ -1,0 +1,114 @@
+//! The proxy's Prometheus metrics, rendered at `/stats/prometheus` on the admin listener:
+//! responses by code class, upstream requests, failures and latency per cluster, open
+//! connections, and config updates applied or rejected.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeClass {
+    pub code_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Upstream {
+    pub cluster: String,
+    pub code_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamFailure {
+    pub cluster: String,
+    /// `connect_failure`, `reset` or `timeout`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Update {
+    pub r#type: &'static str,
+    /// `ack` or `nack`.
+    pub result: &'static str,
+}
+
+pub struct Stats {
+    pub registry: Registry,
+    pub downstream_responses: Family<CodeClass, Counter>,
+    pub downstream_connections: Gauge,
+    pub upstream_responses: Family<Upstream, Counter>,
+    pub upstream_failures: Family<UpstreamFailure, Counter>,
+    pub upstream_seconds: Family<ClusterLabel, Histogram>,
+    pub config_updates: Family<Update, Counter>,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        let mut registry = Registry::with_prefix("meridian_proxy");
+        let downstream_responses = Family::<CodeClass, Counter>::default();
+        registry.register(
+            "downstream_responses",
+            "Responses sent to clients, by code class (2xx, 3xx, 4xx, 5xx)",
+            downstream_responses.clone(),
+        );
+        let downstream_connections = Gauge::default();
+        registry.register(
+            "downstream_connections",
+            "Client connections open",
+            downstream_connections.clone(),
+        );
+        let upstream_responses = Family::<Upstream, Counter>::default();
+        registry.register(
+            "upstream_responses",
+            "Responses from upstreams, by cluster and code class (each attempt counted)",
+            upstream_responses.clone(),
+        );
+        let upstream_failures = Family::<UpstreamFailure, Counter>::default();
+        registry.register(
+            "upstream_failures",
+            "Upstream attempts that got no response, by cluster and reason",
+            upstream_failures.clone(),
+        );
+        let upstream_seconds = Family::<ClusterLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "upstream_request_duration_seconds",
+            "Time from sending an upstream request to its response headers, by cluster",
+            upstream_seconds.clone(),
+        );
+        let config_updates = Family::<Update, Counter>::default();
+        registry.register(
+            "config_updates",
+            "xDS responses applied (ack) or rejected at least in part (nack), by type",
+            config_updates.clone(),
+        );
+        Stats {
+            registry,
+            downstream_responses,
+            downstream_connections,
+            upstream_responses,
+            upstream_failures,
+            upstream_seconds,
+            config_updates,
+        }
+    }
+}
+
+/// `2xx` … `5xx` of a status.
+pub fn code_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
