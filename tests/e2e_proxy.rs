@@ -193,9 +193,9 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     })
     .await;
 
-    // Consistent hashing (a Maglev cluster) is not supported by this proxy yet.
-    let hashed = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {}}}}}\n";
-    write(&setup.config(), "shop.yaml", &shop(port, "beta", hashed));
+    // Outlier detection is not supported by this proxy yet.
+    let ejecting = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}}\n";
+    write(&setup.config(), "shop.yaml", &shop(port, "beta", ejecting));
     let admin = meridian.admin_addr;
     eventually(
         Duration::from_secs(20),
@@ -204,7 +204,7 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
             let statuses = admin_json(&client, admin, "/debug/status")
                 .await
                 .to_string();
-            statuses.contains("Cluster outbound|80||beta.shop.svc.cluster.local: lb_policy")
+            statuses.contains("Cluster outbound|80||beta.shop.svc.cluster.local: outlierDetection")
                 && statuses.contains("supported by meridian proxy")
         },
     )

@@ -155,7 +155,11 @@ impl AdsClient {
                 .versions
                 .insert(kind, response.version_info.clone());
         }
-        self.state.config.store(Arc::new(Config::build(accepted)));
+        self.state.config.store(Arc::new(Config::build(
+            accepted,
+            &self.state.stats,
+            &self.state.loads,
+        )));
         self.state.mark_cached();
         tracing::info!(
             listeners = accepted.listeners.len(),
@@ -212,7 +216,11 @@ impl AdsClient {
             } else {
                 tracing::warn!(r#type = kind, version = %response.version_info, errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
             }
-            self.state.config.store(Arc::new(Config::build(accepted)));
+            self.state.config.store(Arc::new(Config::build(
+                accepted,
+                &self.state.stats,
+                &self.state.loads,
+            )));
             if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS)
             {
                 self.state.mark_ready();

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::loads::{Counts, Loads};
+use super::stats::{ClusterMetrics, Stats};
 use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::routes::RouteTable;
@@ -29,6 +31,9 @@ pub struct Accepted {
 pub struct Upstream {
     pub plan: ClusterPlan,
     pub balancer: Balancer,
+    pub metrics: ClusterMetrics,
+    /// Its requests since the last load report.
+    pub load: Arc<Counts>,
 }
 
 /// The snapshot requests read.
@@ -45,7 +50,7 @@ pub struct Config {
 impl Config {
     /// A snapshot of `accepted`. A cluster is usable once its endpoints arrived (EDS) or were
     /// resolved (DNS); until then requests for it get 503, as for an unknown cluster.
-    pub fn build(accepted: &Accepted) -> Config {
+    pub fn build(accepted: &Accepted, stats: &Stats, loads: &Loads) -> Config {
         let clusters = accepted
             .clusters
             .iter()
@@ -57,6 +62,8 @@ impl Config {
                 let upstream = Upstream {
                     plan: plan.clone(),
                     balancer: Balancer::new(plan, assignment),
+                    metrics: stats.cluster(name),
+                    load: loads.cluster(name),
                 };
                 Some((name.clone(), Arc::new(upstream)))
             })

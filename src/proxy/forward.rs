@@ -14,6 +14,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use super::stats::{ClusterMetrics, Failure};
 use super::ProxyState;
 use crate::core::dataplane::routes::{
     strip_port, Action, Forward, HeaderEdits, RequestHead, Route, Target,
@@ -24,15 +25,19 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Request bodies up to this size are buffered so a retry can send them again.
 const RETRY_BUFFER: u64 = 64 * 1024;
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "trailer",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TRAILER,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Where a connection came in: the route configuration of its filter chain, the client, and
 /// whether it is TLS.
@@ -97,11 +102,12 @@ pub async fn handle(
         }
         Action::Forward(forward) => {
             let target = forward.target(rand::random());
+            let hash = forward.request_hash(&head, &downstream.remote.ip());
             let mut response = proxy(
                 request,
                 route,
                 forward,
-                target,
+                (target, hash),
                 &authority,
                 &path,
                 &downstream,
@@ -109,9 +115,9 @@ pub async fn handle(
                 &config,
             )
             .await;
-            state
-                .loads
-                .record(&target.cluster, response.status().is_server_error());
+            if let Some(upstream) = config.clusters.get(&target.cluster) {
+                upstream.load.record(response.status().is_server_error());
+            }
             edit_response(response.headers_mut(), &target.edits);
             response
         }
@@ -125,12 +131,7 @@ fn counted(
     state: &ProxyState,
     response: Response<ProxyBody>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let class = super::stats::code_class(response.status());
-    state
-        .stats
-        .downstream_responses
-        .get_or_create(&super::stats::CodeClass { code_class: class })
-        .inc();
+    state.stats.downstream_response(response.status());
     Ok(response)
 }
 
@@ -139,7 +140,7 @@ async fn proxy(
     request: Request<Incoming>,
     route: &Route,
     forward: &Forward,
-    target: &Target,
+    (target, hash): (&Target, Option<u64>),
     authority: &str,
     path: &str,
     downstream: &Downstream,
@@ -153,7 +154,7 @@ async fn proxy(
     let content_length = parts.headers_len_hint();
     let method = parts.method;
     let mut headers = parts.headers;
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let host = forward
@@ -165,11 +166,9 @@ async fn proxy(
     }
     append_forwarded_for(&mut headers, downstream.remote);
     let proto = if downstream.tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if !headers.contains_key("x-request-id") {
-        if let Ok(id) = HeaderValue::from_str(&request_id()) {
-            headers.insert("x-request-id", id);
-        }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if !headers.contains_key(X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID, request_id());
     }
     // Envoy's order: the weighted cluster's edits, then the route's (which win a conflict).
     edit_request(&mut headers, &target.edits);
@@ -195,7 +194,7 @@ async fn proxy(
         Some("no healthy upstream".to_owned()),
     );
     for attempt in 0..attempts {
-        let Some(pick) = upstream.balancer.pick(rand::random()) else {
+        let Some(pick) = upstream.balancer.pick(rand::random(), hash) else {
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("no healthy upstream".to_owned()),
@@ -224,7 +223,11 @@ async fn proxy(
             .uri(uri)
             .body(body)
             .unwrap_or_default();
-        *outgoing.headers_mut() = headers.clone();
+        *outgoing.headers_mut() = if attempt + 1 < attempts {
+            headers.clone()
+        } else {
+            std::mem::take(&mut headers)
+        };
         if upstream.plan.http2 {
             *outgoing.version_mut() = http::Version::HTTP_2;
         }
@@ -242,7 +245,7 @@ async fn proxy(
                     || r.statuses.contains(&status.as_u16())
             })
         };
-        record_attempt(state, &target.cluster, &outcome, started.elapsed());
+        record_attempt(&upstream.metrics, &outcome, started.elapsed());
         match outcome {
             Err(()) => {
                 last = local_reply(
@@ -275,7 +278,7 @@ async fn proxy(
             Ok(Ok(response)) => {
                 let status = response.status();
                 let (mut parts, body) = response.into_parts();
-                for name in HOP_BY_HOP {
+                for name in &HOP_BY_HOP {
                     parts.headers.remove(name);
                 }
                 let response = Response::from_parts(parts, body.boxed());
@@ -330,29 +333,33 @@ fn host_port(host: &str, port: u16) -> String {
 
 fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
     let ip = remote.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
         _ => ip,
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", value);
+        headers.insert(X_FORWARDED_FOR, value);
     }
 }
 
 /// A random UUID (version 4), as Envoy generates for `x-request-id`.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes: [u8; 16] = rand::random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn edit_request(headers: &mut HeaderMap, edits: &HeaderEdits) {
@@ -393,40 +400,32 @@ fn local_reply(status: StatusCode, body: Option<String>) -> Response<ProxyBody> 
 
 /// Counts one upstream attempt: its response class and latency, or why there was none.
 fn record_attempt(
-    state: &ProxyState,
-    cluster: &str,
+    metrics: &ClusterMetrics,
     outcome: &Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
     took: Duration,
 ) {
-    use super::stats::{ClusterLabel, Upstream, UpstreamFailure};
-    let stats = &state.stats;
-    let failure = |reason| {
-        stats
-            .upstream_failures
-            .get_or_create(&UpstreamFailure {
-                cluster: cluster.to_owned(),
-                reason,
-            })
-            .inc();
-    };
     match outcome {
-        Ok(Ok(response)) => {
-            stats
-                .upstream_responses
-                .get_or_create(&Upstream {
-                    cluster: cluster.to_owned(),
-                    code_class: super::stats::code_class(response.status()),
-                })
-                .inc();
-            stats
-                .upstream_seconds
-                .get_or_create(&ClusterLabel {
-                    cluster: cluster.to_owned(),
-                })
-                .observe(took.as_secs_f64());
-        }
-        Ok(Err(error)) if error.is_connect() => failure("connect_failure"),
-        Ok(Err(_)) => failure("reset"),
-        Err(()) => failure("timeout"),
+        Ok(Ok(response)) => metrics.response(response.status(), took),
+        Ok(Err(error)) if error.is_connect() => metrics.failure(Failure::ConnectFailure),
+        Ok(Err(_)) => metrics.failure(Failure::Reset),
+        Err(()) => metrics.failure(Failure::Timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = super::request_id();
+        let id = id.to_str().unwrap();
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert!(groups[2].starts_with('4'), "{id}");
+        assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(super::request_id(), super::request_id());
     }
 }

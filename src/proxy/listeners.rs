@@ -2,7 +2,8 @@
 //! before anything it replaces stops, so a listener whose new address cannot be bound keeps its
 //! old socket serving. A removed one (or all of them, on SIGTERM) stops accepting and drains:
 //! its connections finish the requests in flight and are told to close (HTTP/2 GOAWAY,
-//! `Connection: close`), closed for good after the drain time.
+//! `Connection: close`), closed for good after the drain time. Each listener has one socket
+//! per worker (`SO_REUSEPORT`), accepted from on that worker only.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,7 +15,10 @@ use tokio::sync::watch;
 use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::LazyConfigAcceptor;
 
+use socket2::{Domain, Protocol, Socket, Type};
+
 use super::forward::{self, Downstream};
+use super::workers::Workers;
 use super::ProxyState;
 use crate::core::dataplane::listeners::ListenerPlan;
 
@@ -23,12 +27,19 @@ struct Running {
     stop: watch::Sender<bool>,
 }
 
-#[derive(Default)]
 pub struct Listeners {
     running: BTreeMap<String, Running>,
+    workers: Arc<Workers>,
 }
 
 impl Listeners {
+    pub fn new(workers: Arc<Workers>) -> Listeners {
+        Listeners {
+            running: BTreeMap::new(),
+            workers,
+        }
+    }
+
     /// Makes the sockets match `plans`; returns the listeners that could not be bound, with
     /// why (those already running keep their old socket).
     pub fn reconcile(
@@ -49,15 +60,53 @@ impl Listeners {
                 tracing::info!(listener = %name, "listener removed; its connections finish");
             }
         }
-        for (name, plan) in plans {
+        // Sockets share ports (`SO_REUSEPORT`), so two listeners on one address would split
+        // its connections: the second is refused, as Envoy refuses duplicate addresses.
+        // A listener already serving the address keeps it.
+        let mut owners: BTreeMap<(&str, u16), &str> = BTreeMap::new();
+        let unchanged = |name: &String, plan: &ListenerPlan| {
+            self.running
+                .get(name)
+                .is_some_and(|r| r.address == (plan.address.clone(), plan.port))
+        };
+        let (mut order, others): (Vec<_>, Vec<_>) =
+            plans.iter().partition(|(name, plan)| unchanged(name, plan));
+        order.extend(others);
+        for (name, plan) in order {
             let address = (plan.address.clone(), plan.port);
+            if plan.port != 0 {
+                if let Some(owner) = owners.insert((&plan.address, plan.port), name) {
+                    errors.push((
+                        name.clone(),
+                        format!(
+                            "{}:{} is listener {owner}'s already",
+                            plan.address, plan.port
+                        ),
+                    ));
+                    owners.insert((&plan.address, plan.port), owner);
+                    continue;
+                }
+            }
             if self.running.get(name).is_some_and(|r| r.address == address) {
                 continue;
             }
-            match bind(&plan.address, plan.port) {
-                Ok(socket) => {
+            match bind_each(&plan.address, plan.port, self.workers.count()) {
+                Ok(sockets) => {
                     let (stop, stopped) = watch::channel(false);
-                    tokio::spawn(accept(socket, name.clone(), state.clone(), stopped));
+                    let mut sockets = sockets.into_iter();
+                    self.workers.spawn_each(|_| {
+                        let (socket, name) = (sockets.next(), name.clone());
+                        let (state, stopped) = (state.clone(), stopped.clone());
+                        async move {
+                            match socket.map(tokio::net::TcpListener::from_std) {
+                                Some(Ok(socket)) => accept(socket, name, state, stopped).await,
+                                Some(Err(error)) => {
+                                    tracing::warn!(listener = %name, %error, "cannot accept")
+                                }
+                                None => {}
+                            }
+                        }
+                    });
                     if let Some(old) = self.running.insert(name.clone(), Running { address, stop })
                     {
                         old.stop.send_replace(true);
@@ -78,22 +127,41 @@ impl Listeners {
     }
 }
 
-fn bind(address: &str, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+/// Binds `count` sockets to one address with `SO_REUSEPORT`: one per worker.
+fn bind_each(
+    address: &str,
+    port: u16,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     let ip: std::net::IpAddr = address.parse().map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{address:?} is not an IP address"),
         )
     })?;
-    let socket = match ip {
-        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket
-        .bind(SocketAddr::new(ip, port))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}:{port}: {e}")))?;
-    socket.listen(1024)
+    let address = SocketAddr::new(ip, port);
+    // Port 0 asks for any free port: the first socket gets it, the others share it.
+    let mut bound = address;
+    let mut sockets = Vec::new();
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(
+            Domain::for_address(address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket
+            .bind(&bound.into())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {address}: {e}")))?;
+        socket.listen(1024)?;
+        if let Some(local) = socket.local_addr()?.as_socket() {
+            bound = local;
+        }
+        sockets.push(socket.into());
+    }
+    Ok(sockets)
 }
 
 async fn accept(

@@ -2,84 +2,17 @@
 //! that completed and failed per cluster, every interval Meridian asks for. Staged rollouts'
 //! health gates read them, so they work with this proxy as with Envoy.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use xds_api::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
 use xds_api::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
 use xds_api::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 
 use super::ads::connect;
 use super::bootstrap::Bootstrap;
-
-/// Requests per cluster since the last report; counted lock-free on the request path.
-#[derive(Default)]
-pub struct Loads {
-    clusters: ArcSwap<HashMap<String, Arc<Counts>>>,
-}
-
-#[derive(Default)]
-struct Counts {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl Loads {
-    /// Counts one finished request to `cluster`; a 5xx or no response at all is a failure.
-    pub fn record(&self, cluster: &str, failed: bool) {
-        let counts = match self.clusters.load().get(cluster) {
-            Some(counts) => counts.clone(),
-            None => {
-                let counts = Arc::new(Counts::default());
-                self.clusters.rcu(|clusters| {
-                    let mut clusters = HashMap::clone(clusters);
-                    clusters
-                        .entry(cluster.to_owned())
-                        .or_insert_with(|| counts.clone());
-                    clusters
-                });
-                match self.clusters.load().get(cluster) {
-                    Some(counts) => counts.clone(),
-                    None => counts,
-                }
-            }
-        };
-        let counter = if failed { &counts.failed } else { &counts.ok };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// What was counted since the last call, per cluster (zero ones left out).
-    fn take(&self, interval: Duration) -> Vec<ClusterStats> {
-        let mut stats = Vec::new();
-        for (cluster, counts) in self.clusters.load().iter() {
-            let ok = counts.ok.swap(0, Ordering::Relaxed);
-            let failed = counts.failed.swap(0, Ordering::Relaxed);
-            if ok + failed == 0 {
-                continue;
-            }
-            stats.push(ClusterStats {
-                cluster_name: cluster.clone(),
-                upstream_locality_stats: vec![UpstreamLocalityStats {
-                    total_successful_requests: ok,
-                    total_error_requests: failed,
-                    total_issued_requests: ok + failed,
-                    ..Default::default()
-                }],
-                load_report_interval: Some(xds_api::pb::google::protobuf::Duration {
-                    seconds: interval.as_secs() as i64,
-                    nanos: interval.subsec_nanos() as i32,
-                }),
-                ..Default::default()
-            });
-        }
-        stats
-    }
-}
+use super::loads::Loads;
 
 /// Reports until `stopped`, reconnecting (with backoff) when the stream fails.
 pub async fn run(bootstrap: Bootstrap, loads: Arc<Loads>, mut stopped: watch::Receiver<bool>) {

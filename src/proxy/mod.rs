@@ -13,10 +13,13 @@ pub mod cache;
 pub mod config;
 pub mod forward;
 pub mod listeners;
+pub mod loads;
 pub mod lrs;
 pub mod stats;
 pub mod tls;
+pub mod workers;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ pub struct ProxyOptions {
     /// How long connections of a removed listener, or of every listener at SIGTERM, may take
     /// to finish before they are closed.
     pub drain_time: Duration,
+    /// Request workers: threads, each with its own socket per listener and upstream pools.
+    pub workers: usize,
 }
 
 /// How far the proxy got: nothing to serve yet, the cached config, or Meridian's.
@@ -73,9 +78,7 @@ pub struct ProxyState {
     connections: AtomicUsize,
     pub stats: stats::Stats,
     /// Requests per cluster since the last load report.
-    pub loads: Arc<lrs::Loads>,
-    /// Upstream clients (and their connection pools) by (connect timeout, HTTP/2).
-    clients: ArcSwap<HashMap<(Duration, bool), UpstreamClient>>,
+    pub loads: Arc<loads::Loads>,
 }
 
 impl Default for ProxyState {
@@ -86,7 +89,6 @@ impl Default for ProxyState {
             wait_first_config: false,
             drain_time: Duration::from_secs(15),
             connections: AtomicUsize::new(0),
-            clients: ArcSwap::from_pointee(HashMap::new()),
             loads: Arc::default(),
             stats: stats::Stats::default(),
         }
@@ -130,26 +132,27 @@ impl ProxyState {
         }
     }
 
-    /// The pooled client for upstreams with this connect timeout and protocol; pools survive
-    /// config changes.
+    /// The calling worker's pooled client for upstreams with this connect timeout and
+    /// protocol; pools survive config changes and are never shared between workers.
     pub(crate) fn client(&self, connect_timeout: Duration, http2: bool) -> UpstreamClient {
-        let key = (connect_timeout, http2);
-        if let Some(client) = self.clients.load().get(&key) {
-            return client.clone();
+        thread_local! {
+            static CLIENTS: RefCell<HashMap<(Duration, bool), UpstreamClient>> =
+                RefCell::new(HashMap::new());
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client: UpstreamClient = Client::builder(TokioExecutor::new())
-            .http2_only(http2)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        self.clients.rcu(|clients| {
-            let mut clients = HashMap::clone(clients);
-            clients.entry(key).or_insert_with(|| client.clone());
+        CLIENTS.with_borrow_mut(|clients| {
             clients
-        });
-        client
+                .entry((connect_timeout, http2))
+                .or_insert_with(|| {
+                    let mut connector = HttpConnector::new();
+                    connector.set_connect_timeout(Some(connect_timeout));
+                    connector.set_nodelay(true);
+                    Client::builder(TokioExecutor::new())
+                        .http2_only(http2)
+                        .pool_idle_timeout(Duration::from_secs(60))
+                        .build(connector)
+                })
+                .clone()
+        })
     }
 }
 
@@ -189,14 +192,17 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     }
     tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "proxy starting");
     let drain = state.clone();
+    // The workers outlive the ADS client: they serve the connections that drain after it.
+    let workers = Arc::new(workers::Workers::start(options.workers)?);
     let client = AdsClient {
         bootstrap,
         state,
-        listeners: Listeners::default(),
+        listeners: Listeners::new(workers.clone()),
         cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
     };
     client.run(stopped).await;
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
     drain.drained(options.drain_time).await;
+    drop(workers);
     Ok(())
 }

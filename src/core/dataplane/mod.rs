@@ -8,6 +8,8 @@
 
 pub mod balancer;
 pub mod listeners;
+pub mod maglev;
+pub mod ring_hash;
 pub mod routes;
 pub mod secrets;
 
@@ -58,6 +60,15 @@ pub(crate) fn refuse_leftovers<M: Message + Name + Default + PartialEq>(
         }
         _ => vec![M::NAME.to_owned()],
     };
+    // At the top of a resource the leftover fields are the path; inside a field, the message
+    // names them.
+    if field.is_empty() {
+        return Err(CompileError::new(
+            resource,
+            names.join(", "),
+            "not supported by meridian proxy",
+        ));
+    }
     Err(CompileError::new(
         resource,
         field,

@@ -12,7 +12,10 @@ use xds_api::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
 use xds_api::pb::envoy::config::route::v3::route::Action as EnvoyAction;
-use xds_api::pb::envoy::config::route::v3::route_action::{ClusterSpecifier, HostRewriteSpecifier};
+use xds_api::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use xds_api::pb::envoy::config::route::v3::route_action::{
+    ClusterSpecifier, HashPolicy as EnvoyHashPolicy, HostRewriteSpecifier,
+};
 use xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use xds_api::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route as EnvoyRoute,
@@ -21,6 +24,7 @@ use xds_api::pb::envoy::config::route::v3::{
 use xds_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use xds_api::pb::envoy::r#type::matcher::v3::StringMatcher;
 
+use super::hashing::{HashPolicy, HashSource};
 use super::{
     Action, Forward, HeaderEdits, HeaderMatch, Matcher, PathMatch, QueryMatch, Redirect, Retry,
     Route, StringKind, StringTest, Target, ValueTest, VirtualHost,
@@ -313,9 +317,13 @@ fn forward(action: &RouteAction, resource: &str, field: &str) -> Result<Forward,
         .take()
         .map(|r| retry(&r, resource, &format!("{field}.retry_policy")))
         .transpose()?;
-    // Hash policies choose an endpoint only in ring-hash and Maglev clusters, which this proxy
-    // refuses; with the others Envoy ignores them too.
-    rest.hash_policy.clear();
+    // Hash policies choose an endpoint in ring-hash and Maglev clusters; the others ignore
+    // them, as Envoy's do.
+    let hash_policies = std::mem::take(&mut rest.hash_policy)
+        .iter()
+        .enumerate()
+        .map(|(i, policy)| hash_policy(policy, resource, &format!("{field}.hash_policy[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     refuse_leftovers(&rest, resource, field)?;
     Ok(Forward {
         targets,
@@ -325,6 +333,44 @@ fn forward(action: &RouteAction, resource: &str, field: &str) -> Result<Forward,
         host_rewrite,
         timeout,
         retry,
+        hash_policies,
+    })
+}
+
+fn hash_policy(
+    policy: &EnvoyHashPolicy,
+    resource: &str,
+    field: &str,
+) -> Result<HashPolicy, CompileError> {
+    let source = match &policy.policy_specifier {
+        Some(PolicySpecifier::Header(header)) => {
+            if header.regex_rewrite.is_some() {
+                return Err(CompileError::new(
+                    resource,
+                    format!("{field}.header.regex_rewrite"),
+                    "is not supported by meridian proxy",
+                ));
+            }
+            HashSource::Header(header.header_name.to_ascii_lowercase())
+        }
+        Some(PolicySpecifier::QueryParameter(query)) => {
+            HashSource::QueryParameter(query.name.clone())
+        }
+        Some(PolicySpecifier::ConnectionProperties(connection)) if connection.source_ip => {
+            HashSource::SourceIp
+        }
+        _ => {
+            return Err(CompileError::new(
+                resource,
+                format!("{field}.policy_specifier"),
+                "only header, query_parameter and connection_properties.source_ip are \
+                 supported by meridian proxy",
+            ))
+        }
+    };
+    Ok(HashPolicy {
+        source,
+        terminal: policy.terminal,
     })
 }
 

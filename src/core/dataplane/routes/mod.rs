@@ -67,6 +67,8 @@ pub struct Forward {
     /// `None`: no timeout (Envoy's 0s).
     pub timeout: Option<Duration>,
     pub retry: Option<Retry>,
+    /// How to hash a request for ring-hash and Maglev clusters.
+    pub hash_policies: Vec<HashPolicy>,
 }
 
 #[derive(Debug)]
@@ -257,6 +259,17 @@ pub fn strip_port(authority: &str) -> &str {
 }
 
 impl Forward {
+    /// The request's hash for ring-hash and Maglev clusters (`None`: none of the route's hash
+    /// policies found a value).
+    /// `client` is the client's IP address (formatted only for a source-IP policy).
+    pub fn request_hash(
+        &self,
+        head: &RequestHead<'_>,
+        client: &dyn std::fmt::Display,
+    ) -> Option<u64> {
+        hashing::request_hash(&self.hash_policies, head, client)
+    }
+
     /// The target for a request, given a uniformly random `draw`.
     pub fn target(&self, draw: u64) -> &Target {
         let mut point = draw % self.total_weight.max(1);
@@ -333,7 +346,10 @@ impl Redirect {
 }
 
 mod compile;
+pub mod hashing;
 mod matching;
+
+pub use hashing::HashPolicy;
 
 #[cfg(test)]
 mod tests;

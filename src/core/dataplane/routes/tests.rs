@@ -3,6 +3,7 @@ use super::*;
 use xds_api::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
 use xds_api::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
 use xds_api::pb::envoy::config::route::v3::route::Action as EnvoyAction;
+use xds_api::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
 use xds_api::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use xds_api::pb::envoy::config::route::v3::route_action::HashPolicy;
 use xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier;
@@ -226,7 +227,13 @@ fn weights_split_by_the_draw_and_rewrites_apply() {
                 ..Default::default()
             })),
             prefix_rewrite: "/new".into(),
-            hash_policy: vec![HashPolicy::default()],
+            hash_policy: vec![HashPolicy {
+                policy_specifier: Some(PolicySpecifier::Header(hash_policy::Header {
+                    header_name: "X-User".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
             ..Default::default()
         })),
         ..Default::default()
@@ -251,6 +258,19 @@ fn weights_split_by_the_draw_and_rewrites_apply() {
         forward.rewrite_path(route, "/old/x?y").as_deref(),
         Some("/new/x?y")
     );
+    // The hash policy's header name is matched without regard to case.
+    let mut users = http::HeaderMap::new();
+    users.insert("x-user", "ann".parse().unwrap());
+    let client = &"127.0.0.1";
+    let with_user = RequestHead {
+        headers: &users,
+        ..head
+    };
+    assert_eq!(
+        forward.request_hash(&with_user, client),
+        Some(xxhash_rust::xxh64::xxh64(b"ann", 0))
+    );
+    assert_eq!(forward.request_hash(&head, client), None);
 }
 
 #[test]

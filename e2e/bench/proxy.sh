@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Proxy benchmark: CPU per request of `meridian proxy`, Envoy 1.40 (both fed by one Meridian)
+# and HAProxy (static config), each pinned to core 0, against one nginx backend on core 1,
+# loaded by `wrk -t1 -c50` keep-alive HTTP/1.1 (also on core 1), in the same run. Prints
+# requests/s, CPU µs per request (user+system of the proxy process), p99, and ratios to Envoy.
+#
+#   bash e2e/bench/proxy.sh [seconds=10]
+#   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
+#
+# Needs wrk, haproxy and nginx (`make bench-proxy` installs them), Envoy (`make deps`).
+set -euo pipefail
+seconds=${1:-10}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}
+meridian="$CARGO_TARGET_DIR/release/meridian"
+envoy=$(python3 -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+(cd "$repo" && cargo build --quiet --release --bin meridian)
+
+backend=$(free_port)
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$backend; location / { return 200 "ok\n"; } }
+}
+EOF
+taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
+pids+=("$(cat "$work/nginx/nginx.pid")")
+
+envoy_port=$(free_port); proxy_port=$(free_port); haproxy_port=$(free_port); xds=$(free_port)
+mkdir -p "$work/config" "$work/state"
+cat > "$work/config/bench.yaml" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: bench}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: bench, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: ["127.0.0.1"]}]
+ports: [{name: http, port: $backend}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: web, namespace: bench}
+spec:
+  template:
+    gateways:
+    - metadata: {name: envoy}
+      spec: {servers: [{port: {number: $envoy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}]}
+    - metadata: {name: proxy}
+      spec: {servers: [{port: {number: $proxy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}]}
+    virtualServices:
+    - metadata: {name: web}
+      spec:
+        hosts: [bench.example.test]
+        gateways: [envoy, proxy]
+        http: [{route: [{destination: {host: web}}]}]
+EOF
+"$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
+  --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
+pids+=($!)
+sleep 1
+"$meridian" bootstrap --node-id bench-envoy --gateway bench/envoy --xds-addr "127.0.0.1:$xds" \
+  --admin-port "$(free_port)" > "$work/envoy.json"
+"$meridian" bootstrap --node-id bench-proxy --gateway bench/proxy --xds-addr "127.0.0.1:$xds" \
+  --admin-port "$(free_port)" > "$work/proxy.json"
+taskset -c 0 "$envoy" --disable-hot-restart --concurrency 1 -c "$work/envoy.json" -l warning \
+  >"$work/envoy.log" 2>&1 &
+envoy_pid=$!; pids+=($envoy_pid)
+RUST_LOG=warn taskset -c 0 "$meridian" proxy -c "$work/proxy.json" --workers 1 >"$work/proxy.log" 2>&1 &
+proxy_pid=$!; pids+=($proxy_pid)
+cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend bench
+  bind 127.0.0.1:$haproxy_port
+  default_backend web
+backend web
+  http-reuse always
+  server web1 127.0.0.1:$backend
+EOF
+taskset -c 0 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+haproxy_pid=$!; pids+=($haproxy_pid)
+
+for port in $envoy_port $proxy_port $haproxy_port; do
+  for _ in $(seq 1 100); do
+    curl -fs -H 'Host: bench.example.test' "http://127.0.0.1:$port/" >/dev/null && break
+    sleep 0.1
+  done
+done
+
+declare -A rps cpu p99
+run() { # name pid port
+  taskset -c 1 wrk -t1 -c50 -d2s -H 'Host: bench.example.test' "http://127.0.0.1:$3/" >/dev/null
+  local before; before=$(ticks "$2")
+  local out; out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H 'Host: bench.example.test' "http://127.0.0.1:$3/")
+  local after; after=$(ticks "$2")
+  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  p99[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx responses:"; echo "$out"; exit 1; fi
+}
+run envoy $envoy_pid $envoy_port
+if [ -n "${PERF_OUT:-}" ]; then
+  (sleep 3; perf record -e cpu-clock -F 2000 -p "$proxy_pid" -o "$PERF_OUT" -- sleep 5) &
+fi
+run meridian-proxy $proxy_pid $proxy_port
+run haproxy $haproxy_pid $haproxy_port
+
+printf '\n%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
+for peer in envoy meridian-proxy haproxy; do
+  ratio=$(awk -v a="${cpu[$peer]}" -v e="${cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
+  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${rps[$peer]}" "${cpu[$peer]}" "${p99[$peer]}" "$ratio"
+done

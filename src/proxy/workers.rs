@@ -1,0 +1,67 @@
+//! The proxy's request workers, as Envoy's and HAProxy's: one thread per core (`--workers N`),
+//! each running its own single-threaded runtime. Every listener has one socket per worker
+//! (`SO_REUSEPORT`, so the kernel spreads connections), and a connection lives on the worker
+//! that accepted it with everything it touches: its upstream connection pools are the worker's
+//! own, so the request path takes no lock and hands nothing to another thread. The ADS client,
+//! the admin listener and load reports run on the control thread.
+
+use std::future::Future;
+use std::io;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+/// Running workers; they stop when this is dropped.
+pub struct Workers {
+    handles: Vec<Handle>,
+    stop: watch::Sender<bool>,
+}
+
+impl Workers {
+    /// Starts `count` workers (at least one).
+    pub fn start(count: usize) -> io::Result<Workers> {
+        let (stop, stopped) = watch::channel(false);
+        let mut handles = Vec::new();
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let mut stopped = stopped.clone();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let _ = stopped.wait_for(|stop| *stop).await;
+                    })
+                })?;
+        }
+        Ok(Workers { handles, stop })
+    }
+
+    pub fn count(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Runs `task(worker index)` on every worker.
+    pub fn spawn_each<F, T>(&self, mut task: T)
+    where
+        T: FnMut(usize) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for (index, handle) in self.handles.iter().enumerate() {
+            handle.spawn(task(index));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// One per core, as Envoy's `--concurrency` defaults.
+pub fn default_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
