@@ -32,6 +32,9 @@ struct Probe {
     /// Over TLS to the gateways' HTTPS port, with `host` as SNI (status and backend checked).
     #[serde(default)]
     tls: bool,
+    /// Requests sent first, whatever they answer (to trip outlier detection, say).
+    #[serde(default)]
+    warmup: usize,
     /// Each sample sets this header to a value of its own (`user-<n>`).
     #[serde(default)]
     vary_header: Option<String>,
@@ -69,7 +72,7 @@ struct EchoBackend {
 
 impl EchoBackend {
     /// `flaky` answers 503 the first time it sees an `x-request-id` (a retry carries the same
-    /// id, so it succeeds); every backend waits `x-delay-ms` before answering when asked to.
+    /// id, so it succeeds), `broken` always; every backend waits `x-delay-ms` before answering when asked to.
     async fn start(name: &'static str) -> EchoBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -91,7 +94,7 @@ impl EchoBackend {
                 let first_time =
                     header("x-request-id").is_some_and(|id| seen.lock().unwrap().insert(id));
                 let mut response = axum::response::Response::new(axum::body::Body::from(name));
-                if name == "flaky" && first_time {
+                if name == "broken" || (name == "flaky" && first_time) {
                     *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
                 }
                 let headers = response.headers_mut();
@@ -291,6 +294,9 @@ async fn run_probe(
         || probe.expect.spread.is_some();
     if sampled {
         let samples = probe.samples.unwrap_or(200);
+        for _ in 0..probe.warmup {
+            let _ = send(client, ports, ca_pem, probe).await;
+        }
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for n in 0..samples {
             let mut varied = Probe {
@@ -299,6 +305,7 @@ async fn run_probe(
                 method: probe.method.clone(),
                 headers: probe.headers.clone(),
                 samples: None,
+                warmup: 0,
                 tls: probe.tls,
                 vary_header: None,
                 vary_query: None,
@@ -367,8 +374,9 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         https: free_port(),
     };
     let xds_port = free_port();
-    let pool = |name: &str| {
-        let slices: String = [("alpha", alpha.port), ("beta", beta.port), ("gamma", gamma.port)]
+    let broken = EchoBackend::start("broken").await;
+    let pool = |name: &str, members: &[(&str, u16)]| {
+        let slices: String = members
             .iter()
             .map(|(backend, port)| {
                 format!(
@@ -380,8 +388,14 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n{slices}"
         )
     };
-    let backends = pool("pool")
-        + &pool("pool-maglev")
+    let three = [
+        ("alpha", alpha.port),
+        ("beta", beta.port),
+        ("gamma", gamma.port),
+    ];
+    let backends = pool("pool", &three)
+        + &pool("pool-maglev", &three)
+        + &pool("shaky", &[("alpha", alpha.port), ("broken", broken.port)])
         + &loopback_service("alpha", alpha.port)
         + &loopback_service("beta", beta.port)
         + &loopback_service("gamma", gamma.port)

@@ -193,9 +193,9 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     })
     .await;
 
-    // Outlier detection is not supported by this proxy yet.
-    let ejecting = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {outlierDetection: {consecutive5xxErrors: 3}}}\n";
-    write(&setup.config(), "shop.yaml", &shop(port, "beta", ejecting));
+    // Circuit breakers are not supported by this proxy yet.
+    let breaking = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}}\n";
+    write(&setup.config(), "shop.yaml", &shop(port, "beta", breaking));
     let admin = meridian.admin_addr;
     eventually(
         Duration::from_secs(20),
@@ -204,7 +204,7 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
             let statuses = admin_json(&client, admin, "/debug/status")
                 .await
                 .to_string();
-            statuses.contains("Cluster outbound|80||beta.shop.svc.cluster.local: outlierDetection")
+            statuses.contains("Cluster outbound|80||beta.shop.svc.cluster.local: circuitBreakers")
                 && statuses.contains("supported by meridian proxy")
         },
     )

@@ -69,7 +69,7 @@ async fn config_dump(State(state): State<Arc<ProxyState>>) -> Json<serde_json::V
         .clusters
         .iter()
         .map(|(name, upstream)| {
-            serde_json::json!({"name": name, "policy": format!("{:?}", upstream.plan.policy), "http2": upstream.plan.http2, "serving": !upstream.balancer.is_empty()})
+            serde_json::json!({"name": name, "policy": format!("{:?}", upstream.plan.policy), "http2": upstream.plan.http2, "serving": !upstream.balancer.load().is_empty(), "ejected": upstream.ejected()})
         })
         .collect();
     clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));

@@ -159,6 +159,7 @@ impl AdsClient {
             accepted,
             &self.state.stats,
             &self.state.loads,
+            &self.state.config.load(),
         )));
         self.state.mark_cached();
         tracing::info!(
@@ -220,6 +221,7 @@ impl AdsClient {
                 accepted,
                 &self.state.stats,
                 &self.state.loads,
+                &self.state.config.load(),
             )));
             if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS)
             {

@@ -2,13 +2,17 @@
 //! requests read. A snapshot is rebuilt whole after every accepted response and swapped in by
 //! pointer, so a request sees one consistent config from start to end.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use super::loads::{Counts, Loads};
 use super::stats::{ClusterMetrics, Stats};
-use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery};
+use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery, Endpoint};
 use crate::core::dataplane::listeners::ListenerPlan;
+use crate::core::dataplane::outlier::{Outcome, OutlierDetector};
 use crate::core::dataplane::routes::RouteTable;
 use crate::core::dataplane::secrets::SecretPlan;
 
@@ -30,10 +34,58 @@ pub struct Accepted {
 #[derive(Debug)]
 pub struct Upstream {
     pub plan: ClusterPlan,
-    pub balancer: Balancer,
+    assignment: Assignment,
+    /// Rebuilt when outlier detection ejects an endpoint or brings one back.
+    pub balancer: ArcSwap<Balancer>,
     pub metrics: ClusterMetrics,
     /// Its requests since the last load report.
     pub load: Arc<Counts>,
+    /// Its outlier detection, carried from config to config while the cluster has it.
+    outliers: Option<Arc<Mutex<OutlierDetector>>>,
+}
+
+impl Upstream {
+    /// Whether attempts' outcomes are wanted ([`Upstream::record`]).
+    pub fn detects_outliers(&self) -> bool {
+        self.outliers.is_some()
+    }
+
+    /// Records an attempt's outcome on `endpoint` (an [`Endpoint::id`]); an ejection rebuilds
+    /// the balancer at once.
+    pub fn record(&self, endpoint: &str, outcome: Outcome, now: Duration) {
+        let Some(outliers) = &self.outliers else {
+            return;
+        };
+        let mut detector = outliers.lock().unwrap_or_else(|e| e.into_inner());
+        if detector.record(endpoint, outcome, now) {
+            tracing::info!(cluster = %self.plan.name, endpoint, "outlier ejected");
+            self.rebalance(&detector.ejected());
+        }
+    }
+
+    /// The interval's outlier work; brings back endpoints whose ejection ended.
+    pub fn tick(&self, now: Duration) {
+        let Some(outliers) = &self.outliers else {
+            return;
+        };
+        let mut detector = outliers.lock().unwrap_or_else(|e| e.into_inner());
+        if detector.tick_if_due(now) {
+            self.rebalance(&detector.ejected());
+        }
+    }
+
+    /// The endpoints outlier detection ejected (for `/config_dump`).
+    pub fn ejected(&self) -> BTreeSet<String> {
+        self.outliers
+            .as_ref()
+            .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ejected())
+            .unwrap_or_default()
+    }
+
+    fn rebalance(&self, ejected: &BTreeSet<String>) {
+        let balancer = Balancer::with_ejected(&self.plan, &self.assignment, ejected);
+        self.balancer.store(Arc::new(balancer));
+    }
 }
 
 /// The snapshot requests read.
@@ -50,7 +102,8 @@ pub struct Config {
 impl Config {
     /// A snapshot of `accepted`. A cluster is usable once its endpoints arrived (EDS) or were
     /// resolved (DNS); until then requests for it get 503, as for an unknown cluster.
-    pub fn build(accepted: &Accepted, stats: &Stats, loads: &Loads) -> Config {
+    /// `previous` hands its clusters' outlier state on.
+    pub fn build(accepted: &Accepted, stats: &Stats, loads: &Loads, previous: &Config) -> Config {
         let clusters = accepted
             .clusters
             .iter()
@@ -59,11 +112,35 @@ impl Config {
                     Discovery::Static(assignment) => assignment,
                     Discovery::Eds | Discovery::Dns(_) => accepted.assignments.get(name)?,
                 };
+                let outliers = plan.outlier.clone().map(|policy| {
+                    let carried = previous.clusters.get(name).and_then(|u| u.outliers.clone());
+                    let outliers = carried.unwrap_or_else(|| {
+                        Arc::new(Mutex::new(OutlierDetector::new(policy.clone())))
+                    });
+                    let ids = assignment
+                        .localities
+                        .iter()
+                        .flat_map(|l| l.endpoints.iter().map(Endpoint::id))
+                        .collect();
+                    outliers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .update(policy, &ids);
+                    outliers
+                });
+                let ejected = outliers
+                    .as_ref()
+                    .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ejected())
+                    .unwrap_or_default();
                 let upstream = Upstream {
                     plan: plan.clone(),
-                    balancer: Balancer::new(plan, assignment),
+                    assignment: assignment.clone(),
+                    balancer: ArcSwap::from_pointee(Balancer::with_ejected(
+                        plan, assignment, &ejected,
+                    )),
                     metrics: stats.cluster(name),
                     load: loads.cluster(name),
+                    outliers,
                 };
                 Some((name.clone(), Arc::new(upstream)))
             })

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 
 use super::stats::{ClusterMetrics, Failure};
 use super::ProxyState;
+use crate::core::dataplane::outlier::Outcome;
 use crate::core::dataplane::routes::{
     strip_port, Action, Forward, HeaderEdits, RequestHead, Route, Target,
 };
@@ -194,14 +195,16 @@ async fn proxy(
         Some("no healthy upstream".to_owned()),
     );
     for attempt in 0..attempts {
-        let Some(pick) = upstream.balancer.pick(rand::random(), hash) else {
+        let balancer = upstream.balancer.load();
+        let Some(pick) = balancer.pick(rand::random(), hash) else {
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some("no healthy upstream".to_owned()),
             );
         };
-        let endpoint = upstream.balancer.endpoint(pick);
-        let _active = upstream.balancer.start(pick);
+        let endpoint = balancer.endpoint(pick);
+        let _active = balancer.start(pick);
+        let endpoint_id = upstream.detects_outliers().then(|| endpoint.id());
         let uri: Uri = match format!(
             "http://{}{upstream_path}",
             host_port(&endpoint.host, endpoint.port)
@@ -246,6 +249,13 @@ async fn proxy(
             })
         };
         record_attempt(&upstream.metrics, &outcome, started.elapsed());
+        if let Some(id) = &endpoint_id {
+            let result = match &outcome {
+                Ok(Ok(response)) => Outcome::Status(response.status().as_u16()),
+                _ => Outcome::LocalFailure,
+            };
+            upstream.record(id, result, state.clock());
+        }
         match outcome {
             Err(()) => {
                 last = local_reply(

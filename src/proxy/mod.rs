@@ -77,6 +77,8 @@ pub struct ProxyState {
     /// Open downstream connections (a shutdown waits for them to drain).
     connections: AtomicUsize,
     pub stats: stats::Stats,
+    /// When the proxy started: outlier detection's clock.
+    started: std::time::Instant,
     /// Requests per cluster since the last load report.
     pub loads: Arc<loads::Loads>,
 }
@@ -91,6 +93,7 @@ impl Default for ProxyState {
             connections: AtomicUsize::new(0),
             loads: Arc::default(),
             stats: stats::Stats::default(),
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -114,6 +117,11 @@ impl ProxyState {
         let _ = self
             .readiness
             .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Time since the proxy started (outlier detection's clock).
+    pub(crate) fn clock(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Counts a downstream connection open until the guard drops.
@@ -183,6 +191,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         tracing::info!(%address, "admin listening");
         tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
     }
+    tokio::spawn(outlier_ticks(state.clone(), stopped.clone()));
     if bootstrap.load_reports {
         tokio::spawn(lrs::run(
             bootstrap.clone(),
@@ -205,4 +214,23 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     drain.drained(options.drain_time).await;
     drop(workers);
     Ok(())
+}
+
+/// Outlier detection's interval work for every cluster that has it: ejections that ended
+/// bring their endpoints back. Each cluster ticks at its own interval; this only wakes often
+/// enough for the shortest.
+async fn outlier_ticks(state: Arc<ProxyState>, stopped: watch::Receiver<bool>) {
+    let ticks = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let config = state.config.load();
+            for upstream in config.clusters.values() {
+                upstream.tick(state.clock());
+            }
+        }
+    };
+    tokio::select! {
+        _ = ticks => {}
+        _ = crate::runtime::stopped_signal(stopped) => {}
+    }
 }

@@ -1,10 +1,12 @@
 //! Clusters and endpoint choice: a `Cluster` compiled into how to reach its endpoints and how
-//! to choose among them, and a `ClusterLoadAssignment` into the endpoints of the priority that
-//! takes the traffic. With no health checking or outlier detection every endpoint is healthy,
-//! so, as in Envoy, priority 0 takes everything when it has endpoints, else the next one.
+//! to choose among them, and a `ClusterLoadAssignment` into groups of endpoints with their
+//! share of the traffic — by priority and locality, less what outlier detection ejected
+//! ([`health`]): with every endpoint healthy, priority 0 takes everything when it has
+//! endpoints, else the next one, as in Envoy.
 //! Ring-hash and Maglev clusters choose by the request's hash (the route's hash policies)
 //! over one table of the serving priority's endpoints, locality weights folded into theirs.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::maglev::{self, MaglevTable};
+use super::outlier::OutlierPolicy;
 use super::ring_hash::{self, Ring};
 use super::{refuse_leftovers, CompileError};
 
@@ -61,6 +64,9 @@ pub struct ClusterPlan {
     pub http2: bool,
     pub locality_weighted: bool,
     pub discovery: Discovery,
+    /// Below this healthy percentage a priority uses all its endpoints (Envoy's default 50).
+    pub panic_threshold: f64,
+    pub outlier: Option<OutlierPolicy>,
 }
 
 /// One endpoint: a host (an address, or a name for DNS clusters) and port, with its weight.
@@ -69,6 +75,13 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub weight: u32,
+}
+
+impl Endpoint {
+    /// How outlier detection and hash tables know it: `host:port`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 /// The endpoints of one locality at one priority.
@@ -120,9 +133,11 @@ impl ClusterPlan {
         #[allow(deprecated)]
         let http2 = rest.http2_protocol_options.take().is_some();
         let mut locality_weighted = false;
+        let mut panic_threshold = 50.0;
         if let Some(mut common) = rest.common_lb_config.take() {
-            // Panic mode needs unhealthy hosts; without health checking there are none.
-            common.healthy_panic_threshold = None;
+            if let Some(threshold) = common.healthy_panic_threshold.take() {
+                panic_threshold = threshold.value.clamp(0.0, 100.0);
+            }
             locality_weighted = matches!(
                 common.locality_config_specifier.take(),
                 Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
@@ -158,6 +173,11 @@ impl ClusterPlan {
                     "only EDS, STATIC, STRICT_DNS and LOGICAL_DNS are supported by meridian proxy",
                 )),
             };
+        let outlier = rest
+            .outlier_detection
+            .take()
+            .map(|od| OutlierPolicy::compile(&od, &resource))
+            .transpose()?;
         refuse_leftovers(&rest, &resource, "")?;
         Ok(ClusterPlan {
             name,
@@ -166,6 +186,8 @@ impl ClusterPlan {
             http2,
             locality_weighted,
             discovery,
+            panic_threshold,
+            outlier,
         })
     }
 }
@@ -296,23 +318,6 @@ impl Assignment {
         }
         Ok(Assignment { localities })
     }
-
-    /// The localities of the priority that takes the traffic: the lowest with endpoints.
-    pub fn serving(&self) -> Vec<&Locality> {
-        let Some(priority) = self
-            .localities
-            .iter()
-            .filter(|l| !l.endpoints.is_empty())
-            .map(|l| l.priority)
-            .min()
-        else {
-            return Vec::new();
-        };
-        self.localities
-            .iter()
-            .filter(|l| l.priority == priority && !l.endpoints.is_empty())
-            .collect()
-    }
 }
 
 /// Chooses endpoints of one cluster. Shared by the requests of a worker; counters are atomics.
@@ -336,10 +341,7 @@ enum HashTable {
 
 impl HashTable {
     fn build(policy: Policy, endpoints: &[Endpoint]) -> Option<HashTable> {
-        let ids: Vec<String> = endpoints
-            .iter()
-            .map(|e| format!("{}:{}", e.host, e.port))
-            .collect();
+        let ids: Vec<String> = endpoints.iter().map(Endpoint::id).collect();
         let backends: Vec<maglev::Backend<'_>> = ids
             .iter()
             .zip(endpoints)
@@ -373,17 +375,33 @@ impl HashTable {
 pub type Pick = (usize, usize);
 
 impl Balancer {
+    /// A balancer over every endpoint of `assignment`.
     pub fn new(plan: &ClusterPlan, assignment: &Assignment) -> Balancer {
-        let serving = assignment.serving();
+        Balancer::with_ejected(plan, assignment, &BTreeSet::new())
+    }
+
+    /// A balancer over `assignment` but the `ejected` endpoints (by id), with Envoy's priority
+    /// spill-over and panic mode ([`health`]).
+    pub fn with_ejected(
+        plan: &ClusterPlan,
+        assignment: &Assignment,
+        ejected: &BTreeSet<String>,
+    ) -> Balancer {
+        let groups = health::serving_groups(
+            assignment,
+            plan.locality_weighted,
+            ejected,
+            plan.panic_threshold,
+        );
         let hashing = matches!(plan.policy, Policy::RingHash { .. } | Policy::Maglev { .. });
         let groups: Vec<(u64, Vec<Endpoint>)> = if hashing {
-            // One table for the whole priority; a locality's weight scales its endpoints'.
-            let all: Vec<Endpoint> = serving
+            // One table over every serving group; a group's share scales its endpoints'
+            // weights (to at most 1000 times theirs).
+            let all: Vec<Endpoint> = groups
                 .iter()
-                .filter(|l| !plan.locality_weighted || l.weight > 0)
-                .flat_map(|l| {
-                    let scale = if plan.locality_weighted { l.weight } else { 1 };
-                    l.endpoints.iter().map(move |e| Endpoint {
+                .flat_map(|(share, endpoints)| {
+                    let scale = u32::try_from((share / 1000).max(1)).unwrap_or(1000);
+                    endpoints.iter().map(move |e| Endpoint {
                         weight: e.weight.saturating_mul(scale),
                         ..e.clone()
                     })
@@ -394,19 +412,8 @@ impl Balancer {
             } else {
                 vec![(1, all)]
             }
-        } else if plan.locality_weighted {
-            serving
-                .iter()
-                .filter(|l| l.weight > 0)
-                .map(|l| (u64::from(l.weight), l.endpoints.clone()))
-                .collect()
         } else {
-            let all: Vec<Endpoint> = serving.iter().flat_map(|l| l.endpoints.clone()).collect();
-            if all.is_empty() {
-                Vec::new()
-            } else {
-                vec![(1, all)]
-            }
+            groups
         };
         let active = groups
             .iter()
@@ -515,5 +522,6 @@ fn weighted(endpoints: &[Endpoint], point: u64) -> usize {
     0
 }
 
+mod health;
 #[cfg(test)]
 mod tests;

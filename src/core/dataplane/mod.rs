@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod listeners;
 pub mod maglev;
+pub mod outlier;
 pub mod ring_hash;
 pub mod routes;
 pub mod secrets;

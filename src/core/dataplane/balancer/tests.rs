@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 use xds_api::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
 use xds_api::pb::envoy::config::core::v3::{Address, Locality as EnvoyLocality, SocketAddress};
 use xds_api::pb::envoy::config::endpoint::v3::{
@@ -98,11 +99,12 @@ fn localities_are_chosen_by_weight_when_weighted() {
     let to_a = (0..400)
         .filter(|d| {
             balancer
-                .endpoint(balancer.pick([*d, 0, 0], None).unwrap())
+                .endpoint(balancer.pick([*d * 2500, 0, 0], None).unwrap())
                 .host
                 == "10.0.0.1"
         })
         .count();
+    // Shares are parts per million: draws spread evenly over them.
     assert_eq!(to_a, 300);
 }
 
@@ -166,11 +168,15 @@ fn bad_hash_tables_and_outlier_detection_are_refused_by_name() {
     );
     let outlier = Cluster {
         name: "c".into(),
-        outlier_detection: Some(Default::default()),
+        outlier_detection: Some(xds_api::pb::envoy::config::cluster::v3::OutlierDetection {
+            success_rate_minimum_hosts: Some(UInt32Value { value: 3 }),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let error = ClusterPlan::compile(&outlier).unwrap_err();
-    assert_eq!(error.field, "outlierDetection", "{error}");
+    assert_eq!(error.field, "outlier_detection", "{error}");
+    assert!(error.message.contains("successRateMinimumHosts"), "{error}");
 }
 
 #[test]
@@ -223,4 +229,84 @@ fn hashing_clusters_fold_locality_weights_into_endpoint_weights() {
         })
         .count();
     assert!((2900..=3100).contains(&first), "{first}");
+}
+
+fn share_of(balancer: &Balancer, host: &str, draws: u64) -> f64 {
+    let hits = (0..draws)
+        .filter(|d| {
+            let d = d.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            balancer
+                .endpoint(balancer.pick([d, d, d], None).unwrap())
+                .host
+                == host
+        })
+        .count();
+    hits as f64 / draws as f64
+}
+
+#[test]
+fn ejected_endpoints_take_no_traffic_and_priorities_spill_over_as_in_envoy() {
+    let p = plan(LbPolicy::Random, false);
+    let a = Assignment::compile(
+        &cla(&[
+            ("a", 1, 0, &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+            ("b", 1, 1, &["10.0.1.1"]),
+        ]),
+        "c",
+    )
+    .unwrap();
+    let ejected =
+        |hosts: &[&str]| -> BTreeSet<String> { hosts.iter().map(|h| format!("{h}:80")).collect() };
+    // One of four ejected: 75 % × 1.4 ≥ 100 %, so priority 0 keeps everything.
+    let b = Balancer::with_ejected(&p, &a, &ejected(&["10.0.0.1"]));
+    assert_eq!(share_of(&b, "10.0.0.1", 4000), 0.0);
+    assert_eq!(share_of(&b, "10.0.1.1", 4000), 0.0);
+    // Three of four ejected: priority 0 takes 1.4 × 25 % = 35 %, priority 1 the rest (the
+    // total health is 100 %: no panic).
+    let b = Balancer::with_ejected(&p, &a, &ejected(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]));
+    let local = share_of(&b, "10.0.0.4", 20_000);
+    assert!((local - 0.35).abs() < 0.02, "{local}");
+    assert!((share_of(&b, "10.0.1.1", 20_000) - 0.65).abs() < 0.02);
+}
+
+#[test]
+fn panic_mode_uses_every_endpoint_below_the_threshold() {
+    let a = Assignment::compile(&cla(&[("a", 1, 0, &["10.0.0.1", "10.0.0.2"])]), "c").unwrap();
+    let all_gone: BTreeSet<String> = ["10.0.0.1:80".to_string(), "10.0.0.2:80".to_string()].into();
+    let one_gone: BTreeSet<String> = ["10.0.0.1:80".to_string()].into();
+    // Envoy's default threshold (50 %): half healthy is not panic; none healthy is.
+    let default = plan(LbPolicy::Random, false);
+    assert_eq!(default.panic_threshold, 50.0);
+    let b = Balancer::with_ejected(&default, &a, &one_gone);
+    assert_eq!(share_of(&b, "10.0.0.1", 2000), 0.0);
+    let b = Balancer::with_ejected(&default, &a, &all_gone);
+    assert!(share_of(&b, "10.0.0.1", 2000) > 0.3);
+    // Meridian's outlier clusters set 0 (Istio's minHealthPercent default): no panic at all.
+    let mut strict = plan(LbPolicy::Random, false);
+    strict.panic_threshold = 0.0;
+    assert!(Balancer::with_ejected(&strict, &a, &all_gone).is_empty());
+}
+
+#[test]
+fn locality_weights_shrink_with_their_health() {
+    let a = Assignment::compile(
+        &cla(&[
+            (
+                "a",
+                1,
+                0,
+                &["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"],
+            ),
+            ("b", 1, 0, &["10.0.1.1"]),
+        ]),
+        "c",
+    )
+    .unwrap();
+    let mut p = plan(LbPolicy::Random, true);
+    p.panic_threshold = 0.0;
+    // Zone a keeps 1 of 5: weight 1 × 1.4 × 0.2 = 0.28 against zone b's 1.
+    let ejected: BTreeSet<String> = (1..=4).map(|i| format!("10.0.0.{i}:80")).collect();
+    let b = Balancer::with_ejected(&p, &a, &ejected);
+    let a_share = share_of(&b, "10.0.0.5", 20_000);
+    assert!((a_share - 0.28 / 1.28).abs() < 0.02, "{a_share}");
 }
