@@ -193,8 +193,8 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     })
     .await;
 
-    // Circuit breakers are not supported by this proxy yet.
-    let breaking = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}}}\n";
+    // A cap on requests per upstream connection is not supported by this proxy yet.
+    let breaking = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 5}}}}\n";
     write(&setup.config(), "shop.yaml", &shop(port, "beta", breaking));
     let admin = meridian.admin_addr;
     eventually(
@@ -204,8 +204,9 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
             let statuses = admin_json(&client, admin, "/debug/status")
                 .await
                 .to_string();
-            statuses.contains("Cluster outbound|80||beta.shop.svc.cluster.local: circuitBreakers")
-                && statuses.contains("supported by meridian proxy")
+            statuses.contains(
+                "Cluster outbound|80||beta.shop.svc.cluster.local: maxRequestsPerConnection",
+            ) && statuses.contains("supported by meridian proxy")
         },
     )
     .await;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use super::breakers::Breakers;
 use super::loads::{Counts, Loads};
 use super::stats::{ClusterMetrics, Stats};
 use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery, Endpoint};
@@ -42,6 +43,8 @@ pub struct Upstream {
     pub load: Arc<Counts>,
     /// Its outlier detection, carried from config to config while the cluster has it.
     outliers: Option<Arc<Mutex<OutlierDetector>>>,
+    /// Its circuit breakers, carried from config to config while its limits stay.
+    pub breakers: Arc<Breakers>,
 }
 
 impl Upstream {
@@ -132,7 +135,14 @@ impl Config {
                     .as_ref()
                     .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ejected())
                     .unwrap_or_default();
+                let breakers = previous
+                    .clusters
+                    .get(name)
+                    .map(|u| u.breakers.clone())
+                    .filter(|b| b.limits() == plan.limits)
+                    .unwrap_or_else(|| Arc::new(Breakers::new(plan.limits)));
                 let upstream = Upstream {
+                    breakers,
                     plan: plan.clone(),
                     assignment: assignment.clone(),
                     balancer: ArcSwap::from_pointee(Balancer::with_ejected(

@@ -188,13 +188,25 @@ async fn proxy(
             },
             _ => (None, Some(body)),
         };
+    // Circuit breakers: the request holds its place until its response body is done.
+    let Some(ticket) = upstream.breakers.admit(upstream.plan.http2).await else {
+        return overflow();
+    };
     let attempts = retry.map_or(1, |r| r.attempts.saturating_add(1));
+    let mut _retrying = None;
     let per_try = retry.and_then(|r| r.per_try_timeout).or(forward.timeout);
     let mut last = local_reply(
         StatusCode::SERVICE_UNAVAILABLE,
         Some("no healthy upstream".to_owned()),
     );
     for attempt in 0..attempts {
+        if attempt > 0 {
+            // Over max_retries the last answer stands, as in Envoy.
+            match upstream.breakers.retry() {
+                Some(retrying) => _retrying = Some(retrying),
+                None => break,
+            }
+        }
         let balancer = upstream.balancer.load();
         let Some(pick) = balancer.pick(rand::random(), hash) else {
             return local_reply(
@@ -291,12 +303,16 @@ async fn proxy(
                 for name in &HOP_BY_HOP {
                     parts.headers.remove(name);
                 }
-                let response = Response::from_parts(parts, body.boxed());
                 if attempt + 1 < attempts && retriable(status) {
-                    last = response;
+                    last = Response::from_parts(parts, body.boxed());
                     continue;
                 }
-                return response;
+                // The ticket goes with the body: the request holds its place until it is done.
+                let body = body.map_frame(move |frame| {
+                    let _held = &ticket;
+                    frame
+                });
+                return Response::from_parts(parts, body.boxed());
             }
         }
         if attempt + 1 < attempts {
@@ -304,6 +320,21 @@ async fn proxy(
         }
     }
     last
+}
+
+/// Envoy's answer when a circuit breaker trips.
+fn overflow() -> Response<ProxyBody> {
+    let mut reply = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Some(
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                .to_owned(),
+        ),
+    );
+    reply
+        .headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    reply
 }
 
 /// Envoy's default retry back-off: 25 ms base, jittered, doubling.

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod ads;
 pub mod bootstrap;
+pub mod breakers;
 pub mod cache;
 pub mod config;
 pub mod forward;

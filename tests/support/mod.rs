@@ -118,6 +118,16 @@ impl Envoy {
         options: BootstrapOptions,
         runtime: Option<serde_json::Value>,
     ) -> Envoy {
+        Envoy::launch_with(dir, options, runtime, &[])
+    }
+
+    /// [`Envoy::launch_with_runtime`] with more command-line arguments.
+    pub fn launch_with(
+        dir: &Path,
+        options: BootstrapOptions,
+        runtime: Option<serde_json::Value>,
+        args: &[&str],
+    ) -> Envoy {
         let (node_id, admin_port) = (options.node_id.clone(), options.admin_port);
         let mut config = bootstrap(&options);
         if let Some(runtime) = runtime {
@@ -134,6 +144,7 @@ impl Envoy {
             .arg(&bootstrap_path)
             .args(["-l", "info", "--log-path"])
             .arg(&log)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

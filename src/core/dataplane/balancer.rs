@@ -20,6 +20,7 @@ use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
+use super::breakers::Limits;
 use super::maglev::{self, MaglevTable};
 use super::outlier::OutlierPolicy;
 use super::ring_hash::{self, Ring};
@@ -67,6 +68,7 @@ pub struct ClusterPlan {
     /// Below this healthy percentage a priority uses all its endpoints (Envoy's default 50).
     pub panic_threshold: f64,
     pub outlier: Option<OutlierPolicy>,
+    pub limits: Limits,
 }
 
 /// One endpoint: a host (an address, or a name for DNS clusters) and port, with its weight.
@@ -178,6 +180,12 @@ impl ClusterPlan {
             .take()
             .map(|od| OutlierPolicy::compile(&od, &resource))
             .transpose()?;
+        let limits = rest
+            .circuit_breakers
+            .take()
+            .map(|breakers| Limits::compile(&breakers, &resource))
+            .transpose()?
+            .unwrap_or_default();
         refuse_leftovers(&rest, &resource, "")?;
         Ok(ClusterPlan {
             name,
@@ -188,6 +196,7 @@ impl ClusterPlan {
             discovery,
             panic_threshold,
             outlier,
+            limits,
         })
     }
 }

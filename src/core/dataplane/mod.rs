@@ -7,6 +7,7 @@
 //! names the resource and field (the proxy NACKs with it): nothing is silently ignored.
 
 pub mod balancer;
+pub mod breakers;
 pub mod listeners;
 pub mod maglev;
 pub mod outlier;
