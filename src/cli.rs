@@ -186,6 +186,10 @@ pub enum Command {
         /// finish before they are closed.
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         drain_time: Duration,
+        /// Write an access log, one JSON object per request, to this file (`-`: standard
+        /// output).
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
         /// Request workers: threads each with its own listening socket per listener
         /// (SO_REUSEPORT) and upstream connection pools (default: one per core).
         #[arg(long)]
@@ -524,6 +528,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             wait_first_config,
             drain_time,
             workers,
+            access_log,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -537,6 +542,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 wait_first_config,
                 drain_time,
                 workers: workers.unwrap_or_else(crate::proxy::workers::default_count),
+                access_log,
             };
             crate::proxy::run(options, stopped).await
         }

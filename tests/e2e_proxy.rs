@@ -478,11 +478,12 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_stats_count_responses_upstreams_and_config_updates() {
+async fn prometheus_stats_and_the_access_log_count_responses_and_upstreams() {
     let setup = Setup::new().await;
     let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
     let admin = free_port();
-    let proxy = setup.proxy_with(admin, &[]);
+    let access_log = setup.dir.path().join("access.log");
+    let proxy = setup.proxy_with(admin, &["--access-log", access_log.to_str().unwrap()]);
     let client = client();
     let port = setup.port;
     eventually(Duration::from_secs(30), "the proxy serves", || {
@@ -537,6 +538,41 @@ async fn prometheus_stats_count_responses_upstreams_and_config_updates() {
         value("meridian_proxy_config_updates_total{type=\"LDS\",result=\"ack\"}") >= 1.0,
         "{stats}"
     );
+    // One JSON line per request: where it went, or why it went nowhere (NR: no route).
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the access log is written",
+        || async { lines().len() >= 11 },
+    )
+    .await;
+    let lines = lines();
+    let served = lines
+        .iter()
+        .find(|l| l["path"] == "/a" && l["response_code"] == 200)
+        .expect("a served request");
+    assert_eq!(
+        served["upstream_cluster"],
+        "outbound|80||alpha.shop.svc.cluster.local"
+    );
+    assert!(served["upstream_host"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(served["request_id"].as_str().unwrap().len(), 36);
+    assert_eq!(served["response_flags"], "-");
+    let unrouted = lines
+        .iter()
+        .find(|l| l["authority"] == "nowhere.example.test")
+        .expect("an unrouted request");
+    assert_eq!(unrouted["response_code"], 404);
+    assert_eq!(unrouted["response_flags"], "NR");
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }

@@ -14,6 +14,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use super::access_log::Entry;
 use super::stats::{ClusterMetrics, Failure};
 use super::ProxyState;
 use crate::core::dataplane::outlier::Outcome;
@@ -49,14 +50,94 @@ pub struct Downstream {
     pub tls: bool,
 }
 
+/// Envoy's response flag of a reply the proxy made itself, or of an upstream failure.
+#[derive(Clone, Copy)]
+struct Flag(&'static str);
+
+/// Where a request went, for the access log.
+#[derive(Clone)]
+struct Served {
+    cluster: String,
+    host: String,
+}
+
 pub async fn handle(
+    request: Request<Incoming>,
+    downstream: Downstream,
+    state: Arc<ProxyState>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let Some(log) = &state.access_log else {
+        return respond(request, downstream, state.clone()).await;
+    };
+    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+    let method = request.method().clone();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let protocol = match request.version() {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (forwarded_for, user_agent, request_id) = (
+        header("x-forwarded-for"),
+        header("user-agent"),
+        header("x-request-id"),
+    );
+    let authority = header("host")
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let remote = downstream.remote;
+    let response = respond(request, downstream, state.clone()).await;
+    let Ok(response) = response;
+    let served = response.extensions().get::<Served>();
+    let request_id = response
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .or(request_id);
+    log.record(&Entry {
+        start_time: super::access_log::timestamp(started_at),
+        method: method.as_str(),
+        path: &path,
+        protocol,
+        response_code: response.status().as_u16(),
+        response_flags: response.extensions().get::<Flag>().map_or("-", |f| f.0),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        x_forwarded_for: forwarded_for.as_deref(),
+        user_agent: user_agent.as_deref(),
+        request_id: request_id.as_deref(),
+        authority: &authority,
+        upstream_cluster: served.map(|s| s.cluster.as_str()),
+        upstream_host: served.map(|s| s.host.as_str()),
+        downstream_remote_address: remote.to_string(),
+    });
+    Ok(response)
+}
+
+/// The request id sent upstream (generated when the client sent none), for the access log.
+#[derive(Clone)]
+struct RequestId(String);
+
+async fn respond(
     request: Request<Incoming>,
     downstream: Downstream,
     state: Arc<ProxyState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let config = state.config.load_full();
     let Some(table) = config.routes.get(&*downstream.route_config) else {
-        return counted(&state, local_reply(StatusCode::NOT_FOUND, None));
+        return counted(
+            &state,
+            flagged(local_reply(StatusCode::NOT_FOUND, None), "NR"),
+        );
     };
     // Meridian's listeners strip any port from the host (Envoy's strip_any_host_port): for
     // matching, redirects and the Host sent upstream alike.
@@ -81,7 +162,10 @@ pub async fn handle(
         headers: request.headers(),
     };
     let Some(route) = table.route(&head) else {
-        return counted(&state, local_reply(StatusCode::NOT_FOUND, None));
+        return counted(
+            &state,
+            flagged(local_reply(StatusCode::NOT_FOUND, None), "NR"),
+        );
     };
     let mut response = match &route.action {
         Action::Direct { status, body } => {
@@ -149,7 +233,7 @@ async fn proxy(
     config: &super::config::Config,
 ) -> Response<ProxyBody> {
     let Some(upstream) = config.clusters.get(&target.cluster) else {
-        return local_reply(StatusCode::SERVICE_UNAVAILABLE, None);
+        return flagged(local_reply(StatusCode::SERVICE_UNAVAILABLE, None), "NC");
     };
     let (parts, body) = request.into_parts();
     let content_length = parts.headers_len_hint();
@@ -171,6 +255,10 @@ async fn proxy(
     if !headers.contains_key(X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID, request_id());
     }
+    let request_id = state
+        .access_log
+        .as_ref()
+        .and_then(|_| headers.get(X_REQUEST_ID)?.to_str().ok().map(str::to_owned));
     // Envoy's order: the weighted cluster's edits, then the route's (which win a conflict).
     edit_request(&mut headers, &target.edits);
     edit_request(&mut headers, &route.edits);
@@ -209,9 +297,12 @@ async fn proxy(
         }
         let balancer = upstream.balancer.load();
         let Some(pick) = balancer.pick(rand::random(), hash) else {
-            return local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("no healthy upstream".to_owned()),
+            return flagged(
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("no healthy upstream".to_owned()),
+                ),
+                "UH",
             );
         };
         let endpoint = balancer.endpoint(pick);
@@ -270,9 +361,12 @@ async fn proxy(
         }
         match outcome {
             Err(()) => {
-                last = local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Some("upstream request timeout".to_owned()),
+                last = flagged(
+                    local_reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Some("upstream request timeout".to_owned()),
+                    ),
+                    "UT",
                 );
                 if !retry.is_some_and(|r| r.on_5xx || r.on_gateway_error) {
                     return last;
@@ -280,13 +374,13 @@ async fn proxy(
             }
             Ok(Err(error)) => {
                 let connect = error.is_connect();
-                last = local_reply(
+                last = flagged(local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(format!(
                         "upstream connect error or disconnect/reset before headers. reset reason: {}",
                         if connect { "connection failure" } else { "connection termination" }
                     )),
-                );
+                ), if connect { "UF" } else { "UC" });
                 let again = retry.is_some_and(|r| {
                     r.on_5xx
                         || r.on_gateway_error
@@ -312,6 +406,15 @@ async fn proxy(
                     let _held = &ticket;
                     frame
                 });
+                if state.access_log.is_some() {
+                    parts.extensions.insert(Served {
+                        cluster: target.cluster.clone(),
+                        host: host_port(&endpoint.host, endpoint.port),
+                    });
+                    if let Some(id) = &request_id {
+                        parts.extensions.insert(RequestId(id.clone()));
+                    }
+                }
                 return Response::from_parts(parts, body.boxed());
             }
         }
@@ -334,6 +437,12 @@ fn overflow() -> Response<ProxyBody> {
     reply
         .headers_mut()
         .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    flagged(reply, "UO")
+}
+
+/// Marks a reply with Envoy's response flag (for the access log).
+fn flagged(mut reply: Response<ProxyBody>, flag: &'static str) -> Response<ProxyBody> {
+    reply.extensions_mut().insert(Flag(flag));
     reply
 }
 

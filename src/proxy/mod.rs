@@ -6,6 +6,7 @@
 //! I/O only lives here: the ADS client ([`ads`]), the listening sockets ([`listeners`]), the
 //! request path ([`forward`]) and the admin listener ([`admin`]).
 
+pub mod access_log;
 pub mod admin;
 pub mod ads;
 pub mod bootstrap;
@@ -56,6 +57,8 @@ pub struct ProxyOptions {
     pub drain_time: Duration,
     /// Request workers: threads, each with its own socket per listener and upstream pools.
     pub workers: usize,
+    /// Write a JSON access log line per request here (`-`: standard output).
+    pub access_log: Option<PathBuf>,
 }
 
 /// How far the proxy got: nothing to serve yet, the cached config, or Meridian's.
@@ -78,6 +81,7 @@ pub struct ProxyState {
     /// Open downstream connections (a shutdown waits for them to drain).
     connections: AtomicUsize,
     pub stats: stats::Stats,
+    pub access_log: Option<access_log::AccessLog>,
     /// When the proxy started: outlier detection's clock.
     started: std::time::Instant,
     /// Requests per cluster since the last load report.
@@ -95,6 +99,7 @@ impl Default for ProxyState {
             loads: Arc::default(),
             stats: stats::Stats::default(),
             started: std::time::Instant::now(),
+            access_log: None,
         }
     }
 }
@@ -180,9 +185,24 @@ impl Drop for OpenConnection<'_> {
 /// Runs the proxy until `stopped`; then its listeners drain (within the drain time).
 pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bootstrap = Bootstrap::load(&options.bootstrap)?;
+    let mut stats = stats::Stats::default();
+    let access_log = match &options.access_log {
+        Some(path) => {
+            let log = access_log::AccessLog::open(path)?;
+            stats.registry.register(
+                "access_log_dropped",
+                "Access log lines dropped because the writer fell behind",
+                log.dropped.clone(),
+            );
+            Some(log)
+        }
+        None => None,
+    };
     let state = Arc::new(ProxyState {
         wait_first_config: options.wait_first_config,
         drain_time: options.drain_time,
+        stats,
+        access_log,
         ..ProxyState::default()
     });
     if let Some(address) = options.admin_addr.or(bootstrap.admin) {
