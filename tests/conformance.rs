@@ -1,5 +1,6 @@
 //! The routing conformance suite: every case in `tests/conformance/` runs against Envoy 1.40
-//! and `meridian proxy`, both fed by one Meridian, and both must meet every expectation.
+//! and `meridian proxy` (over state-of-the-world ADS, and again over delta ADS), all fed by one
+//! Meridian, and all must meet every expectation.
 //! See `tests/conformance/README.md` for the case format.
 
 mod support;
@@ -141,7 +142,7 @@ struct Ports {
     https: u16,
 }
 
-fn gateways(envoy: Ports, proxy: Ports) -> String {
+fn gateways(envoy: Ports, proxy: Ports, delta: Ports) -> String {
     let gateway = |name: &str, ports: Ports| {
         let (port, tls_port) = (ports.http, ports.https);
         format!(
@@ -149,9 +150,10 @@ fn gateways(envoy: Ports, proxy: Ports) -> String {
         )
     };
     format!(
-        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}",
+        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}{}",
         gateway("envoy", envoy),
-        gateway("proxy", proxy)
+        gateway("proxy", proxy),
+        gateway("proxy-delta", delta)
     )
 }
 
@@ -159,8 +161,14 @@ fn gateways(envoy: Ports, proxy: Ports) -> String {
 fn access_point(name: &str, template: &serde_yaml::Value) -> String {
     let template = serde_yaml::to_string(template)
         .unwrap()
-        .replace("- edge/public", "- edge/envoy\n    - edge/proxy")
-        .replace("[edge/public]", "[edge/envoy, edge/proxy]");
+        .replace(
+            "- edge/public",
+            "- edge/envoy\n    - edge/proxy\n    - edge/proxy-delta",
+        )
+        .replace(
+            "[edge/public]",
+            "[edge/envoy, edge/proxy, edge/proxy-delta]",
+        );
     let indented: String = template.lines().map(|l| format!("    {l}\n")).collect();
     format!(
         "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  template:\n{indented}"
@@ -404,6 +412,10 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         http: free_port(),
         https: free_port(),
     };
+    let delta_ports = Ports {
+        http: free_port(),
+        https: free_port(),
+    };
     let xds_port = free_port();
     let broken = EchoBackend::start("broken").await;
     let pool = |name: &str, members: &[(&str, u16)]| {
@@ -434,7 +446,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),
-        gateways(envoy_ports, proxy_ports),
+        gateways(envoy_ports, proxy_ports, delta_ports),
     )
     .unwrap();
     for (name, case) in &cases {
@@ -451,14 +463,14 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         .await
         .expect("meridian starts");
     let ca_pem = std::fs::read_to_string(state.join("ca").join("ca.crt")).unwrap();
-    let options = |node: &str, gateway: &str| BootstrapOptions {
+    let options = |node: &str, gateway: &str, delta: bool| BootstrapOptions {
         node_id: node.into(),
         gateway: gateway.into(),
         cluster: None,
         zone: None,
         xds_host: "127.0.0.1".into(),
         xds_port,
-        delta: false,
+        delta,
         admin_port: free_port(),
         tls: None,
     };
@@ -466,15 +478,33 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     // max_connections, so circuit-breaker cases only compare alike with one.
     let envoy = Envoy::launch_with(
         dir.path(),
-        options("conformance-envoy", "edge/envoy"),
+        options("conformance-envoy", "edge/envoy", false),
         None,
         &["--concurrency", "1"],
     );
     let proxy = MeridianProxy::start_with(
         dir.path(),
-        options("conformance-proxy", "edge/proxy"),
+        options("conformance-proxy", "edge/proxy", false),
         &["--workers", "1"],
     );
+    // The same proxy over delta ADS must agree as well.
+    let delta = MeridianProxy::start_with(
+        dir.path(),
+        options("conformance-proxy-delta", "edge/proxy-delta", true),
+        &["--workers", "1"],
+    );
+    let peers = [
+        ("envoy", envoy_ports),
+        ("meridian-proxy", proxy_ports),
+        ("meridian-proxy-delta", delta_ports),
+    ];
+    let logs = || {
+        format!(
+            "proxy log:\n{}\n\ndelta proxy log:\n{}",
+            std::fs::read_to_string(&proxy.log).unwrap_or_default(),
+            std::fs::read_to_string(&delta.log).unwrap_or_default()
+        )
+    };
     // Redirects are answers to check, not to follow.
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -482,7 +512,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         .build()
         .unwrap();
     let first = &cases[0].1.requests[0];
-    for (what, ports) in [("Envoy", envoy_ports), ("meridian proxy", proxy_ports)] {
+    for (what, ports) in peers {
         let ready = || async { run_probe(&client, ports, &ca_pem, first).await.is_empty() };
         let mut waited = Duration::ZERO;
         while !ready().await {
@@ -490,15 +520,15 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
             waited += Duration::from_millis(100);
             assert!(
                 waited < Duration::from_secs(30),
-                "{what} never served the first case; proxy log:\n{}",
-                std::fs::read_to_string(&proxy.log).unwrap_or_default()
+                "{what} never served the first case; {}",
+                logs()
             );
         }
     }
     let mut failures = Vec::new();
     for (name, case) in &cases {
         for (i, probe) in case.requests.iter().enumerate() {
-            for (what, ports) in [("envoy", envoy_ports), ("meridian-proxy", proxy_ports)] {
+            for (what, ports) in peers {
                 for wrong in run_probe(&client, ports, &ca_pem, probe).await {
                     failures.push(format!(
                         "{name}[{i}] {} {}{} on {what}: {wrong}",
@@ -512,11 +542,11 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     }
     assert!(
         failures.is_empty(),
-        "{} disagreements:\n{}\n\nproxy log:\n{}",
+        "{} disagreements:\n{}\n\n{}",
         failures.len(),
         failures.join("\n"),
-        std::fs::read_to_string(&proxy.log).unwrap_or_default()
+        logs()
     );
-    drop((envoy, proxy));
+    drop((envoy, proxy, delta));
     meridian.shutdown().await.unwrap();
 }

@@ -1,4 +1,5 @@
-//! The proxy's ADS client (state of the world): subscribes to clusters and listeners, follows
+//! The proxy's ADS client (state of the world, or delta in [`delta`]): subscribes to clusters
+//! and listeners, follows
 //! them to endpoints and route configurations, compiles what arrives, ACKs what it applies and
 //! NACKs, naming resource and field, what it cannot honour — applying the rest of the response
 //! as Envoy does. When the stream fails it keeps serving and reconnects with backoff and jitter.
@@ -31,6 +32,8 @@ use crate::core::dataplane::routes::RouteTable;
 use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::{bounded, LogBudget};
 use crate::runtime::pinned_tls::{self, ClientCredentials, PinnedTlsError};
+
+mod delta;
 
 const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -169,8 +172,12 @@ impl AdsClient {
         );
     }
 
-    /// One stream; whether any response arrived on it.
+    /// One stream, state of the world or delta as the bootstrap says; whether any response
+    /// arrived on it.
     async fn stream(&mut self, accepted: &mut Accepted) -> Result<bool, StreamError> {
+        if self.bootstrap.delta {
+            return self.stream_delta(accepted).await;
+        }
         let channel = connect(&self.bootstrap).await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
@@ -200,46 +207,7 @@ impl AdsClient {
             let applied = self
                 .apply(kind, &response, accepted, &mut subscriptions)
                 .await;
-            let result = if applied.errors.is_empty() {
-                "ack"
-            } else {
-                "nack"
-            };
-            let update = super::stats::Update {
-                r#type: short_name(kind),
-                result,
-            };
-            self.state.stats.config_updates.get_or_create(&update).inc();
-            if applied.errors.is_empty() {
-                accepted
-                    .versions
-                    .insert(kind, response.version_info.clone());
-            } else {
-                tracing::warn!(r#type = kind, version = %response.version_info, errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
-            }
-            self.state.config.store(Arc::new(Config::build(
-                accepted,
-                &self.state.stats,
-                &self.state.loads,
-                &self.state.config.load(),
-            )));
-            if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS)
-            {
-                self.state.mark_ready();
-            }
-            if let Some(cache) = &self.cache {
-                if let Err(error) = cache.save(accepted, &ORDER) {
-                    static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
-                    if let Some(suppressed) = SAVE.allow() {
-                        tracing::warn!(%error, suppressed, "cannot write the config cache");
-                    }
-                }
-            }
-            let detail = (!applied.errors.is_empty()).then(|| Status {
-                code: tonic::Code::InvalidArgument as i32,
-                message: applied.errors.join("; "),
-                details: Vec::new(),
-            });
+            let detail = self.settle(kind, &response.version_info, &applied, accepted);
             self.request(&tx, accepted, &subscriptions, kind, detail)
                 .await?;
             for follow in applied.follow {
@@ -248,6 +216,54 @@ impl AdsClient {
             }
         }
         Ok(any)
+    }
+
+    /// After a response of `kind` is applied: counts it, records the version when all of it
+    /// applied, publishes the new snapshot and caches it; returns the NACK's detail, if any.
+    fn settle(
+        &self,
+        kind: &'static str,
+        version: &str,
+        applied: &Applied,
+        accepted: &mut Accepted,
+    ) -> Option<Status> {
+        let result = if applied.errors.is_empty() {
+            "ack"
+        } else {
+            "nack"
+        };
+        let update = super::stats::Update {
+            r#type: short_name(kind),
+            result,
+        };
+        self.state.stats.config_updates.get_or_create(&update).inc();
+        if applied.errors.is_empty() {
+            accepted.versions.insert(kind, version.to_owned());
+        } else {
+            tracing::warn!(r#type = kind, version = %bounded(version), errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
+        }
+        self.state.config.store(Arc::new(Config::build(
+            accepted,
+            &self.state.stats,
+            &self.state.loads,
+            &self.state.config.load(),
+        )));
+        if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS) {
+            self.state.mark_ready();
+        }
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.save(accepted, &ORDER) {
+                static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
+                if let Some(suppressed) = SAVE.allow() {
+                    tracing::warn!(%error, suppressed, "cannot write the config cache");
+                }
+            }
+        }
+        (!applied.errors.is_empty()).then(|| Status {
+            code: tonic::Code::InvalidArgument as i32,
+            message: applied.errors.join("; "),
+            details: Vec::new(),
+        })
     }
 
     /// Asks for `kind` (its current names, the version accepted, the last nonce): an ACK, a

@@ -1,0 +1,198 @@
+//! Incremental (delta) ADS, for bootstraps printed with `meridian bootstrap --delta`: the same
+//! subscriptions, compilation and ACK/NACK as state of the world, over
+//! `DeltaAggregatedResources`. The resources of each type are kept by name as they arrive and
+//! leave, and each response is applied as the whole set it leaves, so one `apply` serves both
+//! protocols. Subscription changes are sent as the names added and removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
+};
+use xds_api::pb::google::protobuf::Any;
+use xds_api::pb::google::rpc::Status;
+
+use super::{connect, known, AdsClient, StreamError, Subscriptions, CLUSTERS, LISTENERS};
+use crate::proxy::config::Accepted;
+use crate::runtime::log_budget::bounded;
+
+/// Per type: the resources the server has sent and not removed, and the names subscribed to
+/// so far on this stream.
+#[derive(Default)]
+struct DeltaState {
+    resources: BTreeMap<&'static str, BTreeMap<String, Any>>,
+    sent: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+impl AdsClient {
+    /// One delta stream; whether any response arrived on it.
+    pub(super) async fn stream_delta(
+        &mut self,
+        accepted: &mut Accepted,
+    ) -> Result<bool, StreamError> {
+        let channel = connect(&self.bootstrap).await?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(16);
+        let mut subscriptions = Subscriptions::default();
+        let mut state = DeltaState::default();
+        // Clusters and listeners by wildcard (no names); what they reference follows.
+        for kind in [CLUSTERS, LISTENERS] {
+            subscriptions.names.insert(kind, BTreeSet::new());
+            self.delta_request(&tx, kind, Vec::new(), Vec::new(), None, None)
+                .await?;
+        }
+        let mut responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut any = false;
+        while let Some(response) = responses.message().await? {
+            any = true;
+            let Some(kind) = known(&response.type_url) else {
+                let other = response.type_url.as_str();
+                tracing::warn!(type_url = %bounded(other), "ignoring a delta response of a type never asked for");
+                continue;
+            };
+            let whole = state.absorb(kind, &response, &subscriptions);
+            let applied = self.apply(kind, &whole, accepted, &mut subscriptions).await;
+            let detail = self.settle(kind, &response.system_version_info, &applied, accepted);
+            self.delta_request(
+                &tx,
+                kind,
+                Vec::new(),
+                Vec::new(),
+                Some(response.nonce.clone()),
+                detail,
+            )
+            .await?;
+            for follow in applied.follow {
+                let wanted = subscriptions.names.get(follow).cloned().unwrap_or_default();
+                let sent = state.sent.entry(follow).or_default();
+                let subscribe: Vec<String> = wanted.difference(sent).cloned().collect();
+                let unsubscribe: Vec<String> = sent.difference(&wanted).cloned().collect();
+                *sent = wanted;
+                if let Some(resources) = state.resources.get_mut(follow) {
+                    resources.retain(|name, _| !unsubscribe.contains(name));
+                }
+                if !subscribe.is_empty() || !unsubscribe.is_empty() {
+                    self.delta_request(&tx, follow, subscribe, unsubscribe, None, None)
+                        .await?;
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    async fn delta_request(
+        &self,
+        tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+        kind: &'static str,
+        subscribe: Vec<String>,
+        unsubscribe: Vec<String>,
+        nonce: Option<String>,
+        error: Option<Status>,
+    ) -> Result<(), StreamError> {
+        let request = DeltaDiscoveryRequest {
+            node: Some(self.bootstrap.node.clone()),
+            type_url: kind.to_owned(),
+            resource_names_subscribe: subscribe,
+            resource_names_unsubscribe: unsubscribe,
+            response_nonce: nonce.unwrap_or_default(),
+            error_detail: error,
+            ..Default::default()
+        };
+        tx.send(request).await.map_err(|_| StreamError::Closed)
+    }
+}
+
+impl DeltaState {
+    /// Takes a delta response in and returns the type's whole set after it, as a state of the
+    /// world response would carry it (only subscribed names, for the types asked by name).
+    fn absorb(
+        &mut self,
+        kind: &'static str,
+        response: &DeltaDiscoveryResponse,
+        subscriptions: &Subscriptions,
+    ) -> DiscoveryResponse {
+        let resources = self.resources.entry(kind).or_default();
+        for name in &response.removed_resources {
+            resources.remove(name);
+        }
+        for resource in &response.resources {
+            if let Some(any) = &resource.resource {
+                resources.insert(resource.name.clone(), any.clone());
+            }
+        }
+        let wildcard = matches!(kind, CLUSTERS | LISTENERS);
+        let names = subscriptions.names.get(kind);
+        DiscoveryResponse {
+            version_info: response.system_version_info.clone(),
+            resources: resources
+                .iter()
+                .filter(|(name, _)| wildcard || names.is_some_and(|n| n.contains(*name)))
+                .map(|(_, any)| any.clone())
+                .collect(),
+            type_url: kind.to_owned(),
+            nonce: response.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xds_api::pb::envoy::service::discovery::v3::Resource;
+
+    fn resource(name: &str) -> Resource {
+        Resource {
+            name: name.into(),
+            resource: Some(Any {
+                type_url: CLUSTERS.into(),
+                value: name.as_bytes().to_vec(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deltas_add_up_to_the_whole_set_and_names_not_asked_for_are_left_out() {
+        let mut state = DeltaState::default();
+        let mut subscriptions = Subscriptions::default();
+        let first = DeltaDiscoveryResponse {
+            resources: vec![resource("a"), resource("b")],
+            type_url: CLUSTERS.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            state
+                .absorb(CLUSTERS, &first, &subscriptions)
+                .resources
+                .len(),
+            2
+        );
+        let second = DeltaDiscoveryResponse {
+            resources: vec![resource("c")],
+            removed_resources: vec!["a".into()],
+            type_url: CLUSTERS.into(),
+            ..Default::default()
+        };
+        let whole = state.absorb(CLUSTERS, &second, &subscriptions);
+        let names: Vec<&[u8]> = whole.resources.iter().map(|a| a.value.as_slice()).collect();
+        assert_eq!(names, [b"b".as_slice(), b"c".as_slice()]);
+        // Endpoints are asked by name: others the server sent are not part of the set.
+        subscriptions
+            .names
+            .insert(super::super::ENDPOINTS, BTreeSet::from(["x".to_string()]));
+        let endpoints = DeltaDiscoveryResponse {
+            resources: vec![resource("x"), resource("y")],
+            type_url: super::super::ENDPOINTS.into(),
+            ..Default::default()
+        };
+        let whole = state.absorb(super::super::ENDPOINTS, &endpoints, &subscriptions);
+        assert_eq!(whole.resources.len(), 1);
+    }
+}
