@@ -132,7 +132,12 @@ async fn respond(
     downstream: Downstream,
     state: Arc<ProxyState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let config = state.config.load_full();
+    let Some(config) = warmed(&state, &downstream.route_config).await else {
+        return counted(
+            &state,
+            flagged(local_reply(StatusCode::NOT_FOUND, None), "NR"),
+        );
+    };
     let Some(table) = config.routes.get(&*downstream.route_config) else {
         return counted(
             &state,
@@ -209,6 +214,44 @@ async fn respond(
     };
     edit_response(response.headers_mut(), &route.edits);
     counted(&state, response)
+}
+
+/// How long a request waits for its listener's route configuration, as Envoy warms a listener
+/// until its routes arrive (its `initial_fetch_timeout`).
+const WARMING: Duration = Duration::from_secs(15);
+
+/// The config, once it holds `route_config`: a listener is served before its routes arrive
+/// (so that a port that cannot be bound is NACKed with the listener), and its first requests
+/// wait for them rather than get 404.
+async fn warmed(state: &ProxyState, route_config: &str) -> Option<Arc<super::config::Config>> {
+    let config = state.config.load_full();
+    if config.routes.contains_key(route_config) {
+        return Some(config);
+    }
+    // The window opens when a request first misses this route configuration, so a listener
+    // whose routes never come answers 404 at once after it, as a warmed Envoy listener does.
+    let deadline = {
+        let mut missing = state
+            .routes_missing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let since = *missing
+            .entry(route_config.to_owned())
+            .or_insert_with(tokio::time::Instant::now);
+        since + WARMING
+    };
+    loop {
+        let changed = state.config_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let config = state.config.load_full();
+        if config.routes.contains_key(route_config) {
+            return Some(config);
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return None;
+        }
+    }
 }
 
 /// Counts the response a client gets.

@@ -74,6 +74,10 @@ type UpstreamClient = Client<HttpConnector, ProxyBody>;
 /// What the ADS client publishes and requests read.
 pub struct ProxyState {
     pub config: ArcSwap<Config>,
+    /// Woken whenever a new config is stored (requests waiting for their routes).
+    pub config_changed: tokio::sync::Notify,
+    /// When a request first found each route configuration missing (listener warming).
+    routes_missing_since: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
     /// 0: initializing, 1: serving the cache, 2: serving Meridian's config.
     readiness: AtomicU8,
     pub wait_first_config: bool,
@@ -92,6 +96,8 @@ impl Default for ProxyState {
     fn default() -> ProxyState {
         ProxyState {
             config: ArcSwap::from_pointee(Config::default()),
+            config_changed: tokio::sync::Notify::new(),
+            routes_missing_since: std::sync::Mutex::new(HashMap::new()),
             readiness: AtomicU8::new(0),
             wait_first_config: false,
             drain_time: Duration::from_secs(15),

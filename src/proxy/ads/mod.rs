@@ -164,6 +164,7 @@ impl AdsClient {
             &self.state.loads,
             &self.state.config.load(),
         )));
+        self.state.config_changed.notify_waiters();
         self.state.mark_cached();
         tracing::info!(
             listeners = accepted.listeners.len(),
@@ -248,6 +249,7 @@ impl AdsClient {
             &self.state.loads,
             &self.state.config.load(),
         )));
+        self.state.config_changed.notify_waiters();
         if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS) {
             self.state.mark_ready();
         }
