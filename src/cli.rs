@@ -166,12 +166,12 @@ pub enum Command {
         serving: ServingArgs,
     },
     /// Run Meridian's own HTTP gateway proxy, fed over ADS like Envoy: takes the bootstrap
-    /// `meridian bootstrap` prints (state-of-the-world, without mutual TLS for now).
+    /// `meridian bootstrap` prints (state of the world or delta, mutual TLS when it says so).
     Proxy {
         /// The bootstrap file (JSON), as for `envoy -c`.
         #[arg(short = 'c', long = "config-path")]
         config_path: PathBuf,
-        /// Admin listener (`/ready`, `/config_dump`); default: the bootstrap's admin address.
+        /// Admin listener (`/ready`, `/config_dump`, `/stats/prometheus`); default: the bootstrap's admin address.
         #[arg(long)]
         admin_addr: Option<std::net::SocketAddr>,
         /// Keep the last accepted config in this directory and serve it at start, before
