@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod breakers;
+pub mod conntrack;
 pub mod listeners;
 pub mod maglev;
 pub mod outlier;
