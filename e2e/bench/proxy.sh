@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Proxy benchmark: CPU per request of `meridian proxy`, Envoy 1.40 (both fed by one Meridian)
-# and HAProxy (static config), each pinned to core 0, against one nginx backend on core 1,
-# loaded by `wrk -t1 -c50` keep-alive HTTP/1.1 (also on core 1), in the same run. Prints
-# requests/s, CPU µs per request (user+system of the proxy process), p99, and ratios to Envoy.
+# and HAProxy (static config), each pinned to core 0, against one nginx backend on core 1, in
+# the same run:
+# - HTTP/1.1: `wrk -t1 -c50` keep-alive (on core 1): requests/s, CPU µs per request (user +
+#   system of the proxy process), p99, and the ratio to Envoy;
+# - h2c: `h2load -c50 -m10` (prior knowledge, on core 1): the same, mean latency for p99;
+# - memory: RSS growth per idle keep-alive connection, 10,000 connections that each sent one
+#   request (IDLE=n to change the count).
 #
 #   bash e2e/bench/proxy.sh [seconds=10]
 #   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
@@ -10,6 +14,8 @@
 # Needs wrk, haproxy and nginx (`make bench-proxy` installs them), Envoy (`make deps`).
 set -euo pipefail
 seconds=${1:-10}
+idle=${IDLE:-10000}
+ulimit -n "$(ulimit -Hn)"  # the idle-connection test holds 10,000 sockets
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}
 meridian="$CARGO_TARGET_DIR/release/meridian"
@@ -42,6 +48,7 @@ taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
 pids+=("$(cat "$work/nginx/nginx.pid")")
 
 envoy_port=$(free_port); proxy_port=$(free_port); haproxy_port=$(free_port); xds=$(free_port)
+haproxy_h2c_port=$(free_port)
 mkdir -p "$work/config" "$work/state"
 cat > "$work/config/bench.yaml" <<EOF
 apiVersion: v1
@@ -97,6 +104,9 @@ defaults
 frontend bench
   bind 127.0.0.1:$haproxy_port
   default_backend web
+frontend bench_h2c
+  bind 127.0.0.1:$haproxy_h2c_port proto h2
+  default_backend web
 backend web
   http-reuse always
   server web1 127.0.0.1:$backend
@@ -130,8 +140,71 @@ fi
 run meridian-proxy $proxy_pid $proxy_port
 run haproxy $haproxy_pid $haproxy_port
 
-printf '\n%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
+run_h2c() { # name pid port
+  taskset -c 1 h2load -c50 -m10 -D 2 -H ':authority: bench.example.test' "http://127.0.0.1:$3/" >/dev/null
+  local before; before=$(ticks "$2")
+  local out; out=$(taskset -c 1 h2load -c50 -m10 -D "$seconds" -H ':authority: bench.example.test' "http://127.0.0.1:$3/")
+  local after; after=$(ticks "$2")
+  local requests; requests=$(echo "$out" | awk '/^requests:/ {print $8}')
+  h2rps[$1]=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); printf "%.0f", $4}')
+  h2mean[$1]=$(echo "$out" | awk '/^time for request:/ {print $6}')
+  h2cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  if ! echo "$out" | grep -q "^status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx"; then
+    echo "$1: h2c answers other than 2xx:"; echo "$out"; exit 1
+  fi
+}
+declare -A h2rps h2cpu h2mean
+run_h2c envoy $envoy_pid $envoy_port
+run_h2c meridian-proxy $proxy_pid $proxy_port
+run_h2c haproxy $haproxy_pid $haproxy_h2c_port
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_memory() { # name pid port: RSS growth per idle keep-alive connection, in bytes
+  local before; before=$(rss_kib "$2")
+  python3 - "$3" "$idle" "$work/idle-$1" <<'PY' &
+import socket, sys, time, os
+port, count, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+conns = []
+for _ in range(count):
+    # One request at a time, so upstream connections are reused, not multiplied.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: bench.example.test\r\n\r\n")
+    data = b""
+    while not data.endswith(b"ok\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed before the response")
+        data += chunk
+    conns.append(s)
+open(ready, "w").close()
+time.sleep(30)
+PY
+  local client=$!
+  for _ in $(seq 1 600); do [ -e "$work/idle-$1" ] && break; sleep 0.1; done
+  sleep 1
+  local after; after=$(rss_kib "$2")
+  kill "$client" 2>/dev/null || true; wait "$client" 2>/dev/null || true
+  idle_bytes[$1]=$(( (after - before) * 1024 / idle ))
+}
+declare -A idle_bytes
+idle_memory envoy $envoy_pid $envoy_port
+idle_memory meridian-proxy $proxy_pid $proxy_port
+idle_memory haproxy $haproxy_pid $haproxy_port
+
+printf '\nHTTP/1.1 keep-alive (wrk -t1 -c50)\n'
+printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
 for peer in envoy meridian-proxy haproxy; do
   ratio=$(awk -v a="${cpu[$peer]}" -v e="${cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
   printf '%-16s %10s %16s %8s %14s\n' "$peer" "${rps[$peer]}" "${cpu[$peer]}" "${p99[$peer]}" "$ratio"
+done
+printf '\nh2c (h2load -c50 -m10)\n'
+printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' mean 'CPU vs Envoy'
+for peer in envoy meridian-proxy haproxy; do
+  ratio=$(awk -v a="${h2cpu[$peer]}" -v e="${h2cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
+  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${h2rps[$peer]}" "${h2cpu[$peer]}" "${h2mean[$peer]}" "$ratio"
+done
+printf '\nidle keep-alive connections (%s)\n' "$idle"
+printf '%-16s %22s\n' peer 'RSS bytes/connection'
+for peer in envoy meridian-proxy haproxy; do
+  printf '%-16s %22s\n' "$peer" "${idle_bytes[$peer]}"
 done
