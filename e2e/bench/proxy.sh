@@ -11,7 +11,7 @@
 #   bash e2e/bench/proxy.sh [seconds=10]
 #   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
 #
-# Needs wrk, haproxy and nginx (`make bench-proxy` installs them), Envoy (`make deps`).
+# Needs wrk, h2load, haproxy and nginx (`make bench-proxy` installs them), Envoy (`make deps`).
 set -euo pipefail
 seconds=${1:-10}
 idle=${IDLE:-10000}
