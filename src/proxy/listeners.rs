@@ -223,11 +223,14 @@ async fn connection(
             remote,
             tls: false,
         };
-        serve(TokioIo::new(stream), downstream, state, drain).await;
+        // A connection must not pin the config it started under; and each protocol's serving
+        // future is boxed, so an idle connection holds only the one it uses.
+        drop(config);
+        Box::pin(serve(TokioIo::new(stream), downstream, state, drain)).await;
         return Ok(());
     }
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
-    let start = tokio::time::timeout(HANDSHAKE, acceptor)
+    let start = Box::pin(tokio::time::timeout(HANDSHAKE, acceptor))
         .await
         .map_err(|_| "ClientHello timed out")?
         .map_err(|_| "not a TLS ClientHello")?;
@@ -239,16 +242,20 @@ async fn connection(
         .get(&(listener.to_owned(), chain))
         .ok_or("the chain's certificate has not arrived")?
         .clone();
-    let stream = tokio::time::timeout(HANDSHAKE, start.into_stream(server_config))
-        .await
-        .map_err(|_| "TLS handshake timed out")?
-        .map_err(|_| "TLS handshake failed")?;
+    let stream = Box::pin(tokio::time::timeout(
+        HANDSHAKE,
+        start.into_stream(server_config),
+    ))
+    .await
+    .map_err(|_| "TLS handshake timed out")?
+    .map_err(|_| "TLS handshake failed")?;
     let downstream = Downstream {
         route_config: plan.chains[chain].route_config.as_str().into(),
         remote,
         tls: true,
     };
-    serve(TokioIo::new(stream), downstream, state, drain).await;
+    drop(config);
+    Box::pin(serve(TokioIo::new(stream), downstream, state, drain)).await;
     Ok(())
 }
 
