@@ -1,6 +1,12 @@
 //! The request path: the compiled route table says where a request goes, the cluster's
 //! balancer which endpoint; this module only moves bytes and applies the header edits, with
 //! Envoy's gateway defaults (`x-forwarded-for`, `x-request-id`, the port stripped from Host).
+//! [`headers`] holds the header work, [`logged`] the entry point with its access log.
+
+mod headers;
+mod logged;
+
+pub use logged::handle;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -8,38 +14,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, HOST, LOCATION};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::header::{HeaderValue, HOST, LOCATION};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
-use super::access_log::Entry;
+use self::headers::{
+    append_forwarded_for, edit_request, edit_response, request_id, HOP_BY_HOP, X_FORWARDED_PROTO,
+    X_REQUEST_ID,
+};
+use self::logged::{flagged, RequestId, Served};
 use super::stats::{ClusterMetrics, Failure};
 use super::ProxyState;
 use crate::core::dataplane::outlier::Outcome;
-use crate::core::dataplane::routes::{
-    strip_port, Action, Forward, HeaderEdits, RequestHead, Route, Target,
-};
+use crate::core::dataplane::routes::{strip_port, Action, Forward, RequestHead, Route, Target};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// Request bodies up to this size are buffered so a retry can send them again.
 const RETRY_BUFFER: u64 = 64 * 1024;
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-    http::header::TRAILER,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Where a connection came in: the route configuration of its filter chain, the client, and
 /// whether it is TLS.
@@ -50,84 +44,7 @@ pub struct Downstream {
     pub tls: bool,
 }
 
-/// Envoy's response flag of a reply the proxy made itself, or of an upstream failure.
-#[derive(Clone, Copy)]
-struct Flag(&'static str);
-
-/// Where a request went, for the access log.
-#[derive(Clone)]
-struct Served {
-    cluster: String,
-    host: String,
-}
-
-pub async fn handle(
-    request: Request<Incoming>,
-    downstream: Downstream,
-    state: Arc<ProxyState>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let Some(log) = &state.access_log else {
-        return respond(request, downstream, state.clone()).await;
-    };
-    let (started_at, started) = (std::time::SystemTime::now(), std::time::Instant::now());
-    let method = request.method().clone();
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    let protocol = match request.version() {
-        http::Version::HTTP_2 => "HTTP/2",
-        http::Version::HTTP_10 => "HTTP/1.0",
-        _ => "HTTP/1.1",
-    };
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let (forwarded_for, user_agent, request_id) = (
-        header("x-forwarded-for"),
-        header("user-agent"),
-        header("x-request-id"),
-    );
-    let authority = header("host")
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default();
-    let remote = downstream.remote;
-    let response = respond(request, downstream, state.clone()).await;
-    let Ok(response) = response;
-    let served = response.extensions().get::<Served>();
-    let request_id = response
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .or(request_id);
-    log.record(&Entry {
-        start_time: super::access_log::timestamp(started_at),
-        method: method.as_str(),
-        path: &path,
-        protocol,
-        response_code: response.status().as_u16(),
-        response_flags: response.extensions().get::<Flag>().map_or("-", |f| f.0),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        x_forwarded_for: forwarded_for.as_deref(),
-        user_agent: user_agent.as_deref(),
-        request_id: request_id.as_deref(),
-        authority: &authority,
-        upstream_cluster: served.map(|s| s.cluster.as_str()),
-        upstream_host: served.map(|s| s.host.as_str()),
-        downstream_remote_address: remote.to_string(),
-    });
-    Ok(response)
-}
-
-/// The request id sent upstream (generated when the client sent none), for the access log.
-#[derive(Clone)]
-struct RequestId(String);
-
-async fn respond(
+pub(super) async fn respond(
     request: Request<Incoming>,
     downstream: Downstream,
     state: Arc<ProxyState>,
@@ -483,12 +400,6 @@ fn overflow() -> Response<ProxyBody> {
     flagged(reply, "UO")
 }
 
-/// Marks a reply with Envoy's response flag (for the access log).
-fn flagged(mut reply: Response<ProxyBody>, flag: &'static str) -> Response<ProxyBody> {
-    reply.extensions_mut().insert(Flag(flag));
-    reply
-}
-
 /// Envoy's default retry back-off: 25 ms base, jittered, doubling.
 fn retry_backoff(attempt: u32) -> Duration {
     let base = 25u64.saturating_mul(1 << attempt.min(6));
@@ -524,58 +435,6 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-        _ => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-}
-
-/// A random UUID (version 4), as Envoy generates for `x-request-id`.
-fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
-        }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0x0f)];
-        at += 2;
-    }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn edit_request(headers: &mut HeaderMap, edits: &HeaderEdits) {
-    apply(headers, &edits.request_set, &edits.request_remove);
-}
-
-fn edit_response(headers: &mut HeaderMap, edits: &HeaderEdits) {
-    apply(headers, &edits.response_set, &edits.response_remove);
-}
-
-fn apply(headers: &mut HeaderMap, set: &[(HeaderName, HeaderValue, bool)], remove: &[HeaderName]) {
-    for name in remove {
-        headers.remove(name);
-    }
-    for (name, value, append) in set {
-        if *append {
-            headers.append(name.clone(), value.clone());
-        } else {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
-}
-
 /// A response the proxy makes itself (no route, no upstream, a redirect, a direct response).
 fn local_reply(status: StatusCode, body: Option<String>) -> Response<ProxyBody> {
     let mut response = Response::builder().status(status);
@@ -602,23 +461,5 @@ fn record_attempt(
         Ok(Err(error)) if error.is_connect() => metrics.failure(Failure::ConnectFailure),
         Ok(Err(_)) => metrics.failure(Failure::Reset),
         Err(()) => metrics.failure(Failure::Timeout),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn request_ids_are_version_4_uuids() {
-        let id = super::request_id();
-        let id = id.to_str().unwrap();
-        let groups: Vec<&str> = id.split('-').collect();
-        assert_eq!(
-            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12]
-        );
-        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
-        assert!(groups[2].starts_with('4'), "{id}");
-        assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(super::request_id(), super::request_id());
     }
 }

@@ -1,0 +1,94 @@
+//! Header work on the request path: hop-by-hop headers dropped, Envoy's gateway defaults
+//! (`x-forwarded-for` appended, `x-forwarded-proto`, a generated `x-request-id`), and the
+//! routes' header edits.
+
+use std::net::SocketAddr;
+
+use http::header::{HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::core::dataplane::routes::HeaderEdits;
+
+pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TRAILER,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub(super) fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    let ip = remote.ip().to_string();
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
+        _ => ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+/// A random UUID (version 4), as Envoy generates for `x-request-id`.
+pub(super) fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+pub(super) fn edit_request(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    apply(headers, &edits.request_set, &edits.request_remove);
+}
+
+pub(super) fn edit_response(headers: &mut HeaderMap, edits: &HeaderEdits) {
+    apply(headers, &edits.response_set, &edits.response_remove);
+}
+
+fn apply(headers: &mut HeaderMap, set: &[(HeaderName, HeaderValue, bool)], remove: &[HeaderName]) {
+    for name in remove {
+        headers.remove(name);
+    }
+    for (name, value, append) in set {
+        if *append {
+            headers.append(name.clone(), value.clone());
+        } else {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_version_4_uuids() {
+        let id = super::request_id();
+        let id = id.to_str().unwrap();
+        let groups: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert!(groups[2].starts_with('4'), "{id}");
+        assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(super::request_id(), super::request_id());
+    }
+}
