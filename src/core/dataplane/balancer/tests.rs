@@ -1,7 +1,16 @@
 use super::*;
 use std::collections::BTreeSet;
 use xds_api::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
+use xds_api::pb::envoy::config::cluster::v3::cluster::{
+    common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbConfig,
+    LbPolicy, RingHashLbConfig,
+};
+use xds_api::pb::envoy::config::cluster::v3::Cluster;
+use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
+use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
 use xds_api::pb::envoy::config::core::v3::{Address, Locality as EnvoyLocality, SocketAddress};
+use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use xds_api::pb::envoy::config::endpoint::v3::{
     Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
