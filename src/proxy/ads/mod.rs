@@ -305,31 +305,14 @@ impl AdsClient {
         let follow = match kind {
             CLUSTERS => {
                 let old_raw = accepted.raw.remove(CLUSTERS).unwrap_or_default();
-                let mut clusters = BTreeMap::new();
-                let mut raw = BTreeMap::new();
-                for any in &response.resources {
-                    let compiled = decode::<Cluster>(any, kind)
-                        .and_then(|c| ClusterPlan::compile(&c).map_err(|e| e.to_string()));
-                    match compiled {
-                        Ok(plan) => {
-                            raw.insert(plan.name.clone(), any.clone());
-                            clusters.insert(plan.name.clone(), plan);
-                        }
-                        Err(error) => {
-                            // A rejected update keeps the cluster as it was, as Envoy does.
-                            errors.push(error);
-                            let name = decode::<Cluster>(any, kind)
-                                .map(|c| c.name)
-                                .unwrap_or_default();
-                            if let (Some(old), Some(old_any)) =
-                                (accepted.clusters.get(&name), old_raw.get(&name))
-                            {
-                                raw.insert(name.clone(), old_any.clone());
-                                clusters.insert(name, old.clone());
-                            }
-                        }
-                    }
-                }
+                let (clusters, raw) = compile_whole_set(
+                    &response.resources,
+                    kind,
+                    (&accepted.clusters, &old_raw),
+                    |c: &Cluster| c.name.clone(),
+                    |c| ClusterPlan::compile(c).map_err(|e| e.to_string()),
+                    &mut errors,
+                );
                 for plan in clusters.values() {
                     if let Discovery::Dns(assignment) = &plan.discovery {
                         let resolved = resolve(assignment).await;
@@ -398,30 +381,14 @@ impl AdsClient {
             }
             LISTENERS => {
                 let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
-                let mut plans = BTreeMap::new();
-                let mut raw = BTreeMap::new();
-                for any in &response.resources {
-                    let compiled = decode::<Listener>(any, kind)
-                        .and_then(|l| ListenerPlan::compile(&l).map_err(|e| e.to_string()));
-                    match compiled {
-                        Ok(plan) => {
-                            raw.insert(plan.name.clone(), any.clone());
-                            plans.insert(plan.name.clone(), plan);
-                        }
-                        Err(error) => {
-                            errors.push(error);
-                            let name = decode::<Listener>(any, kind)
-                                .map(|l| l.name)
-                                .unwrap_or_default();
-                            if let (Some(old), Some(old_any)) =
-                                (accepted.listeners.get(&name), old_raw.get(&name))
-                            {
-                                raw.insert(name.clone(), old_any.clone());
-                                plans.insert(name, old.clone());
-                            }
-                        }
-                    }
-                }
+                let (mut plans, mut raw) = compile_whole_set(
+                    &response.resources,
+                    kind,
+                    (&accepted.listeners, &old_raw),
+                    |l: &Listener| l.name.clone(),
+                    |l| ListenerPlan::compile(l).map_err(|e| e.to_string()),
+                    &mut errors,
+                );
                 // Binding can fail (the port is taken): the listener it replaces keeps serving.
                 for (name, error) in self.listeners.reconcile(&plans, &self.state) {
                     errors.push(format!("Listener {name}: address: {error}"));
@@ -549,6 +516,45 @@ fn short_name(kind: &str) -> &'static str {
 /// The type a response is of, if it is one this client asks for.
 fn known(type_url: &str) -> Option<&'static str> {
     ORDER.into_iter().find(|kind| *kind == type_url)
+}
+
+/// Compiles a state-of-the-world set of resources (clusters, listeners): each compiled one
+/// with the `Any` it came from; one that does not compile is NACKed (its error pushed) and
+/// keeps its previous version, as Envoy keeps a resource whose update it rejects.
+fn compile_whole_set<M: Message + Default, P: Clone>(
+    resources: &[Any],
+    kind: &str,
+    (old_plans, old_raw): (&BTreeMap<String, P>, &BTreeMap<String, Any>),
+    name_of: impl Fn(&M) -> String,
+    compile: impl Fn(&M) -> Result<P, String>,
+    errors: &mut Vec<String>,
+) -> (BTreeMap<String, P>, BTreeMap<String, Any>) {
+    let mut plans = BTreeMap::new();
+    let mut raw = BTreeMap::new();
+    for any in resources {
+        let message = match decode::<M>(any, kind) {
+            Ok(message) => message,
+            Err(error) => {
+                errors.push(error);
+                continue;
+            }
+        };
+        let name = name_of(&message);
+        match compile(&message) {
+            Ok(plan) => {
+                raw.insert(name.clone(), any.clone());
+                plans.insert(name, plan);
+            }
+            Err(error) => {
+                errors.push(error);
+                if let (Some(old), Some(old_any)) = (old_plans.get(&name), old_raw.get(&name)) {
+                    raw.insert(name.clone(), old_any.clone());
+                    plans.insert(name, old.clone());
+                }
+            }
+        }
+    }
+    (plans, raw)
 }
 
 fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {
