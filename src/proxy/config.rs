@@ -36,15 +36,26 @@ pub struct Accepted {
 pub struct Upstream {
     pub plan: ClusterPlan,
     assignment: Assignment,
-    /// Rebuilt when outlier detection ejects an endpoint or brings one back.
-    pub balancer: ArcSwap<Balancer>,
+    /// Shared with the same cluster in the configs before and after this one, so that an
+    /// ejection seen by a request of any of them rebalances the one in use; rebuilt only when
+    /// the cluster, its endpoints or its ejections change.
+    pub balancer: Arc<ArcSwap<Balancer>>,
     pub metrics: ClusterMetrics,
     /// Its requests since the last load report.
     pub load: Arc<Counts>,
     /// Its outlier detection, carried from config to config while the cluster has it.
-    outliers: Option<Arc<Mutex<OutlierDetector>>>,
+    outliers: Option<Arc<Mutex<Outliers>>>,
     /// Its circuit breakers, carried from config to config while its limits stay.
     pub breakers: Arc<Breakers>,
+}
+
+/// A cluster's outlier detector, with the cluster and endpoints of the newest config, which
+/// its balancer is rebuilt from when the ejected set changes.
+#[derive(Debug)]
+struct Outliers {
+    detector: OutlierDetector,
+    plan: ClusterPlan,
+    assignment: Assignment,
 }
 
 impl Upstream {
@@ -59,10 +70,10 @@ impl Upstream {
         let Some(outliers) = &self.outliers else {
             return;
         };
-        let mut detector = outliers.lock().unwrap_or_else(|e| e.into_inner());
-        if detector.record(endpoint, outcome, now) {
+        let mut outliers = outliers.lock().unwrap_or_else(|e| e.into_inner());
+        if outliers.detector.record(endpoint, outcome, now) {
             tracing::info!(cluster = %self.plan.name, endpoint, "outlier ejected");
-            self.rebalance(&detector.ejected());
+            self.rebalance(&outliers);
         }
     }
 
@@ -71,9 +82,9 @@ impl Upstream {
         let Some(outliers) = &self.outliers else {
             return;
         };
-        let mut detector = outliers.lock().unwrap_or_else(|e| e.into_inner());
-        if detector.tick_if_due(now) {
-            self.rebalance(&detector.ejected());
+        let mut outliers = outliers.lock().unwrap_or_else(|e| e.into_inner());
+        if outliers.detector.tick_if_due(now) {
+            self.rebalance(&outliers);
         }
     }
 
@@ -81,12 +92,18 @@ impl Upstream {
     pub fn ejected(&self) -> BTreeSet<String> {
         self.outliers
             .as_ref()
-            .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ejected())
+            .map(|o| {
+                o.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .detector
+                    .ejected()
+            })
             .unwrap_or_default()
     }
 
-    fn rebalance(&self, ejected: &BTreeSet<String>) {
-        let balancer = Balancer::with_ejected(&self.plan, &self.assignment, ejected);
+    fn rebalance(&self, outliers: &Outliers) {
+        let ejected = outliers.detector.ejected();
+        let balancer = Balancer::with_ejected(&outliers.plan, &outliers.assignment, &ejected);
         self.balancer.store(Arc::new(balancer));
     }
 }
@@ -105,7 +122,7 @@ pub struct Config {
 impl Config {
     /// A snapshot of `accepted`. A cluster is usable once its endpoints arrived (EDS) or were
     /// resolved (DNS); until then requests for it get 503, as for an unknown cluster.
-    /// `previous` hands its clusters' outlier state on.
+    /// `previous` hands on its clusters' balancers, outlier state, breakers and metrics.
     pub fn build(accepted: &Accepted, stats: &Stats, loads: &Loads, previous: &Config) -> Config {
         let clusters = accepted
             .clusters
@@ -115,29 +132,52 @@ impl Config {
                     Discovery::Static(assignment) => assignment,
                     Discovery::Eds | Discovery::Dns(_) => accepted.assignments.get(name)?,
                 };
+                let before = previous.clusters.get(name);
                 let outliers = plan.outlier.clone().map(|policy| {
-                    let carried = previous.clusters.get(name).and_then(|u| u.outliers.clone());
-                    let outliers = carried.unwrap_or_else(|| {
-                        Arc::new(Mutex::new(OutlierDetector::new(policy.clone())))
-                    });
                     let ids = assignment
                         .localities
                         .iter()
                         .flat_map(|l| l.endpoints.iter().map(Endpoint::id))
                         .collect();
-                    outliers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .update(policy, &ids);
+                    let carried = before.and_then(|u| u.outliers.clone());
+                    let outliers = carried.unwrap_or_else(|| {
+                        Arc::new(Mutex::new(Outliers {
+                            detector: OutlierDetector::new(policy.clone()),
+                            plan: plan.clone(),
+                            assignment: assignment.clone(),
+                        }))
+                    });
+                    {
+                        let mut state = outliers.lock().unwrap_or_else(|e| e.into_inner());
+                        state.detector.update(policy, &ids);
+                        state.plan = plan.clone();
+                        state.assignment = assignment.clone();
+                    }
                     outliers
                 });
                 let ejected = outliers
                     .as_ref()
-                    .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()).ejected())
+                    .map(|o| {
+                        o.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .detector
+                            .ejected()
+                    })
                     .unwrap_or_default();
-                let breakers = previous
-                    .clusters
-                    .get(name)
+                // The balancer (with its round-robin turn and requests in flight) stays while
+                // the cluster and its endpoints do; a Maglev table is not rebuilt for nothing.
+                let balancer = match before {
+                    Some(u) if u.plan == *plan && u.assignment == *assignment => u.balancer.clone(),
+                    Some(u) => {
+                        let rebuilt = Balancer::with_ejected(plan, assignment, &ejected);
+                        u.balancer.store(Arc::new(rebuilt));
+                        u.balancer.clone()
+                    }
+                    None => Arc::new(ArcSwap::from_pointee(Balancer::with_ejected(
+                        plan, assignment, &ejected,
+                    ))),
+                };
+                let breakers = before
                     .map(|u| u.breakers.clone())
                     .filter(|b| b.limits() == plan.limits)
                     .unwrap_or_else(|| Arc::new(Breakers::new(plan.limits)));
@@ -145,11 +185,9 @@ impl Config {
                     breakers,
                     plan: plan.clone(),
                     assignment: assignment.clone(),
-                    balancer: ArcSwap::from_pointee(Balancer::with_ejected(
-                        plan, assignment, &ejected,
-                    )),
-                    metrics: stats.cluster(name),
-                    load: loads.cluster(name),
+                    balancer,
+                    metrics: before.map_or_else(|| stats.cluster(name), |u| u.metrics.clone()),
+                    load: before.map_or_else(|| loads.cluster(name), |u| u.load.clone()),
                     outliers,
                 };
                 Some((name.clone(), Arc::new(upstream)))
