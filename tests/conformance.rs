@@ -69,6 +69,9 @@ struct Expect {
     /// With `concurrent`: how many answers of each status.
     #[serde(default)]
     statuses: BTreeMap<u16, usize>,
+    /// The samples reached their backend over this many upstream connections.
+    #[serde(default)]
+    connections: Option<usize>,
 }
 
 /// An HTTP backend that answers with its name and echoes the request as it arrived.
@@ -114,8 +117,18 @@ impl EchoBackend {
                     }
                 };
                 put("x-backend".into(), name);
+                if let Some(peer) = request
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                {
+                    put("x-seen-peer".into(), &peer.0.to_string());
+                }
                 let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
                 put("x-seen-path".into(), path);
+                put("x-seen-version".into(), &format!("{:?}", request.version));
+                if let Some(authority) = request.uri.authority() {
+                    put("x-seen-authority".into(), authority.as_str());
+                }
                 for (key, value) in &request.headers {
                     put(format!("x-seen-{key}"), value.to_str().unwrap_or_default());
                 }
@@ -123,7 +136,11 @@ impl EchoBackend {
             }
         });
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .await;
         });
         EchoBackend { port, task }
     }
@@ -329,13 +346,15 @@ async fn run_probe(
     }
     let sampled = !probe.expect.distribution.is_empty()
         || probe.expect.sticky
-        || probe.expect.spread.is_some();
+        || probe.expect.spread.is_some()
+        || probe.expect.connections.is_some();
     if sampled {
         let samples = probe.samples.unwrap_or(200);
         for _ in 0..probe.warmup {
             let _ = send(client, ports, ca_pem, probe).await;
         }
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut peers: HashSet<String> = HashSet::new();
         for n in 0..samples {
             let mut varied = Probe {
                 host: probe.host.clone(),
@@ -358,7 +377,12 @@ async fn run_probe(
                 varied.path = format!("{}{joiner}{query}=user-{n}", varied.path);
             }
             match send(client, ports, ca_pem, &varied).await {
-                Ok(answer) if answer.status == 200 => *counts.entry(answer.body).or_default() += 1,
+                Ok(answer) if answer.status == 200 => {
+                    if let Some(peer) = answer.headers.get("x-seen-peer") {
+                        peers.insert(peer.to_str().unwrap_or_default().to_owned());
+                    }
+                    *counts.entry(answer.body).or_default() += 1
+                }
                 Ok(answer) => return vec![format!("status {} ({})", answer.status, answer.body)],
                 Err(e) => return vec![e],
             }
@@ -372,6 +396,14 @@ async fn run_probe(
                 wrong.push(format!(
                     "{samples} keys reached {} backends (want {spread}): {counts:?}",
                     counts.len()
+                ));
+            }
+        }
+        if let Some(connections) = probe.expect.connections {
+            if peers.len() != connections {
+                wrong.push(format!(
+                    "{samples} requests took {} upstream connections (want {connections})",
+                    peers.len()
                 ));
             }
         }
@@ -442,7 +474,9 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         + &loopback_service("alpha", alpha.port)
         + &loopback_service("beta", beta.port)
         + &loopback_service("gamma", gamma.port)
-        + &loopback_service("flaky", flaky.port);
+        + &loopback_service("flaky", flaky.port)
+        + &loopback_service("short-lived", beta.port)
+        + &loopback_service("alpha-h2", alpha.port).replace("name: http,", "name: http2,");
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),

@@ -193,20 +193,30 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     })
     .await;
 
-    // A cap on requests per upstream connection is not supported by this proxy yet.
-    let breaking = "    destinationRules:\n    - metadata: {name: beta}\n      spec: {host: beta, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 5}}}}\n";
-    write(&setup.config(), "shop.yaml", &shop(port, "beta", breaking));
+    // A second port, held by another process (without SO_REUSEPORT): the listener cannot
+    // bind, which no validation can foresee.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let second_server = format!(
+        "          hosts: [\"*/*.example.test\"]\n        - port: {{number: {taken_port}, protocol: HTTP}}\n          bind: 127.0.0.1\n          hosts: [\"*/*.example.test\"]\n"
+    );
+    let breaking = shop(port, "beta", "").replacen(
+        "          hosts: [\"*/*.example.test\"]\n",
+        &second_server,
+        1,
+    );
+    write(&setup.config(), "shop.yaml", &breaking);
     let admin = meridian.admin_addr;
+    let nack =
+        format!("Listener 127.0.0.1_{taken_port}: address: cannot bind 127.0.0.1:{taken_port}");
     eventually(
         Duration::from_secs(20),
-        "the NACK, naming cluster and field, in the status",
+        "the NACK, naming listener and reason, in the status",
         || async {
             let statuses = admin_json(&client, admin, "/debug/status")
                 .await
                 .to_string();
-            statuses.contains(
-                "Cluster outbound|80||beta.shop.svc.cluster.local: maxRequestsPerConnection",
-            ) && statuses.contains("supported by meridian proxy")
+            statuses.contains(&nack)
         },
     )
     .await;
@@ -222,7 +232,7 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     .await;
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     assert!(log.contains("rejected (NACK)"), "{log}");
-    drop(proxy);
+    drop((proxy, taken));
     meridian.shutdown().await.unwrap();
 }
 
@@ -575,6 +585,76 @@ async fn prometheus_stats_and_the_access_log_count_responses_and_upstreams() {
         .expect("an unrouted request");
     assert_eq!(unrouted["response_code"], 404);
     assert_eq!(unrouted["response_flags"], "NR");
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+}
+
+/// An HTTP/1.1 backend that answers keep-alive but closes each connection a moment after its
+/// response, without saying so, as upstreams with short idle timeouts do. Counts connections.
+async fn silently_closing_backend(
+    accepted: Arc<AtomicUsize>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let n = accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&buf[..read]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncloser")
+                    .await;
+                tokio::time::sleep(Duration::from_millis((n % 3 * 5) as u64)).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstreams_closing_idle_connections_fail_no_request() {
+    let setup = Setup::new().await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (closer_port, closer) = silently_closing_backend(accepted.clone()).await;
+    let backends =
+        loopback_service("alpha", setup._alpha.port) + &loopback_service("closer", closer_port);
+    write(&setup.config(), "backends.yaml", &backends);
+    write(
+        &setup.config(),
+        "shop.yaml",
+        &shop(setup.port, "closer", ""),
+    );
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let proxy = setup.proxy();
+    let client = client();
+    let port = setup.port;
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/b", "closer")
+    })
+    .await;
+    let before = accepted.load(Ordering::Relaxed);
+    // Each request comes after the backend closed the last one's connection (a request that
+    // races the close can fail, in Envoy too: that is what retries on `reset` are for).
+    let mut failed = Vec::new();
+    for i in 0..60u64 {
+        tokio::time::sleep(Duration::from_millis(30 + i % 3 * 10)).await;
+        match get(&client, port, "shop.example.test", "/b").await {
+            Ok(backend) if backend == "closer" => {}
+            other => failed.push(format!("request {i}: {other:?}")),
+        }
+    }
+    assert!(failed.is_empty(), "{failed:#?}");
+    // Each request found its pooled connection closed and took a new one.
+    assert_eq!(accepted.load(Ordering::Relaxed) - before, 60);
+    closer.abort();
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }

@@ -47,6 +47,8 @@ pub struct Upstream {
     outliers: Option<Arc<Mutex<Outliers>>>,
     /// Its circuit breakers, carried from config to config while its limits stay.
     pub breakers: Arc<Breakers>,
+    /// How its connections are made and reused.
+    pub settings: super::upstream::Settings,
 }
 
 /// A cluster's outlier detector, with the cluster and endpoints of the newest config, which
@@ -183,6 +185,7 @@ impl Config {
                     .unwrap_or_else(|| Arc::new(Breakers::new(plan.limits)));
                 let upstream = Upstream {
                     breakers,
+                    settings: super::upstream::Settings::of(plan),
                     plan: plan.clone(),
                     assignment: assignment.clone(),
                     balancer,

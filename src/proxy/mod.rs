@@ -19,9 +19,9 @@ pub mod loads;
 pub mod lrs;
 pub mod stats;
 pub mod tls;
+pub mod upstream;
 pub mod workers;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,15 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use self::ads::AdsClient;
 use self::bootstrap::Bootstrap;
 use self::config::Config;
-use self::forward::ProxyBody;
 use self::listeners::Listeners;
 
 /// How `meridian proxy` runs.
@@ -68,8 +64,6 @@ pub enum Readiness {
     Cached,
     Live,
 }
-
-type UpstreamClient = Client<HttpConnector, ProxyBody>;
 
 /// What the ADS client publishes and requests read.
 pub struct ProxyState {
@@ -150,29 +144,6 @@ impl ProxyState {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// The calling worker's pooled client for upstreams with this connect timeout and
-    /// protocol; pools survive config changes and are never shared between workers.
-    pub(crate) fn client(&self, connect_timeout: Duration, http2: bool) -> UpstreamClient {
-        thread_local! {
-            static CLIENTS: RefCell<HashMap<(Duration, bool), UpstreamClient>> =
-                RefCell::new(HashMap::new());
-        }
-        CLIENTS.with_borrow_mut(|clients| {
-            clients
-                .entry((connect_timeout, http2))
-                .or_insert_with(|| {
-                    let mut connector = HttpConnector::new();
-                    connector.set_connect_timeout(Some(connect_timeout));
-                    connector.set_nodelay(true);
-                    Client::builder(TokioExecutor::new())
-                        .http2_only(http2)
-                        .pool_idle_timeout(Duration::from_secs(60))
-                        .build(connector)
-                })
-                .clone()
-        })
     }
 }
 

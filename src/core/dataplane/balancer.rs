@@ -52,6 +52,8 @@ pub struct ClusterPlan {
     pub connect_timeout: Duration,
     /// Upstream HTTP/2 (prior knowledge): gRPC and h2c backends.
     pub http2: bool,
+    /// Requests (HTTP/2: streams) an upstream connection carries before it is closed.
+    pub max_requests_per_connection: Option<u32>,
     pub locality_weighted: bool,
     pub discovery: Discovery,
     /// Below this healthy percentage a priority uses all its endpoints (Envoy's default 50).

@@ -26,6 +26,7 @@ use self::headers::{
 };
 use self::logged::{flagged, RequestId, Served};
 use super::stats::{ClusterMetrics, Failure};
+use super::upstream::{self, UpstreamBody, UpstreamError};
 use super::ProxyState;
 use crate::core::dataplane::outlier::Outcome;
 use crate::core::dataplane::routes::{strip_port, Action, Forward, RequestHead, Route, Target};
@@ -222,9 +223,12 @@ async fn proxy(
     // Envoy's order: the weighted cluster's edits, then the route's (which win a conflict).
     edit_request(&mut headers, &target.edits);
     edit_request(&mut headers, &route.edits);
-    let upstream_path = forward
-        .rewrite_path(route, path)
-        .unwrap_or_else(|| path.to_owned());
+    // Origin form (`/path?query`), as HTTP/1.1 sends it; HTTP/2 adds scheme and authority.
+    let upstream_uri: Option<Uri> = match forward.rewrite_path(route, path) {
+        Some(rewritten) => rewritten.parse().ok(),
+        None if parts.uri.scheme().is_none() => Some(parts.uri.clone()),
+        None => path.parse().ok(),
+    };
 
     let retry = forward.retry.as_ref();
     let small = content_length.is_some_and(|len| len <= RETRY_BUFFER);
@@ -268,14 +272,19 @@ async fn proxy(
         let endpoint = balancer.endpoint(pick);
         let _active = balancer.start(pick);
         let endpoint_id = upstream.detects_outliers().then(|| endpoint.id());
-        let uri: Uri = match format!(
-            "http://{}{upstream_path}",
-            host_port(&endpoint.host, endpoint.port)
-        )
-        .parse()
-        {
-            Ok(uri) => uri,
-            Err(_) => return local_reply(StatusCode::BAD_REQUEST, None),
+        let Some(addr) = endpoint_address(&endpoint.host, endpoint.port).await else {
+            last = flagged(
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("upstream connect error or disconnect/reset before headers. reset reason: connection failure".to_owned()),
+                ),
+                "UF",
+            );
+            continue;
+        };
+        let uri = match &upstream_uri {
+            Some(uri) => uri.clone(),
+            None => return local_reply(StatusCode::BAD_REQUEST, None),
         };
         let body: ProxyBody = match (&buffered, streamed.take()) {
             (Some(bytes), _) => Full::new(bytes.clone())
@@ -284,11 +293,9 @@ async fn proxy(
             (None, Some(incoming)) => incoming.boxed(),
             (None, None) => break,
         };
-        let mut outgoing = Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .body(body)
-            .unwrap_or_default();
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = method.clone();
+        *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = if attempt + 1 < attempts {
             headers.clone()
         } else {
@@ -297,8 +304,7 @@ async fn proxy(
         if upstream.plan.http2 {
             *outgoing.version_mut() = http::Version::HTTP_2;
         }
-        let client = state.client(upstream.plan.connect_timeout, upstream.plan.http2);
-        let sent = client.request(outgoing);
+        let sent = upstream::send(addr, upstream.settings, outgoing);
         let started = std::time::Instant::now();
         let outcome = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
@@ -428,6 +434,16 @@ fn body_is_empty(method: &http::Method) -> bool {
     )
 }
 
+/// The endpoint's socket address: its host is an address (DNS clusters are resolved when they
+/// arrive), or else a name looked up now.
+async fn endpoint_address(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    let mut found = tokio::net::lookup_host((host, port)).await.ok()?;
+    found.next()
+}
+
 fn host_port(host: &str, port: u16) -> String {
     match host.contains(':') {
         true => format!("[{host}]:{port}"),
@@ -453,7 +469,7 @@ fn local_reply(status: StatusCode, body: Option<String>) -> Response<ProxyBody> 
 /// Counts one upstream attempt: its response class and latency, or why there was none.
 fn record_attempt(
     metrics: &ClusterMetrics,
-    outcome: &Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
+    outcome: &Result<Result<Response<UpstreamBody>, UpstreamError>, ()>,
     took: Duration,
 ) {
     match outcome {

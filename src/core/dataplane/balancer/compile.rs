@@ -54,6 +54,13 @@ impl ClusterPlan {
         // What translation sets for HTTP/2 upstreams (the typed extension options are issue 23).
         #[allow(deprecated)]
         let http2 = rest.http2_protocol_options.take().is_some();
+        // What translation sets for Istio's maxRequestsPerConnection; 0 is no cap, as in Envoy.
+        #[allow(deprecated)]
+        let max_requests_per_connection = rest
+            .max_requests_per_connection
+            .take()
+            .map(|v| v.value)
+            .filter(|&n| n > 0);
         let mut locality_weighted = false;
         let mut panic_threshold = 50.0;
         if let Some(mut common) = rest.common_lb_config.take() {
@@ -112,6 +119,7 @@ impl ClusterPlan {
             policy,
             connect_timeout,
             http2,
+            max_requests_per_connection,
             locality_weighted,
             discovery,
             panic_threshold,

@@ -1,0 +1,365 @@
+//! Upstream connections, pooled per worker as Envoy's and HAProxy's are: each worker thread
+//! keeps, per cluster and endpoint address, its own idle HTTP/1.1 connections and one
+//! multiplexed HTTP/2 connection, so taking and returning a connection is a plain map lookup with no lock, no task
+//! and no cross-thread wake-up.
+//!
+//! An HTTP/1.1 connection returns to its worker's pool when the response body has been read
+//! to its end (a body dropped half-read closes the connection instead, as it cannot be
+//! reused), unless it carried the cluster's `max_requests_per_connection`; an HTTP/2
+//! connection leaves the pool once it has opened that many streams, and closes when they end.
+//! A request that a reused connection could not even start (the upstream closed it while it
+//! idled) is sent again on a new connection, as hyper's pooled client does.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::forward::ProxyBody;
+use crate::core::dataplane::balancer::ClusterPlan;
+
+/// Idle HTTP/1.1 connections older than this are closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to reach one cluster's endpoints.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Which pool: each cluster has its own connections, as in Envoy, even to an address that
+    /// another cluster reaches too.
+    pool: u64,
+    connect_timeout: Duration,
+    http2: bool,
+    max_requests_per_connection: Option<u32>,
+}
+
+impl Settings {
+    pub fn of(plan: &ClusterPlan) -> Settings {
+        let mut pool = std::collections::hash_map::DefaultHasher::new();
+        plan.name.hash(&mut pool);
+        Settings {
+            pool: pool.finish(),
+            connect_timeout: plan.connect_timeout,
+            http2: plan.http2,
+            max_requests_per_connection: plan.max_requests_per_connection,
+        }
+    }
+}
+
+/// A pool's connections to one endpoint.
+type PoolKey = (u64, SocketAddr);
+
+/// Why an upstream attempt got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("upstream request failed: {0}")]
+    Request(#[from] hyper::Error),
+    #[error("no HTTP/2 request URI: {0}")]
+    Uri(#[from] http::uri::InvalidUriParts),
+}
+
+impl UpstreamError {
+    /// The connection never came up (Envoy's `UF`), as opposed to one that failed (`UC`).
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+/// Sends `request` to `addr` over a pooled connection, or a new one.
+pub async fn send(
+    addr: SocketAddr,
+    settings: Settings,
+    request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    if settings.http2 {
+        send_http2(addr, settings, request).await
+    } else {
+        send_http1(addr, settings, request).await
+    }
+}
+
+async fn send_http1(
+    addr: SocketAddr,
+    settings: Settings,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    loop {
+        let key = (settings.pool, addr);
+        let (mut connection, reused) = match checkout_http1(key).await {
+            Some(connection) => (connection, true),
+            None => (connect_http1(addr, settings).await?, false),
+        };
+        match connection.sender.try_send_request(request).await {
+            Ok(response) => {
+                connection.served = connection.served.saturating_add(1);
+                let reusable = settings
+                    .max_requests_per_connection
+                    .is_none_or(|max| connection.served < max);
+                let returning = reusable.then_some(Returning { key, connection });
+                let (parts, body) = response.into_parts();
+                let mut body = UpstreamBody { body, returning };
+                if body.body.is_end_stream() {
+                    body.release();
+                }
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(mut failed) => match failed.take_message() {
+                // Never written: the idle connection had gone; try the next one.
+                Some(unsent) if reused => request = unsent,
+                _ => return Err(failed.into_error().into()),
+            },
+        }
+    }
+}
+
+/// The most recently used idle connection to `addr` that is still open and ready.
+async fn checkout_http1(key: PoolKey) -> Option<Http1Connection> {
+    loop {
+        let mut connection = POOL.with_borrow_mut(|pool| {
+            let idle = pool.http1.get_mut(&key)?;
+            let connection = idle.pop();
+            if idle.is_empty() {
+                pool.http1.remove(&key);
+            }
+            connection
+        })?;
+        if connection.sender.is_closed() || connection.idle_since.elapsed() > IDLE_TIMEOUT {
+            continue;
+        }
+        // A connection just returned may not have finished reading its last response.
+        if connection.sender.ready().await.is_ok() {
+            return Some(connection);
+        }
+    }
+}
+
+async fn connect_http1(
+    addr: SocketAddr,
+    settings: Settings,
+) -> Result<Http1Connection, UpstreamError> {
+    let io = connect(addr, settings.connect_timeout).await?;
+    let (sender, connection) = http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "upstream connection closed");
+        }
+    });
+    Ok(Http1Connection {
+        sender,
+        served: 0,
+        idle_since: Instant::now(),
+    })
+}
+
+async fn send_http2(
+    addr: SocketAddr,
+    settings: Settings,
+    mut request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    // HTTP/2 carries the host as `:authority`, taken from the URI with the scheme; like Envoy,
+    // the proxy sends no Host header beside it.
+    let host = request.headers_mut().remove(http::header::HOST);
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = host
+        .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(addr.to_string()).ok());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() = http::Uri::from_parts(parts)?;
+    let key = (settings.pool, addr);
+    loop {
+        let (mut sender, reused) = match checkout_http2(key, settings) {
+            Some(sender) => (sender, true),
+            None => (connect_http2(addr, settings).await?, false),
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let body = UpstreamBody {
+                    body,
+                    returning: None,
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
+            Err(mut failed) => match failed.take_message() {
+                Some(unsent) if reused => {
+                    POOL.with_borrow_mut(|pool| pool.http2.remove(&key));
+                    request = unsent;
+                }
+                _ => return Err(failed.into_error().into()),
+            },
+        }
+    }
+}
+
+/// The worker's HTTP/2 connection to `addr`, counting one more stream on it; it leaves the
+/// pool when it is closed or has carried `max_requests_per_connection`.
+fn checkout_http2(key: PoolKey, settings: Settings) -> Option<http2::SendRequest<ProxyBody>> {
+    POOL.with_borrow_mut(|pool| {
+        let shared = pool.http2.get_mut(&key)?;
+        if shared.sender.is_closed() {
+            pool.http2.remove(&key);
+            return None;
+        }
+        shared.opened = shared.opened.saturating_add(1);
+        let sender = shared.sender.clone();
+        if settings
+            .max_requests_per_connection
+            .is_some_and(|max| shared.opened >= max)
+        {
+            pool.http2.remove(&key);
+        }
+        Some(sender)
+    })
+}
+
+async fn connect_http2(
+    addr: SocketAddr,
+    settings: Settings,
+) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    let io = connect(addr, settings.connect_timeout).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "upstream HTTP/2 connection closed");
+        }
+    });
+    let pooled = settings
+        .max_requests_per_connection
+        .is_none_or(|max| max > 1);
+    if pooled {
+        POOL.with_borrow_mut(|pool| {
+            pool.http2.insert(
+                (settings.pool, addr),
+                Http2Connection {
+                    sender: sender.clone(),
+                    opened: 1,
+                },
+            )
+        });
+    }
+    Ok(sender)
+}
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
+    let failed = |reason: String| UpstreamError::Connect { addr, reason };
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| failed(format!("no connection within {timeout:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(TokioIo::new(stream))
+}
+
+thread_local! {
+    /// This worker's connections. Only synchronous code borrows it, so a borrow never spans
+    /// an await.
+    static POOL: RefCell<Pool> = RefCell::new(Pool::default());
+}
+
+#[derive(Default)]
+struct Pool {
+    /// Idle connections per cluster and address, the most recently used last.
+    http1: HashMap<PoolKey, Vec<Http1Connection>>,
+    http2: HashMap<PoolKey, Http2Connection>,
+}
+
+struct Http1Connection {
+    sender: http1::SendRequest<ProxyBody>,
+    served: u32,
+    idle_since: Instant,
+}
+
+struct Http2Connection {
+    sender: http2::SendRequest<ProxyBody>,
+    opened: u32,
+}
+
+/// A connection that goes back to the pool once its response is read.
+struct Returning {
+    key: PoolKey,
+    connection: Http1Connection,
+}
+
+/// An upstream response body; its HTTP/1.1 connection returns to the worker's pool when the
+/// body ends.
+pub struct UpstreamBody {
+    body: Incoming,
+    returning: Option<Returning>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        let Some(Returning {
+            key,
+            mut connection,
+        }) = self.returning.take()
+        else {
+            return;
+        };
+        connection.idle_since = Instant::now();
+        // A worker shutting down has no pool left; the connection just closes.
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let idle = pool.http1.entry(key).or_default();
+            idle.retain(|c| !c.sender.is_closed() && c.idle_since.elapsed() <= IDLE_TIMEOUT);
+            idle.push(connection);
+        });
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.release(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
+            Some(Ok(_)) => {}
+            // A connection whose response failed is not reused.
+            Some(Err(_)) => this.returning = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
