@@ -56,6 +56,23 @@ impl OutlierPolicy {
             value(rest.enforcing_consecutive_gateway_failure.take()).unwrap_or(0);
         let consecutive_gateway =
             value(rest.consecutive_gateway_failure.take()).unwrap_or(DEFAULT_CONSECUTIVE);
+        // The success-rate and failure-percentage detectors are not run: accepted switched
+        // off (as Meridian's translation sets them), refused when enforced.
+        let enforcing_success_rate = value(rest.enforcing_success_rate.take());
+        if enforcing_success_rate.is_some_and(|v| v != 0) {
+            return Err(CompileError::new(
+                resource,
+                "outlier_detection.enforcing_success_rate",
+                "success-rate ejection is not supported by meridian proxy (only 0)",
+            ));
+        }
+        if value(rest.enforcing_failure_percentage.take()).is_some_and(|v| v != 0) {
+            return Err(CompileError::new(
+                resource,
+                "outlier_detection.enforcing_failure_percentage",
+                "failure-percentage ejection is not supported by meridian proxy (only 0)",
+            ));
+        }
         for (field, enforcing) in [
             ("enforcing_consecutive_5xx", enforcing_5xx),
             ("enforcing_consecutive_gateway_failure", enforcing_gateway),
@@ -369,5 +386,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(error.field, "outlier_detection.enforcing_consecutive_5xx");
+        let error = OutlierPolicy::compile(
+            &OutlierDetection {
+                enforcing_success_rate: Some(UInt32Value { value: 100 }),
+                ..Default::default()
+            },
+            "Cluster c",
+        )
+        .unwrap_err();
+        assert_eq!(error.field, "outlier_detection.enforcing_success_rate");
+    }
+
+    #[test]
+    fn success_rate_switched_off_is_accepted() {
+        let policy = OutlierPolicy::compile(
+            &OutlierDetection {
+                enforcing_success_rate: Some(UInt32Value { value: 0 }),
+                enforcing_failure_percentage: Some(UInt32Value { value: 0 }),
+                ..Default::default()
+            },
+            "Cluster c",
+        )
+        .unwrap();
+        assert_eq!(policy.consecutive_5xx, Some(DEFAULT_CONSECUTIVE));
     }
 }

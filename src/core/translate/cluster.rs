@@ -184,6 +184,9 @@ fn apply_outlier_detection(cluster: &mut Cluster, policy: &TrafficPolicy) {
         value: f64::from(od.min_health_percent.unwrap_or(0)),
     });
     cluster.outlier_detection = Some(EnvoyOutlier {
+        // Istio's: success-rate ejection, which Envoy enforces by default, stays off, so an
+        // endpoint is ejected only for what the DestinationRule names.
+        enforcing_success_rate: Some(UInt32Value { value: 0 }),
         consecutive_5xx: u32v(od.consecutive_5xx_errors),
         consecutive_gateway_failure: u32v(od.consecutive_gateway_errors),
         enforcing_consecutive_gateway_failure: od
