@@ -38,9 +38,9 @@ bench-dns: dns-deps
 bench-scale:
 	bash e2e/bench/scale.sh
 
-## CPU per request (HTTP/1.1 and h2c) and memory per idle connection of `meridian proxy`
-## beside Envoy and HAProxy, one pinned core each, nginx backend (issue 20; not part of
-## `make test`).
+## CPU per request (HTTP/1.1, h2c, TLS) and per TLS handshake, memory per idle connection
+## and p99 during config swaps of `meridian proxy` beside Envoy and HAProxy, one pinned core
+## each, nginx backend (issue 20; not part of `make test`).
 bench-proxy: deps
 	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client haproxy nginx-light)
 	bash e2e/bench/proxy.sh

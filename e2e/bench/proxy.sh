@@ -5,8 +5,16 @@
 # - HTTP/1.1: `wrk -t1 -c50` keep-alive (on core 1): requests/s, CPU µs per request (user +
 #   system of the proxy process), p99, and the ratio to Envoy;
 # - h2c: `h2load -c50 -m10` (prior knowledge, on core 1): the same, mean latency for p99;
+# - TLS (TLS 1.3, ECDSA P-256 certificates: Meridian's CA for Envoy and the proxy, an
+#   openssl one for HAProxy): keep-alive requests (`wrk -t1 -c50`, CPU per request) and new
+#   connections (`Connection: close`, a full handshake each: Debian's wrk resumes no session),
+#   the client resolving bench.example.test to 127.0.0.1 in a mount namespace of its own so
+#   it sends SNI;
 # - memory: RSS growth per idle keep-alive connection, 10,000 connections that each sent one
-#   request (IDLE=n to change the count).
+#   request (IDLE=n to change the count);
+# - route swaps: p99 of `wrk -t1 -c50` to one of 10,000 virtual hosts (SWAP_HOSTS=n), first
+#   with the config still, then while that AccessPoint is rewritten every second (each version
+#   sets another response header on every route), Envoy and the proxy each fed their own.
 #
 #   bash e2e/bench/proxy.sh [seconds=10]
 #   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
@@ -49,6 +57,7 @@ pids+=("$(cat "$work/nginx/nginx.pid")")
 
 envoy_port=$(free_port); proxy_port=$(free_port); haproxy_port=$(free_port); xds=$(free_port)
 haproxy_h2c_port=$(free_port)
+envoy_tls=$(free_port); proxy_tls=$(free_port); haproxy_tls=$(free_port)
 mkdir -p "$work/config" "$work/state"
 cat > "$work/config/bench.yaml" <<EOF
 apiVersion: v1
@@ -70,9 +79,15 @@ spec:
   template:
     gateways:
     - metadata: {name: envoy}
-      spec: {servers: [{port: {number: $envoy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}]}
+      spec:
+        servers:
+        - {port: {number: $envoy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}
+        - {port: {number: $envoy_tls, protocol: HTTPS}, bind: 127.0.0.1, hosts: ["*/bench.example.test"], tls: {mode: SIMPLE}}
     - metadata: {name: proxy}
-      spec: {servers: [{port: {number: $proxy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}]}
+      spec:
+        servers:
+        - {port: {number: $proxy_port, protocol: HTTP}, bind: 127.0.0.1, hosts: ["*/*"]}
+        - {port: {number: $proxy_tls, protocol: HTTPS}, bind: 127.0.0.1, hosts: ["*/bench.example.test"], tls: {mode: SIMPLE}}
     virtualServices:
     - metadata: {name: web}
       spec:
@@ -80,8 +95,10 @@ spec:
         gateways: [envoy, proxy]
         http: [{route: [{destination: {host: web}}]}]
 EOF
+# Keys over plain ADS: loopback only, for the benchmark.
 "$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
-  --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
+  --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 --insecure-serve-keys-without-mtls \
+  >"$work/meridian.log" 2>&1 &
 pids+=($!)
 sleep 1
 "$meridian" bootstrap --node-id bench-envoy --gateway bench/envoy --xds-addr "127.0.0.1:$xds" \
@@ -93,6 +110,10 @@ taskset -c 0 "$envoy" --disable-hot-restart --concurrency 1 -c "$work/envoy.json
 envoy_pid=$!; pids+=($envoy_pid)
 RUST_LOG=warn taskset -c 0 "$meridian" proxy -c "$work/proxy.json" --workers 1 >"$work/proxy.log" 2>&1 &
 proxy_pid=$!; pids+=($proxy_pid)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=bench.example.test -addext subjectAltName=DNS:bench.example.test \
+  -keyout "$work/haproxy.key" -out "$work/haproxy.crt" 2>/dev/null
+cat "$work/haproxy.crt" "$work/haproxy.key" > "$work/haproxy.pem"
 cat > "$work/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -107,6 +128,9 @@ frontend bench
 frontend bench_h2c
   bind 127.0.0.1:$haproxy_h2c_port proto h2
   default_backend web
+frontend bench_tls
+  bind 127.0.0.1:$haproxy_tls ssl crt $work/haproxy.pem alpn http/1.1
+  default_backend web
 backend web
   http-reuse always
   server web1 127.0.0.1:$backend
@@ -120,6 +144,16 @@ for port in $envoy_port $proxy_port $haproxy_port; do
     sleep 0.1
   done
 done
+for port in $envoy_tls $proxy_tls $haproxy_tls; do
+  for _ in $(seq 1 100); do
+    curl -fsk --resolve "bench.example.test:$port:127.0.0.1" "https://bench.example.test:$port/" \
+      >/dev/null && break
+    sleep 0.1
+  done
+done
+echo "127.0.0.1 bench.example.test" > "$work/hosts"
+# The TLS client sees bench.example.test at 127.0.0.1 (for SNI), in a mount namespace only.
+sni_wrk() { taskset -c 1 unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec wrk "$@"' "$work/hosts" "$@"; }
 
 declare -A rps cpu p99
 run() { # name pid port
@@ -158,6 +192,30 @@ run_h2c envoy $envoy_pid $envoy_port
 run_h2c meridian-proxy $proxy_pid $proxy_port
 run_h2c haproxy $haproxy_pid $haproxy_h2c_port
 
+declare -A tls_rps tls_cpu tls_p99 hs_rps hs_cpu
+run_tls() { # name pid port
+  local url="https://bench.example.test:$3/"
+  sni_wrk -t1 -c50 -d2s "$url" >/dev/null
+  local before; before=$(ticks "$2")
+  local out; out=$(sni_wrk -t1 -c50 -d"${seconds}s" --latency "$url")
+  local after; after=$(ticks "$2")
+  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  tls_rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  tls_p99[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  tls_cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  if echo "$out" | grep -q 'Non-2xx\|Socket errors'; then echo "$1: TLS errors:"; echo "$out"; exit 1; fi
+  before=$(ticks "$2")
+  out=$(sni_wrk -t1 -c50 -d"${seconds}s" -H 'Connection: close' "$url")
+  after=$(ticks "$2")
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  hs_rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  hs_cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: TLS handshake run answered non-2xx:"; echo "$out"; exit 1; fi
+}
+run_tls envoy $envoy_pid $envoy_tls
+run_tls meridian-proxy $proxy_pid $proxy_tls
+run_tls haproxy $haproxy_pid $haproxy_tls
+
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 idle_memory() { # name pid port: RSS growth per idle keep-alive connection, in bytes
   local before; before=$(rss_kib "$2")
@@ -191,6 +249,56 @@ idle_memory envoy $envoy_pid $envoy_port
 idle_memory meridian-proxy $proxy_pid $proxy_port
 idle_memory haproxy $haproxy_pid $haproxy_port
 
+swap_hosts=${SWAP_HOSTS:-10000}
+swap_config() { # gateway prefix version: an AccessPoint of $swap_hosts virtual hosts
+  python3 - "$@" "$swap_hosts" <<'PY'
+import sys
+gateway, prefix, version, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+hosts = "\n".join(f"        - {prefix}{i}.swap.test" for i in range(count))
+print(f"""apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: swap-{gateway}, namespace: bench}}
+spec:
+  template:
+    virtualServices:
+    - metadata: {{name: swap-{gateway}}}
+      spec:
+        gateways: [{gateway}]
+        hosts:
+{hosts}
+        http: [{{route: [{{destination: {{host: web}}}}], headers: {{response: {{set: {{x-version: "{version}"}}}}}}}}]""")
+PY
+}
+write_swap() { # gateway prefix version
+  swap_config "$@" > "$work/swap.tmp" && mv "$work/swap.tmp" "$work/config/swap-$1.yaml"
+}
+wait_version() { # port host version
+  for _ in $(seq 1 600); do
+    [ "$(curl -fs -o /dev/null -w '%header{x-version}' -H "Host: $2" "http://127.0.0.1:$1/")" = "$3" ] && return 0
+    sleep 0.1
+  done
+  echo "version $3 never served on port $1"; exit 1
+}
+declare -A swap_still swap_moving swap_count
+run_swap() { # name gateway prefix port
+  local host="$3$((swap_hosts / 2)).swap.test"
+  write_swap "$2" "$3" v0
+  wait_version "$4" "$host" v0
+  local out
+  out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$4/")
+  swap_still[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  (for v in $(seq 1 "$seconds"); do sleep 1; write_swap "$2" "$3" "v$v"; done) &
+  local writer=$!
+  out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$4/")
+  wait "$writer"
+  swap_moving[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  swap_count[$1]=$seconds
+  if echo "$out" | grep -q 'Non-2xx\|Socket errors'; then echo "$1: errors during swaps:"; echo "$out"; exit 1; fi
+  wait_version "$4" "$host" "v$seconds"
+}
+run_swap envoy envoy e $envoy_port
+run_swap meridian-proxy proxy p $proxy_port
+
 printf '\nHTTP/1.1 keep-alive (wrk -t1 -c50)\n'
 printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
 for peer in envoy meridian-proxy haproxy; do
@@ -203,8 +311,25 @@ for peer in envoy meridian-proxy haproxy; do
   ratio=$(awk -v a="${h2cpu[$peer]}" -v e="${h2cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
   printf '%-16s %10s %16s %8s %14s\n' "$peer" "${h2rps[$peer]}" "${h2cpu[$peer]}" "${h2mean[$peer]}" "$ratio"
 done
+printf '\nTLS keep-alive (wrk -t1 -c50)\n'
+printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
+for peer in envoy meridian-proxy haproxy; do
+  ratio=$(awk -v a="${tls_cpu[$peer]}" -v e="${tls_cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
+  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${tls_rps[$peer]}" "${tls_cpu[$peer]}" "${tls_p99[$peer]}" "$ratio"
+done
+printf '\nTLS new connections, a full handshake each (wrk -t1 -c50, Connection: close)\n'
+printf '%-16s %12s %18s %14s\n' peer 'handshakes/s' 'CPU µs/handshake' 'CPU vs Envoy'
+for peer in envoy meridian-proxy haproxy; do
+  ratio=$(awk -v a="${hs_cpu[$peer]}" -v e="${hs_cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
+  printf '%-16s %12s %18s %14s\n' "$peer" "${hs_rps[$peer]}" "${hs_cpu[$peer]}" "$ratio"
+done
 printf '\nidle keep-alive connections (%s)\n' "$idle"
 printf '%-16s %22s\n' peer 'RSS bytes/connection'
 for peer in envoy meridian-proxy haproxy; do
   printf '%-16s %22s\n' "$peer" "${idle_bytes[$peer]}"
+done
+printf '\nroute swaps: %s virtual hosts, rewritten every second (wrk -t1 -c50 p99)\n' "$swap_hosts"
+printf '%-16s %14s %16s %8s\n' peer 'p99 still' 'p99 swapping' swaps
+for peer in envoy meridian-proxy; do
+  printf '%-16s %14s %16s %8s\n' "$peer" "${swap_still[$peer]}" "${swap_moving[$peer]}" "${swap_count[$peer]}"
 done

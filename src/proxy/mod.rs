@@ -17,6 +17,7 @@ pub mod forward;
 pub mod listeners;
 pub mod loads;
 pub mod lrs;
+pub mod shards;
 pub mod stats;
 pub mod tls;
 pub mod upstream;
@@ -162,6 +163,7 @@ impl Drop for OpenConnection<'_> {
 /// Runs the proxy until `stopped`; then its listeners drain (within the drain time).
 pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bootstrap = Bootstrap::load(&options.bootstrap)?;
+    shards::set_shard_count(options.workers.max(1));
     let mut stats = stats::Stats::default();
     let access_log = match &options.access_log {
         Some(path) => {

@@ -3,11 +3,12 @@
 //! connections, and config updates applied or rejected.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::Counter as SharedCounter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use super::shards::{Counter, Latency};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeClass {
@@ -47,8 +48,8 @@ pub struct Stats {
     pub downstream_connections: Gauge,
     pub upstream_responses: Family<Upstream, Counter>,
     pub upstream_failures: Family<UpstreamFailure, Counter>,
-    pub upstream_seconds: Family<ClusterLabel, Histogram>,
-    pub config_updates: Family<Update, Counter>,
+    pub upstream_seconds: Family<ClusterLabel, Latency>,
+    pub config_updates: Family<Update, SharedCounter>,
 }
 
 impl Default for Stats {
@@ -78,15 +79,13 @@ impl Default for Stats {
             "Upstream attempts that got no response, by cluster and reason",
             upstream_failures.clone(),
         );
-        let upstream_seconds = Family::<ClusterLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
+        let upstream_seconds = Family::<ClusterLabel, Latency>::default();
         registry.register(
             "upstream_request_duration_seconds",
             "Time from sending an upstream request to its response headers, by cluster",
             upstream_seconds.clone(),
         );
-        let config_updates = Family::<Update, Counter>::default();
+        let config_updates = Family::<Update, SharedCounter>::default();
         registry.register(
             "config_updates",
             "xDS responses applied (ack) or rejected at least in part (nack), by type",
@@ -144,13 +143,13 @@ const FAILURES: [&str; 3] = ["connect_failure", "reset", "timeout"];
 pub struct ClusterMetrics {
     responses: [Counter; 5],
     failures: [Counter; 3],
-    seconds: Histogram,
+    seconds: Latency,
 }
 
 impl ClusterMetrics {
     pub fn response(&self, status: http::StatusCode, took: std::time::Duration) {
         self.responses[class_index(status)].inc();
-        self.seconds.observe(took.as_secs_f64());
+        self.seconds.observe(took);
     }
 
     pub fn failure(&self, failure: Failure) {

@@ -31,6 +31,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{index}"))
                 .spawn(move || {
+                    super::shards::enter_shard(index);
                     runtime.block_on(async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     })
