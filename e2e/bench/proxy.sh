@@ -12,9 +12,11 @@
 #   it sends SNI;
 # - memory: RSS growth per idle keep-alive connection, 10,000 connections that each sent one
 #   request (IDLE=n to change the count);
-# - route swaps: p99 of `wrk -t1 -c50` to one of 10,000 virtual hosts (SWAP_HOSTS=n), first
-#   with the config still, then while that AccessPoint is rewritten every second (each version
-#   sets another response header on every route), Envoy and the proxy each fed their own.
+# - route swaps: p99 of `wrk -t1 -c50` to one of 10,000 virtual hosts (SWAP_HOSTS=n), Envoy
+#   and the proxy each fed their own AccessPoint: with the config still; while Meridian
+#   rewrites the other peer's AccessPoint every second with that peer stopped (Meridian's
+#   translation shares the client's core); while it rewrites the measured peer's (each version
+#   sets another response header on every route).
 #
 #   bash e2e/bench/proxy.sh [seconds=10]
 #   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
@@ -30,7 +32,7 @@ meridian="$CARGO_TARGET_DIR/release/meridian"
 envoy=$(python3 -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -279,25 +281,40 @@ wait_version() { # port host version
   done
   echo "version $3 never served on port $1"; exit 1
 }
-declare -A swap_still swap_moving swap_count
-run_swap() { # name gateway prefix port
+declare -A swap_still swap_control swap_moving
+p99_during() { # port host: p99 of a wrk run
+  taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $2" "http://127.0.0.1:$1/" \
+    | tee "$work/swap-wrk.out" | awk '$1 == "99%" {print $2}'
+  if grep -q 'Non-2xx\|Socket errors' "$work/swap-wrk.out"; then
+    echo "errors during swaps:" >&2; cat "$work/swap-wrk.out" >&2; exit 1
+  fi
+}
+swapping() { # gateway prefix tag: rewrites that AccessPoint every second, in the background
+  (for v in $(seq 1 "$seconds"); do sleep 1; write_swap "$1" "$2" "$3$v"; done) &
+  writer=$!
+}
+# Three runs per peer: the config still; Meridian translating the other peer's swaps while
+# that peer is stopped (what the swaps cost the client's core, where Meridian runs); and
+# the measured peer's own swaps.
+run_swap() { # name gateway prefix port | other-gateway other-prefix other-pid
   local host="$3$((swap_hosts / 2)).swap.test"
   write_swap "$2" "$3" v0
   wait_version "$4" "$host" v0
-  local out
-  out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$4/")
-  swap_still[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  (for v in $(seq 1 "$seconds"); do sleep 1; write_swap "$2" "$3" "v$v"; done) &
-  local writer=$!
-  out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $host" "http://127.0.0.1:$4/")
+  swap_still[$1]=$(p99_during "$4" "$host")
+  kill -STOP "$7"
+  swapping "$5" "$6" control
+  swap_control[$1]=$(p99_during "$4" "$host")
   wait "$writer"
-  swap_moving[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  swap_count[$1]=$seconds
-  if echo "$out" | grep -q 'Non-2xx\|Socket errors'; then echo "$1: errors during swaps:"; echo "$out"; exit 1; fi
+  kill -CONT "$7"
+  swapping "$2" "$3" v
+  swap_moving[$1]=$(p99_during "$4" "$host")
+  wait "$writer"
   wait_version "$4" "$host" "v$seconds"
 }
-run_swap envoy envoy e $envoy_port
-run_swap meridian-proxy proxy p $proxy_port
+write_swap envoy e v0
+write_swap proxy p v0
+run_swap envoy envoy e $envoy_port proxy p $proxy_pid
+run_swap meridian-proxy proxy p $proxy_port envoy e $envoy_pid
 
 printf '\nHTTP/1.1 keep-alive (wrk -t1 -c50)\n'
 printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
@@ -328,8 +345,8 @@ printf '%-16s %22s\n' peer 'RSS bytes/connection'
 for peer in envoy meridian-proxy haproxy; do
   printf '%-16s %22s\n' "$peer" "${idle_bytes[$peer]}"
 done
-printf '\nroute swaps: %s virtual hosts, rewritten every second (wrk -t1 -c50 p99)\n' "$swap_hosts"
-printf '%-16s %14s %16s %8s\n' peer 'p99 still' 'p99 swapping' swaps
+printf '\nroute swaps: %s virtual hosts, rewritten every second for %s s (wrk -t1 -c50 p99)\n' "$swap_hosts" "$seconds"
+printf '%-16s %12s %28s %16s\n' peer 'still' 'Meridian swapping the other' 'own swaps'
 for peer in envoy meridian-proxy; do
-  printf '%-16s %14s %16s %8s\n' "$peer" "${swap_still[$peer]}" "${swap_moving[$peer]}" "${swap_count[$peer]}"
+  printf '%-16s %12s %28s %16s\n' "$peer" "${swap_still[$peer]}" "${swap_control[$peer]}" "${swap_moving[$peer]}"
 done

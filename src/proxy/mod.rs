@@ -203,6 +203,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     let drain = state.clone();
     // The workers outlive the ADS client: they serve the connections that drain after it.
     let workers = Arc::new(workers::Workers::start(options.workers)?);
+    workers::yield_to_workers();
     let client = AdsClient {
         bootstrap,
         state,

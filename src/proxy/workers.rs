@@ -62,6 +62,29 @@ impl Drop for Workers {
     }
 }
 
+/// How much lower than the workers the calling thread runs (a nice value).
+const CONTROL_NICENESS: libc::c_int = 10;
+
+/// Makes the calling thread (the control thread: ADS, compiling configs, admin, load reports)
+/// yield the CPU to the workers: on a busy core, decoding and compiling a large config then
+/// delays the config, not the requests. Threads it starts afterwards inherit the priority;
+/// the workers are started before. A refusal is logged and changes nothing.
+pub fn yield_to_workers() {
+    // SAFETY: gettid, getpriority and setpriority take and return plain integers.
+    let (tid, result) = unsafe {
+        let tid = libc::gettid();
+        let result = libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::id_t::try_from(tid).unwrap_or(0),
+            libc::getpriority(libc::PRIO_PROCESS, 0).saturating_add(CONTROL_NICENESS),
+        );
+        (tid, result)
+    };
+    if result != 0 {
+        tracing::warn!(tid, error = %io::Error::last_os_error(), "cannot lower the control thread's priority");
+    }
+}
+
 /// One per core, as Envoy's `--concurrency` defaults.
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
