@@ -24,8 +24,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::forward::ProxyBody;
 use crate::core::dataplane::balancer::ClusterPlan;
+
+/// A body the proxy sends: a request upstream, a response to its client.
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

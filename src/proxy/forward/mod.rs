@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
@@ -31,7 +30,7 @@ use super::ProxyState;
 use crate::core::dataplane::outlier::Outcome;
 use crate::core::dataplane::routes::{strip_port, Action, Forward, RequestHead, Route, Target};
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub use super::upstream::ProxyBody;
 
 /// Request bodies up to this size are buffered so a retry can send them again.
 const RETRY_BUFFER: u64 = 64 * 1024;
