@@ -316,24 +316,18 @@ write_swap proxy p v0
 run_swap envoy envoy e $envoy_port proxy p $proxy_pid
 run_swap meridian-proxy proxy p $proxy_port envoy e $envoy_pid
 
-printf '\nHTTP/1.1 keep-alive (wrk -t1 -c50)\n'
-printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
-for peer in envoy meridian-proxy haproxy; do
-  ratio=$(awk -v a="${cpu[$peer]}" -v e="${cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
-  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${rps[$peer]}" "${cpu[$peer]}" "${p99[$peer]}" "$ratio"
-done
-printf '\nh2c (h2load -c50 -m10)\n'
-printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' mean 'CPU vs Envoy'
-for peer in envoy meridian-proxy haproxy; do
-  ratio=$(awk -v a="${h2cpu[$peer]}" -v e="${h2cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
-  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${h2rps[$peer]}" "${h2cpu[$peer]}" "${h2mean[$peer]}" "$ratio"
-done
-printf '\nTLS keep-alive (wrk -t1 -c50)\n'
-printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' p99 'CPU vs Envoy'
-for peer in envoy meridian-proxy haproxy; do
-  ratio=$(awk -v a="${tls_cpu[$peer]}" -v e="${tls_cpu[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
-  printf '%-16s %10s %16s %8s %14s\n' "$peer" "${tls_rps[$peer]}" "${tls_cpu[$peer]}" "${tls_p99[$peer]}" "$ratio"
-done
+print_rates() { # title latency-label rps cpu latency (names of arrays by peer)
+  local -n rates=$3 cpus=$4 latencies=$5
+  printf '\n%s\n' "$1"
+  printf '%-16s %10s %16s %8s %14s\n' peer 'req/s' 'CPU µs/request' "$2" 'CPU vs Envoy'
+  for peer in envoy meridian-proxy haproxy; do
+    ratio=$(awk -v a="${cpus[$peer]}" -v e="${cpus[envoy]}" 'BEGIN {printf "%.2fx", a / e}')
+    printf '%-16s %10s %16s %8s %14s\n' "$peer" "${rates[$peer]}" "${cpus[$peer]}" "${latencies[$peer]}" "$ratio"
+  done
+}
+print_rates 'HTTP/1.1 keep-alive (wrk -t1 -c50)' p99 rps cpu p99
+print_rates 'h2c (h2load -c50 -m10)' mean h2rps h2cpu h2mean
+print_rates 'TLS keep-alive (wrk -t1 -c50)' p99 tls_rps tls_cpu tls_p99
 printf '\nTLS new connections, a full handshake each (wrk -t1 -c50, Connection: close)\n'
 printf '%-16s %12s %18s %14s\n' peer 'handshakes/s' 'CPU µs/handshake' 'CPU vs Envoy'
 for peer in envoy meridian-proxy haproxy; do

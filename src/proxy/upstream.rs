@@ -150,17 +150,8 @@ async fn connect_http1(
     settings: Settings,
 ) -> Result<Http1Connection, UpstreamError> {
     let io = connect(addr, settings.connect_timeout).await?;
-    let (sender, connection) = http1::handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%addr, %error, "upstream connection closed");
-        }
-    });
+    let (sender, connection) = http1::handshake(io).await.map_err(handshake_failed(addr))?;
+    drive(addr, connection);
     Ok(Http1Connection {
         sender,
         served: 0,
@@ -239,15 +230,8 @@ async fn connect_http2(
     let io = connect(addr, settings.connect_timeout).await?;
     let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
         .await
-        .map_err(|e| UpstreamError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%addr, %error, "upstream HTTP/2 connection closed");
-        }
-    });
+        .map_err(handshake_failed(addr))?;
+    drive(addr, connection);
     let pooled = settings
         .max_requests_per_connection
         .is_none_or(|max| max > 1);
@@ -263,6 +247,25 @@ async fn connect_http2(
         });
     }
     Ok(sender)
+}
+
+fn handshake_failed(addr: SocketAddr) -> impl FnOnce(hyper::Error) -> UpstreamError {
+    move |error| UpstreamError::Connect {
+        addr,
+        reason: error.to_string(),
+    }
+}
+
+/// Runs a connection on the calling worker until it closes.
+fn drive<C>(addr: SocketAddr, connection: C)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%addr, %error, "upstream connection closed");
+        }
+    });
 }
 
 async fn connect(
