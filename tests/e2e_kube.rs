@@ -97,6 +97,36 @@ fn condition(cluster: &KubeCluster, ap: &str, kind: &str, field: &str) -> String
     )
 }
 
+/// Patches `ap`'s status to `Ready=True` as another client (a merge patch, as `kubectl
+/// patch --subresource=status` sends).
+async fn forge_ready(cluster: &KubeCluster, ap: &str) {
+    let file = kube::config::Kubeconfig::read_from(&cluster.admin_kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let api: kube::Api<meridian::api::AccessPoint> = kube::Api::namespaced(client, "shop");
+    let forged = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "Ready", "message": "trust me",
+        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1
+    }]}});
+    let patched = api
+        .patch_status(
+            ap,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&forged),
+        )
+        .await
+        .unwrap();
+    let conditions = patched.status.map(|s| s.conditions).unwrap_or_default();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{conditions:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_apply_drives_envoy_and_status() {
     let cluster = KubeCluster::start();
@@ -194,6 +224,23 @@ async fn kubectl_apply_drives_envoy_and_status() {
     assert_eq!(
         condition(&cluster, "dangling", "Accepted", "reason"),
         "NoMatchingGateway"
+    );
+    // Status cannot be forged: someone allowed to patch accesspoints/status (the approver
+    // role is) sets Ready=True on the AccessPoint that is not accepted; the leader writes the
+    // computed status back.
+    forge_ready(&cluster, "dangling").await;
+    eventually(WAIT, "the forged Ready=True overwritten", || async {
+        condition(&cluster, "dangling", "Ready", "status") == "False"
+            && condition(&cluster, "dangling", "Accepted", "status") == "False"
+    })
+    .await;
+    // Only the forged status was taken for another writer's: Meridian's own writes, coming
+    // back through its watch, were not.
+    let log = controller.log_text();
+    assert_eq!(
+        log.matches("status changed by another writer").count(),
+        1,
+        "{log}"
     );
     let message = condition(&cluster, "dangling", "Accepted", "message");
     assert!(

@@ -84,7 +84,7 @@ async fn write_round(
             continue;
         }
         match apply_status::<NameService>(client, key, &desired).await {
-            Ok(()) => {
+            Ok(_) => {
                 shown.insert(key.clone(), desired);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}
