@@ -158,7 +158,7 @@ pub struct RolloutStatus {
     /// The last revision that reached every cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_revision: Option<String>,
-    /// Progressing, Soaking, AwaitingApproval, Succeeded, Halted, RolledBack or Shadow.
+    /// Progressing, Soaking, AwaitingApproval, Paused, Succeeded, Halted, RolledBack or Shadow.
     #[serde(default)]
     pub phase: String,
     /// The stage the rollout is in.

@@ -75,6 +75,13 @@ pub enum Phase {
     RolledBack,
 }
 
+impl Phase {
+    /// Nothing moves any more (until a new revision, or an undo).
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Halted | Phase::RolledBack)
+    }
+}
+
 /// Everything the engine remembers; persisted (status or state dir) so a restart resumes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -159,11 +166,7 @@ pub fn advance(
             state.since_ms = now_ms;
         }
     }
-    if matches!(
-        state.phase,
-        Phase::Succeeded | Phase::Halted | Phase::RolledBack
-    ) || controls.paused
-    {
+    if state.phase.is_final() || controls.paused {
         return state;
     }
     let stages = stages_with_remainder(plan, clusters);

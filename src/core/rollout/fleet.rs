@@ -124,6 +124,7 @@ pub fn round(
             placed: &placed,
             observations: &observed,
             shadowed: shadowed.map(|_| revision.as_str()),
+            paused: controls.get(key).is_some_and(|c| c.paused),
         }
         .status();
         let record = RolloutRecord { state, revisions };

@@ -16,6 +16,8 @@ pub struct Report<'a> {
     pub observations: &'a BTreeMap<String, Observation>,
     /// The spec's revision while it is held back in shadow mode.
     pub shadowed: Option<&'a str>,
+    /// An operator paused it (`meridian rollout pause`).
+    pub paused: bool,
 }
 
 impl Report<'_> {
@@ -29,6 +31,15 @@ impl Report<'_> {
                 Some(format!(
                     "revision {revision} is computed but not served (mode: Shadow); `meridian diff {} -n {}` shows what it changes",
                     self.key.name, self.key.namespace
+                )),
+            ),
+            None if self.paused && !state.phase.is_final() => (
+                "Paused".to_owned(),
+                Some(format!(
+                    "paused{}; resume it with `meridian rollout resume {} -n {}`",
+                    current.map_or(String::new(), |s| format!(" in stage {}", s.name)),
+                    self.key.name,
+                    self.key.namespace
                 )),
             ),
             None => (format!("{:?}", state.phase), self.message(current)),

@@ -307,9 +307,17 @@ fn commands_name_what_is_wrong() {
     fleet.round();
     fleet.command(Command::Pause).unwrap();
     fleet.apply(access_point(2, "v2", "Serve"));
-    fleet.round();
+    let status = fleet.round().clone();
     assert_eq!(fleet.bodies(), ["v1", "v1", "v1"], "paused: nobody moves");
+    // The status says paused and how to resume, not what it would wait for otherwise.
+    assert_eq!(status.phase, "Paused");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("paused") && message.contains("meridian rollout resume web -n shop"),
+        "{message}"
+    );
     fleet.command(Command::Resume).unwrap();
-    fleet.round();
+    let status = fleet.round().clone();
     assert_eq!(fleet.bodies(), ["v2", "v1", "v1"]);
+    assert_ne!(status.phase, "Paused");
 }
