@@ -157,17 +157,24 @@ echo "127.0.0.1 bench.example.test" > "$work/hosts"
 # The TLS client sees bench.example.test at 127.0.0.1 (for SNI), in a mount namespace only.
 sni_wrk() { taskset -c 1 unshare -m sh -c 'mount --bind "$0" /etc/hosts && exec wrk "$@"' "$work/hosts" "$@"; }
 
+# One measured run: `wrk_cpu name pid rates cpus tails command...` runs the wrk command and
+# stores its requests/s, the peer's CPU µs per request and p99 by name in the arrays named.
+wrk_cpu() {
+  local name=$1 pid=$2; local -n rates=$3 cpus=$4 tails=$5; shift 5
+  local before; before=$(ticks "$pid")
+  local out; out=$("$@")
+  local after; after=$(ticks "$pid")
+  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  rates[$name]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  tails[$name]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  cpus[$name]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$name: non-2xx responses:"; echo "$out"; exit 1; fi
+}
 declare -A rps cpu p99
 run() { # name pid port
   taskset -c 1 wrk -t1 -c50 -d2s -H 'Host: bench.example.test' "http://127.0.0.1:$3/" >/dev/null
-  local before; before=$(ticks "$2")
-  local out; out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H 'Host: bench.example.test' "http://127.0.0.1:$3/")
-  local after; after=$(ticks "$2")
-  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
-  p99[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx responses:"; echo "$out"; exit 1; fi
+  wrk_cpu "$1" "$2" rps cpu p99 taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency \
+    -H 'Host: bench.example.test' "http://127.0.0.1:$3/"
 }
 run envoy $envoy_pid $envoy_port
 if [ -n "${PERF_OUT:-}" ]; then
@@ -194,25 +201,13 @@ run_h2c envoy $envoy_pid $envoy_port
 run_h2c meridian-proxy $proxy_pid $proxy_port
 run_h2c haproxy $haproxy_pid $haproxy_h2c_port
 
-declare -A tls_rps tls_cpu tls_p99 hs_rps hs_cpu
+declare -A tls_rps tls_cpu tls_p99 hs_rps hs_cpu hs_p99
 run_tls() { # name pid port
   local url="https://bench.example.test:$3/"
   sni_wrk -t1 -c50 -d2s "$url" >/dev/null
-  local before; before=$(ticks "$2")
-  local out; out=$(sni_wrk -t1 -c50 -d"${seconds}s" --latency "$url")
-  local after; after=$(ticks "$2")
-  local requests; requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  tls_rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
-  tls_p99[$1]=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  tls_cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  if echo "$out" | grep -q 'Non-2xx\|Socket errors'; then echo "$1: TLS errors:"; echo "$out"; exit 1; fi
-  before=$(ticks "$2")
-  out=$(sni_wrk -t1 -c50 -d"${seconds}s" -H 'Connection: close' "$url")
-  after=$(ticks "$2")
-  requests=$(echo "$out" | awk '/requests in/ {print $1}')
-  hs_rps[$1]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
-  hs_cpu[$1]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: TLS handshake run answered non-2xx:"; echo "$out"; exit 1; fi
+  wrk_cpu "$1" "$2" tls_rps tls_cpu tls_p99 sni_wrk -t1 -c50 -d"${seconds}s" --latency "$url"
+  wrk_cpu "$1" "$2" hs_rps hs_cpu hs_p99 sni_wrk -t1 -c50 -d"${seconds}s" --latency \
+    -H 'Connection: close' "$url"
 }
 run_tls envoy $envoy_pid $envoy_tls
 run_tls meridian-proxy $proxy_pid $proxy_tls
