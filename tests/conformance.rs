@@ -324,11 +324,15 @@ async fn run_probe(
         let answers =
             futures::future::join_all((0..n).map(|_| send(client, ports, ca_pem, probe))).await;
         let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+        let mut peers: HashSet<String> = HashSet::new();
         let mut wrong = Vec::new();
         for answer in answers {
             match answer {
                 Ok(answer) => {
                     *statuses.entry(answer.status).or_default() += 1;
+                    if let Some(peer) = answer.headers.get("x-seen-peer") {
+                        peers.insert(peer.to_str().unwrap_or_default().to_owned());
+                    }
                     if answer.status == 503 {
                         wrong.extend(check(&probe.expect, &answer, port));
                     }
@@ -341,6 +345,14 @@ async fn run_probe(
                 "statuses {statuses:?} (want {:?})",
                 probe.expect.statuses
             ));
+        }
+        if let Some(connections) = probe.expect.connections {
+            if peers.len() != connections {
+                wrong.push(format!(
+                    "{n} requests at once took {} upstream connections (want {connections})",
+                    peers.len()
+                ));
+            }
         }
         return wrong;
     }
@@ -476,7 +488,8 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         + &loopback_service("gamma", gamma.port)
         + &loopback_service("flaky", flaky.port)
         + &loopback_service("short-lived", beta.port)
-        + &loopback_service("alpha-h2", alpha.port).replace("name: http,", "name: http2,");
+        + &loopback_service("alpha-h2", alpha.port).replace("name: http,", "name: http2,")
+        + &loopback_service("beta-h2", beta.port).replace("name: http,", "name: http2,");
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),

@@ -8,13 +8,15 @@
 //! reused), unless it carried the cluster's `max_requests_per_connection`; an HTTP/2
 //! connection leaves the pool once it has opened that many streams, and closes when they end.
 //! A request that a reused connection could not even start (the upstream closed it while it
-//! idled) is sent again on a new connection, as hyper's pooled client does.
+//! idled) is sent again on a new connection, as hyper's pooled client does. Requests that
+//! arrive while a worker's HTTP/2 connection to an endpoint is coming up wait for it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
 
 use crate::core::dataplane::balancer::ClusterPlan;
 
@@ -179,8 +182,18 @@ async fn send_http2(
     let key = (settings.pool, addr);
     loop {
         let (mut sender, reused) = match checkout_http2(key, settings) {
-            Some(sender) => (sender, true),
-            None => (connect_http2(addr, settings).await?, false),
+            Http2Checkout::Ready(sender) => (sender, true),
+            // Requests that find the connection still coming up wait for it, as Envoy queues
+            // them, rather than open connections of their own.
+            Http2Checkout::Wait(connected) => {
+                let _ = tokio::time::timeout(settings.connect_timeout, connected.notified()).await;
+                continue;
+            }
+            Http2Checkout::Connect(connecting) => {
+                let sender = connect_http2(addr, settings).await?;
+                drop(connecting);
+                (sender, false)
+            }
         };
         match sender.try_send_request(request).await {
             Ok(response) => {
@@ -202,25 +215,55 @@ async fn send_http2(
     }
 }
 
-/// The worker's HTTP/2 connection to `addr`, counting one more stream on it; it leaves the
-/// pool when it is closed or has carried `max_requests_per_connection`.
-fn checkout_http2(key: PoolKey, settings: Settings) -> Option<http2::SendRequest<ProxyBody>> {
+enum Http2Checkout {
+    /// The pooled connection, one more stream counted on it.
+    Ready(http2::SendRequest<ProxyBody>),
+    /// Another request of this worker is connecting; woken when it is done.
+    Wait(Arc<Notify>),
+    /// None: this request connects, and wakes the waiters when the guard drops.
+    Connect(Connecting),
+}
+
+/// The worker's HTTP/2 connection to `addr`; it leaves the pool when it is closed or has
+/// carried `max_requests_per_connection`.
+fn checkout_http2(key: PoolKey, settings: Settings) -> Http2Checkout {
     POOL.with_borrow_mut(|pool| {
-        let shared = pool.http2.get_mut(&key)?;
-        if shared.sender.is_closed() {
+        if let Some(shared) = pool.http2.get_mut(&key) {
+            if !shared.sender.is_closed() {
+                shared.opened = shared.opened.saturating_add(1);
+                let sender = shared.sender.clone();
+                if settings
+                    .max_requests_per_connection
+                    .is_some_and(|max| shared.opened >= max)
+                {
+                    pool.http2.remove(&key);
+                }
+                return Http2Checkout::Ready(sender);
+            }
             pool.http2.remove(&key);
-            return None;
         }
-        shared.opened = shared.opened.saturating_add(1);
-        let sender = shared.sender.clone();
-        if settings
-            .max_requests_per_connection
-            .is_some_and(|max| shared.opened >= max)
-        {
-            pool.http2.remove(&key);
+        if let Some(connected) = pool.http2_connecting.get(&key) {
+            return Http2Checkout::Wait(connected.clone());
         }
-        Some(sender)
+        pool.http2_connecting.insert(key, Arc::new(Notify::new()));
+        Http2Checkout::Connect(Connecting { key })
     })
+}
+
+/// An HTTP/2 connection being opened; when it is done (or the request gave up on it), the
+/// requests waiting for it are woken.
+struct Connecting {
+    key: PoolKey,
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        let _ = POOL.try_with(|pool| {
+            if let Some(connected) = pool.borrow_mut().http2_connecting.remove(&self.key) {
+                connected.notify_waiters();
+            }
+        });
+    }
 }
 
 async fn connect_http2(
@@ -294,6 +337,8 @@ struct Pool {
     /// Idle connections per cluster and address, the most recently used last.
     http1: HashMap<PoolKey, Vec<Http1Connection>>,
     http2: HashMap<PoolKey, Http2Connection>,
+    /// HTTP/2 connections being opened, with the requests waiting for them.
+    http2_connecting: HashMap<PoolKey, Arc<Notify>>,
 }
 
 struct Http1Connection {
