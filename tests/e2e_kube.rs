@@ -412,6 +412,29 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
         )
     };
     assert!(vip_table().contains("192.0.2.1"), "{}", vip_table());
+    // A NameService status patched by someone else is written back, as AccessPoints' are.
+    let file = kube::config::Kubeconfig::read_from(&cluster.admin_kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .unwrap();
+    let names: kube::Api<meridian::api::NameService> =
+        kube::Api::namespaced(kube::Client::try_from(config).unwrap(), "shop");
+    names
+        .patch_status(
+            "vip",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                &serde_json::json!({"status": {"addresses": ["203.0.113.66"]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually(
+        WAIT,
+        "the forged NameService addresses written back",
+        || async { ns_status("{.status.addresses}") == r#"["192.0.2.1"]"# },
+    )
+    .await;
 
     // Traffic keeps flowing while the leader dies.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

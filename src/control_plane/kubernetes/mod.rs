@@ -10,4 +10,5 @@ pub mod inputs;
 pub mod leader;
 pub mod members;
 pub mod name_service_status;
+pub mod status_drift;
 pub mod status_writer;

@@ -1,6 +1,7 @@
 //! Writes NameService status while this replica holds the lease: what the embedded DNS server
 //! answers and what each RFC 2136 server was given ([`crate::core::dns::status`]). The leader
-//! is the replica that sends RFC 2136 updates, so it knows how each server is doing.
+//! is the replica that sends RFC 2136 updates, so it knows how each server is doing. A status
+//! anyone else writes is overwritten at once ([`super::status_drift`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use crate::api::name_service::NameServiceStatus;
 use crate::api::NameService;
 use crate::control_plane::index::Snapshot;
+use crate::control_plane::kubernetes::status_drift::Drift;
 use crate::control_plane::kubernetes::status_writer::{
     apply_status, shown_statuses, until_leading,
 };
@@ -44,10 +46,12 @@ pub async fn run(
                 continue;
             }
         };
+        let mut drift = Drift::watch(all.clone());
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             let publication = published.borrow_and_update().clone();
-            let failures = write_round(&client, &snapshot, &publication, &mut shown).await;
+            let failures =
+                write_round(&client, &snapshot, &publication, &mut shown, &mut drift).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -59,6 +63,7 @@ pub async fn run(
                 _ = snapshots.changed() => {}
                 _ = published.changed() => {}
                 _ = retry => {}
+                _ = drift.foreign(&mut shown, |ns: NameService| ns.status) => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
             }
@@ -73,6 +78,7 @@ async fn write_round(
     snapshot: &Snapshot,
     publication: &DnsPublication,
     shown: &mut BTreeMap<ObjectKey, NameServiceStatus>,
+    drift: &mut Drift<NameService>,
 ) -> usize {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let services = &snapshot.model.name_services;
@@ -84,7 +90,8 @@ async fn write_round(
             continue;
         }
         match apply_status::<NameService>(client, key, &desired).await {
-            Ok(_) => {
+            Ok(stored) => {
+                drift.record(key, &stored);
                 shown.insert(key.clone(), desired);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}

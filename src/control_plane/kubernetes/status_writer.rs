@@ -3,19 +3,16 @@
 //! It recomputes every AccessPoint's status ([`crate::core::status`]) whenever the index
 //! publishes or a gateway's acknowledgement state changes, and writes only what differs from
 //! what the object already shows, with server-side apply under one field manager. It watches
-//! what the objects show, too: a status someone else wrote (say `Ready=True` patched by hand)
-//! is noticed and overwritten with the computed one at once, so status cannot drift.
+//! what the objects show, too ([`super::status_drift`]): a status someone else wrote (say
+//! `Ready=True` patched by hand) is overwritten with the computed one at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::watcher::{self, watcher};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,6 +22,7 @@ use crate::api::rollout::RolloutStatus;
 use crate::api::FIELD_MANAGER;
 use crate::api::{AccessPoint, AccessPointStatus};
 use crate::control_plane::fleet_acks::FleetAcks;
+use crate::control_plane::kubernetes::status_drift::Drift;
 use crate::control_plane::xds::server::XdsState;
 use crate::core::model::ObjectKey;
 use crate::core::observed::GatewayAck;
@@ -71,11 +69,7 @@ pub async fn run(
                 continue;
             }
         };
-        let mut written = Written::default();
-        let mut observed = watcher(all.clone(), watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
+        let mut drift = Drift::watch(all.clone());
         loop {
             let current = acks.current();
             let writes = member_writes.borrow_and_update().clone();
@@ -85,7 +79,7 @@ pub async fn run(
                 member_writes: &writes,
                 rollouts: &rollout_statuses,
             };
-            let failures = write_round(&client, &xds, round, &mut shown, &mut written).await;
+            let failures = write_round(&client, &xds, round, &mut shown, &mut drift).await;
             let retry = async {
                 if failures > 0 {
                     tokio::time::sleep(RETRY_EVERY).await
@@ -99,7 +93,7 @@ pub async fn run(
                 _ = member_writes.changed() => {}
                 _ = rollouts.changed() => {}
                 _ = retry => {}
-                _ = foreign_status(&mut observed, &mut shown, &written) => {}
+                _ = drift.foreign(&mut shown, |ap: AccessPoint| ap.status.map(without_controls)) => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
             }
@@ -172,71 +166,6 @@ where
     .await
 }
 
-/// The resourceVersion each AccessPoint had once this writer's last status write to it was
-/// stored: the watch delivers an object's versions in order, so one up to that is this
-/// writer's own write coming back, or older than it.
-#[derive(Default)]
-struct Written(BTreeMap<ObjectKey, u64>);
-
-impl Written {
-    fn record(&mut self, key: &ObjectKey, stored: &AccessPoint) {
-        match resource_version(stored) {
-            Some(version) => self.0.insert(key.clone(), version),
-            None => self.0.remove(key),
-        };
-    }
-
-    /// Whether `object` is this writer's last write to it, or older.
-    fn covers(&self, key: &ObjectKey, object: &AccessPoint) -> bool {
-        match (self.0.get(key), resource_version(object)) {
-            (Some(written), Some(version)) => version <= *written,
-            _ => false,
-        }
-    }
-}
-
-/// An object's resourceVersion as the number etcd gives it (`None` if it is not one, and the
-/// object is then judged by its status alone).
-fn resource_version(object: &AccessPoint) -> Option<u64> {
-    object.metadata.resource_version.as_deref()?.parse().ok()
-}
-
-/// Waits for an AccessPoint whose status is not what this writer last wrote (or found), and
-/// takes that status as what it shows, so the next round writes the computed one over it.
-/// Meridian's own writes coming back through the watch, and versions older than them, change
-/// nothing.
-async fn foreign_status(
-    observed: &mut (impl Stream<Item = Result<AccessPoint, watcher::Error>> + Unpin),
-    shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
-    written: &Written,
-) {
-    while let Some(event) = observed.next().await {
-        let Ok(object) = event else { continue };
-        let key = ObjectKey::new(
-            object.metadata.namespace.clone().unwrap_or_default(),
-            object.metadata.name.clone().unwrap_or_default(),
-        );
-        if written.covers(&key, &object) {
-            continue;
-        }
-        let theirs = object.status.map(without_controls);
-        // Compared as JSON: what a write round-trips through the API server (times in whole
-        // seconds, empty lists left out) is the same status.
-        let as_json = |status: Option<&AccessPointStatus>| serde_json::to_value(status).ok();
-        if as_json(theirs.as_ref()) == as_json(shown.get(&key)) {
-            continue;
-        }
-        tracing::info!(access_point = %key, "status changed by another writer; writing the computed one");
-        match theirs {
-            Some(status) => shown.insert(key, status),
-            None => shown.remove(&key),
-        };
-        return;
-    }
-    // The watch ended (it retries with back-off, so only when stopping): nothing more to see.
-    std::future::pending::<()>().await
-}
-
 /// The approvers' part of a status, which Meridian never writes (nor compares).
 fn without_controls(mut status: AccessPointStatus) -> AccessPointStatus {
     if let Some(rollout) = &mut status.rollout {
@@ -258,7 +187,7 @@ async fn write_round(
     xds: &XdsState,
     round: Round<'_>,
     shown: &mut BTreeMap<ObjectKey, AccessPointStatus>,
-    written: &mut Written,
+    drift: &mut Drift<AccessPoint>,
 ) -> usize {
     let snapshot = xds.snapshots.borrow().clone();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -283,7 +212,7 @@ async fn write_round(
         match apply_status::<AccessPoint>(client, key, &desired).await {
             Ok(stored) => {
                 tracing::debug!(access_point = %key, "status written");
-                written.record(key, &stored);
+                drift.record(key, &stored);
                 shown.insert(key.clone(), desired);
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {}
