@@ -92,15 +92,7 @@ impl Upstream {
 
     /// The endpoints outlier detection ejected (for `/config_dump`).
     pub fn ejected(&self) -> BTreeSet<String> {
-        self.outliers
-            .as_ref()
-            .map(|o| {
-                o.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .detector
-                    .ejected()
-            })
-            .unwrap_or_default()
+        ejected_by(self.outliers.as_ref())
     }
 
     fn rebalance(&self, outliers: &Outliers) {
@@ -157,15 +149,7 @@ impl Config {
                     }
                     outliers
                 });
-                let ejected = outliers
-                    .as_ref()
-                    .map(|o| {
-                        o.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .detector
-                            .ejected()
-                    })
-                    .unwrap_or_default();
+                let ejected = ejected_by(outliers.as_ref());
                 // The balancer (with its round-robin turn and requests in flight) stays while
                 // the cluster and its endpoints do; a Maglev table is not rebuilt for nothing.
                 let balancer = match before {
@@ -223,4 +207,16 @@ impl Config {
             versions: accepted.versions.clone(),
         }
     }
+}
+
+/// The endpoints a cluster's outlier detector (if it has one) holds ejected.
+fn ejected_by(outliers: Option<&Arc<Mutex<Outliers>>>) -> BTreeSet<String> {
+    outliers
+        .map(|o| {
+            o.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .detector
+                .ejected()
+        })
+        .unwrap_or_default()
 }

@@ -346,37 +346,34 @@ impl AdsClient {
                 changed.then_some(ENDPOINTS).into_iter().collect()
             }
             ENDPOINTS => {
-                for any in &response.resources {
-                    let compiled = decode::<ClusterLoadAssignment>(any, kind).and_then(|cla| {
+                compile_each(
+                    &response.resources,
+                    kind,
+                    |cla: ClusterLoadAssignment| {
                         let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
                         Assignment::compile(&cla, &resource)
                             .map(|a| (cla.cluster_name, a))
                             .map_err(|e| e.to_string())
-                    });
-                    match compiled {
-                        Ok((name, assignment)) => {
-                            let raw = accepted.raw.entry(ENDPOINTS).or_default();
-                            raw.insert(name.clone(), any.clone());
-                            accepted.assignments.insert(name, assignment);
-                        }
-                        Err(error) => errors.push(error),
-                    }
-                }
+                    },
+                    (
+                        &mut accepted.assignments,
+                        accepted.raw.entry(ENDPOINTS).or_default(),
+                    ),
+                    &mut errors,
+                );
                 Vec::new()
             }
             SECRETS => {
-                for any in &response.resources {
-                    let compiled = decode::<Secret>(any, kind)
-                        .and_then(|s| SecretPlan::compile(&s).map_err(|e| e.to_string()));
-                    match compiled {
-                        Ok((name, plan)) => {
-                            let raw = accepted.raw.entry(SECRETS).or_default();
-                            raw.insert(name.clone(), any.clone());
-                            accepted.secrets.insert(name, plan);
-                        }
-                        Err(error) => errors.push(error),
-                    }
-                }
+                compile_each(
+                    &response.resources,
+                    kind,
+                    |secret: Secret| SecretPlan::compile(&secret).map_err(|e| e.to_string()),
+                    (
+                        &mut accepted.secrets,
+                        accepted.raw.entry(SECRETS).or_default(),
+                    ),
+                    &mut errors,
+                );
                 Vec::new()
             }
             LISTENERS => {
@@ -555,6 +552,27 @@ fn compile_whole_set<M: Message + Default, P: Clone>(
         }
     }
     (plans, raw)
+}
+
+/// Compiles resources that each stand alone (endpoints, secrets): one that compiles replaces
+/// its previous version, with the `Any` it came from; one that does not is NACKed (its error
+/// pushed) and leaves its previous version in place.
+fn compile_each<M: Message + Default, P>(
+    resources: &[Any],
+    kind: &str,
+    compile: impl Fn(M) -> Result<(String, P), String>,
+    (plans, raw): (&mut BTreeMap<String, P>, &mut BTreeMap<String, Any>),
+    errors: &mut Vec<String>,
+) {
+    for any in resources {
+        match decode::<M>(any, kind).and_then(&compile) {
+            Ok((name, plan)) => {
+                raw.insert(name.clone(), any.clone());
+                plans.insert(name, plan);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
 }
 
 fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {
