@@ -374,12 +374,19 @@ impl UpstreamBody {
         else {
             return;
         };
-        connection.idle_since = Instant::now();
+        let now = Instant::now();
+        connection.idle_since = now;
         // A worker shutting down has no pool left; the connection just closes.
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let idle = pool.http1.entry(key).or_default();
-            idle.retain(|c| !c.sender.is_closed() && c.idle_since.elapsed() <= IDLE_TIMEOUT);
+            // The oldest come first: close those idle too long (usually none, so this looks
+            // at one entry, not the whole list, on every response).
+            let expired = idle
+                .iter()
+                .take_while(|c| now.saturating_duration_since(c.idle_since) > IDLE_TIMEOUT)
+                .count();
+            idle.drain(..expired);
             idle.push(connection);
         });
     }
