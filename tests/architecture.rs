@@ -475,3 +475,23 @@ fn the_checks_can_fail() {
         .collect();
     assert_eq!(cycles(&graph), [["a", "b", "c", "a"]]);
 }
+
+/// The Envoy protos in proto/envoy-api (rendering JSON) are those of the envoy-types version
+/// whose compiled types the code uses; otherwise a field could encode and never render.
+#[test]
+fn vendored_envoy_protos_match_the_envoy_types_in_use() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).unwrap();
+    let locked = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"envoy-types\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_owned())
+        .expect("envoy-types in Cargo.lock");
+    let vendored = std::fs::read_to_string(root.join("proto/envoy-api/VERSION")).unwrap();
+    assert_eq!(
+        vendored.trim(),
+        format!("envoy-types {locked}"),
+        "run python3 proto/envoy-api/vendor.py"
+    );
+}

@@ -367,8 +367,8 @@ fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mutual_tls_a_gateway_gets_only_its_own_secrets() {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     use meridian::core::model::tls::EMBEDDED_PREFIX;
-    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
     let f = Fixture::new().await;
     let meridian = f.start(CertOptions::default(), true).await;
@@ -575,14 +575,14 @@ const SDS: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
 /// the resources in the first response (none if no response comes within a second), or the
 /// debug form of every resource for LDS.
 async fn ask(
-    client: &mut xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    client: &mut envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     gateway: &str,
     type_url: &str,
     names: &[&str],
 ) -> Result<Vec<String>, tonic::Status> {
-    use xds_api::pb::envoy::config::core::v3::Node;
-    use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    use xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
     let node = Node {
         id: format!("probe-{gateway}"),
         metadata: Some(Struct {
@@ -635,8 +635,8 @@ async fn ask(
 /// so no private key is served over plain ADS; a real Envoy's HTTPS listener waits for one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_ads_serves_no_private_keys_unless_told_to() {
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     use meridian::core::model::tls::EMBEDDED_PREFIX;
-    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 
     let f = Fixture::new().await;
     let options = meridian_options(&f.config_dir(), &f.state_dir(), f.xds_port);

@@ -110,10 +110,10 @@ async fn rejections_are_logged_once_and_an_idle_directory_is_left_alone() {
 /// names of 1 KB each (62 MB of logs before) stay a few kilobytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_flood_the_log() {
-    use xds_api::pb::envoy::config::core::v3::Node;
-    use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-    use xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    use xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config");

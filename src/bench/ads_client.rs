@@ -8,18 +8,18 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use xds_api::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::core::v3::Node;
-use xds_api::pb::envoy::config::listener::v3::filter::ConfigType;
-use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
-use xds_api::pb::google::protobuf::{value::Kind, Any, Struct, Value};
+use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct, Value};
 
 use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY};
 use crate::core::resources::ResourceType;

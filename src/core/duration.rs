@@ -47,8 +47,8 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
 const MAX: Duration = Duration::from_secs(315_576_000_000);
 
 /// Converts to the protobuf well-known type.
-pub fn to_proto(duration: Duration) -> xds_api::pb::google::protobuf::Duration {
-    xds_api::pb::google::protobuf::Duration {
+pub fn to_proto(duration: Duration) -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration {
         seconds: duration.as_secs() as i64,
         nanos: duration.subsec_nanos() as i32,
     }

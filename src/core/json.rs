@@ -1,20 +1,19 @@
 //! Canonical proto3 JSON for served resources (config dumps, snapshot tests, diffs).
 //!
-//! Uses the xDS descriptor set shipped by `xds-api`, so nested `Any` fields (the HTTP connection
-//! manager inside a listener, the router filter) render as readable objects, not base64.
+//! Uses the descriptor set build.rs compiles from the Envoy API protos vendored in
+//! `proto/envoy-api` (the same version as the `envoy-types` Rust types), so nested `Any` fields
+//! (the HTTP connection manager inside a listener, the router filter) render as readable
+//! objects, not base64.
 
 use std::sync::LazyLock;
 
+use envoy_types::pb::google::protobuf::Any;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
-use xds_api::pb::google::protobuf::Any;
 
-static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
-    let mut pool =
-        DescriptorPool::decode(xds_api::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
-    pool.decode_file_descriptor_set(super::translate::envoy_shim::DESCRIPTORS)
-        .map_err(|e| e.to_string())?;
-    Ok(pool)
-});
+static ENVOY_API_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_api.bin"));
+
+static POOL: LazyLock<Result<DescriptorPool, String>> =
+    LazyLock::new(|| DescriptorPool::decode(ENVOY_API_DESCRIPTORS).map_err(|e| e.to_string()));
 
 #[derive(Debug, thiserror::Error)]
 pub enum JsonError {

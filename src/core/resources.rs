@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
-use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use xds_api::pb::google::protobuf::Any;
 
 /// The xDS resource types Meridian serves, in make-before-break push order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

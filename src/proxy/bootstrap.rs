@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
 use serde_json::Value;
-use xds_api::pb::envoy::config::core::v3::{Locality, Node};
-use xds_api::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {

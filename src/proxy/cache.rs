@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use prost::Message;
-use xds_api::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
 use super::config::Accepted;
 

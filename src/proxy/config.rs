@@ -28,7 +28,7 @@ pub struct Accepted {
     pub secrets: BTreeMap<String, SecretPlan>,
     pub versions: BTreeMap<&'static str, String>,
     /// The accepted resources as received, by type and name: what the config cache keeps.
-    pub raw: BTreeMap<&'static str, BTreeMap<String, xds_api::pb::google::protobuf::Any>>,
+    pub raw: BTreeMap<&'static str, BTreeMap<String, envoy_types::pb::google::protobuf::Any>>,
 }
 
 /// One cluster as requests use it.

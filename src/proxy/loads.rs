@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use xds_api::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterStats, UpstreamLocalityStats};
 
 /// Requests per cluster since the last report; counted lock-free on the request path.
 #[derive(Default)]
@@ -65,7 +65,7 @@ impl Loads {
                     total_issued_requests: ok + failed,
                     ..Default::default()
                 }],
-                load_report_interval: Some(xds_api::pb::google::protobuf::Duration {
+                load_report_interval: Some(envoy_types::pb::google::protobuf::Duration {
                     seconds: interval.as_secs() as i64,
                     nanos: interval.subsec_nanos() as i32,
                 }),

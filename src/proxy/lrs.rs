@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use xds_api::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
-use xds_api::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 
 use super::ads::connect;
 use super::bootstrap::Bootstrap;

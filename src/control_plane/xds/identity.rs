@@ -1,7 +1,7 @@
 //! Gateway identity from Envoy node metadata (`meridian.dev/gateway`, `/cluster`, `/zone`).
 
-use xds_api::pb::envoy::config::core::v3::Node;
-use xds_api::pb::google::protobuf::value::Kind;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::api::LOCAL_CLUSTER;
 use crate::core::model::ObjectKey;
@@ -138,7 +138,7 @@ pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xds_api::pb::google::protobuf::{Struct, Value};
+    use envoy_types::pb::google::protobuf::{Struct, Value};
 
     fn node(fields: &[(&str, &str)]) -> Node {
         Node {

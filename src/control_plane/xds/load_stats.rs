@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterStats;
 use tokio::sync::watch;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterStats;
 
 use crate::core::model::ObjectKey;
 use crate::core::observed::UpstreamLoad;
@@ -124,7 +124,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xds_api::pb::envoy::config::endpoint::v3::UpstreamLocalityStats;
+    use envoy_types::pb::envoy::config::endpoint::v3::UpstreamLocalityStats;
 
     fn stats(cluster: &str, localities: &[(u64, u64)]) -> ClusterStats {
         ClusterStats {

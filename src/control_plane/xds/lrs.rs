@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_server::{
+    LoadReportingService, LoadReportingServiceServer,
+};
+use envoy_types::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use xds_api::pb::envoy::service::load_stats::v3::load_reporting_service_server::{
-    LoadReportingService, LoadReportingServiceServer,
-};
-use xds_api::pb::envoy::service::load_stats::v3::{LoadStatsRequest, LoadStatsResponse};
 
 use super::identity::{verified_identity, IdentityError};
 use super::load_stats::now_ms;
@@ -74,7 +74,7 @@ async fn receive(
     let interval = state.loads.interval();
     let response = LoadStatsResponse {
         send_all_clusters: true,
-        load_reporting_interval: Some(xds_api::pb::google::protobuf::Duration {
+        load_reporting_interval: Some(envoy_types::pb::google::protobuf::Duration {
             seconds: interval.as_secs() as i64,
             nanos: interval.subsec_nanos() as i32,
         }),

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::google::rpc::Status;
 use proptest::prelude::*;
-use xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use xds_api::pb::google::rpc::Status;
 
 use super::delta::DeltaSession;
 use super::sotw::SotwSession;

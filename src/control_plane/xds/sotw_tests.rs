@@ -1,4 +1,4 @@
-use xds_api::pb::google::rpc::Status;
+use envoy_types::pb::google::rpc::Status;
 
 use super::*;
 use crate::control_plane::xds::test_support::config;

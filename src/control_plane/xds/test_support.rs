@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use crate::core::resources::{GatewayConfig, Resource, ResourceType};
 

@@ -296,5 +296,6 @@ fn weighted(endpoints: &[Endpoint], point: u64) -> usize {
 
 mod compile;
 mod health;
+mod http_options;
 #[cfg(test)]
 mod tests;

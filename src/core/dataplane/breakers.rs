@@ -7,8 +7,8 @@
 //! `max_connections`; beyond it up to `max_pending_requests` wait for one. HTTP/2 multiplexes,
 //! so only `max_requests` limits it.
 
-use xds_api::pb::envoy::config::cluster::v3::CircuitBreakers;
-use xds_api::pb::envoy::config::core::v3::RoutingPriority;
+use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
+use envoy_types::pb::envoy::config::core::v3::RoutingPriority;
 
 use super::{refuse_leftovers, CompileError};
 
@@ -58,7 +58,7 @@ impl Limits {
                     "only DEFAULT is supported by meridian proxy",
                 ));
             }
-            let take = |value: &mut Option<xds_api::pb::google::protobuf::UInt32Value>,
+            let take = |value: &mut Option<envoy_types::pb::google::protobuf::UInt32Value>,
                         into: &mut u32| {
                 if let Some(v) = value.take() {
                     *into = v.value;
@@ -103,8 +103,8 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xds_api::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
-    use xds_api::pb::google::protobuf::UInt32Value;
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+    use envoy_types::pb::google::protobuf::UInt32Value;
 
     fn limits(connections: u32, pending: u32) -> Limits {
         Limits::compile(

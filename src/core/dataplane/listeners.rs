@@ -4,21 +4,24 @@
 //! over RDS.
 
 use prost::Message;
-use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
-use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use xds_api::pb::envoy::config::core::v3::transport_socket;
-use xds_api::pb::envoy::config::listener::v3::filter::ConfigType;
-use xds_api::pb::envoy::config::listener::v3::{listener_filter, FilterChain, Listener};
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::listener::v3::{listener_filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
     CodecType, RouteSpecifier, StripPortMode,
 };
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_filter, HttpConnectionManager,
 };
 
 use super::{refuse_leftovers, CompileError};
-use crate::core::translate::envoy_shim::tls::common_tls_context::ValidationContextType;
-use crate::core::translate::envoy_shim::tls::DownstreamTlsContext;
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, SdsSecretConfig,
+};
 
 const CONNECTION_MANAGER: &str =
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
@@ -241,13 +244,14 @@ fn chain_plan(chain: &FilterChain, resource: &str, field: &str) -> Result<ChainP
     })
 }
 
-/// The shim message declares only the fields Meridian sets; those are read here.
+/// TLS termination: one certificate and an optional client CA, both over ADS-delivered SDS.
+/// Every other field of the context is refused by name.
 fn tls_plan(
-    socket: xds_api::pb::envoy::config::core::v3::TransportSocket,
+    socket: envoy_types::pb::envoy::config::core::v3::TransportSocket,
     resource: &str,
     field: &str,
 ) -> Result<TlsPlan, CompileError> {
-    let context = match socket.config_type {
+    let mut context = match socket.config_type {
         Some(transport_socket::ConfigType::TypedConfig(any)) if any.type_url == DOWNSTREAM_TLS => {
             DownstreamTlsContext::decode(any.value.as_slice())
                 .map_err(|e| CompileError::new(resource, field, e.to_string()))?
@@ -260,38 +264,67 @@ fn tls_plan(
             ))
         }
     };
-    let common = context.common_tls_context.unwrap_or_default();
-    if !common.tls_certificates.is_empty() {
+    let mut common = context.common_tls_context.take().unwrap_or_default();
+    let common_field = format!("{field}.common_tls_context");
+    let certificates = std::mem::take(&mut common.tls_certificate_sds_secret_configs);
+    let [certificate] = certificates.as_slice() else {
         return Err(CompileError::new(
             resource,
-            format!("{field}.common_tls_context.tls_certificates"),
-            "inline certificates are not supported by meridian proxy (SDS is)",
-        ));
-    }
-    let [certificate] = common.tls_certificate_sds_secret_configs.as_slice() else {
-        return Err(CompileError::new(
-            resource,
-            format!("{field}.common_tls_context.tls_certificate_sds_secret_configs"),
-            "exactly one certificate is supported by meridian proxy",
+            format!("{common_field}.tls_certificate_sds_secret_configs"),
+            "exactly one certificate over SDS is supported by meridian proxy",
         ));
     };
-    let validation = match common.validation_context_type {
+    let certificate = sds_name(
+        certificate,
+        resource,
+        &format!("{common_field}.tls_certificate_sds_secret_configs[0]"),
+    )?;
+    let validation = match common.validation_context_type.take() {
         None => None,
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => Some(sds.name),
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(sds)) => Some(sds_name(
+            &sds,
+            resource,
+            &format!("{common_field}.validation_context_sds_secret_config"),
+        )?),
         Some(_) => {
             return Err(CompileError::new(
                 resource,
-                format!("{field}.common_tls_context.validation_context"),
+                format!("{common_field}.validation_context"),
                 "only a validation context over SDS is supported by meridian proxy",
             ))
         }
     };
+    let alpn = std::mem::take(&mut common.alpn_protocols);
+    refuse_leftovers(&common, resource, &common_field)?;
+    let require_client_certificate = context
+        .require_client_certificate
+        .take()
+        .is_some_and(|b| b.value);
+    refuse_leftovers(&context, resource, field)?;
     Ok(TlsPlan {
-        certificate: certificate.name.clone(),
+        certificate,
         validation,
-        require_client_certificate: context.require_client_certificate.unwrap_or(false),
-        alpn: common.alpn_protocols,
+        require_client_certificate,
+        alpn,
     })
+}
+
+/// The name of a secret fetched over ADS; a secret from any other source is refused.
+fn sds_name(sds: &SdsSecretConfig, resource: &str, field: &str) -> Result<String, CompileError> {
+    let over_ads = sds.sds_config.as_ref().is_some_and(|source| {
+        matches!(
+            source.config_source_specifier,
+            Some(ConfigSourceSpecifier::Ads(_))
+        )
+    });
+    if !over_ads {
+        return Err(CompileError::new(
+            resource,
+            format!("{field}.sds_config"),
+            "only secrets over ADS are supported by meridian proxy",
+        ));
+    }
+    Ok(sds.name.clone())
 }
 
 fn connection_manager(

@@ -53,7 +53,7 @@ pub(crate) fn refuse_leftovers<M: Message + Name + Default + PartialEq>(
     if *rest == M::default() {
         return Ok(());
     }
-    let any = xds_api::pb::google::protobuf::Any {
+    let any = envoy_types::pb::google::protobuf::Any {
         type_url: M::type_url(),
         value: rest.encode_to_vec(),
     };

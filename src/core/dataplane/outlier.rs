@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use xds_api::pb::envoy::config::cluster::v3::OutlierDetection;
+use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 
 use super::{refuse_leftovers, CompileError};
 
@@ -41,8 +41,8 @@ impl OutlierPolicy {
     /// failure-percentage detectors' tuning and the like) are refused by name.
     pub fn compile(od: &OutlierDetection, resource: &str) -> Result<OutlierPolicy, CompileError> {
         let mut rest = od.clone();
-        let value = |v: Option<xds_api::pb::google::protobuf::UInt32Value>| v.map(|v| v.value);
-        let duration = |d: Option<xds_api::pb::google::protobuf::Duration>, default| {
+        let value = |v: Option<envoy_types::pb::google::protobuf::UInt32Value>| v.map(|v| v.value);
+        let duration = |d: Option<envoy_types::pb::google::protobuf::Duration>, default| {
             d.map_or(default, |d| {
                 Duration::new(
                     u64::try_from(d.seconds).unwrap_or(0),
@@ -255,7 +255,7 @@ impl OutlierDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xds_api::pb::google::protobuf::UInt32Value;
+    use envoy_types::pb::google::protobuf::UInt32Value;
 
     fn policy(consecutive: u32, max_percent: u32) -> OutlierPolicy {
         OutlierPolicy::compile(

@@ -1,8 +1,8 @@
 //! SDS secrets: the PEM behind the names listeners reference, a server certificate with its
 //! key or a CA bundle. Only inline material is taken (what Meridian sends).
 
-use xds_api::pb::envoy::config::core::v3::{data_source, DataSource};
-use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 
 use super::{refuse_leftovers, CompileError};
 

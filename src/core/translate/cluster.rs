@@ -3,17 +3,24 @@
 
 use std::time::Duration;
 
-use xds_api::pb::envoy::config::cluster::v3::{
+use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers, cluster, CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlier,
 };
-use xds_api::pb::envoy::config::core::v3::{Http2ProtocolOptions, RoutingPriority};
-use xds_api::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
-use xds_api::pb::envoy::r#type::v3::Percent;
-use xds_api::pb::google::protobuf::{UInt32Value, UInt64Value};
+use envoy_types::pb::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions as CommonHttpOptions,
+    RoutingPriority,
+};
+use envoy_types::pb::envoy::config::route::v3::route_action::{hash_policy, HashPolicy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::destination_rule::policy_for;
 use super::endpoint;
-use super::listener::ads_config_source;
+use super::listener::{ads_config_source, any};
 use super::locality;
 use super::ClusterRef;
 use crate::api::istio::{Resolution, SimpleLb, TrafficPolicy};
@@ -89,15 +96,8 @@ pub fn build(
     }
     apply_connection_pool(&mut cluster, policy);
     apply_outlier_detection(&mut cluster, policy);
-    if service.port(cluster_ref.port).is_some_and(|p| p.http2) {
-        // gRPC and HTTP/2 backends need HTTP/2 upstream. The field is deprecated in favour of
-        // `typed_extension_protocol_options`, whose message xds-api does not ship; Envoy 1.40
-        // still honours it (moving to envoy-types is issue 23).
-        #[allow(deprecated)]
-        {
-            cluster.http2_protocol_options = Some(Http2ProtocolOptions::default());
-        }
-    }
+    let http2 = service.port(cluster_ref.port).is_some_and(|p| p.http2);
+    apply_upstream_http_options(&mut cluster, policy, http2);
     BuiltCluster {
         resource: Resource::new(name, &cluster),
         uses_eds,
@@ -158,12 +158,44 @@ fn apply_connection_pool(cluster: &mut Cluster, policy: &TrafficPolicy) {
             ..Default::default()
         });
     }
-    #[allow(deprecated)]
-    {
-        cluster.max_requests_per_connection =
-            u32v(http.and_then(|h| h.max_requests_per_connection));
-    }
 }
+
+/// The upstream HTTP protocol (HTTP/2 for gRPC and `http2`/`grpc` ports, HTTP/1.1 otherwise)
+/// and `maxRequestsPerConnection`, as Istio sets them: one `HttpProtocolOptions` extension.
+fn apply_upstream_http_options(cluster: &mut Cluster, policy: &TrafficPolicy, http2: bool) {
+    let max_requests_per_connection = policy
+        .connection_pool
+        .as_ref()
+        .and_then(|pool| pool.http.as_ref())
+        .and_then(|http| http.max_requests_per_connection)
+        .map(|value| UInt32Value { value });
+    if !http2 && max_requests_per_connection.is_none() {
+        return;
+    }
+    let protocol = if http2 {
+        explicit_http_config::ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+    } else {
+        explicit_http_config::ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+    };
+    let options = HttpProtocolOptions {
+        common_http_protocol_options: max_requests_per_connection.map(|cap| CommonHttpOptions {
+            max_requests_per_connection: Some(cap),
+            ..Default::default()
+        }),
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(protocol),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster
+        .typed_extension_protocol_options
+        .insert(UPSTREAM_HTTP_OPTIONS.to_owned(), any(&options));
+}
+
+/// The key Envoy files upstream HTTP options under.
+pub const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 fn apply_outlier_detection(cluster: &mut Cluster, policy: &TrafficPolicy) {
     let Some(od) = &policy.outlier_detection else {

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use xds_api::pb::envoy::config::core::v3::Locality as EnvoyLocality;
-use xds_api::pb::envoy::config::endpoint::v3::{
+use envoy_types::pb::envoy::config::core::v3::Locality as EnvoyLocality;
+use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use xds_api::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::destination_rule::subset_labels;
 use super::listener::socket_address;

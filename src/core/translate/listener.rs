@@ -4,27 +4,26 @@
 
 use std::collections::BTreeSet;
 
-use xds_api::pb::envoy::config::core::v3::{
+use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, transport_socket, Address, AggregatedConfigSource,
     ApiVersion, ConfigSource, SocketAddress, TransportSocket,
 };
-use xds_api::pb::envoy::config::listener::v3::{
+use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
-use xds_api::pb::envoy::extensions::filters::http::router::v3::Router;
-use xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
-use xds_api::pb::google::protobuf::{Any, BoolValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 
-use super::envoy_shim::tls::{
-    common_tls_context, shim_ads_config_source, CommonTlsContext, DownstreamTlsContext,
-    ShimAdsConfigSource, ShimApiVersion, ShimSdsSecretConfig,
-};
-use super::envoy_shim::tls_inspector::TlsInspector;
 use crate::core::binding::GatewayPort;
 use crate::core::model::tls::{TlsMode, TlsServer};
 use crate::core::resources::Resource;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
+};
 
 pub fn ads_config_source() -> ConfigSource {
     ConfigSource {
@@ -102,7 +101,7 @@ pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
             vec![ListenerFilter {
                 name: "envoy.filters.listener.tls_inspector".to_owned(),
                 config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                    &TlsInspector {},
+                    &TlsInspector::default(),
                 ))),
                 ..Default::default()
             }]
@@ -140,12 +139,9 @@ fn connection_manager(scope: &GatewayPort) -> HttpConnectionManager {
 
 /// The server side of TLS: certificate (and client CA for `MUTUAL`) fetched over SDS.
 fn downstream_tls(tls: &TlsServer) -> TransportSocket {
-    let sds = |name: &str| ShimSdsSecretConfig {
+    let sds = |name: &str| SdsSecretConfig {
         name: name.to_owned(),
-        sds_config: Some(ShimAdsConfigSource {
-            ads: Some(shim_ads_config_source::Aggregated {}),
-            resource_api_version: ShimApiVersion::V3 as i32,
-        }),
+        sds_config: Some(ads_config_source()),
     };
     let context = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
@@ -158,7 +154,10 @@ fn downstream_tls(tls: &TlsServer) -> TransportSocket {
             }),
             ..Default::default()
         }),
-        require_client_certificate: Some(tls.mode == TlsMode::Mutual),
+        require_client_certificate: Some(BoolValue {
+            value: tls.mode == TlsMode::Mutual,
+        }),
+        ..Default::default()
     };
     TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),

@@ -7,7 +7,6 @@
 mod cluster;
 mod destination_rule;
 mod endpoint;
-pub mod envoy_shim;
 mod listener;
 mod locality;
 mod route;

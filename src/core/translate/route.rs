@@ -2,19 +2,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use xds_api::pb::envoy::config::core::v3::{
+use envoy_types::pb::envoy::config::core::v3::{
     data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue,
     HeaderValueOption,
 };
-use xds_api::pb::envoy::config::route::v3::{
+use envoy_types::pb::envoy::config::route::v3::{
     header_matcher, query_parameter_matcher, redirect_action, route, route_action, route_match,
     weighted_cluster, DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
-use xds_api::pb::envoy::r#type::matcher::v3::{
+use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
-use xds_api::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::cluster::hash_policy_for;
 use super::{cluster_name, ClusterRef, GatewayIdentity};
@@ -147,6 +147,7 @@ impl RouteBuilder<'_, '_> {
                         specifier: Some(data_source::Specifier::InlineString(s)),
                         ..Default::default()
                     }),
+                ..Default::default()
             });
         }
         if let Some(redirect) = &http.redirect {
@@ -225,7 +226,7 @@ impl RouteBuilder<'_, '_> {
             }
         }
         if let Some(retries) = &http.retries {
-            action.retry_policy = Some(xds_api::pb::envoy::config::route::v3::RetryPolicy {
+            action.retry_policy = Some(envoy_types::pb::envoy::config::route::v3::RetryPolicy {
                 retry_on: retries.retry_on.clone().unwrap_or_else(|| {
                     "connect-failure,refused-stream,unavailable,cancelled,5xx".into()
                 }),

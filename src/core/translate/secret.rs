@@ -1,7 +1,7 @@
 //! SDS secrets: the TLS material behind the names listeners reference.
 
-use xds_api::pb::envoy::config::core::v3::{data_source, DataSource};
-use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, CertificateValidationContext, Secret, TlsCertificate,
 };
 

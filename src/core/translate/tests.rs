@@ -566,7 +566,11 @@ fn grpc_and_http2_ports_are_reached_over_http2() {
             .get(ResourceType::Cluster, &name)
             .unwrap_or_else(|| panic!("no cluster {name}"));
         let json = crate::core::json::any_to_json(&cluster.body).unwrap();
-        json.get("http2ProtocolOptions").is_some()
+        json.pointer(
+            "/typedExtensionProtocolOptions/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\
+             /explicitHttpConfig/http2ProtocolOptions",
+        )
+        .is_some()
     };
     for host in [
         "named.edge.svc.cluster.local",

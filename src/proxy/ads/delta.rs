@@ -6,14 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
-use xds_api::pb::google::protobuf::Any;
-use xds_api::pb::google::rpc::Status;
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{connect, known, AdsClient, StreamError, Subscriptions, CLUSTERS, LISTENERS};
 use crate::proxy::config::Accepted;
@@ -145,7 +145,7 @@ impl DeltaState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use xds_api::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
 
     fn resource(name: &str) -> Resource {
         Resource {

@@ -8,18 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_api::pb::envoy::config::listener::v3::Listener;
-use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
-use xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use xds_api::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use xds_api::pb::google::protobuf::Any;
-use xds_api::pb::google::rpc::Status;
 
 use super::bootstrap::Bootstrap;
 use super::cache::ConfigCache;

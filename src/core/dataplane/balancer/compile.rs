@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
-use xds_api::pb::envoy::config::cluster::v3::cluster::{
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbConfig,
     LbPolicy, MaglevLbConfig, RingHashLbConfig,
 };
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
-use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 
 use super::{Assignment, ClusterPlan, Discovery, Endpoint, Locality, Policy};
 use crate::core::dataplane::breakers::Limits;
@@ -51,16 +51,10 @@ impl ClusterPlan {
                 )
             })
             .unwrap_or(Duration::from_secs(5));
-        // What translation sets for HTTP/2 upstreams (the typed extension options are issue 23).
-        #[allow(deprecated)]
-        let http2 = rest.http2_protocol_options.take().is_some();
-        // What translation sets for Istio's maxRequestsPerConnection; 0 is no cap, as in Envoy.
-        #[allow(deprecated)]
-        let max_requests_per_connection = rest
-            .max_requests_per_connection
-            .take()
-            .map(|v| v.value)
-            .filter(|&n| n > 0);
+        let super::http_options::UpstreamHttp {
+            http2,
+            max_requests_per_connection,
+        } = super::http_options::take(&mut rest, &resource)?;
         let mut locality_weighted = false;
         let mut panic_threshold = 50.0;
         if let Some(mut common) = rest.common_lb_config.take() {

@@ -1,20 +1,20 @@
 use super::*;
-use std::collections::BTreeSet;
-use xds_api::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
-use xds_api::pb::envoy::config::cluster::v3::cluster::{
+use envoy_types::pb::envoy::config::cluster::v3::cluster::CommonLbConfig;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     common_lb_config::LocalityConfigSpecifier, ClusterDiscoveryType, DiscoveryType, LbConfig,
     LbPolicy, RingHashLbConfig,
 };
-use xds_api::pb::envoy::config::cluster::v3::Cluster;
-use xds_api::pb::envoy::config::core::v3::address::Address as AddressKind;
-use xds_api::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use xds_api::pb::envoy::config::core::v3::{Address, Locality as EnvoyLocality, SocketAddress};
-use xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-use xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use xds_api::pb::envoy::config::endpoint::v3::{
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{Address, Locality as EnvoyLocality, SocketAddress};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{
     Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
-use xds_api::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use std::collections::BTreeSet;
 
 fn cla(groups: &[(&str, u32, u32, &[&str])]) -> ClusterLoadAssignment {
     ClusterLoadAssignment {
@@ -140,8 +140,8 @@ fn round_robin_visits_every_endpoint_and_least_request_avoids_the_busy_one() {
 
 #[test]
 fn bad_hash_tables_and_outlier_detection_are_refused_by_name() {
-    use xds_api::pb::envoy::config::cluster::v3::cluster::MaglevLbConfig;
-    use xds_api::pb::google::protobuf::UInt64Value;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::MaglevLbConfig;
+    use envoy_types::pb::google::protobuf::UInt64Value;
     let maglev = Cluster {
         name: "c".into(),
         lb_policy: LbPolicy::Maglev as i32,
@@ -177,10 +177,12 @@ fn bad_hash_tables_and_outlier_detection_are_refused_by_name() {
     );
     let outlier = Cluster {
         name: "c".into(),
-        outlier_detection: Some(xds_api::pb::envoy::config::cluster::v3::OutlierDetection {
-            success_rate_minimum_hosts: Some(UInt32Value { value: 3 }),
-            ..Default::default()
-        }),
+        outlier_detection: Some(
+            envoy_types::pb::envoy::config::cluster::v3::OutlierDetection {
+                success_rate_minimum_hosts: Some(UInt32Value { value: 3 }),
+                ..Default::default()
+            },
+        ),
         ..Default::default()
     };
     let error = ClusterPlan::compile(&outlier).unwrap_err();

@@ -3,26 +3,26 @@
 
 use std::time::Duration;
 
-use regex::Regex;
-use xds_api::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use xds_api::pb::envoy::config::core::v3::{data_source, HeaderValueOption};
-use xds_api::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
-use xds_api::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
-use xds_api::pb::envoy::config::route::v3::redirect_action::{
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{data_source, HeaderValueOption};
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::redirect_action::{
     PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier,
 };
-use xds_api::pb::envoy::config::route::v3::route::Action as EnvoyAction;
-use xds_api::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
-use xds_api::pb::envoy::config::route::v3::route_action::{
+use envoy_types::pb::envoy::config::route::v3::route::Action as EnvoyAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::PolicySpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_action::{
     ClusterSpecifier, HashPolicy as EnvoyHashPolicy, HostRewriteSpecifier,
 };
-use xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use xds_api::pb::envoy::config::route::v3::{
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route as EnvoyRoute,
     RouteAction, RouteMatch, VirtualHost as EnvoyVirtualHost,
 };
-use xds_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use xds_api::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use regex::Regex;
 
 use super::hashing::{HashPolicy, HashSource};
 use super::{
@@ -78,8 +78,12 @@ fn route(route: &EnvoyRoute, resource: &str, field: &str) -> Result<Route, Compi
             resource,
             &format!("{field}.redirect"),
         )?),
-        Some(EnvoyAction::DirectResponse(direct)) => {
-            let body = match direct.body.and_then(|b| b.specifier) {
+        Some(EnvoyAction::DirectResponse(mut direct)) => {
+            let direct_field = format!("{field}.direct_response");
+            let body = direct.body.take();
+            let status = std::mem::take(&mut direct.status);
+            refuse_leftovers(&direct, resource, &direct_field)?;
+            let body = match body.and_then(|b| b.specifier) {
                 None => None,
                 Some(data_source::Specifier::InlineString(text)) => Some(text),
                 Some(data_source::Specifier::InlineBytes(bytes)) => {
@@ -88,18 +92,18 @@ fn route(route: &EnvoyRoute, resource: &str, field: &str) -> Result<Route, Compi
                 Some(_) => {
                     return Err(CompileError::new(
                         resource,
-                        format!("{field}.direct_response.body"),
+                        format!("{direct_field}.body"),
                         "only inline bodies are supported by meridian proxy",
                     ))
                 }
             };
-            let status = u16::try_from(direct.status)
+            let status = u16::try_from(status)
                 .ok()
                 .filter(|s| (200..=599).contains(s))
                 .ok_or_else(|| {
                     CompileError::new(
                         resource,
-                        format!("{field}.direct_response.status"),
+                        format!("{direct_field}.status"),
                         "must be 200-599",
                     )
                 })?;
@@ -525,7 +529,7 @@ fn header_edits(
     })
 }
 
-fn proto_duration(d: xds_api::pb::google::protobuf::Duration) -> Duration {
+fn proto_duration(d: envoy_types::pb::google::protobuf::Duration) -> Duration {
     let seconds = u64::try_from(d.seconds).unwrap_or(0);
     let nanos = u32::try_from(d.nanos).unwrap_or(0);
     Duration::new(seconds, nanos)

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use regex::Regex;
-use xds_api::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::{refuse_leftovers, CompileError};
 

@@ -1,22 +1,22 @@
 use super::compile::re2_substitution;
 use super::*;
-use xds_api::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
-use xds_api::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
-use xds_api::pb::envoy::config::route::v3::route::Action as EnvoyAction;
-use xds_api::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
-use xds_api::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
-use xds_api::pb::envoy::config::route::v3::route_action::HashPolicy;
-use xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier;
-use xds_api::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
-use xds_api::pb::envoy::config::route::v3::{DirectResponseAction, WeightedCluster};
-use xds_api::pb::envoy::config::route::v3::{
+use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::query_parameter_matcher::QueryParameterMatchSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route::Action as EnvoyAction;
+use envoy_types::pb::envoy::config::route::v3::route_action::hash_policy::{self, PolicySpecifier};
+use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
+use envoy_types::pb::envoy::config::route::v3::route_action::HashPolicy;
+use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
+use envoy_types::pb::envoy::config::route::v3::weighted_cluster::ClusterWeight;
+use envoy_types::pb::envoy::config::route::v3::{DirectResponseAction, WeightedCluster};
+use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, Route as EnvoyRoute, RouteAction, RouteMatch,
     VirtualHost as EnvoyVirtualHost,
 };
-use xds_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
-use xds_api::pb::envoy::r#type::matcher::v3::RegexMatcher;
-use xds_api::pb::envoy::r#type::matcher::v3::StringMatcher;
-use xds_api::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 fn forward_to(cluster: &str) -> Option<EnvoyAction> {
     Some(EnvoyAction::Route(RouteAction {
@@ -326,6 +326,7 @@ fn what_it_cannot_honour_is_refused_with_the_field() {
         action: Some(EnvoyAction::DirectResponse(DirectResponseAction {
             status: 700,
             body: None,
+            ..Default::default()
         })),
         ..Default::default()
     };
