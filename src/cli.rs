@@ -105,6 +105,16 @@ impl ServingArgs {
     }
 }
 
+/// What `meridian bootstrap` prints a bootstrap for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootstrapRole {
+    Gateway,
+    L4,
+}
+
+/// The tier name an L4 node reports when `--gateway` is not given.
+const DEFAULT_L4_TIER: &str = "meridian-system/l4";
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve xDS (and optionally DNS) from a directory of YAML manifests (AccessPoint,
@@ -195,14 +205,19 @@ pub enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
-    /// Print an Envoy bootstrap (JSON) that connects a gateway to Meridian over ADS.
+    /// Print an Envoy bootstrap (JSON) that connects a gateway (or an L4 node) to Meridian over
+    /// ADS.
     Bootstrap {
         /// Envoy node id; must be unique per proxy.
         #[arg(long)]
         node_id: String,
-        /// The Gateway this proxy serves, as namespace/name.
+        /// What the proxy is: an L7 gateway, or an L4 node serving every VIP of its cluster.
+        #[arg(long, value_enum, default_value_t = BootstrapRole::Gateway)]
+        role: BootstrapRole,
+        /// The Gateway this proxy serves, as namespace/name (for an L4 node, the name of its
+        /// tier; default meridian-system/l4).
         #[arg(long)]
-        gateway: String,
+        gateway: Option<String>,
         /// Member cluster of the proxy (default: the hub's own, `local`).
         #[arg(long)]
         cluster: Option<String>,
@@ -467,6 +482,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bootstrap {
             node_id,
+            role,
             gateway,
             cluster,
             zone,
@@ -481,6 +497,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .rsplit_once(':')
                 .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
                 .with_context(|| format!("--xds-addr {xds_addr:?} must be host:port"))?;
+            let gateway = match (role, gateway) {
+                (_, Some(gateway)) => gateway,
+                (BootstrapRole::L4, None) => DEFAULT_L4_TIER.to_owned(),
+                (BootstrapRole::Gateway, None) => {
+                    bail!("--gateway namespace/name is required (it names the Gateway served)")
+                }
+            };
             let Some((namespace, name)) = gateway.split_once('/') else {
                 bail!("--gateway {gateway:?} must be namespace/name");
             };
@@ -509,6 +532,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let json = bootstrap(&BootstrapOptions {
                 node_id,
+                l4: role == BootstrapRole::L4,
                 gateway,
                 cluster,
                 zone,
@@ -654,7 +678,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut index, _) = crate::control_plane::index::Index::new();
             let mut provider =
                 crate::control_plane::standalone::files::FileProvider::new(&config_dir, None)?;
-            let problems = provider.sync(&mut index)?;
+            let mut problems = provider.sync(&mut index)?;
+            // A file written just now that does not parse may be caught mid-write; it is
+            // judged once it settles, never passed over.
+            for _ in 0..20 {
+                if !provider.settling() {
+                    break;
+                }
+                tokio::time::sleep(crate::control_plane::standalone::files::SETTLE).await;
+                problems = provider.sync(&mut index)?;
+            }
+            if provider.settling() {
+                bail!("{}: a file is still being written", config_dir.display());
+            }
             for p in &problems {
                 println!("{}: {}", p.source, p.message);
             }
@@ -704,8 +740,8 @@ fn default_identity() -> String {
 /// The `meridian status` table.
 pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusResponse) -> String {
     let mut out = format!(
-        "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
-        "NODE", "GATEWAY", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS"
+        "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
+        "NODE", "GATEWAY", "ROLE", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS"
     );
     for p in &status.proxies {
         let state = |t: &str| {
@@ -716,9 +752,10 @@ pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusR
                 .unwrap_or_else(|| "NOT_SENT".into())
         };
         out.push_str(&format!(
-            "{:<24} {:<20} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
+            "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
             p.node_id,
             p.gateway,
+            p.role,
             p.cluster,
             p.mode,
             state("CDS"),

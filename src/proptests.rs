@@ -125,6 +125,7 @@ proptest! {
         }
         let view = cluster_view(index.model(), "local");
         let identity = GatewayIdentity {
+            role: crate::core::translate::NodeRole::Gateway,
             gateway: ObjectKey::new("edge", "public"),
             cluster: "local".into(),
             zone: String::new(),

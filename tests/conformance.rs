@@ -511,6 +511,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         .expect("meridian starts");
     let ca_pem = std::fs::read_to_string(state.join("ca").join("ca.crt")).unwrap();
     let options = |node: &str, gateway: &str, delta: bool| BootstrapOptions {
+        l4: false,
         node_id: node.into(),
         gateway: gateway.into(),
         cluster: None,

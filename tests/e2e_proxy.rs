@@ -91,6 +91,7 @@ impl Setup {
 
     fn proxy_with(&self, admin_port: u16, args: &[&str]) -> MeridianProxy {
         let options = BootstrapOptions {
+            l4: false,
             node_id: "gw-proxy".into(),
             gateway: "edge/public".into(),
             cluster: None,
@@ -325,6 +326,7 @@ async fn over_mutual_tls_the_proxy_proves_its_gateway_and_pins_meridians_identit
     )
     .unwrap();
     let bootstrap = |node: &str, identity: &str| BootstrapOptions {
+        l4: false,
         node_id: node.into(),
         gateway: "edge/public".into(),
         cluster: None,

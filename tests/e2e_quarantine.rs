@@ -126,6 +126,7 @@ async fn scenario(delta: bool) {
     write(&config, "team-b.yaml", &team("b", &route("/b", "beta")));
     let meridian = start_meridian(&config, &state, xds_port).await;
     let options = BootstrapOptions {
+        l4: false,
         node_id: "gw-strict".into(),
         gateway: "edge/public".into(),
         cluster: None,

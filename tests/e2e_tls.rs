@@ -347,6 +347,7 @@ fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
     Envoy::launch(
         f.path(),
         BootstrapOptions {
+            l4: false,
             node_id: node.into(),
             gateway: gateway.into(),
             cluster: None,

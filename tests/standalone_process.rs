@@ -242,3 +242,29 @@ async fn silent_connections_are_closed_and_never_exhaust_the_server() {
     assert!(status.success(), "exit {status:?}:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `meridian validate` right after a file is written (a CI step after a generator): a broken
+/// file must fail the check, not be passed over as possibly mid-write.
+#[test]
+fn validate_judges_a_file_written_a_moment_ago() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("clusters.yaml"),
+        "apiVersion: meridian.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: east}\nspec: {}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("validate")
+        .arg("--config-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("clusters.yaml")
+            && stdout.contains("MemberCluster east")
+            && stdout.contains("zone"),
+        "{stdout}"
+    );
+}

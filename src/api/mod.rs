@@ -21,5 +21,15 @@ pub const API_VERSION: &str = "meridian.dev/v1alpha1";
 /// The hub's own cluster: where an AccessPoint without a placement is served.
 pub const LOCAL_CLUSTER: &str = "local";
 
+/// Node metadata a proxy (Envoy, `meridian proxy`, an L4 node) says who it is with.
+pub mod node_metadata {
+    /// `namespace/name` of the Gateway it serves (an L4 node: of its tier).
+    pub const GATEWAY: &str = "meridian.dev/gateway";
+    pub const CLUSTER: &str = "meridian.dev/cluster";
+    pub const ZONE: &str = "meridian.dev/zone";
+    /// `gateway` (the default) or `l4`.
+    pub const ROLE: &str = "meridian.dev/role";
+}
+
 /// The field manager of every write Meridian makes (server-side apply).
 pub const FIELD_MANAGER: &str = "meridian";

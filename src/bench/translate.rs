@@ -22,7 +22,7 @@ use crate::core::model::{InputObject, ObjectKey};
 use crate::core::refs::ClusterRefs;
 use crate::core::resources::ResourceType;
 use crate::core::status::{access_point_keys, access_point_status, MemberWrites, StatusInput};
-use crate::core::translate::{translate, GatewayIdentity};
+use crate::core::translate::{translate, GatewayIdentity, NodeRole};
 
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
@@ -115,6 +115,7 @@ pub fn translate_bench(options: &FleetOptions) -> anyhow::Result<TranslateReport
             gateway: ObjectKey::new("edge", format!("gw-{g}")),
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),
+            role: NodeRole::Gateway,
         })
         .collect();
     let snapshot = snapshots.borrow().clone();

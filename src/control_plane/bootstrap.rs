@@ -2,13 +2,15 @@
 
 use serde_json::{json, Value};
 
-use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY, ZONE_KEY};
+use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY, ROLE_KEY, ZONE_KEY};
 
 #[derive(Clone, Debug)]
 pub struct BootstrapOptions {
     pub node_id: String,
-    /// `namespace/name` of the Gateway this proxy serves.
+    /// `namespace/name` of the Gateway this proxy serves (an L4 node: of its tier).
     pub gateway: String,
+    /// An L4 node (`meridian.dev/role: l4`) rather than a gateway.
+    pub l4: bool,
     pub cluster: Option<String>,
     pub zone: Option<String>,
     /// Meridian's xDS address, `host:port`.
@@ -35,6 +37,9 @@ pub struct ClientTls {
 pub fn bootstrap(o: &BootstrapOptions) -> Value {
     let mut metadata = serde_json::Map::new();
     metadata.insert(GATEWAY_KEY.into(), json!(o.gateway));
+    if o.l4 {
+        metadata.insert(ROLE_KEY.into(), json!("l4"));
+    }
     if let Some(cluster) = &o.cluster {
         metadata.insert(CLUSTER_KEY.into(), json!(cluster));
     }
@@ -135,6 +140,7 @@ mod tests {
         let b = bootstrap(&BootstrapOptions {
             node_id: "gw-1".into(),
             gateway: "edge/public".into(),
+            l4: false,
             cluster: Some("east".into()),
             zone: Some("z1".into()),
             xds_host: "127.0.0.1".into(),
@@ -145,6 +151,7 @@ mod tests {
         });
         assert_eq!(b["node"]["metadata"][GATEWAY_KEY], "edge/public");
         assert_eq!(b["node"]["metadata"][CLUSTER_KEY], "east");
+        assert!(b["node"]["metadata"][ROLE_KEY].is_null());
         assert_eq!(
             b["dynamic_resources"]["ads_config"]["api_type"],
             "DELTA_GRPC"

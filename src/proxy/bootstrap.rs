@@ -79,6 +79,19 @@ impl Bootstrap {
         if id.is_empty() {
             return Err(("node.id", "missing".to_owned()));
         }
+        let role_key = crate::api::node_metadata::ROLE;
+        if let Some(role) = node["metadata"][role_key]
+            .as_str()
+            .filter(|r| *r != "gateway")
+        {
+            return Err((
+                "node.metadata",
+                format!(
+                    "{role_key} is {role:?}: meridian proxy is an L7 gateway (print its bootstrap \
+                     without --role)"
+                ),
+            ));
+        }
         let metadata = node["metadata"]
             .as_object()
             .map(|m| {
@@ -202,6 +215,7 @@ mod tests {
 
     fn options(delta: bool) -> BootstrapOptions {
         BootstrapOptions {
+            l4: false,
             node_id: "gw-1".into(),
             gateway: "edge/public".into(),
             cluster: Some("east".into()),
@@ -225,6 +239,16 @@ mod tests {
         assert_eq!(parsed.tls, None);
         assert!(parsed.load_reports);
         assert_eq!(parsed.admin, Some("127.0.0.1:19000".parse().unwrap()));
+        let mut l4 = bootstrap(&BootstrapOptions {
+            l4: true,
+            ..options(false)
+        });
+        let refused = Bootstrap::parse(&l4).unwrap_err();
+        assert_eq!(refused.0, "node.metadata", "{refused:?}");
+        assert!(refused.1.contains("\"l4\""), "{refused:?}");
+        l4["node"]["metadata"][crate::control_plane::xds::identity::ROLE_KEY] = "gateway".into();
+        assert!(Bootstrap::parse(&l4).is_ok());
+
         let fields = &parsed.node.metadata.unwrap().fields;
         assert!(fields.contains_key(crate::control_plane::xds::identity::GATEWAY_KEY));
         let mut with_tls = options(false);

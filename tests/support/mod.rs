@@ -93,6 +93,7 @@ impl Envoy {
         Envoy::launch(
             dir,
             BootstrapOptions {
+                l4: false,
                 node_id: node_id.into(),
                 gateway: gateway.into(),
                 cluster: placement.map(|p| p.0.to_owned()),

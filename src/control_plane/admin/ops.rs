@@ -37,6 +37,7 @@ pub fn proxy_status(state: &XdsState, caller: &OpsCaller) -> pb::ProxyStatusResp
             gateway: p.gateway,
             cluster: p.cluster,
             zone: p.zone,
+            role: p.role.as_str().to_owned(),
             mode: p.mode.to_owned(),
             generation: p.generation,
             types: p

@@ -5,11 +5,11 @@ use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::api::LOCAL_CLUSTER;
 use crate::core::model::ObjectKey;
-use crate::core::translate::GatewayIdentity;
+use crate::core::translate::{GatewayIdentity, NodeRole};
 
-pub const GATEWAY_KEY: &str = "meridian.dev/gateway";
-pub const CLUSTER_KEY: &str = "meridian.dev/cluster";
-pub const ZONE_KEY: &str = "meridian.dev/zone";
+pub use crate::api::node_metadata::{
+    CLUSTER as CLUSTER_KEY, GATEWAY as GATEWAY_KEY, ROLE as ROLE_KEY, ZONE as ZONE_KEY,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -17,6 +17,8 @@ pub enum IdentityError {
     MissingNode,
     #[error("node {node:?}: metadata `{GATEWAY_KEY}` must be `namespace/name`, got {value:?}")]
     BadGateway { node: String, value: String },
+    #[error("node {node:?}: metadata `{ROLE_KEY}` must be `gateway` or `l4`, got {value:?}")]
+    BadRole { node: String, value: String },
     #[error("the client certificate names no gateway of trust domain {trust_domain:?} (expected a URI SAN spiffe://{trust_domain}/ns/<namespace>/gateway/<name>)")]
     NoCertificateIdentity { trust_domain: String },
     #[error("node {node:?} claims gateway {claimed} but its certificate is for {certified}")]
@@ -126,7 +128,18 @@ pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError
             value: gateway,
         });
     };
+    let role = match field(ROLE_KEY).as_deref() {
+        None | Some("gateway") => NodeRole::Gateway,
+        Some("l4") => NodeRole::L4,
+        Some(other) => {
+            return Err(IdentityError::BadRole {
+                node: node.id.clone(),
+                value: other.to_owned(),
+            })
+        }
+    };
     Ok(GatewayIdentity {
+        role,
         gateway: ObjectKey::new(namespace, name),
         cluster: field(CLUSTER_KEY)
             .filter(|c| !c.is_empty())
@@ -172,6 +185,24 @@ mod tests {
         ])))
         .unwrap();
         assert_eq!((id.cluster.as_str(), id.zone.as_str()), ("east", "z1"));
+    }
+
+    #[test]
+    fn the_role_is_a_gateway_unless_the_node_says_l4() {
+        let gateway = identity_of(Some(&node(&[(GATEWAY_KEY, "edge/public")]))).unwrap();
+        assert_eq!(gateway.role, NodeRole::Gateway);
+        let l4 = identity_of(Some(&node(&[
+            (GATEWAY_KEY, "meridian-system/l4"),
+            (ROLE_KEY, "l4"),
+        ])))
+        .unwrap();
+        assert_eq!(l4.role, NodeRole::L4);
+        let error = identity_of(Some(&node(&[
+            (GATEWAY_KEY, "edge/public"),
+            (ROLE_KEY, "L7"),
+        ])))
+        .unwrap_err();
+        assert!(error.to_string().contains("\"L7\""), "{error}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::core::observed::GatewayAck;
 use crate::core::observed::UpstreamLoad;
 use crate::core::resources::{GatewayConfig, ResourceType};
 use crate::core::status::acked_access_points;
-use crate::core::translate::{GatewayIdentity, Translation};
+use crate::core::translate::{GatewayIdentity, NodeRole, Translation};
 use crate::runtime::log_budget::{bounded, LogBudget};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +53,7 @@ pub struct ProxyInfo {
     pub gateway: String,
     pub cluster: String,
     pub zone: String,
+    pub role: NodeRole,
     pub mode: &'static str,
     /// Snapshot generation the proxy was last pushed.
     pub generation: u64,
@@ -126,6 +127,7 @@ impl ProxyRegistry {
                     gateway: ObjectKey::new(ns, name),
                     cluster: p.cluster.clone(),
                     zone: p.zone.clone(),
+                    role: p.role,
                 })
             })
     }
@@ -634,6 +636,7 @@ where
                 gateway: identity.gateway.to_string(),
                 cluster: identity.cluster.clone(),
                 zone: identity.zone.clone(),
+                role: identity.role,
                 mode: S::MODE,
                 generation: snapshot.generation,
                 synced_generation,

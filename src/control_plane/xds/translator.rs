@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use crate::control_plane::index::Snapshot;
 use crate::core::expand::{cluster_view, touched, ReferenceIndex};
-use crate::core::translate::{translate, translate_scoped, GatewayIdentity, Translation};
+use crate::core::translate::{translate, translate_scoped, GatewayIdentity, NodeRole, Translation};
 
 #[derive(Default)]
 pub struct Translator {
@@ -145,10 +145,13 @@ impl Translator {
                 .as_ref()
                 .and_then(|previous| previous.translation_of(member));
             match previous {
+                // An L4 node reads every VIP and AccessPoint Service of its cluster, which no
+                // change set narrows: it is translated again each generation (it is cheap).
                 Some(translation)
-                    if touched.as_ref().is_some_and(|touched| {
-                        !touched.affects(&member.gateway, &translation.hosts)
-                    }) =>
+                    if member.role == NodeRole::Gateway
+                        && touched.as_ref().is_some_and(|touched| {
+                            !touched.affects(&member.gateway, &translation.hosts)
+                        }) =>
                 {
                     out.insert(member.clone(), translation);
                 }
@@ -339,6 +342,7 @@ spec:
 
     fn identity(gateway: &str) -> GatewayIdentity {
         GatewayIdentity {
+            role: crate::core::translate::NodeRole::Gateway,
             gateway: ObjectKey::new("shop", gateway),
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),

@@ -6,6 +6,7 @@
 //! same input always produces the same Envoy configuration.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -23,6 +24,7 @@ pub use scope::Scope;
 use super::hosts::{resolve_host, SERVICE_NAME_LABEL};
 use super::model::export::{from_annotation, ExportPolicy};
 use super::model::tls::TlsSources;
+use super::model::vip::VipTable;
 use super::model::{ClusterTemplate, Model, ObjectKey};
 use super::placement::{is_placed, placed_clusters, ClusterFacts};
 use crate::api::access_point::{AccessPointTemplate, Templated};
@@ -47,6 +49,8 @@ pub struct Expanded<'m, S> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ViewService<'m> {
     pub key: ObjectKey,
+    /// The AccessPoint whose template holds it; `None` for a plain Service.
+    pub access_point: Option<&'m ObjectKey>,
     pub spec: &'m ServiceSpec,
     /// From the `networking.istio.io/exportTo` annotation.
     pub export_to: Vec<String>,
@@ -77,6 +81,9 @@ pub struct ClusterView<'m> {
     pub rules_by_host: BTreeMap<String, Vec<usize>>,
     /// TLS material: issued certificates and user Secrets.
     pub tls: TlsSources<'m>,
+    /// Every allocated VIP (the AccessPoints' addresses in this cluster are what L4 nodes
+    /// serve).
+    pub vips: Arc<VipTable>,
     /// Every service in force by hostname (Kubernetes Services and ServiceEntry hosts),
     /// built once per view and shared by every gateway translated from it.
     pub registry: ServiceRegistry<'m>,
@@ -148,6 +155,7 @@ fn build_view<'m>(
             })
             .collect(),
         export: model.export.clone(),
+        vips: model.vips.clone(),
         tls: TlsSources {
             issued: &model.issued,
             secrets: &model.secrets,
@@ -229,6 +237,7 @@ fn build_view<'m>(
         if let Some(service) = &template.service {
             view.services.push(ViewService {
                 key: resolve_key(ns, &service.metadata),
+                access_point: Some(key),
                 spec: &service.spec,
                 export_to: from_annotation(Some(&service.metadata.annotations)),
             });
@@ -247,6 +256,7 @@ fn build_view<'m>(
         if let Some(spec) = &service.spec {
             view.services.push(ViewService {
                 key: key.clone(),
+                access_point: None,
                 spec,
                 export_to: from_annotation(service.metadata.annotations.as_ref()),
             });

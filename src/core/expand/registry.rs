@@ -96,6 +96,7 @@ impl<'m> ServiceRegistry<'m> {
             key,
             spec,
             export_to,
+            ..
         } in &view.services
         {
             let hostname = format!("{}.{}.svc.{DOMAIN_SUFFIX}", key.name, key.namespace);

@@ -13,7 +13,7 @@ use crate::core::json::{config_to_json, JsonError};
 use crate::core::model::{Model, ObjectKey};
 use crate::core::overrides::refresh_overrides;
 use crate::core::refs::ClusterRefs;
-use crate::core::translate::{translate, GatewayIdentity};
+use crate::core::translate::{translate, GatewayIdentity, NodeRole};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,6 +79,7 @@ pub fn diff(model: &Model, key: &ObjectKey, cluster: &str) -> Result<Vec<Gateway
                 gateway: gateway.clone(),
                 cluster: cluster.to_owned(),
                 zone: zone.clone(),
+                role: NodeRole::Gateway,
             };
             let before = config_to_json(&translate(&served_view, &identity).config)?;
             let after = config_to_json(&translate(&candidate_view, &identity).config)?;

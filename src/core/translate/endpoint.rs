@@ -48,7 +48,7 @@ pub fn build(
     };
     let subset = subset_labels(view, service, cluster_ref);
     let backends = match &service.source {
-        ServiceSource::Kubernetes => kubernetes_backends(view, service, port, subset),
+        ServiceSource::Kubernetes => kubernetes_backends(view, service, port, subset, None),
         ServiceSource::Entry { spec, workloads } => spec
             .endpoints
             .iter()
@@ -105,11 +105,30 @@ impl ServicePortInfo {
     }
 }
 
+/// The endpoints of a Kubernetes Service read from the view's own cluster only (what an L4 node
+/// forwards a VIP to: the gateway pods behind it there), grouped by zone, all of priority 0.
+pub fn cluster_local(
+    name: &str,
+    service: &RegisteredService<'_>,
+    port: u32,
+    view: &ClusterView<'_>,
+) -> Resource {
+    let backends = match (&service.source, service.port(port)) {
+        (ServiceSource::Kubernetes, Some(port)) => {
+            kubernetes_backends(view, service, port, None, Some(&view.cluster))
+        }
+        _ => Vec::new(),
+    };
+    Resource::new(name, &assignment(name, backends, None))
+}
+
+/// `only_from`: keep only slices read from that cluster.
 fn kubernetes_backends(
     view: &ClusterView<'_>,
     service: &RegisteredService<'_>,
     port: &ServicePortInfo,
     subset: Option<&BTreeMap<String, String>>,
+    only_from: Option<&str>,
 ) -> Vec<Backend> {
     let mut backends = Vec::new();
     let id = (service.key.namespace.clone(), service.key.name.clone());
@@ -135,6 +154,9 @@ fn kubernetes_backends(
         let origin = labels
             .get(CLUSTER_LABEL)
             .map_or(LOCAL_CLUSTER, String::as_str);
+        if only_from.is_some_and(|cluster| cluster != origin) {
+            continue;
+        }
         let (region, cluster_zone) = view.localities.get(origin).cloned().unwrap_or_default();
         for endpoint in &slice.endpoints {
             let ready = endpoint.conditions.as_ref().and_then(|c| c.ready);

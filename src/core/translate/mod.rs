@@ -7,6 +7,9 @@
 mod cluster;
 mod destination_rule;
 mod endpoint;
+mod l4;
+#[cfg(test)]
+mod l4_tests;
 mod listener;
 mod locality;
 mod route;
@@ -25,12 +28,35 @@ use super::resources::{GatewayConfig, ResourceType};
 pub use scope::translate_scoped;
 pub use secret::build as secret_resource;
 
-/// Who a gateway is: the Gateway object it serves, in which cluster and zone.
+/// Who a proxy is: the Gateway object it serves (for an L4 node, the name of its tier), in
+/// which cluster and zone, and in which role.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GatewayIdentity {
     pub gateway: ObjectKey,
     pub cluster: String,
     pub zone: String,
+    pub role: NodeRole,
+}
+
+/// What a proxy does with what it is served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// An L7 gateway: the listeners, routes and clusters of its Gateway's servers.
+    #[default]
+    Gateway,
+    /// An L4 node in front of the gateways: every VIP of its cluster, forwarded over TCP to
+    /// the gateway pods behind the AccessPoint's Service there.
+    L4,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Gateway => "gateway",
+            NodeRole::L4 => "l4",
+        }
+    }
 }
 
 /// The result of translating for one gateway: its resources, plus references that resolved
@@ -62,6 +88,13 @@ pub(crate) fn cluster_name(port: u32, subset: &str, host: &str) -> String {
 
 /// Translates everything `identity` should be served from `view`.
 pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translation {
+    match identity.role {
+        NodeRole::Gateway => translate_gateway(view, identity),
+        NodeRole::L4 => l4::translate(view),
+    }
+}
+
+fn translate_gateway(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translation {
     let registry = &view.registry;
     let mut config = GatewayConfig::default();
     let mut unresolved = Vec::new();

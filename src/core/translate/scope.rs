@@ -17,13 +17,14 @@
 
 use std::collections::BTreeSet;
 
-use super::{translate, GatewayIdentity, Translation};
+use super::{translate, GatewayIdentity, NodeRole, Translation};
 use crate::core::expand::{scoped_view, ReferenceIndex, Scope};
 use crate::core::model::Model;
 
 /// Translates `identity` from a view scoped to it, starting from `hosts` (a guess: those of
 /// its previous translation, or none). `None` when the gateway reads most of the model: a
-/// full cluster view is then no dearer, and shared with other gateways.
+/// full cluster view is then no dearer, and shared with other gateways. Always `None` for an
+/// L4 node, which reads every AccessPoint of its cluster.
 ///
 /// `index`, when it describes `model`, saves looking at every AccessPoint.
 pub fn translate_scoped(
@@ -32,6 +33,9 @@ pub fn translate_scoped(
     hosts: &BTreeSet<String>,
     index: Option<&ReferenceIndex>,
 ) -> Option<Translation> {
+    if identity.role == NodeRole::L4 {
+        return None;
+    }
     let mut hosts = hosts.clone();
     // The hosts a gateway's routes reference come from the VirtualServices binding it, which
     // every scope holds; so the second round references nothing new.
@@ -184,6 +188,7 @@ spec:
 
     fn identity() -> GatewayIdentity {
         GatewayIdentity {
+            role: crate::core::translate::NodeRole::Gateway,
             gateway: ObjectKey::new("edge", "gw"),
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),

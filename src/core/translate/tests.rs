@@ -11,6 +11,7 @@ fn model_of(yaml: &str) -> Model {
 
 fn identity(ns: &str, name: &str) -> GatewayIdentity {
     GatewayIdentity {
+        role: crate::core::translate::NodeRole::Gateway,
         gateway: ObjectKey::new(ns, name),
         cluster: "local".into(),
         zone: String::new(),
@@ -265,6 +266,7 @@ ports: [{{name: http, port: 8080}}]
 fn localities(yaml: &str, cluster: &str, zone: &str) -> Vec<(String, u64, u64)> {
     let model = model_of(yaml);
     let gateway = GatewayIdentity {
+        role: crate::core::translate::NodeRole::Gateway,
         gateway: ObjectKey::new("shop", "public"),
         cluster: cluster.into(),
         zone: zone.into(),
@@ -338,6 +340,7 @@ fn distribute_weighs_localities_and_enables_weighted_clusters() {
     );
     let model = model_of(&yaml);
     let gateway = GatewayIdentity {
+        role: crate::core::translate::NodeRole::Gateway,
         gateway: ObjectKey::new("shop", "public"),
         cluster: "east-1".into(),
         zone: String::new(),

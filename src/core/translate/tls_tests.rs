@@ -38,6 +38,7 @@ spec:
 
 fn identity() -> GatewayIdentity {
     GatewayIdentity {
+        role: crate::core::translate::NodeRole::Gateway,
         gateway: ObjectKey::new("edge", "public"),
         cluster: "local".into(),
         zone: String::new(),
@@ -111,6 +112,7 @@ fn a_gateway_may_fetch_exactly_the_secrets_its_listeners_reference() {
     assert!(translation.secret_names.contains(CA_BUNDLE));
 
     let other = GatewayIdentity {
+        role: crate::core::translate::NodeRole::Gateway,
         gateway: ObjectKey::new("edge", "internal"),
         ..identity()
     };

@@ -1,0 +1,172 @@
+//! L4 nodes: the tier in front of the gateways. Every VIP Meridian allocated in the node's
+//! cluster becomes, per TCP port of the AccessPoint's Service, a listener on VIP:port whose TCP
+//! proxy forwards to the gateway pods behind that Service in the same cluster.
+//!
+//! It is plain Envoy configuration, so an Envoy is a valid L4 node:
+//! - listeners bind with `freebind`: a VIP need not be on an interface yet (the routers send it
+//!   to the node once it is announced);
+//! - clusters balance with Maglev and no hash policy, so Envoy picks per connection and
+//!   `meridian l4` hashes the connection's 5-tuple;
+//! - gateways are health-checked by TCP connect, at the same interval whether or not traffic
+//!   flows, and panic mode is off: a failed gateway leaves the table within
+//!   interval × unhealthy threshold, and is never sent connections because too few are healthy;
+//! - passively, a gateway refusing connections in a row is ejected sooner, and a new connection
+//!   that a gateway refuses tries another.
+//!
+//! UDP ports of a Service are not served yet.
+
+use ::core::net::IpAddr;
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::{health_check, HealthCheck};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+
+use super::listener::{ads_config_source, any, socket_address};
+use super::{cluster_name, endpoint, Translation};
+use crate::core::expand::ClusterView;
+use crate::core::hosts::service_host;
+use crate::core::resources::{GatewayConfig, Resource, ResourceType};
+
+/// How gateways are checked: a TCP connect every interval, failed after this many misses.
+const CHECK_INTERVAL_SECONDS: i64 = 2;
+const CHECK_TIMEOUT_SECONDS: i64 = 1;
+const UNHEALTHY_THRESHOLD: u32 = 2;
+const HEALTHY_THRESHOLD: u32 = 1;
+const CONNECT_TIMEOUT_SECONDS: i64 = 2;
+/// A new connection tries up to this many gateways.
+const CONNECT_ATTEMPTS: u32 = 3;
+/// Passive health: a gateway that fails this many connections in a row is ejected (for the
+/// base ejection time, longer each time) before its next failed check.
+const CONSECUTIVE_FAILURES: u32 = 2;
+const EJECTION_SECONDS: i64 = 10;
+
+/// What an L4 node in `view`'s cluster is served.
+pub fn translate(view: &ClusterView<'_>) -> Translation {
+    let mut config = GatewayConfig::default();
+    let mut hosts = BTreeSet::new();
+    for service in &view.services {
+        let Some(access_point) = service.access_point else {
+            continue;
+        };
+        let vips = view.vips.of(access_point, &view.cluster);
+        if vips.is_empty() {
+            continue;
+        }
+        let hostname = service_host(&service.key.namespace, &service.key.name);
+        // Where AccessPoints compete for a Service, the registry holds the first to claim it.
+        let Some(registered) = view
+            .registry
+            .get(&hostname)
+            .filter(|r| r.key == service.key)
+        else {
+            continue;
+        };
+        for port in service.spec.ports.iter().flatten() {
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            let Ok(number) = u32::try_from(port.port) else {
+                continue;
+            };
+            if !protocol.eq_ignore_ascii_case("TCP") {
+                continue;
+            }
+            let cluster = cluster_name(number, "", &hostname);
+            config.insert(ResourceType::Cluster, gateway_cluster(&cluster));
+            config.insert(
+                ResourceType::Endpoint,
+                endpoint::cluster_local(&cluster, registered, number, view),
+            );
+            for vip in &vips {
+                config.insert(ResourceType::Listener, vip_listener(*vip, number, &cluster));
+            }
+            hosts.insert(hostname.clone());
+        }
+    }
+    Translation {
+        config: std::sync::Arc::new(config),
+        hosts,
+        ..Default::default()
+    }
+}
+
+/// `<vip>_<port>`, as gateways' listeners are named after their bind address.
+fn vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
+    let name = format!("{vip}_{port}");
+    let proxy = TcpProxy {
+        stat_prefix: cluster.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        // A gateway that just died refuses at once: try another before the client notices.
+        max_connect_attempts: Some(UInt32Value {
+            value: CONNECT_ATTEMPTS,
+        }),
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(socket_address(&vip.to_string(), port)),
+        freebind: Some(BoolValue { value: true }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".to_owned(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Resource::new(name, &listener)
+}
+
+fn seconds(seconds: i64) -> Option<Duration> {
+    Some(Duration { seconds, nanos: 0 })
+}
+
+fn gateway_cluster(name: &str) -> Resource {
+    let check = HealthCheck {
+        timeout: seconds(CHECK_TIMEOUT_SECONDS),
+        interval: seconds(CHECK_INTERVAL_SECONDS),
+        no_traffic_interval: seconds(CHECK_INTERVAL_SECONDS),
+        unhealthy_threshold: Some(UInt32Value {
+            value: UNHEALTHY_THRESHOLD,
+        }),
+        healthy_threshold: Some(UInt32Value {
+            value: HEALTHY_THRESHOLD,
+        }),
+        health_checker: Some(health_check::HealthChecker::TcpHealthCheck(
+            health_check::TcpHealthCheck::default(),
+        )),
+        ..Default::default()
+    };
+    let cluster = Cluster {
+        name: name.to_owned(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: seconds(CONNECT_TIMEOUT_SECONDS),
+        lb_policy: cluster::LbPolicy::Maglev as i32,
+        health_checks: vec![check],
+        outlier_detection: Some(OutlierDetection {
+            consecutive_5xx: Some(UInt32Value {
+                value: CONSECUTIVE_FAILURES,
+            }),
+            interval: seconds(CHECK_INTERVAL_SECONDS),
+            base_ejection_time: seconds(EJECTION_SECONDS),
+            max_ejection_percent: Some(UInt32Value { value: 100 }),
+            enforcing_success_rate: Some(UInt32Value { value: 0 }),
+            ..Default::default()
+        }),
+        common_lb_config: Some(cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(Percent { value: 0.0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Resource::new(name, &cluster)
+}

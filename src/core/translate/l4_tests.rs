@@ -1,0 +1,154 @@
+//! What L4 nodes are served: every VIP of their cluster, forwarding to that cluster's gateways.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::core::json::config_to_json;
+use crate::core::model::Model;
+use crate::core::resources::ResourceType;
+use crate::core::vip_allocation::allocate;
+
+/// Two AccessPoints placed on `east` and `west`: `shop` with a VIP pool in both clusters and
+/// gateway pods in both, `intranet` in a pool-less cluster only. Plus a UDP port.
+const TIER: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: east}
+spec:
+  zone: east-1
+  vipPools: [{name: public, cidrs: ["192.0.2.0/24", "2001:db8::/120"]}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: west}
+spec:
+  zone: west-1
+  vipPools: [{name: public, cidrs: ["198.51.100.0/24"]}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: north}
+spec: {zone: north-1}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  placement: {clusters: [east, west]}
+  template:
+    service:
+      metadata: {name: shop-gateway}
+      spec:
+        ports:
+        - {name: http, port: 80, targetPort: 8080}
+        - {name: https, port: 443, targetPort: 8443}
+        - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: intranet, namespace: shop}
+spec:
+  placement: {clusters: [north]}
+  template:
+    service:
+      metadata: {name: intranet-gateway}
+      spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-gateway-east
+  namespace: shop
+  labels: {kubernetes.io/service-name: shop-gateway, meridian.dev/cluster: east}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: https, port: 8443}]
+endpoints:
+- addresses: [10.1.0.1]
+- addresses: [10.1.0.2]
+  zone: east-2
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: shop-gateway-west
+  namespace: shop
+  labels: {kubernetes.io/service-name: shop-gateway, meridian.dev/cluster: west}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: https, port: 8443}]
+endpoints:
+- addresses: [10.2.0.1]
+"#;
+
+fn model() -> Model {
+    let mut model = crate::core::test_support::model_of(TIER, "default");
+    let (vips, errors) = allocate(&model, &Default::default());
+    assert_eq!(errors, vec![]);
+    model.vips = Arc::new(vips);
+    model
+}
+
+fn l4_node(cluster: &str) -> GatewayIdentity {
+    GatewayIdentity {
+        gateway: ObjectKey::new("meridian-system", "l4"),
+        cluster: cluster.into(),
+        zone: String::new(),
+        role: NodeRole::L4,
+    }
+}
+
+fn served(model: &Model, cluster: &str) -> Translation {
+    translate(
+        &crate::core::expand::cluster_view(model, cluster),
+        &l4_node(cluster),
+    )
+}
+
+#[test]
+fn an_l4_node_serves_its_clusters_vips_to_its_clusters_gateways() {
+    let translation = served(&model(), "east");
+    assert!(translation.secret_names.is_empty());
+    insta::assert_json_snapshot!(config_to_json(&translation.config).unwrap());
+}
+
+#[test]
+fn each_cluster_gets_its_own_vips_and_gateways_only() {
+    let model = model();
+    let west = served(&model, "west");
+    let names = |kind| {
+        west.config
+            .resources(kind)
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(ResourceType::Listener),
+        ["198.51.100.1_443", "198.51.100.1_80"]
+    );
+    let json = config_to_json(&west.config).unwrap();
+    let endpoints = json["EDS"]["outbound|80||shop-gateway.shop.svc.cluster.local"].to_string();
+    assert!(
+        endpoints.contains("10.2.0.1") && !endpoints.contains("10.1.0."),
+        "{endpoints}"
+    );
+
+    // A cluster without a VIP pool has nothing an L4 node could serve.
+    assert!(served(&model, "north").config.is_empty());
+}
+
+#[test]
+fn an_access_point_without_a_vip_or_a_gateway_role_gets_nothing_from_l4() {
+    let model = crate::core::test_support::model_of(TIER, "default");
+    assert!(
+        served(&model, "east").config.is_empty(),
+        "no VIPs allocated"
+    );
+
+    // A gateway with the tier's name is served as a gateway: no VIP listeners.
+    let mut as_gateway = l4_node("east");
+    as_gateway.role = NodeRole::Gateway;
+    let view = crate::core::expand::cluster_view(&model, "east");
+    assert!(translate(&view, &as_gateway).config.is_empty());
+}
