@@ -156,6 +156,23 @@ async fn kubectl_apply_drives_envoy_and_status() {
         String::from_utf8_lossy(&out.stdout).contains("Where the AccessPoint is expanded")
     })
     .await;
+    // And the fields of optional objects: 1.20 publishes a `nullable` object without them.
+    for (path, fields) in [
+        ("accesspoint.spec.placement", &["clusters", "zones", "clusterSelector"][..]),
+        ("accesspoint.spec.vip", &["pool", "shareWith"][..]),
+        ("accesspoint.spec.overrides", &["clusterName", "patches"][..]),
+        ("membercluster.spec", &["zone", "vipPools"][..]),
+    ] {
+        let lists_them = || {
+            let out = cluster.kubectl(&["explain", path]);
+            let explained = String::from_utf8_lossy(&out.stdout).into_owned();
+            fields
+                .iter()
+                .all(|field| explained.contains(&format!("   {field}\t")))
+        };
+        let what = format!("kubectl explain {path} lists {fields:?}");
+        eventually(WAIT, &what, || std::future::ready(lists_them())).await;
+    }
 
     let controller = Controller::start(
         &cluster.controller_kubeconfig,

@@ -18,7 +18,7 @@ pub fn all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
                     .as_mut()
                     .and_then(|s| s.open_api_v3_schema.as_mut())
                 {
-                    drop_empty_defaults(schema);
+                    for_every_apiserver(schema);
                 }
             }
             let name = format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default());
@@ -31,9 +31,14 @@ pub fn all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
-/// serde's `#[serde(default)]` already supplies zero values; writing them into the schema only
-/// trips older apiservers (1.20 reads a `''` default as null and rejects the CRD).
-fn drop_empty_defaults(schema: &mut JSONSchemaProps) {
+/// Two things schemars writes that older apiservers mishandle:
+/// - zero defaults: serde's `#[serde(default)]` already supplies them, and 1.20 reads a `''`
+///   default as null and rejects the CRD;
+/// - `nullable: true` on every optional field: 1.20 publishes such a field to OpenAPI without
+///   its type or properties, so `kubectl explain` lists none. Without it an explicit `null` is
+///   pruned on admission (apiextensions v1), which reads as absent: what `Option` means anyway.
+fn for_every_apiserver(schema: &mut JSONSchemaProps) {
+    schema.nullable = None;
     let empty = schema.default.as_ref().is_some_and(|d| match &d.0 {
         serde_json::Value::String(s) => s.is_empty(),
         serde_json::Value::Object(o) => o.is_empty(),
@@ -63,6 +68,6 @@ fn drop_empty_defaults(schema: &mut JSONSchemaProps) {
         )
         .collect::<Vec<_>>();
     for child in children {
-        drop_empty_defaults(child);
+        for_every_apiserver(child);
     }
 }
