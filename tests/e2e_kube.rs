@@ -158,9 +158,15 @@ async fn kubectl_apply_drives_envoy_and_status() {
     .await;
     // And the fields of optional objects: 1.20 publishes a `nullable` object without them.
     for (path, fields) in [
-        ("accesspoint.spec.placement", &["clusters", "zones", "clusterSelector"][..]),
+        (
+            "accesspoint.spec.placement",
+            &["clusters", "zones", "clusterSelector"][..],
+        ),
         ("accesspoint.spec.vip", &["pool", "shareWith"][..]),
-        ("accesspoint.spec.overrides", &["clusterName", "patches"][..]),
+        (
+            "accesspoint.spec.overrides",
+            &["clusterName", "patches"][..],
+        ),
         ("membercluster.spec", &["zone", "vipPools"][..]),
     ] {
         let lists_them = || {

@@ -133,10 +133,17 @@ pub fn access_point_status(
         .or_else(|| accepted.and_then(|a| a.metadata.generation));
 
     let (placed, mut drafts, statuses) = match (rejection, accepted) {
-        (Some(rejection), _) => (Vec::new(), invalid(&rejection.errors), Vec::new()),
+        // The last accepted generation keeps serving: its clusters, VIPs and readiness show
+        // what serves; the conditions say this generation is invalid.
+        (Some(rejection), Some(ap)) => {
+            let clusters = placed_clusters(published.model, ap);
+            let (_, statuses) = evaluate(input, &clusters, previous);
+            (clusters, invalid(&rejection.errors), statuses)
+        }
+        (Some(rejection), None) => (Vec::new(), invalid(&rejection.errors), Vec::new()),
         (None, Some(ap)) => {
             let clusters = placed_clusters(published.model, ap);
-            let (drafts, statuses) = evaluate(input, &clusters);
+            let (drafts, statuses) = evaluate(input, &clusters, previous);
             (clusters, drafts, statuses)
         }
         (None, None) => (Vec::new(), invalid(&[]), Vec::new()),
@@ -153,7 +160,7 @@ pub fn access_point_status(
     AccessPointStatus {
         observed_generation: generation,
         cluster_count: Some(placed.len() as i32),
-        ready_clusters: rejection.is_none().then_some(ready_clusters),
+        ready_clusters: (rejection.is_none() || accepted.is_some()).then_some(ready_clusters),
         clusters: per_cluster::compact(statuses),
         conditions,
         rollout: input.rollout.cloned(),
@@ -228,7 +235,11 @@ fn invalid(errors: &[FieldError]) -> Vec<Draft> {
     ]
 }
 
-fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<ClusterStatus>) {
+fn evaluate(
+    input: &StatusInput<'_>,
+    clusters: &[String],
+    previous: Option<&AccessPointStatus>,
+) -> (Vec<Draft>, Vec<ClusterStatus>) {
     let published = input.published;
     let generation = published
         .model
@@ -275,13 +286,20 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
                 .member_writes
                 .get(&(input.key.clone(), cluster.clone())),
         };
-        statuses.push(per_cluster::cluster_status(
+        let mut status = per_cluster::cluster_status(
             &facts,
             input.key,
             generation,
             published.model,
             &context.view,
-        ));
+        );
+        if status.applied.is_none() && awaits_member_write(published.model, input.key, cluster) {
+            // Not written since this replica leads: the last outcome shown stands.
+            status.applied = previous
+                .and_then(|p| p.clusters.iter().find(|c| &c.name == cluster))
+                .and_then(|c| c.applied);
+        }
+        statuses.push(status);
         refs.extend(cluster_refs);
         serving.extend(cluster_serving);
     }
@@ -333,7 +351,16 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
         .iter()
         .filter_map(|c| Some((c, input.member_writes.get(&(input.key.clone(), c.clone()))?)))
         .collect();
-    if !writes.is_empty() {
+    if writes.is_empty() {
+        // A new leader has written nothing yet: the Applied condition shown stands, with its
+        // transition time, rather than vanishing until the first write and coming back new.
+        let awaited = clusters
+            .iter()
+            .any(|c| awaits_member_write(published.model, input.key, c));
+        if let Some(shown) = previous.filter(|_| awaited).and_then(shown_applied) {
+            drafts.push(shown);
+        }
+    } else {
         let failed: Vec<String> = writes
             .iter()
             .filter_map(|(c, w)| match w {
@@ -353,6 +380,31 @@ fn evaluate(input: &StatusInput<'_>, clusters: &[String]) -> (Vec<Draft>, Vec<Cl
         });
     }
     (drafts, statuses)
+}
+
+/// Whether the AccessPoint's Service is written into `cluster`: a connected member cluster, and
+/// a template with a Service (what `federation::member_services` writes).
+fn awaits_member_write(model: &Model, key: &ObjectKey, cluster: &str) -> bool {
+    let connected = model
+        .member_clusters
+        .get(&ObjectKey::new("", cluster))
+        .is_some_and(|m| m.spec.connection.is_some());
+    connected
+        && model
+            .access_points
+            .get(key)
+            .is_some_and(|ap| ap.spec.template.service.is_some())
+}
+
+/// The `Applied` condition `previous` shows, as a draft of the same status, reason and message.
+fn shown_applied(previous: &AccessPointStatus) -> Option<Draft> {
+    let shown = previous.conditions.iter().find(|c| c.type_ == APPLIED)?;
+    let (ok, reason) = match (shown.status.as_str(), shown.reason.as_str()) {
+        ("True", _) => (true, "Applied"),
+        ("False", _) => (false, "ApplyFailed"),
+        _ => return None,
+    };
+    Some(Draft::new(APPLIED, ok, reason, shown.message.clone()))
 }
 
 /// `ResolvedRefs`: route destinations (served as 503 while missing) and TLS Secrets (their

@@ -207,9 +207,8 @@ fn a_rejected_generation_reports_its_field_errors() {
             }],
         },
     );
-    let status = fixture
-        .proxy("public", Some(7), None)
-        .status(None, &at(100));
+    let mut fixture = fixture.proxy("public", Some(7), None);
+    let status = fixture.status(None, &at(100));
     assert_eq!(
         summary(&status),
         [
@@ -224,6 +223,18 @@ fn a_rejected_generation_reports_its_field_errors() {
         condition(&status, ACCEPTED).message,
         "field `spec.template.gateways[0].spec.servers`: at least one server is required"
     );
+    // The last accepted generation still serves: what it serves stays shown.
+    fixture.rejected.clear();
+    let serving = fixture.status(None, &at(100));
+    assert_eq!(
+        (serving.cluster_count, serving.ready_clusters),
+        (Some(1), Some(1))
+    );
+    assert_eq!(status.cluster_count, serving.cluster_count);
+    assert_eq!(status.ready_clusters, serving.ready_clusters);
+    assert_eq!(status.clusters, serving.clusters);
+    let local = &status.clusters[0];
+    assert_eq!((local.name.as_str(), local.ready), ("local", true));
 }
 
 #[test]
@@ -509,4 +520,57 @@ fn a_certificate_that_cannot_be_issued_is_a_resolved_refs_problem_not_ready() {
         resolved.message
     );
     assert_eq!(condition(&status, "Ready").status, "False");
+}
+
+/// SHOP placed on a member cluster Meridian writes Services into.
+fn on_a_member() -> String {
+    let member = "apiVersion: meridian.dev/v1alpha1\nkind: MemberCluster\nmetadata: {name: east}\n\
+                  spec: {zone: east-1, connection: {local: true}}\n---\n";
+    let placed = SHOP.replace(
+        "spec:\n  template:",
+        "spec:\n  placement: {clusters: [east]}\n  template:",
+    );
+    format!("{member}{placed}")
+}
+
+#[test]
+fn applied_stands_until_a_new_leader_has_written() {
+    let mut fixture = Fixture::new(&on_a_member());
+    fixture.member_writes.insert(
+        (ObjectKey::new("shop", "shop"), "east".to_owned()),
+        MemberWrite::Applied,
+    );
+    let written = fixture.status(None, &at(100));
+    assert_eq!(condition(&written, APPLIED).status, "True");
+    assert_eq!(written.clusters[0].applied, Some(true));
+
+    // A new leader: no member write yet. What was shown stands, transition time included.
+    fixture.member_writes.clear();
+    let after_failover = fixture.status(Some(&written), &at(200));
+    assert_eq!(
+        condition(&after_failover, APPLIED),
+        condition(&written, APPLIED)
+    );
+    assert_eq!(after_failover.clusters[0].applied, Some(true));
+
+    // A failure shown stands as a failure.
+    fixture.member_writes.insert(
+        (ObjectKey::new("shop", "shop"), "east".to_owned()),
+        MemberWrite::Failed("forbidden".to_owned()),
+    );
+    let failed = fixture.status(Some(&written), &at(300));
+    fixture.member_writes.clear();
+    let failed_after_failover = fixture.status(Some(&failed), &at(400));
+    assert_eq!(
+        condition(&failed_after_failover, APPLIED),
+        condition(&failed, APPLIED)
+    );
+    assert_eq!(condition(&failed, APPLIED).status, "False");
+
+    // Nothing shown, nothing written: no condition is made up.
+    assert!(fixture
+        .status(None, &at(500))
+        .conditions
+        .iter()
+        .all(|c| c.type_ != APPLIED));
 }
