@@ -110,6 +110,25 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
     tokio::time::sleep(Duration::from_secs(2)).await;
     fleet.stays(["v2", "v1", "v1"]).await;
     assert_eq!(phase(&cluster), "AwaitingApproval/canary");
+    // Two clusters still serve v1: the new leader must not call this generation programmed.
+    let programmed = || {
+        cluster.jsonpath(
+            &["get", "accesspoint", "web", "-n", "shop"],
+            r#"{.status.conditions[?(@.type=="Programmed")].status}/{.status.conditions[?(@.type=="Programmed")].reason}/{.status.conditions[?(@.type=="Programmed")].message}"#,
+        )
+    };
+    eventually(
+        WAIT,
+        "Programmed=False naming the clusters left",
+        || async {
+            let shown = programmed();
+            shown.starts_with("False/RollingOut/")
+                && shown.contains("east")
+                && shown.contains("west")
+        },
+    )
+    .await;
+    assert!(!programmed().contains("canary"), "{}", programmed());
 
     // The approver may not touch the spec, only record the approval.
     let denied = std::process::Command::new(cluster.assets.join("kubectl"))

@@ -342,9 +342,15 @@ fn evaluate(
         .iter()
         .filter_map(|c| rejected_in(published.model, input.key, c))
         .collect();
-    let programmed = match rejected.is_empty() {
-        true => programmed(input.key, clusters, &serving, generation),
-        false => Draft::new(PROGRAMMED, false, "Rejected", rejected.join("; ")),
+    let programmed = match (
+        rejected.is_empty(),
+        still_on_older_revisions(input, clusters),
+    ) {
+        (false, _) => Draft::new(PROGRAMMED, false, "Rejected", rejected.join("; ")),
+        // However their proxies answer (or whether any is connected), clusters a staged
+        // rollout has not moved yet do not serve this generation.
+        (true, Some(behind)) => Draft::new(PROGRAMMED, false, "RollingOut", behind),
+        (true, None) => programmed(input.key, clusters, &serving, generation),
     };
     let mut drafts = vec![accepted, resolved, programmed];
     let writes: Vec<(&String, &MemberWrite)> = clusters
@@ -380,6 +386,27 @@ fn evaluate(
         });
     }
     (drafts, statuses)
+}
+
+/// Which placed clusters a staged rollout still serves an older revision, as a message; `None`
+/// when every one is on the current revision (or no rollout is staged).
+fn still_on_older_revisions(input: &StatusInput<'_>, clusters: &[String]) -> Option<String> {
+    let rollout = input.rollout?;
+    let behind: Vec<String> = rollout
+        .clusters
+        .iter()
+        .filter(|c| c.revision != rollout.revision && clusters.contains(&c.name))
+        .map(|c| format!("{} (revision {})", c.name, c.revision))
+        .collect();
+    if behind.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the rollout of revision {} ({}) has not reached cluster(s) {}",
+        rollout.revision,
+        rollout.phase,
+        behind.join(", ")
+    ))
 }
 
 /// Whether the AccessPoint's Service is written into `cluster`: a connected member cluster, and

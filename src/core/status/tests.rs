@@ -35,6 +35,7 @@ struct Fixture {
     released_at: BTreeMap<(ObjectKey, String), u64>,
     proxies: Vec<GatewayAck>,
     member_writes: MemberWrites,
+    rollout: Option<RolloutStatus>,
 }
 
 impl Fixture {
@@ -52,6 +53,7 @@ impl Fixture {
             released_at: BTreeMap::new(),
             proxies: Vec::new(),
             member_writes: MemberWrites::new(),
+            rollout: None,
         }
     }
 
@@ -88,7 +90,7 @@ impl Fixture {
                 clusters: &clusters,
                 proxies: &self.proxies,
                 member_writes: &self.member_writes,
-                rollout: None,
+                rollout: self.rollout.as_ref(),
             },
             previous,
             now,
@@ -573,4 +575,39 @@ fn applied_stands_until_a_new_leader_has_written() {
         .conditions
         .iter()
         .all(|c| c.type_ != APPLIED));
+}
+
+#[test]
+fn clusters_a_rollout_has_not_reached_keep_programmed_false() {
+    let mut fixture = Fixture::new(SHOP).proxy("public", Some(7), None);
+    let cluster = |revision: &str| crate::api::rollout::ClusterRollout {
+        name: "local".to_owned(),
+        revision: revision.to_owned(),
+        state: "Pending".to_owned(),
+        message: None,
+    };
+    fixture.rollout = Some(RolloutStatus {
+        revision: "new".to_owned(),
+        phase: "AwaitingApproval".to_owned(),
+        clusters: vec![cluster("old")],
+        ..Default::default()
+    });
+    // Its proxies acknowledged the config they are served: the old revision's.
+    let status = fixture.status(None, &at(100));
+    let programmed = condition(&status, PROGRAMMED);
+    assert_eq!(
+        (programmed.status.as_str(), programmed.reason.as_str()),
+        ("False", "RollingOut")
+    );
+    assert_eq!(
+        programmed.message,
+        "the rollout of revision new (AwaitingApproval) has not reached cluster(s) local \
+         (revision old)"
+    );
+    assert_eq!(condition(&status, READY).status, "False");
+
+    // Once it has, the proxies' acknowledgements decide again.
+    fixture.rollout.as_mut().unwrap().clusters = vec![cluster("new")];
+    let status = fixture.status(None, &at(200));
+    assert_eq!(condition(&status, PROGRAMMED).status, "True");
 }
