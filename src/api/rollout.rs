@@ -199,4 +199,8 @@ pub struct ClusterRollout {
     pub state: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether the AccessPoint's Service was written into the member cluster (absent where
+    /// Meridian writes none, or has not yet). A failed write holds the cluster's stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<bool>,
 }

@@ -191,8 +191,13 @@ fn describe(target: &Target, status: &RolloutStatus) -> String {
         );
     }
     for cluster in &status.clusters {
+        let applied = match cluster.applied {
+            Some(true) => "applied=true ",
+            Some(false) => "applied=false ",
+            None => "",
+        };
         out += &format!(
-            "  cluster {:<14} {:<11} {:<12} {}\n",
+            "  cluster {:<14} {:<11} {:<12} {applied}{}\n",
             cluster.name,
             cluster.revision,
             cluster.state,
@@ -298,4 +303,39 @@ async fn kube_act(target: &Target, command: Command) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("writing the status of AccessPoint {name}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::rollout::ClusterRollout;
+
+    #[test]
+    fn rollout_status_shows_a_member_write_that_failed() {
+        let target = Target {
+            access_point: "web".into(),
+            namespace: "shop".into(),
+            admin: String::new(),
+            kubernetes: false,
+            kubeconfig: None,
+        };
+        let status = RolloutStatus {
+            revision: "r2".into(),
+            phase: "Progressing".into(),
+            clusters: vec![ClusterRollout {
+                name: "east".into(),
+                revision: "r2".into(),
+                state: "Progressing".into(),
+                message: Some("member Service write failed: forbidden".into()),
+                applied: Some(false),
+            }],
+            ..Default::default()
+        };
+        let text = describe(&target, &status);
+        assert!(
+            text.contains("cluster east")
+                && text.contains("applied=false member Service write failed: forbidden"),
+            "{text}"
+        );
+    }
 }

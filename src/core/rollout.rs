@@ -54,6 +54,9 @@ pub struct Observation {
     pub nack: Option<String>,
     /// The health signal crossed its threshold.
     pub unhealthy: Option<String>,
+    /// Whether the AccessPoint's Service reached the member cluster: `None` where Meridian
+    /// writes none (or has not yet); `Some(Err)` holds the cluster as not programmed.
+    pub applied: Option<Result<(), String>>,
 }
 
 /// The operator's inputs.

@@ -212,6 +212,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         channel: admin_state.rollouts.clone(),
         role: Role::Kubernetes {
             leading: leading.clone(),
+            member_writes: member_writes.clone(),
         },
     }
     .run(pin_updates, stopped.clone());

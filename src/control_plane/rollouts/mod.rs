@@ -17,6 +17,7 @@ use crate::core::model::ObjectKey;
 use crate::core::quarantine::{self, Quarantine, QuarantineRecords};
 use crate::core::rollout::fleet::{apply_command, round, Command, Records};
 use crate::core::rollout::plan::staged;
+use crate::core::status::MemberWrites;
 
 mod store;
 pub use store::{RolloutStore, Stored, ROLLOUT_CONFIG_MAP};
@@ -85,7 +86,24 @@ pub enum Role {
     Standalone,
     /// The lease holder decides; every other replica serves what it persisted. Controls are
     /// read from the AccessPoints' `status.rollout.controls`, written by approvers.
-    Kubernetes { leading: watch::Receiver<bool> },
+    /// `member_writes`: the outcome of writing each AccessPoint's Service into each member
+    /// cluster; a failed one holds that cluster's stage.
+    Kubernetes {
+        leading: watch::Receiver<bool>,
+        member_writes: watch::Receiver<MemberWrites>,
+    },
+}
+
+/// Resolves when the member writes change (Kubernetes mode); never otherwise.
+async fn writes_changed(role: &mut Role) {
+    match role {
+        Role::Kubernetes { member_writes, .. } => {
+            if member_writes.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        Role::Standalone => std::future::pending::<()>().await,
+    }
 }
 
 /// How often a standby re-reads the leader's rollouts.
@@ -114,7 +132,7 @@ impl RolloutTask {
         };
         let mut stored = self.stored.take();
         let mut lease = match &self.role {
-            Role::Kubernetes { leading } => Some(leading.clone()),
+            Role::Kubernetes { leading, .. } => Some(leading.clone()),
             Role::Standalone => None,
         };
         let mut sent: Option<Pins> = None;
@@ -167,6 +185,7 @@ impl RolloutTask {
             tokio::select! {
                 changed = self.snapshots.changed() => if changed.is_err() { return Ok(()) },
                 _ = self.acks.changed() => {}
+                _ = writes_changed(&mut self.role) => {}
                 _ = tick.tick(), if leading => {}
                 _ = tokio::time::sleep(FOLLOW_EVERY), if !leading => {}
                 _ = lease_changed => stored = None,
@@ -216,11 +235,16 @@ impl RolloutTask {
             Vec::new()
         };
         quarantine.decide(&snapshot.model, &proxies, &mut held);
+        let writes = match &self.role {
+            Role::Standalone => MemberWrites::new(),
+            Role::Kubernetes { member_writes, .. } => member_writes.borrow().clone(),
+        };
         let round = round(
             &snapshot.model,
             &stored.records,
             &controls,
             &proxies,
+            &writes,
             now_ms(),
         );
         let mut next = Stored {

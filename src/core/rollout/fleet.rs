@@ -13,6 +13,7 @@ use crate::core::model::{Model, ObjectKey};
 use crate::core::observed::GatewayAck;
 use crate::core::placement::placed_clusters;
 use crate::core::refs::ClusterRefs;
+use crate::core::status::MemberWrites;
 
 use super::observe::{observations, HealthWindow};
 use super::plan::{plan, staged};
@@ -63,6 +64,7 @@ pub fn round(
     previous: &Records,
     controls: &BTreeMap<ObjectKey, RolloutControls>,
     proxies: &[GatewayAck],
+    writes: &MemberWrites,
     now_ms: u64,
 ) -> Round {
     let mut out = Round::default();
@@ -90,7 +92,7 @@ pub fn round(
                 .map_or(now_ms, |s| s.since_ms),
             now_ms,
         });
-        let observed = observations(key, generation, &placed, &refs, proxies, health);
+        let observed = observations(key, generation, &placed, &refs, proxies, writes, health);
         let shadowed = (spec.mode == RolloutMode::Shadow)
             .then_some(record)
             .flatten()

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use crate::core::model::ObjectKey;
 use crate::core::observed::GatewayAck;
 use crate::core::refs::ClusterRefs;
+use crate::core::status::{MemberWrite, MemberWrites};
 
 use super::health::{verdict, HealthCheck};
 use super::Observation;
@@ -21,13 +22,15 @@ pub struct HealthWindow<'a> {
 /// Per cluster: whether every proxy serving `key` there acknowledged `generation` (the
 /// current spec's), the NACK of any that did not, and (with `health`) whether the traffic
 /// those proxies sent to the AccessPoint's destinations failed too often. A cluster where no
-/// proxy serves the AccessPoint has nothing to protect and counts as programmed.
+/// proxy serves the AccessPoint has nothing to protect and counts as programmed, unless the
+/// AccessPoint's Service could not be written into it (`writes`): that holds it.
 pub fn observations(
     key: &ObjectKey,
     generation: i64,
     clusters: &[String],
     refs: &BTreeMap<String, ClusterRefs<'_>>,
     proxies: &[GatewayAck],
+    writes: &MemberWrites,
     health: Option<HealthWindow<'_>>,
 ) -> BTreeMap<String, Observation> {
     clusters
@@ -59,10 +62,19 @@ pub fn observations(
                     window.now_ms,
                 )
             });
+            let applied = writes
+                .get(&(key.clone(), cluster.clone()))
+                .map(|write| match write {
+                    MemberWrite::Applied => Ok(()),
+                    MemberWrite::Failed(error) => {
+                        Err(format!("member Service write failed: {error}"))
+                    }
+                });
             let observation = Observation {
-                programmed: behind.is_empty(),
+                programmed: behind.is_empty() && !matches!(applied, Some(Err(_))),
                 nack,
                 unhealthy,
+                applied,
             };
             (cluster.clone(), observation)
         })

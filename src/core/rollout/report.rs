@@ -117,7 +117,9 @@ impl Report<'_> {
     fn cluster(&self, cluster: &str, revision: &str) -> ClusterRollout {
         let state = self.state;
         let observed = self.observations.get(cluster);
+        let write_error = observed.and_then(|o| o.applied.clone()?.err());
         let failure = observed.and_then(|o| o.nack.clone().or_else(|| o.unhealthy.clone()));
+        let failure = failure.or(write_error);
         let (cluster_state, message) = if revision != state.revision {
             let why = match state.phase {
                 Phase::RolledBack => "RolledBack",
@@ -136,6 +138,7 @@ impl Report<'_> {
             revision: revision.to_owned(),
             state: cluster_state.to_owned(),
             message,
+            applied: observed.and_then(|o| o.applied.as_ref()).map(Result::is_ok),
         }
     }
 }

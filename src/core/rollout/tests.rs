@@ -80,6 +80,7 @@ impl Sim {
                                 programmed,
                                 nack,
                                 unhealthy,
+                                applied: None,
                             },
                         )
                     })

@@ -585,6 +585,7 @@ fn clusters_a_rollout_has_not_reached_keep_programmed_false() {
         revision: revision.to_owned(),
         state: "Pending".to_owned(),
         message: None,
+        applied: None,
     };
     fixture.rollout = Some(RolloutStatus {
         revision: "new".to_owned(),

@@ -45,6 +45,8 @@ struct Fleet {
     controls: RolloutControls,
     rejecting: Option<&'static str>,
     statuses: BTreeMap<ObjectKey, RolloutStatus>,
+    /// Outcomes of writing the AccessPoint's Service into members.
+    writes: MemberWrites,
     now: u64,
 }
 
@@ -64,6 +66,7 @@ impl Fleet {
             controls: RolloutControls::default(),
             rejecting: None,
             statuses: BTreeMap::new(),
+            writes: MemberWrites::new(),
             now: 1_000,
         }
     }
@@ -110,6 +113,7 @@ impl Fleet {
             &self.records,
             &controls,
             &self.proxies(),
+            &self.writes,
             self.now,
         );
         self.now += 1_000;
@@ -217,6 +221,49 @@ fn a_change_reaches_the_canary_waits_for_approval_then_reaches_the_rest() {
     );
     // Only the served revision is kept.
     assert_eq!(fleet.records[&key()].revisions.len(), 1);
+}
+
+#[test]
+fn a_failed_member_write_holds_its_clusters_stage() {
+    use crate::core::status::MemberWrite;
+    let mut fleet = Fleet::new();
+    fleet.apply(access_point(1, "v1", "Serve"));
+    fleet.round();
+    let write = |fleet: &mut Fleet, outcome: MemberWrite| {
+        fleet.writes.insert((key(), "canary".to_owned()), outcome);
+    };
+    write(
+        &mut fleet,
+        MemberWrite::Failed("services is forbidden".into()),
+    );
+    fleet.apply(access_point(2, "v2", "Serve"));
+    fleet.round();
+    // The canary's proxies acknowledged v2, but its Service did not reach the member.
+    for _ in 0..3 {
+        let status = fleet.round().clone();
+        assert_eq!(status.phase, "Progressing");
+        let canary = &status.clusters[0];
+        assert_eq!(
+            (canary.name.as_str(), canary.state.as_str(), canary.applied),
+            ("canary", "Progressing", Some(false))
+        );
+        assert!(
+            canary
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("services is forbidden"),
+            "{canary:?}"
+        );
+    }
+    write(&mut fleet, MemberWrite::Applied);
+    let status = fleet.round().clone();
+    assert_eq!(status.phase, "AwaitingApproval");
+    assert_eq!(status.clusters[0].applied, Some(true));
+    assert_eq!(
+        status.clusters[1].applied, None,
+        "nothing is written to east"
+    );
 }
 
 #[test]
