@@ -39,6 +39,24 @@ pub struct RolloutSpec {
     /// (from Envoy's load reports). Absent: only NACKs and the deadline halt a rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthThreshold>,
+    /// When the rollout halts because clusters rejected the new revision (NACK) or turned
+    /// unhealthy on it: `Revert` (default) serves those clusters the last completed revision
+    /// again at once; `Halt` leaves them on the new one until `meridian rollout undo`.
+    #[serde(default, skip_serializing_if = "OnFailure::is_default")]
+    pub on_failure: OnFailure,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum OnFailure {
+    #[default]
+    Revert,
+    Halt,
+}
+
+impl OnFailure {
+    fn is_default(&self) -> bool {
+        *self == OnFailure::Revert
+    }
 }
 
 /// Default `health.minRequests`.

@@ -43,6 +43,8 @@ pub struct Plan {
     pub max_failures: usize,
     /// When a cluster's traffic counts as unhealthy; `None`: never.
     pub health: Option<health::HealthCheck>,
+    /// On halting, serve the clusters that failed the last completed revision again.
+    pub revert_failed: bool,
 }
 
 /// What the gateways of one cluster report about the revision they were last assigned.
@@ -184,6 +186,7 @@ pub fn advance(
             if state.failed.len() > plan.max_failures {
                 state.phase = Phase::Halted;
                 state.reason = Some(format!("stage {}: {reason}", stage.name));
+                revert_failed(&mut state, plan);
                 return state;
             }
         }
@@ -215,6 +218,30 @@ pub fn advance(
                 state.since_ms = now_ms;
             }
             Phase::Succeeded | Phase::Halted | Phase::RolledBack => return state,
+        }
+    }
+}
+
+/// A halted rollout's failed clusters (not the deadline) go back to the last completed
+/// revision, when the plan says so and there is one: a proxy that applied part of a rejected
+/// update (Envoy in state-of-the-world mode keeps the resources it accepted) gets a config it
+/// took before. The rollout stays halted on its revision.
+fn revert_failed(state: &mut RolloutState, plan: &Plan) {
+    let Some(completed) = state.completed.clone().filter(|_| plan.revert_failed) else {
+        return;
+    };
+    let mut reverted = Vec::new();
+    for cluster in &state.failed {
+        if let Some(served) = state.served.get_mut(cluster) {
+            if *served != completed {
+                served.clone_from(&completed);
+                reverted.push(cluster.as_str());
+            }
+        }
+    }
+    if !reverted.is_empty() {
+        if let Some(reason) = &mut state.reason {
+            *reason += &format!("; {} back on {completed}", reverted.join(", "));
         }
     }
 }

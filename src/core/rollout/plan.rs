@@ -54,6 +54,7 @@ pub fn plan(spec: &RolloutSpec, model: &Model, placed: &[String]) -> Plan {
         ) * 1000,
         max_failures: spec.max_failures.unwrap_or(0) as usize,
         health: spec.health.as_ref().map(HealthCheck::from),
+        revert_failed: spec.on_failure == crate::api::rollout::OnFailure::Revert,
     }
 }
 

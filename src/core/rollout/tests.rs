@@ -29,6 +29,7 @@ fn plan() -> Plan {
         progress_deadline_ms: 600_000,
         max_failures: 0,
         health: None,
+        revert_failed: false,
     }
 }
 
@@ -42,6 +43,7 @@ struct Sim {
     unhealthy: BTreeMap<String, String>,
     slow: BTreeSet<String>,
     placement: Vec<String>,
+    plan: Plan,
 }
 
 impl Sim {
@@ -54,6 +56,7 @@ impl Sim {
             unhealthy: BTreeMap::new(),
             slow: BTreeSet::new(),
             placement: clusters(),
+            plan: plan(),
         }
     }
 
@@ -91,7 +94,7 @@ impl Sim {
             self.state.as_ref(),
             revision,
             &self.placement,
-            &plan(),
+            &self.plan,
             &observations,
             &self.controls,
             self.now,
@@ -192,6 +195,41 @@ fn a_nack_in_the_canary_halts_and_undo_restores_everyone() {
     let state = sim.run("r3", 2, 1_000);
     assert_eq!((state.stage, state.phase), (0, Phase::Soaking));
     assert_eq!(sim.served()[0], ("canary", "r3"));
+}
+
+#[test]
+fn a_failed_cluster_goes_back_to_the_completed_revision_when_the_plan_reverts() {
+    let mut sim = Sim::new();
+    sim.plan.revert_failed = true;
+    sim.tick("r1");
+    sim.nack.insert("canary".into(), "invalid regex".into());
+    let state = sim.run("r2", 5, 1_000);
+    assert_eq!(state.phase, Phase::Halted);
+    assert_eq!(
+        state.reason.as_deref(),
+        Some("stage canary: cluster canary rejected revision r2: invalid regex; canary back on r1")
+    );
+    assert!(
+        state.served.values().all(|r| r == "r1"),
+        "{:?}",
+        state.served
+    );
+    // It stays halted on r2, and nothing moves: no cluster retries the rejected revision.
+    let state = sim.run("r2", 5, 1_000);
+    assert_eq!(
+        (state.revision.as_str(), state.phase),
+        ("r2", Phase::Halted)
+    );
+    assert!(state.served.values().all(|r| r == "r1"));
+
+    // A missed deadline names no cluster: nothing is reverted, the rollout just halts.
+    let mut sim = Sim::new();
+    sim.plan.revert_failed = true;
+    sim.tick("r1");
+    sim.slow.insert("canary".into());
+    let state = sim.run("r2", 700, 1_000);
+    assert_eq!(state.phase, Phase::Halted);
+    assert_eq!(sim.served()[0], ("canary", "r2"));
 }
 
 #[test]

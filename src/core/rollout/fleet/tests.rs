@@ -267,7 +267,7 @@ fn a_failed_member_write_holds_its_clusters_stage() {
 }
 
 #[test]
-fn a_nack_in_the_canary_halts_and_undo_brings_it_back() {
+fn a_nack_in_the_canary_halts_and_sends_it_back() {
     let mut fleet = Fleet::new();
     fleet.apply(access_point(1, "v1", "Serve"));
     fleet.round();
@@ -278,10 +278,14 @@ fn a_nack_in_the_canary_halts_and_undo_brings_it_back() {
     assert_eq!(status.phase, "Halted");
     let message = status.message.unwrap();
     assert!(
-        message.contains("cluster canary rejected revision") && message.contains("bad route"),
+        message.contains("cluster canary rejected revision")
+            && message.contains("bad route")
+            && message.contains("canary back on"),
         "{message}"
     );
-    assert_eq!(fleet.bodies(), ["v2", "v1", "v1"]);
+    // The canary is served what it took before; the rollout stays halted on v2.
+    assert_eq!(fleet.bodies(), ["v1", "v1", "v1"]);
+    assert_eq!(fleet.round().phase, "Halted");
 
     fleet.command(Command::Undo).unwrap();
     let status = fleet.round().clone();
