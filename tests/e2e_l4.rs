@@ -17,7 +17,8 @@ const VIP: &str = "127.77.0.1";
 /// A VIP pool for the hub's own cluster; one AccessPoint whose Service (port `vip_port`) is
 /// backed by two gateway pods, 127.0.0.11 and 127.0.0.12 on `gateway_port`, each serving its
 /// own Gateway, routed to its own backend so a response says which gateway it crossed.
-fn manifests(vip_port: u16, gateway_port: u16, alpha: u16, beta: u16) -> String {
+/// `vip`: the AccessPoint's `spec.vip`, as YAML flow.
+fn manifests(vip_port: u16, gateway_port: u16, alpha: u16, beta: u16, vip: &str) -> String {
     let gateway = |name: &str, bind: &str| {
         format!(
             "    - metadata: {{name: {name}}}\n      spec: {{servers: [{{port: {{number: {gateway_port}, protocol: HTTP}}, bind: {bind}, hosts: [\"*\"]}}]}}\n"
@@ -47,6 +48,7 @@ ports: [{{name: http, port: {gateway_port}}}]
 kind: AccessPoint
 metadata: {{name: shop, namespace: shop}}
 spec:
+  vip: {vip}
   template:
     service:
       metadata: {{name: shop-gateway}}
@@ -61,11 +63,50 @@ spec:
     )
 }
 
+/// A backend answering with its name and the X-Forwarded-For it was sent.
+struct Echo {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Echo {
+    async fn start(name: &'static str) -> Echo {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+            let forwarded = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            ([("connection", "close")], format!("{name} {forwarded}"))
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Echo { port, task }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// One request on a new connection to the VIP: the backend that answered.
 async fn through_vip(vip_port: u16) -> Result<String, String> {
+    through_vip_from(vip_port, [127, 0, 0, 1])
+        .await
+        .map(|answer| answer.split(' ').next().unwrap_or_default().to_owned())
+}
+
+/// One request on a new connection to the VIP from `source`: the backend's whole answer.
+async fn through_vip_from(vip_port: u16, source: [u8; 4]) -> Result<String, String> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .pool_max_idle_per_host(0)
+        .local_address(std::net::IpAddr::from(source))
         .build()
         .unwrap();
     let response = client
@@ -83,29 +124,10 @@ async fn through_vip(vip_port: u16) -> Result<String, String> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (Backend::start("alpha").await, Backend::start("beta").await);
-    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        config.join("shop.yaml"),
-        manifests(vip_port, gateway_port, alpha.port, beta.port),
-    )
-    .unwrap();
-    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
-    let mut gateway_a = Some(Envoy::start(
-        work.path(),
-        "gw-a",
-        "shop/gw-a",
-        xds_port,
-        false,
-    ));
-    let _gateway_b = Envoy::start(work.path(), "gw-b", "shop/gw-b", xds_port, true);
-    let l4 = Envoy::launch(
-        work.path(),
+/// A real Envoy as an L4 node of the hub's own cluster.
+fn l4_envoy(dir: &std::path::Path, xds_port: u16) -> Envoy {
+    Envoy::launch(
+        dir,
         BootstrapOptions {
             node_id: "l4-1".into(),
             gateway: "meridian-system/l4".into(),
@@ -118,7 +140,31 @@ async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
             admin_port: free_port(),
             tls: None,
         },
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (alpha, beta) = (Echo::start("alpha").await, Echo::start("beta").await);
+    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        config.join("shop.yaml"),
+        manifests(vip_port, gateway_port, alpha.port, beta.port, "{}"),
+    )
+    .unwrap();
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let mut gateway_a = Some(Envoy::start(
+        work.path(),
+        "gw-a",
+        "shop/gw-a",
+        xds_port,
+        false,
+    ));
+    let _gateway_b = Envoy::start(work.path(), "gw-b", "shop/gw-b", xds_port, true);
+    let l4 = l4_envoy(work.path(), xds_port);
 
     // Both gateways get connections: Maglev without a hash policy picks per connection.
     eventually(
@@ -195,5 +241,97 @@ async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
          {:?} after the last one",
         failed_checks.max(killed.elapsed())
     );
+    meridian.shutdown().await.unwrap();
+}
+
+/// A request straight to a gateway listener at `address`, behind a PROXY protocol v2 header
+/// that says the connection came from `client` (as an L4 node would); the response's body.
+async fn with_proxy_header(address: std::net::SocketAddrV4, client: [u8; 4]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend([0x21, 0x11, 0, 12]);
+    header.extend(client);
+    header.extend(address.ip().octets());
+    header.extend(40000u16.to_be_bytes());
+    header.extend(address.port().to_be_bytes());
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(&header).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: shop.example.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response));
+    read.await.unwrap().unwrap();
+    response
+        .rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// With `spec.vip.proxyProtocol`, gateways learn the client's address from the L4 node: their
+/// listeners require a PROXY protocol header (so a connection around the L4 tier is refused),
+/// the L4 node sends one (so connections through the VIP still work), and the address in it is
+/// the one the gateway forwards as X-Forwarded-For. (Envoy replaces loopback addresses in
+/// X-Forwarded-For with its own, so the address is checked with a header sent by hand.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (alpha, beta) = (Echo::start("alpha").await, Echo::start("beta").await);
+    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+    let write = |vip: &str| {
+        std::fs::write(
+            config.join("shop.yaml"),
+            manifests(vip_port, gateway_port, alpha.port, beta.port, vip),
+        )
+        .unwrap()
+    };
+    write("{}");
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let _gateway_a = Envoy::start(work.path(), "gw-a", "shop/gw-a", xds_port, false);
+    let _gateway_b = Envoy::start(work.path(), "gw-b", "shop/gw-b", xds_port, false);
+    let _l4 = l4_envoy(work.path(), xds_port);
+    let gateway_a = std::net::SocketAddrV4::new([127, 0, 0, 11].into(), gateway_port);
+    let direct = || async move {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap()
+            .get(format!("http://{gateway_a}/"))
+            .send()
+            .await
+    };
+    eventually(
+        Duration::from_secs(30),
+        "an answer through the VIP",
+        || async { through_vip(vip_port).await.is_ok() },
+    )
+    .await;
+    assert!(direct().await.is_ok());
+
+    write("{proxyProtocol: true}");
+    eventually(
+        Duration::from_secs(30),
+        "the gateway refusing a connection without a PROXY header",
+        || async { direct().await.is_err() },
+    )
+    .await;
+    // Through the L4 node connections work again once it has the change too: it sends the
+    // header.
+    eventually(
+        Duration::from_secs(30),
+        "an answer through the VIP",
+        || async { through_vip(vip_port).await.is_ok() },
+    )
+    .await;
+    for attempt in 0..20 {
+        let answer = through_vip(vip_port).await;
+        assert!(answer.is_ok(), "connection {attempt}: {answer:?}");
+    }
+    let answer = with_proxy_header(gateway_a, [203, 0, 113, 7]).await;
+    assert_eq!(answer, "alpha 203.0.113.7");
     meridian.shutdown().await.unwrap();
 }

@@ -69,6 +69,12 @@ pub struct VipRequest {
     /// Use the VIPs of this AccessPoint (same namespace) instead of allocating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share_with: Option<String>,
+    /// L4 nodes send PROXY protocol v2 to the gateways behind the VIPs, and the listeners of
+    /// the Gateways this AccessPoint defines require it, so gateways see the client's address
+    /// (X-Forwarded-For) instead of the L4 node's. Every client of those listeners must then
+    /// come through the L4 tier.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

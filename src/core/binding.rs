@@ -56,6 +56,8 @@ pub struct GatewayPort {
     pub hosts: Vec<ServerHost>,
     /// `None` for the plaintext scope.
     pub tls: Option<TlsServer>,
+    /// Connections arrive from the L4 tier behind a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl GatewayPort {
@@ -111,6 +113,7 @@ pub fn gateway_ports(view: &ClusterView<'_>, gateway: &ObjectKey) -> Vec<Gateway
                     gateway: gateway.clone(),
                     hosts: hosts.collect(),
                     tls,
+                    proxy_protocol: view.proxy_protocol.contains(gw.origin),
                 }),
             }
         }

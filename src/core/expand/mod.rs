@@ -84,6 +84,9 @@ pub struct ClusterView<'m> {
     /// Every allocated VIP (the AccessPoints' addresses in this cluster are what L4 nodes
     /// serve).
     pub vips: Arc<VipTable>,
+    /// The AccessPoints in the view whose gateways take PROXY protocol from the L4 tier
+    /// (`spec.vip.proxyProtocol`).
+    pub proxy_protocol: BTreeSet<ObjectKey>,
     /// Every service in force by hostname (Kubernetes Services and ServiceEntry hosts),
     /// built once per view and shared by every gateway translated from it.
     pub registry: ServiceRegistry<'m>,
@@ -207,7 +210,10 @@ fn build_view<'m>(
     }
     // Oldest first: where AccessPoints compete for a host, the first to claim it keeps it.
     access_points.sort_by_key(|(key, ap, _)| (ap.metadata.creation_timestamp.clone(), *key));
-    for (key, _, template) in access_points {
+    for (key, ap, template) in access_points {
+        if ap.spec.vip.as_ref().is_some_and(|vip| vip.proxy_protocol) {
+            view.proxy_protocol.insert(key.clone());
+        }
         let ns = key.namespace.as_str();
         expand_into(&mut view.gateways, key, ns, &template.gateways);
         expand_into(

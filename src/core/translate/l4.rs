@@ -13,15 +13,23 @@
 //! - passively, a gateway refusing connections in a row is ejected sooner, and a new connection
 //!   that a gateway refuses tries another.
 //!
+//! - with `spec.vip.proxyProtocol`, connections to the gateways start with a PROXY protocol v2
+//!   header, and the gateways' listeners require one (see `listener.rs`).
+//!
 //! UDP ports of a Service are not served yet.
 
 use ::core::net::IpAddr;
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster, OutlierDetection};
-use envoy_types::pb::envoy::config::core::v3::{health_check, HealthCheck};
+use envoy_types::pb::envoy::config::core::v3::{
+    health_check, proxy_protocol_config, transport_socket, HealthCheck, ProxyProtocolConfig,
+    TransportSocket,
+};
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 
@@ -74,7 +82,11 @@ pub fn translate(view: &ClusterView<'_>) -> Translation {
                 continue;
             }
             let cluster = cluster_name(number, "", &hostname);
-            config.insert(ResourceType::Cluster, gateway_cluster(&cluster));
+            let proxy_protocol = view.proxy_protocol.contains(access_point);
+            config.insert(
+                ResourceType::Cluster,
+                gateway_cluster(&cluster, proxy_protocol),
+            );
             config.insert(
                 ResourceType::Endpoint,
                 endpoint::cluster_local(&cluster, registered, number, view),
@@ -120,11 +132,33 @@ fn vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
     Resource::new(name, &listener)
 }
 
+fn proxy_protocol_v2() -> TransportSocket {
+    let upstream = ProxyProtocolUpstreamTransport {
+        config: Some(ProxyProtocolConfig {
+            version: proxy_protocol_config::Version::V2 as i32,
+            ..Default::default()
+        }),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".to_owned(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+                &RawBuffer::default(),
+            ))),
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.upstream_proxy_protocol".to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&upstream))),
+    }
+}
+
 fn seconds(seconds: i64) -> Option<Duration> {
     Some(Duration { seconds, nanos: 0 })
 }
 
-fn gateway_cluster(name: &str) -> Resource {
+/// `proxy_protocol`: every connection to a gateway starts with a PROXY protocol v2 header
+/// carrying the client's address (the gateways' listeners require it).
+fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
     let check = HealthCheck {
         timeout: seconds(CHECK_TIMEOUT_SECONDS),
         interval: seconds(CHECK_INTERVAL_SECONDS),
@@ -166,6 +200,7 @@ fn gateway_cluster(name: &str) -> Resource {
             healthy_panic_threshold: Some(Percent { value: 0.0 }),
             ..Default::default()
         }),
+        transport_socket: proxy_protocol.then(proxy_protocol_v2),
         ..Default::default()
     };
     Resource::new(name, &cluster)

@@ -152,3 +152,59 @@ fn an_access_point_without_a_vip_or_a_gateway_role_gets_nothing_from_l4() {
     let view = crate::core::expand::cluster_view(&model, "east");
     assert!(translate(&view, &as_gateway).config.is_empty());
 }
+
+#[test]
+fn proxy_protocol_is_sent_by_l4_nodes_and_required_by_the_gateways() {
+    let yaml = TIER.replace(
+        "  placement: {clusters: [east, west]}\n",
+        "  placement: {clusters: [east, west]}\n  vip: {proxyProtocol: true}\n",
+    ) + r#"---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: gateways, namespace: shop}
+spec:
+  placement: {clusters: [east]}
+  vip: {proxyProtocol: true}
+  template:
+    gateways:
+    - metadata: {name: public}
+      spec:
+        servers:
+        - port: {number: 8443, protocol: HTTPS}
+          hosts: ["*"]
+          tls: {mode: SIMPLE}
+        - port: {number: 8443, protocol: HTTP}
+          hosts: ["*"]
+"#;
+    let mut model = crate::core::test_support::model_of(&yaml, "default");
+    let (vips, _) = allocate(&model, &Default::default());
+    model.vips = Arc::new(vips);
+    super::tls_tests::issue_all(&mut model);
+    let l4 = config_to_json(&served(&model, "east").config).unwrap();
+    let socket = &l4["CDS"]["outbound|80||shop-gateway.shop.svc.cluster.local"]["transportSocket"];
+    assert_eq!(socket["name"], "envoy.transport_sockets.upstream_proxy_protocol");
+    assert_eq!(socket["typedConfig"]["config"]["version"], "V2");
+
+    let gateway = GatewayIdentity {
+        gateway: ObjectKey::new("shop", "public"),
+        cluster: "east".into(),
+        zone: String::new(),
+        role: NodeRole::Gateway,
+    };
+    let view = crate::core::expand::cluster_view(&model, "east");
+    let json = config_to_json(&translate(&view, &gateway).config).unwrap();
+    let filters: Vec<&str> = json["LDS"]["0.0.0.0_8443"]["listenerFilters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    // The PROXY header precedes the TLS ClientHello on the wire.
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.listener.proxy_protocol",
+            "envoy.filters.listener.tls_inspector"
+        ]
+    );
+}

@@ -20,6 +20,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use crate::core::binding::GatewayPort;
 use crate::core::model::tls::{TlsMode, TlsServer};
 use crate::core::resources::Resource;
+use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
@@ -94,20 +95,30 @@ pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
             }
         }
     }
+    // The PROXY header comes first on the wire, before any TLS ClientHello.
+    let mut listener_filters = Vec::new();
+    if scopes.iter().any(|s| s.proxy_protocol) {
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.proxy_protocol".to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &ProxyProtocol::default(),
+            ))),
+            ..Default::default()
+        });
+    }
+    if has_tls {
+        listener_filters.push(ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        });
+    }
     let listener = Listener {
         name: first.listener_name(),
         address: Some(socket_address(&first.bind, first.number)),
-        listener_filters: if has_tls {
-            vec![ListenerFilter {
-                name: "envoy.filters.listener.tls_inspector".to_owned(),
-                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
-                    &TlsInspector::default(),
-                ))),
-                ..Default::default()
-            }]
-        } else {
-            Vec::new()
-        },
+        listener_filters,
         filter_chains,
         ..Default::default()
     };

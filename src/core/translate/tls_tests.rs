@@ -68,7 +68,7 @@ fn fake_certificate(name: &str) -> Arc<SecretMaterial> {
 }
 
 /// Issues (fake) material for every certificate the model asks for, plus the CA bundle.
-fn issue_all(model: &mut Model) {
+pub(super) fn issue_all(model: &mut Model) {
     let requests = crate::core::certificates::certificate_requests(model);
     for name in requests.into_keys() {
         let material = fake_certificate(&name);

@@ -117,6 +117,7 @@ fn a_pool_can_be_chosen_and_a_vip_shared() {
             Some(crate::api::access_point::VipRequest {
                 pool: pool.map(str::to_owned),
                 share_with: share_with.map(str::to_owned),
+                ..Default::default()
             });
     };
     request("a", Some("second"), None);
