@@ -275,6 +275,7 @@ async fn with_proxy_header(address: std::net::SocketAddrV4, client: [u8; 4]) -> 
 /// the L4 node sends one (so connections through the VIP still work), and the address in it is
 /// the one the gateway forwards as X-Forwarded-For. (Envoy replaces loopback addresses in
 /// X-Forwarded-For with its own, so the address is checked with a header sent by hand.)
+/// Gateway A is an Envoy, gateway B `meridian proxy`: both must honour it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     let work = tempfile::tempdir().unwrap();
@@ -292,31 +293,43 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     write("{}");
     let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
     let _gateway_a = Envoy::start(work.path(), "gw-a", "shop/gw-a", xds_port, false);
-    let _gateway_b = Envoy::start(work.path(), "gw-b", "shop/gw-b", xds_port, false);
+    let _gateway_b = MeridianProxy::start(
+        work.path(),
+        BootstrapOptions {
+            node_id: "gw-b".into(),
+            gateway: "shop/gw-b".into(),
+            l4: false,
+            cluster: None,
+            zone: None,
+            xds_host: "127.0.0.1".into(),
+            xds_port,
+            delta: false,
+            admin_port: free_port(),
+            tls: None,
+        },
+    );
     let _l4 = l4_envoy(work.path(), xds_port);
     let gateway_a = std::net::SocketAddrV4::new([127, 0, 0, 11].into(), gateway_port);
-    let direct = || async move {
+    let gateway_b = std::net::SocketAddrV4::new([127, 0, 0, 12].into(), gateway_port);
+    let direct = |gateway| async move {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(3))
             .build()
             .unwrap()
-            .get(format!("http://{gateway_a}/"))
+            .get(format!("http://{gateway}/"))
             .send()
             .await
     };
-    eventually(
-        Duration::from_secs(30),
-        "an answer through the VIP",
-        || async { through_vip(vip_port).await.is_ok() },
-    )
+    eventually(Duration::from_secs(30), "both gateways up", || async {
+        direct(gateway_a).await.is_ok() && direct(gateway_b).await.is_ok()
+    })
     .await;
-    assert!(direct().await.is_ok());
 
     write("{proxyProtocol: true}");
     eventually(
         Duration::from_secs(30),
         "the gateway refusing a connection without a PROXY header",
-        || async { direct().await.is_err() },
+        || async { direct(gateway_a).await.is_err() && direct(gateway_b).await.is_err() },
     )
     .await;
     // Through the L4 node connections work again once it has the change too: it sends the
@@ -333,5 +346,7 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     }
     let answer = with_proxy_header(gateway_a, [203, 0, 113, 7]).await;
     assert_eq!(answer, "alpha 203.0.113.7");
+    let answer = with_proxy_header(gateway_b, [203, 0, 113, 8]).await;
+    assert_eq!(answer, "beta 203.0.113.8");
     meridian.shutdown().await.unwrap();
 }

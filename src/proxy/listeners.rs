@@ -18,6 +18,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::forward::{self, Downstream};
+use super::proxy_header::{read_header, Prefixed};
 use super::workers::Workers;
 use super::ProxyState;
 use crate::core::dataplane::listeners::ListenerPlan;
@@ -198,8 +199,9 @@ async fn accept(
 /// How long a client may take to send its TLS ClientHello and finish the handshake.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
-/// Serves one connection: TLS (a ClientHello first) by the chain its SNI picks, plaintext by
-/// the plaintext chain, as Envoy's filter chain match does.
+/// Serves one connection: after its PROXY protocol header where the listener requires one,
+/// TLS (a ClientHello first) by the chain its SNI picks, plaintext by the plaintext chain, as
+/// Envoy's filter chain match does.
 async fn connection(
     stream: tokio::net::TcpStream,
     remote: SocketAddr,
@@ -209,13 +211,18 @@ async fn connection(
 ) -> Result<(), &'static str> {
     let config = state.config.load_full();
     let plan = config.listeners.get(listener).ok_or("listener gone")?;
-    let mut first = [0u8; 1];
+    let (stream, remote) = if plan.proxy_protocol {
+        tokio::time::timeout(HANDSHAKE, read_header(stream, remote))
+            .await
+            .map_err(|_| "PROXY header timed out")??
+    } else {
+        (Prefixed::new(stream), remote)
+    };
     let tls = plan.has_tls()
         && matches!(
-            tokio::time::timeout(HANDSHAKE, stream.peek(&mut first)).await,
-            Ok(Ok(1))
-        )
-        && first[0] == 0x16;
+            tokio::time::timeout(HANDSHAKE, stream.peek_first()).await,
+            Ok(Ok(Some(0x16)))
+        );
     if !tls {
         let chain = plan.plaintext_chain().ok_or("no plaintext chain")?;
         let downstream = Downstream {

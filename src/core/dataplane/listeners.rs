@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 
 use super::{refuse_leftovers, CompileError};
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     DownstreamTlsContext, SdsSecretConfig,
@@ -28,6 +29,8 @@ const CONNECTION_MANAGER: &str =
 const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
 const TLS_INSPECTOR: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const PROXY_PROTOCOL: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol";
 const DOWNSTREAM_TLS: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
@@ -39,6 +42,9 @@ pub struct ListenerPlan {
     pub port: u16,
     /// In Envoy's order: the first that takes a connection serves it.
     pub chains: Vec<ChainPlan>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), which names the
+    /// client; a connection without one is closed.
+    pub proxy_protocol: bool,
 }
 
 /// One filter chain.
@@ -89,21 +95,40 @@ impl ListenerPlan {
                 ))
             }
         };
-        // The TLS inspector only reads the SNI name, which this proxy always does.
+        // The TLS inspector only reads the SNI name, which this proxy always does. A PROXY
+        // protocol header, when required, is read first.
+        let mut proxy_protocol = false;
         for (i, filter) in std::mem::take(&mut rest.listener_filters)
             .iter()
             .enumerate()
         {
-            let inspector = matches!(
-                &filter.config_type,
-                Some(listener_filter::ConfigType::TypedConfig(any)) if any.type_url == TLS_INSPECTOR
-            );
-            if !inspector {
-                return Err(CompileError::new(
-                    &resource,
-                    format!("listener_filters[{i}]"),
-                    "only the TLS inspector is supported by meridian proxy",
-                ));
+            let field = format!("listener_filters[{i}]");
+            match &filter.config_type {
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if any.type_url == TLS_INSPECTOR => {}
+                Some(listener_filter::ConfigType::TypedConfig(any))
+                    if any.type_url == PROXY_PROTOCOL && i == 0 =>
+                {
+                    let settings = ProxyProtocol::decode(any.value.as_slice())
+                        .map_err(|e| CompileError::new(&resource, &field, e.to_string()))?;
+                    refuse_leftovers(
+                        &ProxyProtocol {
+                            stat_prefix: String::new(),
+                            ..settings
+                        },
+                        &resource,
+                        &field,
+                    )?;
+                    proxy_protocol = true;
+                }
+                _ => {
+                    return Err(CompileError::new(
+                        &resource,
+                        field,
+                        "only the PROXY protocol filter (first) and the TLS inspector are \
+                         supported by meridian proxy",
+                    ))
+                }
             }
         }
         let chains = std::mem::take(&mut rest.filter_chains)
@@ -120,6 +145,7 @@ impl ListenerPlan {
             address,
             port,
             chains,
+            proxy_protocol,
         })
     }
 
@@ -406,6 +432,7 @@ mod tests {
                 chain(&["shop.example.com"], true),
                 chain(&[], true),
             ],
+            proxy_protocol: false,
         };
         assert_eq!(listener.tls_chain(Some("Shop.Example.com")), Some(3));
         assert_eq!(listener.tls_chain(Some("a.shop.example.com")), Some(2));
@@ -415,5 +442,72 @@ mod tests {
         assert_eq!(listener.plaintext_chain(), Some(0));
         let secrets: Vec<&str> = listener.secret_names().collect();
         assert_eq!(secrets.len(), 4);
+    }
+
+    /// The plaintext listener Meridian translates for the shop fixture's gateway.
+    fn plain_listener() -> Listener {
+        let model = crate::core::test_support::model_of(
+            include_str!("../../../tests/fixtures/shop.yaml"),
+            "default",
+        );
+        let identity = crate::core::translate::GatewayIdentity {
+            gateway: crate::core::model::ObjectKey::new("edge", "public"),
+            cluster: "local".into(),
+            zone: String::new(),
+            role: crate::core::translate::NodeRole::Gateway,
+        };
+        let view = crate::core::expand::cluster_view(&model, "local");
+        let translation = crate::core::translate::translate(&view, &identity);
+        let resources = translation
+            .config
+            .resources(crate::core::resources::ResourceType::Listener);
+        let (_, resource) = resources.iter().next().expect("a listener");
+        Listener::decode(resource.body.value.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn a_proxy_protocol_filter_first_is_honoured_and_its_options_refused() {
+        use envoy_types::pb::envoy::config::listener::v3::ListenerFilter;
+        let filter = |settings: &ProxyProtocol| ListenerFilter {
+            name: "envoy.filters.listener.proxy_protocol".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: PROXY_PROTOCOL.into(),
+                    value: settings.encode_to_vec(),
+                },
+            )),
+            ..Default::default()
+        };
+        let inspector = ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(
+                envoy_types::pb::google::protobuf::Any {
+                    type_url: TLS_INSPECTOR.into(),
+                    value: Vec::new(),
+                },
+            )),
+            ..Default::default()
+        };
+        let translated = |filters: Vec<ListenerFilter>| {
+            let mut listener = plain_listener();
+            listener.listener_filters = filters;
+            ListenerPlan::compile(&listener)
+        };
+        let plan = translated(vec![filter(&ProxyProtocol::default()), inspector.clone()]).unwrap();
+        assert!(plan.proxy_protocol);
+        assert!(!translated(vec![]).unwrap().proxy_protocol);
+
+        let lenient = ProxyProtocol {
+            allow_requests_without_proxy_protocol: true,
+            ..Default::default()
+        };
+        let error = translated(vec![filter(&lenient)]).unwrap_err();
+        assert!(
+            error.field == "listener_filters[0]"
+                && error.message.contains("allowRequestsWithoutProxyProtocol"),
+            "{error}"
+        );
+        let error = translated(vec![inspector, filter(&ProxyProtocol::default())]).unwrap_err();
+        assert_eq!(error.field, "listener_filters[1]", "{error}");
     }
 }

@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod listeners;
 pub mod maglev;
 pub mod outlier;
+pub mod proxy_protocol;
 pub mod ring_hash;
 pub mod routes;
 pub mod secrets;

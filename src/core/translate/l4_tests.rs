@@ -182,7 +182,10 @@ spec:
     super::tls_tests::issue_all(&mut model);
     let l4 = config_to_json(&served(&model, "east").config).unwrap();
     let socket = &l4["CDS"]["outbound|80||shop-gateway.shop.svc.cluster.local"]["transportSocket"];
-    assert_eq!(socket["name"], "envoy.transport_sockets.upstream_proxy_protocol");
+    assert_eq!(
+        socket["name"],
+        "envoy.transport_sockets.upstream_proxy_protocol"
+    );
     assert_eq!(socket["typedConfig"]["config"]["version"], "V2");
 
     let gateway = GatewayIdentity {
