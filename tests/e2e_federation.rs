@@ -149,8 +149,10 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
     for (i, name) in ["m1", "m2", "m3"].iter().enumerate() {
         let member = &fleet[i + 1];
         member.kubectl_ok(&["create", "namespace", "shop"]);
+        // The hub acts in members with only what deploy/member.yaml grants.
+        member.kubectl_ok(&["apply", "-f", &repo("deploy/member.yaml")]);
         let kubeconfig = work.path().join(format!("{name}.kubeconfig"));
-        std::fs::write(&kubeconfig, member.admin_kubeconfig_text()).unwrap();
+        std::fs::write(&kubeconfig, member.member_kubeconfig_text()).unwrap();
         fleet[0].kubectl_ok(&[
             "create",
             "secret",

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use super::free_port;
 
 pub const CONTROLLER_USER: &str = "system:serviceaccount:meridian-system:meridian";
+/// The identity `deploy/member.yaml` grants a member cluster's rights to.
+pub const MEMBER_USER: &str = "system:serviceaccount:meridian-system:meridian-member";
 
 /// An etcd that one or several apiservers store into (each under its own prefix).
 pub struct Etcd {
@@ -167,7 +169,8 @@ impl KubeCluster {
             format!(
                 "admin-token,admin,admin,\"system:masters\"\n\
                  meridian-token,{CONTROLLER_USER},meridian,\"system:serviceaccounts,system:serviceaccounts:meridian-system\"\n\
-                 approver-token,approver,approver\n"
+                 approver-token,approver,approver\n\
+                 member-token,{MEMBER_USER},meridian-member,\"system:serviceaccounts,system:serviceaccounts:meridian-system\"\n"
             ),
         )
         .unwrap();
@@ -228,6 +231,12 @@ impl KubeCluster {
     }
 
     /// An admin kubeconfig, for storing in a Secret.
+    /// The kubeconfig a hub is given for this cluster as a member, as the identity
+    /// `deploy/member.yaml` grants rights to (apply it first).
+    pub fn member_kubeconfig_text(&self) -> String {
+        kubeconfig_text(self.port, "member-token")
+    }
+
     pub fn admin_kubeconfig_text(&self) -> String {
         kubeconfig_text(self.port, "admin-token")
     }
