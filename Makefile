@@ -38,6 +38,12 @@ bench-dns: dns-deps
 bench-scale:
 	bash e2e/bench/scale.sh
 
+## The L4 balancer's Maglev tables: build time (M = 65,537, N = 1,000), lookups per second,
+## balance and disruption (issue 21; not part of `make test`).
+bench-maglev:
+	cargo build --release --locked --bin meridian
+	$(CARGO_TARGET_DIR)/release/meridian bench-maglev
+
 ## CPU per request (HTTP/1.1, h2c, TLS) and per TLS handshake, memory per idle connection
 ## and p99 during config swaps of `meridian proxy` beside Envoy and HAProxy, one pinned core
 ## each, nginx backend (issue 20; not part of `make test`).

@@ -327,6 +327,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = crate::control_plane::certs::ca::KeyType::EcdsaP256)]
         key_type: crate::control_plane::certs::ca::KeyType,
     },
+    /// Measure the L4 balancer's Maglev tables: build time, lookups per second (also through
+    /// connection tracking), balance, and entries moved when one backend leaves.
+    BenchMaglev {
+        /// Entries (a prime, as Envoy requires).
+        #[arg(long, default_value_t = crate::core::dataplane::maglev::DEFAULT_TABLE_SIZE)]
+        table_size: u64,
+        #[arg(long, default_value_t = 1000)]
+        backends: usize,
+        /// Table builds timed.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        #[arg(long, default_value_t = 20_000_000)]
+        lookups: u64,
+    },
     /// Write the CustomResourceDefinitions generated from the API types.
     Crds {
         /// Output directory.
@@ -591,6 +605,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             let value: serde_json::Value = serde_json::from_str(&dump.json)?;
             println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+        Command::BenchMaglev {
+            table_size,
+            backends,
+            rounds,
+            lookups,
+        } => {
+            let report = crate::bench::maglev::run(table_size, backends, rounds, lookups)?;
+            print!("{}", crate::bench::maglev::render(&report));
             Ok(())
         }
         Command::BenchCerts { count, key_type } => {

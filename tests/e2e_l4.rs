@@ -63,37 +63,6 @@ spec:
     )
 }
 
-/// A backend answering with its name and the X-Forwarded-For it was sent.
-struct Echo {
-    port: u16,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Echo {
-    async fn start(name: &'static str) -> Echo {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
-            let forwarded = headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_owned();
-            ([("connection", "close")], format!("{name} {forwarded}"))
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Echo { port, task }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// One request on a new connection to the VIP: the backend that answered.
 async fn through_vip(vip_port: u16) -> Result<String, String> {
     through_vip_from(vip_port, [127, 0, 0, 1])
@@ -129,16 +98,8 @@ fn l4_envoy(dir: &std::path::Path, xds_port: u16) -> Envoy {
     Envoy::launch(
         dir,
         BootstrapOptions {
-            node_id: "l4-1".into(),
-            gateway: "meridian-system/l4".into(),
             l4: true,
-            cluster: None,
-            zone: None,
-            xds_host: "127.0.0.1".into(),
-            xds_port,
-            delta: false,
-            admin_port: free_port(),
-            tls: None,
+            ..bootstrap_options("l4-1", "meridian-system/l4", xds_port)
         },
     )
 }
@@ -148,7 +109,10 @@ async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (Echo::start("alpha").await, Echo::start("beta").await);
+    let (alpha, beta) = (
+        Backend::echoing_forwarded_for("alpha").await,
+        Backend::echoing_forwarded_for("beta").await,
+    );
     let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
     std::fs::write(
         config.join("shop.yaml"),
@@ -281,7 +245,10 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     let work = tempfile::tempdir().unwrap();
     let config = work.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (Echo::start("alpha").await, Echo::start("beta").await);
+    let (alpha, beta) = (
+        Backend::echoing_forwarded_for("alpha").await,
+        Backend::echoing_forwarded_for("beta").await,
+    );
     let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
     let write = |vip: &str| {
         std::fs::write(
@@ -295,18 +262,7 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     let _gateway_a = Envoy::start(work.path(), "gw-a", "shop/gw-a", xds_port, false);
     let _gateway_b = MeridianProxy::start(
         work.path(),
-        BootstrapOptions {
-            node_id: "gw-b".into(),
-            gateway: "shop/gw-b".into(),
-            l4: false,
-            cluster: None,
-            zone: None,
-            xds_host: "127.0.0.1".into(),
-            xds_port,
-            delta: false,
-            admin_port: free_port(),
-            tls: None,
-        },
+        bootstrap_options("gw-b", "shop/gw-b", xds_port),
     );
     let _l4 = l4_envoy(work.path(), xds_port);
     let gateway_a = std::net::SocketAddrV4::new([127, 0, 0, 11].into(), gateway_port);

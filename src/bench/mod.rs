@@ -2,6 +2,7 @@
 //! `bench-xds` (a real Meridian process and thousands of ADS streams that ACK like Envoy).
 
 mod ads_client;
+pub mod maglev;
 pub mod translate;
 pub mod xds;
 

@@ -93,16 +93,10 @@ impl Envoy {
         Envoy::launch(
             dir,
             BootstrapOptions {
-                l4: false,
-                node_id: node_id.into(),
-                gateway: gateway.into(),
                 cluster: placement.map(|p| p.0.to_owned()),
                 zone: placement.map(|p| p.1.to_owned()),
-                xds_host: "127.0.0.1".into(),
-                xds_port,
                 delta,
-                admin_port: free_port(),
-                tls: None,
+                ..bootstrap_options(node_id, gateway, xds_port)
             },
         )
     }
@@ -250,17 +244,34 @@ impl Backend {
         Backend::serve(name, 0, 500).await
     }
 
+    /// A backend answering `<name> <X-Forwarded-For>` (`-` when there is none).
+    pub async fn echoing_forwarded_for(name: &'static str) -> Backend {
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+            let forwarded = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            ([("connection", "close")], format!("{name} {forwarded}"))
+        });
+        Backend::spawn(0, app).await
+    }
+
     async fn serve(name: &'static str, port: u16, status: u16) -> Backend {
         let status = axum::http::StatusCode::from_u16(status).unwrap();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
         // `Connection: close` keeps no connection open past its response, so a dropped
         // Backend is really gone (pooled connections would outlive the aborted listener).
         let app = axum::Router::new().fallback(move || async move {
             (status, [("x-backend", name), ("connection", "close")], name)
         });
+        Backend::spawn(port, app).await
+    }
+
+    async fn spawn(port: u16, app: axum::Router) -> Backend {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -271,6 +282,22 @@ impl Backend {
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The bootstrap of a state-of-the-world gateway proxy of the hub's own cluster, on loopback.
+pub fn bootstrap_options(node_id: &str, gateway: &str, xds_port: u16) -> BootstrapOptions {
+    BootstrapOptions {
+        l4: false,
+        node_id: node_id.into(),
+        gateway: gateway.into(),
+        cluster: None,
+        zone: None,
+        xds_host: "127.0.0.1".into(),
+        xds_port,
+        delta: false,
+        admin_port: free_port(),
+        tls: None,
     }
 }
 
