@@ -29,15 +29,20 @@ pub struct MemberService {
     pub load_balancer_ips: Vec<String>,
 }
 
+/// Whether Meridian writes into `cluster`: a MemberCluster with a `connection`.
+pub fn is_connected_member(model: &Model, cluster: &str) -> bool {
+    model
+        .member_clusters
+        .get(&ObjectKey::new("", cluster))
+        .is_some_and(|m| m.spec.connection.is_some())
+}
+
 /// Every Service to apply, by (AccessPoint, cluster). AccessPoints being deleted and clusters
 /// where overrides never produced a template contribute nothing.
 pub fn member_services(model: &Model) -> BTreeMap<(ObjectKey, String), MemberService> {
     let mut out = BTreeMap::new();
     for (key, cluster, template) in placed_templates(model) {
-        let connected = model
-            .member_clusters
-            .get(&ObjectKey::new("", cluster.as_str()))
-            .is_some_and(|m| m.spec.connection.is_some());
+        let connected = is_connected_member(model, &cluster);
         let Some(service) = template.service.as_ref().filter(|_| connected) else {
             continue;
         };

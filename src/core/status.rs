@@ -412,11 +412,7 @@ fn still_on_older_revisions(input: &StatusInput<'_>, clusters: &[String]) -> Opt
 /// Whether the AccessPoint's Service is written into `cluster`: a connected member cluster, and
 /// a template with a Service (what `federation::member_services` writes).
 fn awaits_member_write(model: &Model, key: &ObjectKey, cluster: &str) -> bool {
-    let connected = model
-        .member_clusters
-        .get(&ObjectKey::new("", cluster))
-        .is_some_and(|m| m.spec.connection.is_some());
-    connected
+    crate::core::federation::is_connected_member(model, cluster)
         && model
             .access_points
             .get(key)
@@ -426,9 +422,9 @@ fn awaits_member_write(model: &Model, key: &ObjectKey, cluster: &str) -> bool {
 /// The `Applied` condition `previous` shows, as a draft of the same status, reason and message.
 fn shown_applied(previous: &AccessPointStatus) -> Option<Draft> {
     let shown = previous.conditions.iter().find(|c| c.type_ == APPLIED)?;
-    let (ok, reason) = match (shown.status.as_str(), shown.reason.as_str()) {
-        ("True", _) => (true, "Applied"),
-        ("False", _) => (false, "ApplyFailed"),
+    let (ok, reason) = match shown.status.as_str() {
+        "True" => (true, "Applied"),
+        "False" => (false, "ApplyFailed"),
         _ => return None,
     };
     Some(Draft::new(APPLIED, ok, reason, shown.message.clone()))

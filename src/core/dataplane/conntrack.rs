@@ -6,7 +6,9 @@
 //!
 //! A sans-IO table: the caller passes the time, the backends and the Maglev table built from
 //! them. Flows idle longer than the timeout are forgotten; when the table is full, flows are
-//! still balanced by the Maglev table, just not tracked.
+//! still balanced by the Maglev table, just not tracked. A full table is swept for idle flows
+//! at most once per [`SWEEP_EVERY`] of flow time, so a flood of new flows costs a lookup each,
+//! not a scan of the table each.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -48,12 +50,18 @@ struct Flow {
     last_seen: Duration,
 }
 
+/// How often, at most, a full table is swept for idle flows.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Tracked flows and the backend each was given.
 #[derive(Debug)]
 pub struct ConnTrack {
     flows: HashMap<FlowKey, Flow>,
     idle_timeout: Duration,
     capacity: usize,
+    /// When a full table was last swept, and how many times it was.
+    swept: Option<Duration>,
+    sweeps: u64,
 }
 
 impl ConnTrack {
@@ -62,6 +70,8 @@ impl ConnTrack {
             flows: HashMap::new(),
             idle_timeout,
             capacity,
+            swept: None,
+            sweeps: 0,
         }
     }
 
@@ -85,7 +95,14 @@ impl ConnTrack {
         }
         let index = table.get(key.hash())?;
         let backend = backends.get(index)?.id.to_owned();
-        if self.flows.len() >= self.capacity && !self.flows.contains_key(&key) {
+        let full = self.flows.len() >= self.capacity && !self.flows.contains_key(&key);
+        if full
+            && self
+                .swept
+                .is_none_or(|at| now.saturating_sub(at) >= SWEEP_EVERY)
+        {
+            self.swept = Some(now);
+            self.sweeps += 1;
             self.expire(now);
         }
         if self.flows.len() < self.capacity || self.flows.contains_key(&key) {
@@ -110,6 +127,11 @@ impl ConnTrack {
     /// Forgets a flow (its connection closed).
     pub fn close(&mut self, key: &FlowKey) {
         self.flows.remove(key);
+    }
+
+    /// Sweeps of a full table so far (each a pass over every tracked flow).
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps
     }
 
     pub fn len(&self) -> usize {
@@ -215,6 +237,44 @@ mod tests {
         assert_eq!(track.len(), 1, "flow 2 idled out, flow 1 was seen at 8 s");
         track.close(&key(1));
         assert!(track.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second_under_a_flood() {
+        let mut track = ConnTrack::new(Duration::from_secs(10), 2);
+        let two = backends(&["a:80", "b:80"]);
+        let table = MaglevTable::build(&two, 251).unwrap();
+        let all = |_: &str| true;
+        track.choose(key(1), SECOND, &two, &table, &all);
+        track.choose(key(2), SECOND * 2, &two, &table, &all);
+        // Full at 12 s: the sweep frees flow 1 (idle 11 s) for flow 3.
+        track.choose(key(3), SECOND * 12, &two, &table, &all);
+        assert_eq!(track.len(), 2);
+        // Flow 2 idles out at 12.5 s, but the last sweep was half a second ago: no sweep,
+        // flow 4 is balanced untracked.
+        track.choose(key(4), SECOND * 25 / 2, &two, &table, &all);
+        assert_eq!(track.len(), 2);
+        // A second later the next sweep makes room.
+        track.choose(key(5), SECOND * 27 / 2, &two, &table, &all);
+        assert_eq!(track.len(), 2);
+        assert!(track.flows.contains_key(&key(5)) && !track.flows.contains_key(&key(2)));
+
+        // A flood of new flows (200,000 in 2 s) into a full table of live ones: two sweeps,
+        // not one per flow.
+        let mut track = ConnTrack::new(Duration::from_secs(30), 1 << 12);
+        for n in 0..200_000u32 {
+            let mut flow = key(n as u16);
+            flow.source[0] = (n >> 16) as u8;
+            track.choose(
+                flow,
+                Duration::from_micros(u64::from(n) * 10),
+                &two,
+                &table,
+                &all,
+            );
+        }
+        assert_eq!(track.len(), 1 << 12);
+        assert_eq!(track.sweeps(), 2);
     }
 
     proptest! {
