@@ -82,15 +82,8 @@ async fn through_vip_from(vip_port: u16, source: [u8; 4]) -> Result<String, Stri
         .get(format!("http://{VIP}:{vip_port}/"))
         .header("host", "shop.example.test")
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.text().await.map_err(|e| e.to_string())?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("{status}: {body}"))
-    }
+        .await;
+    body_of(response).await
 }
 
 /// A real Envoy as an L4 node of the hub's own cluster.

@@ -342,8 +342,13 @@ pub async fn get(
         .get(format!("http://127.0.0.1:{port}{path}"))
         .header("host", host)
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
+    body_of(response).await
+}
+
+/// A response's body when it succeeded; else its status and body (or the error) as the error.
+pub async fn body_of(response: reqwest::Result<reqwest::Response>) -> Result<String, String> {
+    let response = response.map_err(|e| e.to_string())?;
     let status = response.status();
     let body = response.text().await.map_err(|e| e.to_string())?;
     if status.is_success() {
