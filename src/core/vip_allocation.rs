@@ -207,11 +207,46 @@ pub fn allocate(model: &Model, previous: &VipTable) -> (VipTable, Vec<VipError>)
                     cluster: cluster.clone(),
                     target,
                 });
+                continue;
+            }
+            let ports = shared_ports(model, key, &target);
+            if !ports.is_empty() {
+                let age = |k: &ObjectKey| placed.iter().position(|p| *p == k);
+                let (younger, older) = if age(key) < age(&target) {
+                    (target, (*key).clone())
+                } else {
+                    ((*key).clone(), target)
+                };
+                errors.push(VipError::PortClash {
+                    access_point: younger,
+                    cluster: cluster.clone(),
+                    holder: older,
+                    ports,
+                });
             }
         }
     }
     errors.sort();
     (table, errors)
+}
+
+/// The ports (`80/TCP`) both AccessPoints' Services claim: on one VIP, only one can have them.
+fn shared_ports(model: &Model, a: &ObjectKey, b: &ObjectKey) -> Vec<String> {
+    let ports = |key: &ObjectKey| -> BTreeSet<String> {
+        model
+            .access_points
+            .get(key)
+            .and_then(|ap| ap.spec.template.service.as_ref())
+            .and_then(|service| service.spec.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let protocol = p.protocol.as_deref().unwrap_or("TCP").to_ascii_uppercase();
+                format!("{}/{protocol}", p.port)
+            })
+            .collect()
+    };
+    ports(a).intersection(&ports(b)).cloned().collect()
 }
 
 /// Every host address of a network, network address included (filtered by [`usable`]).

@@ -99,6 +99,14 @@ pub enum VipError {
         cluster: String,
         target: ObjectKey,
     },
+    /// Two AccessPoints on one VIP whose Services claim the same ports: the older keeps them
+    /// (L4 nodes forward them to its gateways), the younger gets this error.
+    PortClash {
+        access_point: ObjectKey,
+        cluster: String,
+        holder: ObjectKey,
+        ports: Vec<String>,
+    },
 }
 
 impl VipError {
@@ -108,7 +116,8 @@ impl VipError {
             VipError::BadCidr { .. } => None,
             VipError::Exhausted { access_point, .. }
             | VipError::NoSuchPool { access_point, .. }
-            | VipError::ShareTargetMissing { access_point, .. } => Some(access_point),
+            | VipError::ShareTargetMissing { access_point, .. }
+            | VipError::PortClash { access_point, .. } => Some(access_point),
         }
     }
 
@@ -117,7 +126,8 @@ impl VipError {
             VipError::BadCidr { cluster, .. }
             | VipError::Exhausted { cluster, .. }
             | VipError::NoSuchPool { cluster, .. }
-            | VipError::ShareTargetMissing { cluster, .. } => cluster,
+            | VipError::ShareTargetMissing { cluster, .. }
+            | VipError::PortClash { cluster, .. } => cluster,
         }
     }
 }
@@ -151,6 +161,17 @@ impl fmt::Display for VipError {
             } => write!(
                 f,
                 "spec.vip.shareWith: AccessPoint {target} has no VIP in cluster {cluster}"
+            ),
+            VipError::PortClash {
+                cluster,
+                holder,
+                ports,
+                ..
+            } => write!(
+                f,
+                "template.service: port(s) {} of the VIP in cluster {cluster} belong to the \
+                 older AccessPoint {holder} sharing it; L4 nodes forward them there",
+                ports.join(", ")
             ),
         }
     }

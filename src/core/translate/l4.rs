@@ -92,7 +92,12 @@ pub fn translate(view: &ClusterView<'_>) -> Translation {
                 endpoint::cluster_local(&cluster, registered, number, view),
             );
             for vip in &vips {
-                config.insert(ResourceType::Listener, vip_listener(*vip, number, &cluster));
+                // On a shared VIP the older AccessPoint (first in the view) keeps a port both
+                // claim; the younger is told so in its status (`VipError::PortClash`).
+                let listener = vip_listener(*vip, number, &cluster);
+                if config.get(ResourceType::Listener, &listener.name).is_none() {
+                    config.insert(ResourceType::Listener, listener);
+                }
             }
             hosts.insert(hostname.clone());
         }

@@ -211,3 +211,47 @@ spec:
         ]
     );
 }
+
+#[test]
+fn on_a_shared_vip_the_older_access_point_keeps_a_port_both_claim() {
+    // `shop` (older) and `api` share shop's VIP; both Services claim 80/TCP, api also 8443.
+    let yaml = TIER.to_owned()
+        + r#"---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: api, namespace: shop, creationTimestamp: "2030-01-01T00:00:00Z"}
+spec:
+  placement: {clusters: [east]}
+  vip: {shareWith: shop}
+  template:
+    service:
+      metadata: {name: api-gateway}
+      spec: {ports: [{name: http, port: 80}, {name: alt, port: 8443}]}
+"#;
+    let mut model = crate::core::test_support::model_of(&yaml, "default");
+    let (vips, errors) = allocate(&model, &Default::default());
+    assert_eq!(
+        errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "template.service: port(s) 80/TCP of the VIP in cluster east belong to the older \
+          AccessPoint shop/shop sharing it; L4 nodes forward them there"
+        ]
+    );
+    assert_eq!(
+        errors[0].access_point(),
+        Some(&ObjectKey::new("shop", "api"))
+    );
+    model.vips = Arc::new(vips);
+    let json = config_to_json(&served(&model, "east").config).unwrap();
+    let cluster_of = |listener: &str| {
+        json["LDS"][listener]["filterChains"][0]["filters"][0]["typedConfig"]["cluster"].clone()
+    };
+    assert_eq!(
+        cluster_of("192.0.2.1_80"),
+        "outbound|80||shop-gateway.shop.svc.cluster.local"
+    );
+    assert_eq!(
+        cluster_of("192.0.2.1_8443"),
+        "outbound|8443||api-gateway.shop.svc.cluster.local"
+    );
+}
