@@ -10,9 +10,9 @@ use envoy_types::pb::envoy::service::load_stats::v3::LoadStatsRequest;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::ads::connect;
-use super::bootstrap::Bootstrap;
 use super::loads::Loads;
+use crate::runtime::xds_client::bootstrap::Bootstrap;
+use crate::runtime::xds_client::connect;
 
 /// Reports until `stopped`, reconnecting (with backoff) when the stream fails.
 pub async fn run(bootstrap: Bootstrap, loads: Arc<Loads>, mut stopped: watch::Receiver<bool>) {

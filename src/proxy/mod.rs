@@ -3,13 +3,12 @@
 //! `core::dataplane` (route tables, clusters, endpoint choice) and serves it; what it cannot
 //! honour it NACKs with the resource and field, while the rest keeps serving.
 //!
-//! I/O only lives here: the ADS client ([`ads`]), the listening sockets ([`listeners`]), the
+//! I/O only lives here: what the shared ADS client delivers is applied in [`ads`], the listening sockets ([`listeners`]), the
 //! request path ([`forward`]) and the admin listener ([`admin`]).
 
 pub mod access_log;
 pub mod admin;
 pub mod ads;
-pub mod bootstrap;
 pub mod breakers;
 pub mod cache;
 pub mod config;
@@ -34,10 +33,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use self::ads::AdsClient;
-use self::bootstrap::Bootstrap;
+use self::ads::ProxySubscriber;
 use self::config::Config;
 use self::listeners::Listeners;
+use crate::runtime::xds_client::bootstrap::{Bootstrap, Program};
+use crate::runtime::xds_client::XdsClient;
 
 /// How `meridian proxy` runs.
 #[derive(Clone, Debug)]
@@ -163,7 +163,7 @@ impl Drop for OpenConnection<'_> {
 
 /// Runs the proxy until `stopped`; then its listeners drain (within the drain time).
 pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let bootstrap = Bootstrap::load(&options.bootstrap)?;
+    let bootstrap = Bootstrap::load(&options.bootstrap, Program::Proxy)?;
     shards::set_shard_count(options.workers.max(1));
     let mut stats = stats::Stats::default();
     let access_log = match &options.access_log {
@@ -205,11 +205,14 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     // The workers outlive the ADS client: they serve the connections that drain after it.
     let workers = Arc::new(workers::Workers::start(options.workers)?);
     workers::yield_to_workers();
-    let client = AdsClient {
+    let client = XdsClient {
         bootstrap,
-        state,
-        listeners: Listeners::new(workers.clone()),
-        cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
+        subscriber: ProxySubscriber {
+            state,
+            listeners: Listeners::new(workers.clone()),
+            cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
+            accepted: config::Accepted::default(),
+        },
     };
     client.run(stopped).await;
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");

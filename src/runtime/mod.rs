@@ -1,11 +1,13 @@
 //! I/O plumbing every program shares: listeners that bound connections and handshakes, the
 //! budget that bounds what input can make us log, mutual TLS to Meridian with its identity
-//! pinned, and shutdown signalling. Nothing here knows
-//! about xDS, Kubernetes or the model.
+//! pinned, shutdown signalling, and the ADS client the data planes share ([`xds_client`]:
+//! the protocol only; what resources mean is each program's). Nothing here knows about
+//! Kubernetes or the model.
 
 pub mod connections;
 pub mod log_budget;
 pub mod pinned_tls;
+pub mod xds_client;
 
 use tokio::sync::watch;
 

@@ -1,5 +1,6 @@
-//! The bootstrap `meridian bootstrap` prints for Envoy, read by `meridian proxy`: who the
-//! gateway is (node id, gateway, cluster, zone) and where Meridian's ADS server is.
+//! The bootstrap `meridian bootstrap` prints for Envoy, read by Meridian's own data planes
+//! (`meridian proxy`, `meridian l4`): who the node is (id, gateway or tier, cluster, zone,
+//! role) and where Meridian's ADS server is.
 
 use std::path::Path;
 
@@ -37,7 +38,32 @@ pub struct XdsTls {
     pub server_identity: String,
 }
 
-/// What the proxy needs from a bootstrap.
+/// Which data plane reads a bootstrap: each refuses one printed for the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    /// `meridian proxy`, an L7 gateway (`meridian.dev/role` absent or `gateway`).
+    Proxy,
+    /// `meridian l4`, an L4 node (`meridian.dev/role: l4`).
+    L4,
+}
+
+impl Program {
+    fn role(self) -> &'static str {
+        match self {
+            Program::Proxy => "gateway",
+            Program::L4 => "l4",
+        }
+    }
+
+    fn user_agent(self) -> &'static str {
+        match self {
+            Program::Proxy => "meridian-proxy",
+            Program::L4 => "meridian-l4",
+        }
+    }
+}
+
+/// What a data plane needs from a bootstrap.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Bootstrap {
     pub node: Node,
@@ -54,7 +80,7 @@ pub struct Bootstrap {
 }
 
 impl Bootstrap {
-    pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
+    pub fn load(path: &Path, program: Program) -> Result<Bootstrap, BootstrapError> {
         let shown = path.display().to_string();
         let text = std::fs::read(path).map_err(|source| BootstrapError::Read {
             path: shown.clone(),
@@ -65,32 +91,30 @@ impl Bootstrap {
                 path: shown.clone(),
                 source,
             })?;
-        Bootstrap::parse(&value).map_err(|(field, message)| BootstrapError::Field {
+        Bootstrap::parse(&value, program).map_err(|(field, message)| BootstrapError::Field {
             path: shown,
             field,
             message,
         })
     }
 
-    /// Reads the fields `meridian bootstrap` writes; refuses what this proxy cannot honour.
-    pub fn parse(value: &Value) -> Result<Bootstrap, (&'static str, String)> {
+    /// Reads the fields `meridian bootstrap` writes; refuses what `program` cannot honour.
+    pub fn parse(value: &Value, program: Program) -> Result<Bootstrap, (&'static str, String)> {
         let node = &value["node"];
         let id = node["id"].as_str().unwrap_or_default();
         if id.is_empty() {
             return Err(("node.id", "missing".to_owned()));
         }
         let role_key = crate::api::node_metadata::ROLE;
-        if let Some(role) = node["metadata"][role_key]
-            .as_str()
-            .filter(|r| *r != "gateway")
-        {
-            return Err((
-                "node.metadata",
-                format!(
-                    "{role_key} is {role:?}: meridian proxy is an L7 gateway (print its bootstrap \
-                     without --role)"
-                ),
-            ));
+        let role = node["metadata"][role_key].as_str().unwrap_or("gateway");
+        if role != program.role() {
+            let hint = match program {
+                Program::Proxy => {
+                    "meridian proxy is an L7 gateway (print its bootstrap without --role)"
+                }
+                Program::L4 => "meridian l4 is an L4 node (print its bootstrap with --role l4)",
+            };
+            return Err(("node.metadata", format!("{role_key} is {role:?}: {hint}")));
         }
         let metadata = node["metadata"]
             .as_object()
@@ -162,7 +186,7 @@ impl Bootstrap {
                         .to_owned(),
                     ..Default::default()
                 }),
-                user_agent_name: "meridian-proxy".to_owned(),
+                user_agent_name: program.user_agent().to_owned(),
                 ..Default::default()
             },
             load_reports: value["cluster_manager"]["load_stats_config"]["grpc_services"][0]
@@ -230,7 +254,7 @@ mod tests {
 
     #[test]
     fn reads_what_meridian_bootstrap_prints() {
-        let parsed = Bootstrap::parse(&bootstrap(&options(false))).unwrap();
+        let parsed = Bootstrap::parse(&bootstrap(&options(false)), Program::Proxy).unwrap();
         assert_eq!(parsed.node.id, "gw-1");
         assert_eq!(
             (parsed.xds_host.as_str(), parsed.xds_port),
@@ -243,11 +267,15 @@ mod tests {
             l4: true,
             ..options(false)
         });
-        let refused = Bootstrap::parse(&l4).unwrap_err();
+        let refused = Bootstrap::parse(&l4, Program::Proxy).unwrap_err();
         assert_eq!(refused.0, "node.metadata", "{refused:?}");
         assert!(refused.1.contains("\"l4\""), "{refused:?}");
+        let node = Bootstrap::parse(&l4, Program::L4).unwrap().node;
+        assert_eq!(node.user_agent_name, "meridian-l4");
+        let refused = Bootstrap::parse(&bootstrap(&options(false)), Program::L4).unwrap_err();
+        assert!(refused.1.contains("--role l4"), "{refused:?}");
         l4["node"]["metadata"][crate::control_plane::xds::identity::ROLE_KEY] = "gateway".into();
-        assert!(Bootstrap::parse(&l4).is_ok());
+        assert!(Bootstrap::parse(&l4, Program::Proxy).is_ok());
 
         let fields = &parsed.node.metadata.unwrap().fields;
         assert!(fields.contains_key(crate::control_plane::xds::identity::GATEWAY_KEY));
@@ -258,7 +286,7 @@ mod tests {
             ca_file: "/c/ca.crt".into(),
             server_identity: "spiffe://meridian.local/xds".into(),
         });
-        let tls = Bootstrap::parse(&bootstrap(&with_tls))
+        let tls = Bootstrap::parse(&bootstrap(&with_tls), Program::Proxy)
             .unwrap()
             .tls
             .unwrap();
@@ -267,7 +295,15 @@ mod tests {
             (tls.cert_file.as_str(), tls.ca_file.as_str()),
             ("/c/tls.crt", "/c/ca.crt")
         );
-        assert!(!Bootstrap::parse(&bootstrap(&options(false))).unwrap().delta);
-        assert!(Bootstrap::parse(&bootstrap(&options(true))).unwrap().delta);
+        assert!(
+            !Bootstrap::parse(&bootstrap(&options(false)), Program::Proxy)
+                .unwrap()
+                .delta
+        );
+        assert!(
+            Bootstrap::parse(&bootstrap(&options(true)), Program::Proxy)
+                .unwrap()
+                .delta
+        );
     }
 }

@@ -15,8 +15,7 @@ use envoy_types::pb::google::rpc::Status;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{connect, known, AdsClient, StreamError, Subscriptions, CLUSTERS, LISTENERS};
-use crate::proxy::config::Accepted;
+use super::{connect, nack_detail, Names, StreamError, Subscriber, XdsClient};
 use crate::runtime::log_budget::bounded;
 
 /// Per type: the resources the server has sent and not removed, and the names subscribed to
@@ -27,20 +26,17 @@ struct DeltaState {
     sent: BTreeMap<&'static str, BTreeSet<String>>,
 }
 
-impl AdsClient {
+impl<S: Subscriber> XdsClient<S> {
     /// One delta stream; whether any response arrived on it.
-    pub(super) async fn stream_delta(
-        &mut self,
-        accepted: &mut Accepted,
-    ) -> Result<bool, StreamError> {
+    pub(super) async fn stream_delta(&mut self) -> Result<bool, StreamError> {
         let channel = connect(&self.bootstrap).await?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
-        let mut subscriptions = Subscriptions::default();
+        let mut names = Names::new();
         let mut state = DeltaState::default();
-        // Clusters and listeners by wildcard (no names); what they reference follows.
-        for kind in [CLUSTERS, LISTENERS] {
-            subscriptions.names.insert(kind, BTreeSet::new());
+        let wildcard = self.subscriber.wildcard();
+        for kind in wildcard {
+            names.insert(kind, BTreeSet::new());
             self.delta_request(&tx, kind, Vec::new(), Vec::new(), None, None)
                 .await?;
         }
@@ -51,14 +47,16 @@ impl AdsClient {
         let mut any = false;
         while let Some(response) = responses.message().await? {
             any = true;
-            let Some(kind) = known(&response.type_url) else {
+            let Some(kind) = self.known(&response.type_url) else {
                 let other = response.type_url.as_str();
                 tracing::warn!(type_url = %bounded(other), "ignoring a delta response of a type never asked for");
                 continue;
             };
-            let whole = state.absorb(kind, &response, &subscriptions);
-            let applied = self.apply(kind, &whole, accepted, &mut subscriptions).await;
-            let detail = self.settle(kind, &response.system_version_info, &applied, accepted);
+            let whole = state.absorb(kind, &response, &names, wildcard.contains(&kind));
+            let applied = self.subscriber.apply(kind, &whole, &mut names).await;
+            self.subscriber
+                .settle(kind, &response.system_version_info, &applied);
+            let detail = nack_detail(&applied);
             self.delta_request(
                 &tx,
                 kind,
@@ -69,7 +67,7 @@ impl AdsClient {
             )
             .await?;
             for follow in applied.follow {
-                let wanted = subscriptions.names.get(follow).cloned().unwrap_or_default();
+                let wanted = names.get(follow).cloned().unwrap_or_default();
                 let sent = state.sent.entry(follow).or_default();
                 let subscribe: Vec<String> = wanted.difference(sent).cloned().collect();
                 let unsubscribe: Vec<String> = sent.difference(&wanted).cloned().collect();
@@ -115,7 +113,8 @@ impl DeltaState {
         &mut self,
         kind: &'static str,
         response: &DeltaDiscoveryResponse,
-        subscriptions: &Subscriptions,
+        names: &Names,
+        wildcard: bool,
     ) -> DiscoveryResponse {
         let resources = self.resources.entry(kind).or_default();
         for name in &response.removed_resources {
@@ -126,8 +125,7 @@ impl DeltaState {
                 resources.insert(resource.name.clone(), any.clone());
             }
         }
-        let wildcard = matches!(kind, CLUSTERS | LISTENERS);
-        let names = subscriptions.names.get(kind);
+        let names = names.get(kind);
         DiscoveryResponse {
             version_info: response.system_version_info.clone(),
             resources: resources
@@ -147,6 +145,9 @@ mod tests {
     use super::*;
     use envoy_types::pb::envoy::service::discovery::v3::Resource;
 
+    const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const ENDPOINTS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
     fn resource(name: &str) -> Resource {
         Resource {
             name: name.into(),
@@ -161,17 +162,14 @@ mod tests {
     #[test]
     fn deltas_add_up_to_the_whole_set_and_names_not_asked_for_are_left_out() {
         let mut state = DeltaState::default();
-        let mut subscriptions = Subscriptions::default();
+        let mut names = Names::new();
         let first = DeltaDiscoveryResponse {
             resources: vec![resource("a"), resource("b")],
             type_url: CLUSTERS.into(),
             ..Default::default()
         };
         assert_eq!(
-            state
-                .absorb(CLUSTERS, &first, &subscriptions)
-                .resources
-                .len(),
+            state.absorb(CLUSTERS, &first, &names, true).resources.len(),
             2
         );
         let second = DeltaDiscoveryResponse {
@@ -180,19 +178,17 @@ mod tests {
             type_url: CLUSTERS.into(),
             ..Default::default()
         };
-        let whole = state.absorb(CLUSTERS, &second, &subscriptions);
-        let names: Vec<&[u8]> = whole.resources.iter().map(|a| a.value.as_slice()).collect();
-        assert_eq!(names, [b"b".as_slice(), b"c".as_slice()]);
+        let whole = state.absorb(CLUSTERS, &second, &names, true);
+        let values: Vec<&[u8]> = whole.resources.iter().map(|a| a.value.as_slice()).collect();
+        assert_eq!(values, [b"b".as_slice(), b"c".as_slice()]);
         // Endpoints are asked by name: others the server sent are not part of the set.
-        subscriptions
-            .names
-            .insert(super::super::ENDPOINTS, BTreeSet::from(["x".to_string()]));
+        names.insert(ENDPOINTS, BTreeSet::from(["x".to_string()]));
         let endpoints = DeltaDiscoveryResponse {
             resources: vec![resource("x"), resource("y")],
-            type_url: super::super::ENDPOINTS.into(),
+            type_url: ENDPOINTS.into(),
             ..Default::default()
         };
-        let whole = state.absorb(super::super::ENDPOINTS, &endpoints, &subscriptions);
+        let whole = state.absorb(ENDPOINTS, &endpoints, &names, false);
         assert_eq!(whole.resources.len(), 1);
     }
 }
