@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod breakers;
 pub mod conntrack;
+pub mod l4;
 pub mod listeners;
 pub mod maglev;
 pub mod outlier;
@@ -51,6 +52,16 @@ pub(crate) fn refuse_leftovers<M: Message + Name + Default + PartialEq>(
     resource: &str,
     field: &str,
 ) -> Result<(), CompileError> {
+    refuse_leftovers_of("meridian proxy", rest, resource, field)
+}
+
+/// [`refuse_leftovers`], saying which of Meridian's data planes refuses them.
+pub(crate) fn refuse_leftovers_of<M: Message + Name + Default + PartialEq>(
+    program: &str,
+    rest: &M,
+    resource: &str,
+    field: &str,
+) -> Result<(), CompileError> {
     if *rest == M::default() {
         return Ok(());
     }
@@ -70,12 +81,12 @@ pub(crate) fn refuse_leftovers<M: Message + Name + Default + PartialEq>(
         return Err(CompileError::new(
             resource,
             names.join(", "),
-            "not supported by meridian proxy",
+            format!("not supported by {program}"),
         ));
     }
     Err(CompileError::new(
         resource,
         field,
-        format!("not supported by meridian proxy: {}", names.join(", ")),
+        format!("not supported by {program}: {}", names.join(", ")),
     ))
 }

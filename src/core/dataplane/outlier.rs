@@ -63,14 +63,14 @@ impl OutlierPolicy {
             return Err(CompileError::new(
                 resource,
                 "outlier_detection.enforcing_success_rate",
-                "success-rate ejection is not supported by meridian proxy (only 0)",
+                "success-rate ejection is not supported (only 0)",
             ));
         }
         if value(rest.enforcing_failure_percentage.take()).is_some_and(|v| v != 0) {
             return Err(CompileError::new(
                 resource,
                 "outlier_detection.enforcing_failure_percentage",
-                "failure-percentage ejection is not supported by meridian proxy (only 0)",
+                "failure-percentage ejection is not supported (only 0)",
             ));
         }
         for (field, enforcing) in [
@@ -81,7 +81,7 @@ impl OutlierPolicy {
                 return Err(CompileError::new(
                     resource,
                     format!("outlier_detection.{field}"),
-                    "only 0 and 100 are supported by meridian proxy",
+                    "only 0 and 100 are supported",
                 ));
             }
         }

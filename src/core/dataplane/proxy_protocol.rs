@@ -3,7 +3,8 @@
 //! address for a `PROXY` command, none for `LOCAL` (v2) or `UNKNOWN` (v1), TLVs skipped.
 //!
 //! Sans-IO: [`parse`] looks at the bytes read so far and says how many more it needs, or what
-//! the header says and how long it was; the caller keeps whatever follows it.
+//! the header says and how long it was; the caller keeps whatever follows it. [`encode_v2`]
+//! writes the header `meridian l4` sends its gateways.
 
 use ::core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -51,6 +52,32 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, ProxyHeaderError> {
         return parse_v1(bytes);
     }
     Err(ProxyHeaderError::NotProxyProtocol)
+}
+
+/// A version 2 `PROXY` header for a TCP connection from `source` to `destination`, without
+/// TLVs (what Envoy's `upstream_proxy_protocol` sends). Mixed families are both sent as IPv6
+/// (an IPv4 address mapped), as the spec asks.
+pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 36);
+    out.extend_from_slice(V2_SIGNATURE);
+    let (family, addresses): (u8, Vec<u8>) = match (source.ip(), destination.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (0x11, [s.octets(), d.octets()].concat()),
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            (0x21, [v6(s), v6(d)].concat())
+        }
+    };
+    // Version 2, command PROXY; then the family and TCP (STREAM).
+    out.extend_from_slice(&[0x21, family]);
+    let length = addresses.len() + 4;
+    out.extend_from_slice(&(length as u16).to_be_bytes());
+    out.extend_from_slice(&addresses);
+    out.extend_from_slice(&source.port().to_be_bytes());
+    out.extend_from_slice(&destination.port().to_be_bytes());
+    out
 }
 
 fn parse_v2(bytes: &[u8]) -> Result<Parsed, ProxyHeaderError> {
@@ -174,6 +201,37 @@ mod tests {
         out.extend(destination.port().to_be_bytes());
         out.extend(tlv);
         out
+    }
+
+    #[test]
+    fn what_encode_v2_writes_parses_back_to_the_client_address() {
+        for (source, destination) in [
+            ("203.0.113.7:40000", "127.0.0.11:8080"),
+            ("[2001:db8::7]:1", "[2001:db8::1]:443"),
+        ] {
+            let source: SocketAddr = source.parse().unwrap();
+            let destination: SocketAddr = destination.parse().unwrap();
+            let header = encode_v2(source, destination);
+            assert_eq!(header, v2(source, destination, &[]));
+            assert_eq!(
+                parse(&header),
+                Ok(Parsed::Header {
+                    length: header.len(),
+                    source: Some(source)
+                })
+            );
+        }
+        // An IPv4 client of an IPv6 VIP travels as a mapped address.
+        let source: SocketAddr = "192.0.2.1:5".parse().unwrap();
+        let header = encode_v2(source, "[2001:db8::1]:80".parse().unwrap());
+        let mapped = SocketAddr::new(IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped()), 5);
+        assert_eq!(
+            parse(&header),
+            Ok(Parsed::Header {
+                length: 52,
+                source: Some(mapped)
+            })
+        );
     }
 
     #[test]

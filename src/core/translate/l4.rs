@@ -110,7 +110,7 @@ pub fn translate(view: &ClusterView<'_>) -> Translation {
 }
 
 /// `<vip>_<port>`, as gateways' listeners are named after their bind address.
-fn vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
+pub(crate) fn vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
     let name = format!("{vip}_{port}");
     let proxy = TcpProxy {
         stat_prefix: cluster.to_owned(),
@@ -163,7 +163,7 @@ fn seconds(seconds: i64) -> Option<Duration> {
 
 /// `proxy_protocol`: every connection to a gateway starts with a PROXY protocol v2 header
 /// carrying the client's address (the gateways' listeners require it).
-fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
+pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
     let check = HealthCheck {
         timeout: seconds(CHECK_TIMEOUT_SECONDS),
         interval: seconds(CHECK_INTERVAL_SECONDS),

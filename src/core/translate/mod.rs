@@ -7,7 +7,7 @@
 mod cluster;
 mod destination_rule;
 mod endpoint;
-mod l4;
+pub(crate) mod l4;
 #[cfg(test)]
 mod l4_tests;
 mod listener;
