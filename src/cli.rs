@@ -205,6 +205,21 @@ pub enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Run Meridian's own L4 node in front of the gateways, fed over ADS like Envoy: takes the
+    /// bootstrap `meridian bootstrap --role l4` prints; listens on every VIP:port of its
+    /// cluster and sends each connection to a gateway chosen by Maglev over its 5-tuple.
+    L4 {
+        /// The bootstrap file (JSON), as for `envoy -c`.
+        #[arg(short = 'c', long = "config-path")]
+        config_path: PathBuf,
+        /// Admin listener (`/ready`, `/config_dump`, `/stats/prometheus`); default: the
+        /// bootstrap's admin address.
+        #[arg(long)]
+        admin_addr: Option<std::net::SocketAddr>,
+        /// How long open connections may take to finish at SIGTERM before they are closed.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        drain_time: Duration,
+    },
     /// Print an Envoy bootstrap (JSON) that connects a gateway (or an L4 node) to Meridian over
     /// ADS.
     Bootstrap {
@@ -583,6 +598,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 access_log,
             };
             crate::proxy::run(options, stopped).await
+        }
+        Command::L4 {
+            config_path,
+            admin_addr,
+            drain_time,
+        } => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.send_replace(true);
+            });
+            let options = crate::l4::L4Options {
+                bootstrap: config_path,
+                admin_addr,
+                drain_time,
+            };
+            crate::l4::run(options, stopped).await
         }
         Command::Status { server, cert_dir } => {
             let mut client = ops_client(&server, cert_dir.as_deref()).await?;

@@ -5,6 +5,7 @@
 //! - [`runtime`]: I/O plumbing every program shares.
 //! - [`control_plane`]: the xDS control plane (standalone and Kubernetes modes).
 //! - [`proxy`]: `meridian proxy`, the L7 gateway fed by the same xDS.
+//! - [`l4`]: `meridian l4`, the L4 node in front of the gateways, fed by the same xDS.
 //! - [`bench`] and [`cli`]: benchmarks and the command line, on top.
 
 pub mod api;
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod cli;
 pub mod control_plane;
 pub mod core;
+pub mod l4;
 pub mod proxy;
 pub mod runtime;
 

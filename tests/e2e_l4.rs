@@ -299,3 +299,265 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     assert_eq!(answer, "beta 203.0.113.8");
     meridian.shutdown().await.unwrap();
 }
+
+/// One request to the VIP on a connection from `source` (address and port fixed, so its
+/// 5-tuple is known): the backend that answered. The connection is reset after the response,
+/// so the same 5-tuple can be used again at once.
+async fn ask_from(source: std::net::SocketAddr, vip_port: u16) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket.set_reuseaddr(true).map_err(|e| e.to_string())?;
+    socket.bind(source).map_err(|e| e.to_string())?;
+    let vip = format!("{VIP}:{vip_port}").parse().unwrap();
+    let connect = tokio::time::timeout(Duration::from_secs(3), socket.connect(vip));
+    let mut stream = connect
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: shop.example.test\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buffer).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before a whole response".to_owned());
+            }
+            response.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&response).to_string();
+            let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .ok_or("no content-length")?;
+            if body.len() >= length {
+                return Ok(body[..length].to_owned());
+            }
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(3), read)
+        .await
+        .map_err(|_| "no response in time".to_owned())??;
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .map_err(|e| e.to_string())?;
+    Ok(body.split(' ').next().unwrap_or_default().to_owned())
+}
+
+/// `meridian l4` as an L4 node of the hub's own cluster, its admin on `admin_port`.
+fn meridian_l4(
+    dir: &std::path::Path,
+    node_id: &str,
+    xds_port: u16,
+    admin_port: u16,
+) -> MeridianProxy {
+    MeridianProxy::start_l4(
+        dir,
+        BootstrapOptions {
+            l4: true,
+            admin_port,
+            ..bootstrap_options(node_id, "meridian-system/l4", xds_port)
+        },
+    )
+}
+
+/// The L4 node's `/config_dump` entry of the one cluster.
+async fn l4_cluster(admin_port: u16) -> serde_json::Value {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let dump = admin_json(&client(), admin, "/config_dump").await;
+    dump["clusters"][0].clone()
+}
+
+fn gateway_ids(cluster: &serde_json::Value, state: &str) -> Vec<String> {
+    cluster[state]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `meridian l4` in front of an Envoy gateway and a `meridian proxy` gateway: it serves the
+/// VIP, a second node maps the same 5-tuples to the same gateways with nothing shared, a dead
+/// gateway costs at most the connections it held and leaves the table within its check's
+/// interval × threshold, and comes back when it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (alpha, beta) = (
+        Backend::echoing_forwarded_for("alpha").await,
+        Backend::echoing_forwarded_for("beta").await,
+    );
+    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        config.join("shop.yaml"),
+        manifests(vip_port, gateway_port, alpha.port, beta.port, "{}"),
+    )
+    .unwrap();
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let mut gateway_a = Some(Envoy::start(
+        work.path(),
+        "gw-a",
+        "shop/gw-a",
+        xds_port,
+        false,
+    ));
+    let _gateway_b = MeridianProxy::start(
+        work.path(),
+        bootstrap_options("gw-b", "shop/gw-b", xds_port),
+    );
+    let first_admin = free_port();
+    let first = meridian_l4(work.path(), "l4-1", xds_port, first_admin);
+
+    let sources: Vec<std::net::SocketAddr> = (0..40)
+        .map(|i| {
+            format!("127.0.0.{}:{}", 20 + i % 4, 43000 + i)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let mapping = |label: &'static str| {
+        let sources = sources.clone();
+        async move {
+            let mut seen = Vec::new();
+            for source in &sources {
+                match ask_from(*source, vip_port).await {
+                    Ok(backend) => seen.push(backend),
+                    Err(error) => panic!("{label}: from {source}: {error}"),
+                }
+            }
+            seen
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "both gateways answer through the VIP",
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..20 {
+                if let Ok(backend) = through_vip(vip_port).await {
+                    seen.insert(backend);
+                }
+            }
+            seen.len() == 2
+        },
+    )
+    .await;
+    let by_first = mapping("first node").await;
+    assert!(
+        by_first.contains(&"alpha".to_owned()) && by_first.contains(&"beta".to_owned()),
+        "40 5-tuples spread over both gateways: {by_first:?}"
+    );
+    // The same 5-tuples asked again: the same gateways.
+    assert_eq!(mapping("first node again").await, by_first);
+
+    // Meridian lists the node as an L4 node, in sync.
+    let mut ops = OpsClient::connect(format!("http://127.0.0.1:{xds_port}"))
+        .await
+        .unwrap();
+    let status = ops
+        .proxy_status(ProxyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let node = status
+        .proxies
+        .iter()
+        .find(|p| p.node_id == "l4-1")
+        .expect("the L4 node is connected");
+    assert_eq!(node.role, "l4");
+    for kind in ["CDS", "EDS", "LDS"] {
+        let sync = node.types.iter().find(|t| t.r#type == kind).unwrap();
+        assert_eq!(
+            sync.state,
+            "SYNCED",
+            "{kind}: {sync:?}\n{}",
+            first.log_text()
+        );
+    }
+    let ready = admin_text(
+        &client(),
+        format!("127.0.0.1:{first_admin}").parse().unwrap(),
+        "/ready",
+    )
+    .await;
+    assert!(
+        ready.starts_with("LIVE\n") && ready.contains(" serving "),
+        "{ready}"
+    );
+
+    // Another node, sharing nothing with the first: the same 5-tuples go the same way.
+    drop(first);
+    let second_admin = free_port();
+    let second = meridian_l4(work.path(), "l4-2", xds_port, second_admin);
+    eventually(
+        Duration::from_secs(30),
+        "the second node serves",
+        || async { through_vip(vip_port).await.is_ok() },
+    )
+    .await;
+    assert_eq!(mapping("second node").await, by_first);
+
+    // Gateway A dies. New connections it refuses are tried on B, and refusals eject it.
+    drop(gateway_a.take());
+    let killed = Instant::now();
+    let mut lost = 0;
+    for attempt in 0..60 {
+        match through_vip(vip_port).await {
+            Ok(backend) => assert_eq!(backend, "beta", "connection {attempt} after A died"),
+            Err(error) => {
+                lost += 1;
+                assert!(attempt < 10 && lost <= 2, "connection {attempt}: {error}");
+            }
+        }
+    }
+    // Its active checks fail it within interval × threshold (2 s × 2) plus a timeout.
+    let failed = eventually(
+        Duration::from_secs(8),
+        "gateway A fails its checks",
+        || async {
+            gateway_ids(&l4_cluster(second_admin).await, "failed")
+                .iter()
+                .any(|id| id.starts_with("127.0.0.11:"))
+        },
+    )
+    .await;
+    println!(
+        "meridian l4: {lost} of 60 new connections lost as gateway A died; failed by its \
+         checks {:?} after it died",
+        failed.max(killed.elapsed())
+    );
+    // Every 5-tuple that went to A now goes to B; those that went to B stay.
+    assert!(mapping("without A").await.iter().all(|b| b == "beta"));
+
+    // A comes back: its checks pass, and the 5-tuples return to it.
+    let _gateway_a = Envoy::start(work.path(), "gw-a", "shop/gw-a", xds_port, false);
+    eventually(
+        Duration::from_secs(30),
+        "gateway A back in the table",
+        || async {
+            let cluster = l4_cluster(second_admin).await;
+            gateway_ids(&cluster, "available").len() == 2
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the first mapping again",
+        || async { mapping("A back").await == by_first },
+    )
+    .await;
+    drop(second);
+    meridian.shutdown().await.unwrap();
+}

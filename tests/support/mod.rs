@@ -163,7 +163,7 @@ impl Drop for Envoy {
     }
 }
 
-/// `meridian proxy`, killed on drop.
+/// `meridian proxy` (or `meridian l4`), killed on drop.
 pub struct MeridianProxy {
     child: Child,
     pub log: PathBuf,
@@ -177,11 +177,25 @@ impl MeridianProxy {
 
     /// [`MeridianProxy::start`] with more command-line arguments.
     pub fn start_with(dir: &Path, options: BootstrapOptions, args: &[&str]) -> MeridianProxy {
+        MeridianProxy::run("proxy", dir, options, args)
+    }
+
+    /// `meridian l4 -c <bootstrap>` (`options.l4` should be set), its log in `dir`.
+    pub fn start_l4(dir: &Path, options: BootstrapOptions) -> MeridianProxy {
+        MeridianProxy::run("l4", dir, options, &[])
+    }
+
+    /// Reads the log written so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn run(program: &str, dir: &Path, options: BootstrapOptions, args: &[&str]) -> MeridianProxy {
         let path = dir.join(format!("{}.json", options.node_id));
         std::fs::write(&path, serde_json::to_vec(&bootstrap(&options)).unwrap()).unwrap();
         let log = dir.join(format!("{}.log", options.node_id));
         let child = Command::new(meridian_binary())
-            .arg("proxy")
+            .arg(program)
             .arg("-c")
             .arg(&path)
             .args(args)
@@ -195,7 +209,7 @@ impl MeridianProxy {
                     .unwrap(),
             )
             .spawn()
-            .expect("start meridian proxy");
+            .unwrap_or_else(|e| panic!("start meridian {program}: {e}"));
         MeridianProxy { child, log }
     }
 }

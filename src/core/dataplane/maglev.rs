@@ -35,8 +35,9 @@ pub struct Backend<'a> {
     pub weight: u32,
 }
 
-/// A built table: each entry is the index of a backend in the slice it was built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A built table: each entry is the index of a backend in the slice it was built from. The
+/// default table is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaglevTable {
     entries: Vec<u32>,
 }

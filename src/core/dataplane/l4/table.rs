@@ -25,7 +25,7 @@ pub struct Gateway {
     pub weight: u32,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct L4Table {
     gateways: Vec<Gateway>,
     table: MaglevTable,
@@ -45,20 +45,7 @@ impl L4Table {
         priorities.dedup();
         let mut gateways = Vec::new();
         for priority in priorities {
-            let all: Vec<Gateway> = assignment
-                .localities
-                .iter()
-                .filter(|l| l.priority == priority)
-                .flat_map(|l| &l.endpoints)
-                .filter_map(|e| {
-                    let ip = e.host.parse::<IpAddr>().ok()?;
-                    Some(Gateway {
-                        id: e.id(),
-                        address: SocketAddr::new(ip, e.port),
-                        weight: e.weight,
-                    })
-                })
-                .collect();
+            let all = gateways_of(assignment, Some(priority));
             let available: Vec<Gateway> = all
                 .iter()
                 .filter(|g| !excluded.contains(&g.id))
@@ -89,6 +76,11 @@ impl L4Table {
         Ok(L4Table { gateways, table })
     }
 
+    /// A table with no gateway: it picks nothing.
+    pub fn empty() -> L4Table {
+        L4Table::default()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.gateways.is_empty()
     }
@@ -110,4 +102,22 @@ impl L4Table {
         }
         self.gateways.iter().find(fresh)
     }
+}
+
+/// The gateways of `assignment` (of one priority, or all), whatever their health.
+pub fn gateways_of(assignment: &Assignment, priority: Option<u32>) -> Vec<Gateway> {
+    assignment
+        .localities
+        .iter()
+        .filter(|l| priority.is_none_or(|p| l.priority == p))
+        .flat_map(|l| &l.endpoints)
+        .filter_map(|e| {
+            let ip = e.host.parse::<IpAddr>().ok()?;
+            Some(Gateway {
+                id: e.id(),
+                address: SocketAddr::new(ip, e.port),
+                weight: e.weight,
+            })
+        })
+        .collect()
 }

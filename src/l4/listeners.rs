@@ -1,0 +1,310 @@
+//! The VIP:port sockets, reconciled with the accepted listeners, and what happens to each
+//! connection: its 5-tuple hashed, a gateway picked from its cluster's table (the next one
+//! when a gateway refuses, up to the listener's connect attempts), the PROXY header sent when
+//! the cluster says so, then bytes relayed.
+//!
+//! Binding: `IP_FREEBIND` where the listener asks for it, so a VIP need not be on an interface
+//! (the routers deliver it once announced). A listener whose address changes is bound anew
+//! before the old socket closes; one that cannot bind keeps the old and is reported (NACK).
+//! A listener whose address stays keeps its socket and serves the new settings at once. A
+//! removed listener stops accepting; its connections finish on their own.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::stats::{Bytes, ClusterLabel, ListenerLabel};
+use super::L4State;
+use crate::core::dataplane::conntrack::FlowKey;
+use crate::core::dataplane::l4::L4ListenerPlan;
+use crate::core::dataplane::proxy_protocol;
+use crate::runtime::log_budget::LogBudget;
+
+const TCP: u8 = 6;
+const BACKLOG: i32 = 1024;
+
+struct Bound {
+    address: SocketAddr,
+    freebind: bool,
+    plan: watch::Sender<L4ListenerPlan>,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Listeners {
+    bound: BTreeMap<String, Bound>,
+    /// Client connections open at once, over every listener (fitted to the open-file limit).
+    permits: Arc<Semaphore>,
+}
+
+impl Listeners {
+    pub fn new(max_connections: usize) -> Listeners {
+        Listeners {
+            bound: BTreeMap::new(),
+            permits: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Makes the sockets match `plans`; returns the listeners that could not bind, with why.
+    pub fn reconcile(
+        &mut self,
+        plans: &BTreeMap<String, L4ListenerPlan>,
+        state: &Arc<L4State>,
+    ) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let gone: Vec<String> = self
+            .bound
+            .keys()
+            .filter(|name| !plans.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(bound) = self.bound.remove(&name) {
+                bound.stop.send_replace(true);
+                tracing::info!(listener = %name, address = %bound.address, "listener removed");
+            }
+        }
+        for (name, plan) in plans {
+            if let Some(bound) = self.bound.get(name) {
+                if bound.address == plan.address && bound.freebind == plan.freebind {
+                    bound.plan.send_if_modified(|current| {
+                        let changed = current != plan;
+                        *current = plan.clone();
+                        changed
+                    });
+                    continue;
+                }
+            }
+            let taken = self
+                .bound
+                .iter()
+                .find(|(other, b)| *other != name && b.address == plan.address);
+            if let Some((other, _)) = taken {
+                errors.push((
+                    name.clone(),
+                    format!("{} is already listener {other}'s", plan.address),
+                ));
+                continue;
+            }
+            // A listener moving to the address of one that is being replaced: the old socket
+            // must go first.
+            match bind(plan.address, plan.freebind) {
+                Ok(listener) => {
+                    let (plan_tx, plan_rx) = watch::channel(plan.clone());
+                    let (stop, stopped) = watch::channel(false);
+                    tokio::spawn(accept_loop(
+                        listener,
+                        plan_rx,
+                        state.clone(),
+                        self.permits.clone(),
+                        stopped,
+                    ));
+                    tracing::info!(listener = %name, address = %plan.address, "listening");
+                    let replaced = self.bound.insert(
+                        name.clone(),
+                        Bound {
+                            address: plan.address,
+                            freebind: plan.freebind,
+                            plan: plan_tx,
+                            stop,
+                        },
+                    );
+                    if let Some(old) = replaced {
+                        old.stop.send_replace(true);
+                    }
+                }
+                Err(error) => errors.push((name.clone(), format!("{}: {error}", plan.address))),
+            }
+        }
+        errors
+    }
+
+    /// Stops accepting on every listener (SIGTERM); open connections drain.
+    pub fn stop_all(&mut self) {
+        for (_, bound) in std::mem::take(&mut self.bound) {
+            bound.stop.send_replace(true);
+        }
+    }
+}
+
+/// A listening socket on `address`, with `IP_FREEBIND` (IPv4 or IPv6) when asked.
+fn bind(address: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if freebind {
+        if address.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_freebind_v6(true)?;
+        }
+    }
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    plan: watch::Receiver<L4ListenerPlan>,
+    state: Arc<L4State>,
+    permits: Arc<Semaphore>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    static ACCEPT_FAILED: LogBudget = LogBudget::new(1, Duration::from_secs(5));
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit,
+            _ = crate::runtime::stopped_signal(stopped.clone()) => return,
+        };
+        let Ok(permit) = permit else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = crate::runtime::stopped_signal(stopped.clone()) => return,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let plan = plan.borrow().clone();
+                tokio::spawn(serve(client, peer, plan, state.clone(), permit));
+            }
+            Err(error) => {
+                // Out of file descriptors, most likely: wait for some to close.
+                if let Some(suppressed) = ACCEPT_FAILED.allow() {
+                    tracing::warn!(%error, suppressed, "cannot accept connections; retrying");
+                }
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// 16 bytes: IPv4 mapped into IPv6.
+fn octets(address: SocketAddr) -> [u8; 16] {
+    match address {
+        SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped().octets(),
+        SocketAddr::V6(v6) => v6.ip().octets(),
+    }
+}
+
+async fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    plan: L4ListenerPlan,
+    state: Arc<L4State>,
+    _permit: OwnedSemaphorePermit,
+) {
+    static NO_GATEWAY: LogBudget = LogBudget::new(2, Duration::from_secs(10));
+    let _open = state.open_connection();
+    let listener = ListenerLabel {
+        listener: plan.name.clone(),
+    };
+    state.stats.connections.get_or_create(&listener).inc();
+    let active = state
+        .stats
+        .active_connections
+        .get_or_create(&listener)
+        .clone();
+    active.inc();
+    let _ = client.set_nodelay(true);
+    // The address the client reached (the VIP), as the 5-tuple and the PROXY header see it.
+    let local = client.local_addr().unwrap_or(plan.address);
+    let key = FlowKey {
+        protocol: TCP,
+        source: octets(peer),
+        source_port: peer.port(),
+        destination: octets(local),
+        destination_port: local.port(),
+    };
+    match connect(&state, &plan, key.hash(), peer, local).await {
+        Some(gateway) => {
+            let bytes = |direction| {
+                state
+                    .stats
+                    .bytes
+                    .get_or_create(&Bytes {
+                        listener: plan.name.clone(),
+                        direction,
+                    })
+                    .clone()
+            };
+            let counters = (bytes("received"), bytes("sent"));
+            if let Err(error) =
+                super::relay::relay(client, gateway, plan.idle_timeout, counters).await
+            {
+                tracing::debug!(%error, listener = %plan.name, "connection ended");
+            }
+        }
+        None => {
+            state.stats.unserved.get_or_create(&listener).inc();
+            if let Some(suppressed) = NO_GATEWAY.allow() {
+                tracing::warn!(listener = %plan.name, cluster = %plan.cluster, suppressed, "no gateway took a connection; closed");
+            }
+        }
+    }
+    active.dec();
+}
+
+/// A connection to a gateway of the listener's cluster, the PROXY header sent if asked:
+/// the table's choice for `hash`, then the next, up to the listener's connect attempts.
+async fn connect(
+    state: &L4State,
+    plan: &L4ListenerPlan,
+    hash: u64,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Option<TcpStream> {
+    let upstream = state.snapshot.load().clusters.get(&plan.cluster)?.clone();
+    let failures = state
+        .stats
+        .connect_failures
+        .get_or_create(&ClusterLabel {
+            cluster: plan.cluster.clone(),
+        })
+        .clone();
+    let mut tried = Vec::new();
+    for _ in 0..plan.connect_attempts {
+        let table = upstream.table();
+        let gateway = table.pick(hash, &tried)?.clone();
+        let connecting = TcpStream::connect(gateway.address);
+        let connected = match tokio::time::timeout(upstream.plan.connect_timeout, connecting).await
+        {
+            Ok(Ok(stream)) => Some(stream),
+            _ => None,
+        };
+        upstream.record_connect(
+            &gateway.id,
+            connected.is_some(),
+            state.clock(),
+            &state.stats,
+        );
+        let Some(mut stream) = connected else {
+            failures.inc();
+            tried.push(gateway.id);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        if upstream.plan.proxy_protocol {
+            let header = proxy_protocol::encode_v2(peer, local);
+            if stream.write_all(&header).await.is_err() {
+                failures.inc();
+                tried.push(gateway.id);
+                continue;
+            }
+        }
+        return Some(stream);
+    }
+    None
+}

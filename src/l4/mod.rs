@@ -1,0 +1,153 @@
+//! `meridian l4`: the L4 node in front of the gateways, fed by Meridian's xDS (what
+//! `core::translate::l4` serves a node whose metadata says `meridian.dev/role: l4`). It listens
+//! on every VIP:port of its cluster (binding addresses not on an interface yet), picks a
+//! gateway for each connection by Maglev over the connection's 5-tuple — the same gateway on
+//! every node with the same view, no state shared — and relays bytes both ways, sending a
+//! PROXY protocol v2 header first where the cluster says so.
+//!
+//! Gateways leave the table when their active checks fail (`health.rs`) or, passively, when
+//! connections to them fail in a row (outlier detection); a connection a gateway refuses is
+//! tried on the next one. The pure parts — compiling, the health state machine, the table —
+//! are `core::dataplane::l4`; this module is their I/O.
+
+pub mod admin;
+pub mod ads;
+pub mod health;
+pub mod listeners;
+pub mod relay;
+pub mod stats;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+
+use self::ads::L4Subscriber;
+use self::upstream::Upstream;
+use crate::core::dataplane::l4::L4ListenerPlan;
+use crate::runtime::xds_client::bootstrap::{Bootstrap, Program};
+use crate::runtime::xds_client::XdsClient;
+
+/// How `meridian l4` runs.
+#[derive(Clone, Debug)]
+pub struct L4Options {
+    /// The bootstrap `meridian bootstrap --role l4` printed.
+    pub bootstrap: PathBuf,
+    /// Where the admin listener binds; the bootstrap's `admin.address` if unset.
+    pub admin_addr: Option<SocketAddr>,
+    /// How long open connections may take to finish at SIGTERM before they are closed.
+    pub drain_time: Duration,
+}
+
+/// What connections read: the listeners and clusters accepted, swapped whole per response.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub versions: BTreeMap<&'static str, String>,
+    pub listeners: BTreeMap<String, L4ListenerPlan>,
+    pub clusters: HashMap<String, Arc<Upstream>>,
+}
+
+/// State shared by the ADS client, the listeners, the health checks and the admin listener.
+pub struct L4State {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stats: stats::Stats,
+    ready: AtomicBool,
+    /// Client connections open, on every listener.
+    open: AtomicUsize,
+    closed: Notify,
+    started: tokio::time::Instant,
+}
+
+impl Default for L4State {
+    fn default() -> L4State {
+        L4State {
+            snapshot: ArcSwap::default(),
+            stats: stats::Stats::default(),
+            ready: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            closed: Notify::new(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl L4State {
+    /// Time since start: the clock outlier detection runs on.
+    pub fn clock(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection while the guard lives.
+    pub fn open_connection(self: &Arc<L4State>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection {
+            state: self.clone(),
+        }
+    }
+
+    /// Waits until no client connection is open, or `limit` passed.
+    async fn drained(&self, limit: Duration) {
+        let all_closed = async {
+            loop {
+                let notified = self.closed.notified();
+                if self.open.load(Ordering::Relaxed) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_closed).await;
+    }
+}
+
+/// A client connection, counted while open.
+pub struct OpenConnection {
+    state: Arc<L4State>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.state.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.state.closed.notify_waiters();
+        }
+    }
+}
+
+/// Runs the node until `stopped`; then its listeners stop accepting and open connections get
+/// the drain time to finish.
+pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let bootstrap = Bootstrap::load(&options.bootstrap, Program::L4)?;
+    let state = Arc::new(L4State::default());
+    if let Some(address) = options.admin_addr.or(bootstrap.admin) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin listener {address}: {e}"))?;
+        tracing::info!(%address, "admin listening");
+        tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
+    }
+    tokio::spawn(health::outlier_ticks(state.clone(), stopped.clone()));
+    tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "l4 node starting");
+    let fd_limit = crate::runtime::connections::raise_fd_limit();
+    let client = XdsClient {
+        bootstrap,
+        subscriber: L4Subscriber::new(state.clone(), fd_limit),
+    };
+    client.run(stopped).await;
+    tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
+    state.drained(options.drain_time).await;
+    Ok(())
+}
