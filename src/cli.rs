@@ -219,6 +219,19 @@ pub enum Command {
         /// How long open connections may take to finish at SIGTERM before they are closed.
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         drain_time: Duration,
+        /// Announce the VIPs this node can serve through BIRD 2: write them to this file
+        /// (which bird.conf includes) and run `birdc configure`.
+        #[arg(long, value_name = "FILE")]
+        bird_config: Option<PathBuf>,
+        /// The birdc binary.
+        #[arg(long, default_value = "birdc", requires = "bird_config")]
+        birdc: PathBuf,
+        /// BIRD's control socket (birdc -s); BIRD's default if unset.
+        #[arg(long, requires = "bird_config")]
+        bird_socket: Option<PathBuf>,
+        /// At SIGTERM, how long to keep accepting after the VIPs were withdrawn.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        withdraw_wait: Duration,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway (or an L4 node) to Meridian over
     /// ADS.
@@ -603,6 +616,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             config_path,
             admin_addr,
             drain_time,
+            bird_config,
+            birdc,
+            bird_socket,
+            withdraw_wait,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -613,6 +630,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 bootstrap: config_path,
                 admin_addr,
                 drain_time,
+                bird: bird_config.map(|config| crate::l4::announce::BirdOptions {
+                    config,
+                    birdc,
+                    socket: bird_socket,
+                }),
+                withdraw_wait,
             };
             crate::l4::run(options, stopped).await
         }

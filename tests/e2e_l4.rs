@@ -14,52 +14,15 @@ use support::*;
 
 const VIP: &str = "127.77.0.1";
 
-/// A VIP pool for the hub's own cluster; one AccessPoint whose Service (port `vip_port`) is
-/// backed by two gateway pods, 127.0.0.11 and 127.0.0.12 on `gateway_port`, each serving its
-/// own Gateway, routed to its own backend so a response says which gateway it crossed.
-/// `vip`: the AccessPoint's `spec.vip`, as YAML flow.
+/// The L4 set-up of [`support::l4::manifests`] on loopback: gateway pods 127.0.0.11 and
+/// 127.0.0.12, the VIP pool 127.77.0.0/29.
 fn manifests(vip_port: u16, gateway_port: u16, alpha: u16, beta: u16, vip: &str) -> String {
-    let gateway = |name: &str, bind: &str| {
-        format!(
-            "    - metadata: {{name: {name}}}\n      spec: {{servers: [{{port: {{number: {gateway_port}, protocol: HTTP}}, bind: {bind}, hosts: [\"*\"]}}]}}\n"
-        )
-    };
-    let route = |gateway: &str, backend: &str| {
-        format!(
-            "    - metadata: {{name: {gateway}}}\n      spec: {{hosts: [\"*\"], gateways: [{gateway}], http: [{{route: [{{destination: {{host: {backend}}}}}]}}]}}\n"
-        )
-    };
-    format!(
-        r#"apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: local}}
-spec:
-  zone: local-1
-  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: shop-gateway-1, namespace: shop, labels: {{kubernetes.io/service-name: shop-gateway}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.11"]}}, {{addresses: ["127.0.0.12"]}}]
-ports: [{{name: http, port: {gateway_port}}}]
----
-{alpha_service}{beta_service}apiVersion: meridian.dev/v1alpha1
-kind: AccessPoint
-metadata: {{name: shop, namespace: shop}}
-spec:
-  vip: {vip}
-  template:
-    service:
-      metadata: {{name: shop-gateway}}
-      spec: {{ports: [{{name: http, port: {vip_port}, targetPort: {gateway_port}}}]}}
-    gateways:
-{gateways}    virtualServices:
-{routes}"#,
-        alpha_service = loopback_service("alpha", alpha),
-        beta_service = loopback_service("beta", beta),
-        gateways = gateway("gw-a", "127.0.0.11") + &gateway("gw-b", "127.0.0.12"),
-        routes = route("gw-a", "alpha") + &route("gw-b", "beta"),
+    support::l4::manifests(
+        ["127.0.0.11", "127.0.0.12"],
+        "127.77.0.0/29",
+        (vip_port, gateway_port),
+        (alpha, beta),
+        vip,
     )
 }
 
@@ -232,7 +195,8 @@ async fn with_proxy_header(address: std::net::SocketAddrV4, client: [u8; 4]) -> 
 /// the L4 node sends one (so connections through the VIP still work), and the address in it is
 /// the one the gateway forwards as X-Forwarded-For. (Envoy replaces loopback addresses in
 /// X-Forwarded-For with its own, so the address is checked with a header sent by hand.)
-/// Gateway A is an Envoy, gateway B `meridian proxy`: both must honour it.
+/// Gateway A is an Envoy, gateway B `meridian proxy`: both must honour it; the L4 node is an
+/// Envoy, then `meridian l4`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     let work = tempfile::tempdir().unwrap();
@@ -257,7 +221,7 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
         work.path(),
         bootstrap_options("gw-b", "shop/gw-b", xds_port),
     );
-    let _l4 = l4_envoy(work.path(), xds_port);
+    let l4 = l4_envoy(work.path(), xds_port);
     let gateway_a = std::net::SocketAddrV4::new([127, 0, 0, 11].into(), gateway_port);
     let gateway_b = std::net::SocketAddrV4::new([127, 0, 0, 12].into(), gateway_port);
     let direct = |gateway| async move {
@@ -297,6 +261,28 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     assert_eq!(answer, "alpha 203.0.113.7");
     let answer = with_proxy_header(gateway_b, [203, 0, 113, 8]).await;
     assert_eq!(answer, "beta 203.0.113.8");
+
+    // `meridian l4` in the Envoy's place sends the header too: both gateways forward the
+    // client's own address.
+    drop(l4);
+    let _l4 = meridian_l4(work.path(), "l4-m", xds_port, free_port());
+    eventually(
+        Duration::from_secs(30),
+        "gateway B names the client through meridian l4",
+        || async {
+            through_vip_from(vip_port, [127, 0, 0, 9])
+                .await
+                .is_ok_and(|answer| answer == "beta 127.0.0.9")
+        },
+    )
+    .await;
+    for attempt in 0..20 {
+        let answer = through_vip_from(vip_port, [127, 0, 0, 9]).await;
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.ends_with(" 127.0.0.9")),
+            "connection {attempt} through meridian l4: {answer:?}"
+        );
+    }
     meridian.shutdown().await.unwrap();
 }
 

@@ -1,7 +1,8 @@
 //! The L4 node's admin listener:
 //! - `/ready`: 200 once a first config is applied, 503 before. Its body lists every VIP
 //!   listener with whether it can take connections (`serving`, or why not: no cluster, no
-//!   endpoints yet, no available gateway) — what route announcement will follow;
+//!   endpoints yet, no available gateway) — what route announcement follows — and, with
+//!   BGP, the VIPs announced and why the last change did not reach BIRD, if it did not;
 //! - `/config_dump`: versions, listeners, clusters with their gateways by state;
 //! - `/stats/prometheus`.
 
@@ -13,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
 
-use super::{L4State, Snapshot};
+use super::L4State;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -30,16 +31,6 @@ pub async fn serve(
         .await;
 }
 
-/// Whether the listener can take connections, or why not.
-pub fn listener_state(snapshot: &Snapshot, cluster: &str) -> &'static str {
-    match snapshot.clusters.get(cluster) {
-        None => "no cluster",
-        Some(upstream) if upstream.assignment.is_none() => "no endpoints yet",
-        Some(upstream) if upstream.table().is_empty() => "no available gateway",
-        Some(_) => "serving",
-    }
-}
-
 async fn ready(State(state): State<Arc<L4State>>) -> (StatusCode, String) {
     if !state.is_ready() {
         return (
@@ -50,11 +41,22 @@ async fn ready(State(state): State<Arc<L4State>>) -> (StatusCode, String) {
     let snapshot = state.snapshot.load();
     let mut body = String::from("LIVE\n");
     for (name, plan) in &snapshot.listeners {
-        let verdict = listener_state(&snapshot, &plan.cluster);
+        let verdict = snapshot.serving(&plan.cluster);
         body.push_str(&format!(
             "{name} {} {verdict} ({})\n",
             plan.address, plan.cluster
         ));
+    }
+    if let Some(announcement) = state.announcement() {
+        let vips: Vec<String> = announcement
+            .announced
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        body.push_str(&format!("bgp announced: {}\n", vips.join(" ")));
+        if let Some(error) = announcement.error {
+            body.push_str(&format!("bgp error: {error}\n"));
+        }
     }
     (StatusCode::OK, body)
 }
@@ -79,7 +81,7 @@ async fn config_dump(State(state): State<Arc<L4State>>) -> Json<serde_json::Valu
                 "freebind": l.freebind,
                 "cluster": l.cluster,
                 "connectAttempts": l.connect_attempts,
-                "state": listener_state(&snapshot, &l.cluster),
+                "state": snapshot.serving(&l.cluster),
             })
         })
         .collect();
@@ -107,8 +109,12 @@ async fn config_dump(State(state): State<Arc<L4State>>) -> Json<serde_json::Valu
         })
         .collect();
     clusters.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let announced: Option<Vec<String>> = state
+        .announcement()
+        .map(|a| a.announced.iter().map(|v| v.to_string()).collect());
     Json(serde_json::json!({
         "versions": snapshot.versions,
+        "announced": announced,
         "listeners": listeners,
         "clusters": clusters,
     }))

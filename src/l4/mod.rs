@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod ads;
+pub mod announce;
 pub mod health;
 pub mod listeners;
 pub mod relay;
@@ -22,13 +23,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
 use self::ads::L4Subscriber;
+use self::announce::{Announcement, BirdOptions};
 use self::upstream::Upstream;
 use crate::core::dataplane::l4::L4ListenerPlan;
 use crate::runtime::xds_client::bootstrap::{Bootstrap, Program};
@@ -43,6 +45,11 @@ pub struct L4Options {
     pub admin_addr: Option<SocketAddr>,
     /// How long open connections may take to finish at SIGTERM before they are closed.
     pub drain_time: Duration,
+    /// Announce the VIPs this node can serve through BIRD; none: routes are someone else's.
+    pub bird: Option<BirdOptions>,
+    /// At SIGTERM, how long to keep accepting after the VIPs were withdrawn, while the routers
+    /// move new flows to other nodes.
+    pub withdraw_wait: Duration,
 }
 
 /// What connections read: the listeners and clusters accepted, swapped whole per response.
@@ -51,6 +58,18 @@ pub struct Snapshot {
     pub versions: BTreeMap<&'static str, String>,
     pub listeners: BTreeMap<String, L4ListenerPlan>,
     pub clusters: HashMap<String, Arc<Upstream>>,
+}
+
+impl Snapshot {
+    /// Whether connections for `cluster` can be taken (`serving`), or why not.
+    pub fn serving(&self, cluster: &str) -> &'static str {
+        match self.clusters.get(cluster) {
+            None => "no cluster",
+            Some(upstream) if upstream.assignment.is_none() => "no endpoints yet",
+            Some(upstream) if upstream.table().is_empty() => "no available gateway",
+            Some(_) => "serving",
+        }
+    }
 }
 
 /// State shared by the ADS client, the listeners, the health checks and the admin listener.
@@ -62,6 +81,8 @@ pub struct L4State {
     open: AtomicUsize,
     closed: Notify,
     started: tokio::time::Instant,
+    /// What BIRD announces, when the node drives it.
+    announcement: Mutex<Option<Announcement>>,
 }
 
 impl Default for L4State {
@@ -73,6 +94,7 @@ impl Default for L4State {
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             started: tokio::time::Instant::now(),
+            announcement: Mutex::new(None),
         }
     }
 }
@@ -89,6 +111,23 @@ impl L4State {
 
     fn mark_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// What BIRD announces (`None` without BGP).
+    pub fn announcement(&self) -> Option<Announcement> {
+        self.announcement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_announcement(&self, announcement: Announcement) {
+        *self.announcement.lock().unwrap_or_else(|e| e.into_inner()) = Some(announcement);
+    }
+
+    fn set_announcement_error(&self, error: String) {
+        let mut announcement = self.announcement.lock().unwrap_or_else(|e| e.into_inner());
+        announcement.get_or_insert_with(Announcement::default).error = Some(error);
     }
 
     /// Counts a client connection while the guard lives.
@@ -127,26 +166,64 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Runs the node until `stopped`; then its listeners stop accepting and open connections get
-/// the drain time to finish.
+/// Runs the node until `stopped`. Then, with BGP, every VIP is withdrawn and the node keeps
+/// accepting for the withdraw wait (the routers move new flows elsewhere meanwhile); then its
+/// listeners stop accepting and open connections get the drain time to finish.
 pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::Result<()> {
     let bootstrap = Bootstrap::load(&options.bootstrap, Program::L4)?;
     let state = Arc::new(L4State::default());
+    // The node's own stop: after the withdrawal, not at the signal.
+    let (stop, node_stopped) = watch::channel(false);
     if let Some(address) = options.admin_addr.or(bootstrap.admin) {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| anyhow::anyhow!("admin listener {address}: {e}"))?;
         tracing::info!(%address, "admin listening");
-        tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
+        tokio::spawn(admin::serve(listener, state.clone(), node_stopped.clone()));
     }
-    tokio::spawn(health::outlier_ticks(state.clone(), stopped.clone()));
-    tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), "l4 node starting");
+    tokio::spawn(health::outlier_ticks(state.clone(), node_stopped.clone()));
+    let (drain, draining) = watch::channel(false);
+    if let Some(bird) = options.bird.clone() {
+        state.set_announcement(Announcement::default());
+        tokio::spawn(announce::run(
+            state.clone(),
+            bird,
+            draining,
+            node_stopped.clone(),
+        ));
+    }
+    tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), bgp = options.bird.is_some(), "l4 node starting");
     let fd_limit = crate::runtime::connections::raise_fd_limit();
     let client = XdsClient {
         bootstrap,
         subscriber: L4Subscriber::new(state.clone(), fd_limit),
     };
-    client.run(stopped).await;
+    let serving = tokio::spawn(client.run(node_stopped));
+    crate::runtime::stopped_signal(stopped).await;
+    if options.bird.is_some() {
+        drain.send_replace(true);
+        let withdrawn = async {
+            while state
+                .announcement()
+                .is_some_and(|a| !a.announced.is_empty())
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), withdrawn)
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not withdraw the VIPs from BIRD; stopping anyway");
+        }
+        tracing::info!(
+            wait_ms = options.withdraw_wait.as_millis() as u64,
+            "VIPs withdrawn; still accepting while routers converge"
+        );
+        tokio::time::sleep(options.withdraw_wait).await;
+    }
+    stop.send_replace(true);
+    let _ = serving.await;
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
     state.drained(options.drain_time).await;
     Ok(())

@@ -10,6 +10,8 @@ use meridian::control_plane::bootstrap::{bootstrap, BootstrapOptions};
 use meridian::control_plane::standalone::{self, Running, StandaloneOptions};
 
 pub mod kube;
+pub mod l4;
+pub mod netns;
 pub mod rollout;
 pub mod tls;
 
@@ -185,6 +187,11 @@ impl MeridianProxy {
         MeridianProxy::run("l4", dir, options, &[])
     }
 
+    /// [`MeridianProxy::start_l4`] with more command-line arguments.
+    pub fn start_l4_with(dir: &Path, options: BootstrapOptions, args: &[&str]) -> MeridianProxy {
+        MeridianProxy::run("l4", dir, options, args)
+    }
+
     /// Reads the log written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -260,6 +267,18 @@ impl Backend {
 
     /// A backend answering `<name> <X-Forwarded-For>` (`-` when there is none).
     pub async fn echoing_forwarded_for(name: &'static str) -> Backend {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        Backend::echoing_forwarded_for_on(name, listener)
+    }
+
+    /// [`Backend::echoing_forwarded_for`] on a socket bound already (in a network namespace,
+    /// say: a socket stays in the namespace it was made in).
+    pub fn echoing_forwarded_for_on(
+        name: &'static str,
+        listener: tokio::net::TcpListener,
+    ) -> Backend {
         let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
             let forwarded = headers
                 .get("x-forwarded-for")
@@ -268,7 +287,7 @@ impl Backend {
                 .to_owned();
             ([("connection", "close")], format!("{name} {forwarded}"))
         });
-        Backend::spawn(0, app).await
+        Backend::spawn_on(listener, app)
     }
 
     async fn serve(name: &'static str, port: u16, status: u16) -> Backend {
@@ -285,6 +304,10 @@ impl Backend {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
+        Backend::spawn_on(listener, app)
+    }
+
+    fn spawn_on(listener: tokio::net::TcpListener, app: axum::Router) -> Backend {
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;

@@ -7,6 +7,7 @@
 //!
 //! As for the proxy, every field is honoured or refused by name (the node NACKs with it).
 
+pub mod announce;
 pub mod health;
 pub mod table;
 
