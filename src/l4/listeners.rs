@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use socket2::{Domain, Socket, Type};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -152,14 +154,57 @@ fn bind(address: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A listener's metric series, resolved once per plan rather than per connection.
+struct Counters {
+    connections: Counter,
+    active: Gauge,
+    unserved: Counter,
+    received: Counter,
+    sent: Counter,
+    connect_failures: Counter,
+}
+
+impl Counters {
+    fn resolve(plan: &L4ListenerPlan, stats: &super::stats::Stats) -> Counters {
+        let listener = ListenerLabel {
+            listener: plan.name.clone(),
+        };
+        let bytes = |direction| {
+            stats
+                .bytes
+                .get_or_create(&Bytes {
+                    listener: plan.name.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        Counters {
+            connections: stats.connections.get_or_create(&listener).clone(),
+            active: stats.active_connections.get_or_create(&listener).clone(),
+            unserved: stats.unserved.get_or_create(&listener).clone(),
+            received: bytes("received"),
+            sent: bytes("sent"),
+            connect_failures: stats
+                .connect_failures
+                .get_or_create(&ClusterLabel {
+                    cluster: plan.cluster.clone(),
+                })
+                .clone(),
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    plan: watch::Receiver<L4ListenerPlan>,
+    mut plan: watch::Receiver<L4ListenerPlan>,
     state: Arc<L4State>,
     permits: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
 ) {
     static ACCEPT_FAILED: LogBudget = LogBudget::new(1, Duration::from_secs(5));
+    let resolve =
+        |plan: &L4ListenerPlan| Arc::new((plan.clone(), Counters::resolve(plan, &state.stats)));
+    let mut current = resolve(&plan.borrow_and_update());
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit,
@@ -174,8 +219,10 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                let plan = plan.borrow().clone();
-                tokio::spawn(serve(client, peer, plan, state.clone(), permit));
+                if plan.has_changed().unwrap_or(false) {
+                    current = resolve(&plan.borrow_and_update());
+                }
+                tokio::spawn(serve(client, peer, current.clone(), state.clone(), permit));
             }
             Err(error) => {
                 // Out of file descriptors, most likely: wait for some to close.
@@ -202,22 +249,15 @@ fn octets(address: SocketAddr) -> [u8; 16] {
 async fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    plan: L4ListenerPlan,
+    listener: Arc<(L4ListenerPlan, Counters)>,
     state: Arc<L4State>,
     _permit: OwnedSemaphorePermit,
 ) {
     static NO_GATEWAY: LogBudget = LogBudget::new(2, Duration::from_secs(10));
+    let (plan, counters) = &*listener;
     let _open = state.open_connection();
-    let listener = ListenerLabel {
-        listener: plan.name.clone(),
-    };
-    state.stats.connections.get_or_create(&listener).inc();
-    let active = state
-        .stats
-        .active_connections
-        .get_or_create(&listener)
-        .clone();
-    active.inc();
+    counters.connections.inc();
+    counters.active.inc();
     let _ = client.set_nodelay(true);
     // The address the client reached (the VIP), as the 5-tuple and the PROXY header see it.
     let local = client.local_addr().unwrap_or(plan.address);
@@ -228,33 +268,31 @@ async fn serve(
         destination: octets(local),
         destination_port: local.port(),
     };
-    match connect(&state, &plan, key.hash(), peer, local).await {
+    match connect(
+        &state,
+        plan,
+        &counters.connect_failures,
+        key.hash(),
+        peer,
+        local,
+    )
+    .await
+    {
         Some(gateway) => {
-            let bytes = |direction| {
-                state
-                    .stats
-                    .bytes
-                    .get_or_create(&Bytes {
-                        listener: plan.name.clone(),
-                        direction,
-                    })
-                    .clone()
-            };
-            let counters = (bytes("received"), bytes("sent"));
-            if let Err(error) =
-                super::relay::relay(client, gateway, plan.idle_timeout, counters).await
+            let bytes = (counters.received.clone(), counters.sent.clone());
+            if let Err(error) = super::relay::relay(client, gateway, plan.idle_timeout, bytes).await
             {
                 tracing::debug!(%error, listener = %plan.name, "connection ended");
             }
         }
         None => {
-            state.stats.unserved.get_or_create(&listener).inc();
+            counters.unserved.inc();
             if let Some(suppressed) = NO_GATEWAY.allow() {
                 tracing::warn!(listener = %plan.name, cluster = %plan.cluster, suppressed, "no gateway took a connection; closed");
             }
         }
     }
-    active.dec();
+    counters.active.dec();
 }
 
 /// A connection to a gateway of the listener's cluster, the PROXY header sent if asked:
@@ -262,18 +300,12 @@ async fn serve(
 async fn connect(
     state: &L4State,
     plan: &L4ListenerPlan,
+    failures: &Counter,
     hash: u64,
     peer: SocketAddr,
     local: SocketAddr,
 ) -> Option<TcpStream> {
     let upstream = state.snapshot.load().clusters.get(&plan.cluster)?.clone();
-    let failures = state
-        .stats
-        .connect_failures
-        .get_or_create(&ClusterLabel {
-            cluster: plan.cluster.clone(),
-        })
-        .clone();
     let mut tried = Vec::new();
     for _ in 0..plan.connect_attempts {
         let table = upstream.table();

@@ -2,18 +2,38 @@
 //! its end of stream, which is passed on as a half close (the other direction goes on), and
 //! the whole connection closed when neither direction moved a byte for the idle timeout, or
 //! when either side resets.
+//!
+//! Bytes move socket → pipe → socket with `splice(2)`, never through user space; where the
+//! kernel refuses (no pipe can be made), through a buffer.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const BUFFER: usize = 32 * 1024;
+/// Bytes moved per splice call (a pipe holds 64 KiB by default).
+const SPLICE_CHUNK: usize = 64 * 1024;
+
+/// What a direction adds its bytes to, and when anything last moved.
+struct Activity<'a> {
+    counter: &'a Counter,
+    last_active: &'a AtomicU64,
+    started: Instant,
+}
+
+impl Activity<'_> {
+    fn moved(&self, bytes: usize) {
+        self.counter.inc_by(bytes as u64);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_active.store(now, Ordering::Relaxed);
+    }
+}
 
 /// Relays until both directions ended, one failed, or the connection idled out.
 pub async fn relay(
@@ -24,16 +44,28 @@ pub async fn relay(
 ) -> io::Result<()> {
     let started = Instant::now();
     let last_active = AtomicU64::new(0);
-    let (client_read, client_write) = client.into_split();
-    let (gateway_read, gateway_write) = gateway.into_split();
+    let upstream = Activity {
+        counter: &received,
+        last_active: &last_active,
+        started,
+    };
+    let downstream = Activity {
+        counter: &sent,
+        last_active: &last_active,
+        started,
+    };
     let both = async {
-        tokio::try_join!(
-            pump(client_read, gateway_write, &received, &last_active, started),
-            pump(gateway_read, client_write, &sent, &last_active, started),
-        )
+        match (Pipe::new(), Pipe::new()) {
+            (Ok(up_pipe), Ok(down_pipe)) => tokio::try_join!(
+                splice_direction(&client, &gateway, &up_pipe, &upstream),
+                splice_direction(&gateway, &client, &down_pipe, &downstream),
+            )
+            .map(|_| ()),
+            _ => copy_both(client, gateway, &upstream, &downstream).await,
+        }
     };
     let Some(idle_timeout) = idle_timeout else {
-        return both.await.map(|_| ());
+        return both.await;
     };
     let idle = async {
         loop {
@@ -46,30 +78,181 @@ pub async fn relay(
         }
     };
     tokio::select! {
-        result = both => result.map(|_| ()),
+        result = both => result,
         _ = idle => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
 }
 
-/// One direction: reads until end of stream, writing everything read, then half-closes.
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    counter: &Counter,
-    last_active: &AtomicU64,
-    started: Instant,
+/// A pipe that spliced bytes pass through.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds: [RawFd; 2] = [-1, -1];
+        // SAFETY: pipe2 writes two descriptors into the array it is given.
+        let made = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if made != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just made by pipe2 and are owned by nothing else.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+}
+
+/// `splice(2)` of up to `length` bytes from `from` to `to`, without blocking.
+fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
+    // SAFETY: splice only reads and writes the descriptors given; null offsets mean their
+    // current positions (both are sockets or pipes).
+    let moved = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            length,
+            flags,
+        )
+    };
+    usize::try_from(moved).map_err(|_| io::Error::last_os_error())
+}
+
+/// One direction through `pipe`: reads until end of stream, then half-closes `to`.
+async fn splice_direction(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &Pipe,
+    activity: &Activity<'_>,
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let read = match from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK)
+        }) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
+            // The peer may be gone already; the other direction decides then.
+            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            return Ok(());
+        }
+        let mut left = read;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+            }) {
+                Ok(written) => left -= written.min(left),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        activity.moved(read);
+    }
+}
+
+/// Both directions through buffers, for when no pipe can be made.
+async fn copy_both(
+    client: TcpStream,
+    gateway: TcpStream,
+    upstream: &Activity<'_>,
+    downstream: &Activity<'_>,
+) -> io::Result<()> {
+    let (client_read, client_write) = client.into_split();
+    let (gateway_read, gateway_write) = gateway.into_split();
+    tokio::try_join!(
+        copy_direction(client_read, gateway_write, upstream),
+        copy_direction(gateway_read, client_write, downstream),
+    )
+    .map(|_| ())
+}
+
+async fn copy_direction(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    activity: &Activity<'_>,
 ) -> io::Result<()> {
     let mut buffer = vec![0u8; BUFFER];
     loop {
         let read = from.read(&mut buffer).await?;
         if read == 0 {
-            // The peer may be gone already; the other direction decides then.
             let _ = to.shutdown().await;
             return Ok(());
         }
         to.write_all(&buffer[..read]).await?;
-        counter.inc_by(read as u64);
-        let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        last_active.store(now, Ordering::Relaxed);
+        activity.moved(read);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of sockets on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (connected, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        (connected.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_both_ways_and_a_half_close_lets_the_answer_through() {
+        let (mut client, client_side) = pair().await;
+        let (gateway_side, mut gateway) = pair().await;
+        let (received, sent) = (Counter::default(), Counter::default());
+        let counters = (received.clone(), sent.clone());
+        let relaying = tokio::spawn(relay(client_side, gateway_side, None, counters));
+
+        let request: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sending = {
+            let request = request.clone();
+            async move {
+                client.write_all(&request).await.unwrap();
+                client.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                client.read_to_end(&mut answer).await.unwrap();
+                answer
+            }
+        };
+        let answering = async move {
+            let mut got = Vec::new();
+            gateway.read_to_end(&mut got).await.unwrap();
+            gateway.write_all(b"done").await.unwrap();
+            gateway.shutdown().await.unwrap();
+            got
+        };
+        let (answer, got) = tokio::join!(sending, answering);
+        assert!(got == request, "the gateway got other bytes than the client sent");
+        assert_eq!(answer, b"done");
+        relaying.await.unwrap().unwrap();
+        assert_eq!((received.get(), sent.get()), (3_000_000, 4));
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_the_timeout_is_closed() {
+        let (mut client, client_side) = pair().await;
+        let (gateway_side, _gateway) = pair().await;
+        let idle = Duration::from_millis(200);
+        let counters = (Counter::default(), Counter::default());
+        let relaying = tokio::spawn(relay(client_side, gateway_side, Some(idle), counters));
+        let result = tokio::time::timeout(Duration::from_secs(5), relaying)
+            .await
+            .expect("closed within the idle timeout")
+            .unwrap();
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     }
 }
