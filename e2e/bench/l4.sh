@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# L4 benchmark: `meridian l4`, Envoy 1.40 as an L4 node (both fed by one Meridian) and HAProxy
+# in TCP mode (static config), one at a time on the same VIP, each pinned to core 0; nginx (the
+# two "gateways", 127.0.0.11 and .12), iperf3 servers and the clients on core 1:
+# - new connections: `wrk -t1 -c50 -H 'Connection: close'` through the VIP: connections/s,
+#   CPU µs per connection (user + system of the L4 process) and the p99 of a request on a new
+#   connection;
+# - throughput: `iperf3 -c VIP` (one stream): Gb/s and % of a core per Gb/s.
+#
+#   bash e2e/bench/l4.sh [seconds=10]
+#
+# Needs wrk, iperf3, haproxy and nginx (`make bench-l4` installs them), Envoy (`make deps`).
+set -euo pipefail
+seconds=${1:-10}
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}
+meridian="$CARGO_TARGET_DIR/release/meridian"
+envoy=$(python3 -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+vip=127.77.0.1
+http_port=18080
+iperf_port=15201
+gateway_port=$(free_port)
+
+(cd "$repo" && cargo build --quiet --release --bin meridian)
+
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.11:$gateway_port; listen 127.0.0.12:$gateway_port; location / { return 200 "ok\n"; } }
+}
+EOF
+taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
+pids+=("$(cat "$work/nginx/nginx.pid")")
+for gateway in 127.0.0.11 127.0.0.12; do
+  taskset -c 1 iperf3 -s -B "$gateway" -p "$iperf_port" >/dev/null 2>&1 &
+  pids+=($!)
+done
+
+xds=$(free_port)
+mkdir -p "$work/config" "$work/state"
+cat > "$work/config/bench.yaml" <<EOF
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: local}
+spec: {zone: local-1, vipPools: [{name: lb, cidrs: ["127.77.0.0/29"]}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
+addressType: IPv4
+endpoints: [{addresses: ["127.0.0.11"]}, {addresses: ["127.0.0.12"]}]
+ports: [{name: http, port: $gateway_port}, {name: iperf, port: $iperf_port}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: bench, namespace: bench}
+spec:
+  template:
+    service:
+      metadata: {name: gateways}
+      spec:
+        ports:
+        - {name: http, port: $http_port, targetPort: $gateway_port}
+        - {name: iperf, port: $iperf_port, targetPort: $iperf_port}
+EOF
+"$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
+  --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
+pids+=($!)
+sleep 1
+
+haproxy_config() {
+  cat > "$work/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+frontend http
+  bind $vip:$http_port
+  default_backend http
+frontend iperf
+  bind $vip:$iperf_port
+  default_backend iperf
+backend http
+  balance source
+  server a 127.0.0.11:$gateway_port check inter 2s
+  server b 127.0.0.12:$gateway_port check inter 2s
+backend iperf
+  balance source
+  server a 127.0.0.11:$iperf_port check inter 2s
+  server b 127.0.0.12:$iperf_port check inter 2s
+EOF
+}
+
+# Starts the named L4 peer on core 0; prints its pid.
+start() {
+  case $1 in
+    meridian-l4)
+      "$meridian" bootstrap --node-id bench-l4 --role l4 --xds-addr "127.0.0.1:$xds" \
+        --admin-port "$(free_port)" > "$work/l4.json"
+      RUST_LOG=warn taskset -c 0 "$meridian" l4 -c "$work/l4.json" >"$work/l4.log" 2>&1 &
+      ;;
+    envoy)
+      "$meridian" bootstrap --node-id bench-envoy --role l4 --xds-addr "127.0.0.1:$xds" \
+        --admin-port "$(free_port)" > "$work/envoy.json"
+      taskset -c 0 "$envoy" --disable-hot-restart --concurrency 1 -c "$work/envoy.json" \
+        -l warning >"$work/envoy.log" 2>&1 &
+      ;;
+    haproxy)
+      haproxy_config
+      taskset -c 0 haproxy -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+      ;;
+  esac
+  echo $!
+}
+
+wait_vip() {
+  for _ in $(seq 1 200); do
+    curl -fs --max-time 1 "http://$vip:$http_port/" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "$1 does not answer on $vip:$http_port" >&2; exit 1
+}
+
+declare -A cps cpu p99 gbps core_per_gbps
+measure() { # name
+  local name=$1 pid
+  pid=$(start "$name"); pids+=("$pid")
+  wait_vip "$name"
+  sleep 2 # health checks settle
+  taskset -c 1 wrk -t1 -c50 -d2s -H 'Connection: close' "http://$vip:$http_port/" >/dev/null
+  local before after out connections
+  before=$(ticks "$pid")
+  out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H 'Connection: close' "http://$vip:$http_port/")
+  after=$(ticks "$pid")
+  if echo "$out" | grep -q 'Socket errors\|Non-2xx'; then echo "$name:"; echo "$out"; fi
+  connections=$(echo "$out" | awk '/requests in/ {print $1}')
+  cps[$name]=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+  p99[$name]=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  cpu[$name]=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$connections" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+
+  before=$(ticks "$pid")
+  out=$(taskset -c 1 iperf3 -c "$vip" -p "$iperf_port" -t "$seconds" -J)
+  after=$(ticks "$pid")
+  local bits
+  bits=$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+  gbps[$name]=$(awk -v b="$bits" 'BEGIN {printf "%.2f", b / 1e9}')
+  core_per_gbps[$name]=$(awk -v t=$((after - before)) -v hz="$hz" -v s="$seconds" -v b="$bits" \
+    'BEGIN {printf "%.1f", (t / hz / s) * 100 / (b / 1e9)}')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 1
+}
+
+measure meridian-l4
+measure envoy
+measure haproxy
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+echo
+echo "new connections (wrk -t1 -c50, Connection: close, ${seconds}s; L4 node on core 0)"
+printf '%-12s %10s %10s %10s %18s\n' peer conn/s "µs/conn" p99 "µs/conn vs haproxy"
+for name in meridian-l4 envoy haproxy; do
+  printf '%-12s %10s %10s %10s %18s\n' "$name" "${cps[$name]}" "${cpu[$name]}" "${p99[$name]}" \
+    "$(ratio "${cpu[$name]}" "${cpu[haproxy]}")"
+done
+echo
+echo "throughput (iperf3, one stream, ${seconds}s)"
+printf '%-12s %10s %14s %22s\n' peer Gb/s "% core/Gb/s" "% core/Gb/s vs haproxy"
+for name in meridian-l4 envoy haproxy; do
+  printf '%-12s %10s %14s %22s\n' "$name" "${gbps[$name]}" "${core_per_gbps[$name]}" \
+    "$(ratio "${core_per_gbps[$name]}" "${core_per_gbps[haproxy]}")"
+done
