@@ -8,6 +8,8 @@
 # - throughput: `iperf3 -c VIP` (one stream): Gb/s and % of a core per Gb/s.
 #
 #   bash e2e/bench/l4.sh [seconds=10]
+#   PERF_OUT=/tmp/l4.perf bash e2e/bench/l4.sh   # also profiles meridian l4's new connections
+#   PEERS="meridian-l4" bash e2e/bench/l4.sh     # only some peers (ratios need haproxy)
 #
 # Needs wrk, iperf3, haproxy and nginx (`make bench-l4` installs them), Envoy (`make deps`).
 set -euo pipefail
@@ -145,6 +147,9 @@ measure() { # name
   sleep 2 # health checks settle
   taskset -c 1 wrk -t1 -c50 -d2s -H 'Connection: close' "http://$vip:$http_port/" >/dev/null
   local before after out connections
+  if [ -n "${PERF_OUT:-}" ] && [ "$name" = meridian-l4 ]; then
+    (sleep 2; perf record -g -e cpu-clock -F 2000 -p "$pid" -o "$PERF_OUT" -- sleep 5 >/dev/null 2>&1) &
+  fi
   before=$(ticks "$pid")
   out=$(taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H 'Connection: close' "http://$vip:$http_port/")
   after=$(ticks "$pid")
@@ -166,22 +171,21 @@ measure() { # name
   sleep 1
 }
 
-measure meridian-l4
-measure envoy
-measure haproxy
+peers=${PEERS:-meridian-l4 envoy haproxy}
+for peer in $peers; do measure "$peer"; done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+ratio() { [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}' || echo -; }
 echo
 echo "new connections (wrk -t1 -c50, Connection: close, ${seconds}s; L4 node on core 0)"
 printf '%-12s %10s %10s %10s %18s\n' peer conn/s "µs/conn" p99 "µs/conn vs haproxy"
-for name in meridian-l4 envoy haproxy; do
+for name in $peers; do
   printf '%-12s %10s %10s %10s %18s\n' "$name" "${cps[$name]}" "${cpu[$name]}" "${p99[$name]}" \
-    "$(ratio "${cpu[$name]}" "${cpu[haproxy]}")"
+    "$(ratio "${cpu[$name]}" "${cpu[haproxy]:-}")"
 done
 echo
 echo "throughput (iperf3, one stream, ${seconds}s)"
 printf '%-12s %10s %14s %22s\n' peer Gb/s "% core/Gb/s" "% core/Gb/s vs haproxy"
-for name in meridian-l4 envoy haproxy; do
+for name in $peers; do
   printf '%-12s %10s %14s %22s\n' "$name" "${gbps[$name]}" "${core_per_gbps[$name]}" \
-    "$(ratio "${core_per_gbps[$name]}" "${core_per_gbps[haproxy]}")"
+    "$(ratio "${core_per_gbps[$name]}" "${core_per_gbps[haproxy]:-}")"
 done

@@ -27,6 +27,7 @@ ROOTS = [
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
+    "envoy/extensions/filters/udp/udp_proxy/v3/route.proto",
     "envoy/extensions/filters/udp/udp_proxy/v3/udp_proxy.proto",
     "envoy/extensions/transport_sockets/proxy_protocol/v3/upstream_proxy_protocol.proto",
     "envoy/extensions/transport_sockets/raw_buffer/v3/raw_buffer.proto",

@@ -260,7 +260,11 @@ async fn serve(
     counters.active.inc();
     let _ = client.set_nodelay(true);
     // The address the client reached (the VIP), as the 5-tuple and the PROXY header see it.
-    let local = client.local_addr().unwrap_or(plan.address);
+    let local = if plan.address.ip().is_unspecified() {
+        client.local_addr().unwrap_or(plan.address)
+    } else {
+        plan.address
+    };
     let key = FlowKey {
         protocol: TCP,
         source: octets(peer),

@@ -3,8 +3,10 @@
 //! the whole connection closed when neither direction moved a byte for the idle timeout, or
 //! when either side resets.
 //!
-//! Bytes move socket → pipe → socket with `splice(2)`, never through user space; where the
-//! kernel refuses (no pipe can be made), through a buffer.
+//! A direction starts by copying through a small buffer (most exchanges are a request and an
+//! answer that fit in it); once a read fills the buffer the direction carries bulk data and
+//! moves on with `splice(2)`, socket → pipe → socket, never through user space. Pipes are
+//! pooled: making and closing two per connection would cost more than the copies they save.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,13 +14,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-const BUFFER: usize = 32 * 1024;
+/// A direction copies through this much before it turns to splice.
+const COPY_BUFFER: usize = 8 * 1024;
 /// Bytes moved per splice call (a pipe holds 64 KiB by default).
 const SPLICE_CHUNK: usize = 64 * 1024;
+/// Idle pipes kept for the next bulk transfer.
+const POOLED_PIPES: usize = 256;
+
+static PIPES: std::sync::Mutex<Vec<Pipe>> = std::sync::Mutex::new(Vec::new());
 
 /// What a direction adds its bytes to, and when anything last moved.
 struct Activity<'a> {
@@ -55,14 +62,11 @@ pub async fn relay(
         started,
     };
     let both = async {
-        match (Pipe::new(), Pipe::new()) {
-            (Ok(up_pipe), Ok(down_pipe)) => tokio::try_join!(
-                splice_direction(&client, &gateway, &up_pipe, &upstream),
-                splice_direction(&gateway, &client, &down_pipe, &downstream),
-            )
-            .map(|_| ()),
-            _ => copy_both(client, gateway, &upstream, &downstream).await,
-        }
+        tokio::try_join!(
+            direction(&client, &gateway, &upstream),
+            direction(&gateway, &client, &downstream),
+        )
+        .map(|_| ())
     };
     let Some(idle_timeout) = idle_timeout else {
         return both.await;
@@ -90,6 +94,20 @@ struct Pipe {
 }
 
 impl Pipe {
+    /// An idle pipe from the pool, or a new one.
+    fn take() -> io::Result<Pipe> {
+        let pooled = PIPES.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        pooled.map_or_else(Pipe::new, Ok)
+    }
+
+    /// Back to the pool (it must be empty).
+    fn give_back(self) {
+        let mut pool = PIPES.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOLED_PIPES {
+            pool.push(self);
+        }
+    }
+
     fn new() -> io::Result<Pipe> {
         let mut fds: [RawFd; 2] = [-1, -1];
         // SAFETY: pipe2 writes two descriptors into the array it is given.
@@ -125,8 +143,79 @@ fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
     usize::try_from(moved).map_err(|_| io::Error::last_os_error())
 }
 
-/// One direction through `pipe`: reads until end of stream, then half-closes `to`.
-async fn splice_direction(
+/// One direction: copies until a read fills the buffer, then splices, until end of stream;
+/// then half-closes `to`.
+async fn direction(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) -> io::Result<()> {
+    let mut buffer = [0u8; COPY_BUFFER];
+    loop {
+        from.readable().await?;
+        let read = match from.try_read(&mut buffer) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
+            half_close(to);
+            return Ok(());
+        }
+        write_all(to, &buffer[..read]).await?;
+        activity.moved(read);
+        if read == buffer.len() {
+            break;
+        }
+    }
+    let pipe = match Pipe::take() {
+        Ok(pipe) => pipe,
+        // No pipe to be had (out of descriptors): go on copying.
+        Err(_) => return copy_rest(from, to, &mut buffer, activity).await,
+    };
+    splice_rest(from, to, &pipe, activity).await?;
+    pipe.give_back();
+    Ok(())
+}
+
+/// Passes an end of stream on. The peer may be gone already; the other direction decides
+/// then.
+fn half_close(to: &TcpStream) {
+    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+}
+
+async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        to.writable().await?;
+        match to.try_write(bytes) {
+            Ok(written) => bytes = &bytes[written.min(bytes.len())..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn copy_rest(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffer: &mut [u8],
+    activity: &Activity<'_>,
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let read = match from.try_read(buffer) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if read == 0 {
+            half_close(to);
+            return Ok(());
+        }
+        write_all(to, &buffer[..read]).await?;
+        activity.moved(read);
+    }
+}
+
+/// The rest of a direction through `pipe`, which is empty again when this returns `Ok`.
+async fn splice_rest(
     from: &TcpStream,
     to: &TcpStream,
     pipe: &Pipe,
@@ -142,8 +231,7 @@ async fn splice_direction(
             Err(e) => return Err(e),
         };
         if read == 0 {
-            // The peer may be gone already; the other direction decides then.
-            let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            half_close(to);
             return Ok(());
         }
         let mut left = read;
@@ -161,42 +249,10 @@ async fn splice_direction(
     }
 }
 
-/// Both directions through buffers, for when no pipe can be made.
-async fn copy_both(
-    client: TcpStream,
-    gateway: TcpStream,
-    upstream: &Activity<'_>,
-    downstream: &Activity<'_>,
-) -> io::Result<()> {
-    let (client_read, client_write) = client.into_split();
-    let (gateway_read, gateway_write) = gateway.into_split();
-    tokio::try_join!(
-        copy_direction(client_read, gateway_write, upstream),
-        copy_direction(gateway_read, client_write, downstream),
-    )
-    .map(|_| ())
-}
-
-async fn copy_direction(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    activity: &Activity<'_>,
-) -> io::Result<()> {
-    let mut buffer = vec![0u8; BUFFER];
-    loop {
-        let read = from.read(&mut buffer).await?;
-        if read == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
-        }
-        to.write_all(&buffer[..read]).await?;
-        activity.moved(read);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connected pair of sockets on loopback.
@@ -234,7 +290,10 @@ mod tests {
             got
         };
         let (answer, got) = tokio::join!(sending, answering);
-        assert!(got == request, "the gateway got other bytes than the client sent");
+        assert!(
+            got == request,
+            "the gateway got other bytes than the client sent"
+        );
         assert_eq!(answer, b"done");
         relaying.await.unwrap().unwrap();
         assert_eq!((received.get(), sent.get()), (3_000_000, 4));
