@@ -232,6 +232,10 @@ pub enum Command {
         /// At SIGTERM, how long to keep accepting after the VIPs were withdrawn.
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
         withdraw_wait: Duration,
+        /// UDP flows each UDP listener tracks at most; past it, the least recently used flow
+        /// makes room (bounded also by the open-file limit: a flow holds a socket).
+        #[arg(long, default_value_t = 65_536)]
+        udp_flows: usize,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway (or an L4 node) to Meridian over
     /// ADS.
@@ -620,6 +624,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             birdc,
             bird_socket,
             withdraw_wait,
+            udp_flows,
         } => {
             let (stop, stopped) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {
@@ -636,6 +641,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     socket: bird_socket,
                 }),
                 withdraw_wait,
+                udp_flows,
             };
             crate::l4::run(options, stopped).await
         }

@@ -547,3 +547,179 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
     drop(second);
     meridian.shutdown().await.unwrap();
 }
+
+/// A UDP "gateway": answers each datagram with `<name> <sender>`.
+async fn udp_echo(
+    address: std::net::SocketAddr,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let socket = tokio::net::UdpSocket::bind(address).await.unwrap();
+    tokio::spawn(async move {
+        let mut buffer = [0u8; 2048];
+        while let Ok((_, from)) = socket.recv_from(&mut buffer).await {
+            let _ = socket
+                .send_to(format!("{name} {from}").as_bytes(), from)
+                .await;
+        }
+    })
+}
+
+/// One datagram to the VIP from `socket`: the answering gateway's name, if one answered.
+async fn ask_udp(socket: &tokio::net::UdpSocket, vip: std::net::SocketAddr) -> Option<String> {
+    socket.send_to(b"hello", vip).await.ok()?;
+    let mut buffer = [0u8; 2048];
+    let (length, _) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buffer))
+            .await
+            .ok()?
+            .ok()?;
+    let answer = String::from_utf8_lossy(&buffer[..length]).to_string();
+    answer.split(' ').next().map(str::to_owned)
+}
+
+/// A UDP port of the AccessPoint's Service: Envoy's UDP proxy and `meridian l4` both carry
+/// datagrams through the VIP; with `meridian l4` a flow (client address and port) stays on its
+/// gateway, flows spread over both, a flow whose gateway died moves to the other within a few
+/// datagrams, and a full flow table makes room by dropping the least recently used flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_through_the_vip_keep_their_gateway_and_move_off_a_dead_one() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        config.join("dns.yaml"),
+        format!(
+            r#"apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: local}}
+spec:
+  zone: local-1
+  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.11"]}}, {{addresses: ["127.0.0.12"]}}]
+ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: dns, namespace: dns}}
+spec:
+  template:
+    service:
+      metadata: {{name: dns}}
+      spec: {{ports: [{{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}]}}
+"#
+        ),
+    )
+    .unwrap();
+    let a: std::net::SocketAddr = format!("127.0.0.11:{gateway_port}").parse().unwrap();
+    let b: std::net::SocketAddr = format!("127.0.0.12:{gateway_port}").parse().unwrap();
+    let mut gateway_a = Some(udp_echo(a, "alpha").await);
+    let _gateway_b = udp_echo(b, "beta").await;
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let vip: std::net::SocketAddr = format!("{VIP}:{vip_port}").parse().unwrap();
+    let udp_client = || async { tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap() };
+
+    // Envoy's UDP proxy, from the same configuration.
+    let envoy = l4_envoy(work.path(), xds_port);
+    let socket = udp_client().await;
+    eventually(
+        Duration::from_secs(30),
+        "an answer through Envoy",
+        || async { ask_udp(&socket, vip).await.is_some() },
+    )
+    .await;
+    drop(envoy);
+
+    let admin_port = free_port();
+    let node = meridian_l4(work.path(), "l4-udp", xds_port, admin_port);
+    let sockets = futures::future::join_all((0..16).map(|_| udp_client())).await;
+    eventually(
+        Duration::from_secs(30),
+        "an answer through meridian l4",
+        || async { ask_udp(&sockets[0], vip).await.is_some() },
+    )
+    .await;
+    let mut first = Vec::new();
+    for socket in &sockets {
+        let gateway = ask_udp(socket, vip).await.expect("an answer");
+        for _ in 0..3 {
+            assert_eq!(
+                ask_udp(socket, vip).await.as_deref(),
+                Some(gateway.as_str())
+            );
+        }
+        first.push(gateway);
+    }
+    assert!(
+        first.iter().any(|g| g == "alpha") && first.iter().any(|g| g == "beta"),
+        "16 flows over both gateways: {first:?}"
+    );
+
+    // Alpha dies: its flows move to beta within a few datagrams (refusals are failures; two in
+    // a row eject it); beta's flows stay.
+    if let Some(task) = gateway_a.take() {
+        task.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (socket, before) in sockets.iter().zip(&first) {
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            answers.push(ask_udp(socket, vip).await);
+        }
+        let last = answers.last().cloned().flatten();
+        assert_eq!(
+            last.as_deref(),
+            Some("beta"),
+            "a flow once on {before}: {answers:?}"
+        );
+        if before == "beta" {
+            assert!(
+                answers.iter().all(|a| a.as_deref() == Some("beta")),
+                "{answers:?}"
+            );
+        }
+    }
+    drop(node);
+
+    // A table of four flows: sixteen clients still get answers, the oldest flows making room.
+    let _gateway_a = udp_echo(a, "alpha").await;
+    let node = MeridianProxy::start_l4_with(
+        work.path(),
+        BootstrapOptions {
+            l4: true,
+            admin_port,
+            ..bootstrap_options("l4-udp-small", "meridian-system/l4", xds_port)
+        },
+        &["--udp-flows", "4"],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the small node answers",
+        || async { ask_udp(&sockets[0], vip).await.is_some() },
+    )
+    .await;
+    for (socket, gateway) in sockets.iter().zip(&first) {
+        assert_eq!(ask_udp(socket, vip).await.as_ref(), Some(gateway));
+    }
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let stats = admin_text(&client(), admin, "/stats/prometheus").await;
+    let value = |name: &str| {
+        stats
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    assert!(value("meridian_l4_udp_flows{") <= 4.0, "{stats}");
+    assert!(
+        value("meridian_l4_udp_flows_evicted_total{") >= 12.0,
+        "{stats}"
+    );
+    drop(node);
+    meridian.shutdown().await.unwrap();
+}

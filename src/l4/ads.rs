@@ -47,13 +47,15 @@ pub struct L4Subscriber {
 }
 
 impl L4Subscriber {
-    pub fn new(state: Arc<L4State>, fd_limit: u64) -> L4Subscriber {
-        // Each relayed connection holds two descriptors; a fourth of the limit stays free.
+    pub fn new(state: Arc<L4State>, fd_limit: u64, udp_flows: usize) -> L4Subscriber {
+        // A fourth of the open-file limit stays free; each relayed connection holds two
+        // descriptors, each UDP flow one: half the rest for each.
         let usable = fd_limit.saturating_sub((fd_limit / 4).max(32)) / 2;
-        let max_connections = usize::try_from(usable).unwrap_or(usize::MAX).max(1);
+        let max_connections = usize::try_from(usable / 2).unwrap_or(usize::MAX).max(1);
+        let udp_flows = udp_flows.min(usize::try_from(usable).unwrap_or(usize::MAX).max(1));
         L4Subscriber {
             state,
-            listeners: Listeners::new(max_connections),
+            listeners: Listeners::new(max_connections, udp_flows),
             accepted: Accepted::default(),
             stop: watch::channel(false).0,
         }

@@ -7,7 +7,8 @@
 //! (the routers deliver it once announced). A listener whose address changes is bound anew
 //! before the old socket closes; one that cannot bind keeps the old and is reported (NACK).
 //! A listener whose address stays keeps its socket and serves the new settings at once. A
-//! removed listener stops accepting; its connections finish on their own.
+//! removed listener stops accepting; its connections finish on their own. UDP listeners are
+//! bound here and served by the UDP data path (`udp.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,9 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::stats::{Bytes, ClusterLabel, ListenerLabel};
+use super::udp::{Command, UdpPlane};
 use super::L4State;
 use crate::core::dataplane::conntrack::FlowKey;
-use crate::core::dataplane::l4::L4ListenerPlan;
+use crate::core::dataplane::l4::{L4ListenerPlan, Transport};
 use crate::core::dataplane::proxy_protocol;
 use crate::runtime::log_budget::LogBudget;
 
@@ -33,6 +35,7 @@ const BACKLOG: i32 = 1024;
 
 struct Bound {
     address: SocketAddr,
+    transport: Transport,
     freebind: bool,
     plan: watch::Sender<L4ListenerPlan>,
     stop: watch::Sender<bool>,
@@ -42,13 +45,19 @@ pub struct Listeners {
     bound: BTreeMap<String, Bound>,
     /// Client connections open at once, over every listener (fitted to the open-file limit).
     permits: Arc<Semaphore>,
+    /// The UDP data path, started with the first UDP listener.
+    udp: Option<UdpPlane>,
+    /// UDP flows each UDP listener tracks at most.
+    udp_flows: usize,
 }
 
 impl Listeners {
-    pub fn new(max_connections: usize) -> Listeners {
+    pub fn new(max_connections: usize, udp_flows: usize) -> Listeners {
         Listeners {
             bound: BTreeMap::new(),
             permits: Arc::new(Semaphore::new(max_connections)),
+            udp: None,
+            udp_flows,
         }
     }
 
@@ -68,24 +77,33 @@ impl Listeners {
         for name in gone {
             if let Some(bound) = self.bound.remove(&name) {
                 bound.stop.send_replace(true);
+                if let (Transport::Udp, Some(udp)) = (bound.transport, &self.udp) {
+                    udp.send(Command::Close(name.clone()));
+                }
                 tracing::info!(listener = %name, address = %bound.address, "listener removed");
             }
         }
         for (name, plan) in plans {
             if let Some(bound) = self.bound.get(name) {
-                if bound.address == plan.address && bound.freebind == plan.freebind {
-                    bound.plan.send_if_modified(|current| {
+                let same_socket = bound.address == plan.address
+                    && bound.freebind == plan.freebind
+                    && bound.transport == plan.transport;
+                if same_socket {
+                    let changed = bound.plan.send_if_modified(|current| {
                         let changed = current != plan;
                         *current = plan.clone();
                         changed
                     });
+                    if let (true, Transport::Udp, Some(udp)) = (changed, plan.transport, &self.udp)
+                    {
+                        udp.send(Command::Update(plan.clone()));
+                    }
                     continue;
                 }
             }
-            let taken = self
-                .bound
-                .iter()
-                .find(|(other, b)| *other != name && b.address == plan.address);
+            let taken = self.bound.iter().find(|(other, b)| {
+                *other != name && b.address == plan.address && b.transport == plan.transport
+            });
             if let Some((other, _)) = taken {
                 errors.push((
                     name.clone(),
@@ -93,8 +111,12 @@ impl Listeners {
                 ));
                 continue;
             }
-            // A listener moving to the address of one that is being replaced: the old socket
-            // must go first.
+            if plan.transport == Transport::Udp {
+                if let Err(error) = self.listen_udp(name, plan, state) {
+                    errors.push((name.clone(), format!("{}/udp: {error}", plan.address)));
+                }
+                continue;
+            }
             match bind(plan.address, plan.freebind) {
                 Ok(listener) => {
                     let (plan_tx, plan_rx) = watch::channel(plan.clone());
@@ -111,6 +133,7 @@ impl Listeners {
                         name.clone(),
                         Bound {
                             address: plan.address,
+                            transport: Transport::Tcp,
                             freebind: plan.freebind,
                             plan: plan_tx,
                             stop,
@@ -126,12 +149,67 @@ impl Listeners {
         errors
     }
 
-    /// Stops accepting on every listener (SIGTERM); open connections drain.
+    /// Binds a UDP listener and hands it to the UDP data path (started on first use).
+    fn listen_udp(
+        &mut self,
+        name: &str,
+        plan: &L4ListenerPlan,
+        state: &Arc<L4State>,
+    ) -> std::io::Result<()> {
+        let socket = bind_udp(plan.address, plan.freebind)?;
+        let udp = match &self.udp {
+            Some(udp) => udp,
+            None => self
+                .udp
+                .insert(UdpPlane::start(state.clone(), self.udp_flows)?),
+        };
+        udp.send(Command::Listen {
+            plan: plan.clone(),
+            socket,
+        });
+        tracing::info!(listener = %name, address = %plan.address, "listening (UDP)");
+        let (plan_tx, _) = watch::channel(plan.clone());
+        let replaced = self.bound.insert(
+            name.to_owned(),
+            Bound {
+                address: plan.address,
+                transport: Transport::Udp,
+                freebind: plan.freebind,
+                plan: plan_tx,
+                stop: watch::channel(false).0,
+            },
+        );
+        if let Some(old) = replaced {
+            old.stop.send_replace(true);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting on every listener (SIGTERM); open connections drain, UDP flows end.
     pub fn stop_all(&mut self) {
         for (_, bound) in std::mem::take(&mut self.bound) {
             bound.stop.send_replace(true);
         }
+        self.udp = None;
     }
+}
+
+/// A UDP socket on `address`, with `IP_FREEBIND` when asked.
+fn bind_udp(address: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    if freebind {
+        if address.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_freebind_v6(true)?;
+        }
+    }
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&address.into())?;
+    Ok(socket.into())
 }
 
 /// A listening socket on `address`, with `IP_FREEBIND` (IPv4 or IPv6) when asked.

@@ -17,6 +17,7 @@ pub mod health;
 pub mod listeners;
 pub mod relay;
 pub mod stats;
+pub mod udp;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
@@ -50,6 +51,8 @@ pub struct L4Options {
     /// At SIGTERM, how long to keep accepting after the VIPs were withdrawn, while the routers
     /// move new flows to other nodes.
     pub withdraw_wait: Duration,
+    /// UDP flows each UDP listener tracks at most (fewer when open files are scarce).
+    pub udp_flows: usize,
 }
 
 /// What connections read: the listeners and clusters accepted, swapped whole per response.
@@ -196,7 +199,7 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
     let fd_limit = crate::runtime::connections::raise_fd_limit();
     let client = XdsClient {
         bootstrap,
-        subscriber: L4Subscriber::new(state.clone(), fd_limit),
+        subscriber: L4Subscriber::new(state.clone(), fd_limit, options.udp_flows),
     };
     let serving = tokio::spawn(client.run(node_stopped));
     crate::runtime::stopped_signal(stopped).await;

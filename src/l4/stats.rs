@@ -1,5 +1,5 @@
 //! `meridian l4`'s Prometheus metrics, at `/stats/prometheus` on the admin listener:
-//! connections per listener, gateway connect failures and connections no gateway took, bytes
+//! connections (new UDP flows) per listener, UDP flows tracked and evicted, gateway connect failures and connections no gateway took, bytes
 //! forwarded, gateways by state per cluster, and config updates applied or rejected.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,6 +49,9 @@ pub struct Stats {
     pub bytes: Family<Bytes, Counter>,
     pub gateways: Family<GatewayState, Gauge>,
     pub config_updates: Family<Update, Counter>,
+    /// UDP flows tracked, and those dropped to make room for new ones.
+    pub udp_flows: Family<ListenerLabel, Gauge>,
+    pub udp_evicted: Family<ListenerLabel, Counter>,
 }
 
 impl Default for Stats {
@@ -96,8 +99,22 @@ impl Default for Stats {
             "xDS responses applied (ack) or rejected (nack), by type",
             config_updates.clone(),
         );
+        let udp_flows = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "udp_flows",
+            "UDP flows tracked, by listener",
+            udp_flows.clone(),
+        );
+        let udp_evicted = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "udp_flows_evicted",
+            "UDP flows forgotten to make room for new ones (least recently used first)",
+            udp_evicted.clone(),
+        );
         Stats {
             registry,
+            udp_flows,
+            udp_evicted,
             connections,
             active_connections,
             unserved,

@@ -107,13 +107,18 @@ impl ServicePortInfo {
 
 /// The endpoints of a Kubernetes Service read from the view's own cluster only (what an L4 node
 /// forwards a VIP to: the gateway pods behind it there), grouped by zone, all of priority 0.
+/// `port`: the Service port's number and name (a number may be both TCP and UDP).
 pub fn cluster_local(
     name: &str,
     service: &RegisteredService<'_>,
-    port: u32,
+    (port, port_name): (u32, &str),
     view: &ClusterView<'_>,
 ) -> Resource {
-    let backends = match (&service.source, service.port(port)) {
+    let named = service
+        .ports
+        .iter()
+        .find(|p| p.number == port && p.name == port_name);
+    let backends = match (&service.source, named.or(service.port(port))) {
         (ServiceSource::Kubernetes, Some(port)) => {
             kubernetes_backends(view, service, port, None, Some(&view.cluster))
         }

@@ -16,22 +16,31 @@
 //! - with `spec.vip.proxyProtocol`, connections to the gateways start with a PROXY protocol v2
 //!   header, and the gateways' listeners require one (see `listener.rs`).
 //!
-//! UDP ports of a Service are not served yet.
+//! UDP ports of a Service get a UDP proxy listener (`<vip>_<port>_udp`) to a cluster named with
+//! `udp` where a subset would be, so a port number used by both protocols (DNS) is two.
 
 use ::core::net::IpAddr;
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
 use envoy_types::pb::envoy::config::core::v3::{
     health_check, proxy_protocol_config, transport_socket, HealthCheck, ProxyProtocolConfig,
     TransportSocket,
 };
-use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, Listener, ListenerFilter, UdpListenerConfig,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+    udp_proxy_config, Route as UdpRoute, UdpProxyConfig,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
+use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
 
 use super::listener::{ads_config_source, any, socket_address};
 use super::{cluster_name, endpoint, Translation};
@@ -78,23 +87,34 @@ pub fn translate(view: &ClusterView<'_>) -> Translation {
             let Ok(number) = u32::try_from(port.port) else {
                 continue;
             };
-            if !protocol.eq_ignore_ascii_case("TCP") {
+            let udp = protocol.eq_ignore_ascii_case("UDP");
+            if !udp && !protocol.eq_ignore_ascii_case("TCP") {
                 continue;
             }
-            let cluster = cluster_name(number, "", &hostname);
+            let port_name = port.name.as_deref().unwrap_or_default();
             let proxy_protocol = view.proxy_protocol.contains(access_point);
-            config.insert(
-                ResourceType::Cluster,
-                gateway_cluster(&cluster, proxy_protocol),
-            );
+            let cluster = if udp {
+                let cluster = cluster_name(number, "udp", &hostname);
+                config.insert(ResourceType::Cluster, udp_gateway_cluster(&cluster));
+                cluster
+            } else {
+                let cluster = cluster_name(number, "", &hostname);
+                let resource = gateway_cluster(&cluster, proxy_protocol);
+                config.insert(ResourceType::Cluster, resource);
+                cluster
+            };
             config.insert(
                 ResourceType::Endpoint,
-                endpoint::cluster_local(&cluster, registered, number, view),
+                endpoint::cluster_local(&cluster, registered, (number, port_name), view),
             );
             for vip in &vips {
                 // On a shared VIP the older AccessPoint (first in the view) keeps a port both
                 // claim; the younger is told so in its status (`VipError::PortClash`).
-                let listener = vip_listener(*vip, number, &cluster);
+                let listener = if udp {
+                    udp_vip_listener(*vip, number, &cluster)
+                } else {
+                    vip_listener(*vip, number, &cluster)
+                };
                 if config.get(ResourceType::Listener, &listener.name).is_none() {
                     config.insert(ResourceType::Listener, listener);
                 }
@@ -137,6 +157,55 @@ pub(crate) fn vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
     Resource::new(name, &listener)
 }
 
+/// `<vip>_<port>_udp`: a UDP proxy to the cluster, one session per client address and port,
+/// idle after Envoy's default minute.
+pub(crate) fn udp_vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resource {
+    let name = format!("{vip}_{port}_udp");
+    let route = UdpRoute {
+        cluster: cluster.to_owned(),
+    };
+    let action = TypedExtensionConfig {
+        name: "route".to_owned(),
+        typed_config: Some(any(&route)),
+    };
+    let proxy = UdpProxyConfig {
+        stat_prefix: cluster.to_owned(),
+        route_specifier: Some(udp_proxy_config::RouteSpecifier::Matcher(Matcher {
+            on_no_match: Some(Box::new(matcher::OnMatch {
+                on_match: Some(matcher::on_match::OnMatch::Action(action)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let mut address = socket_address(&vip.to_string(), port);
+    if let Some(address::Address::SocketAddress(socket)) = &mut address.address {
+        socket.protocol = socket_address::Protocol::Udp as i32;
+    }
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(address),
+        freebind: Some(BoolValue { value: true }),
+        udp_listener_config: Some(UdpListenerConfig::default()),
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.udp_listener.udp_proxy".to_owned(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(&proxy))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Resource::new(name, &listener)
+}
+
+/// Gateways behind a UDP port: Maglev over EDS, no active check (Envoy has none for UDP), a
+/// gateway refusing datagrams (ICMP port unreachable) ejected passively, panic mode off.
+pub(crate) fn udp_gateway_cluster(name: &str) -> Resource {
+    let mut cluster = gateway_cluster_message(name, false);
+    cluster.health_checks.clear();
+    Resource::new(name, &cluster)
+}
+
 fn proxy_protocol_v2() -> TransportSocket {
     let upstream = ProxyProtocolUpstreamTransport {
         config: Some(ProxyProtocolConfig {
@@ -164,6 +233,10 @@ fn seconds(seconds: i64) -> Option<Duration> {
 /// `proxy_protocol`: every connection to a gateway starts with a PROXY protocol v2 header
 /// carrying the client's address (the gateways' listeners require it).
 pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
+    Resource::new(name, &gateway_cluster_message(name, proxy_protocol))
+}
+
+fn gateway_cluster_message(name: &str, proxy_protocol: bool) -> Cluster {
     let check = HealthCheck {
         timeout: seconds(CHECK_TIMEOUT_SECONDS),
         interval: seconds(CHECK_INTERVAL_SECONDS),
@@ -179,7 +252,7 @@ pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
         )),
         ..Default::default()
     };
-    let cluster = Cluster {
+    Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -207,6 +280,5 @@ pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
         }),
         transport_socket: proxy_protocol.then(proxy_protocol_v2),
         ..Default::default()
-    };
-    Resource::new(name, &cluster)
+    }
 }

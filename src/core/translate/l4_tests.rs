@@ -9,7 +9,8 @@ use crate::core::resources::ResourceType;
 use crate::core::vip_allocation::allocate;
 
 /// Two AccessPoints placed on `east` and `west`: `shop` with a VIP pool in both clusters and
-/// gateway pods in both, `intranet` in a pool-less cluster only. Plus a UDP port.
+/// gateway pods in both, `intranet` in a pool-less cluster only. Plus port 53 over UDP and TCP,
+/// on different target ports.
 const TIER: &str = r#"
 apiVersion: meridian.dev/v1alpha1
 kind: MemberCluster
@@ -42,7 +43,8 @@ spec:
         ports:
         - {name: http, port: 80, targetPort: 8080}
         - {name: https, port: 443, targetPort: 8443}
-        - {name: dns, port: 53, protocol: UDP}
+        - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+        - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 5354}
 ---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
@@ -76,7 +78,7 @@ metadata:
   namespace: shop
   labels: {kubernetes.io/service-name: shop-gateway, meridian.dev/cluster: west}
 addressType: IPv4
-ports: [{name: http, port: 8080}, {name: https, port: 8443}]
+ports: [{name: http, port: 8080}, {name: https, port: 8443}, {name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354}]
 endpoints:
 - addresses: [10.2.0.1]
 "#;
@@ -125,9 +127,28 @@ fn each_cluster_gets_its_own_vips_and_gateways_only() {
     };
     assert_eq!(
         names(ResourceType::Listener),
-        ["198.51.100.1_443", "198.51.100.1_80"]
+        [
+            "198.51.100.1_443",
+            "198.51.100.1_53",
+            "198.51.100.1_53_udp",
+            "198.51.100.1_80"
+        ]
     );
     let json = config_to_json(&west.config).unwrap();
+    // Port 53 is two clusters: its UDP one proxies datagrams, unchecked (Envoy cannot check
+    // UDP), to the UDP target port; its TCP one to the TCP target port.
+    let udp = "outbound|53|udp|shop-gateway.shop.svc.cluster.local";
+    let listener = &json["LDS"]["198.51.100.1_53_udp"];
+    assert_eq!(listener["address"]["socketAddress"]["protocol"], "UDP");
+    let proxy = &listener["listenerFilters"][0]["typedConfig"];
+    assert_eq!(
+        proxy["matcher"]["onNoMatch"]["action"]["typedConfig"]["cluster"],
+        udp
+    );
+    assert!(json["CDS"][udp]["healthChecks"].is_null());
+    assert!(json["EDS"][udp].to_string().contains("5353"));
+    let tcp = "outbound|53||shop-gateway.shop.svc.cluster.local";
+    assert!(json["EDS"][tcp].to_string().contains("5354"));
     let endpoints = json["EDS"]["outbound|80||shop-gateway.shop.svc.cluster.local"].to_string();
     assert!(
         endpoints.contains("10.2.0.1") && !endpoints.contains("10.1.0."),

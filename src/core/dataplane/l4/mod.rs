@@ -8,6 +8,7 @@
 //! As for the proxy, every field is honoured or refused by name (the node NACKs with it).
 
 pub mod announce;
+pub mod flows;
 pub mod health;
 pub mod table;
 
@@ -20,12 +21,18 @@ use envoy_types::pb::envoy::config::cluster::v3::cluster::{
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{proxy_protocol_config, transport_socket};
-use envoy_types::pb::envoy::config::listener::v3::{filter, Listener};
+use envoy_types::pb::envoy::config::core::v3::{
+    proxy_protocol_config, socket_address, transport_socket,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, listener_filter, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
+    udp_proxy_config, Route as UdpRoute, UdpProxyConfig,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
 use prost::{Message, Name};
 
 use self::health::HealthCheckPlan;
@@ -37,22 +44,37 @@ use super::{refuse_leftovers_of, CompileError};
 const PROGRAM: &str = "meridian l4";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 
-/// Envoy's defaults: one connect attempt, a 5 s connect timeout, a 1 h idle timeout.
+const UDP_PROXY: &str = "envoy.filters.udp_listener.udp_proxy";
+
+/// Envoy's defaults: one connect attempt, a 5 s connect timeout, a 1 h idle timeout (a
+/// minute for UDP sessions).
 const DEFAULT_CONNECT_ATTEMPTS: u32 = 1;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a listener carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Connections, each relayed to one gateway.
+    Tcp,
+    /// Datagrams, grouped in flows by client address and port, each flow to one gateway.
+    Udp,
+}
 
 /// A VIP:port listener, compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L4ListenerPlan {
     pub name: String,
     pub address: SocketAddr,
+    pub transport: Transport,
     /// Bind even when the address is not (yet) on an interface (`IP_FREEBIND`).
     pub freebind: bool,
     pub cluster: String,
     /// Gateways tried per new connection before it is closed.
     pub connect_attempts: u32,
-    /// A connection with no bytes either way for this long is closed (`None`: never).
+    /// A connection (a UDP flow) with no bytes either way for this long is closed (`None`:
+    /// never).
     pub idle_timeout: Option<Duration>,
 }
 
@@ -100,7 +122,7 @@ impl L4ListenerPlan {
         let resource = format!("Listener {}", listener.name);
         let mut rest = listener.clone();
         let name = std::mem::take(&mut rest.name);
-        let address = match rest.address.take().and_then(|a| a.address) {
+        let (address, transport) = match rest.address.take().and_then(|a| a.address) {
             Some(AddressKind::SocketAddress(mut socket)) => {
                 let port = match socket.port_specifier.take() {
                     Some(PortSpecifier::PortValue(p)) => u16::try_from(p).ok(),
@@ -108,9 +130,21 @@ impl L4ListenerPlan {
                 };
                 let ip = socket.address.parse::<IpAddr>().ok();
                 socket.address.clear();
+                let transport = match socket_address::Protocol::try_from(socket.protocol) {
+                    Ok(socket_address::Protocol::Tcp) => Transport::Tcp,
+                    Ok(socket_address::Protocol::Udp) => Transport::Udp,
+                    Err(_) => {
+                        return Err(CompileError::new(
+                            &resource,
+                            "address.socket_address.protocol",
+                            "TCP or UDP",
+                        ))
+                    }
+                };
+                socket.protocol = 0;
                 refuse_leftovers_of(PROGRAM, &socket, &resource, "address.socket_address")?;
                 match (ip, port) {
-                    (Some(ip), Some(port)) => SocketAddr::new(ip, port),
+                    (Some(ip), Some(port)) => (SocketAddr::new(ip, port), transport),
                     _ => {
                         return Err(CompileError::new(
                             &resource,
@@ -128,6 +162,9 @@ impl L4ListenerPlan {
                 ))
             }
         };
+        if transport == Transport::Udp {
+            return compile_udp(name, address, rest, &resource);
+        }
         let freebind = rest.freebind.take().is_some_and(|b| b.value);
         let chains = std::mem::take(&mut rest.filter_chains);
         let [chain] = chains.as_slice() else {
@@ -193,12 +230,111 @@ impl L4ListenerPlan {
         Ok(L4ListenerPlan {
             name,
             address,
+            transport: Transport::Tcp,
             freebind,
             cluster,
             connect_attempts,
             idle_timeout,
         })
     }
+}
+
+/// A UDP listener: one listener filter, the UDP proxy, routing every datagram to one cluster.
+fn compile_udp(
+    name: String,
+    address: SocketAddr,
+    mut rest: Listener,
+    resource: &str,
+) -> Result<L4ListenerPlan, CompileError> {
+    let freebind = rest.freebind.take().is_some_and(|b| b.value);
+    if let Some(config) = rest.udp_listener_config.take() {
+        refuse_leftovers_of(PROGRAM, &config, resource, "udp_listener_config")?;
+    }
+    let filters = std::mem::take(&mut rest.listener_filters);
+    let config = match filters.as_slice() {
+        [only] if only.name == UDP_PROXY || only.name.is_empty() => match &only.config_type {
+            Some(listener_filter::ConfigType::TypedConfig(any)) => {
+                decode::<UdpProxyConfig>(any, resource, "listener_filters[0]")?
+            }
+            _ => {
+                return Err(CompileError::new(
+                    resource,
+                    "listener_filters[0]",
+                    "a typed UDP proxy configuration is required",
+                ))
+            }
+        },
+        _ => {
+            return Err(CompileError::new(
+                resource,
+                "listener_filters",
+                format!("exactly one listener filter, the UDP proxy, is supported by {PROGRAM}"),
+            ))
+        }
+    };
+    const FIELD: &str = "listener_filters[0]";
+    let mut config = config;
+    config.stat_prefix.clear();
+    let cluster = match config.route_specifier.take() {
+        #[allow(deprecated)]
+        Some(udp_proxy_config::RouteSpecifier::Cluster(cluster)) => cluster,
+        Some(udp_proxy_config::RouteSpecifier::Matcher(matcher)) => {
+            matched_cluster(&matcher, resource)?
+        }
+        None => String::new(),
+    };
+    if cluster.is_empty() {
+        return Err(CompileError::new(
+            resource,
+            format!("{FIELD}.matcher"),
+            "one cluster is required",
+        ));
+    }
+    let idle_timeout = match config.idle_timeout.take().map(duration) {
+        None => Some(DEFAULT_UDP_IDLE_TIMEOUT),
+        Some(Duration::ZERO) => None,
+        Some(timeout) => Some(timeout),
+    };
+    refuse_leftovers_of(PROGRAM, &config, resource, FIELD)?;
+    refuse_leftovers_of(PROGRAM, &rest, resource, "")?;
+    Ok(L4ListenerPlan {
+        name,
+        address,
+        transport: Transport::Udp,
+        freebind,
+        cluster,
+        connect_attempts: 1,
+        idle_timeout,
+    })
+}
+
+/// The cluster of a matcher that matches nothing and routes everything to one cluster (what
+/// Meridian sends); any other tree is refused.
+fn matched_cluster(matcher: &Matcher, resource: &str) -> Result<String, CompileError> {
+    const FIELD: &str = "listener_filters[0].matcher";
+    let refused = || {
+        CompileError::new(
+            resource,
+            FIELD,
+            format!("only on_no_match with one route action is supported by {PROGRAM}"),
+        )
+    };
+    if matcher.matcher_type.is_some() {
+        return Err(refused());
+    }
+    let action = match matcher
+        .on_no_match
+        .as_deref()
+        .and_then(|m| m.on_match.as_ref())
+    {
+        Some(matcher::on_match::OnMatch::Action(action)) => action,
+        _ => return Err(refused()),
+    };
+    let any = action.typed_config.as_ref().ok_or_else(refused)?;
+    let mut route = decode::<UdpRoute>(any, resource, FIELD)?;
+    let cluster = std::mem::take(&mut route.cluster);
+    refuse_leftovers_of(PROGRAM, &route, resource, FIELD)?;
+    Ok(cluster)
 }
 
 impl L4ClusterPlan {

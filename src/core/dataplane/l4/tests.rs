@@ -246,3 +246,31 @@ fn retries_walk_the_table_alike_on_every_node_and_never_repeat_a_gateway() {
         assert_eq!(a.pick(hash, &tried), None);
     }
 }
+
+#[test]
+fn a_udp_vip_listener_compiles_to_its_cluster_with_envoys_idle_minute() {
+    use crate::core::translate::l4::udp_vip_listener;
+    let resource = udp_vip_listener("10.9.0.1".parse().unwrap(), 53, "outbound|53|udp|dns");
+    let listener = Listener::decode(resource.body.value.as_slice()).unwrap();
+    let plan = L4ListenerPlan::compile(&listener).unwrap();
+    assert_eq!(plan.transport, Transport::Udp);
+    assert_eq!(plan.address, "10.9.0.1:53".parse().unwrap());
+    assert_eq!(plan.cluster, "outbound|53|udp|dns");
+    assert_eq!(plan.idle_timeout, Some(Duration::from_secs(60)));
+    assert!(plan.freebind);
+
+    let mut per_packet = listener.clone();
+    let filter = &mut per_packet.listener_filters[0];
+    let Some(listener_filter::ConfigType::TypedConfig(any)) = &mut filter.config_type else {
+        panic!("a typed UDP proxy");
+    };
+    let mut config = UdpProxyConfig::decode(any.value.as_slice()).unwrap();
+    config.use_per_packet_load_balancing = true;
+    any.value = config.encode_to_vec();
+    let error = L4ListenerPlan::compile(&per_packet).unwrap_err();
+    assert_eq!(error.field, "listener_filters[0]");
+    assert!(
+        error.message.contains("usePerPacketLoadBalancing"),
+        "{error}"
+    );
+}
