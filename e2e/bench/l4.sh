@@ -5,11 +5,16 @@
 # - new connections: `wrk -t1 -c50 -H 'Connection: close'` through the VIP: connections/s,
 #   CPU µs per connection (user + system of the L4 process) and the p99 of a request on a new
 #   connection;
-# - throughput: `iperf3 -c VIP` (one stream): Gb/s and % of a core per Gb/s.
+# - throughput: `iperf3 -c VIP` (one stream): Gb/s and % of a core per Gb/s;
+# - UDP flows (meridian l4 and Envoy's UDP proxy): memory per tracked flow, from the RSS
+#   growth while FLOWS=n clients (6,000 unless set; each flow holds a socket, and the open-file
+#   limit bounds them) each send a datagram to a sink behind the VIP, and the flood of twice
+#   the flow table's size that follows: RSS stays bounded, the oldest flows make room.
 #
 #   bash e2e/bench/l4.sh [seconds=10]
 #   PERF_OUT=/tmp/l4.perf bash e2e/bench/l4.sh   # also profiles meridian l4's new connections
 #   PEERS="meridian-l4" bash e2e/bench/l4.sh     # only some peers (ratios need haproxy)
+#   UDP_ONLY=1 bash e2e/bench/l4.sh              # only the UDP flows
 #
 # Needs wrk, iperf3, haproxy and nginx (`make bench-l4` installs them), Envoy (`make deps`).
 set -euo pipefail
@@ -29,6 +34,8 @@ hz=$(getconf CLK_TCK)
 vip=127.77.0.1
 http_port=18080
 iperf_port=15201
+udp_port=15353
+flows=${FLOWS:-6000}
 gateway_port=$(free_port)
 
 (cd "$repo" && cargo build --quiet --release --bin meridian)
@@ -49,6 +56,13 @@ pids+=("$(cat "$work/nginx/nginx.pid")")
 for gateway in 127.0.0.11 127.0.0.12; do
   taskset -c 1 iperf3 -s -B "$gateway" -p "$iperf_port" >/dev/null 2>&1 &
   pids+=($!)
+  # A UDP sink: takes datagrams, answers none.
+  taskset -c 1 python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True: s.recv(2048)" "$gateway" "$udp_port" &
+  pids+=($!)
 done
 
 xds=$(free_port)
@@ -64,7 +78,7 @@ kind: EndpointSlice
 metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
 addressType: IPv4
 endpoints: [{addresses: ["127.0.0.11"]}, {addresses: ["127.0.0.12"]}]
-ports: [{name: http, port: $gateway_port}, {name: iperf, port: $iperf_port}]
+ports: [{name: http, port: $gateway_port}, {name: iperf, port: $iperf_port}, {name: dns, port: $udp_port, protocol: UDP}]
 ---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
@@ -77,6 +91,7 @@ spec:
         ports:
         - {name: http, port: $http_port, targetPort: $gateway_port}
         - {name: iperf, port: $iperf_port, targetPort: $iperf_port}
+        - {name: dns, port: $udp_port, protocol: UDP, targetPort: $udp_port}
 EOF
 "$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
   --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
@@ -171,10 +186,67 @@ measure() { # name
   sleep 1
 }
 
+rss() { awk '/^VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
+# Sends one datagram to the VIP from each of $1 new client sockets.
+udp_clients() {
+  taskset -c 1 python3 -c "
+import socket, sys
+import time
+for i in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b'x', ('$vip', $udp_port))
+    s.close()
+    if i % 100 == 99: time.sleep(0.002)  # paced, so the VIP socket's buffer drops none
+" "$1"
+}
+# Flows the peer tracks now.
+udp_sessions() {
+  case $1 in
+    meridian-l4) curl -fs "http://127.0.0.1:$2/stats/prometheus" | awk '/^meridian_l4_udp_flows\{/ {s += $2} END {print s + 0}' ;;
+    envoy) curl -fs "http://127.0.0.1:$2/stats" | awk -F': ' '/downstream_sess_active/ {s += $2} END {print s + 0}' ;;
+  esac
+}
+declare -A flow_bytes flood_rss flood_tracked
+measure_udp() { # name
+  local name=$1 pid admin
+  admin=$(free_port)
+  case $name in
+    meridian-l4)
+      "$meridian" bootstrap --node-id bench-l4-udp --role l4 --xds-addr "127.0.0.1:$xds" \
+        --admin-port "$admin" > "$work/l4-udp.json"
+      RUST_LOG=warn taskset -c 0 "$meridian" l4 -c "$work/l4-udp.json" --udp-flows "$flows" \
+        >"$work/l4-udp.log" 2>&1 &
+      ;;
+    envoy)
+      "$meridian" bootstrap --node-id bench-envoy-udp --role l4 --xds-addr "127.0.0.1:$xds" \
+        --admin-port "$admin" > "$work/envoy-udp.json"
+      taskset -c 0 "$envoy" --disable-hot-restart --concurrency 1 -c "$work/envoy-udp.json" \
+        -l warning >"$work/envoy-udp.log" 2>&1 &
+      ;;
+  esac
+  pid=$!; pids+=("$pid")
+  wait_vip "$name"
+  # From no flow to a full table (reserved when the listener starts, touched as flows come).
+  sleep 1
+  local before after tracked
+  before=$(rss "$pid")
+  udp_clients "$flows"; sleep 2
+  after=$(rss "$pid"); tracked=$(udp_sessions "$name" "$admin")
+  flow_bytes[$name]=$(awk -v a="$after" -v b="$before" -v n="$tracked" \
+    'BEGIN {if (n > 0) printf "%.0f (%d flows)", (a - b) / n, n; else printf "- (0 flows)"}')
+  udp_clients $((flows * 2)); sleep 2
+  flood_rss[$name]=$(awk -v a="$(rss "$pid")" 'BEGIN {printf "%.1f", a / 1048576}')
+  flood_tracked[$name]=$(udp_sessions "$name" "$admin")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 1
+}
+
 peers=${PEERS:-meridian-l4 envoy haproxy}
-for peer in $peers; do measure "$peer"; done
+[ -n "${UDP_ONLY:-}" ] || for peer in $peers; do measure "$peer"; done
+for peer in $peers; do [ "$peer" = haproxy ] || measure_udp "$peer"; done
 
 ratio() { [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}' || echo -; }
+[ -n "${UDP_ONLY:-}" ] || {
 echo
 echo "new connections (wrk -t1 -c50, Connection: close, ${seconds}s; L4 node on core 0)"
 printf '%-12s %10s %10s %10s %18s\n' peer conn/s "µs/conn" p99 "µs/conn vs haproxy"
@@ -188,4 +260,12 @@ printf '%-12s %10s %14s %22s\n' peer Gb/s "% core/Gb/s" "% core/Gb/s vs haproxy"
 for name in $peers; do
   printf '%-12s %10s %14s %22s\n' "$name" "${gbps[$name]}" "${core_per_gbps[$name]}" \
     "$(ratio "${core_per_gbps[$name]}" "${core_per_gbps[haproxy]:-}")"
+done
+}
+echo
+echo "UDP flows (one datagram each from new client ports; Envoy's sessions without a cap)"
+printf '%-12s %22s %28s\n' peer "bytes/flow (RSS)" "after $((flows * 2)) more: RSS MiB, flows"
+for name in $peers; do
+  [ "$name" = haproxy ] && continue
+  printf '%-12s %22s %28s\n' "$name" "${flow_bytes[$name]}" "${flood_rss[$name]}, ${flood_tracked[$name]}"
 done

@@ -299,9 +299,9 @@ impl Plane {
                 Err(_) => continue,
             };
             let now = self.state.clock();
-            let cluster = listener.plan.cluster.clone();
-            let Some(upstream) = self.upstream(&cluster) else {
-                self.unserved(id, &cluster, &NO_GATEWAY);
+            let upstream = self.upstream(&listener.plan.cluster);
+            let Some(upstream) = upstream else {
+                self.unserved(id, &NO_GATEWAY);
                 continue;
             };
             let table = upstream.table();
@@ -338,7 +338,7 @@ impl Plane {
                         destination_port: listener.plan.address.port(),
                     };
                     let Some(gateway) = table.pick(key.hash(), &[]).map(|g| g.address) else {
-                        self.unserved(id, &cluster, &NO_GATEWAY);
+                        self.unserved(id, &NO_GATEWAY);
                         continue;
                     };
                     match self.open_flow(id, client, gateway, table_id, now) {
@@ -367,11 +367,12 @@ impl Plane {
         }
     }
 
-    fn unserved(&self, id: u32, cluster: &str, budget: &LogBudget) {
+    fn unserved(&self, id: u32, budget: &LogBudget) {
         if let Some(listener) = self.listeners.get(&id) {
             listener.counters.unserved.inc();
             if let Some(suppressed) = budget.allow() {
-                tracing::warn!(listener = %listener.plan.name, cluster, suppressed, "no gateway for a UDP flow; datagram dropped");
+                let (name, cluster) = (&listener.plan.name, &listener.plan.cluster);
+                tracing::warn!(listener = %name, %cluster, suppressed, "no gateway for a UDP flow; datagram dropped");
             }
         }
     }

@@ -75,13 +75,16 @@ impl MaglevTable {
         // Round n lets a backend of weight w hold up to n·w/max_weight entries, so the heaviest
         // place one entry per round and the others in proportion.
         let mut round: u64 = 0;
+        // Equal weights (the common case): every backend places one entry per round.
+        let equal = order
+            .iter()
+            .all(|&i| u64::from(backends[i].weight) == max_weight);
         while filled < size {
             round += 1;
             for (k, &backend) in order.iter().enumerate() {
                 let weight = u64::from(backends[backend].weight);
-                if u128::from(placed[k]) * u128::from(max_weight)
-                    >= u128::from(round) * u128::from(weight)
-                {
+                // placed ≤ size ≤ 5,000,011 and weights fit in 32 bits: no overflow in u64.
+                if !equal && placed[k] * max_weight >= round * weight {
                     continue;
                 }
                 let slot = loop {

@@ -39,9 +39,12 @@ impl<K: Hash + Eq + Clone, V> FlowTable<K, V> {
     /// without a packet.
     pub fn new(capacity: usize, idle_timeout: Duration) -> FlowTable<K, V> {
         let capacity = capacity.clamp(1, NONE as usize - 1);
+        // Reserved whole up front (pages are touched only as flows arrive): growing by doubling
+        // would copy the table and leave the old copies' pages resident.
+        let reserved = capacity.min(1 << 22);
         FlowTable {
-            index: HashMap::new(),
-            slots: Vec::new(),
+            index: HashMap::with_capacity(reserved),
+            slots: Vec::with_capacity(reserved),
             free: Vec::new(),
             newest: NONE,
             oldest: NONE,
