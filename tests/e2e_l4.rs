@@ -723,3 +723,116 @@ spec:
     drop(node);
     meridian.shutdown().await.unwrap();
 }
+
+/// Bad input at the node: a VIP's TCP port is taken by another program. `meridian l4` NACKs
+/// that listener by name with the reason, and serves the rest (the same VIP's UDP port); a
+/// VIP whose cluster has no gateway at all is listed in `/ready` as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_vip_port_is_nacked_by_name_and_the_rest_serves() {
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+    std::fs::write(
+        config.join("dns.yaml"),
+        format!(
+            r#"apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: local}}
+spec:
+  zone: local-1
+  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.11"]}}]
+ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}, {{name: dns-tcp, port: {gateway_port}}}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: dns, namespace: dns}}
+spec:
+  template:
+    service:
+      metadata: {{name: dns}}
+      spec:
+        ports:
+        - {{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}
+        - {{name: dns-tcp, port: {vip_port}, protocol: TCP, targetPort: {gateway_port}}}
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: empty, namespace: dns}}
+spec:
+  template:
+    service:
+      metadata: {{name: nobody}}
+      spec: {{ports: [{{name: http, port: {vip_port}}}]}}
+"#
+        ),
+    )
+    .unwrap();
+    let a: std::net::SocketAddr = format!("127.0.0.11:{gateway_port}").parse().unwrap();
+    let _gateway = udp_echo(a, "alpha").await;
+    let vip: std::net::SocketAddr = format!("{VIP}:{vip_port}").parse().unwrap();
+    let _squatter = std::net::TcpListener::bind(vip).unwrap();
+    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let admin_port = free_port();
+    let _node = meridian_l4(work.path(), "l4-bad", xds_port, admin_port);
+
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the UDP listener serving",
+        || async { ask_udp(&socket, vip).await.as_deref() == Some("alpha") },
+    )
+    .await;
+    let mut ops = OpsClient::connect(format!("http://127.0.0.1:{xds_port}"))
+        .await
+        .unwrap();
+    let lds = eventually(Duration::from_secs(10), "LDS NACKed", || {
+        let mut ops = ops.clone();
+        async move {
+            let status = ops
+                .proxy_status(ProxyStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            status
+                .proxies
+                .iter()
+                .find(|p| p.node_id == "l4-bad")
+                .and_then(|p| p.types.iter().find(|t| t.r#type == "LDS"))
+                .is_some_and(|t| t.state == "NACKED")
+        }
+    })
+    .await;
+    let status = ops
+        .proxy_status(ProxyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let node = status
+        .proxies
+        .iter()
+        .find(|p| p.node_id == "l4-bad")
+        .unwrap();
+    let nack = &node
+        .types
+        .iter()
+        .find(|t| t.r#type == "LDS")
+        .unwrap()
+        .last_nack;
+    assert!(
+        nack.contains(&format!("Listener {VIP}_{vip_port}: address:")) && nack.contains("in use"),
+        "{nack}"
+    );
+    println!("LDS NACKed {lds:?} after start: {nack}");
+    // The other AccessPoint's VIP has no endpoints behind it: /ready says so.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let ready = admin_text(&client(), admin, "/ready").await;
+    assert!(ready.contains("no available gateway"), "{ready}");
+    meridian.shutdown().await.unwrap();
+}

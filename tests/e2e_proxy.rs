@@ -237,6 +237,37 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     meridian.shutdown().await.unwrap();
 }
 
+/// A first config of which a listener cannot bind still initializes the proxy, as it does
+/// Envoy: the rest serves and `/ready` says LIVE (the NACK is in the status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_rejected_first_config_makes_the_proxy_ready() {
+    let setup = Setup::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let second_server = format!(
+        "          hosts: [\"*/*.example.test\"]\n        - port: {{number: {taken_port}, protocol: HTTP}}\n          bind: 127.0.0.1\n          hosts: [\"*/*.example.test\"]\n"
+    );
+    let config = shop(setup.port, "alpha", "").replacen(
+        "          hosts: [\"*/*.example.test\"]\n",
+        &second_server,
+        1,
+    );
+    write(&setup.config(), "shop.yaml", &config);
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let admin = free_port();
+    let proxy = setup.proxy_with(admin, &[]);
+    let client = client();
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, setup.port, "/a", "alpha")
+    })
+    .await;
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    assert!(log.contains("rejected (NACK)"), "{log}");
+    assert_eq!(ready(&client, admin).await, (200, "LIVE\n".to_owned()));
+    drop((proxy, taken));
+    meridian.shutdown().await.unwrap();
+}
+
 /// (status, body) of the proxy's `/ready`.
 async fn ready(client: &reqwest::Client, admin_port: u16) -> (u16, String) {
     match client

@@ -212,6 +212,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
             listeners: Listeners::new(workers.clone()),
             cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
             accepted: config::Accepted::default(),
+            answered: Default::default(),
         },
     };
     client.run(stopped).await;

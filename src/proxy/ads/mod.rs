@@ -38,6 +38,8 @@ pub struct ProxySubscriber {
     pub listeners: Listeners,
     pub cache: Option<ConfigCache>,
     pub accepted: Accepted,
+    /// The types a response of which was applied (accepted or not).
+    pub answered: BTreeSet<&'static str>,
 }
 
 impl Subscriber for ProxySubscriber {
@@ -149,7 +151,10 @@ impl ProxySubscriber {
             &self.state.config.load(),
         )));
         self.state.config_changed.notify_waiters();
-        if accepted.versions.contains_key(LISTENERS) && accepted.versions.contains_key(CLUSTERS) {
+        // As in Envoy, a first response initializes the proxy whatever it held: what was
+        // rejected is reported, and the rest serves.
+        self.answered.insert(kind);
+        if self.answered.contains(LISTENERS) && self.answered.contains(CLUSTERS) {
             self.state.mark_ready();
         }
         if let Some(cache) = &self.cache {
