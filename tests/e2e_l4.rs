@@ -587,10 +587,16 @@ async fn udp_flows_through_the_vip_keep_their_gateway_and_move_off_a_dead_one() 
     let config = work.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        config.join("dns.yaml"),
-        format!(
-            r#"apiVersion: meridian.dev/v1alpha1
+    let write = |gateways: &[&str]| {
+        let endpoints: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("{{addresses: [\"{g}\"]}}"))
+            .collect();
+        let endpoints = endpoints.join(", ");
+        std::fs::write(
+            config.join("dns.yaml"),
+            format!(
+                r#"apiVersion: meridian.dev/v1alpha1
 kind: MemberCluster
 metadata: {{name: local}}
 spec:
@@ -601,7 +607,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
 addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.11"]}}, {{addresses: ["127.0.0.12"]}}]
+endpoints: [{endpoints}]
 ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}]
 ---
 apiVersion: meridian.dev/v1alpha1
@@ -613,9 +619,11 @@ spec:
       metadata: {{name: dns}}
       spec: {{ports: [{{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}]}}
 "#
-        ),
-    )
-    .unwrap();
+            ),
+        )
+        .unwrap()
+    };
+    write(&["127.0.0.11", "127.0.0.12"]);
     let a: std::net::SocketAddr = format!("127.0.0.11:{gateway_port}").parse().unwrap();
     let b: std::net::SocketAddr = format!("127.0.0.12:{gateway_port}").parse().unwrap();
     let mut gateway_a = Some(udp_echo(a, "alpha").await);
@@ -659,6 +667,31 @@ spec:
         first.iter().any(|g| g == "alpha") && first.iter().any(|g| g == "beta"),
         "16 flows over both gateways: {first:?}"
     );
+
+    // A third gateway joins: every flow keeps its gateway (the table alone would move about a
+    // third of them), while new flows reach the newcomer.
+    let c: std::net::SocketAddr = format!("127.0.0.13:{gateway_port}").parse().unwrap();
+    let _gateway_c = udp_echo(c, "gamma").await;
+    write(&["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
+    eventually(Duration::from_secs(30), "a new flow on gamma", || async {
+        let socket = udp_client().await;
+        ask_udp(&socket, vip).await.as_deref() == Some("gamma")
+    })
+    .await;
+    for (socket, gateway) in sockets.iter().zip(&first) {
+        assert_eq!(
+            ask_udp(socket, vip).await.as_ref(),
+            Some(gateway),
+            "a flow after gamma joined"
+        );
+    }
+    write(&["127.0.0.11", "127.0.0.12"]);
+    eventually(
+        Duration::from_secs(30),
+        "gamma gone from the node",
+        || async { gateway_ids(&l4_cluster(admin_port).await, "available").len() == 2 },
+    )
+    .await;
 
     // Alpha dies: its flows move to beta within a few datagrams (refusals are failures; two in
     // a row eject it); beta's flows stay.
