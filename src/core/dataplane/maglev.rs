@@ -70,7 +70,9 @@ impl MaglevTable {
         let mut entries = vec![u32::MAX; usize::try_from(size).unwrap_or(usize::MAX)];
         // Which entries are filled, as bits: probes (most of the work) stay within a bitmap
         // small enough for the L1 cache instead of the 4-byte entries.
-        let mut taken = vec![0u64; entries.len().div_ceil(64)];
+        // A power-of-two length, so `& mask` keeps every index in bounds without a check.
+        let mut taken = vec![0u64; entries.len().div_ceil(64).next_power_of_two()];
+        let mask = taken.len() - 1;
         let mut filled: u64 = 0;
         // Round n lets a backend of weight w hold up to n·w/max_weight entries, so the heaviest
         // place one entry per round and the others in proportion.
@@ -87,14 +89,18 @@ impl MaglevTable {
                 if !equal && placed[k] * max_weight >= round * weight {
                     continue;
                 }
+                // The walk's position stays in a register while it probes.
+                let walk = &mut walks[k];
+                let mut walked = *walk;
                 let slot = loop {
-                    let candidate = walks[k].next(size);
-                    let (word, bit) = (candidate / 64, 1u64 << (candidate % 64));
+                    let candidate = walked.next(size);
+                    let (word, bit) = ((candidate / 64) & mask, 1u64 << (candidate % 64));
                     if taken[word] & bit == 0 {
                         taken[word] |= bit;
                         break candidate;
                     }
                 };
+                *walk = walked;
                 entries[slot] = u32::try_from(backend).unwrap_or(u32::MAX);
                 placed[k] += 1;
                 filled += 1;
@@ -155,6 +161,7 @@ fn is_prime(n: u64) -> bool {
 
 /// A backend's preference list over the table: offset, offset + skip, offset + 2·skip, … (mod
 /// size). As the size is prime and 0 < skip < size, it visits every entry once.
+#[derive(Clone, Copy)]
 struct Walk {
     next: u64,
     skip: u64,
