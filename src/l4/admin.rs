@@ -62,11 +62,7 @@ async fn ready(State(state): State<Arc<L4State>>) -> (StatusCode, String) {
 }
 
 async fn prometheus(State(state): State<Arc<L4State>>) -> (StatusCode, String) {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &state.stats.registry) {
-        Ok(()) => (StatusCode::OK, text),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    }
+    crate::runtime::prometheus_response(&state.stats.registry)
 }
 
 async fn config_dump(State(state): State<Arc<L4State>>) -> Json<serde_json::Value> {

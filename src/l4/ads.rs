@@ -22,7 +22,8 @@ use crate::core::dataplane::balancer::Assignment;
 use crate::core::dataplane::l4::{L4ClusterPlan, L4ListenerPlan};
 use crate::runtime::log_budget::bounded;
 use crate::runtime::xds_client::resources::{
-    compile_each, compile_whole_set, short_name, CLUSTERS, ENDPOINTS, LISTENERS,
+    compile_each, compile_whole_set, follow_by_name, keep_previous, short_name, CLUSTERS,
+    ENDPOINTS, LISTENERS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
@@ -123,11 +124,9 @@ impl L4Subscriber {
             .entry(ENDPOINTS)
             .or_default()
             .retain(|name, _| eds.contains(name));
-        let changed = names.get(ENDPOINTS) != Some(&eds);
-        names.insert(ENDPOINTS, eds);
         Applied {
             errors,
-            follow: changed.then_some(ENDPOINTS).into_iter().collect(),
+            follow: follow_by_name(ENDPOINTS, eds, names).into_iter().collect(),
         }
     }
 
@@ -137,12 +136,7 @@ impl L4Subscriber {
         compile_each(
             &response.resources,
             ENDPOINTS,
-            |cla: ClusterLoadAssignment| {
-                let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
-                Assignment::compile(&cla, &resource)
-                    .map(|a| (cla.cluster_name, a))
-                    .map_err(|e| e.to_string())
-            },
+            |cla: ClusterLoadAssignment| Assignment::compile_named(cla).map_err(|e| e.to_string()),
             (
                 &mut accepted.assignments,
                 accepted.raw.entry(ENDPOINTS).or_default(),
@@ -168,19 +162,13 @@ impl L4Subscriber {
             &mut errors,
         );
         // Binding can fail (not bindable, taken): the listener it replaces keeps serving.
-        for (name, error) in self.listeners.reconcile(&plans, &self.state) {
-            errors.push(format!("Listener {name}: address: {error}"));
-            match (accepted.listeners.get(&name), old_raw.get(&name)) {
-                (Some(old), Some(old_any)) => {
-                    raw.insert(name.clone(), old_any.clone());
-                    plans.insert(name, old.clone());
-                }
-                _ => {
-                    raw.remove(&name);
-                    plans.remove(&name);
-                }
-            }
-        }
+        keep_previous(
+            self.listeners.reconcile(&plans, &self.state),
+            ("Listener", "address"),
+            (&mut plans, &mut raw),
+            (&accepted.listeners, &old_raw),
+            &mut errors,
+        );
         accepted.listeners = plans;
         accepted.raw.insert(LISTENERS, raw);
         Applied {

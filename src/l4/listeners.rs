@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use super::stats::{Bytes, ClusterLabel, ListenerLabel};
+use super::stats::{ClusterLabel, ListenerLabel};
 use super::udp::{Command, UdpPlane};
 use super::L4State;
 use crate::core::dataplane::conntrack::FlowKey;
@@ -194,27 +194,9 @@ impl Listeners {
     }
 }
 
-/// A UDP socket on `address`, with `IP_FREEBIND` when asked.
-fn bind_udp(address: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, None)?;
-    socket.set_reuse_address(true)?;
-    if freebind {
-        if address.is_ipv4() {
-            socket.set_freebind_v4(true)?;
-        } else {
-            socket.set_freebind_v6(true)?;
-        }
-    }
-    if address.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.bind(&address.into())?;
-    Ok(socket.into())
-}
-
-/// A listening socket on `address`, with `IP_FREEBIND` (IPv4 or IPv6) when asked.
-fn bind(address: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+/// A socket of `kind` bound to `address`, with `IP_FREEBIND` (IPv4 or IPv6) when asked.
+fn bound_socket(address: SocketAddr, freebind: bool, kind: Type) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), kind, None)?;
     socket.set_reuse_address(true)?;
     if freebind {
         if address.is_ipv4() {
@@ -228,6 +210,17 @@ fn bind(address: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+/// A UDP socket on `address`.
+fn bind_udp(address: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
+    Ok(bound_socket(address, freebind, Type::DGRAM)?.into())
+}
+
+/// A listening socket on `address`.
+fn bind(address: SocketAddr, freebind: bool) -> std::io::Result<TcpListener> {
+    let socket = bound_socket(address, freebind, Type::STREAM)?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }
@@ -247,21 +240,13 @@ impl Counters {
         let listener = ListenerLabel {
             listener: plan.name.clone(),
         };
-        let bytes = |direction| {
-            stats
-                .bytes
-                .get_or_create(&Bytes {
-                    listener: plan.name.clone(),
-                    direction,
-                })
-                .clone()
-        };
+        let (received, sent) = stats.bytes_of(&plan.name);
         Counters {
             connections: stats.connections.get_or_create(&listener).clone(),
             active: stats.active_connections.get_or_create(&listener).clone(),
             unserved: stats.unserved.get_or_create(&listener).clone(),
-            received: bytes("received"),
-            sent: bytes("sent"),
+            received,
+            sent,
             connect_failures: stats
                 .connect_failures
                 .get_or_create(&ClusterLabel {

@@ -54,6 +54,21 @@ pub struct Stats {
     pub udp_evicted: Family<ListenerLabel, Counter>,
 }
 
+impl Stats {
+    /// A listener's byte counters: received from clients, sent to clients.
+    pub fn bytes_of(&self, listener: &str) -> (Counter, Counter) {
+        let series = |direction| {
+            self.bytes
+                .get_or_create(&Bytes {
+                    listener: listener.to_owned(),
+                    direction,
+                })
+                .clone()
+        };
+        (series("received"), series("sent"))
+    }
+}
+
 impl Default for Stats {
     fn default() -> Stats {
         let mut registry = Registry::with_prefix("meridian_l4");

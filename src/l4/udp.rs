@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::stats::{Bytes, ListenerLabel};
+use super::stats::ListenerLabel;
 use super::upstream::Upstream;
 use super::L4State;
 use crate::core::dataplane::conntrack::FlowKey;
@@ -129,22 +129,14 @@ impl Counters {
         let listener = ListenerLabel {
             listener: plan.name.clone(),
         };
-        let bytes = |direction| {
-            stats
-                .bytes
-                .get_or_create(&Bytes {
-                    listener: plan.name.clone(),
-                    direction,
-                })
-                .clone()
-        };
+        let (received, sent) = stats.bytes_of(&plan.name);
         Counters {
             flows: stats.udp_flows.get_or_create(&listener).clone(),
             new_flows: stats.connections.get_or_create(&listener).clone(),
             evicted: stats.udp_evicted.get_or_create(&listener).clone(),
             unserved: stats.unserved.get_or_create(&listener).clone(),
-            received: bytes("received"),
-            sent: bytes("sent"),
+            received,
+            sent,
         }
     }
 }

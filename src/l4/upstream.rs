@@ -23,6 +23,22 @@ pub struct Health {
     outliers: Option<OutlierDetector>,
 }
 
+impl Health {
+    fn unavailable(&self) -> (BTreeSet<String>, BTreeSet<String>) {
+        let failed = self
+            .checks
+            .as_ref()
+            .map(HealthTracker::failed)
+            .unwrap_or_default();
+        let ejected = self
+            .outliers
+            .as_ref()
+            .map(OutlierDetector::ejected)
+            .unwrap_or_default();
+        (failed, ejected)
+    }
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub plan: L4ClusterPlan,
@@ -134,31 +150,11 @@ impl Upstream {
 
     /// Gateways failed by checks and ejected, by id.
     pub fn unavailable(&self) -> (BTreeSet<String>, BTreeSet<String>) {
-        let health = self.lock();
-        let failed = health
-            .checks
-            .as_ref()
-            .map(HealthTracker::failed)
-            .unwrap_or_default();
-        let ejected = health
-            .outliers
-            .as_ref()
-            .map(OutlierDetector::ejected)
-            .unwrap_or_default();
-        (failed, ejected)
+        self.lock().unavailable()
     }
 
     fn rebuild(&self, health: &Health, stats: &Stats) {
-        let failed = health
-            .checks
-            .as_ref()
-            .map(HealthTracker::failed)
-            .unwrap_or_default();
-        let ejected = health
-            .outliers
-            .as_ref()
-            .map(OutlierDetector::ejected)
-            .unwrap_or_default();
+        let (failed, ejected) = health.unavailable();
         let excluded: BTreeSet<String> = failed.union(&ejected).cloned().collect();
         let table = match &self.assignment {
             Some(assignment) => L4Table::build(

@@ -19,3 +19,14 @@ pub async fn stopped_signal(mut stopped: watch::Receiver<bool>) {
         }
     }
 }
+
+/// A data plane's `/stats/prometheus`: its registry as Prometheus text.
+pub fn prometheus_response(
+    registry: &prometheus_client::registry::Registry,
+) -> (axum::http::StatusCode, String) {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => (axum::http::StatusCode::OK, text),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

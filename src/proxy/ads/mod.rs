@@ -25,8 +25,8 @@ use crate::core::dataplane::routes::RouteTable;
 use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::{bounded, LogBudget};
 use crate::runtime::xds_client::resources::{
-    compile_each, compile_whole_set, decode, short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES,
-    SECRETS,
+    compile_each, compile_whole_set, decode, follow_by_name, keep_previous, short_name, CLUSTERS,
+    ENDPOINTS, LISTENERS, ROUTES, SECRETS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
@@ -214,19 +214,14 @@ impl ProxySubscriber {
                     .entry(ENDPOINTS)
                     .or_default()
                     .retain(|name, _| eds.contains(name));
-                let changed = names.get(ENDPOINTS) != Some(&eds);
-                names.insert(ENDPOINTS, eds);
-                changed.then_some(ENDPOINTS).into_iter().collect()
+                follow_by_name(ENDPOINTS, eds, names).into_iter().collect()
             }
             ENDPOINTS => {
                 compile_each(
                     &response.resources,
                     kind,
                     |cla: ClusterLoadAssignment| {
-                        let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
-                        Assignment::compile(&cla, &resource)
-                            .map(|a| (cla.cluster_name, a))
-                            .map_err(|e| e.to_string())
+                        Assignment::compile_named(cla).map_err(|e| e.to_string())
                     },
                     (
                         &mut accepted.assignments,
@@ -260,19 +255,13 @@ impl ProxySubscriber {
                     &mut errors,
                 );
                 // Binding can fail (the port is taken): the listener it replaces keeps serving.
-                for (name, error) in self.listeners.reconcile(&plans, &self.state) {
-                    errors.push(format!("Listener {name}: address: {error}"));
-                    match (accepted.listeners.get(&name), old_raw.get(&name)) {
-                        (Some(old), Some(old_any)) => {
-                            raw.insert(name.clone(), old_any.clone());
-                            plans.insert(name, old.clone());
-                        }
-                        _ => {
-                            raw.remove(&name);
-                            plans.remove(&name);
-                        }
-                    }
-                }
+                keep_previous(
+                    self.listeners.reconcile(&plans, &self.state),
+                    ("Listener", "address"),
+                    (&mut plans, &mut raw),
+                    (&accepted.listeners, &old_raw),
+                    &mut errors,
+                );
                 accepted.listeners = plans;
                 accepted.raw.insert(LISTENERS, raw);
                 let routes: BTreeSet<String> = accepted
@@ -297,16 +286,13 @@ impl ProxySubscriber {
                     .entry(ROUTES)
                     .or_default()
                     .retain(|name, _| routes.contains(name));
-                let mut follow = Vec::new();
-                if names.get(ROUTES) != Some(&routes) {
-                    follow.push(ROUTES);
-                }
-                if names.get(SECRETS) != Some(&secrets) {
-                    follow.push(SECRETS);
-                }
-                names.insert(ROUTES, routes);
-                names.insert(SECRETS, secrets);
-                follow
+                [
+                    follow_by_name(ROUTES, routes, names),
+                    follow_by_name(SECRETS, secrets, names),
+                ]
+                .into_iter()
+                .flatten()
+                .collect()
             }
             ROUTES => {
                 for any in &response.resources {

@@ -3,7 +3,7 @@
 //! (endpoints, secrets). A resource that does not compile is rejected with its error and keeps
 //! its previous version, as Envoy keeps a resource whose update it rejects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -91,4 +91,41 @@ pub fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> 
         return Err(format!("a {} in a {kind} response", any.type_url));
     }
     M::decode(any.value.as_slice()).map_err(|e| format!("undecodable {kind}: {e}"))
+}
+
+/// Resources that compiled but could not be applied (a listener that cannot bind), with why:
+/// each is reported as `<kind> <name>: <field>: <why>` and keeps its previous version, or is
+/// left out if it had none.
+pub fn keep_previous<P: Clone>(
+    failed: Vec<(String, String)>,
+    (kind, field): (&str, &str),
+    (plans, raw): (&mut BTreeMap<String, P>, &mut BTreeMap<String, Any>),
+    (old_plans, old_raw): (&BTreeMap<String, P>, &BTreeMap<String, Any>),
+    errors: &mut Vec<String>,
+) {
+    for (name, error) in failed {
+        errors.push(format!("{kind} {name}: {field}: {error}"));
+        match (old_plans.get(&name), old_raw.get(&name)) {
+            (Some(old), Some(old_any)) => {
+                raw.insert(name.clone(), old_any.clone());
+                plans.insert(name, old.clone());
+            }
+            _ => {
+                raw.remove(&name);
+                plans.remove(&name);
+            }
+        }
+    }
+}
+
+/// Subscribes `kind` to exactly `wanted`; `Some(kind)` when that changed what is asked for
+/// (the type to follow with a request).
+pub fn follow_by_name(
+    kind: &'static str,
+    wanted: BTreeSet<String>,
+    names: &mut super::Names,
+) -> Option<&'static str> {
+    let changed = names.get(kind) != Some(&wanted);
+    names.insert(kind, wanted);
+    changed.then_some(kind)
 }

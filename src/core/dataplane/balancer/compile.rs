@@ -189,6 +189,13 @@ fn maglev_policy(config: Option<LbConfig>, resource: &str) -> Result<Policy, Com
 }
 
 impl Assignment {
+    /// An EDS resource: its cluster's name and its endpoints.
+    pub fn compile_named(cla: ClusterLoadAssignment) -> Result<(String, Assignment), CompileError> {
+        let resource = format!("ClusterLoadAssignment {}", cla.cluster_name);
+        let assignment = Assignment::compile(&cla, &resource)?;
+        Ok((cla.cluster_name, assignment))
+    }
+
     pub fn compile(
         cla: &ClusterLoadAssignment,
         resource: &str,
