@@ -40,7 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "view: placement, overrides, expansion, binding, references, validation",
+        "view: placement, overrides, expansion, binding, references, validation, node subsets",
         &[
             "core::placement",
             "core::selector",
@@ -52,6 +52,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "core::refs",
             "core::validate",
             "core::vip_allocation",
+            "core::node_subsets",
         ],
     ),
     (
