@@ -483,10 +483,20 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
         "{ready}"
     );
 
-    // Another node, sharing nothing with the first: the same 5-tuples go the same way.
+    // Another node, sharing nothing with the first (not even the ADS protocol): the same
+    // 5-tuples go the same way.
     drop(first);
     let second_admin = free_port();
-    let second = meridian_l4(work.path(), "l4-2", xds_port, second_admin);
+    // The second node asks over delta ADS.
+    let second = MeridianProxy::start_l4(
+        work.path(),
+        BootstrapOptions {
+            l4: true,
+            delta: true,
+            admin_port: second_admin,
+            ..bootstrap_options("l4-2", "meridian-system/l4", xds_port)
+        },
+    );
     eventually(
         Duration::from_secs(30),
         "the second node serves",
