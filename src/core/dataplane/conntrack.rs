@@ -4,17 +4,17 @@
 //! flows go where the table says, so every L4 node sends a flow to the same backend without
 //! sharing state.
 //!
-//! A sans-IO table: the caller passes the time, the backends and the Maglev table built from
-//! them. Flows idle longer than the timeout are forgotten; when the table is full, flows are
-//! still balanced by the Maglev table, just not tracked. A full table is swept for idle flows
-//! at most once per [`SWEEP_EVERY`] of flow time, so a flood of new flows costs a lookup each,
-//! not a scan of the table each.
+//! A sans-IO table over the L4 node's [`FlowTable`]: the caller passes the time, the backends
+//! and the Maglev table built from them. Flows idle longer than the timeout are forgotten; when
+//! the table is full, a new flow takes the place of the least recently used one, so a flood of
+//! new flows costs the oldest flows their state (they are hashed again, most often to the same
+//! backend), never a scan of the table.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use xxhash_rust::xxh64::xxh64;
 
+use super::l4::flows::FlowTable;
 use super::maglev::{Backend, MaglevTable};
 
 /// A flow's 5-tuple, addresses as 16 bytes (IPv4 mapped into IPv6).
@@ -43,35 +43,16 @@ impl FlowKey {
     }
 }
 
-#[derive(Clone, Debug)]
-struct Flow {
-    /// The backend's id: stable across table rebuilds, unlike its index.
-    backend: String,
-    last_seen: Duration,
-}
-
-/// How often, at most, a full table is swept for idle flows.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Tracked flows and the backend each was given.
+/// Tracked flows and the backend (its stable id) each was given.
 #[derive(Debug)]
 pub struct ConnTrack {
-    flows: HashMap<FlowKey, Flow>,
-    idle_timeout: Duration,
-    capacity: usize,
-    /// When a full table was last swept, and how many times it was.
-    swept: Option<Duration>,
-    sweeps: u64,
+    flows: FlowTable<FlowKey, Box<str>>,
 }
 
 impl ConnTrack {
     pub fn new(idle_timeout: Duration, capacity: usize) -> ConnTrack {
         ConnTrack {
-            flows: HashMap::new(),
-            idle_timeout,
-            capacity,
-            swept: None,
-            sweeps: 0,
+            flows: FlowTable::new(capacity, idle_timeout),
         }
     }
 
@@ -86,52 +67,34 @@ impl ConnTrack {
         table: &MaglevTable,
         healthy: &dyn Fn(&str) -> bool,
     ) -> Option<usize> {
-        if let Some(flow) = self.flows.get_mut(&key) {
-            let current = backends.iter().position(|b| b.id == flow.backend);
-            if let Some(index) = current.filter(|_| healthy(&flow.backend)) {
-                flow.last_seen = now;
+        if let Some(slot) = self.flows.find(&key) {
+            let kept = self.flows.get(slot).and_then(|(_, backend)| {
+                let backend: &str = backend;
+                healthy(backend)
+                    .then(|| backends.iter().position(|b| b.id == backend))
+                    .flatten()
+            });
+            if let Some(index) = kept {
+                self.flows.touch(slot, now);
                 return Some(index);
             }
         }
         let index = table.get(key.hash())?;
-        let backend = backends.get(index)?.id.to_owned();
-        let full = self.flows.len() >= self.capacity && !self.flows.contains_key(&key);
-        if full
-            && self
-                .swept
-                .is_none_or(|at| now.saturating_sub(at) >= SWEEP_EVERY)
-        {
-            self.swept = Some(now);
-            self.sweeps += 1;
-            self.expire(now);
-        }
-        if self.flows.len() < self.capacity || self.flows.contains_key(&key) {
-            self.flows.insert(
-                key,
-                Flow {
-                    backend,
-                    last_seen: now,
-                },
-            );
-        }
+        let backend = backends.get(index)?.id;
+        self.flows.insert(key, backend.into(), now);
         Some(index)
     }
 
     /// Forgets flows idle for longer than the timeout.
     pub fn expire(&mut self, now: Duration) {
-        let timeout = self.idle_timeout;
-        self.flows
-            .retain(|_, flow| now.saturating_sub(flow.last_seen) <= timeout);
+        self.flows.expire(now);
     }
 
     /// Forgets a flow (its connection closed).
     pub fn close(&mut self, key: &FlowKey) {
-        self.flows.remove(key);
-    }
-
-    /// Sweeps of a full table so far (each a pass over every tracked flow).
-    pub fn sweeps(&self) -> u64 {
-        self.sweeps
+        if let Some(slot) = self.flows.find(key) {
+            self.flows.remove(slot);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -140,6 +103,11 @@ impl ConnTrack {
 
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
+    }
+
+    /// Whether `key` is tracked.
+    pub fn tracks(&self, key: &FlowKey) -> bool {
+        self.flows.find(key).is_some()
     }
 }
 
@@ -219,62 +187,38 @@ mod tests {
     }
 
     #[test]
-    fn idle_flows_expire_and_a_full_table_still_balances() {
-        let mut track = ConnTrack::new(Duration::from_secs(10), 2);
-        let two = backends(&["a:80", "b:80"]);
-        let table = MaglevTable::build(&two, 251).unwrap();
-        let all = |_: &str| true;
-        track.choose(key(1), SECOND, &two, &table, &all);
-        track.choose(key(2), SECOND, &two, &table, &all);
-        assert!(track.choose(key(3), SECOND, &two, &table, &all).is_some());
-        assert_eq!(
-            track.len(),
-            2,
-            "full: the third flow is balanced, not tracked"
-        );
-        track.choose(key(1), SECOND * 8, &two, &table, &all);
-        track.expire(SECOND * 15);
-        assert_eq!(track.len(), 1, "flow 2 idled out, flow 1 was seen at 8 s");
-        track.close(&key(1));
-        assert!(track.is_empty());
-    }
-
-    #[test]
-    fn a_full_table_is_swept_at_most_once_a_second_under_a_flood() {
+    fn idle_flows_expire_and_a_full_table_forgets_the_least_recently_used() {
         let mut track = ConnTrack::new(Duration::from_secs(10), 2);
         let two = backends(&["a:80", "b:80"]);
         let table = MaglevTable::build(&two, 251).unwrap();
         let all = |_: &str| true;
         track.choose(key(1), SECOND, &two, &table, &all);
         track.choose(key(2), SECOND * 2, &two, &table, &all);
-        // Full at 12 s: the sweep frees flow 1 (idle 11 s) for flow 3.
-        track.choose(key(3), SECOND * 12, &two, &table, &all);
+        track.choose(key(1), SECOND * 3, &two, &table, &all);
+        // Full: the third flow takes the place of flow 2, the least recently used.
+        assert!(track.choose(key(3), SECOND * 4, &two, &table, &all).is_some());
         assert_eq!(track.len(), 2);
-        // Flow 2 idles out at 12.5 s, but the last sweep was half a second ago: no sweep,
-        // flow 4 is balanced untracked.
-        track.choose(key(4), SECOND * 25 / 2, &two, &table, &all);
-        assert_eq!(track.len(), 2);
-        // A second later the next sweep makes room.
-        track.choose(key(5), SECOND * 27 / 2, &two, &table, &all);
-        assert_eq!(track.len(), 2);
-        assert!(track.flows.contains_key(&key(5)) && !track.flows.contains_key(&key(2)));
+        assert!(track.tracks(&key(1)) && track.tracks(&key(3)) && !track.tracks(&key(2)));
+        track.choose(key(1), SECOND * 8, &two, &table, &all);
+        track.expire(SECOND * 15);
+        assert_eq!(track.len(), 1, "flow 3 idled out, flow 1 was seen at 8 s");
+        track.close(&key(1));
+        assert!(track.is_empty());
+    }
 
-        // A flood of new flows (200,000 in 2 s) into a full table of live ones: two sweeps,
-        // not one per flow.
+    #[test]
+    fn a_flood_of_new_flows_keeps_the_table_at_its_size() {
+        let two = backends(&["a:80", "b:80"]);
+        let table = MaglevTable::build(&two, 251).unwrap();
+        let all = |_: &str| true;
         let mut track = ConnTrack::new(Duration::from_secs(30), 1 << 12);
         for n in 0..200_000u32 {
             let mut flow = key(n as u16);
             flow.source[0] = (n >> 16) as u8;
-            track.choose(
-                flow,
-                Duration::from_micros(u64::from(n) * 10),
-                &two,
-                &table,
-                &all,
-            );
+            let now = Duration::from_micros(u64::from(n) * 10);
+            assert!(track.choose(flow, now, &two, &table, &all).is_some());
         }
         assert_eq!(track.len(), 1 << 12);
-        assert_eq!(track.sweeps(), 2);
     }
 
     proptest! {
