@@ -26,6 +26,115 @@ fn manifests(vip_port: u16, gateway_port: u16, alpha: u16, beta: u16, vip: &str)
     )
 }
 
+/// The shop tier of [`manifests`] served by Meridian: its two echoing backends, its ports,
+/// and the manifest directory (rewritten with another `spec.vip` by [`ShopTier::write`]).
+struct ShopTier {
+    work: tempfile::TempDir,
+    alpha: Backend,
+    beta: Backend,
+    vip_port: u16,
+    gateway_port: u16,
+    xds_port: u16,
+    meridian: meridian::control_plane::standalone::Running,
+}
+
+impl ShopTier {
+    async fn start() -> ShopTier {
+        let work = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(work.path().join("config")).unwrap();
+        let (alpha, beta) = (
+            Backend::echoing_forwarded_for("alpha").await,
+            Backend::echoing_forwarded_for("beta").await,
+        );
+        let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
+        let config = work.path().join("config");
+        let state = work.path().join("state");
+        std::fs::write(
+            config.join("shop.yaml"),
+            manifests(vip_port, gateway_port, alpha.port, beta.port, "{}"),
+        )
+        .unwrap();
+        let meridian = start_meridian(&config, &state, xds_port).await;
+        ShopTier {
+            work,
+            alpha,
+            beta,
+            vip_port,
+            gateway_port,
+            xds_port,
+            meridian,
+        }
+    }
+
+    /// The manifests again, with `vip` as the AccessPoint's `spec.vip`.
+    fn write(&self, vip: &str) {
+        let manifests = manifests(
+            self.vip_port,
+            self.gateway_port,
+            self.alpha.port,
+            self.beta.port,
+            vip,
+        );
+        std::fs::write(self.work.path().join("config/shop.yaml"), manifests).unwrap();
+    }
+}
+
+/// Meridian lists `node_id` as an L4 node with CDS, EDS and LDS in sync.
+async fn assert_synced_l4(xds_port: u16, node_id: &str, log: &str) {
+    let mut ops = OpsClient::connect(format!("http://127.0.0.1:{xds_port}"))
+        .await
+        .unwrap();
+    let status = ops
+        .proxy_status(ProxyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let node = status
+        .proxies
+        .iter()
+        .find(|p| p.node_id == node_id)
+        .expect("the L4 node is connected");
+    assert_eq!(node.role, "l4");
+    for kind in ["CDS", "EDS", "LDS"] {
+        let sync = node.types.iter().find(|t| t.r#type == kind).unwrap();
+        assert_eq!(sync.state, "SYNCED", "{kind}: {sync:?}\n{log}");
+    }
+}
+
+/// Waits until new connections through the VIP reach both gateways.
+async fn both_gateways_answer(vip_port: u16) {
+    eventually(
+        Duration::from_secs(30),
+        "both gateways answer through the VIP",
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..30 {
+                if let Ok(backend) = through_vip(vip_port).await {
+                    seen.insert(backend);
+                }
+            }
+            seen.len() == 2
+        },
+    )
+    .await;
+}
+
+/// 60 new connections through the VIP just after gateway A died: every answer is B's, and at
+/// most two (those A took as it died) among the first ten are lost. How many were lost.
+async fn connections_after_gateway_a_died(vip_port: u16) -> usize {
+    let mut lost = 0;
+    for attempt in 0..60 {
+        match through_vip(vip_port).await {
+            Ok(backend) => assert_eq!(backend, "beta", "connection {attempt} after A died"),
+            Err(error) => {
+                lost += 1;
+                assert!(attempt < 10 && lost <= 2, "connection {attempt}: {error}");
+            }
+        }
+    }
+    lost
+}
+
 /// One request on a new connection to the VIP: the backend that answered.
 async fn through_vip(vip_port: u16) -> Result<String, String> {
     through_vip_from(vip_port, [127, 0, 0, 1])
@@ -62,20 +171,8 @@ fn l4_envoy(dir: &std::path::Path, xds_port: u16) -> Envoy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (
-        Backend::echoing_forwarded_for("alpha").await,
-        Backend::echoing_forwarded_for("beta").await,
-    );
-    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        config.join("shop.yaml"),
-        manifests(vip_port, gateway_port, alpha.port, beta.port, "{}"),
-    )
-    .unwrap();
-    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let tier = ShopTier::start().await;
+    let (work, vip_port, xds_port) = (&tier.work, tier.vip_port, tier.xds_port);
     let mut gateway_a = Some(Envoy::start(
         work.path(),
         "gw-a",
@@ -87,54 +184,15 @@ async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
     let l4 = l4_envoy(work.path(), xds_port);
 
     // Both gateways get connections: Maglev without a hash policy picks per connection.
-    eventually(
-        Duration::from_secs(30),
-        "both gateways answer through the VIP",
-        || async {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..30 {
-                if let Ok(backend) = through_vip(vip_port).await {
-                    seen.insert(backend);
-                }
-            }
-            seen.len() == 2
-        },
-    )
-    .await;
+    both_gateways_answer(vip_port).await;
 
     // The L4 node is listed as one, and took everything it was sent.
-    let mut ops = OpsClient::connect(format!("http://127.0.0.1:{xds_port}"))
-        .await
-        .unwrap();
-    let status = ops
-        .proxy_status(ProxyStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let node = status
-        .proxies
-        .iter()
-        .find(|p| p.node_id == "l4-1")
-        .expect("the L4 node is connected");
-    assert_eq!(node.role, "l4");
-    for kind in ["CDS", "EDS", "LDS"] {
-        let sync = node.types.iter().find(|t| t.r#type == kind).unwrap();
-        assert_eq!(sync.state, "SYNCED", "{kind}: {sync:?}\n{}", l4.log_text());
-    }
+    assert_synced_l4(xds_port, "l4-1", &l4.log_text()).await;
 
     // Gateway A dies. A connection it had accepted as it died is lost with it; new ones it
     // refuses try gateway B, and two refusals in a row eject it before any check runs.
     drop(gateway_a.take());
-    let mut lost = 0;
-    for attempt in 0..60 {
-        match through_vip(vip_port).await {
-            Ok(backend) => assert_eq!(backend, "beta", "connection {attempt} after A died"),
-            Err(error) => {
-                lost += 1;
-                assert!(attempt < 10 && lost <= 2, "connection {attempt}: {error}");
-            }
-        }
-    }
+    let lost = connections_after_gateway_a_died(vip_port).await;
     // The active check marks it failed within its interval × threshold (2 s × 2), plus a
     // check's timeout.
     let killed = Instant::now();
@@ -161,7 +219,7 @@ async fn an_envoy_l4_node_serves_the_vip_and_drops_a_dead_gateway() {
          {:?} after the last one",
         failed_checks.max(killed.elapsed())
     );
-    meridian.shutdown().await.unwrap();
+    tier.meridian.shutdown().await.unwrap();
 }
 
 /// A request straight to a gateway listener at `address`, behind a PROXY protocol v2 header
@@ -199,23 +257,9 @@ async fn with_proxy_header(address: std::net::SocketAddrV4, client: [u8; 4]) -> 
 /// Envoy, then `meridian l4`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (
-        Backend::echoing_forwarded_for("alpha").await,
-        Backend::echoing_forwarded_for("beta").await,
-    );
-    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    let write = |vip: &str| {
-        std::fs::write(
-            config.join("shop.yaml"),
-            manifests(vip_port, gateway_port, alpha.port, beta.port, vip),
-        )
-        .unwrap()
-    };
-    write("{}");
-    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let tier = ShopTier::start().await;
+    let (work, vip_port, xds_port) = (&tier.work, tier.vip_port, tier.xds_port);
+    let gateway_port = tier.gateway_port;
     let _gateway_a = Envoy::start(work.path(), "gw-a", "shop/gw-a", xds_port, false);
     let _gateway_b = MeridianProxy::start(
         work.path(),
@@ -238,7 +282,7 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
     })
     .await;
 
-    write("{proxyProtocol: true}");
+    tier.write("{proxyProtocol: true}");
     eventually(
         Duration::from_secs(30),
         "the gateway refusing a connection without a PROXY header",
@@ -283,7 +327,7 @@ async fn proxy_protocol_carries_the_client_address_to_the_gateways() {
             "connection {attempt} through meridian l4: {answer:?}"
         );
     }
-    meridian.shutdown().await.unwrap();
+    tier.meridian.shutdown().await.unwrap();
 }
 
 /// One request to the VIP on a connection from `source` (address and port fixed, so its
@@ -378,20 +422,8 @@ fn gateway_ids(cluster: &serde_json::Value, state: &str) -> Vec<String> {
 /// interval × threshold, and comes back when it does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
-    let work = tempfile::tempdir().unwrap();
-    let config = work.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    let (alpha, beta) = (
-        Backend::echoing_forwarded_for("alpha").await,
-        Backend::echoing_forwarded_for("beta").await,
-    );
-    let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        config.join("shop.yaml"),
-        manifests(vip_port, gateway_port, alpha.port, beta.port, "{}"),
-    )
-    .unwrap();
-    let meridian = start_meridian(&config, &work.path().join("state"), xds_port).await;
+    let tier = ShopTier::start().await;
+    let (work, vip_port, xds_port) = (&tier.work, tier.vip_port, tier.xds_port);
     let mut gateway_a = Some(Envoy::start(
         work.path(),
         "gw-a",
@@ -426,20 +458,7 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
             seen
         }
     };
-    eventually(
-        Duration::from_secs(30),
-        "both gateways answer through the VIP",
-        || async {
-            let mut seen = std::collections::BTreeSet::new();
-            for _ in 0..20 {
-                if let Ok(backend) = through_vip(vip_port).await {
-                    seen.insert(backend);
-                }
-            }
-            seen.len() == 2
-        },
-    )
-    .await;
+    both_gateways_answer(vip_port).await;
     let by_first = mapping("first node").await;
     assert!(
         by_first.contains(&"alpha".to_owned()) && by_first.contains(&"beta".to_owned()),
@@ -449,29 +468,7 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
     assert_eq!(mapping("first node again").await, by_first);
 
     // Meridian lists the node as an L4 node, in sync.
-    let mut ops = OpsClient::connect(format!("http://127.0.0.1:{xds_port}"))
-        .await
-        .unwrap();
-    let status = ops
-        .proxy_status(ProxyStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let node = status
-        .proxies
-        .iter()
-        .find(|p| p.node_id == "l4-1")
-        .expect("the L4 node is connected");
-    assert_eq!(node.role, "l4");
-    for kind in ["CDS", "EDS", "LDS"] {
-        let sync = node.types.iter().find(|t| t.r#type == kind).unwrap();
-        assert_eq!(
-            sync.state,
-            "SYNCED",
-            "{kind}: {sync:?}\n{}",
-            first.log_text()
-        );
-    }
+    assert_synced_l4(xds_port, "l4-1", &first.log_text()).await;
     let ready = admin_text(
         &client(),
         format!("127.0.0.1:{first_admin}").parse().unwrap(),
@@ -508,16 +505,7 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
     // Gateway A dies. New connections it refuses are tried on B, and refusals eject it.
     drop(gateway_a.take());
     let killed = Instant::now();
-    let mut lost = 0;
-    for attempt in 0..60 {
-        match through_vip(vip_port).await {
-            Ok(backend) => assert_eq!(backend, "beta", "connection {attempt} after A died"),
-            Err(error) => {
-                lost += 1;
-                assert!(attempt < 10 && lost <= 2, "connection {attempt}: {error}");
-            }
-        }
-    }
+    let lost = connections_after_gateway_a_died(vip_port).await;
     // Its active checks fail it within interval × threshold (2 s × 2) plus a timeout.
     let failed = eventually(
         Duration::from_secs(8),
@@ -555,7 +543,52 @@ async fn a_meridian_l4_node_hashes_5_tuples_alike_and_drops_a_dead_gateway() {
     )
     .await;
     drop(second);
-    meridian.shutdown().await.unwrap();
+    tier.meridian.shutdown().await.unwrap();
+}
+
+/// A VIP pool for the hub's own cluster and an AccessPoint `dns` whose Service's UDP port
+/// `vip_port` (and the same TCP port, with `tcp`) targets `gateway_port` on `gateways`.
+fn dns_manifests((vip_port, gateway_port): (u16, u16), gateways: &[&str], tcp: bool) -> String {
+    let endpoints: Vec<String> = gateways
+        .iter()
+        .map(|g| format!("{{addresses: [\"{g}\"]}}"))
+        .collect();
+    let endpoints = endpoints.join(", ");
+    let (tcp_endpoint_port, tcp_port) = if tcp {
+        (
+            format!(", {{name: dns-tcp, port: {gateway_port}}}"),
+            format!(
+                ", {{name: dns-tcp, port: {vip_port}, protocol: TCP, targetPort: {gateway_port}}}"
+            ),
+        )
+    } else {
+        Default::default()
+    };
+    format!(
+        r#"apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {{name: local}}
+spec:
+  zone: local-1
+  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: IPv4
+endpoints: [{endpoints}]
+ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}{tcp_endpoint_port}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: dns, namespace: dns}}
+spec:
+  template:
+    service:
+      metadata: {{name: dns}}
+      spec: {{ports: [{{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}{tcp_port}]}}
+"#
+    )
 }
 
 /// A UDP "gateway": answers each datagram with `<name> <sender>`.
@@ -598,40 +631,8 @@ async fn udp_flows_through_the_vip_keep_their_gateway_and_move_off_a_dead_one() 
     std::fs::create_dir_all(&config).unwrap();
     let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
     let write = |gateways: &[&str]| {
-        let endpoints: Vec<String> = gateways
-            .iter()
-            .map(|g| format!("{{addresses: [\"{g}\"]}}"))
-            .collect();
-        let endpoints = endpoints.join(", ");
-        std::fs::write(
-            config.join("dns.yaml"),
-            format!(
-                r#"apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: local}}
-spec:
-  zone: local-1
-  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
-addressType: IPv4
-endpoints: [{endpoints}]
-ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}]
----
-apiVersion: meridian.dev/v1alpha1
-kind: AccessPoint
-metadata: {{name: dns, namespace: dns}}
-spec:
-  template:
-    service:
-      metadata: {{name: dns}}
-      spec: {{ports: [{{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}]}}
-"#
-            ),
-        )
-        .unwrap()
+        let manifests = dns_manifests((vip_port, gateway_port), gateways, false);
+        std::fs::write(config.join("dns.yaml"), manifests).unwrap()
     };
     write(&["127.0.0.11", "127.0.0.12"]);
     let a: std::net::SocketAddr = format!("127.0.0.11:{gateway_port}").parse().unwrap();
@@ -776,35 +777,8 @@ async fn a_taken_vip_port_is_nacked_by_name_and_the_rest_serves() {
     let config = work.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let (vip_port, gateway_port, xds_port) = (free_port(), free_port(), free_port());
-    std::fs::write(
-        config.join("dns.yaml"),
-        format!(
-            r#"apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {{name: local}}
-spec:
-  zone: local-1
-  vipPools: [{{name: lb, cidrs: ["127.77.0.0/29"]}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: dns-1, namespace: dns, labels: {{kubernetes.io/service-name: dns}}}}
-addressType: IPv4
-endpoints: [{{addresses: ["127.0.0.11"]}}]
-ports: [{{name: dns, port: {gateway_port}, protocol: UDP}}, {{name: dns-tcp, port: {gateway_port}}}]
----
-apiVersion: meridian.dev/v1alpha1
-kind: AccessPoint
-metadata: {{name: dns, namespace: dns}}
-spec:
-  template:
-    service:
-      metadata: {{name: dns}}
-      spec:
-        ports:
-        - {{name: dns, port: {vip_port}, protocol: UDP, targetPort: {gateway_port}}}
-        - {{name: dns-tcp, port: {vip_port}, protocol: TCP, targetPort: {gateway_port}}}
----
+    let nobody = format!(
+        r#"---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
 metadata: {{name: empty, namespace: dns}}
@@ -814,9 +788,9 @@ spec:
       metadata: {{name: nobody}}
       spec: {{ports: [{{name: http, port: {vip_port}}}]}}
 "#
-        ),
-    )
-    .unwrap();
+    );
+    let manifests = dns_manifests((vip_port, gateway_port), &["127.0.0.11"], true) + &nobody;
+    std::fs::write(config.join("dns.yaml"), manifests).unwrap();
     let a: std::net::SocketAddr = format!("127.0.0.11:{gateway_port}").parse().unwrap();
     let _gateway = udp_echo(a, "alpha").await;
     let vip: std::net::SocketAddr = format!("{VIP}:{vip_port}").parse().unwrap();

@@ -196,7 +196,9 @@ mod tests {
         track.choose(key(2), SECOND * 2, &two, &table, &all);
         track.choose(key(1), SECOND * 3, &two, &table, &all);
         // Full: the third flow takes the place of flow 2, the least recently used.
-        assert!(track.choose(key(3), SECOND * 4, &two, &table, &all).is_some());
+        assert!(track
+            .choose(key(3), SECOND * 4, &two, &table, &all)
+            .is_some());
         assert_eq!(track.len(), 2);
         assert!(track.tracks(&key(1)) && track.tracks(&key(3)) && !track.tracks(&key(2)));
         track.choose(key(1), SECOND * 8, &two, &table, &all);

@@ -89,18 +89,44 @@ impl MaglevTable {
                 if !equal && placed[k] * max_weight >= round * weight {
                     continue;
                 }
-                // The walk's position stays in a register while it probes.
+                // Four probes per branch: the first free of the walk's next four candidates
+                // wins, as if probed one by one; the walk's position stays in a register.
                 let walk = &mut walks[k];
-                let mut walked = *walk;
-                let slot = loop {
-                    let candidate = walked.next(size);
-                    let (word, bit) = ((candidate / 64) & mask, 1u64 << (candidate % 64));
-                    if taken[word] & bit == 0 {
-                        taken[word] |= bit;
-                        break candidate;
+                let (skip, mut at) = (walk.skip, walk.next);
+                let step = |x: u64| {
+                    let next = x + skip;
+                    if next >= size {
+                        next - size
+                    } else {
+                        next
                     }
                 };
-                *walk = walked;
+                let is_free = |c: u64| (taken[((c / 64) as usize) & mask] >> (c % 64)) & 1 == 0;
+                let slot = loop {
+                    let c0 = at;
+                    let c1 = step(c0);
+                    let c2 = step(c1);
+                    let c3 = step(c2);
+                    let free = u8::from(is_free(c0))
+                        | u8::from(is_free(c1)) << 1
+                        | u8::from(is_free(c2)) << 2
+                        | u8::from(is_free(c3)) << 3;
+                    if free == 0 {
+                        at = step(c3);
+                        continue;
+                    }
+                    let chosen = match free.trailing_zeros() {
+                        0 => c0,
+                        1 => c1,
+                        2 => c2,
+                        _ => c3,
+                    };
+                    at = step(chosen);
+                    break chosen;
+                };
+                walk.next = at;
+                let slot = usize::try_from(slot).unwrap_or(0);
+                taken[(slot / 64) & mask] |= 1u64 << (slot % 64);
                 entries[slot] = u32::try_from(backend).unwrap_or(u32::MAX);
                 placed[k] += 1;
                 filled += 1;
@@ -175,6 +201,8 @@ impl Walk {
         }
     }
 
+    /// One probe at a time (the textbook loop the tests check the build against).
+    #[cfg(test)]
     fn next(&mut self, size: u64) -> usize {
         let at = self.next;
         // Both are below `size`, so one subtraction wraps it (no division on the hot loop).
@@ -197,6 +225,70 @@ mod tests {
 
     fn backends(ids: &[String], weight: u32) -> Vec<Backend<'_>> {
         ids.iter().map(|id| Backend { id, weight }).collect()
+    }
+
+    /// The textbook population loop (one probe at a time, entries as the record of what is
+    /// taken), for checking the fast one against.
+    fn reference(backends: &[Backend<'_>], size: u64) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..backends.len())
+            .filter(|&i| backends[i].weight > 0)
+            .collect();
+        order.sort_by(|&a, &b| backends[a].id.cmp(backends[b].id).then(a.cmp(&b)));
+        let max_weight = order
+            .iter()
+            .map(|&i| u64::from(backends[i].weight))
+            .max()
+            .unwrap_or(1);
+        let mut walks: Vec<Walk> = order
+            .iter()
+            .map(|&i| Walk::new(backends[i].id, size))
+            .collect();
+        let mut placed = vec![0u64; order.len()];
+        let mut entries = vec![u32::MAX; size as usize];
+        let (mut filled, mut round) = (0u64, 0u64);
+        while filled < size && !order.is_empty() {
+            round += 1;
+            for (k, &backend) in order.iter().enumerate() {
+                if placed[k] * max_weight >= round * u64::from(backends[backend].weight) {
+                    continue;
+                }
+                let slot = loop {
+                    let candidate = walks[k].next(size);
+                    if entries[candidate] == u32::MAX {
+                        break candidate;
+                    }
+                };
+                entries[slot] = backend as u32;
+                placed[k] += 1;
+                filled += 1;
+                if filled == size {
+                    break;
+                }
+            }
+        }
+        entries
+    }
+
+    #[test]
+    fn the_fast_build_places_every_entry_as_the_textbook_loop_does() {
+        let names = ids(40);
+        for size in [251u64, 4093, 65_537] {
+            for weights in [[1u32, 1, 1, 1], [3, 1, 2, 5], [7, 0, 1, 1]] {
+                let backends: Vec<Backend<'_>> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| Backend {
+                        id,
+                        weight: weights[i % 4],
+                    })
+                    .collect();
+                let table = MaglevTable::build(&backends, size).unwrap();
+                assert!(
+                    table.entries == reference(&backends, size),
+                    "size {size}, weights {weights:?}"
+                );
+            }
+        }
     }
 
     #[test]
