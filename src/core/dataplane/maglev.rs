@@ -89,44 +89,18 @@ impl MaglevTable {
                 if !equal && placed[k] * max_weight >= round * weight {
                     continue;
                 }
-                // Four probes per branch: the first free of the walk's next four candidates
-                // wins, as if probed one by one; the walk's position stays in a register.
+                // The walk's position stays in a register while it probes.
                 let walk = &mut walks[k];
-                let (skip, mut at) = (walk.skip, walk.next);
-                let step = |x: u64| {
-                    let next = x + skip;
-                    if next >= size {
-                        next - size
-                    } else {
-                        next
-                    }
-                };
-                let is_free = |c: u64| (taken[((c / 64) as usize) & mask] >> (c % 64)) & 1 == 0;
+                let mut walked = *walk;
                 let slot = loop {
-                    let c0 = at;
-                    let c1 = step(c0);
-                    let c2 = step(c1);
-                    let c3 = step(c2);
-                    let free = u8::from(is_free(c0))
-                        | u8::from(is_free(c1)) << 1
-                        | u8::from(is_free(c2)) << 2
-                        | u8::from(is_free(c3)) << 3;
-                    if free == 0 {
-                        at = step(c3);
-                        continue;
+                    let candidate = walked.next(size);
+                    let (word, bit) = ((candidate / 64) & mask, 1u64 << (candidate % 64));
+                    if taken[word] & bit == 0 {
+                        taken[word] |= bit;
+                        break candidate;
                     }
-                    let chosen = match free.trailing_zeros() {
-                        0 => c0,
-                        1 => c1,
-                        2 => c2,
-                        _ => c3,
-                    };
-                    at = step(chosen);
-                    break chosen;
                 };
-                walk.next = at;
-                let slot = usize::try_from(slot).unwrap_or(0);
-                taken[(slot / 64) & mask] |= 1u64 << (slot % 64);
+                *walk = walked;
                 entries[slot] = u32::try_from(backend).unwrap_or(u32::MAX);
                 placed[k] += 1;
                 filled += 1;
@@ -201,8 +175,6 @@ impl Walk {
         }
     }
 
-    /// One probe at a time (the textbook loop the tests check the build against).
-    #[cfg(test)]
     fn next(&mut self, size: u64) -> usize {
         let at = self.next;
         // Both are below `size`, so one subtraction wraps it (no division on the hot loop).
