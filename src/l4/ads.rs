@@ -43,8 +43,6 @@ pub struct L4Subscriber {
     state: Arc<L4State>,
     listeners: Listeners,
     accepted: Accepted,
-    /// The types a response of which was applied (accepted or not).
-    answered: BTreeSet<&'static str>,
     /// Ends the clusters' health checks when the node stops.
     stop: watch::Sender<bool>,
 }
@@ -60,7 +58,6 @@ impl L4Subscriber {
             state,
             listeners: Listeners::new(max_connections, udp_flows),
             accepted: Accepted::default(),
-            answered: BTreeSet::new(),
             stop: watch::channel(false).0,
         }
     }
@@ -218,12 +215,10 @@ impl Subscriber for L4Subscriber {
             tracing::warn!(r#type = kind, version = %bounded(version), errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
         }
         self.publish();
-        // As in Envoy, a first response initializes the node whatever it held: what was
-        // rejected is reported, and the rest serves.
-        self.answered.insert(kind);
-        if self.answered.contains(LISTENERS) && self.answered.contains(CLUSTERS) {
-            self.state.mark_ready();
-        }
+    }
+
+    fn initialized(&mut self) {
+        self.state.mark_ready();
     }
 
     fn version(&self, kind: &str) -> String {

@@ -197,10 +197,8 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
     }
     tracing::info!(node = %bootstrap.node.id, xds_host = %bootstrap.xds_host, xds_port = bootstrap.xds_port, mtls = bootstrap.tls.is_some(), bgp = options.bird.is_some(), "l4 node starting");
     let fd_limit = crate::runtime::connections::raise_fd_limit();
-    let client = XdsClient {
-        bootstrap,
-        subscriber: L4Subscriber::new(state.clone(), fd_limit, options.udp_flows),
-    };
+    let subscriber = L4Subscriber::new(state.clone(), fd_limit, options.udp_flows);
+    let client = XdsClient::new(bootstrap, subscriber);
     let serving = tokio::spawn(client.run(node_stopped));
     crate::runtime::stopped_signal(stopped).await;
     if options.bird.is_some() {

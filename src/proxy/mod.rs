@@ -205,16 +205,13 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
     // The workers outlive the ADS client: they serve the connections that drain after it.
     let workers = Arc::new(workers::Workers::start(options.workers)?);
     workers::yield_to_workers();
-    let client = XdsClient {
-        bootstrap,
-        subscriber: ProxySubscriber {
-            state,
-            listeners: Listeners::new(workers.clone()),
-            cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
-            accepted: config::Accepted::default(),
-            answered: Default::default(),
-        },
+    let subscriber = ProxySubscriber {
+        state,
+        listeners: Listeners::new(workers.clone()),
+        cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
+        accepted: config::Accepted::default(),
     };
+    let client = XdsClient::new(bootstrap, subscriber);
     client.run(stopped).await;
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
     drain.drained(options.drain_time).await;

@@ -38,8 +38,6 @@ pub struct ProxySubscriber {
     pub listeners: Listeners,
     pub cache: Option<ConfigCache>,
     pub accepted: Accepted,
-    /// The types a response of which was applied (accepted or not).
-    pub answered: BTreeSet<&'static str>,
 }
 
 impl Subscriber for ProxySubscriber {
@@ -74,6 +72,10 @@ impl Subscriber for ProxySubscriber {
 
     async fn restore(&mut self) {
         self.serve_cache().await;
+    }
+
+    fn initialized(&mut self) {
+        self.state.mark_ready();
     }
 
     fn stop(&mut self) {
@@ -151,12 +153,6 @@ impl ProxySubscriber {
             &self.state.config.load(),
         )));
         self.state.config_changed.notify_waiters();
-        // As in Envoy, a first response initializes the proxy whatever it held: what was
-        // rejected is reported, and the rest serves.
-        self.answered.insert(kind);
-        if self.answered.contains(LISTENERS) && self.answered.contains(CLUSTERS) {
-            self.state.mark_ready();
-        }
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save(accepted, &ORDER) {
                 static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));

@@ -56,6 +56,7 @@ impl<S: Subscriber> XdsClient<S> {
             let applied = self.subscriber.apply(kind, &whole, &mut names).await;
             self.subscriber
                 .settle(kind, &response.system_version_info, &applied);
+            self.answered(kind);
             let detail = nack_detail(&applied);
             self.delta_request(
                 &tx,

@@ -92,19 +92,50 @@ pub trait Subscriber: Send {
     /// Before the first stream: serve what a previous run left (a config cache), if any.
     fn restore(&mut self) -> impl Future<Output = ()> + Send;
 
+    /// Every wildcard type has had a first response applied, accepted or not: as in Envoy,
+    /// the data plane is initialized (what was rejected is reported, the rest serves).
+    /// Called once.
+    fn initialized(&mut self);
+
     /// The client stops: stop serving (what drains is the subscriber's business).
     fn stop(&mut self);
 }
 
 pub struct XdsClient<S> {
-    pub bootstrap: Bootstrap,
-    pub subscriber: S,
+    bootstrap: Bootstrap,
+    subscriber: S,
+    /// The wildcard types a response of which was applied so far (until all have been).
+    answered: BTreeSet<&'static str>,
+    initialized: bool,
 }
 
 /// The last nonce per type.
 type Nonces = BTreeMap<&'static str, String>;
 
 impl<S: Subscriber> XdsClient<S> {
+    pub fn new(bootstrap: Bootstrap, subscriber: S) -> XdsClient<S> {
+        XdsClient {
+            bootstrap,
+            subscriber,
+            answered: BTreeSet::new(),
+            initialized: false,
+        }
+    }
+
+    /// A response of `kind` was applied: tells the subscriber once every wildcard type has
+    /// had one.
+    fn answered(&mut self, kind: &'static str) {
+        if self.initialized {
+            return;
+        }
+        self.answered.insert(kind);
+        let wildcard = self.subscriber.wildcard();
+        if wildcard.iter().all(|kind| self.answered.contains(kind)) {
+            self.initialized = true;
+            self.subscriber.initialized();
+        }
+    }
+
     /// Streams until `stopped`; each failed stream is retried after a backoff.
     pub async fn run(mut self, mut stopped: watch::Receiver<bool>) {
         self.subscriber.restore().await;
@@ -179,6 +210,7 @@ impl<S: Subscriber> XdsClient<S> {
             let applied = self.subscriber.apply(kind, &response, &mut names).await;
             self.subscriber
                 .settle(kind, &response.version_info, &applied);
+            self.answered(kind);
             let detail = nack_detail(&applied);
             self.request(&tx, &names, &nonces, kind, detail).await?;
             for follow in applied.follow {
