@@ -147,31 +147,57 @@ fn splice(from: RawFd, to: RawFd, length: usize) -> io::Result<usize> {
 /// then half-closes `to`.
 async fn direction(from: &TcpStream, to: &TcpStream, activity: &Activity<'_>) -> io::Result<()> {
     let mut buffer = [0u8; COPY_BUFFER];
+    if copy(from, to, &mut buffer, activity, true).await? == Copied::Ended {
+        return Ok(());
+    }
+    let pipe = match Pipe::take() {
+        Ok(pipe) => pipe,
+        // No pipe to be had (out of descriptors): go on copying.
+        Err(_) => {
+            return copy(from, to, &mut buffer, activity, false)
+                .await
+                .map(|_| ())
+        }
+    };
+    splice_rest(from, to, &pipe, activity).await?;
+    pipe.give_back();
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Copied {
+    /// The end of stream, passed on.
+    Ended,
+    /// A read filled the buffer: bulk data.
+    Bulk,
+}
+
+/// Copies through `buffer` until end of stream (then half-closes `to`), or, with
+/// `until_bulk`, until a read fills the buffer.
+async fn copy(
+    from: &TcpStream,
+    to: &TcpStream,
+    buffer: &mut [u8],
+    activity: &Activity<'_>,
+    until_bulk: bool,
+) -> io::Result<Copied> {
     loop {
         from.readable().await?;
-        let read = match from.try_read(&mut buffer) {
+        let read = match from.try_read(buffer) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
         if read == 0 {
             half_close(to);
-            return Ok(());
+            return Ok(Copied::Ended);
         }
         write_all(to, &buffer[..read]).await?;
         activity.moved(read);
-        if read == buffer.len() {
-            break;
+        if until_bulk && read == buffer.len() {
+            return Ok(Copied::Bulk);
         }
     }
-    let pipe = match Pipe::take() {
-        Ok(pipe) => pipe,
-        // No pipe to be had (out of descriptors): go on copying.
-        Err(_) => return copy_rest(from, to, &mut buffer, activity).await,
-    };
-    splice_rest(from, to, &pipe, activity).await?;
-    pipe.give_back();
-    Ok(())
 }
 
 /// Passes an end of stream on. The peer may be gone already; the other direction decides
@@ -190,28 +216,6 @@ async fn write_all(to: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn copy_rest(
-    from: &TcpStream,
-    to: &TcpStream,
-    buffer: &mut [u8],
-    activity: &Activity<'_>,
-) -> io::Result<()> {
-    loop {
-        from.readable().await?;
-        let read = match from.try_read(buffer) {
-            Ok(read) => read,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        if read == 0 {
-            half_close(to);
-            return Ok(());
-        }
-        write_all(to, &buffer[..read]).await?;
-        activity.moved(read);
-    }
 }
 
 /// The rest of a direction through `pipe`, which is empty again when this returns `Ok`.
