@@ -376,7 +376,7 @@ async fn connect(
     let mut tried = Vec::new();
     for _ in 0..plan.connect_attempts {
         let table = upstream.table();
-        let gateway = table.pick(hash, &tried)?.clone();
+        let gateway = table.pick(hash, &tried)?;
         let connecting = TcpStream::connect(gateway.address);
         let connected = match tokio::time::timeout(upstream.plan.connect_timeout, connecting).await
         {
@@ -391,7 +391,7 @@ async fn connect(
         );
         let Some(mut stream) = connected else {
             failures.inc();
-            tried.push(gateway.id);
+            tried.push(gateway.id.clone());
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -399,7 +399,7 @@ async fn connect(
             let header = proxy_protocol::encode_v2(peer, local);
             if stream.write_all(&header).await.is_err() {
                 failures.inc();
-                tried.push(gateway.id);
+                tried.push(gateway.id.clone());
                 continue;
             }
         }
