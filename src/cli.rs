@@ -85,6 +85,11 @@ pub struct ServingArgs {
     /// health signal of staged rollouts.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub load_report_interval: Duration,
+    /// A polling (REST xDS) proxy silent for this many of its refresh delays is shown STALE
+    /// and its acknowledgements stop counting (Envoy waits one to two delays between polls).
+    #[arg(long, default_value_t = crate::control_plane::xds::server::DEFAULT_STALE_AFTER_REFRESHES,
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub rest_stale_after: u32,
     /// Connections the xDS and the admin listener each take at once (lowered to fit the
     /// process's open-file limit, which is raised to its hard limit at start).
     #[arg(long, default_value_t = 16_384)]
@@ -260,8 +265,15 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:18000")]
         xds_addr: String,
         /// Use incremental (delta) xDS instead of state-of-the-world.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rest")]
         delta: bool,
+        /// Poll Meridian over REST xDS (HTTP/1.1, `304 Not Modified` while nothing changed)
+        /// instead of holding an ADS stream; such a proxy sends no load reports.
+        #[arg(long)]
+        rest: bool,
+        /// How often a polling proxy asks (Envoy waits between one and two of these).
+        #[arg(long, default_value = "3s", value_parser = parse_refresh_delay, requires = "rest")]
+        refresh_delay: Duration,
         /// Envoy's own admin port (bound on 127.0.0.1).
         #[arg(long, default_value_t = 19000)]
         admin_port: u16,
@@ -432,7 +444,13 @@ async fn ops_client(
         let channel = ops_tls::connect(server, &ca, &cert, &key).await?;
         return Ok(OpsClient::new(channel));
     }
-    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
+    // `host:port` means plain HTTP/2 (mutual TLS goes through --cert-dir above).
+    let server = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    let channel = tonic::transport::Endpoint::from_shared(server.clone())
         .with_context(|| format!("--server {server:?} is not a URL"))?
         .connect()
         .await
@@ -477,6 +495,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 dns: serving.dns,
                 load_report_interval: serving.load_report_interval,
+                rest_stale_after: serving.rest_stale_after,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -522,6 +541,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 dns: serving.dns,
                 load_report_interval: serving.load_report_interval,
+                rest_stale_after: serving.rest_stale_after,
             })
             .await?;
             running.run_until(shutdown_signal()).await
@@ -534,6 +554,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             zone,
             xds_addr,
             delta,
+            rest,
+            refresh_delay,
             admin_port,
             cert_dir,
             ca_dir,
@@ -585,6 +607,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 xds_host: host,
                 xds_port: port,
                 delta,
+                rest: rest.then_some(refresh_delay),
                 admin_port,
                 tls,
             });
@@ -808,6 +831,15 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+fn parse_refresh_delay(text: &str) -> Result<Duration, String> {
+    let delay = parse_duration(text)?;
+    let allowed = crate::control_plane::xds::identity::REFRESH_DELAYS;
+    if !allowed.contains(&delay) {
+        return Err("a refresh delay must be from 100ms to 1h".into());
+    }
+    Ok(delay)
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::core::duration::parse(text).map_err(|e| e.to_string())
 }
@@ -849,6 +881,19 @@ pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusR
             state("RDS"),
             state("SDS")
         ));
+        if p.mode == "rest" {
+            let seconds = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+            out.push_str(&format!(
+                "  polls every {}, last poll {} ago{}\n",
+                seconds(p.refresh_delay_ms),
+                seconds(p.last_poll_ms_ago),
+                if p.stopped_polling {
+                    " (STOPPED POLLING)"
+                } else {
+                    ""
+                }
+            ));
+        }
         for t in p.types.iter().filter(|t| !t.last_nack.is_empty()) {
             out.push_str(&format!("  last {} NACK: {}\n", t.r#type, t.last_nack));
         }

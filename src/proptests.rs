@@ -126,6 +126,7 @@ proptest! {
         let view = cluster_view(index.model(), "local");
         let identity = GatewayIdentity {
             role: crate::core::translate::NodeRole::Gateway,
+            xds: crate::core::translate::XdsTransport::Ads,
             gateway: ObjectKey::new("edge", "public"),
             cluster: "local".into(),
             zone: String::new(),

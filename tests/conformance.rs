@@ -519,6 +519,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         xds_host: "127.0.0.1".into(),
         xds_port,
         delta,
+        rest: None,
         admin_port: free_port(),
         tls: None,
     };

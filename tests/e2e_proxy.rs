@@ -99,6 +99,7 @@ impl Setup {
             xds_host: "127.0.0.1".into(),
             xds_port: self.xds_port,
             delta: false,
+            rest: None,
             admin_port,
             tls: None,
         };
@@ -365,6 +366,7 @@ async fn over_mutual_tls_the_proxy_proves_its_gateway_and_pins_meridians_identit
         xds_host: "127.0.0.1".into(),
         xds_port: setup.xds_port,
         delta: false,
+        rest: None,
         admin_port: free_port(),
         tls: Some(ClientTls {
             cert_file: cert.display().to_string(),

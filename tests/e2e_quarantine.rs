@@ -134,6 +134,7 @@ async fn scenario(delta: bool) {
         xds_host: "127.0.0.1".into(),
         xds_port,
         delta,
+        rest: None,
         admin_port: free_port(),
         tls: None,
     };

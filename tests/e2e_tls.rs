@@ -355,6 +355,7 @@ fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
             xds_host: "127.0.0.1".into(),
             xds_port: f.xds_port,
             delta: false,
+            rest: None,
             admin_port: free_port(),
             tls: Some(ClientTls {
                 cert_file: cert.display().to_string(),

@@ -29,6 +29,8 @@ pub mod node_metadata {
     pub const ZONE: &str = "meridian.dev/zone";
     /// `gateway` (the default) or `l4`.
     pub const ROLE: &str = "meridian.dev/role";
+    /// A polling (REST) proxy's refresh delay, as a duration (`3s`).
+    pub const REFRESH_DELAY: &str = "meridian.dev/refresh-delay";
 }
 
 /// The field manager of every write Meridian makes (server-side apply).

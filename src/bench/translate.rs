@@ -116,6 +116,7 @@ pub fn translate_bench(options: &FleetOptions) -> anyhow::Result<TranslateReport
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),
             role: NodeRole::Gateway,
+            xds: crate::core::translate::XdsTransport::Ads,
         })
         .collect();
     let snapshot = snapshots.borrow().clone();

@@ -1,8 +1,15 @@
-//! `meridian bootstrap`: an Envoy bootstrap that connects to Meridian over ADS.
+//! `meridian bootstrap`: an Envoy bootstrap that connects to Meridian over ADS, or polls it
+//! over REST xDS.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::control_plane::xds::identity::{CLUSTER_KEY, GATEWAY_KEY, ROLE_KEY, ZONE_KEY};
+use crate::control_plane::xds::identity::{
+    CLUSTER_KEY, GATEWAY_KEY, REFRESH_DELAY_KEY, ROLE_KEY, ZONE_KEY,
+};
+use crate::core::duration;
+use crate::core::translate::{REST_REQUEST_TIMEOUT, XDS_CLUSTER};
 
 #[derive(Clone, Debug)]
 pub struct BootstrapOptions {
@@ -17,6 +24,9 @@ pub struct BootstrapOptions {
     pub xds_host: String,
     pub xds_port: u16,
     pub delta: bool,
+    /// Poll over REST xDS every this long (HTTP/1.1, `304 Not Modified` while nothing
+    /// changed) instead of holding an ADS stream.
+    pub rest: Option<Duration>,
     /// Envoy's own admin port on 127.0.0.1.
     pub admin_port: u16,
     /// Mutual TLS to Meridian, when it requires it.
@@ -46,6 +56,9 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
     if let Some(zone) = &o.zone {
         metadata.insert(ZONE_KEY.into(), json!(zone));
     }
+    if let Some(refresh) = o.rest {
+        metadata.insert(REFRESH_DELAY_KEY.into(), json!(duration::format(refresh)));
+    }
     let api_type = if o.delta { "DELTA_GRPC" } else { "GRPC" };
     let mut bootstrap = json!({
         "node": {
@@ -62,7 +75,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
                 "api_type": api_type,
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "meridian_xds" } }]
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }]
             },
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" }
@@ -72,16 +85,16 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
             "load_stats_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "meridian_xds" } }]
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }]
             }
         },
         "static_resources": {
             "clusters": [{
-                "name": "meridian_xds",
+                "name": XDS_CLUSTER,
                 "type": "STRICT_DNS",
                 "connect_timeout": "1s",
                 "load_assignment": {
-                    "cluster_name": "meridian_xds",
+                    "cluster_name": XDS_CLUSTER,
                     "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
                         "socket_address": { "address": o.xds_host, "port_value": o.xds_port }
                     }}}]}]
@@ -99,10 +112,36 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
             }]
         }
     });
+    if let Some(refresh) = o.rest {
+        poll_over_rest(&mut bootstrap, refresh);
+    }
     if let Some(tls) = &o.tls {
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] = upstream_tls(o, tls);
     }
     bootstrap
+}
+
+/// Turns an ADS bootstrap into one that polls: LDS and CDS over REST every `refresh` through
+/// the xDS cluster, spoken in HTTP/1.1 (no long-lived stream anywhere). Load reports need a
+/// gRPC stream, so a polling proxy sends none.
+fn poll_over_rest(bootstrap: &mut Value, refresh: Duration) {
+    let source = json!({
+        "api_config_source": {
+            "api_type": "REST",
+            "transport_api_version": "V3",
+            "cluster_names": [XDS_CLUSTER],
+            "refresh_delay": duration::format(refresh),
+            "request_timeout": duration::format(REST_REQUEST_TIMEOUT),
+        },
+        "resource_api_version": "V3"
+    });
+    bootstrap["dynamic_resources"] = json!({ "cds_config": source, "lds_config": source });
+    if let Some(manager) = bootstrap["cluster_manager"].as_object_mut() {
+        manager.remove("load_stats_config");
+    }
+    if let Some(cluster) = bootstrap["static_resources"]["clusters"][0].as_object_mut() {
+        cluster.remove("typed_extension_protocol_options");
+    }
 }
 
 /// TLS to the xDS server: present the gateway's certificate, trust only Meridian's CA, and
@@ -114,7 +153,8 @@ fn upstream_tls(o: &BootstrapOptions, tls: &ClientTls) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": o.xds_host,
             "common_tls_context": {
-                "alpn_protocols": ["h2"],
+                // A polling proxy speaks HTTP/1.1 and offers no ALPN (the server offers h2).
+                "alpn_protocols": if o.rest.is_some() { json!([]) } else { json!(["h2"]) },
                 "tls_certificates": [{
                     "certificate_chain": { "filename": tls.cert_file },
                     "private_key": { "filename": tls.key_file }
@@ -146,6 +186,7 @@ mod tests {
             xds_host: "127.0.0.1".into(),
             xds_port: 18000,
             delta: true,
+            rest: None,
             admin_port: 19000,
             tls: None,
         });
@@ -160,7 +201,7 @@ mod tests {
         assert_eq!(
             b["cluster_manager"]["load_stats_config"]["grpc_services"][0]["envoy_grpc"]
                 ["cluster_name"],
-            "meridian_xds"
+            XDS_CLUSTER
         );
     }
 }

@@ -31,6 +31,14 @@ pub struct Metrics {
     pub certs_held: Gauge,
     pub cert_expiry_horizon_seconds: Gauge,
     pub sds_denied: Counter,
+    pub rest_polls: Family<RestPollLabel, Counter>,
+}
+
+/// One REST poll's type and answer (`not_modified`, `changed`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestPollLabel {
+    pub r#type: &'static str,
+    pub answer: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,8 +117,15 @@ impl Metrics {
             "SDS requests for secrets the requesting gateway's listeners do not reference",
             sds_denied.clone(),
         );
+        let rest_polls = Family::<RestPollLabel, Counter>::default();
+        registry.register(
+            "xds_rest_polls",
+            "REST xDS polls, by type and answer (not_modified, changed, error)",
+            rest_polls.clone(),
+        );
         Metrics {
             registry,
+            rest_polls,
             certs_issued,
             certs_held,
             cert_expiry_horizon_seconds,

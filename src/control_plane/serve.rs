@@ -15,10 +15,26 @@ use tonic::transport::ServerTlsConfig;
 use crate::control_plane::admin::ops::OpsService;
 use crate::control_plane::admin::{self, AdminState};
 use crate::control_plane::xds::lrs::LoadStatsService;
-use crate::control_plane::xds::server::AdsService;
+use crate::control_plane::xds::rest::RestLayer;
+use crate::control_plane::xds::server::{AdsService, XdsState};
 
 use crate::runtime::connections::{self, ConnectionLimits};
 use crate::runtime::stopped_signal;
+
+/// Notices, every second, polling proxies that stopped polling.
+async fn sweep_pollers(
+    xds: Arc<XdsState>,
+    mut stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => xds.proxies.sweep_pollers(),
+            _ = stopped.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+}
 
 /// A running control plane.
 pub struct Running {
@@ -56,10 +72,14 @@ impl Running {
             builder = builder.tls_config(tls).context("xDS TLS settings")?;
         }
         let incoming = connections::incoming(xds_listener, limits, stopped.clone());
+        let sweep = sweep_pollers(xds.clone(), stopped.clone());
         let grpc = builder
             // A peer that stops answering pings is dropped.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            // REST xDS pollers may speak HTTP/1.1.
+            .accept_http1(true)
+            .layer(RestLayer::new(xds.clone()))
             .add_service(AdsService::new(xds.clone()))
             .add_service(LoadStatsService::new(xds.clone()))
             .add_service(OpsService::new(xds))
@@ -79,7 +99,8 @@ impl Running {
         };
         Ok(running
             .with_task(async move { grpc.await.context("xDS server") })
-            .with_task(async move { http.await.context("admin server") }))
+            .with_task(async move { http.await.context("admin server") })
+            .with_task(sweep))
     }
 
     /// Runs `task` alongside the servers; its failure stops everything.

@@ -46,6 +46,17 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
 /// The longest duration a protobuf `Duration` can carry.
 const MAX: Duration = Duration::from_secs(315_576_000_000);
 
+/// Decimal seconds to the millisecond (`3s`, `0.5s`): what [`parse`] reads and also the
+/// proto3 JSON form of a `Duration`.
+pub fn format(duration: Duration) -> String {
+    let millis = duration.subsec_millis();
+    if millis == 0 {
+        return format!("{}s", duration.as_secs());
+    }
+    let fraction = format!("{millis:03}");
+    format!("{}.{}s", duration.as_secs(), fraction.trim_end_matches('0'))
+}
+
 /// Converts to the protobuf well-known type.
 pub fn to_proto(duration: Duration) -> envoy_types::pb::google::protobuf::Duration {
     envoy_types::pb::google::protobuf::Duration {
@@ -57,6 +68,15 @@ pub fn to_proto(duration: Duration) -> envoy_types::pb::google::protobuf::Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_what_it_parses() {
+        for (millis, text) in [(3000, "3s"), (500, "0.5s"), (1250, "1.25s"), (100, "0.1s")] {
+            let duration = Duration::from_millis(millis);
+            assert_eq!(format(duration), text);
+            assert_eq!(parse(text), Ok(duration));
+        }
+    }
 
     #[test]
     fn parses_istio_forms() {

@@ -28,6 +28,8 @@ pub enum JsonError {
     },
     #[error("cannot render JSON: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("not a valid {message} in proto3 JSON: {reason}")]
+    Parse { message: String, reason: String },
 }
 
 /// Renders an `Any` (type URL + bytes) as proto3 JSON with an `@type` field.
@@ -54,6 +56,33 @@ pub fn any_to_json(any: &Any) -> Result<serde_json::Value, JsonError> {
         );
     }
     Ok(value)
+}
+
+/// Reads proto3 JSON (as Envoy writes it: either field spelling, `@type` on `Any`) into `T`,
+/// the message the descriptor set calls `full_name`. Fields this API version does not know
+/// are skipped, as a newer client may send them.
+pub fn message_from_json<T: prost::Message + Default>(
+    full_name: &str,
+    json: &[u8],
+) -> Result<T, JsonError> {
+    let pool = POOL
+        .as_ref()
+        .map_err(|e| JsonError::Descriptors(e.clone()))?;
+    let descriptor = pool
+        .get_message_by_name(full_name)
+        .ok_or_else(|| JsonError::UnknownType(full_name.to_owned()))?;
+    let parse_error = |reason: String| JsonError::Parse {
+        message: full_name.to_owned(),
+        reason,
+    };
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let message = DynamicMessage::deserialize_with_options(descriptor, &mut deserializer, &options)
+        .map_err(|e| parse_error(e.to_string()))?;
+    deserializer.end().map_err(|e| parse_error(e.to_string()))?;
+    message
+        .transcode_to::<T>()
+        .map_err(|e| parse_error(e.to_string()))
 }
 
 /// Replaces a Secret's private key with `[redacted]`, as Envoy's own config dump does.

@@ -13,6 +13,7 @@ pub mod kube;
 pub mod l4;
 pub mod netns;
 pub mod rollout;
+pub mod shop;
 pub mod tls;
 
 /// A Service `name` in namespace `shop` backed by one loopback endpoint on `port`, as YAML
@@ -98,6 +99,7 @@ impl Envoy {
                 cluster: placement.map(|p| p.0.to_owned()),
                 zone: placement.map(|p| p.1.to_owned()),
                 delta,
+                rest: None,
                 ..bootstrap_options(node_id, gateway, xds_port)
             },
         )
@@ -333,6 +335,7 @@ pub fn bootstrap_options(node_id: &str, gateway: &str, xds_port: u16) -> Bootstr
         xds_host: "127.0.0.1".into(),
         xds_port,
         delta: false,
+        rest: None,
         admin_port: free_port(),
         tls: None,
     }
@@ -356,6 +359,7 @@ pub fn meridian_options(config_dir: &Path, state_dir: &Path, xds_port: u16) -> S
         xds_tls: Default::default(),
         dns: Default::default(),
         load_report_interval: std::time::Duration::from_secs(1),
+        rest_stale_after: 3,
         connections: Default::default(),
     }
 }

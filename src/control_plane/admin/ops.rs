@@ -40,6 +40,9 @@ pub fn proxy_status(state: &XdsState, caller: &OpsCaller) -> pb::ProxyStatusResp
             role: p.role.as_str().to_owned(),
             mode: p.mode.to_owned(),
             generation: p.generation,
+            refresh_delay_ms: p.polling.as_ref().map_or(0, |s| s.refresh_delay_ms),
+            last_poll_ms_ago: p.polling.as_ref().map_or(0, |s| s.last_poll_ms_ago),
+            stopped_polling: p.polling.as_ref().is_some_and(|s| s.stopped),
             types: p
                 .types
                 .into_iter()

@@ -51,6 +51,8 @@ pub struct ControllerOptions {
     pub dns: DnsOptions,
     /// How often gateways send load reports.
     pub load_report_interval: Duration,
+    /// Refresh delays after which a silent polling proxy has stopped.
+    pub rest_stale_after: u32,
     /// Connections each listener takes at once, and how soon they must speak.
     pub connections: crate::runtime::connections::ConnectionLimits,
 }
@@ -94,6 +96,8 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         client_auth,
         options.load_report_interval,
     );
+    xds.proxies
+        .set_stale_after_refreshes(options.rest_stale_after);
     let admin_state = AdminState::new(xds.clone());
     let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);
 

@@ -1,5 +1,7 @@
 //! Gateway identity from Envoy node metadata (`meridian.dev/gateway`, `/cluster`, `/zone`).
 
+use std::time::Duration;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
@@ -8,8 +10,16 @@ use crate::core::model::ObjectKey;
 use crate::core::translate::{GatewayIdentity, NodeRole};
 
 pub use crate::api::node_metadata::{
-    CLUSTER as CLUSTER_KEY, GATEWAY as GATEWAY_KEY, ROLE as ROLE_KEY, ZONE as ZONE_KEY,
+    CLUSTER as CLUSTER_KEY, GATEWAY as GATEWAY_KEY, REFRESH_DELAY as REFRESH_DELAY_KEY,
+    ROLE as ROLE_KEY, ZONE as ZONE_KEY,
 };
+
+/// A polling proxy's refresh delay when its node does not say (the seed's route servers'
+/// 3 s).
+pub const DEFAULT_REFRESH_DELAY: Duration = Duration::from_secs(3);
+/// Refresh delays a polling proxy may ask for.
+pub const REFRESH_DELAYS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -19,6 +29,8 @@ pub enum IdentityError {
     BadGateway { node: String, value: String },
     #[error("node {node:?}: metadata `{ROLE_KEY}` must be `gateway` or `l4`, got {value:?}")]
     BadRole { node: String, value: String },
+    #[error("node {node:?}: metadata `{REFRESH_DELAY_KEY}` must be a duration from 100ms to 1h, got {value:?}")]
+    BadRefreshDelay { node: String, value: String },
     #[error("the client certificate names no gateway of trust domain {trust_domain:?} (expected a URI SAN spiffe://{trust_domain}/ns/<namespace>/gateway/<name>)")]
     NoCertificateIdentity { trust_domain: String },
     #[error("node {node:?} claims gateway {claimed} but its certificate is for {certified}")]
@@ -106,18 +118,35 @@ pub fn verified_identity(
     }
 }
 
+/// A string field of the node's metadata.
+fn metadata_string(node: &Node, key: &str) -> Option<String> {
+    node.metadata
+        .as_ref()?
+        .fields
+        .get(key)
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// How often a polling proxy says it polls (`meridian.dev/refresh-delay`), or the default.
+pub fn refresh_delay_of(node: &Node) -> Result<Duration, IdentityError> {
+    let Some(value) = metadata_string(node, REFRESH_DELAY_KEY) else {
+        return Ok(DEFAULT_REFRESH_DELAY);
+    };
+    crate::core::duration::parse(&value)
+        .ok()
+        .filter(|d| REFRESH_DELAYS.contains(d))
+        .ok_or_else(|| IdentityError::BadRefreshDelay {
+            node: node.id.clone(),
+            value,
+        })
+}
+
 pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError> {
     let node = node.ok_or(IdentityError::MissingNode)?;
-    let field = |key: &str| -> Option<String> {
-        node.metadata
-            .as_ref()?
-            .fields
-            .get(key)
-            .and_then(|v| match &v.kind {
-                Some(Kind::StringValue(s)) => Some(s.clone()),
-                _ => None,
-            })
-    };
+    let field = |key: &str| metadata_string(node, key);
     let gateway = field(GATEWAY_KEY).unwrap_or_default();
     let Some((namespace, name)) = gateway
         .split_once('/')
@@ -140,6 +169,7 @@ pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError
     };
     Ok(GatewayIdentity {
         role,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new(namespace, name),
         cluster: field(CLUSTER_KEY)
             .filter(|c| !c.is_empty())
@@ -235,6 +265,27 @@ mod tests {
             error.to_string(),
             "node \"gw-1\" claims gateway edge/public but its certificate is for edge/internal"
         );
+    }
+
+    #[test]
+    fn a_polling_node_says_its_refresh_delay_within_bounds() {
+        let plain = node(&[(GATEWAY_KEY, "edge/public")]);
+        assert_eq!(refresh_delay_of(&plain).unwrap(), DEFAULT_REFRESH_DELAY);
+        let said = node(&[(GATEWAY_KEY, "edge/public"), (REFRESH_DELAY_KEY, "500ms")]);
+        assert_eq!(refresh_delay_of(&said).unwrap(), Duration::from_millis(500));
+        for bad in ["soon", "10ms", "2h", ""] {
+            let error = refresh_delay_of(&node(&[
+                (GATEWAY_KEY, "edge/public"),
+                (REFRESH_DELAY_KEY, bad),
+            ]))
+            .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .contains(&format!("{REFRESH_DELAY_KEY}` must be a duration")),
+                "{error}"
+            );
+        }
     }
 
     #[test]

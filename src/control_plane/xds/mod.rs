@@ -4,6 +4,8 @@ pub mod delta;
 pub mod identity;
 pub mod load_stats;
 pub mod lrs;
+pub mod polling;
+pub mod rest;
 pub mod server;
 pub mod sotw;
 pub mod status;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use super::identity::{
     certified_client, certified_gateway, verified_identity, CertifiedClient, IdentityError,
 };
 use super::load_stats::{LoadRegistry, DEFAULT_INTERVAL};
+use super::polling::{PollAnswer, Poller, PollerTable};
 use super::sotw::SotwSession;
 use super::status::{fully_synced, Events, SyncState, TypeStatus};
 use super::translator::Translator;
@@ -35,7 +36,7 @@ use crate::core::observed::GatewayAck;
 use crate::core::observed::UpstreamLoad;
 use crate::core::resources::{GatewayConfig, ResourceType};
 use crate::core::status::acked_access_points;
-use crate::core::translate::{GatewayIdentity, NodeRole, Translation};
+use crate::core::translate::{GatewayIdentity, NodeRole, Translation, XdsTransport};
 use crate::runtime::log_budget::{bounded, LogBudget};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,6 +61,21 @@ pub struct ProxyInfo {
     /// The latest snapshot generation whose whole config the proxy has acknowledged.
     pub synced_generation: Option<u64>,
     pub types: Vec<TypeStatus>,
+    /// How it talks xDS (the config sources its resources name).
+    pub xds: XdsTransport,
+    /// A polling (REST) proxy's rhythm and when it last polled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling: Option<PollingInfo>,
+}
+
+/// When a polling proxy polls.
+#[derive(Clone, Debug, Serialize)]
+pub struct PollingInfo {
+    pub refresh_delay_ms: u64,
+    pub last_poll_ms_ago: u64,
+    /// Nothing heard for longer than the stale threshold: its types show STALE and its
+    /// acknowledgements no longer count.
+    pub stopped: bool,
 }
 
 impl ProxyInfo {
@@ -72,27 +88,149 @@ impl ProxyInfo {
     }
 }
 
-/// Connected proxies by stream id.
+/// Connected proxies by stream id, and polling (REST) proxies by node id.
 pub struct ProxyRegistry {
     proxies: Mutex<BTreeMap<u64, ProxyInfo>>,
     next_id: AtomicU64,
+    pollers: Mutex<PollerTable>,
+    /// A polling proxy silent for this many refresh delays has stopped polling.
+    stale_after_refreshes: AtomicU32,
     /// Bumped whenever a proxy connects, disconnects, or its sync or NACK state changes.
     changes: watch::Sender<u64>,
 }
+
+/// Polling proxies remembered at most (node ids are whatever clients say).
+const MAX_POLLERS: usize = 16_384;
+
+/// The default of `--rest-stale-after` (Envoy waits between one and two refresh delays).
+pub const DEFAULT_STALE_AFTER_REFRESHES: u32 = 3;
+
+/// A polling proxy that stopped is forgotten after this many stale thresholds.
+const FORGET_AFTER_STALE_THRESHOLDS: u32 = 10;
 
 impl Default for ProxyRegistry {
     fn default() -> ProxyRegistry {
         ProxyRegistry {
             proxies: Mutex::default(),
             next_id: AtomicU64::new(0),
+            pollers: Mutex::new(PollerTable::new(MAX_POLLERS)),
+            stale_after_refreshes: AtomicU32::new(DEFAULT_STALE_AFTER_REFRESHES),
             changes: watch::channel(0).0,
         }
     }
 }
 
+/// Now, on the clock tests can pause.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 impl ProxyRegistry {
+    /// Every proxy: streaming ones, then polling ones.
     pub fn list(&self) -> Vec<ProxyInfo> {
-        lock(&self.proxies).values().cloned().collect()
+        let mut list: Vec<ProxyInfo> = lock(&self.proxies).values().cloned().collect();
+        let now = now();
+        list.extend(lock(&self.pollers).iter().map(|p| self.poller_info(p, now)));
+        list
+    }
+
+    /// A polling proxy silent for longer than this has stopped.
+    pub fn set_stale_after_refreshes(&self, refreshes: u32) {
+        self.stale_after_refreshes
+            .store(refreshes.max(1), Ordering::Relaxed);
+    }
+
+    fn stale_after(&self, refresh_delay: Duration) -> Duration {
+        refresh_delay.saturating_mul(self.stale_after_refreshes.load(Ordering::Relaxed))
+    }
+
+    fn poller_info(&self, poller: &Poller, now: Instant) -> ProxyInfo {
+        let identity = &poller.identity;
+        let stopped = poller.stopped(now, self.stale_after(poller.refresh_delay));
+        let (mut types, synced_generation) = (poller.types().to_vec(), poller.synced_generation);
+        if stopped {
+            for t in types.iter_mut().filter(|t| t.state != SyncState::NotSent) {
+                t.state = SyncState::Stale;
+            }
+        }
+        ProxyInfo {
+            node_id: poller.node_id.clone(),
+            gateway: identity.gateway.to_string(),
+            cluster: identity.cluster.clone(),
+            zone: identity.zone.clone(),
+            role: identity.role,
+            mode: "rest",
+            generation: poller.generation,
+            synced_generation: if stopped { None } else { synced_generation },
+            types,
+            xds: identity.xds,
+            polling: Some(PollingInfo {
+                refresh_delay_ms: u64::try_from(poller.refresh_delay.as_millis())
+                    .unwrap_or(u64::MAX),
+                last_poll_ms_ago: u64::try_from(
+                    now.saturating_duration_since(poller.last_poll())
+                        .as_millis(),
+                )
+                .unwrap_or(u64::MAX),
+                stopped,
+            }),
+        }
+    }
+
+    /// Answers one REST poll of `node_id` from `config` (generation `generation`, private keys
+    /// left out unless `certified`) and records what the proxy holds.
+    pub(crate) fn poll(&self, poll: Poll<'_>) -> PollAnswer {
+        let now = now();
+        let stamp = poll.generation.saturating_mul(2) + u64::from(poll.certified);
+        let stale_after = self.stale_after(poll.refresh_delay);
+        let mut pollers = lock(&self.pollers);
+        let poller = pollers.entry(poll.node_id, poll.identity, poll.refresh_delay, now);
+        let answer = poller.poll(
+            poll.kind,
+            poll.request,
+            (poll.config, stamp),
+            now,
+            stale_after,
+        );
+        let (types, mut changed) = poller.status((poll.config, stamp));
+        if fully_synced(types, poll.config) && poller.synced_generation != Some(poll.generation) {
+            poller.synced_generation = Some(poll.generation);
+            changed = true;
+        }
+        poller.generation = poll.generation;
+        if poller.reported_stopped {
+            poller.reported_stopped = false;
+            changed = true;
+        }
+        drop(pollers);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+        answer
+    }
+
+    /// Notices polling proxies that stopped (their acknowledgements stop counting) and
+    /// forgets those stopped long ago. Run every second or so.
+    pub fn sweep_pollers(&self) {
+        let now = now();
+        let mut changed = false;
+        let mut pollers = lock(&self.pollers);
+        for poller in pollers.iter_mut() {
+            let stopped = poller.stopped(now, self.stale_after(poller.refresh_delay));
+            if stopped != poller.reported_stopped {
+                poller.reported_stopped = stopped;
+                changed = true;
+            }
+        }
+        let forget = |p: &Poller| {
+            let threshold = self.stale_after(p.refresh_delay);
+            p.stopped(now, threshold.saturating_mul(FORGET_AFTER_STALE_THRESHOLDS))
+        };
+        changed |= pollers.forget(forget) > 0;
+        drop(pollers);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
     }
 
     /// Wakes when what [`ProxyRegistry::list`] reports about acknowledgements changes.
@@ -118,6 +256,9 @@ impl ProxyRegistry {
 
     /// The identity a node id last connected with (for config dumps).
     pub fn identity_of_node(&self, node_id: &str) -> Option<GatewayIdentity> {
+        if let Some(poller) = lock(&self.pollers).iter().find(|p| p.node_id == node_id) {
+            return Some(poller.identity.clone());
+        }
         lock(&self.proxies)
             .values()
             .find(|p| p.node_id == node_id)
@@ -128,9 +269,22 @@ impl ProxyRegistry {
                     cluster: p.cluster.clone(),
                     zone: p.zone.clone(),
                     role: p.role,
+                    xds: p.xds,
                 })
             })
     }
+}
+
+/// One REST poll, as [`ProxyRegistry::poll`] answers it.
+pub(crate) struct Poll<'a> {
+    pub node_id: &'a str,
+    pub identity: &'a GatewayIdentity,
+    pub refresh_delay: Duration,
+    pub kind: ResourceType,
+    pub request: &'a DiscoveryRequest,
+    pub config: &'a GatewayConfig,
+    pub generation: u64,
+    pub certified: bool,
 }
 
 /// Who may see what through the ops API.
@@ -193,7 +347,11 @@ impl XdsState {
 
     /// What a stream is served of `config`: without private keys unless its client proved
     /// who it is (or the operator said to serve them anyway); the count left out.
-    fn served(&self, certified: bool, config: &Arc<GatewayConfig>) -> (Arc<GatewayConfig>, usize) {
+    pub(super) fn served(
+        &self,
+        certified: bool,
+        config: &Arc<GatewayConfig>,
+    ) -> (Arc<GatewayConfig>, usize) {
         if certified || self.keys_without_client_certs {
             return (config.clone(), 0);
         }
@@ -238,6 +396,7 @@ impl XdsState {
         self.proxies
             .list()
             .into_iter()
+            .filter(|p| !p.polling.as_ref().is_some_and(|polling| polling.stopped))
             .filter_map(|p| {
                 let (namespace, name) = p.gateway.split_once('/')?;
                 let acked = shared
@@ -440,7 +599,7 @@ where
 }
 
 /// Says (rate-limited) that private keys were kept from a client without a certificate.
-fn warn_withheld(withheld: usize, node_id: &str) {
+pub(super) fn warn_withheld(withheld: usize, node_id: &str) {
     static LOG: LogBudget = LogBudget::new(10, Duration::from_secs(10));
     if withheld == 0 {
         return;
@@ -463,16 +622,35 @@ fn deny_foreign_secrets<S: Session>(
     identity: &GatewayIdentity,
     denied: &mut BTreeSet<String>,
 ) {
+    let fresh: Vec<String> = S::secrets_requested(req)
+        .iter()
+        .filter(|name| !translation.secret_names.contains(*name) && !denied.contains(*name))
+        .cloned()
+        .collect();
+    deny_unreferenced_secrets(state, &fresh, translation, node_id, identity);
+    for name in fresh {
+        // Remembered (to count and log each once) up to a bound a client cannot grow.
+        if denied.len() < MAX_DENIED_REMEMBERED {
+            denied.insert(name);
+        }
+    }
+}
+
+/// Logs (rate-limited) and counts each of `requested` that the gateway's listeners do not
+/// reference. Nothing is served for them.
+pub(super) fn deny_unreferenced_secrets(
+    state: &XdsState,
+    requested: &[String],
+    translation: &Translation,
+    node_id: &str,
+    identity: &GatewayIdentity,
+) {
     static LOG: LogBudget = LogBudget::new(10, Duration::from_secs(10));
-    for name in S::secrets_requested(req) {
-        if translation.secret_names.contains(name) || denied.contains(name) {
+    for name in requested {
+        if translation.secret_names.contains(name) {
             continue;
         }
         state.metrics.sds_denied.inc();
-        // Remembered (to count and log each once) up to a bound a client cannot grow.
-        if denied.len() < MAX_DENIED_REMEMBERED {
-            denied.insert(name.clone());
-        }
         if let Some(suppressed) = LOG.allow() {
             tracing::warn!(node = %bounded(node_id), gateway = %identity.gateway, secret = %bounded(name), suppressed, "SDS request for a secret this gateway does not reference; nothing served");
         }
@@ -641,6 +819,8 @@ where
                 generation: snapshot.generation,
                 synced_generation,
                 types: status,
+                xds: identity.xds,
+                polling: None,
             },
         );
     }

@@ -343,6 +343,7 @@ spec:
     fn identity(gateway: &str) -> GatewayIdentity {
         GatewayIdentity {
             role: crate::core::translate::NodeRole::Gateway,
+            xds: crate::core::translate::XdsTransport::Ads,
             gateway: ObjectKey::new("shop", gateway),
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),

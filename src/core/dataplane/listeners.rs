@@ -455,6 +455,7 @@ mod tests {
             cluster: "local".into(),
             zone: String::new(),
             role: crate::core::translate::NodeRole::Gateway,
+            xds: crate::core::translate::XdsTransport::Ads,
         };
         let view = crate::core::expand::cluster_view(&model, "local");
         let translation = crate::core::translate::translate(&view, &identity);

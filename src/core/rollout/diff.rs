@@ -80,6 +80,7 @@ pub fn diff(model: &Model, key: &ObjectKey, cluster: &str) -> Result<Vec<Gateway
                 cluster: cluster.to_owned(),
                 zone: zone.clone(),
                 role: NodeRole::Gateway,
+                xds: crate::core::translate::XdsTransport::Ads,
             };
             let before = config_to_json(&translate(&served_view, &identity).config)?;
             let after = config_to_json(&translate(&candidate_view, &identity).config)?;

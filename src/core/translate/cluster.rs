@@ -20,9 +20,10 @@ use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 
 use super::destination_rule::policy_for;
 use super::endpoint;
-use super::listener::{ads_config_source, any};
+use super::listener::{any, config_source};
 use super::locality;
 use super::ClusterRef;
+use super::XdsTransport;
 use crate::api::istio::{Resolution, SimpleLb, TrafficPolicy};
 use crate::core::duration;
 use crate::core::expand::registry::{RegisteredService, ServiceRegistry};
@@ -42,6 +43,7 @@ pub fn build(
     service: &RegisteredService<'_>,
     cluster_ref: &ClusterRef,
     policy: &TrafficPolicy,
+    xds: XdsTransport,
 ) -> BuiltCluster {
     let mut cluster = Cluster {
         name: name.to_owned(),
@@ -73,7 +75,7 @@ pub fn build(
                 cluster::DiscoveryType::Eds as i32,
             ));
             cluster.eds_cluster_config = Some(cluster::EdsClusterConfig {
-                eds_config: Some(ads_config_source()),
+                eds_config: Some(config_source(xds)),
                 service_name: String::new(),
             });
             true

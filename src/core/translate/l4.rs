@@ -42,7 +42,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
 
-use super::listener::{ads_config_source, any, socket_address};
+use super::listener::{any, config_source, socket_address};
+use super::XdsTransport;
 use super::{cluster_name, endpoint, Translation};
 use crate::core::expand::ClusterView;
 use crate::core::hosts::service_host;
@@ -62,7 +63,7 @@ const CONSECUTIVE_FAILURES: u32 = 2;
 const EJECTION_SECONDS: i64 = 10;
 
 /// What an L4 node in `view`'s cluster is served.
-pub fn translate(view: &ClusterView<'_>) -> Translation {
+pub fn translate(view: &ClusterView<'_>, xds: XdsTransport) -> Translation {
     let mut config = GatewayConfig::default();
     let mut hosts = BTreeSet::new();
     for service in &view.services {
@@ -95,11 +96,11 @@ pub fn translate(view: &ClusterView<'_>) -> Translation {
             let proxy_protocol = view.proxy_protocol.contains(access_point);
             let cluster = if udp {
                 let cluster = cluster_name(number, "udp", &hostname);
-                config.insert(ResourceType::Cluster, udp_gateway_cluster(&cluster));
+                config.insert(ResourceType::Cluster, udp_gateway_cluster(&cluster, xds));
                 cluster
             } else {
                 let cluster = cluster_name(number, "", &hostname);
-                let resource = gateway_cluster(&cluster, proxy_protocol);
+                let resource = gateway_cluster(&cluster, proxy_protocol, xds);
                 config.insert(ResourceType::Cluster, resource);
                 cluster
             };
@@ -200,8 +201,8 @@ pub(crate) fn udp_vip_listener(vip: IpAddr, port: u32, cluster: &str) -> Resourc
 
 /// Gateways behind a UDP port: Maglev over EDS, no active check (Envoy has none for UDP), a
 /// gateway refusing datagrams (ICMP port unreachable) ejected passively, panic mode off.
-pub(crate) fn udp_gateway_cluster(name: &str) -> Resource {
-    let mut cluster = gateway_cluster_message(name, false);
+pub(crate) fn udp_gateway_cluster(name: &str, xds: XdsTransport) -> Resource {
+    let mut cluster = gateway_cluster_message(name, false, xds);
     cluster.health_checks.clear();
     Resource::new(name, &cluster)
 }
@@ -232,11 +233,11 @@ fn seconds(seconds: i64) -> Option<Duration> {
 
 /// `proxy_protocol`: every connection to a gateway starts with a PROXY protocol v2 header
 /// carrying the client's address (the gateways' listeners require it).
-pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool) -> Resource {
-    Resource::new(name, &gateway_cluster_message(name, proxy_protocol))
+pub(crate) fn gateway_cluster(name: &str, proxy_protocol: bool, xds: XdsTransport) -> Resource {
+    Resource::new(name, &gateway_cluster_message(name, proxy_protocol, xds))
 }
 
-fn gateway_cluster_message(name: &str, proxy_protocol: bool) -> Cluster {
+fn gateway_cluster_message(name: &str, proxy_protocol: bool, xds: XdsTransport) -> Cluster {
     let check = HealthCheck {
         timeout: seconds(CHECK_TIMEOUT_SECONDS),
         interval: seconds(CHECK_INTERVAL_SECONDS),
@@ -258,7 +259,7 @@ fn gateway_cluster_message(name: &str, proxy_protocol: bool) -> Cluster {
             cluster::DiscoveryType::Eds as i32,
         )),
         eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
+            eds_config: Some(config_source(xds)),
             service_name: String::new(),
         }),
         connect_timeout: seconds(CONNECT_TIMEOUT_SECONDS),

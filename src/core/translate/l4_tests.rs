@@ -97,6 +97,7 @@ fn l4_node(cluster: &str) -> GatewayIdentity {
         cluster: cluster.into(),
         zone: String::new(),
         role: NodeRole::L4,
+        xds: crate::core::translate::XdsTransport::Ads,
     }
 }
 
@@ -214,6 +215,7 @@ spec:
         cluster: "east".into(),
         zone: String::new(),
         role: NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
     };
     let view = crate::core::expand::cluster_view(&model, "east");
     let json = config_to_json(&translate(&view, &gateway).config).unwrap();

@@ -5,8 +5,9 @@
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, transport_socket, Address, AggregatedConfigSource,
-    ApiVersion, ConfigSource, SocketAddress, TransportSocket,
+    address, api_config_source, config_source, socket_address, transport_socket, Address,
+    AggregatedConfigSource, ApiConfigSource, ApiVersion, ConfigSource, SocketAddress,
+    TransportSocket,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
@@ -17,7 +18,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 
+use std::time::Duration as StdDuration;
+
+use super::XdsTransport;
+use super::{REST_REQUEST_TIMEOUT, XDS_CLUSTER};
 use crate::core::binding::GatewayPort;
+use crate::core::duration;
 use crate::core::model::tls::{TlsMode, TlsServer};
 use crate::core::resources::Resource;
 use envoy_types::pb::envoy::extensions::filters::listener::proxy_protocol::v3::ProxyProtocol;
@@ -26,12 +32,26 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
 };
 
-pub fn ads_config_source() -> ConfigSource {
+/// Where a proxy that talks xDS over `xds` fetches the resources a listener or cluster names.
+pub fn config_source(xds: XdsTransport) -> ConfigSource {
+    let specifier = match xds {
+        XdsTransport::Ads => config_source::ConfigSourceSpecifier::Ads(AggregatedConfigSource {}),
+        XdsTransport::Rest { refresh_delay_ms } => {
+            config_source::ConfigSourceSpecifier::ApiConfigSource(ApiConfigSource {
+                api_type: api_config_source::ApiType::Rest as i32,
+                transport_api_version: ApiVersion::V3 as i32,
+                cluster_names: vec![XDS_CLUSTER.to_owned()],
+                refresh_delay: Some(duration::to_proto(StdDuration::from_millis(
+                    refresh_delay_ms,
+                ))),
+                request_timeout: Some(duration::to_proto(REST_REQUEST_TIMEOUT)),
+                ..Default::default()
+            })
+        }
+    };
     ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
-        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
-            AggregatedConfigSource {},
-        )),
+        config_source_specifier: Some(specifier),
         ..Default::default()
     }
 }
@@ -49,7 +69,7 @@ pub fn socket_address(address: &str, port: u32) -> Address {
 /// One listener for the scopes sharing a (bind, port): a filter chain per scope. TLS chains
 /// match on SNI; a later scope claiming a name an earlier one holds loses it (Envoy rejects
 /// duplicate matches), and the plaintext chain then only takes non-TLS connections.
-pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
+pub fn build(scopes: &[&GatewayPort], xds: XdsTransport) -> Option<Resource> {
     let first = scopes.first()?;
     let has_tls = scopes.iter().any(|s| s.tls.is_some());
     let mut claimed: BTreeSet<Vec<String>> = BTreeSet::new();
@@ -59,7 +79,7 @@ pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
         let hcm = Filter {
             name: "envoy.filters.network.http_connection_manager".to_owned(),
             config_type: Some(filter::ConfigType::TypedConfig(any(&connection_manager(
-                scope,
+                scope, xds,
             )))),
         };
         match &scope.tls {
@@ -89,7 +109,7 @@ pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
                         ..Default::default()
                     }),
                     filters: vec![hcm],
-                    transport_socket: Some(downstream_tls(tls)),
+                    transport_socket: Some(downstream_tls(tls, xds)),
                     ..Default::default()
                 });
             }
@@ -125,12 +145,12 @@ pub fn build(scopes: &[&GatewayPort]) -> Option<Resource> {
     Some(Resource::new(first.listener_name(), &listener))
 }
 
-fn connection_manager(scope: &GatewayPort) -> HttpConnectionManager {
+fn connection_manager(scope: &GatewayPort, xds: XdsTransport) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: scope.route_name(),
         codec_type: http_connection_manager::CodecType::Auto as i32,
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-            config_source: Some(ads_config_source()),
+            config_source: Some(config_source(xds)),
             route_config_name: scope.route_name(),
         })),
         http_filters: vec![HttpFilter {
@@ -149,10 +169,10 @@ fn connection_manager(scope: &GatewayPort) -> HttpConnectionManager {
 }
 
 /// The server side of TLS: certificate (and client CA for `MUTUAL`) fetched over SDS.
-fn downstream_tls(tls: &TlsServer) -> TransportSocket {
+fn downstream_tls(tls: &TlsServer, xds: XdsTransport) -> TransportSocket {
     let sds = |name: &str| SdsSecretConfig {
         name: name.to_owned(),
-        sds_config: Some(ads_config_source()),
+        sds_config: Some(config_source(xds)),
     };
     let context = DownstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {

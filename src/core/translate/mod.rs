@@ -36,6 +36,27 @@ pub struct GatewayIdentity {
     pub cluster: String,
     pub zone: String,
     pub role: NodeRole,
+    /// How it fetches what its listeners and clusters point at (routes, endpoints, secrets).
+    pub xds: XdsTransport,
+}
+
+/// The static cluster through which a proxy reaches Meridian, as `meridian bootstrap` names it.
+/// Polling proxies fetch routes, endpoints and secrets through it.
+pub const XDS_CLUSTER: &str = "meridian_xds";
+
+/// How long a polling proxy waits for one answer (Envoy's default, 1 s, is short for a large
+/// gateway's first response).
+pub const REST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a proxy talks xDS, which decides the config sources its resources name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdsTransport {
+    /// Over the ADS stream it holds (gRPC, SotW or delta): every source is `ads: {}`.
+    #[default]
+    Ads,
+    /// By polling Meridian's REST endpoints through [`XDS_CLUSTER`] every `refresh_delay_ms`.
+    Rest { refresh_delay_ms: u64 },
 }
 
 /// What a proxy does with what it is served.
@@ -90,7 +111,7 @@ pub(crate) fn cluster_name(port: u32, subset: &str, host: &str) -> String {
 pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translation {
     match identity.role {
         NodeRole::Gateway => translate_gateway(view, identity),
-        NodeRole::L4 => l4::translate(view),
+        NodeRole::L4 => l4::translate(view, identity.xds),
     }
 }
 
@@ -124,7 +145,7 @@ fn translate_gateway(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Tran
         served.push(scope);
     }
     for listener_scopes in served.chunk_by(|a, b| (&a.bind, a.number) == (&b.bind, b.number)) {
-        if let Some(listener) = listener::build(listener_scopes) {
+        if let Some(listener) = listener::build(listener_scopes, identity.xds) {
             config.insert(ResourceType::Listener, listener);
         }
     }
@@ -134,7 +155,7 @@ fn translate_gateway(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Tran
             continue;
         };
         let policy = destination_rule::policy_for(view, service, cluster_ref);
-        let built = cluster::build(name, service, cluster_ref, &policy);
+        let built = cluster::build(name, service, cluster_ref, &policy, identity.xds);
         let is_eds = built.uses_eds;
         config.insert(ResourceType::Cluster, built.resource);
         if is_eds {

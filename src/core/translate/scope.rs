@@ -189,6 +189,7 @@ spec:
     fn identity() -> GatewayIdentity {
         GatewayIdentity {
             role: crate::core::translate::NodeRole::Gateway,
+            xds: crate::core::translate::XdsTransport::Ads,
             gateway: ObjectKey::new("edge", "gw"),
             cluster: crate::api::LOCAL_CLUSTER.to_owned(),
             zone: String::new(),

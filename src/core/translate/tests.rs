@@ -12,6 +12,7 @@ fn model_of(yaml: &str) -> Model {
 fn identity(ns: &str, name: &str) -> GatewayIdentity {
     GatewayIdentity {
         role: crate::core::translate::NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new(ns, name),
         cluster: "local".into(),
         zone: String::new(),
@@ -267,6 +268,7 @@ fn localities(yaml: &str, cluster: &str, zone: &str) -> Vec<(String, u64, u64)> 
     let model = model_of(yaml);
     let gateway = GatewayIdentity {
         role: crate::core::translate::NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new("shop", "public"),
         cluster: cluster.into(),
         zone: zone.into(),
@@ -341,6 +343,7 @@ fn distribute_weighs_localities_and_enables_weighted_clusters() {
     let model = model_of(&yaml);
     let gateway = GatewayIdentity {
         role: crate::core::translate::NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new("shop", "public"),
         cluster: "east-1".into(),
         zone: String::new(),

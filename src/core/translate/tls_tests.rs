@@ -39,6 +39,7 @@ spec:
 fn identity() -> GatewayIdentity {
     GatewayIdentity {
         role: crate::core::translate::NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new("edge", "public"),
         cluster: "local".into(),
         zone: String::new(),
@@ -113,6 +114,7 @@ fn a_gateway_may_fetch_exactly_the_secrets_its_listeners_reference() {
 
     let other = GatewayIdentity {
         role: crate::core::translate::NodeRole::Gateway,
+        xds: crate::core::translate::XdsTransport::Ads,
         gateway: ObjectKey::new("edge", "internal"),
         ..identity()
     };

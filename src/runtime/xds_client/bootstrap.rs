@@ -247,6 +247,7 @@ mod tests {
             xds_host: "127.0.0.1".into(),
             xds_port: 18000,
             delta,
+            rest: None,
             admin_port: 19000,
             tls: None,
         }

@@ -12,6 +12,7 @@ use super::table::L4Table;
 use super::*;
 use crate::core::dataplane::balancer::{Endpoint, Locality};
 use crate::core::translate::l4::{gateway_cluster, vip_listener};
+use crate::core::translate::XdsTransport;
 
 const CLUSTER: &str = "outbound|80||web.shop.svc.cluster.local";
 
@@ -21,7 +22,7 @@ fn listener() -> Listener {
 }
 
 fn cluster(proxy_protocol: bool) -> Cluster {
-    let resource = gateway_cluster(CLUSTER, proxy_protocol);
+    let resource = gateway_cluster(CLUSTER, proxy_protocol, XdsTransport::Ads);
     Cluster::decode(resource.body.value.as_slice()).unwrap()
 }
 
