@@ -338,33 +338,35 @@ fn signed_by(leaf_pem: &str, ca_pem: &str) -> bool {
 
 /// Envoy over mutual TLS with a client certificate for `gateway`.
 fn envoy_over_mtls(f: &Fixture, node: &str, gateway: &str) -> Envoy {
+    Envoy::launch(f.path(), mtls_bootstrap(f, node, gateway))
+}
+
+/// The bootstrap of an Envoy over mutual TLS with a client certificate for `gateway`.
+fn mtls_bootstrap(f: &Fixture, node: &str, gateway: &str) -> BootstrapOptions {
     let ca =
         certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
     let (ns, name) = gateway.split_once('/').unwrap();
     let dir = f.path().join(node);
     let (cert, key, ca_file) =
         certs::write_client_credentials(&ca, &CertOptions::default(), (ns, name), &dir).unwrap();
-    Envoy::launch(
-        f.path(),
-        BootstrapOptions {
-            l4: false,
-            node_id: node.into(),
-            gateway: gateway.into(),
-            cluster: None,
-            zone: None,
-            xds_host: "127.0.0.1".into(),
-            xds_port: f.xds_port,
-            delta: false,
-            rest: None,
-            admin_port: free_port(),
-            tls: Some(ClientTls {
-                cert_file: cert.display().to_string(),
-                key_file: key.display().to_string(),
-                ca_file: ca_file.display().to_string(),
-                server_identity: certs::xds_server_id("meridian.local"),
-            }),
-        },
-    )
+    BootstrapOptions {
+        l4: false,
+        node_id: node.into(),
+        gateway: gateway.into(),
+        cluster: None,
+        zone: None,
+        xds_host: "127.0.0.1".into(),
+        xds_port: f.xds_port,
+        delta: false,
+        rest: None,
+        admin_port: free_port(),
+        tls: Some(ClientTls {
+            cert_file: cert.display().to_string(),
+            key_file: key.display().to_string(),
+            ca_file: ca_file.display().to_string(),
+            server_identity: certs::xds_server_id("meridian.local"),
+        }),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,5 +819,122 @@ spec:
     tokio::time::sleep(Duration::from_secs(1)).await;
     let metrics = admin_text(&http, admin, "/metrics").await;
     assert!(metrics.contains("meridian_certs_held 0\n"), "{metrics}");
+    meridian.shutdown().await.unwrap();
+}
+
+/// A REST xDS poll over HTTPS with curl, presenting the client credentials in `cert_dir`
+/// (none: no certificate). `None` when there was no HTTP answer at all.
+fn rest_poll(
+    f: &Fixture,
+    cert_dir: Option<&Path>,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--cacert"])
+        .arg(f.ca_file())
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .args(["-w", "\n%{http_code}"]);
+    if let Some(dir) = cert_dir {
+        curl.arg("--cert")
+            .arg(dir.join(certs::CLIENT_CERT_FILE))
+            .arg("--key")
+            .arg(dir.join(certs::CLIENT_KEY_FILE));
+    }
+    let output = curl
+        .arg(format!("https://localhost:{}{path}", f.xds_port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (output.status.success() && code != 0).then(|| (code, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_mutual_tls_a_polling_envoy_gets_its_keys_and_nobody_else_does() {
+    use meridian::core::model::tls::EMBEDDED_PREFIX;
+
+    let f = Fixture::new().await;
+    let meridian = f.start(CertOptions::default(), true).await;
+
+    // A real Envoy polling (HTTP/2 over mutual TLS) with the public gateway's certificate: its
+    // HTTPS listener gets its certificate and key over REST SDS.
+    let _envoy = Envoy::launch(
+        f.path(),
+        BootstrapOptions {
+            rest: Some(Duration::from_secs(1)),
+            ..mtls_bootstrap(&f, "gw-rest-mtls", "edge/public")
+        },
+    );
+    eventually(
+        Duration::from_secs(30),
+        "HTTPS through an Envoy polling over mTLS",
+        || async { f.curl(HOST, &[]).as_deref() == Ok("alpha") },
+    )
+    .await;
+
+    let ca =
+        certs::load_existing(&CertOptions::default(), Some(&f.state_dir().join("ca"))).unwrap();
+    let credentials = |gateway: (&str, &str)| {
+        let dir = f.path().join(format!("rest-{}", gateway.1));
+        certs::write_client_credentials(&ca, &CertOptions::default(), gateway, &dir).unwrap();
+        dir
+    };
+    let (public, internal) = (
+        credentials(("edge", "public")),
+        credentials(("edge", "internal")),
+    );
+    let node = |gateway: &str| {
+        format!(r#""node": {{"id": "curl", "metadata": {{"meridian.dev/gateway": "{gateway}"}}}}"#)
+    };
+    let lds = format!("{{{}}}", node("edge/public"));
+    let (code, listeners) =
+        rest_poll(&f, Some(&public), "/v3/discovery:listeners", &lds).expect("an answer");
+    assert_eq!(code, 200, "{listeners}");
+    let start = listeners.find(EMBEDDED_PREFIX).expect("an SDS reference");
+    let end = listeners[start..].find('"').unwrap() + start;
+    let secret = &listeners[start..end];
+    let sds = |gateway: &str| format!(r#"{{{}, "resource_names": ["{secret}"]}}"#, node(gateway));
+
+    // Its own certificate: the key is served.
+    let (code, own) = rest_poll(
+        &f,
+        Some(&public),
+        "/v3/discovery:secrets",
+        &sds("edge/public"),
+    )
+    .expect("an answer");
+    assert_eq!(code, 200, "{own}");
+    assert!(own.contains("privateKey"), "{own}");
+    // Another gateway's certificate gets nothing of it, and may not claim to be public.
+    let (code, foreign) = rest_poll(
+        &f,
+        Some(&internal),
+        "/v3/discovery:secrets",
+        &sds("edge/internal"),
+    )
+    .expect("an answer");
+    assert_eq!(code, 200, "{foreign}");
+    assert!(!foreign.contains(secret), "{foreign}");
+    let (code, liar) = rest_poll(
+        &f,
+        Some(&internal),
+        "/v3/discovery:secrets",
+        &sds("edge/public"),
+    )
+    .expect("an answer");
+    assert_eq!(code, 403, "{liar}");
+    assert!(liar.contains("certificate is for edge/internal"), "{liar}");
+    // Without a certificate there is no answer at all.
+    assert_eq!(
+        rest_poll(&f, None, "/v3/discovery:secrets", &sds("edge/public")),
+        None
+    );
     meridian.shutdown().await.unwrap();
 }

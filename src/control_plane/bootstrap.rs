@@ -113,7 +113,7 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
         }
     });
     if let Some(refresh) = o.rest {
-        poll_over_rest(&mut bootstrap, refresh);
+        poll_over_rest(&mut bootstrap, refresh, o.tls.is_some());
     }
     if let Some(tls) = &o.tls {
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] = upstream_tls(o, tls);
@@ -122,9 +122,10 @@ pub fn bootstrap(o: &BootstrapOptions) -> Value {
 }
 
 /// Turns an ADS bootstrap into one that polls: LDS and CDS over REST every `refresh` through
-/// the xDS cluster, spoken in HTTP/1.1 (no long-lived stream anywhere). Load reports need a
-/// gRPC stream, so a polling proxy sends none.
-fn poll_over_rest(bootstrap: &mut Value, refresh: Duration) {
+/// the xDS cluster, no long-lived stream anywhere. Plain polls are HTTP/1.1; over TLS they stay
+/// HTTP/2, the one protocol Meridian's TLS offers (ALPN h2). Load reports need a gRPC stream,
+/// so a polling proxy sends none.
+fn poll_over_rest(bootstrap: &mut Value, refresh: Duration, over_tls: bool) {
     let source = json!({
         "api_config_source": {
             "api_type": "REST",
@@ -138,6 +139,9 @@ fn poll_over_rest(bootstrap: &mut Value, refresh: Duration) {
     bootstrap["dynamic_resources"] = json!({ "cds_config": source, "lds_config": source });
     if let Some(manager) = bootstrap["cluster_manager"].as_object_mut() {
         manager.remove("load_stats_config");
+    }
+    if over_tls {
+        return;
     }
     if let Some(cluster) = bootstrap["static_resources"]["clusters"][0].as_object_mut() {
         cluster.remove("typed_extension_protocol_options");
@@ -153,8 +157,7 @@ fn upstream_tls(o: &BootstrapOptions, tls: &ClientTls) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": o.xds_host,
             "common_tls_context": {
-                // A polling proxy speaks HTTP/1.1 and offers no ALPN (the server offers h2).
-                "alpn_protocols": if o.rest.is_some() { json!([]) } else { json!(["h2"]) },
+                "alpn_protocols": ["h2"],
                 "tls_certificates": [{
                     "certificate_chain": { "filename": tls.cert_file },
                     "private_key": { "filename": tls.key_file }
@@ -203,5 +206,33 @@ mod tests {
                 ["cluster_name"],
             XDS_CLUSTER
         );
+    }
+
+    #[test]
+    fn a_polling_bootstrap_names_rest_sources_and_its_refresh_delay() {
+        let b = bootstrap(&BootstrapOptions {
+            node_id: "gw-1".into(),
+            gateway: "edge/public".into(),
+            l4: false,
+            cluster: None,
+            zone: None,
+            xds_host: "127.0.0.1".into(),
+            xds_port: 18000,
+            delta: false,
+            rest: Some(Duration::from_millis(1500)),
+            admin_port: 19000,
+            tls: None,
+        });
+        assert_eq!(b["node"]["metadata"][REFRESH_DELAY_KEY], "1.5s");
+        for source in ["lds_config", "cds_config"] {
+            let api = &b["dynamic_resources"][source]["api_config_source"];
+            assert_eq!(api["api_type"], "REST", "{source}");
+            assert_eq!(api["refresh_delay"], "1.5s", "{source}");
+            assert_eq!(api["cluster_names"][0], XDS_CLUSTER, "{source}");
+        }
+        assert!(b["dynamic_resources"]["ads_config"].is_null());
+        assert!(b["cluster_manager"]["load_stats_config"].is_null());
+        // Plain polls are HTTP/1.1: no HTTP/2 protocol options on the xDS cluster.
+        assert!(b["static_resources"]["clusters"][0]["typed_extension_protocol_options"].is_null());
     }
 }

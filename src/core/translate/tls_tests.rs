@@ -97,6 +97,79 @@ fn tls_servers_snapshot() {
     insta::assert_json_snapshot!(json);
 }
 
+/// Every config source in `json` (a config dump), as `(path, source)`.
+fn config_sources(
+    json: &serde_json::Value,
+    path: String,
+    out: &mut Vec<(String, serde_json::Value)>,
+) {
+    match json {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                if ["configSource", "edsConfig", "sdsConfig"].contains(&key.as_str()) {
+                    out.push((format!("{path}/{key}"), value.clone()));
+                } else {
+                    config_sources(value, format!("{path}/{key}"), out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, value) in items.iter().enumerate() {
+                config_sources(value, format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn a_polling_gateway_is_pointed_at_rest_sources_for_routes_endpoints_and_secrets() {
+    let mut model = model_of(SHOP_TLS);
+    issue_all(&mut model);
+    let polling = GatewayIdentity {
+        xds: XdsTransport::Rest {
+            refresh_delay_ms: 1500,
+        },
+        ..identity()
+    };
+    let translation = super::scope::translate_checked(&model, &polling);
+    let json = config_to_json(&translation.config).unwrap();
+    let mut sources = Vec::new();
+    config_sources(&json, String::new(), &mut sources);
+    let kinds: std::collections::BTreeSet<&str> = sources
+        .iter()
+        .filter_map(|(path, _)| path.rsplit('/').next())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["configSource", "edsConfig", "sdsConfig"].into(),
+        "RDS, EDS and SDS sources all found"
+    );
+    for (path, source) in &sources {
+        assert_eq!(
+            source["apiConfigSource"],
+            serde_json::json!({
+                "apiType": "REST",
+                "transportApiVersion": "V3",
+                "clusterNames": [XDS_CLUSTER],
+                "refreshDelay": "1.500s",
+                "requestTimeout": "5s",
+            }),
+            "{path}"
+        );
+    }
+    // Streaming gateways keep ADS; the rest of the config is the same.
+    let streaming = run(&model);
+    assert_eq!(
+        translation.config.resources(ResourceType::Route),
+        streaming.config.resources(ResourceType::Route)
+    );
+    assert!(!config_to_json(&streaming.config)
+        .unwrap()
+        .to_string()
+        .contains("apiConfigSource"));
+}
+
 #[test]
 fn a_gateway_may_fetch_exactly_the_secrets_its_listeners_reference() {
     let mut model = model_of(SHOP_TLS);

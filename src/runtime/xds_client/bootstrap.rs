@@ -133,6 +133,15 @@ impl Bootstrap {
             })
             .unwrap_or_default();
         let ads = &value["dynamic_resources"]["ads_config"];
+        if ads.is_null() && !value["dynamic_resources"]["lds_config"]["api_config_source"].is_null()
+        {
+            return Err((
+                "dynamic_resources.ads_config",
+                "missing: this bootstrap polls over REST xDS, which only Envoy does; print one \
+                 without --rest"
+                    .to_owned(),
+            ));
+        }
         let delta = match ads["api_type"].as_str() {
             Some("GRPC") => false,
             Some("DELTA_GRPC") => true,
@@ -264,6 +273,13 @@ mod tests {
         assert_eq!(parsed.tls, None);
         assert!(parsed.load_reports);
         assert_eq!(parsed.admin, Some("127.0.0.1:19000".parse().unwrap()));
+        let polling = bootstrap(&BootstrapOptions {
+            rest: Some(std::time::Duration::from_secs(3)),
+            ..options(false)
+        });
+        let refused = Bootstrap::parse(&polling, Program::Proxy).unwrap_err();
+        assert_eq!(refused.0, "dynamic_resources.ads_config", "{refused:?}");
+        assert!(refused.1.contains("REST"), "{refused:?}");
         let mut l4 = bootstrap(&BootstrapOptions {
             l4: true,
             ..options(false)
