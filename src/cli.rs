@@ -364,6 +364,28 @@ pub enum Command {
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Measure REST xDS: a real `meridian standalone` and N proxies polling it like Envoy
+    /// (LDS, CDS, and RDS and EDS per name, every 1–2 refresh delays), with one edit.
+    BenchRest {
+        #[arg(long, default_value_t = 300)]
+        pollers: usize,
+        #[arg(long, default_value = "3s", value_parser = parse_refresh_delay)]
+        refresh_delay: Duration,
+        /// The steady state measured (one edit half way).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 300)]
+        access_points: usize,
+        #[arg(long, default_value_t = 10)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 10)]
+        gateways: usize,
+        #[arg(long, default_value_t = 3)]
+        endpoints: usize,
+        /// Give up on the warm-up after this long.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Measure the embedded CA: certificates issued per second and the size of one SDS secret.
     BenchCerts {
         #[arg(long, default_value_t = 1000)]
@@ -720,6 +742,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = crate::bench::translate_bench(&options)?;
             print!("{}", crate::bench::render(&options, &report));
+            Ok(())
+        }
+        Command::BenchRest {
+            pollers,
+            refresh_delay,
+            duration,
+            access_points,
+            namespaces,
+            gateways,
+            endpoints,
+            timeout,
+        } => {
+            let options = crate::bench::rest::RestBenchOptions {
+                fleet: crate::bench::FleetOptions {
+                    access_points,
+                    namespaces,
+                    gateways: gateways.max(1),
+                    endpoints,
+                },
+                pollers,
+                refresh: refresh_delay,
+                duration,
+                timeout,
+            };
+            let report = crate::bench::rest::run(&options).await?;
+            print!("{}", crate::bench::rest::render(&options, &report));
             Ok(())
         }
         Command::BenchXds {

@@ -51,9 +51,9 @@ pub struct XdsReport {
 }
 
 /// The `meridian standalone` child process; killed when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
-    xds: SocketAddr,
+    pub(super) xds: SocketAddr,
     admin: SocketAddr,
 }
 
@@ -65,7 +65,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(dir: &Path) -> anyhow::Result<Server> {
+    pub(super) fn start(dir: &Path) -> anyhow::Result<Server> {
         let xds = free_addr()?;
         let admin = free_addr()?;
         let log = std::fs::File::create(dir.join("server.log"))?;
@@ -94,7 +94,7 @@ impl Server {
         std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
     }
 
-    fn rss_bytes(&self) -> anyhow::Result<u64> {
+    pub(super) fn rss_bytes(&self) -> anyhow::Result<u64> {
         let status = self.proc_file("status")?;
         let kib = status
             .lines()
@@ -105,7 +105,7 @@ impl Server {
     }
 
     /// User plus system CPU time so far.
-    fn cpu(&self) -> anyhow::Result<Duration> {
+    pub(super) fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = self.proc_file("stat")?;
         // Fields after the command name (which may hold spaces) start after the last ')'.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -119,7 +119,7 @@ impl Server {
         Ok(Duration::from_millis((user + system) * 10))
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    pub(super) async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let url = format!("http://{}/readyz", self.admin);
         let started = Instant::now();
@@ -147,7 +147,10 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Writes the fleet as JSON documents (valid YAML): the AccessPoints each round edits in
 /// `edited.yaml`, the rest in `fleet.yaml`.
-fn write_fleet(options: &FleetOptions, config: &Path) -> anyhow::Result<Vec<InputObject>> {
+pub(super) fn write_fleet(
+    options: &FleetOptions,
+    config: &Path,
+) -> anyhow::Result<Vec<InputObject>> {
     std::fs::create_dir_all(config)?;
     let mut rest = String::new();
     let mut edited = Vec::new();
@@ -186,7 +189,11 @@ fn document(object: &InputObject) -> anyhow::Result<String> {
 }
 
 /// Writes the edited AccessPoints with the first route's timeout set to `timeout`.
-fn write_edited(edited: &[InputObject], config: &Path, timeout: &str) -> anyhow::Result<()> {
+pub(super) fn write_edited(
+    edited: &[InputObject],
+    config: &Path,
+    timeout: &str,
+) -> anyhow::Result<()> {
     let mut text = String::new();
     for object in edited {
         let mut object = object.clone();

@@ -21,6 +21,10 @@ use super::status::{Nack, SyncState, TypeStatus};
 use crate::core::resources::{content_hash, GatewayConfig, Resource, ResourceType};
 use crate::core::translate::GatewayIdentity;
 
+/// Subscriptions one poller may hold (an Envoy polls one per EDS cluster); past it, a new one
+/// takes the place of the one polled least recently.
+const MAX_SUBSCRIPTIONS: usize = 65_536;
+
 /// Answers a client holding nothing gets before it is judged to reject them.
 const EMPTY_HANDED_ANSWERS: u32 = 3;
 
@@ -124,27 +128,50 @@ impl Poller {
         if self.subscriptions.len() != before {
             self.types_stamp = None;
         }
-        let names = requested_names(&request.resource_names);
-        let selected = select(config, kind, &names);
-        let version = version_of(&selected);
-        let subscription =
-            self.subscriptions
-                .entry((kind, names))
-                .or_insert_with(|| Subscription {
-                    held: String::new(),
-                    answered: None,
-                    rejected: None,
-                    last_poll: now,
-                    current: (stamp, String::new()),
-                    resources: 0,
-                });
+        let key = (kind, requested_names(&request.resource_names));
+        // A client holding the version already worked out for this config needs no selection.
+        let known = self
+            .subscriptions
+            .get(&key)
+            .filter(|s| s.current.0 == stamp && s.current.1 == request.version_info)
+            .map(|s| s.current.1.clone());
+        let (version, selected) = match known {
+            Some(version) => (version, None),
+            None => {
+                let selected = select(config, kind, &key.1);
+                (version_of(&selected), Some(selected))
+            }
+        };
+        if !self.subscriptions.contains_key(&key) && self.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            let oldest = self
+                .subscriptions
+                .iter()
+                .min_by_key(|(_, s)| s.last_poll)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                self.subscriptions.remove(&oldest);
+            }
+        }
+        let subscription = self
+            .subscriptions
+            .entry(key)
+            .or_insert_with(|| Subscription {
+                held: String::new(),
+                answered: None,
+                rejected: None,
+                last_poll: now,
+                current: (stamp, String::new()),
+                resources: 0,
+            });
         subscription.last_poll = now;
         let settled = subscription.held == version
             && subscription.current == (stamp, version.clone())
             && subscription.rejected.is_none();
         subscription.held = request.version_info.clone();
         subscription.current = (stamp, version.clone());
-        subscription.resources = selected.len();
+        if let Some(selected) = &selected {
+            subscription.resources = selected.len();
+        }
         if request.version_info == version {
             subscription.rejected = None;
             if !settled {
@@ -186,7 +213,7 @@ impl Poller {
         subscription.answered = Some((version.clone(), answers));
         PollAnswer::Changed {
             version,
-            resources: selected.into_values().collect(),
+            resources: selected.unwrap_or_default().into_values().collect(),
         }
     }
 
