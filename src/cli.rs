@@ -932,9 +932,10 @@ pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusR
         if p.mode == "rest" {
             let seconds = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
             out.push_str(&format!(
-                "  polls every {}, last poll {} ago{}\n",
+                "  polls every {}, last poll {} ago, answered from generation {}{}\n",
                 seconds(p.refresh_delay_ms),
                 seconds(p.last_poll_ms_ago),
+                p.generation,
                 if p.stopped_polling {
                     " (STOPPED POLLING)"
                 } else {

@@ -73,6 +73,8 @@ pub struct Poller {
     pub reported_stopped: bool,
     subscriptions: BTreeMap<SubscriptionKey, Subscription>,
     last_poll: Instant,
+    /// When subscriptions no longer polled were last dropped.
+    swept_at: Instant,
     /// Per type sync state, as last computed.
     types: Vec<TypeStatus>,
     /// The config stamp `types` was computed against; `None` after a poll that may have
@@ -96,6 +98,7 @@ impl Poller {
             reported_stopped: false,
             subscriptions: BTreeMap::new(),
             last_poll: now,
+            swept_at: now,
             types: Vec::new(),
             types_stamp: None,
         }
@@ -122,11 +125,16 @@ impl Poller {
         forget_after: Duration,
     ) -> PollAnswer {
         self.last_poll = now;
-        let before = self.subscriptions.len();
-        self.subscriptions
-            .retain(|_, s| now.saturating_duration_since(s.last_poll) <= forget_after);
-        if self.subscriptions.len() != before {
-            self.types_stamp = None;
+        // Swept a few times per window, not on every poll: an Envoy with thousands of EDS
+        // clusters polls each of them every refresh delay.
+        if now.saturating_duration_since(self.swept_at) >= forget_after / 4 {
+            self.swept_at = now;
+            let before = self.subscriptions.len();
+            self.subscriptions
+                .retain(|_, s| now.saturating_duration_since(s.last_poll) <= forget_after);
+            if self.subscriptions.len() != before {
+                self.types_stamp = None;
+            }
         }
         let key = (kind, requested_names(&request.resource_names));
         // A client holding the version already worked out for this config needs no selection.
