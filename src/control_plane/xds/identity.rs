@@ -27,7 +27,9 @@ pub enum IdentityError {
     MissingNode,
     #[error("node {node:?}: metadata `{GATEWAY_KEY}` must be `namespace/name`, got {value:?}")]
     BadGateway { node: String, value: String },
-    #[error("node {node:?}: metadata `{ROLE_KEY}` must be `gateway` or `l4`, got {value:?}")]
+    #[error(
+        "node {node:?}: metadata `{ROLE_KEY}` must be `gateway`, `l4` or `grpc`, got {value:?}"
+    )]
     BadRole { node: String, value: String },
     #[error("node {node:?}: metadata `{REFRESH_DELAY_KEY}` must be a duration from 100ms to 1h, got {value:?}")]
     BadRefreshDelay { node: String, value: String },
@@ -160,6 +162,7 @@ pub fn identity_of(node: Option<&Node>) -> Result<GatewayIdentity, IdentityError
     let role = match field(ROLE_KEY).as_deref() {
         None | Some("gateway") => NodeRole::Gateway,
         Some("l4") => NodeRole::L4,
+        Some("grpc") => NodeRole::Grpc,
         Some(other) => {
             return Err(IdentityError::BadRole {
                 node: node.id.clone(),

@@ -397,6 +397,9 @@ impl XdsState {
             .list()
             .into_iter()
             .filter(|p| !p.polling.as_ref().is_some_and(|polling| polling.stopped))
+            // AccessPoint conditions, rollouts and the quarantine follow the gateways, not
+            // the gRPC applications that use their routes.
+            .filter(|p| p.role != NodeRole::Grpc)
             .filter_map(|p| {
                 let (namespace, name) = p.gateway.split_once('/')?;
                 let acked = shared

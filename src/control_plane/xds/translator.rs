@@ -147,8 +147,9 @@ impl Translator {
             match previous {
                 // An L4 node reads every VIP and AccessPoint Service of its cluster, which no
                 // change set narrows: it is translated again each generation (it is cheap).
+                // A gRPC client reads what its gateway reads.
                 Some(translation)
-                    if member.role == NodeRole::Gateway
+                    if member.role != NodeRole::L4
                         && touched.as_ref().is_some_and(|touched| {
                             !touched.affects(&member.gateway, &translation.hosts)
                         }) =>

@@ -7,6 +7,7 @@
 mod cluster;
 mod destination_rule;
 mod endpoint;
+mod grpc;
 pub(crate) mod l4;
 #[cfg(test)]
 mod l4_tests;
@@ -69,6 +70,9 @@ pub enum NodeRole {
     /// An L4 node in front of the gateways: every VIP of its cluster, forwarded over TCP to
     /// the gateway pods behind the AccessPoint's Service there.
     L4,
+    /// A proxyless gRPC application: its Gateway's routes as API listeners, one per
+    /// `host:port` it may dial (`xds:///host:port`).
+    Grpc,
 }
 
 impl NodeRole {
@@ -76,6 +80,7 @@ impl NodeRole {
         match self {
             NodeRole::Gateway => "gateway",
             NodeRole::L4 => "l4",
+            NodeRole::Grpc => "grpc",
         }
     }
 }
@@ -112,6 +117,7 @@ pub fn translate(view: &ClusterView<'_>, identity: &GatewayIdentity) -> Translat
     match identity.role {
         NodeRole::Gateway => translate_gateway(view, identity),
         NodeRole::L4 => l4::translate(view, identity.xds),
+        NodeRole::Grpc => grpc::for_clients(&translate_gateway(view, identity)),
     }
 }
 
