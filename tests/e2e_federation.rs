@@ -177,7 +177,8 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
         member_cluster("m3", "z2", "198.51.100.0/28")
     ));
 
-    let controller = Controller::start(&hub.controller_kubeconfig, work.path(), "replica-a", &[]);
+    let mut controller =
+        Controller::start(&hub.controller_kubeconfig, work.path(), "replica-a", &[]);
     let (m1_port, m3_port) = (support::free_port(), support::free_port());
     let _envoy_m1 = Envoy::start_in(
         work.path(),
@@ -287,6 +288,62 @@ async fn an_access_point_expands_into_member_clusters_and_survives_a_member_outa
             .as_deref(),
         Ok("three")
     );
+
+    // Meridian restarts while m3 is still down: it serves m3's last known endpoints (kept in
+    // the hub by the leader), so m3's gateway, reconnected to it, keeps routing to `three`.
+    eventually(WAIT, "m3's state kept in the hub", || async {
+        fleet[0]
+            .jsonpath(
+                &[
+                    "get",
+                    "configmap",
+                    "meridian-member-m3",
+                    "-n",
+                    "meridian-system",
+                ],
+                "{.data.objects\\.json}",
+            )
+            .contains(&three.port.to_string())
+    })
+    .await;
+    controller.restart(&fleet[0].controller_kubeconfig, work.path(), &[]);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], controller.admin_port));
+    eventually(
+        WAIT,
+        "m3's gateway back in sync with the restarted Meridian",
+        || async {
+            // Refused until the restarted process listens.
+            let Ok(response) = http.get(format!("http://{admin}/debug/syncz")).send().await else {
+                return false;
+            };
+            let syncz: serde_json::Value = response.json().await.unwrap_or_default();
+            syncz["proxies"].as_array().is_some_and(|proxies| {
+                proxies.iter().any(|p| {
+                    p["node_id"] == "gw-m3"
+                        && p["types"].as_array().is_some_and(|types| {
+                            types.len() >= 4 && types.iter().all(|t| t["state"] == "SYNCED")
+                        })
+                })
+            })
+        },
+    )
+    .await;
+    assert!(
+        controller
+            .log_text()
+            .contains("member's last known state restored"),
+        "restored from the hub"
+    );
+    // From its first answer on: nothing was served before the kept state was read.
+    for _ in 0..10 {
+        assert_eq!(
+            get(&http, m3_port, "shop.example.test", "/")
+                .await
+                .as_deref(),
+            Ok("three"),
+            "m3's endpoints served after the restart"
+        );
+    }
 
     // It comes back: so does the status.
     fleet[3].start_apiserver();

@@ -347,11 +347,35 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(kubeconfig: &Path, dir: &Path, identity: &str, extra: &[&str]) -> Controller {
-        let (xds_port, admin_port) = (free_port(), free_port());
+        Controller::start_on(
+            kubeconfig,
+            dir,
+            identity,
+            extra,
+            (free_port(), free_port()),
+            "",
+        )
+    }
+
+    /// Kills it and starts it again, same identity and ports, as a restarted pod would be.
+    pub fn restart(&mut self, kubeconfig: &Path, dir: &Path, extra: &[&str]) {
+        self.kill();
+        let ports = (self.xds_port, self.admin_port);
+        *self = Controller::start_on(kubeconfig, dir, &self.identity, extra, ports, "-restarted");
+    }
+
+    fn start_on(
+        kubeconfig: &Path,
+        dir: &Path,
+        identity: &str,
+        extra: &[&str],
+        (xds_port, admin_port): (u16, u16),
+        log_suffix: &str,
+    ) -> Controller {
         // MERIDIAN_E2E_LOGS=DIR keeps controller logs after the test for debugging.
         let log_dir =
             std::env::var_os("MERIDIAN_E2E_LOGS").map_or(dir.to_path_buf(), PathBuf::from);
-        let log = log_dir.join(format!("{identity}.log"));
+        let log = log_dir.join(format!("{identity}{log_suffix}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .arg("controller")
             .arg("--kubeconfig")

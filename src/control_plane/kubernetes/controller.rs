@@ -103,6 +103,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
 
     let (updates_tx, updates) = mpsc::channel(1024);
     let member_updates = updates_tx.clone();
+    let restore_updates = updates_tx.clone();
     let issued_updates = updates_tx.clone();
     let vip_updates = updates_tx.clone();
     let pin_updates = updates_tx.clone();
@@ -170,6 +171,18 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         }
     };
     let members = Arc::new(MemberState::default());
+    let (restored_tx, restored) = watch::channel(None);
+    let member_restore = {
+        let (client, namespace) = (client.clone(), lease.namespace.clone());
+        let stopped = stopped.clone();
+        async move {
+            let clusters = members::cache::restore_all(&client, &namespace, &restore_updates).await;
+            let _ = restored_tx.send(Some(clusters));
+            // A task that ends stops the process: this one waits for the others.
+            crate::runtime::stopped_signal(stopped).await;
+            Ok(())
+        }
+    };
     let member_connections = {
         let (client, namespace) = (client.clone(), lease.namespace.clone());
         let (snapshots, members, stopped) =
@@ -181,6 +194,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
                 snapshots,
                 member_updates,
                 members,
+                restored,
                 stopped,
             )
             .await;
@@ -193,6 +207,14 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         let (leading, stopped) = (leading.clone(), stopped.clone());
         async move {
             members::writer::run(client, snapshots, members, leading, writes_tx, stopped).await;
+            Ok(())
+        }
+    };
+    let member_cache = {
+        let (client, namespace) = (client.clone(), lease.namespace.clone());
+        let (snapshots, leading, stopped) = (snapshots.clone(), leading.clone(), stopped.clone());
+        async move {
+            members::cache::persist(client, namespace, snapshots, leading, stopped).await;
             Ok(())
         }
     };
@@ -248,8 +270,10 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .with_task(dns_updates)
         .with_task(campaign)
         .with_task(publisher)
+        .with_task(member_restore)
         .with_task(member_connections)
         .with_task(member_writer)
+        .with_task(member_cache)
         .with_task(writer)
         .with_task(name_service_status)
         .with_task(abort_watches);
@@ -270,6 +294,8 @@ async fn feed_index(
     let mut listed: BTreeSet<Watched> = BTreeSet::new();
     // Rollouts are loaded before anything is served: a restart keeps each cluster's revision.
     let mut pins_loaded = false;
+    // So are members' last known objects: a member down at start still has its endpoints.
+    let mut members_restored = false;
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
@@ -286,6 +312,7 @@ async fn feed_index(
         for update in batch {
             match &update {
                 Update::Pins(_) => pins_loaded = true,
+                Update::MembersRestored => members_restored = true,
                 // Member clusters come and go; only the hub's own watches gate serving.
                 Update::RelistDone(Watched::Member { .. }) => {}
                 Update::RelistDone(watched) => {
@@ -297,7 +324,7 @@ async fn feed_index(
         }
         admin.set_problems(scope.problems());
         // Serving a partial list would withdraw config from gateways; wait for all of them.
-        if listed.len() < watch_count || !pins_loaded {
+        if listed.len() < watch_count || !pins_loaded || !members_restored {
             continue;
         }
         let before = index.generation();

@@ -33,6 +33,9 @@ pub enum Update {
     RelistDone(Watched),
     /// A member cluster was disconnected: drop what was read from it.
     MemberGone(String),
+    /// Every member's last known state kept in the hub has been fed (see
+    /// `members::cache`); serving may begin.
+    MembersRestored,
     /// The certificate manager's current set of issued certificates.
     Issued(IssuedSecrets),
     /// The VIP allocator's current table.
@@ -70,6 +73,7 @@ impl Scope {
             Update::RelistStarted(watched) => self.begin_relist(watched),
             Update::RelistDone(watched) => self.end_relist(index, watched),
             Update::MemberGone(cluster) => self.drop_member(index, &cluster),
+            Update::MembersRestored => {}
             Update::Issued(issued) => index.set_issued(issued.secrets, issued.errors),
             Update::Vips(vips) => index.set_vips(vips.table, vips.errors),
             Update::Pins(PinUpdate(pins)) => index.set_pins(pins),

@@ -2,9 +2,10 @@
 //! EndpointSlices (endpoints) and Deployments (for `followDeployment`).
 //!
 //! A member whose API server is unreachable keeps its last known endpoints in the index (its
-//! data plane may well be fine); only removing the MemberCluster or its connection drops them.
+//! data plane may well be fine), across restarts too (`cache`); only removing the
+//! MemberCluster or its connection drops them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,17 +43,33 @@ pub async fn run(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     updates: mpsc::Sender<Update>,
     state: Arc<MemberState>,
+    mut restored: watch::Receiver<Option<BTreeSet<String>>>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut running: BTreeMap<String, (MemberConnection, Owned)> = BTreeMap::new();
+    let mut restored_checked = false;
     loop {
-        let desired: BTreeMap<String, MemberConnection> = snapshots
-            .borrow_and_update()
+        let snapshot = snapshots.borrow_and_update().clone();
+        let desired: BTreeMap<String, MemberConnection> = snapshot
             .model
             .member_clusters
             .iter()
             .filter_map(|(key, m)| Some((key.name.clone(), m.spec.connection.clone()?)))
             .collect();
+        // State restored for members that no longer exist (or lost their connection while
+        // Meridian was down) is dropped once the first snapshot says which exist.
+        // (Generation 0 is "nothing loaded yet", not "no members".)
+        if !restored_checked && snapshot.generation > 0 {
+            let clusters = restored.borrow_and_update().clone();
+            if let Some(clusters) = clusters {
+                restored_checked = true;
+                for cluster in clusters.into_iter().filter(|c| !desired.contains_key(c)) {
+                    if updates.send(Update::MemberGone(cluster)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
         let stale: Vec<String> = running
             .iter()
             .filter(|(name, (connection, _))| desired.get(*name) != Some(connection))
@@ -82,6 +99,7 @@ pub async fn run(
         }
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { return },
+            _ = restored.changed(), if !restored_checked => {}
             _ = stopped.changed() => return,
         }
     }

@@ -3,11 +3,15 @@
 //! - [`connections`] (every replica): one task per MemberCluster with a `connection`: builds a
 //!   client from the kubeconfig Secret, probes health, and reads the member's EndpointSlices
 //!   back into the index (labelled with the cluster, so they get its locality).
+//! - [`cache`]: the leader keeps each member's last known objects in a ConfigMap; a member
+//!   task starts from them, so a replica started during a member's outage serves its
+//!   endpoints as its peers do.
 //! - [`writer`] (the leader only): applies each AccessPoint's expanded Service into the
 //!   members it is placed on with server-side apply, honours the conflict policy, removes what
 //!   it created when placement shrinks or the AccessPoint goes (finalizer), and writes
 //!   MemberCluster `Ready` conditions.
 
+pub mod cache;
 pub mod connections;
 pub mod writer;
 
