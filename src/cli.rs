@@ -916,8 +916,8 @@ fn default_identity() -> String {
 /// The `meridian status` table.
 pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusResponse) -> String {
     let mut out = format!(
-        "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
-        "NODE", "GATEWAY", "ROLE", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS"
+        "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8} {}\n",
+        "NODE", "GATEWAY", "ROLE", "CLUSTER", "MODE", "CDS", "LDS", "EDS", "RDS", "SDS", "REPLICA"
     );
     for p in &status.proxies {
         let state = |t: &str| {
@@ -928,7 +928,7 @@ pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusR
                 .unwrap_or_else(|| "NOT_SENT".into())
         };
         out.push_str(&format!(
-            "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8}\n",
+            "{:<24} {:<20} {:<7} {:<10} {:<6} {:<8} {:<8} {:<8} {:<8} {:<8} {}\n",
             p.node_id,
             p.gateway,
             p.role,
@@ -938,7 +938,8 @@ pub fn render_status(status: &crate::control_plane::admin::ops::pb::ProxyStatusR
             state("LDS"),
             state("EDS"),
             state("RDS"),
-            state("SDS")
+            state("SDS"),
+            p.replica
         ));
         if p.mode == "rest" {
             let seconds = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);

@@ -414,6 +414,38 @@ async fn a_standby_takes_over_status_writes_while_xds_keeps_serving() {
     assert!(replicas[leader]
         .log_text()
         .contains("leading: writing AccessPoint status"));
+
+    // `meridian status` and `config-dump` on the leader cover the follower's gateway too.
+    let meridian = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let leader_server = format!("127.0.0.1:{}", replicas[leader].xds_port);
+    let follower_identity = replicas[follower].identity.clone();
+    eventually(
+        WAIT,
+        "the follower's gateway in the leader's status",
+        || async {
+            let out = meridian(&["status", "--server", &leader_server]);
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                l.starts_with("gw-1")
+                    && l.matches("SYNCED").count() == 4
+                    && l.trim_end().ends_with(&follower_identity)
+            })
+        },
+    )
+    .await;
+    let dump = meridian(&["config-dump", "--node", "gw-1", "--server", &leader_server]);
+    assert!(dump.status.success(), "{dump:?}");
+    let dump: serde_json::Value = serde_json::from_slice(&dump.stdout).unwrap();
+    assert!(
+        dump["LDS"].as_object().is_some_and(|l| l
+            .keys()
+            .any(|name| name.ends_with(&format!("_{gateway_port}")))),
+        "the leader dumps what the follower's gateway is served: {dump}"
+    );
     assert!(!replicas[follower]
         .log_text()
         .contains("leading: writing AccessPoint status"));

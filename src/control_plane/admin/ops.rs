@@ -25,14 +25,14 @@ impl OpsService {
 /// The proxy-status table from the live registry, of the proxies `caller` may see.
 pub fn proxy_status(state: &XdsState, caller: &OpsCaller) -> pb::ProxyStatusResponse {
     let proxies = state
-        .proxies
-        .list()
+        .fleet_proxies()
         .into_iter()
-        .filter(|p| match caller {
+        .filter(|(_, p)| match caller {
             OpsCaller::Anyone => true,
             OpsCaller::Gateway(gateway) => p.gateway == gateway.to_string(),
         })
-        .map(|p| pb::Proxy {
+        .map(|(replica, p)| pb::Proxy {
+            replica: replica.unwrap_or_default(),
             node_id: p.node_id,
             gateway: p.gateway,
             cluster: p.cluster,
@@ -73,7 +73,7 @@ pub fn config_dump(
     caller: &OpsCaller,
     node_id: &str,
 ) -> Option<Result<serde_json::Value, String>> {
-    let identity = state.proxies.identity_of_node(node_id)?;
+    let identity = state.identity_in_fleet(node_id)?;
     if let OpsCaller::Gateway(gateway) = caller {
         if &identity.gateway != gateway {
             return None;

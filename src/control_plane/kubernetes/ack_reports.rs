@@ -124,14 +124,33 @@ async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> Result<(), 
 pub fn watch_reports(
     client: Client,
     namespace: &str,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) -> watch::Receiver<BTreeMap<String, Report>> {
+    watch_labelled(
+        client,
+        namespace,
+        &format!("{REPORT_LABEL}=true"),
+        parse,
+        stopped,
+    )
+}
+
+/// Follows the ConfigMaps matching `selector` in `namespace`, each read by `parse` into a
+/// (replica, report) pair; unreadable ones are left out.
+pub(super) fn watch_labelled<T: Clone + Send + Sync + 'static>(
+    client: Client,
+    namespace: &str,
+    selector: &str,
+    parse: fn(&ConfigMap) -> Option<(String, T)>,
+    mut stopped: watch::Receiver<bool>,
+) -> watch::Receiver<BTreeMap<String, T>> {
     let api: Api<ConfigMap> = Api::namespaced(client, namespace);
     let (tx, rx) = watch::channel(BTreeMap::new());
+    let config = watcher::Config::default().labels(selector);
+    let selector = selector.to_owned();
     tokio::spawn(async move {
-        let config = watcher::Config::default().labels(&format!("{REPORT_LABEL}=true"));
         let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
-        let mut listing: Option<BTreeMap<String, Report>> = None;
+        let mut listing: Option<BTreeMap<String, T>> = None;
         loop {
             let event = tokio::select! {
                 event = stream.next() => event,
@@ -141,38 +160,38 @@ pub fn watch_reports(
             match event {
                 Ok(Event::Init) => listing = Some(BTreeMap::new()),
                 Ok(Event::InitApply(cm)) => {
-                    if let (Some(list), Some(report)) = (listing.as_mut(), parse(&cm)) {
-                        list.insert(report.replica.clone(), report);
+                    if let (Some(list), Some((replica, report))) = (listing.as_mut(), parse(&cm)) {
+                        list.insert(replica, report);
                     }
                 }
                 Ok(Event::InitDone) => {
                     tx.send_replace(listing.take().unwrap_or_default());
                 }
                 Ok(Event::Apply(cm)) => {
-                    if let Some(report) = parse(&cm) {
+                    if let Some((replica, report)) = parse(&cm) {
                         tx.send_modify(|reports| {
-                            reports.insert(report.replica.clone(), report);
+                            reports.insert(replica, report);
                         });
                     }
                 }
                 Ok(Event::Delete(cm)) => {
-                    if let Some(report) = parse(&cm) {
+                    if let Some((replica, _)) = parse(&cm) {
                         tx.send_modify(|reports| {
-                            reports.remove(&report.replica);
+                            reports.remove(&replica);
                         });
                     }
                 }
-                Err(error) => tracing::warn!(%error, "watching acknowledgement reports failed"),
+                Err(error) => tracing::warn!(%error, %selector, "watching replica reports failed"),
             }
         }
     });
     rx
 }
 
-fn parse(cm: &ConfigMap) -> Option<Report> {
+fn parse(cm: &ConfigMap) -> Option<(String, Report)> {
     let body = cm.data.as_ref()?.get(REPORT_KEY)?;
-    match serde_json::from_str(body) {
-        Ok(report) => Some(report),
+    match serde_json::from_str::<Report>(body) {
+        Ok(report) => Some((report.replica.clone(), report)),
         Err(error) => {
             tracing::warn!(%error, config_map = ?cm.metadata.name, "unreadable acknowledgement report");
             None

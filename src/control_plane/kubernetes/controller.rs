@@ -170,6 +170,25 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
             Ok(())
         }
     };
+    let _ = xds.replica.set(lease.identity.clone());
+    let proxy_reports = {
+        let (client, xds, stopped) = (client.clone(), xds.clone(), stopped.clone());
+        let (namespace, identity) = (lease.namespace.clone(), lease.identity.clone());
+        async move {
+            let follow = tokio::spawn(crate::control_plane::kubernetes::proxy_reports::follow(
+                client.clone(),
+                namespace.clone(),
+                xds.clone(),
+                stopped.clone(),
+            ));
+            crate::control_plane::kubernetes::proxy_reports::publish(
+                client, namespace, identity, xds, stopped,
+            )
+            .await;
+            follow.abort();
+            Ok(())
+        }
+    };
     let members = Arc::new(MemberState::default());
     let (restored_tx, restored) = watch::channel(None);
     let member_restore = {
@@ -270,6 +289,7 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         .with_task(dns_updates)
         .with_task(campaign)
         .with_task(publisher)
+        .with_task(proxy_reports)
         .with_task(member_restore)
         .with_task(member_connections)
         .with_task(member_writer)

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -47,15 +47,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The AccessPoint generations one proxy has acknowledged.
 type AckedSet = Arc<BTreeMap<ObjectKey, i64>>;
 
-/// One connected proxy, as `/debug/syncz` and `meridian status` show it.
-#[derive(Clone, Debug, Serialize)]
+/// One connected proxy, as `/debug/syncz` and `meridian status` show it (and as replicas
+/// report theirs to each other).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyInfo {
     pub node_id: String,
     pub gateway: String,
     pub cluster: String,
     pub zone: String,
     pub role: NodeRole,
-    pub mode: &'static str,
+    /// `sotw` or `delta` (ADS streams), or `rest` (polling).
+    pub mode: String,
     /// Snapshot generation the proxy was last pushed.
     pub generation: u64,
     /// The latest snapshot generation whose whole config the proxy has acknowledged.
@@ -69,7 +71,7 @@ pub struct ProxyInfo {
 }
 
 /// When a polling proxy polls.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PollingInfo {
     pub refresh_delay_ms: u64,
     pub last_poll_ms_ago: u64,
@@ -159,7 +161,7 @@ impl ProxyRegistry {
             cluster: identity.cluster.clone(),
             zone: identity.zone.clone(),
             role: identity.role,
-            mode: "rest",
+            mode: "rest".to_owned(),
             generation: poller.generation,
             synced_generation: if stopped { None } else { synced_generation },
             types,
@@ -319,7 +321,14 @@ pub struct XdsState {
     pub keys_without_client_certs: bool,
     /// The gateways' recent load reports (LRS).
     pub loads: LoadRegistry,
+    /// Kubernetes mode: this replica's identity, and what every replica reports of its
+    /// proxies (this one's included), so status and config dumps cover the fleet.
+    pub replica: std::sync::OnceLock<String>,
+    pub peers: watch::Sender<PeerProxies>,
 }
+
+/// Proxies by the replica (identity) they are connected to.
+pub type PeerProxies = BTreeMap<String, Vec<ProxyInfo>>;
 
 impl XdsState {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, metrics: Arc<Metrics>) -> Arc<XdsState> {
@@ -342,6 +351,8 @@ impl XdsState {
             client_trust_domain: auth.trust_domain,
             keys_without_client_certs: auth.keys_without_client_certs,
             loads: LoadRegistry::new(load_report_interval),
+            replica: std::sync::OnceLock::new(),
+            peers: watch::channel(PeerProxies::new()).0,
         })
     }
 
@@ -436,6 +447,47 @@ impl XdsState {
             ack.load = self.loads.recent(&ack.node_id, &ack.gateway, &keep);
         }
         acks
+    }
+
+    /// Every proxy of the fleet with the replica it is connected to: this process's own
+    /// (`None` outside Kubernetes mode), then what the other replicas report.
+    pub fn fleet_proxies(&self) -> Vec<(Option<String>, ProxyInfo)> {
+        let own = self.replica.get().cloned();
+        let mut all: Vec<(Option<String>, ProxyInfo)> = self
+            .proxies
+            .list()
+            .into_iter()
+            .map(|p| (own.clone(), p))
+            .collect();
+        for (replica, proxies) in self.peers.borrow().iter() {
+            if Some(replica) == own.as_ref() {
+                continue;
+            }
+            all.extend(proxies.iter().map(|p| (Some(replica.clone()), p.clone())));
+        }
+        all
+    }
+
+    /// The identity `node_id` connected with, here or (as reported) on another replica.
+    pub fn identity_in_fleet(&self, node_id: &str) -> Option<GatewayIdentity> {
+        if let Some(identity) = self.proxies.identity_of_node(node_id) {
+            return Some(identity);
+        }
+        self.peers
+            .borrow()
+            .values()
+            .flatten()
+            .find(|p| p.node_id == node_id)
+            .and_then(|p| {
+                let (ns, name) = p.gateway.split_once('/')?;
+                Some(GatewayIdentity {
+                    gateway: ObjectKey::new(ns, name),
+                    cluster: p.cluster.clone(),
+                    zone: p.zone.clone(),
+                    role: p.role,
+                    xds: p.xds,
+                })
+            })
     }
 
     /// What `identity` is served from the current snapshot.
@@ -818,7 +870,7 @@ where
                 cluster: identity.cluster.clone(),
                 zone: identity.zone.clone(),
                 role: identity.role,
-                mode: S::MODE,
+                mode: S::MODE.to_owned(),
                 generation: snapshot.generation,
                 synced_generation,
                 types: status,

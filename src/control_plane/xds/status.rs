@@ -1,11 +1,11 @@
 //! What a stream knows about its proxy's sync state, per type: the `proxy-status` table.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::resources::{GatewayConfig, ResourceType};
 
 /// The last NACK a proxy sent for one type.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nack {
     /// Version (SotW `version_info` / delta system version) that was rejected.
     pub version: String,
@@ -14,7 +14,7 @@ pub struct Nack {
 }
 
 /// Per-type sync state, as `istioctl proxy-status` shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum SyncState {
     /// The proxy acknowledged the latest response.
@@ -40,7 +40,7 @@ impl SyncState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeStatus {
     #[serde(rename = "type")]
     pub kind: String,

@@ -50,7 +50,19 @@ pub const XDS_CLUSTER: &str = "meridian_xds";
 pub const REST_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a proxy talks xDS, which decides the config sources its resources name.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdsTransport {
     /// Over the ADS stream it holds (gRPC, SotW or delta): every source is `ads: {}`.
@@ -61,7 +73,19 @@ pub enum XdsTransport {
 }
 
 /// What a proxy does with what it is served.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     /// An L7 gateway: the listeners, routes and clusters of its Gateway's servers.
