@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
+use super::sotw::version_of;
 use super::status::{Nack, SyncState, TypeStatus};
 use crate::core::resources::{content_hash, GatewayConfig, Resource, ResourceType};
 use crate::core::translate::GatewayIdentity;
@@ -395,16 +396,6 @@ fn select(
         .iter()
         .filter_map(|n| all.get(n).map(|r| (n.clone(), r.clone())))
         .collect()
-}
-
-/// The version of a selection: a hash over its (name, content version) pairs in name order.
-pub fn version_of(resources: &BTreeMap<String, Arc<Resource>>) -> String {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(resources.len() * 2);
-    for (name, r) in resources {
-        parts.push(name.as_bytes());
-        parts.push(r.version.as_bytes());
-    }
-    content_hash(parts)
 }
 
 #[cfg(test)]

@@ -81,6 +81,18 @@ pub struct PollingInfo {
 }
 
 impl ProxyInfo {
+    /// Who the proxy said it is (as it connected).
+    pub fn identity(&self) -> Option<GatewayIdentity> {
+        let (ns, name) = self.gateway.split_once('/')?;
+        Some(GatewayIdentity {
+            gateway: ObjectKey::new(ns, name),
+            cluster: self.cluster.clone(),
+            zone: self.zone.clone(),
+            role: self.role,
+            xds: self.xds,
+        })
+    }
+
     /// The message of a NACK the proxy holds against the latest config, if any.
     pub fn nack(&self) -> Option<&str> {
         self.types
@@ -264,16 +276,7 @@ impl ProxyRegistry {
         lock(&self.proxies)
             .values()
             .find(|p| p.node_id == node_id)
-            .and_then(|p| {
-                let (ns, name) = p.gateway.split_once('/')?;
-                Some(GatewayIdentity {
-                    gateway: ObjectKey::new(ns, name),
-                    cluster: p.cluster.clone(),
-                    zone: p.zone.clone(),
-                    role: p.role,
-                    xds: p.xds,
-                })
-            })
+            .and_then(ProxyInfo::identity)
     }
 }
 
@@ -478,16 +481,7 @@ impl XdsState {
             .values()
             .flatten()
             .find(|p| p.node_id == node_id)
-            .and_then(|p| {
-                let (ns, name) = p.gateway.split_once('/')?;
-                Some(GatewayIdentity {
-                    gateway: ObjectKey::new(ns, name),
-                    cluster: p.cluster.clone(),
-                    zone: p.zone.clone(),
-                    role: p.role,
-                    xds: p.xds,
-                })
-            })
+            .and_then(ProxyInfo::identity)
     }
 
     /// What `identity` is served from the current snapshot.

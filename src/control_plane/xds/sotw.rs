@@ -317,8 +317,9 @@ fn subscription_of(kind: ResourceType, names: &[String]) -> Subscription {
     }
 }
 
-/// The type-level version: a hash over the (name, version) pairs of a response.
-fn version_of(resources: &BTreeMap<String, Arc<Resource>>) -> String {
+/// The type-level version: a hash over the (name, version) pairs of a response, in name order
+/// (so the same resources have the same version however they were gathered).
+pub(super) fn version_of(resources: &BTreeMap<String, Arc<Resource>>) -> String {
     let mut parts: Vec<&[u8]> = Vec::with_capacity(resources.len() * 2);
     for (name, r) in resources {
         parts.push(name.as_bytes());
