@@ -30,6 +30,10 @@ pub struct Report {
     /// RFC 3339 time of the last write.
     pub heartbeat: String,
     pub proxies: Vec<ReportedProxy>,
+    /// Acknowledged sets, each written once however many proxies hold it (the proxies of one
+    /// cluster at one generation share theirs), referenced by [`ReportedProxy::acked_set`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked_sets: Vec<BTreeMap<String, i64>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,8 +45,13 @@ pub struct ReportedProxy {
     pub cluster: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<String>,
-    /// `namespace/name` of each AccessPoint → acknowledged `metadata.generation`.
+    /// `namespace/name` of each AccessPoint → acknowledged `metadata.generation` (empty when
+    /// `acked_set` names the set instead).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub acked: BTreeMap<String, i64>,
+    /// Index of its acknowledged set in [`Report::acked_sets`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_set: Option<usize>,
     /// Recent load reports on upstreams a staged rollout watches.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load: Vec<UpstreamLoad>,
@@ -56,13 +65,50 @@ impl From<&GatewayAck> for ReportedProxy {
             cluster: ack.cluster.clone(),
             nack: ack.nack.clone(),
             acked: ack.acked.iter().map(|(k, g)| (k.to_string(), *g)).collect(),
+            acked_set: None,
             load: ack.load.clone(),
         }
     }
 }
 
+impl Report {
+    /// The report of `acks`, each distinct acknowledged set written once.
+    pub fn of(replica: &str, heartbeat: String, acks: &[GatewayAck]) -> Report {
+        let mut index: BTreeMap<BTreeMap<String, i64>, usize> = BTreeMap::new();
+        let mut acked_sets = Vec::new();
+        let proxies = acks
+            .iter()
+            .map(|ack| {
+                let mut proxy = ReportedProxy::from(ack);
+                let set = std::mem::take(&mut proxy.acked);
+                let at = *index.entry(set.clone()).or_insert_with(|| {
+                    acked_sets.push(set);
+                    acked_sets.len() - 1
+                });
+                proxy.acked_set = Some(at);
+                proxy
+            })
+            .collect();
+        Report {
+            replica: replica.to_owned(),
+            heartbeat,
+            proxies,
+            acked_sets,
+        }
+    }
+
+    /// The same report, ignoring when it was written.
+    pub fn same_content(&self, other: &Report) -> bool {
+        self.proxies == other.proxies && self.acked_sets == other.acked_sets
+    }
+}
+
 impl ReportedProxy {
-    fn to_ack(&self) -> Option<GatewayAck> {
+    fn to_ack(&self, sets: &[BTreeMap<String, i64>]) -> Option<GatewayAck> {
+        let acked = match self.acked_set {
+            Some(at) => sets.get(at)?,
+            None => &self.acked,
+        };
         let key = |text: &str| {
             let (namespace, name) = text.split_once('/')?;
             Some(ObjectKey::new(namespace, name))
@@ -74,7 +120,7 @@ impl ReportedProxy {
             nack: self.nack.clone(),
             load: self.load.clone(),
             acked: Arc::new(
-                self.acked
+                acked
                     .iter()
                     .filter_map(|(k, g)| Some((key(k)?, *g)))
                     .collect(),
@@ -97,7 +143,7 @@ impl Report {
         }
         self.proxies
             .iter()
-            .filter_map(ReportedProxy::to_ack)
+            .filter_map(|p| p.to_ack(&self.acked_sets))
             .collect()
     }
 }

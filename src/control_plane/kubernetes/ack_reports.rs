@@ -22,14 +22,23 @@ use kube::Client;
 use tokio::sync::watch;
 
 use crate::api::FIELD_MANAGER;
-use crate::control_plane::fleet_acks::{Report, ReportedProxy, HEARTBEAT};
+use crate::control_plane::fleet_acks::{Report, HEARTBEAT};
 use crate::control_plane::xds::server::XdsState;
 use crate::core::rollout::fleet::watched_hosts;
 use crate::core::rollout::health::upstream_host;
 
 pub const REPORT_LABEL: &str = "meridian.dev/ack-report";
-const REPORT_KEY: &str = "report.json";
+/// Gzipped JSON under `binaryData` (a ConfigMap holds 1 MiB).
+const REPORT_KEY: &str = "report.json.gz";
+/// Plain JSON under `data`, as replicas before the gzipped form wrote it (read, never written).
+const LEGACY_REPORT_KEY: &str = "report.json";
+
 fn config_map_name(identity: &str) -> String {
+    report_name("meridian-acks", identity)
+}
+
+/// `<prefix>-<identity>`, the identity made a valid object name.
+pub(super) fn report_name(prefix: &str, identity: &str) -> String {
     let safe: String = identity
         .chars()
         .map(|c| {
@@ -40,8 +49,31 @@ fn config_map_name(identity: &str) -> String {
             }
         })
         .collect();
-    format!("meridian-acks-{safe}")
+    format!("{prefix}-{safe}")
 }
+
+/// `value` as gzipped JSON.
+pub(super) fn gzip_json<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let json = serde_json::to_vec(value)?;
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(&json)?;
+    gzip.finish()
+}
+
+/// Gzipped JSON read back; never inflates past 64 MiB.
+pub(super) fn gunzip_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    use std::io::Read;
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(64 * 1024 * 1024)
+        .read_to_end(&mut json)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// Reports past this size (compressed) are not written; the log says so.
+pub(super) const MAX_REPORT_BYTES: usize = 900 * 1024;
 
 /// Publishes this replica's report until `stopped`, then deletes it.
 pub async fn publish(
@@ -56,7 +88,7 @@ pub async fn publish(
     let mut proxies = xds.proxies.subscribe();
     let mut snapshots = xds.snapshots.clone();
     let mut loads = xds.loads.subscribe();
-    let mut written: Option<(Vec<ReportedProxy>, tokio::time::Instant)> = None;
+    let mut written: Option<(Report, tokio::time::Instant)> = None;
     let mut watched: (u64, BTreeSet<String>) = (0, BTreeSet::new());
     loop {
         let snapshot = xds.snapshots.borrow().clone();
@@ -64,24 +96,16 @@ pub async fn publish(
             watched = (snapshot.generation, watched_hosts(&snapshot.model));
         }
         let hosts = &watched.1;
-        let reported: Vec<ReportedProxy> = xds
-            .acks_with_load(&snapshot, |load| {
-                upstream_host(&load.upstream).is_some_and(|h| hosts.contains(h))
-            })
-            .iter()
-            .map(ReportedProxy::from)
-            .collect();
-        let due = written
-            .as_ref()
-            .is_none_or(|(last, at)| *last != reported || at.elapsed() >= HEARTBEAT.mul_f64(0.8));
+        let acks = xds.acks_with_load(&snapshot, |load| {
+            upstream_host(&load.upstream).is_some_and(|h| hosts.contains(h))
+        });
+        let report = Report::of(&identity, Timestamp::now().to_string(), &acks);
+        let due = written.as_ref().is_none_or(|(last, at)| {
+            !last.same_content(&report) || at.elapsed() >= HEARTBEAT.mul_f64(0.8)
+        });
         if due {
-            let report = Report {
-                replica: identity.clone(),
-                heartbeat: Timestamp::now().to_string(),
-                proxies: reported.clone(),
-            };
             match write(&api, &name, &report).await {
-                Ok(()) => written = Some((reported, tokio::time::Instant::now())),
+                Ok(()) => written = Some((report, tokio::time::Instant::now())),
                 Err(error) => {
                     tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed")
                 }
@@ -103,13 +127,19 @@ pub async fn publish(
     }
 }
 
-async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> Result<(), kube::Error> {
-    let body = serde_json::to_string(report).map_err(kube::Error::SerdeError)?;
+async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> anyhow::Result<()> {
+    let body = gzip_json(report)?;
+    anyhow::ensure!(
+        body.len() <= MAX_REPORT_BYTES,
+        "{} proxies make a {}-byte report, over {MAX_REPORT_BYTES}",
+        report.proxies.len(),
+        body.len()
+    );
     let patch = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "labels": {REPORT_LABEL: "true"}},
-        "data": {REPORT_KEY: body},
+        "binaryData": {REPORT_KEY: k8s_openapi::ByteString(body)},
     });
     api.patch(
         name,
@@ -189,14 +219,18 @@ pub(super) fn watch_labelled<T: Clone + Send + Sync + 'static>(
 }
 
 fn parse(cm: &ConfigMap) -> Option<(String, Report)> {
-    let body = cm.data.as_ref()?.get(REPORT_KEY)?;
-    match serde_json::from_str::<Report>(body) {
-        Ok(report) => Some((report.replica.clone(), report)),
-        Err(error) => {
-            tracing::warn!(%error, config_map = ?cm.metadata.name, "unreadable acknowledgement report");
-            None
+    let gzipped = cm.binary_data.as_ref().and_then(|d| d.get(REPORT_KEY));
+    let report = match gzipped {
+        Some(bytes) => gunzip_json::<Report>(&bytes.0),
+        None => {
+            let legacy = cm.data.as_ref()?.get(LEGACY_REPORT_KEY)?;
+            serde_json::from_str::<Report>(legacy).ok()
         }
+    };
+    if report.is_none() {
+        tracing::warn!(config_map = ?cm.metadata.name, "unreadable acknowledgement report");
     }
+    report.map(|r| (r.replica.clone(), r))
 }
 
 #[cfg(test)]
@@ -221,17 +255,46 @@ mod tests {
             }],
         };
         let written = Timestamp::from_second(1_000).unwrap();
-        let report = Report {
-            replica: "a".to_owned(),
-            heartbeat: written.to_string(),
-            proxies: vec![ReportedProxy::from(&ack)],
-        };
-        let json = serde_json::to_string(&report).unwrap();
-        let read: Report = serde_json::from_str(&json).unwrap();
+        let report = Report::of("a", written.to_string(), std::slice::from_ref(&ack));
+        let read: Report = gunzip_json(&gzip_json(&report).unwrap()).unwrap();
         let soon = Timestamp::from_second(1_010).unwrap();
         assert_eq!(read.live_acks(soon), vec![ack]);
         let later = Timestamp::from_second(1_015).unwrap();
         assert!(read.live_acks(later).is_empty());
+    }
+
+    /// 500 proxies over 10 clusters, each acknowledging 2,000 AccessPoints: each set is written
+    /// once, and the report fits a ConfigMap (written per proxy it took about 20 MB).
+    #[test]
+    fn shared_acknowledged_sets_keep_large_fleets_within_a_config_map() {
+        let acks: Vec<GatewayAck> = (0..500)
+            .map(|i| {
+                let cluster = format!("cluster-{}", i % 10);
+                let acked: BTreeMap<ObjectKey, i64> = (0..2_000)
+                    .map(|a| {
+                        (
+                            ObjectKey::new(format!("ns-{}", a % 50), format!("app-{a}")),
+                            7,
+                        )
+                    })
+                    .collect();
+                GatewayAck {
+                    node_id: format!("envoy-{i}"),
+                    gateway: ObjectKey::new("edge", "public"),
+                    cluster,
+                    acked: acked.into(),
+                    nack: None,
+                    load: Vec::new(),
+                }
+            })
+            .collect();
+        let now = Timestamp::now();
+        let report = Report::of("a", now.to_string(), &acks);
+        assert_eq!(report.acked_sets.len(), 1, "identical sets are shared");
+        let bytes = gzip_json(&report).unwrap();
+        assert!(bytes.len() <= MAX_REPORT_BYTES, "{} bytes", bytes.len());
+        let read: Report = gunzip_json(&bytes).unwrap();
+        assert_eq!(read.live_acks(now), acks);
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! [`HEARTBEAT`]; and follows the others', leaving out those not refreshed within
 //! [`STALE_AFTER`] (a crashed replica's proxies reconnect elsewhere and are reported there).
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +19,14 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::ack_reports::watch_labelled;
+use super::ack_reports::{gunzip_json, gzip_json, report_name, watch_labelled, MAX_REPORT_BYTES};
 use crate::api::FIELD_MANAGER;
 use crate::control_plane::fleet_acks::{HEARTBEAT, STALE_AFTER};
 use crate::control_plane::xds::server::{PeerProxies, ProxyInfo, XdsState};
 
 pub const LABEL: &str = "meridian.dev/proxy-report";
 const KEY: &str = "proxies.json.gz";
-/// Reports past this size (compressed) are not written; the log says so.
-const MAX_BYTES: usize = 900 * 1024;
+const MAX_BYTES: usize = MAX_REPORT_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ProxyReport {
@@ -39,34 +37,15 @@ struct ProxyReport {
 }
 
 fn config_map_name(identity: &str) -> String {
-    let safe: String = identity
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    format!("meridian-proxies-{safe}")
+    report_name("meridian-proxies", identity)
 }
 
 fn encode(report: &ProxyReport) -> std::io::Result<Vec<u8>> {
-    let json = serde_json::to_vec(report)?;
-    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gzip.write_all(&json)?;
-    gzip.finish()
+    gzip_json(report)
 }
 
 fn decode(bytes: &[u8]) -> Option<ProxyReport> {
-    let mut json = Vec::new();
-    // A report is a few MiB at most uncompressed; refuse to inflate more.
-    flate2::read::GzDecoder::new(bytes)
-        .take(64 * 1024 * 1024)
-        .read_to_end(&mut json)
-        .ok()?;
-    serde_json::from_slice(&json).ok()
+    gunzip_json(bytes)
 }
 
 /// Publishes this replica's proxies until `stopped`, then deletes its report.
