@@ -232,6 +232,15 @@ async fn scenario(client: Client, through_envoy: bool) {
     assert_eq!(b, 0, "v1 calls left the client's zone");
     assert!(errors(&calls).is_empty(), "{:?}", errors(&calls));
 
+    // Served on one port only, the host may be dialled without it.
+    let calls = tokio::task::spawn_blocking({
+        let bootstrap = bootstrap.clone();
+        move || Calls::start(client, &bootstrap, &format!("xds:///{HOST}"), 0.5).finish()
+    })
+    .await
+    .unwrap();
+    assert!(!calls.is_empty() && errors(&calls).is_empty(), "{calls:?}");
+
     // The same greeter through a real Envoy gateway (HTTP/2 upstream), same split.
     if through_envoy {
         let _envoy = Envoy::launch(

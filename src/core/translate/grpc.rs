@@ -4,7 +4,8 @@
 //!
 //! A client dialing `xds:///<host>:<port>` asks LDS for `<host>:<port>`. For every host a
 //! gateway server routes (wildcards excepted) it gets an API listener of that name: an HTTP
-//! connection manager with RDS over ADS and the router filter. Its route configuration, of the
+//! connection manager with RDS over ADS and the router filter; a host served on one port only
+//! may also be dialled as `xds:///<host>`. Its route configuration, of the
 //! same name, holds that host's routes, matched on `<host>` or `<host>:<port>` (gRPC matches
 //! the whole target authority). Clusters and endpoints follow, adapted to what gRPC takes:
 //! - a route timeout becomes the route's `max_stream_duration` (gRPC ignores `timeout`), and a
@@ -44,6 +45,8 @@ use crate::core::resources::{GatewayConfig, Resource, ResourceType};
 pub(super) fn for_clients(gateway: &Translation) -> Translation {
     let mut config = GatewayConfig::default();
     let mut clusters: BTreeSet<String> = BTreeSet::new();
+    // Each host's targets: a host served on one port may also be dialled without it.
+    let mut ports_of: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for resource in gateway.config.resources(ResourceType::Route).values() {
         let Some(routes) = decode::<RouteConfiguration>(resource) else {
             continue;
@@ -55,15 +58,28 @@ pub(super) fn for_clients(gateway: &Translation) -> Translation {
             if config.get(ResourceType::Listener, &target).is_some() {
                 continue;
             }
+            if let Some(domain) = host.domains.first() {
+                ports_of
+                    .entry(domain.clone())
+                    .or_default()
+                    .push(target.clone());
+            }
             let host = client_host(host, &target);
             clusters.extend(host.routes.iter().flat_map(clusters_of));
-            config.insert(ResourceType::Listener, api_listener(&target));
+            config.insert(ResourceType::Listener, api_listener(&target, &target));
             let routes = RouteConfiguration {
                 name: target.clone(),
                 virtual_hosts: vec![host],
                 ..Default::default()
             };
             config.insert(ResourceType::Route, Resource::new(target, &routes));
+        }
+    }
+    for (domain, targets) in &ports_of {
+        if let [only] = targets.as_slice() {
+            if config.get(ResourceType::Listener, domain).is_none() {
+                config.insert(ResourceType::Listener, api_listener(domain, only));
+            }
         }
     }
     for name in &clusters {
@@ -150,12 +166,12 @@ fn clusters_of(route: &envoy_types::pb::envoy::config::route::v3::Route) -> Vec<
     }
 }
 
-/// An API listener named `target` whose routes come over RDS (ADS) under the same name.
-fn api_listener(target: &str) -> Resource {
+/// An API listener named `name` whose routes come over RDS (ADS) as `routes`.
+fn api_listener(name: &str, routes: &str) -> Resource {
     let manager = HttpConnectionManager {
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(config_source(XdsTransport::Ads)),
-            route_config_name: target.to_owned(),
+            route_config_name: routes.to_owned(),
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
@@ -167,13 +183,13 @@ fn api_listener(target: &str) -> Resource {
         ..Default::default()
     };
     let listener = Listener {
-        name: target.to_owned(),
+        name: name.to_owned(),
         api_listener: Some(ApiListener {
             api_listener: Some(any(&manager)),
         }),
         ..Default::default()
     };
-    Resource::new(target, &listener)
+    Resource::new(name, &listener)
 }
 
 /// The cluster as gRPC takes it, or none where gRPC cannot reach it as the gateway would.

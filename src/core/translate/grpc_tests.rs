@@ -30,7 +30,12 @@ fn each_routed_host_is_an_api_listener_with_its_routes_over_ads() {
     let json = served(&client("zone-a"));
     let target = "shop.example.com:8080";
     let listeners: Vec<&String> = json["LDS"].as_object().unwrap().keys().collect();
-    assert_eq!(listeners, [target]);
+    assert_eq!(listeners, ["shop.example.com", target]);
+    // Served on one port only, the host may be dialled without it: the same routes.
+    assert_eq!(
+        json["LDS"]["shop.example.com"]["apiListener"]["apiListener"]["rds"]["routeConfigName"],
+        target
+    );
     let manager = &json["LDS"][target]["apiListener"]["apiListener"];
     assert_eq!(manager["rds"]["routeConfigName"], target);
     assert!(
