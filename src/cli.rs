@@ -177,6 +177,14 @@ pub enum Command {
         /// Secret (in the lease namespace) holding Meridian's CA; created on first start.
         #[arg(long, default_value = "meridian-ca")]
         ca_secret: String,
+        /// Where the admission webhook that stamps RolloutActions with their authenticated
+        /// creator listens (TLS, certificate from Meridian's CA).
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        webhook_addr: SocketAddr,
+        /// How the API server reaches the webhook, for a Meridian outside the cluster
+        /// (default: the `meridian` Service in the lease namespace, port 9443).
+        #[arg(long)]
+        webhook_url: Option<String>,
         #[command(flatten)]
         serving: ServingArgs,
     },
@@ -538,6 +546,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             lease_duration,
             renew_every,
             ca_secret,
+            webhook_addr,
+            webhook_url,
             serving,
         } => {
             if renew_every >= lease_duration {
@@ -565,6 +575,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 certs: serving.certs,
                 xds_tls: serving.xds_tls,
                 ca_secret,
+                webhook: crate::control_plane::kubernetes::controller::WebhookOptions {
+                    addr: webhook_addr,
+                    url: webhook_url,
+                },
                 connections,
                 dns: serving.dns,
                 load_report_interval: serving.load_report_interval,

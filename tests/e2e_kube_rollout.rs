@@ -1,5 +1,6 @@
 //! Staged rollout in Kubernetes mode: a real kube-apiserver, two controller replicas, three
-//! member clusters with a real Envoy each, and an approver who may write only the approval.
+//! member clusters with a real Envoy each, and an approver who may only create RolloutActions,
+//! which Meridian's admission webhook stamps with who the API server says they are.
 
 mod support;
 
@@ -49,6 +50,7 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         "--for=condition=Established",
         "crd/accesspoints.meridian.dev",
         "crd/memberclusters.meridian.dev",
+        "crd/rolloutactions.meridian.dev",
     ]);
     cluster.kubectl_ok(&["apply", "-f", &repo("deploy/meridian.yaml")]);
     cluster.apply_ok(FLEET);
@@ -155,7 +157,64 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
-    let approved = as_approver(&cluster, &["approve", "--stage", "canary", "--by", "alice"]);
+    // Naming someone else is refused: the approver is who the API server authenticated.
+    let claimed = as_approver(&cluster, &["approve", "--stage", "canary", "--by", "alice"]);
+    assert!(!claimed.status.success());
+    // Nor can the approver write an approval into the status (the old way) any more.
+    let forged_status = std::process::Command::new(cluster.assets.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cluster.approver_kubeconfig)
+        .args(["patch", "accesspoint", "web", "-n", "shop", "--subresource=status"])
+        .args(["--type", "merge", "-p"])
+        .arg(r#"{"status":{"rollout":{"controls":{"approvals":[{"revision":"x","stage":"canary"}]}}}}"#)
+        .output()
+        .unwrap();
+    assert!(!forged_status.status.success(), "{forged_status:?}");
+    // A RolloutAction claiming another author is stamped with the real one.
+    let revision = cluster.jsonpath(
+        &["get", "accesspoint", "web", "-n", "shop"],
+        "{.status.rollout.revision}",
+    );
+    let forged = format!(
+        "apiVersion: meridian.dev/v1alpha1\nkind: RolloutAction\nmetadata: {{name: claims-alice, namespace: shop, annotations: {{meridian.dev/requested-by: alice}}}}\nspec: {{accessPoint: web, action: Approve, stage: rest, revision: {revision}}}\n"
+    );
+    let path = work.path().join("forged.yaml");
+    std::fs::write(&path, forged).unwrap();
+    let created = std::process::Command::new(cluster.assets.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cluster.approver_kubeconfig)
+        .args(["create", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let by = cluster.jsonpath(
+        &["get", "rolloutaction", "claims-alice", "-n", "shop"],
+        "{.metadata.annotations.meridian\\.dev/requested-by}",
+    );
+    assert_eq!(by, "approver", "the webhook wrote the authenticated user");
+    // A record cannot be rewritten afterwards.
+    let rewritten = std::process::Command::new(cluster.assets.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&cluster.admin_kubeconfig)
+        .args([
+            "annotate",
+            "--overwrite",
+            "rolloutaction",
+            "claims-alice",
+            "-n",
+            "shop",
+        ])
+        .arg("meridian.dev/requested-by=alice")
+        .output()
+        .unwrap();
+    assert!(!rewritten.status.success(), "{rewritten:?}");
+    assert!(
+        String::from_utf8_lossy(&rewritten.stderr).contains("is a record"),
+        "{}",
+        String::from_utf8_lossy(&rewritten.stderr)
+    );
+    let approved = as_approver(&cluster, &["approve", "--stage", "canary"]);
     assert!(
         approved.status.success(),
         "{}",
@@ -170,7 +229,10 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         &["get", "accesspoint", "web", "-n", "shop"],
         "{.status.rollout.controls.approvals[0].by}",
     );
-    assert_eq!(by, "alice");
+    assert_eq!(
+        by, "approver",
+        "the status shows the authenticated approver"
+    );
     let status = as_approver(&cluster, &["rollout", "status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(

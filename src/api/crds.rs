@@ -5,11 +5,17 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
+use crate::api::rollout_action::RolloutAction;
 use crate::api::{AccessPoint, MemberCluster, NameService};
 
 /// Each CRD as (file name, YAML).
 pub fn all() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [AccessPoint::crd(), MemberCluster::crd(), NameService::crd()];
+    let crds = [
+        AccessPoint::crd(),
+        MemberCluster::crd(),
+        NameService::crd(),
+        RolloutAction::crd(),
+    ];
     crds.into_iter()
         .map(|mut crd| {
             for version in &mut crd.spec.versions {

@@ -9,6 +9,7 @@ pub mod istio;
 pub mod member_cluster;
 pub mod name_service;
 pub mod rollout;
+pub mod rollout_action;
 
 pub use access_point::{AccessPoint, AccessPointSpec, AccessPointStatus};
 pub use member_cluster::{MemberCluster, MemberClusterSpec};

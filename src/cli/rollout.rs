@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 
-use crate::api::rollout::{Approval, RolloutControls, RolloutStatus};
+use crate::api::rollout::RolloutStatus;
 use crate::api::AccessPoint;
 use crate::core::rollout::diff::GatewayDiff;
 use crate::core::rollout::fleet::Command;
@@ -73,16 +73,19 @@ pub enum RolloutCommand {
 
 /// Approves `stage` of the rollout in progress (recorded with `by`, default $USER).
 pub async fn approve(target: &Target, stage: &str, by: Option<String>) -> anyhow::Result<()> {
-    let by = by
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_default();
     if target.kubernetes {
+        if by.is_some() {
+            bail!("--by has no effect with --kubernetes: the approver recorded is the user the API server authenticates");
+        }
         let command = Command::Approve {
             stage: stage.to_owned(),
-            by: Some(by),
+            by: None,
         };
         kube_act(target, command).await?;
     } else {
+        let by = by
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default();
         let query = [("stage", stage), ("by", by.as_str())];
         post(target, "approve", &query).await?;
     }
@@ -236,9 +239,6 @@ async fn post(target: &Target, action: &str, query: &[(&str, &str)]) -> anyhow::
     Ok(())
 }
 
-/// Field manager of the operator's acts in Kubernetes mode (apart from Meridian's own).
-const OPERATOR_FIELD_MANAGER: &str = "meridian-operator";
-
 /// The AccessPoint's API and its rollout status, or why there is none.
 async fn kube_status(target: &Target) -> anyhow::Result<(kube::Api<AccessPoint>, RolloutStatus)> {
     let client =
@@ -255,15 +255,15 @@ async fn kube_status(target: &Target) -> anyhow::Result<(kube::Api<AccessPoint>,
     Ok((api, status))
 }
 
-/// Records `command` in the AccessPoint's `status.rollout.controls` by server-side apply,
-/// under the operator's own field manager (Meridian never writes these fields).
+/// Creates a RolloutAction for `command`. Who acts is not said here: Meridian's admission
+/// webhook records the user the API server authenticated.
 async fn kube_act(target: &Target, command: Command) -> anyhow::Result<()> {
+    use crate::api::rollout_action::{ActionKind, RolloutAction, RolloutActionSpec};
     let (api, status) = kube_status(target).await?;
     let name = format!("{}/{}", target.namespace, target.access_point);
-    let mut controls: RolloutControls = status.controls.clone().unwrap_or_default();
     let revision = status.revision.clone();
-    match command {
-        Command::Approve { stage, by } => {
+    let (action, stage, revision) = match command {
+        Command::Approve { stage, .. } => {
             if !status.stages.iter().any(|s| s.name == stage) {
                 let names: Vec<&str> = status.stages.iter().map(|s| s.name.as_str()).collect();
                 bail!(
@@ -271,37 +271,38 @@ async fn kube_act(target: &Target, command: Command) -> anyhow::Result<()> {
                     names.join(", ")
                 );
             }
-            controls
-                .approvals
-                .retain(|a| a.revision == revision && a.stage != stage);
-            controls.approvals.push(Approval {
-                revision,
-                stage,
-                by,
-                at: Some(k8s_openapi::jiff::Timestamp::now().to_string()),
-            });
+            (ActionKind::Approve, Some(stage), Some(revision))
         }
-        Command::Pause => controls.paused = true,
-        Command::Resume => controls.paused = false,
+        Command::Pause => (ActionKind::Pause, None, None),
+        Command::Resume => (ActionKind::Resume, None, None),
         Command::Undo => {
             if status.completed_revision.is_none() {
                 bail!("AccessPoint {name}: no revision ever reached every cluster, so there is nothing to undo to");
             }
-            controls.undo = Some(revision);
+            (ActionKind::Undo, None, Some(revision))
         }
-    }
-    let patch = serde_json::json!({
-        "apiVersion": crate::api::API_VERSION,
-        "kind": "AccessPoint",
-        "status": { "rollout": { "controls": controls } },
-    });
-    api.patch_status(
-        &target.access_point,
-        &kube::api::PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&patch),
-    )
-    .await
-    .with_context(|| format!("writing the status of AccessPoint {name}"))?;
+    };
+    let mut object = RolloutAction::new(
+        "",
+        RolloutActionSpec {
+            access_point: target.access_point.clone(),
+            action,
+            stage,
+            revision,
+        },
+    );
+    object.metadata.name = None;
+    object.metadata.generate_name = Some(format!(
+        "{}-{}-",
+        target.access_point,
+        format!("{action:?}").to_lowercase()
+    ));
+    let actions: kube::Api<RolloutAction> =
+        kube::Api::namespaced(api.into_client(), &target.namespace);
+    actions
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .with_context(|| format!("creating a RolloutAction for AccessPoint {name}"))?;
     Ok(())
 }
 

@@ -376,12 +376,19 @@ impl Controller {
         let log_dir =
             std::env::var_os("MERIDIAN_E2E_LOGS").map_or(dir.to_path_buf(), PathBuf::from);
         let log = log_dir.join(format!("{identity}{log_suffix}.log"));
+        // The RolloutAction webhook, which the API server reaches on loopback.
+        let webhook_port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .arg("controller")
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--xds-addr", &format!("127.0.0.1:{xds_port}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--webhook-addr", &format!("127.0.0.1:{webhook_port}")])
+            .args([
+                "--webhook-url",
+                &format!("https://127.0.0.1:{webhook_port}/rollout-actions"),
+            ])
             .args(["--identity", identity])
             .args(extra)
             .env("RUST_LOG", "info,meridian=debug")

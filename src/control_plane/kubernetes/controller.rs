@@ -25,6 +25,7 @@ use crate::control_plane::kubernetes::ack_reports;
 use crate::control_plane::kubernetes::inputs::{watch as watches, Scope, Update, Watched};
 use crate::control_plane::kubernetes::leader::{self, LeaseConfig};
 use crate::control_plane::kubernetes::members::{self, connections, MemberState};
+use crate::control_plane::kubernetes::rollout_actions;
 use crate::control_plane::kubernetes::status_writer;
 use crate::control_plane::metrics::Metrics;
 use crate::control_plane::rollouts::{Role, RolloutStore, RolloutTask};
@@ -48,6 +49,8 @@ pub struct ControllerOptions {
     pub xds_tls: XdsTlsOptions,
     /// Name of the Secret (in the lease namespace) holding Meridian's CA.
     pub ca_secret: String,
+    /// The RolloutAction admission webhook.
+    pub webhook: WebhookOptions,
     pub dns: DnsOptions,
     /// How often gateways send load reports.
     pub load_report_interval: Duration,
@@ -55,6 +58,14 @@ pub struct ControllerOptions {
     pub rest_stale_after: u32,
     /// Connections each listener takes at once, and how soon they must speak.
     pub connections: crate::runtime::connections::ConnectionLimits,
+}
+
+/// Where the RolloutAction admission webhook listens and how the API server reaches it.
+#[derive(Clone, Debug)]
+pub struct WebhookOptions {
+    pub addr: std::net::SocketAddr,
+    /// A URL for a Meridian outside the cluster; else the `meridian` Service.
+    pub url: Option<String>,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -99,6 +110,28 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     xds.proxies
         .set_stale_after_refreshes(options.rest_stale_after);
     let admin_state = AdminState::new(xds.clone());
+    // RolloutActions: signed by the webhook with a key from the CA, verified by every replica.
+    let signing_key = Arc::new(rollout_actions::signing_key(&ca));
+    let namespace = &options.lease.namespace;
+    let mut webhook_names = vec![
+        format!("meridian.{namespace}.svc"),
+        format!("meridian.{namespace}.svc.cluster.local"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    if let Some(host) = options
+        .webhook
+        .url
+        .as_deref()
+        .and_then(|u| u.parse::<http::Uri>().ok())
+        .and_then(|u| u.host().map(str::to_owned))
+    {
+        webhook_names.push(host);
+    }
+    webhook_names.dedup();
+    let webhook_tls = rollout_actions::tls_config(&ca, &webhook_names)?;
+    let webhook_listener = rollout_actions::bind(options.webhook.addr).await?;
+    let ca_trust = ca.trust_pem().to_owned();
     let cert_manager = CertManager::new(Arc::new(ca), options.certs.rotation(), metrics);
 
     let (updates_tx, updates) = mpsc::channel(1024);
@@ -258,9 +291,38 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
         role: Role::Kubernetes {
             leading: leading.clone(),
             member_writes: member_writes.clone(),
+            controls: rollout_actions::follow(client.clone(), signing_key.clone(), stopped.clone()),
         },
     }
     .run(pin_updates, stopped.clone());
+    let webhook =
+        rollout_actions::serve(webhook_listener, webhook_tls, signing_key, stopped.clone());
+    let webhook_registration = {
+        let target = match &options.webhook.url {
+            Some(url) => rollout_actions::WebhookTarget::Url(url.clone()),
+            None => rollout_actions::WebhookTarget::Service {
+                namespace: lease.namespace.clone(),
+            },
+        };
+        let (client, mut leading, mut stopped) = (client.clone(), leading.clone(), stopped.clone());
+        async move {
+            // The leader keeps the registration in place (and repairs it if edited or deleted).
+            loop {
+                if *leading.borrow_and_update() {
+                    if let Err(error) =
+                        rollout_actions::register(client.clone(), &target, &ca_trust).await
+                    {
+                        tracing::warn!(error = %format!("{error:#}"), "RolloutAction webhook not registered; approvals cannot be made until it is");
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = leading.changed() => {}
+                    _ = stopped.changed() => return Ok(()),
+                }
+            }
+        }
+    };
     let writer = {
         let (stopped, acks) = (stopped.clone(), acks.clone());
         let inputs = status_writer::Inputs {
@@ -284,6 +346,8 @@ pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
     let running = running
         .with_task(feed)
         .with_task(certs)
+        .with_task(webhook)
+        .with_task(webhook_registration)
         .with_task(rollouts)
         .with_task(vip_allocator)
         .with_task(dns_updates)

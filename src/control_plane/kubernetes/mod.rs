@@ -11,5 +11,6 @@ pub mod leader;
 pub mod members;
 pub mod name_service_status;
 pub mod proxy_reports;
+pub mod rollout_actions;
 pub mod status_drift;
 pub mod status_writer;

@@ -61,7 +61,7 @@ pub async fn run(
             return;
         }
         tracing::info!("leading: writing AccessPoint status");
-        let mut shown = match shown_statuses(&all, |ap| ap.status.map(without_controls)).await {
+        let mut shown = match shown_statuses(&all, |ap| ap.status).await {
             Ok(shown) => shown,
             Err(error) => {
                 tracing::warn!(%error, "listing AccessPoints failed; retrying");
@@ -93,7 +93,7 @@ pub async fn run(
                 _ = member_writes.changed() => {}
                 _ = rollouts.changed() => {}
                 _ = retry => {}
-                _ = drift.foreign(&mut shown, |ap: AccessPoint| ap.status.map(without_controls)) => {}
+                _ = drift.foreign(&mut shown, |ap: AccessPoint| ap.status) => {}
                 _ = leading.changed() => break,
                 _ = stopped.changed() => return,
             }
@@ -164,14 +164,6 @@ where
         &Patch::Apply(&patch),
     )
     .await
-}
-
-/// The approvers' part of a status, which Meridian never writes (nor compares).
-fn without_controls(mut status: AccessPointStatus) -> AccessPointStatus {
-    if let Some(rollout) = &mut status.rollout {
-        rollout.controls = None;
-    }
-    status
 }
 
 /// The inputs of one round of writes.

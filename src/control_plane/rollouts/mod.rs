@@ -85,20 +85,29 @@ pub enum Role {
     /// This process decides; controls arrive as commands and are stored with the rollouts.
     Standalone,
     /// The lease holder decides; every other replica serves what it persisted. Controls are
-    /// read from the AccessPoints' `status.rollout.controls`, written by approvers.
+    /// what the verified RolloutActions add up to (`kubernetes::rollout_actions`).
     /// `member_writes`: the outcome of writing each AccessPoint's Service into each member
     /// cluster; a failed one holds that cluster's stage.
     Kubernetes {
         leading: watch::Receiver<bool>,
         member_writes: watch::Receiver<MemberWrites>,
+        controls: watch::Receiver<BTreeMap<ObjectKey, RolloutControls>>,
     },
 }
 
-/// Resolves when the member writes change (Kubernetes mode); never otherwise.
+/// Resolves when the member writes or the controls change (Kubernetes mode); never otherwise.
 async fn writes_changed(role: &mut Role) {
     match role {
-        Role::Kubernetes { member_writes, .. } => {
-            if member_writes.changed().await.is_err() {
+        Role::Kubernetes {
+            member_writes,
+            controls,
+            ..
+        } => {
+            let changed = tokio::select! {
+                changed = member_writes.changed() => changed,
+                changed = controls.changed() => changed,
+            };
+            if changed.is_err() {
                 std::future::pending::<()>().await
             }
         }
@@ -213,9 +222,9 @@ impl RolloutTask {
         stored: &mut Stored,
         quarantine: &mut Quarantine,
     ) -> anyhow::Result<Pins> {
-        let controls = match self.role {
+        let controls = match &self.role {
             Role::Standalone => stored.controls.clone(),
-            Role::Kubernetes { .. } => controls_from_status(&snapshot.model),
+            Role::Kubernetes { controls, .. } => controls.borrow().clone(),
         };
         let staged: Vec<_> = snapshot
             .model
@@ -309,18 +318,6 @@ impl RolloutTask {
         *stored = next;
         Ok(())
     }
-}
-
-/// The controls approvers wrote on each AccessPoint's status (kept by the watcher).
-fn controls_from_status(model: &crate::core::model::Model) -> BTreeMap<ObjectKey, RolloutControls> {
-    model
-        .access_points
-        .iter()
-        .filter_map(|(key, ap)| {
-            let controls = ap.status.as_ref()?.rollout.as_ref()?.controls.clone()?;
-            Some((key.clone(), controls))
-        })
-        .collect()
 }
 
 fn log_holds(before: &QuarantineRecords, after: &QuarantineRecords) {

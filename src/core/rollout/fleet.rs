@@ -129,6 +129,11 @@ pub fn round(
             paused: controls.get(key).is_some_and(|c| c.paused),
         }
         .status();
+        // The acts in force, shown with the status (and kept there by its writer).
+        let status = RolloutStatus {
+            controls: controls.get(key).cloned(),
+            ..status
+        };
         let record = RolloutRecord { state, revisions };
         out.pins.insert(key.clone(), record.pin());
         out.statuses.insert(key.clone(), status);

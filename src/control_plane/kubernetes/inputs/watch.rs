@@ -2,8 +2,8 @@
 //!
 //! Server-managed metadata (`resourceVersion`, `managedFields`) and AccessPoint status are
 //! dropped before objects reach the model: they do not change what gateways are served, and
-//! keeping them would make every status write look like a new AccessPoint generation. The one
-//! exception is `status.rollout.controls`, the approvers' input to staged rollouts.
+//! keeping them would make every status write look like a new AccessPoint generation.
+//! (Operators' acts on rollouts arrive as RolloutActions, `kubernetes::rollout_actions`.)
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -22,8 +22,7 @@ use tokio::sync::mpsc;
 
 use super::endpoint_slice::from_v1beta1;
 use super::{Update, Watched};
-use crate::api::rollout::RolloutStatus;
-use crate::api::{AccessPoint, AccessPointStatus, MemberCluster, NameService};
+use crate::api::{AccessPoint, MemberCluster, NameService};
 use crate::core::model::tls::TlsSecret;
 use crate::core::model::{InputObject, Kind, ObjectKey, CLUSTER_LABEL};
 
@@ -39,7 +38,8 @@ pub async fn spawn_all(
             Api::<AccessPoint>::all(client.clone()),
             tx.clone(),
             |mut ap| {
-                ap.status = operator_controls(ap.status.take());
+                // Status is Meridian's output, never its input (approvals are RolloutActions).
+                ap.status = None;
                 Ok(InputObject::AccessPoint(ap))
             },
         ),
@@ -297,17 +297,4 @@ fn strip(mut object: InputObject) -> InputObject {
     });
     meta.annotations = annotations.filter(|a| !a.is_empty());
     object
-}
-
-/// Of an AccessPoint's status, only what approvers write (`status.rollout.controls`): input to
-/// the rollout, unlike everything Meridian itself writes there.
-fn operator_controls(status: Option<AccessPointStatus>) -> Option<AccessPointStatus> {
-    let controls = status?.rollout?.controls?;
-    Some(AccessPointStatus {
-        rollout: Some(RolloutStatus {
-            controls: Some(controls),
-            ..RolloutStatus::default()
-        }),
-        ..AccessPointStatus::default()
-    })
 }
