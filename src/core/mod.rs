@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod json;
 pub mod manifest;
 pub mod model;
+pub mod node_agent;
 pub mod node_subsets;
 pub mod observed;
 pub mod overrides;

@@ -5,6 +5,7 @@
 //! Kubernetes or the model.
 
 pub mod connections;
+pub mod kube_client;
 pub mod log_budget;
 pub mod pinned_tls;
 pub mod xds_client;

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
+use kube::Api;
 use tokio::sync::{mpsc, watch};
 
 use crate::control_plane::admin::AdminState;
@@ -68,21 +67,7 @@ pub struct WebhookOptions {
     pub url: Option<String>,
 }
 
-pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("loading kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig found and not running in a cluster")?,
-    };
-    Client::try_from(config).context("creating the Kubernetes client")
-}
+pub use crate::runtime::kube_client::client;
 
 /// Starts watching and serving; xDS answers once every watch has listed once.
 pub async fn start(options: ControllerOptions) -> anyhow::Result<Running> {
