@@ -75,6 +75,84 @@ pub(super) fn gunzip_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Optio
 /// Reports past this size (compressed) are not written; the log says so.
 pub(super) const MAX_REPORT_BYTES: usize = 900 * 1024;
 
+/// One replica's report in its ConfigMap, gzipped JSON under `binaryData`: rewritten when what
+/// it says (`C`, its content apart from the heartbeat) changes and before the heartbeat would
+/// let it go stale; deleted when the replica stops.
+pub(super) struct ReportConfigMap<C> {
+    api: Api<ConfigMap>,
+    name: String,
+    /// The label every report of this kind carries, and the `binaryData` key.
+    label: &'static str,
+    key: &'static str,
+    /// What the report is, for logs.
+    what: &'static str,
+    written: Option<(C, tokio::time::Instant)>,
+}
+
+impl<C: PartialEq> ReportConfigMap<C> {
+    pub(super) fn new(
+        api: Api<ConfigMap>,
+        name: String,
+        (label, key): (&'static str, &'static str),
+        what: &'static str,
+    ) -> ReportConfigMap<C> {
+        ReportConfigMap {
+            api,
+            name,
+            label,
+            key,
+            what,
+            written: None,
+        }
+    }
+
+    /// Writes `report` unless `content` was written lately.
+    pub(super) async fn publish(&mut self, content: C, report: &impl serde::Serialize) {
+        let due = self
+            .written
+            .as_ref()
+            .is_none_or(|(last, at)| *last != content || at.elapsed() >= HEARTBEAT.mul_f64(0.8));
+        if !due {
+            return;
+        }
+        match self.write(report).await {
+            Ok(()) => self.written = Some((content, tokio::time::Instant::now())),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), config_map = %self.name, report = self.what, "writing a replica report failed")
+            }
+        }
+    }
+
+    async fn write(&self, report: &impl serde::Serialize) -> anyhow::Result<()> {
+        let body = gzip_json(report)?;
+        anyhow::ensure!(
+            body.len() <= MAX_REPORT_BYTES,
+            "a {}-byte report, over {MAX_REPORT_BYTES}",
+            body.len()
+        );
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": self.name, "labels": {self.label: "true"}},
+            "binaryData": {self.key: k8s_openapi::ByteString(body)},
+        });
+        self.api
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn delete(&self) {
+        if let Err(error) = self.api.delete(&self.name, &DeleteParams::default()).await {
+            tracing::debug!(%error, config_map = %self.name, "deleting a replica report failed");
+        }
+    }
+}
+
 /// Publishes this replica's report until `stopped`, then deletes it.
 pub async fn publish(
     client: Client,
@@ -83,12 +161,15 @@ pub async fn publish(
     xds: Arc<XdsState>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let name = config_map_name(&identity);
+    let mut config_map = ReportConfigMap::new(
+        Api::namespaced(client, &namespace),
+        config_map_name(&identity),
+        (REPORT_LABEL, REPORT_KEY),
+        "acknowledgements",
+    );
     let mut proxies = xds.proxies.subscribe();
     let mut snapshots = xds.snapshots.clone();
     let mut loads = xds.loads.subscribe();
-    let mut written: Option<(Report, tokio::time::Instant)> = None;
     let mut watched: (u64, BTreeSet<String>) = (0, BTreeSet::new());
     loop {
         let snapshot = xds.snapshots.borrow().clone();
@@ -100,17 +181,8 @@ pub async fn publish(
             upstream_host(&load.upstream).is_some_and(|h| hosts.contains(h))
         });
         let report = Report::of(&identity, Timestamp::now().to_string(), &acks);
-        let due = written.as_ref().is_none_or(|(last, at)| {
-            !last.same_content(&report) || at.elapsed() >= HEARTBEAT.mul_f64(0.8)
-        });
-        if due {
-            match write(&api, &name, &report).await {
-                Ok(()) => written = Some((report, tokio::time::Instant::now())),
-                Err(error) => {
-                    tracing::warn!(%error, config_map = %name, "writing the acknowledgement report failed")
-                }
-            }
-        }
+        let content = (report.proxies.clone(), report.acked_sets.clone());
+        config_map.publish(content, &report).await;
         tokio::select! {
             _ = proxies.changed() => {}
             _ = snapshots.changed() => {}
@@ -122,32 +194,7 @@ pub async fn publish(
             _ = stopped.changed() => break,
         }
     }
-    if let Err(error) = api.delete(&name, &DeleteParams::default()).await {
-        tracing::debug!(%error, "deleting the acknowledgement report failed");
-    }
-}
-
-async fn write(api: &Api<ConfigMap>, name: &str, report: &Report) -> anyhow::Result<()> {
-    let body = gzip_json(report)?;
-    anyhow::ensure!(
-        body.len() <= MAX_REPORT_BYTES,
-        "{} proxies make a {}-byte report, over {MAX_REPORT_BYTES}",
-        report.proxies.len(),
-        body.len()
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": {REPORT_LABEL: "true"}},
-        "binaryData": {REPORT_KEY: k8s_openapi::ByteString(body)},
-    });
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    config_map.delete().await;
 }
 
 /// Watches every replica's report; the map is keyed by replica identity.

@@ -13,20 +13,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::Client;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::ack_reports::{gunzip_json, gzip_json, report_name, watch_labelled, MAX_REPORT_BYTES};
-use crate::api::FIELD_MANAGER;
+use super::ack_reports::{gunzip_json, report_name, watch_labelled, ReportConfigMap};
+#[cfg(test)]
+use super::ack_reports::{gzip_json, MAX_REPORT_BYTES};
 use crate::control_plane::fleet_acks::{HEARTBEAT, STALE_AFTER};
 use crate::control_plane::xds::server::{PeerProxies, ProxyInfo, XdsState};
 
 pub const LABEL: &str = "meridian.dev/proxy-report";
 const KEY: &str = "proxies.json.gz";
-const MAX_BYTES: usize = MAX_REPORT_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ProxyReport {
@@ -38,10 +37,6 @@ struct ProxyReport {
 
 fn config_map_name(identity: &str) -> String {
     report_name("meridian-proxies", identity)
-}
-
-fn encode(report: &ProxyReport) -> std::io::Result<Vec<u8>> {
-    gzip_json(report)
 }
 
 fn decode(bytes: &[u8]) -> Option<ProxyReport> {
@@ -56,73 +51,40 @@ pub async fn publish(
     xds: Arc<XdsState>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let name = config_map_name(&identity);
+    let mut config_map = ReportConfigMap::new(
+        Api::namespaced(client, &namespace),
+        config_map_name(&identity),
+        (LABEL, KEY),
+        "proxy status",
+    );
     let mut changes = xds.proxies.subscribe();
-    let mut written: Option<(Vec<ProxyInfo>, tokio::time::Instant)> = None;
     loop {
         let mut proxies = xds.proxies.list();
-        // Polling proxies' "last poll … ago" moves on every read; what matters is in the rest.
-        let comparable = |list: &[ProxyInfo]| -> Vec<ProxyInfo> {
-            list.iter()
-                .cloned()
-                .map(|mut p| {
-                    if let Some(polling) = &mut p.polling {
-                        polling.last_poll_ms_ago = 0;
-                    }
-                    p
-                })
-                .collect()
-        };
         proxies.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        let due = written.as_ref().is_none_or(|(last, at)| {
-            comparable(last) != comparable(&proxies) || at.elapsed() >= HEARTBEAT.mul_f64(0.8)
-        });
-        if due {
-            let report = ProxyReport {
-                replica: identity.clone(),
-                heartbeat: Timestamp::now().to_string(),
-                proxies: proxies.clone(),
-            };
-            match write(&api, &name, &report).await {
-                Ok(()) => written = Some((proxies, tokio::time::Instant::now())),
-                Err(error) => {
-                    tracing::warn!(%error, config_map = %name, "writing the proxy-status report failed")
+        // Polling proxies' "last poll … ago" moves on every read; what matters is the rest.
+        let content: Vec<ProxyInfo> = proxies
+            .iter()
+            .cloned()
+            .map(|mut p| {
+                if let Some(polling) = &mut p.polling {
+                    polling.last_poll_ms_ago = 0;
                 }
-            }
-        }
+                p
+            })
+            .collect();
+        let report = ProxyReport {
+            replica: identity.clone(),
+            heartbeat: Timestamp::now().to_string(),
+            proxies,
+        };
+        config_map.publish(content, &report).await;
         tokio::select! {
             _ = changes.changed() => tokio::time::sleep(Duration::from_secs(1)).await,
             _ = tokio::time::sleep(HEARTBEAT) => {}
             _ = stopped.changed() => break,
         }
     }
-    if let Err(error) = api.delete(&name, &DeleteParams::default()).await {
-        tracing::debug!(%error, "deleting the proxy-status report failed");
-    }
-}
-
-async fn write(api: &Api<ConfigMap>, name: &str, report: &ProxyReport) -> anyhow::Result<()> {
-    let body = encode(report)?;
-    anyhow::ensure!(
-        body.len() <= MAX_BYTES,
-        "{} proxies make a {}-byte report, over {MAX_BYTES}",
-        report.proxies.len(),
-        body.len()
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": {LABEL: "true"}},
-        "binaryData": {KEY: ByteString(body)},
-    });
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    config_map.delete().await;
 }
 
 fn parse(cm: &ConfigMap) -> Option<(String, ProxyReport)> {
@@ -215,9 +177,9 @@ mod tests {
             heartbeat: Timestamp::now().to_string(),
             proxies: (0..5_000).map(proxy).collect(),
         };
-        let bytes = encode(&report).unwrap();
+        let bytes = gzip_json(&report).unwrap();
         assert!(
-            bytes.len() <= MAX_BYTES,
+            bytes.len() <= MAX_REPORT_BYTES,
             "5,000 proxies in {} bytes",
             bytes.len()
         );
