@@ -687,11 +687,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             access_log,
         } => {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stop.send_replace(true);
-            });
+            let stopped = stopped_on_signal();
             let options = crate::proxy::ProxyOptions {
                 bootstrap: config_path,
                 admin_addr,
@@ -709,11 +705,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             kubeconfig,
             drain_taints,
         } => {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stop.send_replace(true);
-            });
+            let stopped = stopped_on_signal();
             let options = crate::node_agent::Options {
                 node,
                 addr,
@@ -732,11 +724,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             withdraw_wait,
             udp_flows,
         } => {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                stop.send_replace(true);
-            });
+            let stopped = stopped_on_signal();
             let options = crate::l4::L4Options {
                 bootstrap: config_path,
                 admin_addr,
@@ -938,6 +926,16 @@ async fn shutdown_signal() {
         } => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Turns true on SIGTERM or Ctrl-C: how the data-plane programs learn to drain and stop.
+fn stopped_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    });
+    stopped
 }
 
 fn parse_refresh_delay(text: &str) -> Result<Duration, String> {
