@@ -368,3 +368,69 @@ async fn grpcio_calls_through_xds_and_through_an_envoy_gateway() {
 async fn grpc_js_xds_calls_through_xds() {
     scenario(Client::Node, false).await;
 }
+
+/// Over mutual TLS (`--xds-mtls`): the bootstrap `meridian bootstrap --grpc --cert-dir` prints
+/// (gRFC A65 channel credentials with the gateway's client certificate) reaches Meridian, and
+/// the client is served its gateway's routes. One backend is listed in two zones, which gRPC
+/// would refuse (a duplicate address): it is served once, in the nearer zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_over_mutual_tls() {
+    use meridian::control_plane::bootstrap::ClientTls;
+    use meridian::control_plane::certs::{self, CertOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let (v1, v2) = (Greeter::start("v1-a"), Greeter::start("v2"));
+    let gateway_port = free_port();
+    let backends = [
+        ("greeter-v1", v1.port, "zone-a"),
+        ("greeter-v1", v1.port, "zone-b"),
+        ("greeter-v2", v2.port, "zone-a"),
+    ];
+    std::fs::write(
+        config.join("greeter.yaml"),
+        manifests(gateway_port, (50, 50), backends),
+    )
+    .unwrap();
+    let xds_port = free_port();
+    let state = dir.path().join("state");
+    let mut options = meridian_options(&config, &state, xds_port);
+    options.xds_tls.xds_mtls = true;
+    let meridian = meridian::control_plane::standalone::start(options)
+        .await
+        .expect("meridian starts");
+    let ca = certs::load_existing(&CertOptions::default(), Some(&state.join("ca"))).unwrap();
+    let (cert, key, ca_file) = certs::write_client_credentials(
+        &ca,
+        &CertOptions::default(),
+        ("rpc", "edge"),
+        &dir.path().join("creds"),
+    )
+    .unwrap();
+    let bootstrap = dir.path().join("grpc-tls.json");
+    let tls = ClientTls {
+        cert_file: cert.display().to_string(),
+        key_file: key.display().to_string(),
+        ca_file: ca_file.display().to_string(),
+        server_identity: certs::xds_server_id("meridian.local"),
+    };
+    let options = BootstrapOptions {
+        zone: Some("zone-a".into()),
+        xds_host: "localhost".into(),
+        tls: Some(tls),
+        ..bootstrap_options("app-tls", "rpc/edge", xds_port)
+    };
+    let printed = grpc_bootstrap(&options);
+    assert_eq!(printed["xds_servers"][0]["channel_creds"][0]["type"], "tls");
+    std::fs::write(&bootstrap, printed.to_string()).unwrap();
+    let target = format!("xds:///{HOST}:{gateway_port}");
+    let calls = tokio::task::spawn_blocking(move || {
+        Calls::start(Client::Python, &bootstrap, &target, 1.0).finish()
+    })
+    .await
+    .unwrap();
+    assert!(calls.len() > 10 && errors(&calls).is_empty(), "{calls:?}");
+    assert!(count(&calls, "v1-a") > 0 && count(&calls, "v2") > 0);
+    meridian.shutdown().await.unwrap();
+}

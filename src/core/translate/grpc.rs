@@ -15,8 +15,9 @@
 //!   reached over TLS (gRPC would need certificate providers; plaintext is never substituted),
 //!   or one resolved by DNS rather than EDS;
 //! - every locality gets a weight (gRPC ignores localities without one: here, its endpoint
-//!   count, as Envoy balances without locality weights) and priorities are renumbered without
-//!   gaps.
+//!   count, as Envoy balances without locality weights), priorities are renumbered without
+//!   gaps, and an address listed in several localities stays only in the nearest (gRPC
+//!   refuses duplicates);
 //!
 //! Routes whose action gRPC does not take (redirects, direct responses) stay: gRPC fails the
 //! RPCs they match, as the gateway would refuse them, rather than sending them elsewhere.
@@ -221,6 +222,15 @@ fn client_cluster(mut cluster: Cluster) -> Option<Cluster> {
 
 /// Endpoints as gRPC takes them: every locality weighted, priorities without gaps.
 fn client_assignment(mut assignment: ClusterLoadAssignment) -> ClusterLoadAssignment {
+    // gRPC refuses an address listed twice (Envoy takes it): the nearest locality keeps it.
+    assignment.endpoints.sort_by_key(|l| l.priority);
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for locality in &mut assignment.endpoints {
+        locality
+            .lb_endpoints
+            .retain(|e| seen.insert(format!("{:?}", e.host_identifier)));
+    }
+    assignment.endpoints.retain(|l| !l.lb_endpoints.is_empty());
     let mut priorities: Vec<u32> = assignment.endpoints.iter().map(|e| e.priority).collect();
     priorities.sort_unstable();
     priorities.dedup();

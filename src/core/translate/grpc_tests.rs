@@ -149,3 +149,39 @@ fn a_cluster_grpc_cannot_reach_as_asked_is_left_out() {
     };
     assert_eq!(super::client_cluster(dns), None);
 }
+
+#[test]
+fn an_address_in_two_localities_stays_only_in_the_nearest() {
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+    };
+    let endpoint = |port: u32| LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(super::super::listener::socket_address("127.0.0.1", port)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let locality = |priority: u32, ports: &[u32]| LocalityLbEndpoints {
+        priority,
+        lb_endpoints: ports.iter().map(|p| endpoint(*p)).collect(),
+        ..Default::default()
+    };
+    let assignment = ClusterLoadAssignment {
+        cluster_name: "c".into(),
+        endpoints: vec![
+            locality(2, &[8080]),
+            locality(0, &[8080, 8081]),
+            locality(1, &[8081]),
+        ],
+        ..Default::default()
+    };
+    let adapted = super::client_assignment(assignment);
+    assert_eq!(
+        adapted.endpoints.len(),
+        1,
+        "the farther localities held only duplicates"
+    );
+    assert_eq!(adapted.endpoints[0].priority, 0);
+    assert_eq!(adapted.endpoints[0].lb_endpoints.len(), 2);
+}
