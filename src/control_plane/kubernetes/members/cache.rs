@@ -48,31 +48,25 @@ pub fn config_map_name(cluster: &str) -> String {
 
 /// The objects `model` holds from `cluster`, as kept.
 fn cached_of(model: &Model, cluster: &str) -> Cached {
-    let from = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        member_of(meta) == Some(cluster)
-    };
     Cached {
-        endpoint_slices: model
-            .endpoint_slices
-            .values()
-            .filter(|s| from(&s.metadata))
-            .map(|s| {
-                let mut s = s.clone();
-                s.metadata.managed_fields = None;
-                s
-            })
-            .collect(),
-        deployments: model
-            .deployments
-            .values()
-            .filter(|d| from(&d.metadata))
-            .map(|d| {
-                let mut d = d.clone();
-                d.metadata.managed_fields = None;
-                d
-            })
-            .collect(),
+        endpoint_slices: read_from(model.endpoint_slices.values(), cluster),
+        deployments: read_from(model.deployments.values(), cluster),
     }
+}
+
+/// Those of `objects` read from `cluster`, without server-managed fields.
+fn read_from<'a, T: kube::Resource + Clone + 'a>(
+    objects: impl Iterator<Item = &'a T>,
+    cluster: &str,
+) -> Vec<T> {
+    objects
+        .filter(|o| member_of(o.meta()) == Some(cluster))
+        .map(|o| {
+            let mut o = o.clone();
+            o.meta_mut().managed_fields = None;
+            o
+        })
+        .collect()
 }
 
 /// The leader's side: keeps every connected member's ConfigMap current.
