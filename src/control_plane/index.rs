@@ -20,7 +20,7 @@ use crate::core::model::{InputObject, Kind, Model, ObjectKey, ObjectMap};
 use crate::core::overrides::{refresh_overrides, refresh_overrides_after};
 use crate::core::status::Published;
 use crate::core::validate::{
-    validate_access_point, validate_certificate_names, FieldError, Rejection,
+    validate_access_point, validate_certificate_names, validate_service, FieldError, Rejection,
 };
 
 /// An immutable view of accepted input, numbered by generation.
@@ -155,6 +155,12 @@ impl Index {
                 return Err(errors);
             }
             self.dirty |= self.rejected.remove(&key).is_some();
+        }
+        if let InputObject::Service(service) = &object {
+            let errors = validate_service(service);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
         }
         let kind = object.kind();
         // What the AccessPoint served where no override applied: a cluster whose override
@@ -311,6 +317,7 @@ impl Index {
                 changes.endpoint_slices.insert(key.clone());
             }
             Kind::NameService => {}
+            Kind::Node => changes.nodes = true,
             Kind::MemberCluster | Kind::Deployment | Kind::Secret => changes.everything = true,
         }
     }

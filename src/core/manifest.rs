@@ -129,7 +129,7 @@ fn parse_object(
         })?;
     // Named as validation errors and `/debug/problems` name objects: `namespace/name`.
     let namespace = match kind.as_str() {
-        "MemberCluster" => String::new(),
+        "MemberCluster" | "Node" => String::new(),
         _ => value
             .get("metadata")
             .and_then(|m| m.get("namespace"))
@@ -151,6 +151,7 @@ fn parse_object(
         ("v1", "Service") => InputObject::Service(typed.parse(value)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => InputObject::EndpointSlice(typed.parse(value)?),
         ("apps/v1", "Deployment") => InputObject::Deployment(typed.parse(value)?),
+        ("v1", "Node") => InputObject::Node(typed.parse(value)?),
         ("v1", "Secret") => {
             let secret: k8s_openapi::api::core::v1::Secret = typed.parse(value)?;
             InputObject::Secret(TlsSecret::from(secret))
@@ -186,7 +187,7 @@ impl Typed<'_> {
 }
 
 fn default_namespace_of(object: &mut InputObject, default_namespace: &str) {
-    if let InputObject::MemberCluster(_) = object {
+    if let InputObject::MemberCluster(_) | InputObject::Node(_) = object {
         return;
     }
     let meta = object.metadata_mut();

@@ -7,13 +7,120 @@
 //! depends only on the Service and the set of nodes — not on their order, nor on when it is
 //! computed — and a node joining or leaving changes a Service's subset by at most one node.
 //! Only nodes that are Ready and schedulable are candidates.
+//!
+//! A Service opts in with `meridian.dev/destination: node-ports` ([`node_port_mode`]); it must
+//! be of type NodePort, and when it comes from an AccessPoint template every port must name its
+//! `nodePort` (Meridian creates it in every member cluster, so the edge needs one number
+//! everywhere).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ServiceSpec;
 use xxhash_rust::xxh64::xxh64;
 
 /// The annotation on a Service that sets its subset size.
 pub const SUBSET_SIZE_ANNOTATION: &str = "meridian.dev/node-subset-size";
+
+/// The Service annotation choosing how gateways reach it, and its one value besides the
+/// default (the Service's endpoints): through node ports.
+pub const DESTINATION_ANNOTATION: &str = "meridian.dev/destination";
+pub const NODE_PORTS: &str = "node-ports";
+
+/// How a Service in node-port mode is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodePortMode {
+    /// How many nodes of each cluster serve it.
+    pub subset_size: usize,
+    /// `externalTrafficPolicy: Local`: only nodes running one of its ready endpoints answer
+    /// on the node port, so only they are candidates.
+    pub local_only: bool,
+}
+
+/// A field of a Service that makes node-port mode impossible, relative to the Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodePortFieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Whether `spec` (with `annotations`) is reached through node ports, and how.
+/// `explicit_ports`: every port must name its `nodePort` (templates; a Service read from
+/// Kubernetes has them allocated).
+pub fn node_port_mode(
+    annotations: &BTreeMap<String, String>,
+    spec: &ServiceSpec,
+    explicit_ports: bool,
+) -> Result<Option<NodePortMode>, Vec<NodePortFieldError>> {
+    let mut errors = Vec::new();
+    let mut error =
+        |field: String, message: String| errors.push(NodePortFieldError { field, message });
+    match annotations.get(DESTINATION_ANNOTATION).map(|v| v.trim()) {
+        None => {
+            if annotations.contains_key(SUBSET_SIZE_ANNOTATION) {
+                error(
+                    format!("metadata.annotations[{SUBSET_SIZE_ANNOTATION}]"),
+                    format!("only applies with {DESTINATION_ANNOTATION}: {NODE_PORTS}"),
+                );
+                return Err(errors);
+            }
+            return Ok(None);
+        }
+        Some(NODE_PORTS) => {}
+        Some(other) => {
+            error(
+                format!("metadata.annotations[{DESTINATION_ANNOTATION}]"),
+                format!("{other:?} is not a destination; the one there is: {NODE_PORTS:?}"),
+            );
+            return Err(errors);
+        }
+    }
+    if spec.type_.as_deref() != Some("NodePort") {
+        error(
+            "spec.type".to_owned(),
+            format!(
+                "{DESTINATION_ANNOTATION}: {NODE_PORTS} needs type NodePort, not {}",
+                spec.type_.as_deref().unwrap_or("ClusterIP (the default)")
+            ),
+        );
+    }
+    for (i, port) in spec.ports.iter().flatten().enumerate() {
+        match port.node_port {
+            Some(n) if !(1..=65535).contains(&n) => error(
+                format!("spec.ports[{i}].nodePort"),
+                format!("{n} is not a port (1-65535)"),
+            ),
+            None => error(
+                format!("spec.ports[{i}].nodePort"),
+                if explicit_ports {
+                    "must be set: the edge reaches this Service on the same node port in every cluster".to_owned()
+                } else {
+                    "has no node port allocated".to_owned()
+                },
+            ),
+            Some(_) => {}
+        }
+    }
+    let subset_size = subset_size(annotations, DEFAULT_SUBSET_SIZE).map_err(|e| {
+        vec![NodePortFieldError {
+            field: format!("metadata.annotations[{SUBSET_SIZE_ANNOTATION}]"),
+            message: e.to_string(),
+        }]
+    });
+    let subset_size = match subset_size {
+        Ok(k) => k,
+        Err(mut more) => {
+            errors.append(&mut more);
+            0
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Some(NodePortMode {
+        subset_size,
+        local_only: spec.external_traffic_policy.as_deref() == Some("Local"),
+    }))
+}
 
 /// The subset size of a Service that sets none.
 pub const DEFAULT_SUBSET_SIZE: usize = 3;
@@ -125,6 +232,58 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    fn service(yaml: &str) -> (BTreeMap<String, String>, ServiceSpec) {
+        let service: k8s_openapi::api::core::v1::Service = serde_yaml::from_str(yaml).unwrap();
+        (
+            service.metadata.annotations.unwrap_or_default(),
+            service.spec.unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn node_port_mode_is_opted_into_and_checked() {
+        let (a, s) = service("metadata: {name: web}\nspec: {ports: [{port: 80}]}");
+        assert_eq!(node_port_mode(&a, &s, true), Ok(None));
+        let (a, s) = service(
+            "metadata: {name: web, annotations: {meridian.dev/destination: node-ports, meridian.dev/node-subset-size: '2'}}
+spec: {type: NodePort, externalTrafficPolicy: Local, ports: [{port: 80, nodePort: 30080}]}",
+        );
+        assert_eq!(
+            node_port_mode(&a, &s, true),
+            Ok(Some(NodePortMode {
+                subset_size: 2,
+                local_only: true
+            }))
+        );
+        let (a, s) = service(
+            "metadata: {name: web, annotations: {meridian.dev/destination: node-ports, meridian.dev/node-subset-size: none}}
+spec: {ports: [{port: 80, nodePort: 30080}, {port: 81}]}",
+        );
+        let fields: Vec<String> = node_port_mode(&a, &s, true)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.type",
+                "spec.ports[1].nodePort",
+                "metadata.annotations[meridian.dev/node-subset-size]"
+            ]
+        );
+        let (a, s) =
+            service("metadata: {name: web, annotations: {meridian.dev/destination: nodes}}");
+        let errors = node_port_mode(&a, &s, false).unwrap_err();
+        assert!(
+            errors[0].message.contains("\"nodes\" is not a destination"),
+            "{errors:?}"
+        );
+        let (a, s) =
+            service("metadata: {name: web, annotations: {meridian.dev/node-subset-size: '2'}}");
+        assert!(node_port_mode(&a, &s, false).is_err());
     }
 
     #[test]

@@ -24,6 +24,8 @@ mod hosts;
 pub mod re2;
 use export_to::NoneAllowed;
 
+use crate::core::node_subsets::node_port_mode;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
     pub path: String,
@@ -33,6 +35,22 @@ pub struct FieldError {
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "field `{}`: {}", self.path, self.message)
+    }
+}
+
+/// What makes a plain Service (not an AccessPoint's) unusable: its node-port settings.
+pub fn validate_service(service: &k8s_openapi::api::core::v1::Service) -> Vec<FieldError> {
+    let annotations = service.metadata.annotations.clone().unwrap_or_default();
+    let spec = service.spec.clone().unwrap_or_default();
+    match node_port_mode(&annotations, &spec, false) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors
+            .into_iter()
+            .map(|e| FieldError {
+                path: e.field,
+                message: e.message,
+            })
+            .collect(),
     }
 }
 
@@ -229,6 +247,11 @@ fn template(e: &mut Errors, path: &str, t: &AccessPointTemplate) {
             s.metadata.namespace.as_deref(),
             NoneAllowed::Yes,
         );
+        if let Err(errors) = node_port_mode(&s.metadata.annotations, &s.spec, true) {
+            for error in errors {
+                e.push(format!("{path}.service.{}", error.field), error.message);
+            }
+        }
         for (i, port) in s.spec.ports.iter().flatten().enumerate() {
             let p = format!("{path}.service.spec.ports[{i}]");
             hosts::check_port(e, format!("{p}.port"), port.port.into());

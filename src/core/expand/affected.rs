@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use crate::api::access_point::AccessPointTemplate;
 use crate::core::hosts::{service_host, DOMAIN_SUFFIX, SERVICE_NAME_LABEL};
 use crate::core::model::{ClusterTemplate, Model, ObjectKey};
+use crate::core::node_subsets::DESTINATION_ANNOTATION;
 
 /// What changed in the model between two snapshots, as translation needs it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -22,6 +23,8 @@ pub struct ModelChanges {
     pub access_points: BTreeSet<ObjectKey>,
     pub services: BTreeSet<ObjectKey>,
     pub endpoint_slices: BTreeSet<ObjectKey>,
+    /// A node changed: what node-port Services reach may have.
+    pub nodes: bool,
 }
 
 impl ModelChanges {
@@ -36,6 +39,7 @@ impl ModelChanges {
         self.services.extend(other.services.iter().cloned());
         self.endpoint_slices
             .extend(other.endpoint_slices.iter().cloned());
+        self.nodes |= other.nodes;
     }
 }
 
@@ -76,6 +80,11 @@ pub fn touched(before: &Model, after: &Model, changes: &ModelChanges) -> Touched
     for key in &changes.services {
         out.hosts.insert(service_host(&key.namespace, &key.name));
     }
+    if changes.nodes {
+        for model in [before, after] {
+            node_port_hosts(model, &mut out.hosts);
+        }
+    }
     for key in &changes.endpoint_slices {
         for model in [before, after] {
             let Some(slice) = model.endpoint_slices.get(key) else {
@@ -95,6 +104,30 @@ pub fn touched(before: &Model, after: &Model, changes: &ModelChanges) -> Touched
         }
     }
     out
+}
+
+/// The hosts of every Service gateways reach through node ports, whatever cluster it is in.
+fn node_port_hosts(model: &Model, hosts: &mut BTreeSet<String>) {
+    for (key, service) in &model.services {
+        let annotations = service.metadata.annotations.as_ref();
+        if annotations.is_some_and(|a| a.contains_key(DESTINATION_ANNOTATION)) {
+            hosts.insert(service_host(&key.namespace, &key.name));
+        }
+    }
+    for key in model.access_points.keys() {
+        for template in templates(model, key) {
+            if let Some(service) = &template.service {
+                if service
+                    .metadata
+                    .annotations
+                    .contains_key(DESTINATION_ANNOTATION)
+                {
+                    let service = super::resolve_key(&key.namespace, &service.metadata);
+                    hosts.insert(service_host(&service.namespace, &service.name));
+                }
+            }
+        }
+    }
 }
 
 /// The AccessPoint's own template and every per-cluster one overrides made of it.

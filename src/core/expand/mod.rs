@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Node, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 mod affected;
@@ -25,7 +25,8 @@ use super::hosts::{resolve_host, SERVICE_NAME_LABEL};
 use super::model::export::{from_annotation, ExportPolicy};
 use super::model::tls::TlsSources;
 use super::model::vip::VipTable;
-use super::model::{ClusterTemplate, Model, ObjectKey};
+use super::model::{ClusterTemplate, Model, ObjectKey, ObjectMap};
+use super::node_subsets::{node_port_mode, NodePortMode};
 use super::placement::{is_placed, placed_clusters, ClusterFacts};
 use crate::api::access_point::{AccessPointTemplate, Templated};
 use crate::api::istio::{
@@ -54,6 +55,8 @@ pub struct ViewService<'m> {
     pub spec: &'m ServiceSpec,
     /// From the `networking.istio.io/exportTo` annotation.
     pub export_to: Vec<String>,
+    /// Set when gateways reach it through node ports (`core::node_subsets`).
+    pub node_ports: Option<NodePortMode>,
 }
 
 /// Everything in force in one cluster.
@@ -73,6 +76,8 @@ pub struct ClusterView<'m> {
     pub service_entries: Vec<Expanded<'m, ServiceEntrySpec>>,
     pub workload_entries: Vec<Expanded<'m, WorkloadEntrySpec>>,
     pub services: Vec<ViewService<'m>>,
+    /// Every node of every cluster (what node-port Services choose their subsets from).
+    pub nodes: Option<&'m ObjectMap<Node>>,
     /// EndpointSlices by (namespace, `kubernetes.io/service-name`).
     pub endpoint_slices: BTreeMap<(String, String), Vec<&'m EndpointSlice>>,
     /// Indexes into `virtual_services` by each gateway they name, in order.
@@ -159,6 +164,7 @@ fn build_view<'m>(
             .collect(),
         export: model.export.clone(),
         vips: model.vips.clone(),
+        nodes: Some(&model.nodes),
         tls: TlsSources {
             issued: &model.issued,
             secrets: &model.secrets,
@@ -246,6 +252,10 @@ fn build_view<'m>(
                 access_point: Some(key),
                 spec: &service.spec,
                 export_to: from_annotation(Some(&service.metadata.annotations)),
+                // Validated with the AccessPoint: an invalid mode never reaches a view.
+                node_ports: node_port_mode(&service.metadata.annotations, &service.spec, true)
+                    .ok()
+                    .flatten(),
             });
         }
     }
@@ -260,11 +270,13 @@ fn build_view<'m>(
     };
     for (key, service) in plain_services {
         if let Some(spec) = &service.spec {
+            let annotations = service.metadata.annotations.clone().unwrap_or_default();
             view.services.push(ViewService {
                 key: key.clone(),
                 access_point: None,
                 spec,
                 export_to: from_annotation(service.metadata.annotations.as_ref()),
+                node_ports: node_port_mode(&annotations, spec, false).ok().flatten(),
             });
         }
     }

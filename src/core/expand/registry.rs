@@ -10,6 +10,7 @@ use crate::core::expand::{ClusterView, ViewService};
 use crate::core::hosts::DOMAIN_SUFFIX;
 use crate::core::model::export::is_exported;
 use crate::core::model::ObjectKey;
+use crate::core::node_subsets::NodePortMode;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServicePortInfo {
@@ -19,6 +20,8 @@ pub struct ServicePortInfo {
     pub target: Option<IntOrString>,
     /// Whether its backends speak HTTP/2 (gRPC, HTTP/2, h2c), so the proxy must too.
     pub http2: bool,
+    /// The node port a Service of type NodePort has for it.
+    pub node_port: Option<u32>,
 }
 
 /// Whether an Istio protocol name (a ServiceEntry port's `protocol`, a Service port's
@@ -59,6 +62,8 @@ pub struct RegisteredService<'m> {
     pub export_to: Vec<String>,
     pub ports: Vec<ServicePortInfo>,
     pub source: ServiceSource<'m>,
+    /// Reached through node ports rather than its endpoints.
+    pub node_ports: Option<NodePortMode>,
 }
 
 impl RegisteredService<'_> {
@@ -96,6 +101,7 @@ impl<'m> ServiceRegistry<'m> {
             key,
             spec,
             export_to,
+            node_ports,
             ..
         } in &view.services
         {
@@ -112,6 +118,7 @@ impl<'m> ServiceRegistry<'m> {
                         p.app_protocol.as_deref(),
                         p.name.as_deref().unwrap_or_default(),
                     ),
+                    node_port: p.node_port.and_then(|n| u32::try_from(n).ok()),
                 })
                 .collect();
             by_host
@@ -122,6 +129,7 @@ impl<'m> ServiceRegistry<'m> {
                     export_to: export_to.clone(),
                     ports,
                     source: ServiceSource::Kubernetes,
+                    node_ports: *node_ports,
                 });
         }
         for entry in &view.service_entries {
@@ -149,6 +157,7 @@ impl<'m> ServiceRegistry<'m> {
                     name: p.name.clone(),
                     target: p.target_port.map(|t| IntOrString::Int(t as i32)),
                     http2: port_speaks_http2(Some(&p.protocol), &p.name),
+                    node_port: None,
                 })
                 .collect();
             for host in &entry.spec.hosts {
@@ -161,6 +170,7 @@ impl<'m> ServiceRegistry<'m> {
                         spec: entry.spec,
                         workloads: workloads.clone(),
                     },
+                    node_ports: None,
                 });
             }
         }

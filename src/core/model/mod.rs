@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use std::sync::Arc;
 
 pub mod export;
+pub mod node;
 pub mod revision;
 pub mod tls;
 pub mod vip;
@@ -66,6 +67,8 @@ pub enum Kind {
     Deployment,
     /// TLS material a Gateway server names in `credentialName`.
     Secret,
+    /// A node of the hub or a member cluster: NodePort subsets choose among them.
+    Node,
 }
 
 impl Kind {
@@ -78,6 +81,7 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Deployment => "Deployment",
             Kind::Secret => "Secret",
+            Kind::Node => "Node",
         }
     }
 }
@@ -99,6 +103,7 @@ pub enum InputObject {
     EndpointSlice(EndpointSlice),
     Deployment(Deployment),
     Secret(TlsSecret),
+    Node(Node),
 }
 
 impl InputObject {
@@ -111,6 +116,7 @@ impl InputObject {
             InputObject::EndpointSlice(_) => Kind::EndpointSlice,
             InputObject::Deployment(_) => Kind::Deployment,
             InputObject::Secret(_) => Kind::Secret,
+            InputObject::Node(_) => Kind::Node,
         }
     }
 
@@ -123,6 +129,7 @@ impl InputObject {
             InputObject::EndpointSlice(o) => &mut o.metadata,
             InputObject::Deployment(o) => &mut o.metadata,
             InputObject::Secret(o) => &mut o.metadata,
+            InputObject::Node(o) => &mut o.metadata,
         }
     }
 
@@ -135,11 +142,12 @@ impl InputObject {
             InputObject::EndpointSlice(o) => &o.metadata,
             InputObject::Deployment(o) => &o.metadata,
             InputObject::Secret(o) => &o.metadata,
+            InputObject::Node(o) => &o.metadata,
         }
     }
 
-    /// `namespace/name`; objects read from a member cluster (EndpointSlices, Deployments) are
-    /// keyed `namespace/name@cluster`, since clusters reuse names.
+    /// `namespace/name`; objects read from a member cluster (EndpointSlices, Deployments,
+    /// Nodes) are keyed `namespace/name@cluster`, since clusters reuse names.
     pub fn key(&self) -> ObjectKey {
         let meta = self.metadata();
         let namespace = meta.namespace.clone().unwrap_or_default();
@@ -156,7 +164,7 @@ impl InputObject {
     pub fn is_member_data(&self) -> bool {
         matches!(
             self,
-            InputObject::EndpointSlice(_) | InputObject::Deployment(_)
+            InputObject::EndpointSlice(_) | InputObject::Deployment(_) | InputObject::Node(_)
         )
     }
 }
@@ -199,6 +207,9 @@ pub struct Model {
     pub deployments: ObjectMap<Deployment>,
     /// TLS Secrets Gateway servers name in `credentialName`.
     pub secrets: BTreeMap<ObjectKey, TlsSecret>,
+    /// Nodes of the hub and of member clusters, trimmed to what subsets read
+    /// ([`node::trimmed`]), keyed `name` or `name@cluster`.
+    pub nodes: ObjectMap<Node>,
     /// Certificates Meridian issued, by SDS name (fed by the certificate manager).
     pub issued: BTreeMap<String, Arc<SecretMaterial>>,
     /// Why certificates Meridian owes could not be issued, by SDS name (fed by the
@@ -268,6 +279,7 @@ impl Model {
             InputObject::EndpointSlice(o) => put(&mut self.endpoint_slices, key, o),
             InputObject::Deployment(o) => put(&mut self.deployments, key, o),
             InputObject::Secret(o) => put(&mut self.secrets, key, o),
+            InputObject::Node(o) => put(&mut self.nodes, key, node::trimmed(o)),
         }
     }
 
@@ -284,6 +296,7 @@ impl Model {
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
             Kind::Deployment => self.deployments.remove(key).is_some(),
             Kind::Secret => self.secrets.remove(key).is_some(),
+            Kind::Node => self.nodes.remove(key).is_some(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Endpoints: EndpointSlices and ServiceEntry/WorkloadEntry addresses, grouped by locality.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::Locality as EnvoyLocality;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -17,7 +17,8 @@ use crate::api::istio::{LocalityLbSetting, WorkloadEntrySpec};
 use crate::api::LOCAL_CLUSTER;
 use crate::core::expand::registry::{RegisteredService, ServicePortInfo, ServiceSource};
 use crate::core::expand::ClusterView;
-use crate::core::model::CLUSTER_LABEL;
+use crate::core::model::{member_of, node, CLUSTER_LABEL};
+use crate::core::node_subsets::{subset as node_subset, Node as SubsetNode, NodePortMode};
 use crate::core::resources::Resource;
 
 /// One backend address, before grouping.
@@ -48,7 +49,12 @@ pub fn build(
     };
     let subset = subset_labels(view, service, cluster_ref);
     let backends = match &service.source {
-        ServiceSource::Kubernetes => kubernetes_backends(view, service, port, subset, None),
+        // Node ports reach every pod of the Service: a subset (pod labels) has no backend.
+        ServiceSource::Kubernetes if service.node_ports.is_some() && subset.is_some() => Vec::new(),
+        ServiceSource::Kubernetes => match service.node_ports {
+            Some(mode) => node_port_backends(view, service, port, mode),
+            None => kubernetes_backends(view, service, port, subset, None),
+        },
         ServiceSource::Entry { spec, workloads } => spec
             .endpoints
             .iter()
@@ -180,6 +186,76 @@ fn kubernetes_backends(
                     weight: 1,
                 });
             }
+        }
+    }
+    backends
+}
+
+/// A node-port Service's backends: in each cluster where it has a ready endpoint, its subset
+/// of that cluster's nodes (only those running one, under `externalTrafficPolicy: Local`), at
+/// the node port, in the node's zone.
+fn node_port_backends(
+    view: &ClusterView<'_>,
+    service: &RegisteredService<'_>,
+    port: &ServicePortInfo,
+    mode: NodePortMode,
+) -> Vec<Backend> {
+    let (Some(node_port), Some(nodes)) = (port.node_port, view.nodes) else {
+        return Vec::new();
+    };
+    // Per cluster with a ready endpoint, the nodes running ready endpoints.
+    let mut clusters: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let id = (service.key.namespace.clone(), service.key.name.clone());
+    for slice in view.endpoint_slices.get(&id).into_iter().flatten() {
+        let origin = member_of(&slice.metadata).unwrap_or(LOCAL_CLUSTER);
+        for endpoint in &slice.endpoints {
+            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready);
+            if ready == Some(false) || endpoint.addresses.is_empty() {
+                continue;
+            }
+            let hosting = clusters.entry(origin).or_default();
+            if let Some(node) = &endpoint.node_name {
+                hosting.insert(node.as_str());
+            }
+        }
+    }
+    let service_name = service.key.to_string();
+    let mut backends = Vec::new();
+    for (cluster, hosting) in clusters {
+        let mut candidates = Vec::new();
+        let mut where_ = BTreeMap::new();
+        for node in nodes.values() {
+            let (Some(name), Some(address)) = (node.metadata.name.as_deref(), node::address(node))
+            else {
+                continue;
+            };
+            if member_of(&node.metadata).unwrap_or(LOCAL_CLUSTER) != cluster
+                || (mode.local_only && !hosting.contains(name))
+            {
+                continue;
+            }
+            candidates.push(SubsetNode {
+                name: name.to_owned(),
+                ready: node::is_ready(node),
+                unschedulable: node::is_cordoned(node),
+            });
+            where_.insert(name, (address, node::zone(node)));
+        }
+        let (region, cluster_zone) = view.localities.get(cluster).cloned().unwrap_or_default();
+        for name in node_subset(&service_name, &candidates, mode.subset_size) {
+            let Some((address, zone)) = where_.get(name) else {
+                continue;
+            };
+            backends.push(Backend {
+                locality: (
+                    region.clone(),
+                    zone.map_or_else(|| cluster_zone.clone(), str::to_owned),
+                    String::new(),
+                ),
+                address: (*address).to_owned(),
+                port: node_port,
+                weight: 1,
+            });
         }
     }
     backends

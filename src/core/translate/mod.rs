@@ -243,6 +243,8 @@ fn secrets_ready(
 }
 
 #[cfg(test)]
+mod node_port_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tls_tests;

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use super::endpoint_slice::from_v1beta1;
 use super::{Update, Watched};
 use crate::api::{AccessPoint, MemberCluster, NameService};
+use crate::core::model::node::trimmed;
 use crate::core::model::tls::TlsSecret;
 use crate::core::model::{InputObject, Kind, ObjectKey, CLUSTER_LABEL};
 
@@ -103,6 +104,7 @@ pub async fn spawn_all(
         )),
     ];
     tasks.push(spawn_deployments(client.clone(), tx.clone(), None));
+    tasks.push(spawn_nodes(client.clone(), tx.clone(), None));
     tasks.push(spawn_endpoint_slices(client, tx, None).await?);
     Ok(tasks)
 }
@@ -142,6 +144,38 @@ pub fn spawn_deployments(
         Event::Delete(d) => Some(Update::Delete(Kind::Deployment, bare(d.metadata).key())),
         Event::Init | Event::InitDone => None,
     }))
+}
+
+/// Watches Nodes, trimmed to what node-port subsets read (a heartbeat changes nothing) and
+/// labelled with `member` when read from one.
+pub fn spawn_nodes(
+    client: Client,
+    tx: mpsc::Sender<Update>,
+    member: Option<String>,
+) -> tokio::task::JoinHandle<()> {
+    let watched = match &member {
+        Some(cluster) => Watched::Member {
+            cluster: cluster.clone(),
+            kind: Kind::Node,
+        },
+        None => Watched::Object(Kind::Node),
+    };
+    spawn(
+        watched,
+        Kind::Node,
+        Api::<Node>::all(client),
+        tx,
+        move |node| {
+            let mut node = trimmed(node);
+            if let Some(cluster) = &member {
+                node.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert(CLUSTER_LABEL.to_owned(), cluster.clone());
+            }
+            Ok(InputObject::Node(node))
+        },
+    )
 }
 
 /// Watches EndpointSlices (v1, or v1beta1 converted), labelled with `member` when they are

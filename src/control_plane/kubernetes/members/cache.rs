@@ -1,5 +1,5 @@
 //! Last known member state, kept in the hub: what each member's API server last said about
-//! its EndpointSlices and Deployments, so a replica that starts while a member is unreachable
+//! its EndpointSlices, Deployments and Nodes, so a replica that starts while a member is unreachable
 //! serves the localities its peers serve instead of none.
 //!
 //! The leader writes ConfigMap `meridian-member-<cluster>` (labelled
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::Client;
@@ -40,6 +40,9 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(5);
 struct Cached {
     endpoint_slices: Vec<EndpointSlice>,
     deployments: Vec<Deployment>,
+    /// Trimmed as the model keeps them (absent in what earlier versions wrote).
+    #[serde(default)]
+    nodes: Vec<Node>,
 }
 
 pub fn config_map_name(cluster: &str) -> String {
@@ -51,6 +54,7 @@ fn cached_of(model: &Model, cluster: &str) -> Cached {
     Cached {
         endpoint_slices: read_from(model.endpoint_slices.values(), cluster),
         deployments: read_from(model.deployments.values(), cluster),
+        nodes: read_from(model.nodes.values(), cluster),
     }
 }
 
@@ -202,7 +206,7 @@ pub async fn restore_all(
                 continue;
             }
         };
-        let objects = cached.endpoint_slices.len() + cached.deployments.len();
+        let objects = cached.endpoint_slices.len() + cached.deployments.len() + cached.nodes.len();
         if feed(&cluster, cached, updates).await.is_err() {
             return restored;
         }
@@ -213,7 +217,7 @@ pub async fn restore_all(
     restored
 }
 
-/// Sends `cached` as a complete list of `cluster`'s EndpointSlices and Deployments.
+/// Sends `cached` as a complete list of `cluster`'s EndpointSlices, Deployments and Nodes.
 async fn feed(
     cluster: &str,
     cached: Cached,
@@ -235,6 +239,10 @@ async fn feed(
                 .into_iter()
                 .map(InputObject::Deployment)
                 .collect(),
+        ),
+        (
+            Kind::Node,
+            cached.nodes.into_iter().map(InputObject::Node).collect(),
         ),
     ];
     for (kind, objects) in lists {

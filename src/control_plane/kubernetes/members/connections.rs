@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use super::{Health, MemberState};
 use crate::api::member_cluster::MemberConnection;
 use crate::control_plane::index::Snapshot;
-use crate::control_plane::kubernetes::inputs::watch::{spawn_deployments, spawn_endpoint_slices};
+use crate::control_plane::kubernetes::inputs::watch::{
+    spawn_deployments, spawn_endpoint_slices, spawn_nodes,
+};
 use crate::control_plane::kubernetes::inputs::Update;
 
 /// How often each member's API server is probed.
@@ -132,6 +134,11 @@ async fn member(
                     Ok(task) => {
                         readers.push(Owned(task));
                         readers.push(Owned(spawn_deployments(
+                            c.clone(),
+                            updates.clone(),
+                            Some(name.clone()),
+                        )));
+                        readers.push(Owned(spawn_nodes(
                             c.clone(),
                             updates.clone(),
                             Some(name.clone()),
