@@ -218,6 +218,37 @@ pub enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Keep a real HAProxy (2.6+, started here in master-worker mode) serving what Meridian
+    /// serves a gateway: takes the bootstrap `meridian bootstrap` prints. Endpoint changes go
+    /// through HAProxy's Runtime API; only frontend or backend changes reload, after
+    /// `haproxy -c` approved them.
+    Haproxy {
+        /// The bootstrap file (JSON), as for `envoy -c`.
+        #[arg(short = 'c', long = "config-path")]
+        config_path: PathBuf,
+        /// The haproxy binary.
+        #[arg(long, default_value = "haproxy")]
+        haproxy: PathBuf,
+        /// Where haproxy.cfg, certificates, crt-lists and HAProxy's sockets are written.
+        #[arg(long, default_value = "/var/lib/meridian-haproxy")]
+        dir: PathBuf,
+        /// Agent-check every server of a Kubernetes Service on this port (`meridian
+        /// node-agent`); 0: no agent checks.
+        #[arg(long, default_value_t = 5555)]
+        agent_port: u16,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        agent_inter: Duration,
+        /// Interval of the TCP health check of every server.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        check_inter: Duration,
+        /// How long old workers may finish their requests after a reload, or at SIGTERM.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        drain_time: Duration,
+        /// Serve HAProxy's Prometheus metrics (`/metrics`) and stats page (`/stats`) here
+        /// (`address:port`).
+        #[arg(long)]
+        stats_addr: Option<String>,
+    },
     /// Answer HAProxy's agent check for the services an edge reaches through this node's
     /// NodePorts (`agent-send` names the service, namespace/name): `down` while the node is
     /// not Ready, `drain` while it is cordoned or carries a drain taint, else `up` with the
@@ -738,6 +769,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 udp_flows,
             };
             crate::l4::run(options, stopped).await
+        }
+        Command::Haproxy {
+            config_path,
+            haproxy,
+            dir,
+            agent_port,
+            agent_inter,
+            check_inter,
+            drain_time,
+            stats_addr,
+        } => {
+            let options = crate::haproxy::HaproxyOptions {
+                bootstrap: config_path,
+                binary: haproxy,
+                dir,
+                agent_port: (agent_port != 0).then_some(agent_port),
+                agent_inter,
+                check_inter,
+                drain_time,
+                stats_addr,
+            };
+            crate::haproxy::run(options, stopped_on_signal()).await
         }
         Command::Status { server, cert_dir } => {
             let mut client = ops_client(&server, cert_dir.as_deref()).await?;

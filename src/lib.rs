@@ -6,6 +6,7 @@
 //! - [`control_plane`]: the xDS control plane (standalone and Kubernetes modes).
 //! - [`proxy`]: `meridian proxy`, the L7 gateway fed by the same xDS.
 //! - [`l4`]: `meridian l4`, the L4 node in front of the gateways, fed by the same xDS.
+//! - [`haproxy`]: `meridian haproxy`, keeping a real HAProxy in line with the same xDS.
 //! - [`node_agent`]: `meridian node-agent`, answering HAProxy's agent check on each node.
 //! - [`bench`] and [`cli`]: benchmarks and the command line, on top.
 
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod cli;
 pub mod control_plane;
 pub mod core;
+pub mod haproxy;
 pub mod l4;
 pub mod node_agent;
 pub mod proxy;

@@ -72,7 +72,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("runtime: I/O plumbing every program shares", &["runtime"]),
     (
         "program edges: the control plane's shared edges, the proxy's, the L4 balancer's, the node agent's",
-        &["control_plane", "proxy", "l4", "node_agent"],
+        &["control_plane", "proxy", "l4", "node_agent", "haproxy"],
     ),
     (
         "control-plane wiring both modes share",
@@ -87,7 +87,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// The programs over the core: none imports another (what they share belongs below them).
-const PROGRAMS: &[&str] = &["control_plane", "proxy", "l4", "node_agent"];
+const PROGRAMS: &[&str] = &["control_plane", "proxy", "l4", "node_agent", "haproxy"];
 
 /// Module roots that only declare their children and so belong to no layer.
 const DECLARATIONS_ONLY: &[&str] = &["", "core"];

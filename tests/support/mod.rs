@@ -184,6 +184,15 @@ impl MeridianProxy {
         MeridianProxy::run("proxy", dir, options, args)
     }
 
+    /// `meridian haproxy -c <bootstrap>` with `args`, its log in `dir`.
+    pub fn start_haproxy_with(
+        dir: &Path,
+        options: BootstrapOptions,
+        args: &[&str],
+    ) -> MeridianProxy {
+        MeridianProxy::run("haproxy", dir, options, args)
+    }
+
     /// `meridian l4 -c <bootstrap>` (`options.l4` should be set), its log in `dir`.
     pub fn start_l4(dir: &Path, options: BootstrapOptions) -> MeridianProxy {
         MeridianProxy::run("l4", dir, options, &[])
@@ -289,6 +298,14 @@ impl Backend {
                 .to_owned();
             ([("connection", "close")], format!("{name} {forwarded}"))
         });
+        Backend::spawn_on(listener, app)
+    }
+
+    /// A backend answering with its name on a socket bound already (another loopback
+    /// address, say).
+    pub fn start_with_listener(name: &'static str, listener: tokio::net::TcpListener) -> Backend {
+        let app =
+            axum::Router::new().fallback(move || async move { ([("x-backend", name)], name) });
         Backend::spawn_on(listener, app)
     }
 

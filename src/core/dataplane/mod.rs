@@ -9,6 +9,7 @@
 pub mod balancer;
 pub mod breakers;
 pub mod conntrack;
+pub mod haproxy;
 pub mod l4;
 pub mod listeners;
 pub mod maglev;

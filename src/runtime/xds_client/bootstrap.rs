@@ -45,12 +45,14 @@ pub enum Program {
     Proxy,
     /// `meridian l4`, an L4 node (`meridian.dev/role: l4`).
     L4,
+    /// `meridian haproxy`, an L7 gateway served by HAProxy (role as for `meridian proxy`).
+    Haproxy,
 }
 
 impl Program {
     fn role(self) -> &'static str {
         match self {
-            Program::Proxy => "gateway",
+            Program::Proxy | Program::Haproxy => "gateway",
             Program::L4 => "l4",
         }
     }
@@ -59,6 +61,7 @@ impl Program {
         match self {
             Program::Proxy => "meridian-proxy",
             Program::L4 => "meridian-l4",
+            Program::Haproxy => "meridian-haproxy",
         }
     }
 }
@@ -109,8 +112,8 @@ impl Bootstrap {
         let role = node["metadata"][role_key].as_str().unwrap_or("gateway");
         if role != program.role() {
             let hint = match program {
-                Program::Proxy => {
-                    "meridian proxy is an L7 gateway (print its bootstrap without --role)"
+                Program::Proxy | Program::Haproxy => {
+                    "this is an L7 gateway (print its bootstrap without --role)"
                 }
                 Program::L4 => "meridian l4 is an L4 node (print its bootstrap with --role l4)",
             };

@@ -1,0 +1,401 @@
+//! `meridian haproxy` with a real HAProxy 2.6, fed by an in-process Meridian: the routes of
+//! an AccessPoint served by HAProxy frontends, a node-port Service reached through its node
+//! subset, servers following node changes through the Runtime API without a reload (under
+//! load, no request failing), and what HAProxy refuses reported while the running
+//! configuration keeps serving.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian::core::node_subsets::{subset, Node};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `meridian haproxy` for gateway `gateway`, its files in `dir/haproxy`.
+fn haproxy_node(dir: &Path, gateway: &str, xds_port: u16, extra: &[&str]) -> MeridianProxy {
+    let files = dir.join("haproxy");
+    let files = files.to_str().unwrap();
+    let mut args = vec![
+        "--dir",
+        files,
+        "--agent-port",
+        "0",
+        "--check-inter",
+        "200ms",
+        "--drain-time",
+        "3s",
+    ];
+    args.extend_from_slice(extra);
+    MeridianProxy::start_haproxy_with(
+        dir,
+        bootstrap_options("edge-haproxy", gateway, xds_port),
+        &args,
+    )
+}
+
+fn count(log: &str, what: &str) -> usize {
+    log.matches(what).count()
+}
+
+async fn status_of(
+    client: &reqwest::Client,
+    port: u16,
+    host: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> (u16, String, String) {
+    let response = client
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let location = r
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (status, location, r.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, String::new(), e.to_string()),
+    }
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_fixture_is_served_by_haproxy_frontends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, state) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config).unwrap();
+    let gateway_port = free_port();
+    let fixture = include_str!("fixtures/shop.yaml")
+        .replace("number: 8080", &format!("number: {gateway_port}"));
+    std::fs::write(config.join("shop.yaml"), fixture).unwrap();
+    let xds_port = free_port();
+    let _meridian = start_meridian(&config, &state, xds_port).await;
+    let node = haproxy_node(dir.path(), "edge/public", xds_port, &[]);
+    let client = no_redirects();
+    eventually(WAIT, "HAProxy serves the redirect route", || async {
+        status_of(
+            &client,
+            gateway_port,
+            "shop.example.com",
+            reqwest::Method::GET,
+            "/old",
+        )
+        .await
+        .0 == 302
+    })
+    .await;
+    let (_, location, _) = status_of(
+        &client,
+        gateway_port,
+        "shop.example.com",
+        reqwest::Method::GET,
+        "/old?x=1",
+    )
+    .await;
+    assert_eq!(location, "http://shop.example.com/new?x=1");
+    let (status, _, body) = status_of(
+        &client,
+        gateway_port,
+        "shop.example.com",
+        reqwest::Method::POST,
+        "/tea",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (418, "short and stout"));
+    // GET /tea is no teapot: the method is part of the match.
+    let (status, _, _) = status_of(
+        &client,
+        gateway_port,
+        "other.example.com",
+        reqwest::Method::GET,
+        "/",
+    )
+    .await;
+    assert_eq!(status, 404, "no virtual host: 404, as in Envoy");
+    let written = std::fs::read_to_string(dir.path().join("haproxy/haproxy.cfg")).unwrap();
+    assert!(
+        written.contains("hash-type consistent") && written.contains("balance hdr(x-user)"),
+        "{written}"
+    );
+    assert!(written.contains("retries 3"), "{written}");
+    assert!(
+        count(&node.log_text(), "HAProxy (re)loaded") >= 1,
+        "{}",
+        node.log_text()
+    );
+}
+
+/// Kills the HAProxy a test's `meridian haproxy` started (which outlives a killed
+/// `meridian haproxy`, as an edge should), by its pid file.
+struct HaproxyGuard(std::path::PathBuf);
+
+impl Drop for HaproxyGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(self.0.join("haproxy/haproxy.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+const NODE_PORT_SHOP: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: shop, namespace: shop}
+spec:
+  template:
+    service:
+      metadata:
+        name: web
+        annotations: {meridian.dev/destination: node-ports, meridian.dev/node-subset-size: "2"}
+      spec: {type: NodePort, ports: [{name: http, port: 80, nodePort: NODE_PORT}]}
+    gateways:
+    - metadata: {name: edge}
+      spec: {servers: [{port: {number: GATEWAY_PORT, protocol: HTTP, name: http}, hosts: ["*"]}]}
+    virtualServices:
+    - metadata: {name: shop}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [edge]
+        http:
+        - headers: {response: {set: {x-edge: EDGE_TAG}}}
+          route: [{destination: {host: web}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints: [{addresses: ["10.244.0.7"], nodeName: node-1}]
+ports: [{name: http, port: 8080}]
+"#;
+
+/// A node: its name, its address, and whether it is Ready and schedulable.
+#[derive(Clone)]
+struct TestNode {
+    name: String,
+    address: String,
+    ready: bool,
+    cordoned: bool,
+}
+
+fn node_yaml(n: &TestNode) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {}}}\nspec: {{unschedulable: {}}}\n\
+         status:\n  conditions: [{{type: Ready, status: \"{}\"}}]\n  addresses: [{{type: InternalIP, address: {}}}]\n",
+        n.name,
+        n.cordoned,
+        if n.ready { "True" } else { "False" },
+        n.address
+    )
+}
+
+/// One change to the nodes.
+type NodeChange<'a> = Box<dyn Fn(&mut Vec<TestNode>) + 'a>;
+
+/// The node names `meridian::core::node_subsets` chooses for shop/web among `nodes`.
+fn expected(nodes: &[TestNode]) -> BTreeSet<String> {
+    let candidates: Vec<Node> = nodes
+        .iter()
+        .map(|n| Node {
+            name: n.name.clone(),
+            ready: n.ready,
+            unschedulable: n.cordoned,
+        })
+        .collect();
+    subset("shop/web", &candidates, 2)
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The backends answering over `tries` requests.
+async fn answering(client: &reqwest::Client, port: u16, tries: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        if let Ok(name) = get(client, port, "shop.example.com", "/").await {
+            seen.insert(name);
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = HaproxyGuard(dir.path().to_path_buf());
+    let (config, state) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config).unwrap();
+    let (gateway_port, node_port) = (free_port(), free_port());
+    // Six "nodes", each a loopback address answering on the node port with its name.
+    let mut backends = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 1..=6 {
+        let address = format!("127.0.1.{i}");
+        let listener = tokio::net::TcpListener::bind((address.as_str(), node_port))
+            .await
+            .unwrap();
+        let name: &'static str = Box::leak(format!("node-{i}").into_boxed_str());
+        backends.push(Backend::start_with_listener(name, listener));
+        nodes.push(TestNode {
+            name: name.to_owned(),
+            address,
+            ready: true,
+            cordoned: false,
+        });
+    }
+    let write = |nodes: &[TestNode], tag: &str| {
+        let mut yaml = NODE_PORT_SHOP
+            .replace("NODE_PORT", &node_port.to_string())
+            .replace("GATEWAY_PORT", &gateway_port.to_string())
+            .replace("EDGE_TAG", tag);
+        for n in nodes {
+            yaml.push_str(&node_yaml(n));
+        }
+        std::fs::write(config.join("shop.yaml"), yaml).unwrap();
+    };
+    // Five nodes to begin with; node-6 joins later.
+    write(&nodes[..5], "one");
+    let xds_port = free_port();
+    let _meridian = start_meridian(&config, &state, xds_port).await;
+    let node = haproxy_node(dir.path(), "shop/edge", xds_port, &[]);
+    let client = client();
+    let want = expected(&nodes[..5]);
+    eventually(WAIT, "the subset answers through HAProxy", || async {
+        answering(&client, gateway_port, 20).await == want
+    })
+    .await;
+    // HAProxy serves the routes a moment before the program logs their reload.
+    eventually(WAIT, "the reload with the routes is logged", || async {
+        node.log_text().contains("routes=1")
+    })
+    .await;
+    let reloads_before = count(&node.log_text(), "HAProxy (re)loaded");
+
+    // Load for the whole churn: keep-alive clients counting every answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(&client, gateway_port, "shop.example.com", "/").await {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("failed: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let mut current: Vec<TestNode> = nodes[..5].to_vec();
+    let steps: Vec<(&str, NodeChange)> = vec![
+        (
+            "cordon a subset member",
+            Box::new(|n: &mut Vec<TestNode>| {
+                let member = expected(n).into_iter().next().unwrap();
+                n.iter_mut().find(|x| x.name == member).unwrap().cordoned = true;
+            }),
+        ),
+        (
+            "node-6 joins",
+            Box::new(|n: &mut Vec<TestNode>| n.push(nodes[5].clone())),
+        ),
+        (
+            "a subset member turns NotReady",
+            Box::new(|n: &mut Vec<TestNode>| {
+                let member = expected(n).into_iter().next().unwrap();
+                n.iter_mut().find(|x| x.name == member).unwrap().ready = false;
+            }),
+        ),
+        (
+            "a subset member leaves",
+            Box::new(|n: &mut Vec<TestNode>| {
+                let member = expected(n).into_iter().next_back().unwrap();
+                n.retain(|x| x.name != member);
+            }),
+        ),
+        (
+            "the cordoned node is uncordoned",
+            Box::new(|n: &mut Vec<TestNode>| {
+                n.iter_mut().for_each(|x| x.cordoned = false);
+            }),
+        ),
+    ];
+    for (what, change) in &steps {
+        let before = expected(&current);
+        change(&mut current);
+        let want = expected(&current);
+        assert!(
+            before.difference(&want).count() <= 1,
+            "{what}: {before:?} -> {want:?}"
+        );
+        write(&current, "one");
+        let took = eventually(WAIT, what, || async {
+            answering(&client, gateway_port, 20).await == want
+        })
+        .await;
+        eprintln!("{what}: {before:?} -> {want:?} in {took:?}");
+        // In-flight requests to a node leaving finish; give the load a moment on the new set.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = node.log_text();
+    assert_eq!(
+        count(&log, "HAProxy (re)loaded"),
+        reloads_before,
+        "node changes reload nothing: {log}"
+    );
+    assert!(
+        count(&log, "servers updated through the Runtime API") >= steps.len(),
+        "{log}"
+    );
+    // A route change is a frontend change: a reload, under the same load.
+    write(&current, "two");
+    eventually(WAIT, "the new response header", || async {
+        client
+            .get(format!("http://127.0.0.1:{gateway_port}/"))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+            .is_ok_and(|r| r.headers().get("x-edge").is_some_and(|v| v == "two"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("under churn: {ok} requests answered, {failed} failed");
+    assert!(ok > 500, "{ok}");
+    assert_eq!(failed, 0, "no request fails while nodes and routes change");
+    assert_eq!(
+        count(&node.log_text(), "HAProxy (re)loaded"),
+        reloads_before + 1
+    );
+}
