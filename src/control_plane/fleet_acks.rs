@@ -45,6 +45,9 @@ pub struct ReportedProxy {
     pub cluster: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<String>,
+    /// With a NACK: the AccessPoint generations the rejected config carried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nack_of: BTreeMap<String, i64>,
     /// `namespace/name` of each AccessPoint → acknowledged `metadata.generation` (empty when
     /// `acked_set` names the set instead).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -64,6 +67,12 @@ impl From<&GatewayAck> for ReportedProxy {
             gateway: ack.gateway.to_string(),
             cluster: ack.cluster.clone(),
             nack: ack.nack.clone(),
+            nack_of: ack
+                .nack_of
+                .iter()
+                .flat_map(|set| set.iter())
+                .map(|(k, g)| (k.to_string(), *g))
+                .collect(),
             acked: ack.acked.iter().map(|(k, g)| (k.to_string(), *g)).collect(),
             acked_set: None,
             load: ack.load.clone(),
@@ -118,6 +127,15 @@ impl ReportedProxy {
             gateway: key(&self.gateway)?,
             cluster: self.cluster.clone(),
             nack: self.nack.clone(),
+            // Reports from before this field: not known.
+            nack_of: (self.nack.is_some() && !self.nack_of.is_empty()).then(|| {
+                Arc::new(
+                    self.nack_of
+                        .iter()
+                        .filter_map(|(k, g)| Some((key(k)?, *g)))
+                        .collect(),
+                )
+            }),
             load: self.load.clone(),
             acked: Arc::new(
                 acked

@@ -21,6 +21,9 @@ pub struct GatewayAck {
     pub acked: Arc<BTreeMap<ObjectKey, i64>>,
     /// The proxy's NACK of the latest config, if it rejected it.
     pub nack: Option<String>,
+    /// The AccessPoint generations the rejected config carried (as `acked`); `None` when not
+    /// known. A NACK of a push made before an AccessPoint's current version says nothing of it.
+    pub nack_of: Option<Arc<BTreeMap<ObjectKey, i64>>>,
     /// Its recent load reports (requests and failures per upstream), oldest first.
     pub load: Vec<UpstreamLoad>,
 }

@@ -186,6 +186,15 @@ impl Quarantine {
                 continue;
             }
             for proxy in behind {
+                // A rejection of a push that did not carry this version (it was edited right
+                // after the push was rejected) is not this version's.
+                let rejected_other = proxy
+                    .nack_of
+                    .as_ref()
+                    .is_some_and(|pushed| pushed.get(key) != generation.as_ref());
+                if rejected_other {
+                    continue;
+                }
                 if let Some(nack) = &proxy.nack {
                     let entry = suspects
                         .entry(cluster.clone())

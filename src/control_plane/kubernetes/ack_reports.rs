@@ -294,6 +294,7 @@ mod tests {
             cluster: "local".to_owned(),
             acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 3)]).into(),
             nack: None,
+            nack_of: None,
             load: vec![UpstreamLoad {
                 upstream: "outbound|80||web.shop.svc.cluster.local".to_owned(),
                 at_ms: 1_000_000,
@@ -331,6 +332,7 @@ mod tests {
                     cluster,
                     acked: acked.into(),
                     nack: None,
+                    nack_of: None,
                     load: Vec::new(),
                 }
             })

@@ -426,9 +426,17 @@ impl XdsState {
                         ))
                     })
                     .clone();
+                let nack_of = p.nack().map(|_| {
+                    Arc::new(acked_access_points(
+                        snapshot.published(),
+                        Some(p.generation),
+                        &p.cluster,
+                    ))
+                });
                 Some(GatewayAck {
                     gateway: ObjectKey::new(namespace, name),
                     nack: p.nack().map(str::to_owned),
+                    nack_of,
                     acked,
                     node_id: p.node_id,
                     cluster: p.cluster,

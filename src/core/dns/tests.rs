@@ -161,6 +161,7 @@ fn served_in(clusters: &[&str]) -> ServingClusters {
             acked: BTreeMap::from([(ObjectKey::new("shop", "shop"), 1)]).into(),
             load: Vec::new(),
             nack: None,
+            nack_of: None,
         })
         .collect();
     serving_clusters(&acks)

@@ -52,6 +52,8 @@ struct Fleet {
     records: QuarantineRecords,
     acked: BTreeMap<ObjectKey, i64>,
     nack: Option<String>,
+    /// What the rejected push carried.
+    nack_of: Option<BTreeMap<ObjectKey, i64>>,
 }
 
 impl Fleet {
@@ -66,6 +68,7 @@ impl Fleet {
             records: QuarantineRecords::new(),
             acked: BTreeMap::new(),
             nack: None,
+            nack_of: None,
         };
         fleet.settle();
         fleet
@@ -83,6 +86,7 @@ impl Fleet {
             cluster: "local".to_owned(),
             acked: Arc::new(self.acked.clone()),
             nack: self.nack.clone(),
+            nack_of: self.nack_of.clone().map(Arc::new),
             load: Vec::new(),
         }
     }
@@ -102,9 +106,11 @@ impl Fleet {
             .collect();
         if served.values().any(|(_, bad)| *bad) {
             self.nack = Some("route: invalid regex".to_owned());
+            self.nack_of = Some(served.iter().map(|(k, (g, _))| (k.clone(), *g)).collect());
         } else {
             self.acked = served.iter().map(|(k, (g, _))| (k.clone(), *g)).collect();
             self.nack = None;
+            self.nack_of = None;
         }
     }
 
@@ -286,6 +292,7 @@ fn a_long_rejection_is_cut_short() {
         cluster: "local".to_owned(),
         acked: Arc::default(),
         nack: None,
+        nack_of: None,
         load: Vec::new(),
     };
     let long = "é".repeat(MAX_REASON);
@@ -353,4 +360,22 @@ mod properties {
             }
         }
     }
+}
+
+/// An edit made right after a rejected push, before the proxy was pushed it, is not blamed
+/// for that rejection: it is tried, not held.
+#[test]
+fn a_fix_made_before_the_next_push_is_not_held_for_the_earlier_rejection() {
+    let mut fleet = Fleet::new();
+    fleet.apply(access_point("a", 1, "one"));
+    fleet.settle();
+    fleet.apply(access_point("a", 2, "bad"));
+    fleet.round();
+    assert!(fleet.nack.is_some(), "the proxy rejected generation 2");
+    // The fix lands before the quarantine's next round; the proxy still reports the NACK of
+    // the push that carried generation 2.
+    fleet.apply(access_point("a", 3, "fixed"));
+    fleet.settle();
+    assert_eq!(fleet.hold("a"), None);
+    assert_eq!(fleet.serving("a"), Some(3));
 }

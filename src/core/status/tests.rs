@@ -76,6 +76,7 @@ impl Fixture {
             acked: acked.into(),
             load: Vec::new(),
             nack: nack.map(str::to_owned),
+            nack_of: None,
         });
         self
     }

@@ -100,6 +100,7 @@ impl Fleet {
                     }),
                     load: Vec::new(),
                     nack: rejects.then(|| "bad route".to_owned()),
+                    nack_of: None,
                 }
             })
             .collect()
