@@ -89,6 +89,7 @@ async fn the_shop_fixture_is_served_by_haproxy_frontends() {
     std::fs::write(config.join("shop.yaml"), fixture).unwrap();
     let xds_port = free_port();
     let _meridian = start_meridian(&config, &state, xds_port).await;
+    let _guard = HaproxyGuard(dir.path().to_path_buf());
     let node = haproxy_node(dir.path(), "edge/public", xds_port, &[]);
     let client = no_redirects();
     eventually(WAIT, "HAProxy serves the redirect route", || async {
@@ -290,7 +291,7 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
     .await;
     // HAProxy serves the routes a moment before the program logs their reload.
     eventually(WAIT, "the reload with the routes is logged", || async {
-        node.log_text().contains("routes=1")
+        node.log_text().contains("routes=[\"http.")
     })
     .await;
     let reloads_before = count(&node.log_text(), "HAProxy (re)loaded");
@@ -397,5 +398,190 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
     assert_eq!(
         count(&node.log_text(), "HAProxy (re)loaded"),
         reloads_before + 1
+    );
+}
+
+fn plain_shop(gateway_ports: &[u16], backend_port: u16, tag: &str) -> String {
+    let servers: Vec<String> = gateway_ports
+        .iter()
+        .map(|p| {
+            format!("{{port: {{number: {p}, protocol: HTTP, name: http-{p}}}, hosts: [\"*\"]}}")
+        })
+        .collect();
+    format!(
+        r#"{service}apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {{name: shop, namespace: shop}}
+spec:
+  template:
+    gateways:
+    - metadata: {{name: edge}}
+      spec: {{servers: [{servers}]}}
+    virtualServices:
+    - metadata: {{name: shop}}
+      spec:
+        hosts: [shop.example.com]
+        gateways: [edge]
+        http: [{{headers: {{response: {{set: {{x-edge: {tag}}}}}}}, route: [{{destination: {{host: web}}}}]}}]
+"#,
+        service = loopback_service("web", backend_port),
+        servers = servers.join(", ")
+    )
+}
+
+fn haproxy_master(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("haproxy/haproxy.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_keep_the_running_config_and_haproxy_outlives_its_keeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = HaproxyGuard(dir.path().to_path_buf());
+    let (config, state) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config).unwrap();
+    let backend = Backend::start("web").await;
+    let (port, taken) = (free_port(), free_port());
+    std::fs::write(
+        config.join("shop.yaml"),
+        plain_shop(&[port], backend.port, "one"),
+    )
+    .unwrap();
+    let xds_port = free_port();
+    let meridian = start_meridian(&config, &state, xds_port).await;
+    let admin = meridian.admin_addr;
+    let mut node = haproxy_node(dir.path(), "shop/edge", xds_port, &[]);
+    let client = client();
+    let tag = |client: reqwest::Client| async move {
+        client
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "shop.example.com")
+            .send()
+            .await
+            .ok()
+            .and_then(|r| {
+                r.headers()
+                    .get("x-edge")
+                    .map(|v| v.to_str().unwrap_or_default().to_owned())
+            })
+    };
+    eventually(WAIT, "HAProxy serves the shop", || async {
+        tag(client.clone()).await.as_deref() == Some("one")
+    })
+    .await;
+
+    // A second server on a port something else holds: HAProxy cannot load it. The reason is
+    // NACKed, the quarantine holds the change back, and the running configuration serves.
+    let holder = std::net::TcpListener::bind(("0.0.0.0", taken)).unwrap();
+    std::fs::write(
+        config.join("shop.yaml"),
+        plain_shop(&[port, taken], backend.port, "two"),
+    )
+    .unwrap();
+    eventually(WAIT, "the NACK with HAProxy's reason", || async {
+        let syncz = admin_json(&client, admin, "/debug/syncz").await;
+        syncz
+            .to_string()
+            .contains(&format!("cannot bind 0.0.0.0:{taken}"))
+    })
+    .await;
+    assert_eq!(
+        tag(client.clone()).await.as_deref(),
+        Some("one"),
+        "the running configuration serves"
+    );
+    let statuses = admin_json(&client, admin, "/debug/status").await;
+    assert!(statuses.to_string().contains("Rejected"), "{statuses}");
+    // Fixed at once (another port): it applies.
+    let second = free_port();
+    std::fs::write(
+        config.join("shop.yaml"),
+        plain_shop(&[port, second], backend.port, "three"),
+    )
+    .unwrap();
+    eventually(WAIT, "the fixed change applies", || async {
+        tag(client.clone()).await.as_deref() == Some("three")
+    })
+    .await;
+    eventually(WAIT, "the new port serves", || async {
+        get(&client, second, "shop.example.com", "/")
+            .await
+            .as_deref()
+            == Ok("web")
+    })
+    .await;
+    drop(holder);
+
+    // HAProxy killed: started again on the configuration it had.
+    let master = haproxy_master(dir.path());
+    // SAFETY: kill(2) on the HAProxy this test's node started.
+    unsafe {
+        libc::kill(master, libc::SIGKILL);
+    }
+    let took = eventually(WAIT, "HAProxy started again", || async {
+        std::fs::read_to_string(dir.path().join("haproxy/haproxy.pid"))
+            .is_ok_and(|p| p.trim() != master.to_string())
+            && tag(client.clone()).await.as_deref() == Some("three")
+    })
+    .await;
+    eprintln!("HAProxy back {took:?} after SIGKILL");
+    assert!(node
+        .log_text()
+        .contains("HAProxy is not running; starting it again"));
+
+    // `meridian haproxy` itself killed: HAProxy keeps serving, and a new one adopts it.
+    let starts = count(&node.log_text(), "HAProxy started");
+    drop(node);
+    for _ in 0..20 {
+        assert_eq!(
+            tag(client.clone()).await.as_deref(),
+            Some("three"),
+            "served without its keeper"
+        );
+    }
+    node = haproxy_node(dir.path(), "shop/edge", xds_port, &[]);
+    std::fs::write(
+        config.join("shop.yaml"),
+        plain_shop(&[port, second], backend.port, "four"),
+    )
+    .unwrap();
+    eventually(WAIT, "the adopted HAProxy follows edits", || async {
+        tag(client.clone()).await.as_deref() == Some("four")
+    })
+    .await;
+    let log = node.log_text();
+    assert_eq!(
+        count(&log, "HAProxy started"),
+        starts,
+        "adopted, not started anew: {log}"
+    );
+
+    // A Service asking for node ports without being a NodePort: a problem naming the file and
+    // field; nothing else is disturbed.
+    std::fs::write(
+        config.join("bad.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: api, namespace: shop, annotations: {meridian.dev/destination: node-ports}}\nspec: {ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    eventually(WAIT, "the bad Service reported", || async {
+        let problems = admin_json(&client, admin, "/debug/problems")
+            .await
+            .to_string();
+        problems.contains("bad.yaml")
+            && problems.contains("spec.type")
+            && problems.contains("spec.ports[0].nodePort")
+    })
+    .await;
+    assert_eq!(tag(client.clone()).await.as_deref(), Some("four"));
+    // SIGTERM: HAProxy stops softly with it.
+    let status = node.terminate();
+    assert!(status.success(), "{status}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tag(client.clone()).await.is_none(),
+        "HAProxy stopped with meridian haproxy"
     );
 }

@@ -28,8 +28,8 @@ use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::bounded;
 use crate::runtime::xds_client::resources::{
-    compile_each, compile_whole_set, decode, follow_by_name, short_name, CLUSTERS, ENDPOINTS,
-    LISTENERS, ROUTES, SECRETS,
+    compile_each, compile_whole_set, decode, follow_by_name, keep_previous, short_name, CLUSTERS,
+    ENDPOINTS, LISTENERS, ROUTES, SECRETS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
@@ -61,6 +61,8 @@ pub struct HaproxySubscriber {
     settings: Settings,
     files_dir: PathBuf,
     loaded: Option<Loaded>,
+    /// The wildcard types a response of which arrived.
+    answered: BTreeSet<&'static str>,
     /// Counts of what was done, for the log.
     pub reloads: u64,
     pub runtime_updates: u64,
@@ -74,6 +76,7 @@ impl HaproxySubscriber {
             files_dir: PathBuf::from(&settings.files_dir),
             settings,
             loaded: None,
+            answered: BTreeSet::new(),
             reloads: 0,
             runtime_updates: 0,
         }
@@ -82,6 +85,17 @@ impl HaproxySubscriber {
     /// Brings HAProxy in line with what is accepted.
     async fn sync(&mut self, kind: &'static str) -> Result<(), String> {
         let accepted = &self.accepted;
+        // As Envoy's warming: nothing before the first listeners and clusters, and the first
+        // load waits for every EDS cluster's endpoints (an HAProxy found running keeps
+        // serving what it has meanwhile).
+        let endpoints_known = accepted
+            .clusters
+            .values()
+            .all(|c| c.discovery != Discovery::Eds || accepted.assignments.contains_key(&c.name));
+        let initialized = self.answered.contains(CLUSTERS) && self.answered.contains(LISTENERS);
+        if !initialized || (self.loaded.is_none() && !endpoints_known) {
+            return Ok(());
+        }
         let previous = self.loaded.clone().unwrap_or_default();
         let mut slots = BTreeMap::new();
         for cluster in accepted.clusters.values() {
@@ -103,7 +117,7 @@ impl HaproxySubscriber {
                 SlotTable::assign(&before, &assignment),
             );
         }
-        // Listeners wait for their certificates, as Envoy's warm.
+        // Listeners wait for their certificates and routes, as Envoy's warm.
         let listeners: BTreeMap<String, ListenerPlan> = accepted
             .listeners
             .iter()
@@ -112,6 +126,7 @@ impl HaproxySubscriber {
                     .iter()
                     .all(|s| accepted.secrets.contains_key(s))
             })
+            .filter(|(_, l)| l.route_configs().all(|r| accepted.routes.contains_key(r)))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let inputs = |slots| Inputs {
@@ -215,8 +230,8 @@ impl HaproxySubscriber {
         self.reloads += 1;
         tracing::info!(
             after = short_name(kind),
-            listeners = listeners.len(),
-            routes = accepted.routes.len(),
+            listeners = ?listeners.keys().collect::<Vec<_>>(),
+            routes = ?accepted.routes.keys().collect::<Vec<_>>(),
             clusters = slots.len(),
             reloads = self.reloads,
             "HAProxy (re)loaded"
@@ -304,12 +319,29 @@ impl HaproxySubscriber {
             }
             LISTENERS => {
                 let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
-                let (plans, raw) = compile_whole_set(
+                let (mut plans, mut raw) = compile_whole_set(
                     &response.resources,
                     kind,
                     (&accepted.listeners, &old_raw),
                     |l: &Listener| l.name.clone(),
                     |l| ListenerPlan::compile(l).map_err(|e| e.to_string()),
+                    &mut errors,
+                );
+                // A port something else holds would fail HAProxy's reload (pausing its
+                // listeners while it retries): refused here, naming the listener, instead.
+                let taken: Vec<(String, String)> = plans
+                    .values()
+                    .filter_map(|p| {
+                        bindable(&p.address, p.port)
+                            .err()
+                            .map(|e| (p.name.clone(), e))
+                    })
+                    .collect();
+                keep_previous(
+                    taken,
+                    ("Listener", "address"),
+                    (&mut plans, &mut raw),
+                    (&accepted.listeners, &old_raw),
                     &mut errors,
                 );
                 accepted.listeners = plans;
@@ -370,6 +402,26 @@ impl HaproxySubscriber {
     }
 }
 
+/// Whether HAProxy could bind `address:port`: binding it here as HAProxy does (with
+/// `SO_REUSEPORT`, so a port the running HAProxy holds binds too).
+fn bindable(address: &str, port: u16) -> Result<(), String> {
+    let ip: std::net::IpAddr = address
+        .parse()
+        .map_err(|_| format!("{address:?} is not an IP address"))?;
+    let addr = std::net::SocketAddr::new(ip, port);
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    socket.set_reuse_address(true).map_err(|e| e.to_string())?;
+    socket.set_reuse_port(true).map_err(|e| e.to_string())?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| format!("cannot bind {addr}: {e}"))
+}
+
 fn pem(secret: &SecretPlan) -> String {
     match secret {
         SecretPlan::Certificate { chain_pem, key_pem } => {
@@ -400,6 +452,7 @@ impl Subscriber for HaproxySubscriber {
     ) -> Applied {
         let before = self.accepted.clone();
         let mut applied = self.compile(kind, response, names);
+        self.answered.insert(kind);
         if let Err(error) = self.sync(kind).await {
             tracing::warn!(r#type = short_name(kind), error = %bounded(&error), "HAProxy kept its configuration; the response is rejected");
             self.accepted = before;
@@ -432,7 +485,7 @@ impl Subscriber for HaproxySubscriber {
         tracing::info!(
             listeners = self.accepted.listeners.len(),
             clusters = self.accepted.clusters.len(),
-            "first configuration applied"
+            "first listeners and clusters received"
         );
     }
 

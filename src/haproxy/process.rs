@@ -2,10 +2,12 @@
 //! signal after `haproxy -c` approved the new configuration; endpoint changes go through the
 //! Runtime API instead ([`runtime_command`]).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
@@ -23,8 +25,8 @@ pub enum HaproxyError {
         binary: String,
         source: std::io::Error,
     },
-    #[error("HAProxy's master did not bring up a new worker within {}s (is a port taken?)", RELOAD_WAIT.as_secs())]
-    ReloadFailed,
+    #[error("HAProxy could not load the configuration ({0}); the previous one keeps serving")]
+    ReloadFailed(String),
     #[error("HAProxy exited: {0}")]
     Exited(String),
     #[error("Runtime API {socket}: {message}")]
@@ -45,13 +47,21 @@ pub struct Haproxy {
     master_socket: PathBuf,
     /// The HAProxy this program started (or found running at start, and adopted).
     started: bool,
+    /// HAProxy's latest alerts (what it logs when it cannot load a configuration), from the
+    /// master this program started.
+    alerts: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// Alerts kept.
+const ALERTS: usize = 8;
 
 /// A running master and the worker serving its latest configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Processes {
     master: i32,
     worker: Option<i32>,
+    /// Reloads that failed (the master keeps the workers it had).
+    failed: u32,
 }
 
 impl Haproxy {
@@ -61,6 +71,7 @@ impl Haproxy {
             config: dir.join("haproxy.cfg"),
             master_socket: dir.join("master.sock"),
             started: false,
+            alerts: Arc::default(),
         }
     }
 
@@ -103,6 +114,10 @@ impl Haproxy {
             return self.start().await;
         };
         self.started = true;
+        self.alerts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // The master re-executes itself; what it answers, if anything, does not matter.
         let _ = tokio::time::timeout(
             Duration::from_millis(200),
@@ -113,12 +128,29 @@ impl Haproxy {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if let Some(now) = self.processes().await {
+                if now.failed > before.failed {
+                    // Its alerts reach us a moment later than the master's status.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return Err(HaproxyError::ReloadFailed(self.latest_alerts()));
+                }
                 if now.worker.is_some() && now.worker != before.worker {
                     return Ok(());
                 }
             }
         }
-        Err(HaproxyError::ReloadFailed)
+        Err(HaproxyError::ReloadFailed(format!(
+            "no new worker within {}s",
+            RELOAD_WAIT.as_secs()
+        )))
+    }
+
+    fn latest_alerts(&self) -> String {
+        let alerts = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        if alerts.is_empty() {
+            "HAProxy's log says why".to_owned()
+        } else {
+            alerts.iter().cloned().collect::<Vec<_>>().join("; ")
+        }
     }
 
     async fn start(&mut self) -> Result<(), HaproxyError> {
@@ -131,8 +163,12 @@ impl Haproxy {
             .arg(self.config.with_file_name("haproxy.pid"))
             .arg("-f")
             .arg(&self.config)
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|source| self.spawn_error(source))?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(relay_log(stderr, self.alerts.clone()));
+        }
         self.started = true;
         let deadline = tokio::time::Instant::now() + RELOAD_WAIT;
         while tokio::time::Instant::now() < deadline {
@@ -145,7 +181,7 @@ impl Haproxy {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(HaproxyError::ReloadFailed)
+        Err(HaproxyError::ReloadFailed(self.latest_alerts()))
     }
 
     /// The master and its current worker (`show proc` on the master CLI: the first line
@@ -154,6 +190,7 @@ impl Haproxy {
         let answer = exchange(&self.master_socket, "show proc;quit").await.ok()?;
         let mut master = None;
         let mut worker = None;
+        let mut failed = 0;
         let mut section = "";
         for line in answer.lines() {
             if let Some(name) = line.strip_prefix("# ") {
@@ -166,7 +203,16 @@ impl Haproxy {
             };
             let pid = pid.parse::<i32>().ok();
             match (section, kind) {
-                (_, "master") => master = pid,
+                (_, "master") => {
+                    master = pid;
+                    // `<reloads> [failed: <n>]`
+                    failed = line
+                        .split("failed:")
+                        .nth(1)
+                        .and_then(|rest| rest.split(']').next())
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0);
+                }
                 ("workers", "worker") if worker.is_none() => worker = pid,
                 _ => {}
             }
@@ -174,6 +220,7 @@ impl Haproxy {
         Some(Processes {
             master: master?,
             worker,
+            failed,
         })
     }
 
@@ -202,6 +249,29 @@ impl Haproxy {
         HaproxyError::Spawn {
             binary: self.binary.display().to_string(),
             source,
+        }
+    }
+}
+
+/// Passes HAProxy's log on (as this program's, with `haproxy` as the target), keeping its
+/// alerts.
+async fn relay_log(stderr: tokio::process::ChildStderr, alerts: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("[ALERT]") {
+            tracing::warn!(target: "haproxy", "{line}");
+            let mut alerts = alerts.lock().unwrap_or_else(|e| e.into_inner());
+            if alerts.len() == ALERTS {
+                alerts.pop_front();
+            }
+            // `[ALERT]    (1234) : <what>`: only what.
+            alerts.push_back(
+                line.split_once(" : ")
+                    .map_or(line.as_str(), |(_, what)| what)
+                    .to_owned(),
+            );
+        } else {
+            tracing::info!(target: "haproxy", "{line}");
         }
     }
 }
