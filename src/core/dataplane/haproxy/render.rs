@@ -592,9 +592,11 @@ fn backend(
                     i + 1,
                     bind_address(address)
                 ),
+                // Weight 100 as filled slots have: the node agent's `NN%` is a share of the
+                // weight a server was configured with.
                 None => writeln!(
                     out,
-                    "    server {prefix}{} 0.0.0.0:1 disabled{backup}",
+                    "    server {prefix}{} 0.0.0.0:1 weight 100 disabled{backup}",
                     i + 1
                 ),
             };

@@ -10,7 +10,7 @@ use crate::core::dataplane::balancer::Assignment;
 /// The fewest slots of each kind a backend has.
 pub const MIN_SLOTS: usize = 4;
 
-/// One endpoint in a slot: address, port and HAProxy weight (1-256).
+/// One endpoint in a slot: address, port and HAProxy weight (1-256; [`haproxy_weight`]).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Server {
     pub address: String,
@@ -29,6 +29,14 @@ impl SlotTable {
     /// The slots for `assignment`, keeping each endpoint that stays where `previous` had it.
     pub fn assign(previous: &SlotTable, assignment: &Assignment) -> SlotTable {
         let (mut active, mut backup) = (Vec::new(), Vec::new());
+        let weights = || {
+            assignment
+                .localities
+                .iter()
+                .flat_map(|l| &l.endpoints)
+                .map(|e| e.weight.max(1))
+        };
+        let (min, max) = (weights().min().unwrap_or(1), weights().max().unwrap_or(1));
         for locality in &assignment.localities {
             let list = if locality.priority == 0 {
                 &mut active
@@ -39,7 +47,7 @@ impl SlotTable {
                 list.push(Server {
                     address: e.host.clone(),
                     port: e.port,
-                    weight: e.weight.clamp(1, 256),
+                    weight: haproxy_weight(e.weight, (min, max)),
                 });
             }
         }
@@ -95,6 +103,19 @@ impl SlotTable {
         }
         Some(out)
     }
+}
+
+/// An endpoint's weight as HAProxy's (1-256): 100 when all weigh alike, so that the node
+/// agent's `NN%` has room; else in proportion, the heaviest at 256.
+fn haproxy_weight(weight: u32, (min, max): (u32, u32)) -> u32 {
+    if min == max {
+        return 100;
+    }
+    let weight = u64::from(weight.max(1));
+    let max = u64::from(max.max(1));
+    u32::try_from((weight * 256).div_ceil(max))
+        .unwrap_or(256)
+        .clamp(1, 256)
 }
 
 /// `servers` in `previous`'s slots: those already placed stay, the rest fill free slots in
@@ -181,11 +202,20 @@ mod tests {
             [
                 "set server be/a1 state maint",
                 "set server be/a3 addr 10.0.0.3 port 30080",
-                "set server be/a3 weight 1",
+                "set server be/a3 weight 100",
                 "set server be/a3 state ready",
             ]
         );
         assert_eq!(second.commands(&second, "be"), Some(Vec::new()));
+    }
+
+    #[test]
+    fn weights_leave_room_for_the_agents_percentages_and_keep_proportions() {
+        assert_eq!(haproxy_weight(1, (1, 1)), 100);
+        assert_eq!(haproxy_weight(7, (7, 7)), 100);
+        assert_eq!(haproxy_weight(1, (1, 4)), 64);
+        assert_eq!(haproxy_weight(4, (1, 4)), 256);
+        assert_eq!(haproxy_weight(1, (1, 100_000)), 1);
     }
 
     #[test]
