@@ -938,3 +938,118 @@ async fn over_mutual_tls_a_polling_envoy_gets_its_keys_and_nobody_else_does() {
     );
     meridian.shutdown().await.unwrap();
 }
+
+/// The same gateway served by `meridian haproxy`: Meridian's certificates (SDS) become the
+/// PEM files HAProxy's crt-list names, chosen by SNI, with client certificates required where
+/// the server is MUTUAL; a rotated certificate is served on fresh connections with none
+/// failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_serves_issued_mutual_and_user_certificates_by_sni_and_rotates() {
+    let f = Fixture::new().await;
+    let user = UserCertificate::new("byo.example.test", "byo-cert", "edge");
+    std::fs::write(f.config_dir().join("byo.yaml"), &user.secret_manifest).unwrap();
+    let meridian = f.start(short_lived(), false).await;
+    let files = f.path().join("haproxy");
+    let node = MeridianProxy::start_haproxy_with(
+        f.path(),
+        bootstrap_options("gw-haproxy", "edge/public", f.xds_port),
+        &[
+            "--dir",
+            files.to_str().unwrap(),
+            "--agent-port",
+            "0",
+            "--drain-time",
+            "2s",
+        ],
+    );
+    let _guard = KillByPidFile(files.join("haproxy.pid"));
+    eventually(Duration::from_secs(30), "HTTPS through HAProxy", || async {
+        f.curl(HOST, &[]).as_deref() == Ok("alpha")
+    })
+    .await;
+    // Private keys are readable by their owner only.
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(&files).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "pem")
+            && std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
+    }
+    // MUTUAL: refused without a client certificate, served with one from Meridian's CA.
+    assert!(f.curl("partners.example.test", &[]).is_err());
+    let ca = certs::load_existing(&short_lived(), Some(&f.state_dir().join("ca"))).unwrap();
+    let (cert, key, _) = certs::write_client_credentials(
+        &ca,
+        &short_lived(),
+        ("shop", "tester"),
+        &f.path().join("client"),
+    )
+    .unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    assert_eq!(
+        f.curl("partners.example.test", &["--cert", &cert, "--key", &key]),
+        Ok("alpha".to_owned())
+    );
+    // credentialName: the user's certificate, verified against the user's CA.
+    let user_ca_file = f.path().join("byo-ca.crt");
+    std::fs::write(&user_ca_file, &user.ca_pem).unwrap();
+    assert_eq!(
+        curl_https(&user_ca_file, "byo.example.test", f.port, &[]),
+        Ok("alpha".to_owned())
+    );
+
+    // Rotation (6 s certificates, renewed at half-life): fresh connections see a new serial.
+    let client = TlsClient::trusting(&f.ca_pem());
+    let first = client.connect(f.port, HOST).await.unwrap().serial;
+    let (mut failures, mut requests) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut rotated = None;
+    while Instant::now() < deadline && rotated.is_none() {
+        match client.connect(f.port, HOST).await {
+            Ok(mut conn) => {
+                if !matches!(conn.get("/").await, Ok((200, body)) if body == "alpha") {
+                    failures += 1;
+                }
+                if conn.serial != first {
+                    rotated = Some(conn.serial);
+                }
+            }
+            Err(error) => {
+                eprintln!("fresh connection: {error}");
+                failures += 1;
+            }
+        }
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{requests} fresh connections across the rotation, {failures} failed");
+    assert!(
+        rotated.is_some(),
+        "the certificate rotated: {}",
+        node.log_text()
+    );
+    assert_eq!(failures, 0);
+    meridian.shutdown().await.unwrap();
+}
+
+/// Kills the process whose pid a file holds (HAProxy, which outlives a killed keeper).
+struct KillByPidFile(PathBuf);
+
+impl Drop for KillByPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
