@@ -73,3 +73,6 @@ mod tests {
         assert_eq!(service_of_cluster("outbound|443||api.example.com"), None);
     }
 }
+
+#[cfg(test)]
+mod render_tests;

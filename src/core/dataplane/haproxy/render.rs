@@ -276,10 +276,10 @@ fn frontend(
         let guard = format!("{{ var(txn.route) -m str {id} }}");
         match &route.action {
             RuleAction::Direct { status, body } => {
-                let _ = match body.as_deref().filter(|b| !b.is_empty()) {
+                let _ = match body.as_deref().filter(|b| *b != "''") {
                     Some(body) => writeln!(
                         out,
-                        "    http-request return status {status} content-type text/plain string '{body}' if {guard}"
+                        "    http-request return status {status} content-type text/plain string {body} if {guard}"
                     ),
                     None => writeln!(out, "    http-request return status {status} if {guard}"),
                 };

@@ -61,6 +61,7 @@ pub enum RuleAction {
     },
     Direct {
         status: u16,
+        /// Single-quoted, as the configuration takes it.
         body: Option<String>,
     },
 }
@@ -398,6 +399,10 @@ fn route_rule(
                         cx.refuse(format!("{field}.direct_response.body"), "a body not inline")
                     )
                 }
+            };
+            let body = match body {
+                Some(text) => Some(quoted(cx, &format!("{field}.direct_response.body"), &text)?),
+                None => None,
             };
             let status = u16::try_from(direct.status)
                 .ok()
