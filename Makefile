@@ -27,9 +27,10 @@ grpc-deps:
 	@command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm)
 	@test -d $(GRPC_NODE_DIR)/node_modules/@grpc/grpc-js-xds || (mkdir -p $(GRPC_NODE_DIR) && npm install --silent --no-audit --no-fund --prefix $(GRPC_NODE_DIR) @grpc/grpc-js@1.14.7 @grpc/grpc-js-xds@1.14.1)
 
-## Adds what the HAProxy edge's e2e tests need: HAProxy 2.6 from Debian.
+## Adds what the HAProxy edge's e2e tests need: HAProxy 2.6 from Debian, and wrk for the load
+## they put through it.
 edge-deps:
-	@command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy)
+	@command -v haproxy >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk)
 
 ## Adds what the Kubernetes e2e tests need: etcd, and kube-apiserver + kubectl 1.20.2 built once
 ## from Debian's source package (cached in ~/.cache/meridian/kube), or $$KUBEBUILDER_ASSETS.

@@ -123,7 +123,7 @@ const DEFAULT_L4_TIER: &str = "meridian-system/l4";
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve xDS (and optionally DNS) from a directory of YAML manifests (AccessPoint,
-    /// MemberCluster, NameService, Service, EndpointSlice, Deployment, TLS Secret), applying
+    /// MemberCluster, NameService, Service, EndpointSlice, Deployment, Node, TLS Secret), applying
     /// edits live.
     Standalone {
         /// Directory of manifests, read recursively (*.yaml, *.yml).
@@ -142,7 +142,7 @@ pub enum Command {
         serving: ServingArgs,
     },
     /// Serve xDS from Kubernetes: watch AccessPoint, MemberCluster, NameService, Service,
-    /// EndpointSlice, Deployment, TLS Secret and Namespace objects; while holding the leader
+    /// EndpointSlice, Deployment, Node, TLS Secret and Namespace objects; while holding the leader
     /// lease, write AccessPoint status, member-cluster Services, the VIP table and RFC 2136
     /// updates. Every replica serves xDS (and DNS, with --dns-addr).
     Controller {

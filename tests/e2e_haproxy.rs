@@ -8,8 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use meridian::core::node_subsets::{subset, Node};
@@ -296,24 +295,24 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
     .await;
     let reloads_before = count(&node.log_text(), "HAProxy (re)loaded");
 
-    // Load for the whole churn: keep-alive clients counting every answer.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let (stop, ok, failed, client) = (stop.clone(), ok.clone(), failed.clone(), client.clone());
-        load.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match get(&client, gateway_port, "shop.example.com", "/").await {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        }));
-    }
+    // Load for the whole churn: wrk, 8 keep-alive connections, stopped with SIGINT (it then
+    // prints its summary).
+    let wrk = Command::new("wrk")
+        .args([
+            "-t",
+            "2",
+            "-c",
+            "8",
+            "-d",
+            "60s",
+            "-H",
+            "Host: shop.example.com",
+        ])
+        .arg(format!("http://127.0.0.1:{gateway_port}/"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wrk (make test installs it)");
     let mut current: Vec<TestNode> = nodes[..5].to_vec();
     let steps: Vec<(&str, NodeChange)> = vec![
         (
@@ -375,29 +374,42 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
         count(&log, "servers updated through the Runtime API") >= steps.len(),
         "{log}"
     );
-    // A route change is a frontend change: a reload, under the same load.
-    write(&current, "two");
-    eventually(WAIT, "the new response header", || async {
-        client
-            .get(format!("http://127.0.0.1:{gateway_port}/"))
-            .header("host", "shop.example.com")
-            .send()
-            .await
-            .is_ok_and(|r| r.headers().get("x-edge").is_some_and(|v| v == "two"))
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for task in load {
-        task.await.unwrap();
+    // Route changes are frontend changes: a reload each, under the same load.
+    let edits = ["two", "three", "four", "five", "six"];
+    for tag in edits {
+        write(&current, tag);
+        eventually(WAIT, "the new response header", || async {
+            client
+                .get(format!("http://127.0.0.1:{gateway_port}/"))
+                .header("host", "shop.example.com")
+                .send()
+                .await
+                .is_ok_and(|r| r.headers().get("x-edge").is_some_and(|v| v == tag))
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    eprintln!("under churn: {ok} requests answered, {failed} failed");
-    assert!(ok > 500, "{ok}");
-    assert_eq!(failed, 0, "no request fails while nodes and routes change");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: kill(2) on the wrk this test started.
+    unsafe {
+        libc::kill(wrk.id() as i32, libc::SIGINT);
+    }
+    let out = wrk.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("wrk under churn:\n{summary}");
+    let requests: u64 = summary
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("wrk's request count");
+    assert!(requests > 500, "{summary}");
+    assert!(
+        !summary.contains("Non-2xx") && !summary.contains("Socket errors"),
+        "no request fails while nodes and routes change: {summary}"
+    );
     assert_eq!(
         count(&node.log_text(), "HAProxy (re)loaded"),
-        reloads_before + 1
+        reloads_before + edits.len()
     );
 }
 
@@ -584,4 +596,61 @@ async fn refusals_keep_the_running_config_and_haproxy_outlives_its_keeper() {
         tag(client.clone()).await.is_none(),
         "HAProxy stopped with meridian haproxy"
     );
+}
+
+/// Envoy is served the same subsets over EDS (node address, node port) and follows a cordon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_reaches_the_same_node_subset_over_eds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, state) = (dir.path().join("config"), dir.path().join("state"));
+    std::fs::create_dir_all(&config).unwrap();
+    let (gateway_port, node_port) = (free_port(), free_port());
+    let mut backends = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 1..=5 {
+        let address = format!("127.0.2.{i}");
+        let listener = tokio::net::TcpListener::bind((address.as_str(), node_port))
+            .await
+            .unwrap();
+        let name: &'static str = Box::leak(format!("node-{i}").into_boxed_str());
+        backends.push(Backend::start_with_listener(name, listener));
+        nodes.push(TestNode {
+            name: name.to_owned(),
+            address,
+            ready: true,
+            cordoned: false,
+        });
+    }
+    let write = |nodes: &[TestNode]| {
+        let mut yaml = NODE_PORT_SHOP
+            .replace("NODE_PORT", &node_port.to_string())
+            .replace("GATEWAY_PORT", &gateway_port.to_string())
+            .replace("EDGE_TAG", "envoy");
+        for n in nodes {
+            yaml.push_str(&node_yaml(n));
+        }
+        std::fs::write(config.join("shop.yaml"), yaml).unwrap();
+    };
+    write(&nodes);
+    let xds_port = free_port();
+    let _meridian = start_meridian(&config, &state, xds_port).await;
+    let _envoy = Envoy::start(dir.path(), "edge-envoy", "shop/edge", xds_port, false);
+    let client = client();
+    let want = expected(&nodes);
+    eventually(WAIT, "Envoy reaches the subset", || async {
+        answering(&client, gateway_port, 20).await == want
+    })
+    .await;
+    let member = want.iter().next().unwrap().clone();
+    nodes
+        .iter_mut()
+        .find(|n| n.name == member)
+        .unwrap()
+        .cordoned = true;
+    let moved = expected(&nodes);
+    write(&nodes);
+    eventually(WAIT, "Envoy follows the cordon", || async {
+        answering(&client, gateway_port, 20).await == moved
+    })
+    .await;
 }
