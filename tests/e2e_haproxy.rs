@@ -355,14 +355,29 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
             before.difference(&want).count() <= 1,
             "{what}: {before:?} -> {want:?}"
         );
+        // Requests in flight on the nodes while one leaves the subset: all finish.
+        let in_flight: Vec<_> = (0..6)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    get(&client, gateway_port, "shop.example.com", "/slow").await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
         write(&current, "one");
         let took = eventually(WAIT, what, || async {
             answering(&client, gateway_port, 20).await == want
         })
         .await;
         eprintln!("{what}: {before:?} -> {want:?} in {took:?}");
-        // In-flight requests to a node leaving finish; give the load a moment on the new set.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        for request in in_flight {
+            let answer = request.await.unwrap();
+            assert!(
+                answer.as_ref().is_ok_and(|b| before.contains(b)),
+                "{what}: in flight: {answer:?}"
+            );
+        }
     }
     let log = node.log_text();
     assert_eq!(

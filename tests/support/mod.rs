@@ -302,10 +302,18 @@ impl Backend {
     }
 
     /// A backend answering with its name on a socket bound already (another loopback
-    /// address, say).
+    /// address, say); `/slow` answers after 700 ms (a request still in flight when its
+    /// backend goes away).
     pub fn start_with_listener(name: &'static str, listener: tokio::net::TcpListener) -> Backend {
-        let app =
-            axum::Router::new().fallback(move || async move { ([("x-backend", name)], name) });
+        let app = axum::Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(move || async move {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    ([("x-backend", name)], name)
+                }),
+            )
+            .fallback(move || async move { ([("x-backend", name)], name) });
         Backend::spawn_on(listener, app)
     }
 
