@@ -1,6 +1,7 @@
 //! The routing conformance suite: every case in `tests/conformance/` runs against Envoy 1.40
 //! and `meridian proxy` (over state-of-the-world ADS, and again over delta ADS), all fed by one
-//! Meridian, and all must meet every expectation.
+//! Meridian, and all must meet every expectation. The cases HAProxy can express (those without
+//! `haproxy:` naming why not) run against `meridian haproxy` with a real HAProxy too.
 //! See `tests/conformance/README.md` for the case format.
 
 mod support;
@@ -18,6 +19,10 @@ use support::*;
 struct Case {
     template: serde_yaml::Value,
     requests: Vec<Probe>,
+    /// Why `meridian haproxy` is not held to this case (what HAProxy does otherwise); absent:
+    /// it is.
+    #[serde(default)]
+    haproxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,6 +50,9 @@ struct Probe {
     /// Each sample appends this query parameter with a value of its own (`user-<n>`).
     #[serde(default)]
     vary_query: Option<String>,
+    /// Why `meridian haproxy` is not held to this request (what HAProxy does otherwise).
+    #[serde(default)]
+    haproxy: Option<String>,
     expect: Expect,
 }
 
@@ -159,7 +167,7 @@ struct Ports {
     https: u16,
 }
 
-fn gateways(envoy: Ports, proxy: Ports, delta: Ports) -> String {
+fn gateways(envoy: Ports, proxy: Ports, delta: Ports, haproxy: Ports) -> String {
     let gateway = |name: &str, ports: Ports| {
         let (port, tls_port) = (ports.http, ports.https);
         format!(
@@ -167,24 +175,34 @@ fn gateways(envoy: Ports, proxy: Ports, delta: Ports) -> String {
         )
     };
     format!(
-        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}{}",
+        "apiVersion: meridian.dev/v1alpha1\nkind: AccessPoint\nmetadata: {{name: gateways, namespace: edge}}\nspec:\n  template:\n    gateways:\n{}{}{}{}",
         gateway("envoy", envoy),
         gateway("proxy", proxy),
-        gateway("proxy-delta", delta)
+        gateway("proxy-delta", delta),
+        gateway("haproxy", haproxy)
     )
 }
 
-/// The case's template as an AccessPoint, its routes bound to both gateways.
-fn access_point(name: &str, template: &serde_yaml::Value) -> String {
-    let template = serde_yaml::to_string(template)
+/// The case's template as an AccessPoint, its routes bound to every gateway (HAProxy's when
+/// it is held to the case).
+fn access_point(name: &str, case: &Case) -> String {
+    let haproxy = if case.haproxy.is_none() {
+        ", edge/haproxy"
+    } else {
+        ""
+    };
+    let template = serde_yaml::to_string(&case.template)
         .unwrap()
         .replace(
             "- edge/public",
-            "- edge/envoy\n    - edge/proxy\n    - edge/proxy-delta",
+            &format!(
+                "- edge/envoy\n    - edge/proxy\n    - edge/proxy-delta{}",
+                haproxy.replace(", ", "\n    - ")
+            ),
         )
         .replace(
             "[edge/public]",
-            "[edge/envoy, edge/proxy, edge/proxy-delta]",
+            &format!("[edge/envoy, edge/proxy, edge/proxy-delta{haproxy}]"),
         );
     let indented: String = template.lines().map(|l| format!("    {l}\n")).collect();
     format!(
@@ -379,6 +397,7 @@ async fn run_probe(
                 tls: probe.tls,
                 vary_header: None,
                 vary_query: None,
+                haproxy: None,
                 expect: Expect::default(),
             };
             if let Some(header) = &probe.vary_header {
@@ -460,6 +479,10 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         http: free_port(),
         https: free_port(),
     };
+    let haproxy_ports = Ports {
+        http: free_port(),
+        https: free_port(),
+    };
     let xds_port = free_port();
     let broken = EchoBackend::start("broken").await;
     let pool = |name: &str, members: &[(&str, u16)]| {
@@ -493,13 +516,13 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     std::fs::write(config.join("backends.yaml"), backends).unwrap();
     std::fs::write(
         config.join("gateways.yaml"),
-        gateways(envoy_ports, proxy_ports, delta_ports),
+        gateways(envoy_ports, proxy_ports, delta_ports, haproxy_ports),
     )
     .unwrap();
     for (name, case) in &cases {
         std::fs::write(
             config.join(format!("{name}.yaml")),
-            access_point(name, &case.template),
+            access_point(name, case),
         )
         .unwrap();
     }
@@ -542,16 +565,33 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         options("conformance-proxy-delta", "edge/proxy-delta", true),
         &["--workers", "1"],
     );
+    // HAProxy, kept by `meridian haproxy`, for the cases it is held to.
+    let haproxy_files = dir.path().join("haproxy");
+    let haproxy = MeridianProxy::start_haproxy_with(
+        dir.path(),
+        options("conformance-haproxy", "edge/haproxy", false),
+        &[
+            "--dir",
+            haproxy_files.to_str().unwrap(),
+            "--agent-port",
+            "0",
+            "--drain-time",
+            "1s",
+        ],
+    );
+    let _haproxy_process = KillByPidFile(haproxy_files.join("haproxy.pid"));
     let peers = [
         ("envoy", envoy_ports),
         ("meridian-proxy", proxy_ports),
         ("meridian-proxy-delta", delta_ports),
+        ("meridian-haproxy", haproxy_ports),
     ];
     let logs = || {
         format!(
-            "proxy log:\n{}\n\ndelta proxy log:\n{}",
+            "proxy log:\n{}\n\ndelta proxy log:\n{}\n\nhaproxy log:\n{}",
             std::fs::read_to_string(&proxy.log).unwrap_or_default(),
-            std::fs::read_to_string(&delta.log).unwrap_or_default()
+            std::fs::read_to_string(&delta.log).unwrap_or_default(),
+            std::fs::read_to_string(&haproxy.log).unwrap_or_default()
         )
     };
     // Redirects are answers to check, not to follow.
@@ -578,6 +618,10 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     for (name, case) in &cases {
         for (i, probe) in case.requests.iter().enumerate() {
             for (what, ports) in peers {
+                if what == "meridian-haproxy" && (case.haproxy.is_some() || probe.haproxy.is_some())
+                {
+                    continue;
+                }
                 for wrong in run_probe(&client, ports, &ca_pem, probe).await {
                     failures.push(format!(
                         "{name}[{i}] {} {}{} on {what}: {wrong}",
@@ -596,6 +640,23 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         failures.join("\n"),
         logs()
     );
-    drop((envoy, proxy, delta));
+    drop((envoy, proxy, delta, haproxy));
     meridian.shutdown().await.unwrap();
+}
+
+/// Kills the process whose pid a file holds (HAProxy, which outlives a killed keeper).
+struct KillByPidFile(std::path::PathBuf);
+
+impl Drop for KillByPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }

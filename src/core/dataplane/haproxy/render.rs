@@ -235,6 +235,12 @@ fn frontend(
         let _ = writeln!(out, "    option forwardfor");
     }
     let _ = writeln!(out, "    http-request set-header x-request-id %[uuid]");
+    // Envoy's `strip_any_host_port`, which Meridian sets: routes and upstreams see the host
+    // without its port.
+    let _ = writeln!(
+        out,
+        "    http-request replace-header host '^(.+):[0-9]+$' '\\1'"
+    );
     let _ = writeln!(
         out,
         "    http-request set-var(txn.host) req.hdr(host),field(1,:),lower"
@@ -545,6 +551,16 @@ fn backend(
         out,
         "    http-request set-timeout server var(txn.timeout) if {{ var(txn.timeout) -m found }}"
     );
+    if cluster.http2 {
+        // Over HTTP/2 the host travels as `:authority` (from an absolute URI), without Host,
+        // and concurrent requests share a connection, as Envoy's.
+        let _ = writeln!(
+            out,
+            "    http-request set-uri http://%[req.hdr(host)]%[pathq]"
+        );
+        let _ = writeln!(out, "    http-request del-header host");
+        let _ = writeln!(out, "    http-reuse always");
+    }
     if let Some((attempts, on)) = asks.and_then(|a| a.retry.as_ref()) {
         let _ = writeln!(out, "    retries {attempts}");
         if !on.is_empty() {
@@ -562,6 +578,12 @@ fn backend(
     }
     if cluster.http2 {
         defaults.push_str(" proto h2");
+    }
+    // Envoy's max_requests_per_connection: a connection carries that many, so is reused one
+    // time fewer (HAProxy 2.6 counts reuse from its idle pool, not the requests of the client
+    // session a server connection is attached to).
+    if let Some(requests) = cluster.max_requests_per_connection {
+        let _ = write!(defaults, " max-reuse {}", requests.saturating_sub(1));
     }
     let _ = write!(
         defaults,
