@@ -382,17 +382,21 @@ async fn l4_nodes_announce_the_vip_over_bgp_and_ecmp_spreads_and_fails_over() {
     });
 
     // Node two drains (SIGTERM): it withdraws first and keeps accepting meanwhile, so
-    // connections made all along fail none.
+    // connections made all along fail none — except one in flight on node two at the instant
+    // the router drops it as a next hop: its next packets go to node one, which never saw the
+    // connection (the user-space data path ends TCP on the node; a packet path that forwards
+    // would keep it). Failures are allowed only around that instant.
     let asking = std::sync::atomic::AtomicBool::new(true);
-    let (failed, made) = std::thread::scope(|scope| {
+    let (failed, made, switch) = std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             client.enter(|| {
                 let (mut failed, mut made) = (Vec::new(), 0);
                 while asking.load(std::sync::atomic::Ordering::Relaxed) {
                     made += 1;
+                    let started = Instant::now();
                     match http_get(vip, "shop.example.test", "/") {
                         Ok((200, _)) => {}
-                        other => failed.push(format!("{other:?}")),
+                        other => failed.push((started, Instant::now(), format!("{other:?}"))),
                     }
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -400,18 +404,43 @@ async fn l4_nodes_announce_the_vip_over_bgp_and_ecmp_spreads_and_fails_over() {
             })
         });
         std::thread::sleep(Duration::from_millis(500));
+        // When the router's route loses node two.
+        let switched = scope.spawn(|| {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if next_hops(&router) == [one.address.to_owned()] {
+                    return Instant::now();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            panic!("the router kept node two");
+        });
         let mut draining = l4_two.take().unwrap();
         let status = draining.terminate();
         assert!(status.success(), "node two exited with {status}");
         assert_eq!(next_hops(&router), [one.address.to_owned()]);
         std::thread::sleep(Duration::from_millis(500));
         asking.store(false, std::sync::atomic::Ordering::Relaxed);
-        load.join().unwrap()
+        let (failed, made) = load.join().unwrap();
+        (failed, made, switched.join().unwrap())
     });
+    // The switch is seen up to a poll late; a connection in flight then spans it.
+    let at_switch = |(started, ended, _): &(Instant, Instant, String)| {
+        *started <= switch && *ended + Duration::from_millis(20) >= switch
+    };
+    let unexplained: Vec<&String> = failed
+        .iter()
+        .filter(|f| !at_switch(f))
+        .map(|(_, _, what)| what)
+        .collect();
     assert!(
-        failed.is_empty(),
-        "{} of {made} connections failed while node two drained: {failed:?}",
+        unexplained.is_empty() && failed.len() <= 1,
+        "{} of {made} connections failed while node two drained ({} away from the route switch): {failed:?}",
+        failed.len(),
+        unexplained.len()
+    );
+    println!(
+        "node two drained: {made} connections made meanwhile, {} failed (in flight at the route switch)",
         failed.len()
     );
-    println!("node two drained: {made} connections made meanwhile, none failed");
 }
