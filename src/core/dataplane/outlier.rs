@@ -5,6 +5,12 @@
 //! default of 10 %, a cluster of fewer than ten endpoints ejects none). Failures to connect, resets and timeouts count as 5xx and gateway errors
 //! (Envoy's default, `split_external_local_origin_errors: false`).
 //!
+//! Every `interval`, Envoy's success-rate and failure-percentage detectors look at what each
+//! endpoint answered since the last: with enough endpoints of enough requests, an endpoint
+//! whose success rate is below the mean by more than `success_rate_stdev_factor` / 1000
+//! standard deviations, or whose failures reach `failure_percentage_threshold` %, is ejected
+//! the same way ([`interval_outliers`]). Enforcement is all or nothing: 0 or 100 %.
+//!
 //! A sans-IO state machine: the caller passes the time (any monotonic clock, paused in tests),
 //! reports outcomes with [`OutlierDetector::record`] and calls [`OutlierDetector::tick`] every
 //! `interval`; both say when the set of ejected endpoints changed.
@@ -22,6 +28,35 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_BASE_EJECTION: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION: Duration = Duration::from_secs(300);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 10;
+const DEFAULT_SUCCESS_RATE: SuccessRate = SuccessRate {
+    minimum_hosts: 5,
+    request_volume: 100,
+    stdev_factor: 1900,
+};
+const DEFAULT_FAILURE_PERCENTAGE: FailurePercentage = FailurePercentage {
+    minimum_hosts: 5,
+    request_volume: 50,
+    threshold: 85,
+};
+
+/// Envoy's success-rate detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuccessRate {
+    /// Endpoints with `request_volume` requests in the interval needed to judge any.
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    /// Standard deviations below the mean that eject, in thousandths.
+    pub stdev_factor: u32,
+}
+
+/// Envoy's failure-percentage detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailurePercentage {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    /// Failures, in percent of the interval's requests, that eject.
+    pub threshold: u32,
+}
 
 /// A cluster's outlier detection, compiled.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +69,10 @@ pub struct OutlierPolicy {
     pub base_ejection: Duration,
     pub max_ejection: Duration,
     pub max_ejection_percent: u32,
+    /// `None` when not enforced (Envoy enforces it unless told 0).
+    pub success_rate: Option<SuccessRate>,
+    /// `None` when not enforced (Envoy's default).
+    pub failure_percentage: Option<FailurePercentage>,
 }
 
 impl OutlierPolicy {
@@ -56,26 +95,37 @@ impl OutlierPolicy {
             value(rest.enforcing_consecutive_gateway_failure.take()).unwrap_or(0);
         let consecutive_gateway =
             value(rest.consecutive_gateway_failure.take()).unwrap_or(DEFAULT_CONSECUTIVE);
-        // The success-rate and failure-percentage detectors are not run: accepted switched
-        // off (as Meridian's translation sets them), refused when enforced.
-        let enforcing_success_rate = value(rest.enforcing_success_rate.take());
-        if enforcing_success_rate.is_some_and(|v| v != 0) {
+        let enforcing_success_rate = value(rest.enforcing_success_rate.take()).unwrap_or(100);
+        let enforcing_failure_percentage =
+            value(rest.enforcing_failure_percentage.take()).unwrap_or(0);
+        let success_rate = SuccessRate {
+            minimum_hosts: value(rest.success_rate_minimum_hosts.take())
+                .unwrap_or(DEFAULT_SUCCESS_RATE.minimum_hosts),
+            request_volume: value(rest.success_rate_request_volume.take())
+                .unwrap_or(DEFAULT_SUCCESS_RATE.request_volume),
+            stdev_factor: value(rest.success_rate_stdev_factor.take())
+                .unwrap_or(DEFAULT_SUCCESS_RATE.stdev_factor),
+        };
+        let failure_percentage = FailurePercentage {
+            minimum_hosts: value(rest.failure_percentage_minimum_hosts.take())
+                .unwrap_or(DEFAULT_FAILURE_PERCENTAGE.minimum_hosts),
+            request_volume: value(rest.failure_percentage_request_volume.take())
+                .unwrap_or(DEFAULT_FAILURE_PERCENTAGE.request_volume),
+            threshold: value(rest.failure_percentage_threshold.take())
+                .unwrap_or(DEFAULT_FAILURE_PERCENTAGE.threshold),
+        };
+        if failure_percentage.threshold > 100 {
             return Err(CompileError::new(
                 resource,
-                "outlier_detection.enforcing_success_rate",
-                "success-rate ejection is not supported (only 0)",
-            ));
-        }
-        if value(rest.enforcing_failure_percentage.take()).is_some_and(|v| v != 0) {
-            return Err(CompileError::new(
-                resource,
-                "outlier_detection.enforcing_failure_percentage",
-                "failure-percentage ejection is not supported (only 0)",
+                "outlier_detection.failure_percentage_threshold",
+                "a percentage: 0 to 100",
             ));
         }
         for (field, enforcing) in [
             ("enforcing_consecutive_5xx", enforcing_5xx),
             ("enforcing_consecutive_gateway_failure", enforcing_gateway),
+            ("enforcing_success_rate", enforcing_success_rate),
+            ("enforcing_failure_percentage", enforcing_failure_percentage),
         ] {
             if enforcing != 0 && enforcing != 100 {
                 return Err(CompileError::new(
@@ -97,6 +147,8 @@ impl OutlierPolicy {
             max_ejection_percent: value(rest.max_ejection_percent.take())
                 .unwrap_or(DEFAULT_MAX_EJECTION_PERCENT)
                 .min(100),
+            success_rate: (enforcing_success_rate == 100).then_some(success_rate),
+            failure_percentage: (enforcing_failure_percentage == 100).then_some(failure_percentage),
         };
         refuse_leftovers(&rest, resource, "outlier_detection")?;
         Ok(policy)
@@ -119,6 +171,9 @@ struct Host {
     /// When its ejection ends.
     ejected_until: Option<Duration>,
     times_ejected: u32,
+    /// This interval's attempts and failures (5xx and local failures).
+    requests: u64,
+    failures: u64,
 }
 
 /// The outlier state of one cluster's endpoints, by endpoint id (`host:port`).
@@ -164,6 +219,8 @@ impl OutlierDetector {
             Outcome::Status(status) => ((500..600).contains(&status), matches!(status, 502..=504)),
             Outcome::LocalFailure => (true, true),
         };
+        host.requests = host.requests.saturating_add(1);
+        host.failures = host.failures.saturating_add(u64::from(server_error));
         host.consecutive_5xx = if server_error {
             host.consecutive_5xx.saturating_add(1)
         } else {
@@ -192,14 +249,7 @@ impl OutlierDetector {
         if !allowed {
             return false;
         }
-        host.times_ejected = host.times_ejected.saturating_add(1);
-        let time = policy
-            .base_ejection
-            .saturating_mul(host.times_ejected)
-            .min(policy.max_ejection.max(policy.base_ejection));
-        host.ejected_until = Some(now.saturating_add(time));
-        host.consecutive_5xx = 0;
-        host.consecutive_gateway = 0;
+        eject(host, &policy, now);
         true
     }
 
@@ -216,6 +266,34 @@ impl OutlierDetector {
                 Some(_) => {}
                 None => host.times_ejected = host.times_ejected.saturating_sub(1),
             }
+        }
+        let counts: Vec<(&str, u64, u64)> = self
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.ejected_until.is_none())
+            .map(|(id, h)| (id.as_str(), h.requests, h.failures))
+            .collect();
+        let outliers: Vec<String> = interval_outliers(&self.policy, &counts)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let total = self.hosts.len();
+        for id in outliers {
+            let ejected = self.ejected_count();
+            let allowed = (ejected + 1).saturating_mul(100)
+                <= total.saturating_mul(self.policy.max_ejection_percent as usize);
+            if !allowed {
+                break;
+            }
+            let policy = self.policy.clone();
+            if let Some(host) = self.hosts.get_mut(&id) {
+                eject(host, &policy, now);
+                changed = true;
+            }
+        }
+        for host in self.hosts.values_mut() {
+            host.requests = 0;
+            host.failures = 0;
         }
         changed
     }
@@ -250,6 +328,66 @@ impl OutlierDetector {
             .filter(|h| h.ejected_until.is_some())
             .count()
     }
+}
+
+/// Ejects `host` for the base time × the times it was ejected (at most the maximum).
+fn eject(host: &mut Host, policy: &OutlierPolicy, now: Duration) {
+    host.times_ejected = host.times_ejected.saturating_add(1);
+    let time = policy
+        .base_ejection
+        .saturating_mul(host.times_ejected)
+        .min(policy.max_ejection.max(policy.base_ejection));
+    host.ejected_until = Some(now.saturating_add(time));
+    host.consecutive_5xx = 0;
+    host.consecutive_gateway = 0;
+}
+
+/// The endpoints the interval detectors eject, from each one's (id, requests, failures) in the
+/// interval: success rate below mean − factor × standard deviation (population), or failures
+/// at the failure-percentage threshold, each judged only with enough endpoints of enough
+/// requests. In id order, success-rate outliers first.
+pub fn interval_outliers<'a>(
+    policy: &OutlierPolicy,
+    counts: &[(&'a str, u64, u64)],
+) -> Vec<&'a str> {
+    let rate = |requests: u64, failures: u64| {
+        100.0 * (requests.saturating_sub(failures)) as f64 / requests.max(1) as f64
+    };
+    let mut out: Vec<&str> = Vec::new();
+    if let Some(sr) = policy.success_rate {
+        let judged: Vec<(&str, f64)> = counts
+            .iter()
+            .filter(|(_, requests, _)| *requests >= u64::from(sr.request_volume))
+            .map(|(id, requests, failures)| (*id, rate(*requests, *failures)))
+            .collect();
+        if !judged.is_empty() && judged.len() >= sr.minimum_hosts as usize {
+            let n = judged.len() as f64;
+            let mean = judged.iter().map(|(_, r)| r).sum::<f64>() / n;
+            let variance = judged.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / n;
+            let threshold = mean - f64::from(sr.stdev_factor) / 1000.0 * variance.sqrt();
+            out.extend(
+                judged
+                    .iter()
+                    .filter(|(_, r)| *r < threshold)
+                    .map(|(id, _)| *id),
+            );
+        }
+    }
+    if let Some(fp) = policy.failure_percentage {
+        let judged: Vec<(&str, f64)> = counts
+            .iter()
+            .filter(|(_, requests, _)| *requests >= u64::from(fp.request_volume))
+            .map(|(id, requests, failures)| (*id, 100.0 - rate(*requests, *failures)))
+            .collect();
+        if !judged.is_empty() && judged.len() >= fp.minimum_hosts as usize {
+            for (id, failed) in judged {
+                if failed >= f64::from(fp.threshold) && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -369,14 +507,17 @@ mod tests {
     fn unsupported_tuning_is_refused_by_name() {
         let error = OutlierPolicy::compile(
             &OutlierDetection {
-                success_rate_stdev_factor: Some(UInt32Value { value: 1900 }),
+                split_external_local_origin_errors: true,
                 ..Default::default()
             },
             "Cluster c",
         )
         .unwrap_err();
         assert_eq!(error.field, "outlier_detection");
-        assert!(error.message.contains("successRateStdevFactor"), "{error}");
+        assert!(
+            error.message.contains("splitExternalLocalOriginErrors"),
+            "{error}"
+        );
         let error = OutlierPolicy::compile(
             &OutlierDetection {
                 enforcing_consecutive_5xx: Some(UInt32Value { value: 50 }),
@@ -388,13 +529,98 @@ mod tests {
         assert_eq!(error.field, "outlier_detection.enforcing_consecutive_5xx");
         let error = OutlierPolicy::compile(
             &OutlierDetection {
-                enforcing_success_rate: Some(UInt32Value { value: 100 }),
+                enforcing_success_rate: Some(UInt32Value { value: 50 }),
                 ..Default::default()
             },
             "Cluster c",
         )
         .unwrap_err();
         assert_eq!(error.field, "outlier_detection.enforcing_success_rate");
+    }
+
+    /// The interval detectors with Envoy's defaults (success rate enforced unless set to 0,
+    /// failure percentage only when enforced) and `max_ejection_percent` 100.
+    fn interval_policy(failure_percentage: bool) -> OutlierPolicy {
+        OutlierPolicy::compile(
+            &OutlierDetection {
+                consecutive_5xx: Some(UInt32Value { value: 0 }),
+                max_ejection_percent: Some(UInt32Value { value: 100 }),
+                enforcing_failure_percentage: failure_percentage
+                    .then_some(UInt32Value { value: 100 }),
+                enforcing_success_rate: failure_percentage.then_some(UInt32Value { value: 0 }),
+                ..Default::default()
+            },
+            "Cluster c",
+        )
+        .unwrap()
+    }
+
+    /// `requests` to each of `hosts` in one interval, `failing` of them 5xx on the first host.
+    fn interval(d: &mut OutlierDetector, hosts: &[&str], requests: u64, failing: u64) {
+        for (i, host) in hosts.iter().enumerate() {
+            for n in 0..requests {
+                let status = if i == 0 && n < failing { 503 } else { 200 };
+                d.record(host, Outcome::Status(status), S(0));
+            }
+        }
+    }
+
+    const FIVE: [&str; 5] = ["a:80", "b:80", "c:80", "d:80", "e:80"];
+
+    #[test]
+    fn success_rate_ejects_an_endpoint_far_below_the_others_at_the_interval() {
+        let policy = interval_policy(false);
+        assert_eq!(policy.success_rate, Some(DEFAULT_SUCCESS_RATE));
+        let mut d = detector(policy, &FIVE);
+        // 70 % against 100 %: mean 94 %, standard deviation 12: below 94 − 1.9 × 12.
+        interval(&mut d, &FIVE, 100, 30);
+        assert!(!d.is_ejected("a:80"), "only at the interval");
+        assert!(d.tick(S(10)));
+        assert_eq!(d.ejected(), BTreeSet::from(["a:80".to_owned()]));
+        // The counts start again each interval: nothing more to eject.
+        assert!(!d.tick(S(20)));
+    }
+
+    #[test]
+    fn success_rate_needs_enough_endpoints_of_enough_requests() {
+        let mut d = detector(interval_policy(false), &FIVE);
+        interval(&mut d, &FIVE, 99, 60);
+        assert!(!d.tick(S(10)), "99 requests each: below the request volume");
+        let four = &FIVE[..4];
+        let mut d = detector(interval_policy(false), four);
+        interval(&mut d, four, 100, 60);
+        assert!(!d.tick(S(10)), "four endpoints: below the minimum of five");
+    }
+
+    #[test]
+    fn failure_percentage_ejects_at_its_threshold_when_enforced() {
+        let mut d = detector(interval_policy(true), &FIVE);
+        assert_eq!(d.policy().success_rate, None);
+        interval(&mut d, &FIVE, 50, 43);
+        assert!(d.tick(S(10)), "86 % failures, at least 85");
+        assert!(d.is_ejected("a:80"));
+        let mut d = detector(interval_policy(true), &FIVE);
+        interval(&mut d, &FIVE, 50, 42);
+        assert!(!d.tick(S(10)), "84 %");
+    }
+
+    #[test]
+    fn interval_ejections_respect_max_ejection_percent() {
+        let mut policy = interval_policy(true);
+        policy.max_ejection_percent = 20;
+        let mut d = detector(policy, &FIVE);
+        for host in ["a:80", "b:80"] {
+            for _ in 0..50 {
+                d.record(host, Outcome::LocalFailure, S(0));
+            }
+        }
+        for host in &FIVE[2..] {
+            for _ in 0..50 {
+                d.record(host, Outcome::Status(200), S(0));
+            }
+        }
+        assert!(d.tick(S(10)));
+        assert_eq!(d.ejected().len(), 1, "20 % of five");
     }
 
     #[test]

@@ -179,7 +179,7 @@ fn bad_hash_tables_and_outlier_detection_are_refused_by_name() {
         name: "c".into(),
         outlier_detection: Some(
             envoy_types::pb::envoy::config::cluster::v3::OutlierDetection {
-                success_rate_minimum_hosts: Some(UInt32Value { value: 3 }),
+                enforcing_local_origin_success_rate: Some(UInt32Value { value: 100 }),
                 ..Default::default()
             },
         ),
@@ -187,7 +187,10 @@ fn bad_hash_tables_and_outlier_detection_are_refused_by_name() {
     };
     let error = ClusterPlan::compile(&outlier).unwrap_err();
     assert_eq!(error.field, "outlier_detection", "{error}");
-    assert!(error.message.contains("successRateMinimumHosts"), "{error}");
+    assert!(
+        error.message.contains("enforcingLocalOriginSuccessRate"),
+        "{error}"
+    );
 }
 
 #[test]
