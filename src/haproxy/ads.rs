@@ -7,17 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
-use envoy_types::pb::google::protobuf::Any;
 use xxhash_rust::xxh64::xxh64;
 
 use super::process::{runtime_command, write_atomically, write_private, SharedHaproxy};
-use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery};
+use crate::core::dataplane::balancer::Discovery;
 use crate::core::dataplane::haproxy::render::{
     check_agreement, render, secrets_of, Inputs, Settings,
 };
@@ -27,25 +21,16 @@ use crate::core::dataplane::haproxy::{pem_file, section_name};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::bounded;
+use crate::runtime::xds_client::gateway::GatewayResources;
 use crate::runtime::xds_client::resources::{
-    compile_each, compile_whole_set, decode, follow_by_name, keep_previous, short_name, CLUSTERS,
-    ENDPOINTS, LISTENERS, ROUTES, SECRETS,
+    short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES, SECRETS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
 const ORDER: [&str; 5] = [CLUSTERS, ENDPOINTS, SECRETS, LISTENERS, ROUTES];
 
 /// The accepted resources, compiled.
-#[derive(Clone, Debug, Default)]
-struct Accepted {
-    listeners: BTreeMap<String, ListenerPlan>,
-    routes: BTreeMap<String, RouteRules>,
-    clusters: BTreeMap<String, ClusterPlan>,
-    assignments: BTreeMap<String, Assignment>,
-    secrets: BTreeMap<String, SecretPlan>,
-    versions: BTreeMap<&'static str, String>,
-    raw: BTreeMap<&'static str, BTreeMap<String, Any>>,
-}
+type Accepted = GatewayResources<RouteRules>;
 
 /// What HAProxy runs: the configuration's shape (servers left out) and each backend's slots.
 #[derive(Clone, Debug, Default)]
@@ -261,139 +246,36 @@ impl HaproxySubscriber {
         names: &mut Names,
     ) -> Applied {
         let accepted = &mut self.accepted;
+        let resources = &response.resources;
         let mut errors = Vec::new();
         let follow = match kind {
-            CLUSTERS => {
-                let old_raw = accepted.raw.remove(CLUSTERS).unwrap_or_default();
-                let (clusters, raw) = compile_whole_set(
-                    &response.resources,
-                    kind,
-                    (&accepted.clusters, &old_raw),
-                    |c: &Cluster| c.name.clone(),
-                    |c| ClusterPlan::compile(c).map_err(|e| e.to_string()),
-                    &mut errors,
-                );
-                accepted.clusters = clusters;
-                accepted.raw.insert(CLUSTERS, raw);
-                let eds: BTreeSet<String> = accepted
-                    .clusters
-                    .values()
-                    .filter(|p| p.discovery == Discovery::Eds)
-                    .map(|p| p.name.clone())
-                    .collect();
-                accepted.assignments.retain(|name, _| eds.contains(name));
-                accepted
-                    .raw
-                    .entry(ENDPOINTS)
-                    .or_default()
-                    .retain(|name, _| eds.contains(name));
-                follow_by_name(ENDPOINTS, eds, names).into_iter().collect()
-            }
+            CLUSTERS => accepted.apply_clusters(resources, names, &mut errors),
             ENDPOINTS => {
-                compile_each(
-                    &response.resources,
-                    kind,
-                    |cla: ClusterLoadAssignment| {
-                        Assignment::compile_named(cla).map_err(|e| e.to_string())
-                    },
-                    (
-                        &mut accepted.assignments,
-                        accepted.raw.entry(ENDPOINTS).or_default(),
-                    ),
-                    &mut errors,
-                );
+                accepted.apply_endpoints(resources, &mut errors);
                 Vec::new()
             }
             SECRETS => {
-                compile_each(
-                    &response.resources,
-                    kind,
-                    |secret: Secret| SecretPlan::compile(&secret).map_err(|e| e.to_string()),
-                    (
-                        &mut accepted.secrets,
-                        accepted.raw.entry(SECRETS).or_default(),
-                    ),
-                    &mut errors,
-                );
+                accepted.apply_secrets(resources, &mut errors);
                 Vec::new()
             }
-            LISTENERS => {
-                let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
-                let (mut plans, mut raw) = compile_whole_set(
-                    &response.resources,
-                    kind,
-                    (&accepted.listeners, &old_raw),
-                    |l: &Listener| l.name.clone(),
-                    |l| ListenerPlan::compile(l).map_err(|e| e.to_string()),
-                    &mut errors,
-                );
-                // A port something else holds would fail HAProxy's reload (pausing its
-                // listeners while it retries): refused here, naming the listener, instead.
-                let taken: Vec<(String, String)> = plans
+            // A port something else holds would fail HAProxy's reload (pausing its listeners
+            // while it retries): refused here, naming the listener, instead.
+            LISTENERS => accepted.apply_listeners(resources, names, &mut errors, |plans| {
+                plans
                     .values()
                     .filter_map(|p| {
                         bindable(&p.address, p.port)
                             .err()
                             .map(|e| (p.name.clone(), e))
                     })
-                    .collect();
-                keep_previous(
-                    taken,
-                    ("Listener", "address"),
-                    (&mut plans, &mut raw),
-                    (&accepted.listeners, &old_raw),
-                    &mut errors,
-                );
-                accepted.listeners = plans;
-                accepted.raw.insert(LISTENERS, raw);
-                let routes: BTreeSet<String> = accepted
-                    .listeners
-                    .values()
-                    .flat_map(|l| l.route_configs().map(str::to_owned))
-                    .collect();
-                let secrets: BTreeSet<String> =
-                    accepted.listeners.values().flat_map(secrets_of).collect();
-                accepted.secrets.retain(|name, _| secrets.contains(name));
-                accepted
-                    .raw
-                    .entry(SECRETS)
-                    .or_default()
-                    .retain(|name, _| secrets.contains(name));
-                accepted.routes.retain(|name, _| routes.contains(name));
-                accepted
-                    .raw
-                    .entry(ROUTES)
-                    .or_default()
-                    .retain(|name, _| routes.contains(name));
-                [
-                    follow_by_name(ROUTES, routes, names),
-                    follow_by_name(SECRETS, secrets, names),
-                ]
-                .into_iter()
-                .flatten()
-                .collect()
-            }
+                    .collect()
+            }),
             ROUTES => {
-                for any in &response.resources {
-                    let compiled = decode::<RouteConfiguration>(any, kind)
-                        .and_then(|r| RouteRules::compile(&r).map_err(|e| e.to_string()))
-                        .and_then(|rules| {
-                            check_agreement(&rules, accepted.routes.values())
-                                .map(|()| rules)
-                                .map_err(|e| e.to_string())
-                        });
-                    match compiled {
-                        Ok(rules) => {
-                            accepted
-                                .raw
-                                .entry(ROUTES)
-                                .or_default()
-                                .insert(rules.name.clone(), any.clone());
-                            accepted.routes.insert(rules.name.clone(), rules);
-                        }
-                        Err(error) => errors.push(error),
-                    }
-                }
+                accepted.apply_routes(resources, &mut errors, |config, others| {
+                    let rules = RouteRules::compile(config).map_err(|e| e.to_string())?;
+                    check_agreement(&rules, others.values()).map_err(|e| e.to_string())?;
+                    Ok(rules)
+                });
                 Vec::new()
             }
             _ => Vec::new(),

@@ -15,21 +15,11 @@ use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discov
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::outlier::{Outcome, OutlierDetector};
 use crate::core::dataplane::routes::RouteTable;
-use crate::core::dataplane::secrets::SecretPlan;
+use crate::runtime::xds_client::gateway::GatewayResources;
 
-/// The accepted resources of each type, compiled, with the version of each type.
-#[derive(Debug, Default)]
-pub struct Accepted {
-    pub listeners: BTreeMap<String, ListenerPlan>,
-    pub routes: BTreeMap<String, Arc<RouteTable>>,
-    pub clusters: BTreeMap<String, ClusterPlan>,
-    /// EDS assignments by cluster name, and DNS clusters' resolved endpoints.
-    pub assignments: BTreeMap<String, Assignment>,
-    pub secrets: BTreeMap<String, SecretPlan>,
-    pub versions: BTreeMap<&'static str, String>,
-    /// The accepted resources as received, by type and name: what the config cache keeps.
-    pub raw: BTreeMap<&'static str, BTreeMap<String, envoy_types::pb::google::protobuf::Any>>,
-}
+/// The accepted resources of each type, compiled, with the version of each type (and, in
+/// `assignments`, DNS clusters' resolved endpoints).
+pub type Accepted = GatewayResources<Arc<RouteTable>>;
 
 /// One cluster as requests use it.
 #[derive(Debug)]

@@ -4,29 +4,20 @@
 //! listeners, publishes one snapshot per applied response and caches it. What it cannot honour
 //! is rejected naming resource and field; the rest of the response applies, as in Envoy.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
 use super::cache::ConfigCache;
 use super::config::{Accepted, Config};
 use super::listeners::Listeners;
 use super::ProxyState;
-use crate::core::dataplane::balancer::{Assignment, ClusterPlan, Discovery, Endpoint};
-use crate::core::dataplane::listeners::ListenerPlan;
+use crate::core::dataplane::balancer::{Assignment, Discovery, Endpoint};
 use crate::core::dataplane::routes::RouteTable;
-use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::{bounded, LogBudget};
 use crate::runtime::xds_client::resources::{
-    compile_each, compile_whole_set, decode, follow_by_name, keep_previous, short_name, CLUSTERS,
-    ENDPOINTS, LISTENERS, ROUTES, SECRETS,
+    short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES, SECRETS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
@@ -171,138 +162,40 @@ impl ProxySubscriber {
     ) -> Applied {
         let accepted = &mut self.accepted;
         let mut errors = Vec::new();
+        let resources = &response.resources;
         let follow = match kind {
             CLUSTERS => {
-                let old_raw = accepted.raw.remove(CLUSTERS).unwrap_or_default();
-                let (clusters, raw) = compile_whole_set(
-                    &response.resources,
-                    kind,
-                    (&accepted.clusters, &old_raw),
-                    |c: &Cluster| c.name.clone(),
-                    |c| ClusterPlan::compile(c).map_err(|e| e.to_string()),
-                    &mut errors,
-                );
-                for plan in clusters.values() {
+                let follow = accepted.apply_clusters(resources, names, &mut errors);
+                // DNS clusters: their hosts resolved, as endpoints of their own.
+                for plan in accepted.clusters.values() {
                     if let Discovery::Dns(assignment) = &plan.discovery {
                         let resolved = resolve(assignment).await;
                         accepted.assignments.insert(plan.name.clone(), resolved);
                     }
                 }
-                accepted.clusters = clusters;
-                accepted.raw.insert(CLUSTERS, raw);
-                let eds: BTreeSet<String> = accepted
-                    .clusters
-                    .values()
-                    .filter(|p| p.discovery == Discovery::Eds)
-                    .map(|p| p.name.clone())
-                    .collect();
-                let dns: BTreeSet<&String> = accepted
-                    .clusters
-                    .values()
-                    .filter(|p| matches!(p.discovery, Discovery::Dns(_)))
-                    .map(|p| &p.name)
-                    .collect();
-                accepted
-                    .assignments
-                    .retain(|name, _| eds.contains(name) || dns.contains(name));
-                accepted
-                    .raw
-                    .entry(ENDPOINTS)
-                    .or_default()
-                    .retain(|name, _| eds.contains(name));
-                follow_by_name(ENDPOINTS, eds, names).into_iter().collect()
+                follow
             }
             ENDPOINTS => {
-                compile_each(
-                    &response.resources,
-                    kind,
-                    |cla: ClusterLoadAssignment| {
-                        Assignment::compile_named(cla).map_err(|e| e.to_string())
-                    },
-                    (
-                        &mut accepted.assignments,
-                        accepted.raw.entry(ENDPOINTS).or_default(),
-                    ),
-                    &mut errors,
-                );
+                accepted.apply_endpoints(resources, &mut errors);
                 Vec::new()
             }
             SECRETS => {
-                compile_each(
-                    &response.resources,
-                    kind,
-                    |secret: Secret| SecretPlan::compile(&secret).map_err(|e| e.to_string()),
-                    (
-                        &mut accepted.secrets,
-                        accepted.raw.entry(SECRETS).or_default(),
-                    ),
-                    &mut errors,
-                );
+                accepted.apply_secrets(resources, &mut errors);
                 Vec::new()
             }
             LISTENERS => {
-                let old_raw = accepted.raw.remove(LISTENERS).unwrap_or_default();
-                let (mut plans, mut raw) = compile_whole_set(
-                    &response.resources,
-                    kind,
-                    (&accepted.listeners, &old_raw),
-                    |l: &Listener| l.name.clone(),
-                    |l| ListenerPlan::compile(l).map_err(|e| e.to_string()),
-                    &mut errors,
-                );
                 // Binding can fail (the port is taken): the listener it replaces keeps serving.
-                keep_previous(
-                    self.listeners.reconcile(&plans, &self.state),
-                    ("Listener", "address"),
-                    (&mut plans, &mut raw),
-                    (&accepted.listeners, &old_raw),
-                    &mut errors,
-                );
-                accepted.listeners = plans;
-                accepted.raw.insert(LISTENERS, raw);
-                let routes: BTreeSet<String> = accepted
-                    .listeners
-                    .values()
-                    .flat_map(|l| l.route_configs().map(str::to_owned))
-                    .collect();
-                let secrets: BTreeSet<String> = accepted
-                    .listeners
-                    .values()
-                    .flat_map(|l| l.secret_names().map(str::to_owned))
-                    .collect();
-                accepted.secrets.retain(|name, _| secrets.contains(name));
-                accepted
-                    .raw
-                    .entry(SECRETS)
-                    .or_default()
-                    .retain(|name, _| secrets.contains(name));
-                accepted.routes.retain(|name, _| routes.contains(name));
-                accepted
-                    .raw
-                    .entry(ROUTES)
-                    .or_default()
-                    .retain(|name, _| routes.contains(name));
-                [
-                    follow_by_name(ROUTES, routes, names),
-                    follow_by_name(SECRETS, secrets, names),
-                ]
-                .into_iter()
-                .flatten()
-                .collect()
+                let (listeners, state) = (&mut self.listeners, &self.state);
+                accepted.apply_listeners(resources, names, &mut errors, |plans| {
+                    listeners.reconcile(plans, state)
+                })
             }
             ROUTES => {
-                for any in &response.resources {
-                    let compiled = decode::<RouteConfiguration>(any, kind)
-                        .and_then(|r| RouteTable::compile(&r).map_err(|e| e.to_string()));
-                    match compiled {
-                        Ok(table) => {
-                            let raw = accepted.raw.entry(ROUTES).or_default();
-                            raw.insert(table.name.clone(), any.clone());
-                            accepted.routes.insert(table.name.clone(), Arc::new(table));
-                        }
-                        Err(error) => errors.push(error),
-                    }
-                }
+                accepted.apply_routes(resources, &mut errors, |config, _| {
+                    RouteTable::compile(config)
+                        .map(Arc::new)
+                        .map_err(|e| e.to_string())
+                });
                 Vec::new()
             }
             _ => Vec::new(),

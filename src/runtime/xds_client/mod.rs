@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 mod delta;
+pub mod gateway;
 pub mod resources;
 
 use std::collections::{BTreeMap, BTreeSet};
