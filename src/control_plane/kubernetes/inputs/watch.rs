@@ -109,6 +109,17 @@ pub async fn spawn_all(
     Ok(tasks)
 }
 
+/// The watch of `kind` in `member`, or in the hub.
+fn watched_in(kind: Kind, member: Option<&str>) -> Watched {
+    match member {
+        Some(cluster) => Watched::Member {
+            cluster: cluster.to_owned(),
+            kind,
+        },
+        None => Watched::Object(kind),
+    }
+}
+
 /// Watches Deployments' metadata only: placement (`followDeployment`) needs nothing but
 /// their existence, so each becomes a bare name, labelled with `member` when read from one.
 pub fn spawn_deployments(
@@ -116,13 +127,7 @@ pub fn spawn_deployments(
     tx: mpsc::Sender<Update>,
     member: Option<String>,
 ) -> tokio::task::JoinHandle<()> {
-    let watched = match &member {
-        Some(cluster) => Watched::Member {
-            cluster: cluster.clone(),
-            kind: Kind::Deployment,
-        },
-        None => Watched::Object(Kind::Deployment),
-    };
+    let watched = watched_in(Kind::Deployment, member.as_deref());
     let bare = move |meta: ObjectMeta| {
         let labels = member
             .as_ref()
@@ -153,13 +158,7 @@ pub fn spawn_nodes(
     tx: mpsc::Sender<Update>,
     member: Option<String>,
 ) -> tokio::task::JoinHandle<()> {
-    let watched = match &member {
-        Some(cluster) => Watched::Member {
-            cluster: cluster.clone(),
-            kind: Kind::Node,
-        },
-        None => Watched::Object(Kind::Node),
-    };
+    let watched = watched_in(Kind::Node, member.as_deref());
     spawn(
         watched,
         Kind::Node,
@@ -185,13 +184,7 @@ pub async fn spawn_endpoint_slices(
     tx: mpsc::Sender<Update>,
     member: Option<String>,
 ) -> Result<tokio::task::JoinHandle<()>, kube::Error> {
-    let watched = match &member {
-        Some(cluster) => Watched::Member {
-            cluster: cluster.clone(),
-            kind: Kind::EndpointSlice,
-        },
-        None => Watched::Object(Kind::EndpointSlice),
-    };
+    let watched = watched_in(Kind::EndpointSlice, member.as_deref());
     let label = move |mut slice: EndpointSlice| {
         if let Some(cluster) = &member {
             slice
