@@ -213,6 +213,28 @@ fn node_yaml(n: &TestNode) -> String {
     )
 }
 
+/// `count` "nodes", each a loopback address (`<prefix>.<i>`) answering on the node port with
+/// its name (`node-<i>`), Ready and schedulable.
+async fn start_nodes(count: usize, prefix: &str, node_port: u16) -> (Vec<Backend>, Vec<TestNode>) {
+    let mut backends = Vec::new();
+    let mut nodes = Vec::new();
+    for i in 1..=count {
+        let address = format!("{prefix}.{i}");
+        let listener = tokio::net::TcpListener::bind((address.as_str(), node_port))
+            .await
+            .unwrap();
+        let name: &'static str = Box::leak(format!("node-{i}").into_boxed_str());
+        backends.push(Backend::start_with_listener(name, listener));
+        nodes.push(TestNode {
+            name: name.to_owned(),
+            address,
+            ready: true,
+            cordoned: false,
+        });
+    }
+    (backends, nodes)
+}
+
 /// One change to the nodes.
 type NodeChange<'a> = Box<dyn Fn(&mut Vec<TestNode>) + 'a>;
 
@@ -251,22 +273,7 @@ async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
     std::fs::create_dir_all(&config).unwrap();
     let (gateway_port, node_port) = (free_port(), free_port());
     // Six "nodes", each a loopback address answering on the node port with its name.
-    let mut backends = Vec::new();
-    let mut nodes = Vec::new();
-    for i in 1..=6 {
-        let address = format!("127.0.1.{i}");
-        let listener = tokio::net::TcpListener::bind((address.as_str(), node_port))
-            .await
-            .unwrap();
-        let name: &'static str = Box::leak(format!("node-{i}").into_boxed_str());
-        backends.push(Backend::start_with_listener(name, listener));
-        nodes.push(TestNode {
-            name: name.to_owned(),
-            address,
-            ready: true,
-            cordoned: false,
-        });
-    }
+    let (_backends, nodes) = start_nodes(6, "127.0.1", node_port).await;
     let write = |nodes: &[TestNode], tag: &str| {
         let mut yaml = NODE_PORT_SHOP
             .replace("NODE_PORT", &node_port.to_string())
@@ -620,22 +627,7 @@ async fn envoy_reaches_the_same_node_subset_over_eds() {
     let (config, state) = (dir.path().join("config"), dir.path().join("state"));
     std::fs::create_dir_all(&config).unwrap();
     let (gateway_port, node_port) = (free_port(), free_port());
-    let mut backends = Vec::new();
-    let mut nodes = Vec::new();
-    for i in 1..=5 {
-        let address = format!("127.0.2.{i}");
-        let listener = tokio::net::TcpListener::bind((address.as_str(), node_port))
-            .await
-            .unwrap();
-        let name: &'static str = Box::leak(format!("node-{i}").into_boxed_str());
-        backends.push(Backend::start_with_listener(name, listener));
-        nodes.push(TestNode {
-            name: name.to_owned(),
-            address,
-            ready: true,
-            cordoned: false,
-        });
-    }
+    let (_backends, mut nodes) = start_nodes(5, "127.0.2", node_port).await;
     let write = |nodes: &[TestNode]| {
         let mut yaml = NODE_PORT_SHOP
             .replace("NODE_PORT", &node_port.to_string())
