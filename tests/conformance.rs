@@ -643,20 +643,3 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     drop((envoy, proxy, delta, haproxy));
     meridian.shutdown().await.unwrap();
 }
-
-/// Kills the process whose pid a file holds (HAProxy, which outlives a killed keeper).
-struct KillByPidFile(std::path::PathBuf);
-
-impl Drop for KillByPidFile {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}

@@ -88,7 +88,7 @@ async fn the_shop_fixture_is_served_by_haproxy_frontends() {
     std::fs::write(config.join("shop.yaml"), fixture).unwrap();
     let xds_port = free_port();
     let _meridian = start_meridian(&config, &state, xds_port).await;
-    let _guard = HaproxyGuard(dir.path().to_path_buf());
+    let _guard = KillByPidFile(dir.path().join("haproxy/haproxy.pid"));
     let node = haproxy_node(dir.path(), "edge/public", xds_port, &[]);
     let client = no_redirects();
     eventually(WAIT, "HAProxy serves the redirect route", || async {
@@ -142,24 +142,6 @@ async fn the_shop_fixture_is_served_by_haproxy_frontends() {
         "{}",
         node.log_text()
     );
-}
-
-/// Kills the HAProxy a test's `meridian haproxy` started (which outlives a killed
-/// `meridian haproxy`, as an edge should), by its pid file.
-struct HaproxyGuard(std::path::PathBuf);
-
-impl Drop for HaproxyGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(self.0.join("haproxy/haproxy.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
 }
 
 const NODE_PORT_SHOP: &str = r#"
@@ -268,7 +250,7 @@ async fn answering(client: &reqwest::Client, port: u16, tries: usize) -> BTreeSe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_subsets_follow_node_changes_through_the_runtime_api_under_load() {
     let dir = tempfile::tempdir().unwrap();
-    let _guard = HaproxyGuard(dir.path().to_path_buf());
+    let _guard = KillByPidFile(dir.path().join("haproxy/haproxy.pid"));
     let (config, state) = (dir.path().join("config"), dir.path().join("state"));
     std::fs::create_dir_all(&config).unwrap();
     let (gateway_port, node_port) = (free_port(), free_port());
@@ -474,7 +456,7 @@ fn haproxy_master(dir: &Path) -> i32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_keep_the_running_config_and_haproxy_outlives_its_keeper() {
     let dir = tempfile::tempdir().unwrap();
-    let _guard = HaproxyGuard(dir.path().to_path_buf());
+    let _guard = KillByPidFile(dir.path().join("haproxy/haproxy.pid"));
     let (config, state) = (dir.path().join("config"), dir.path().join("state"));
     std::fs::create_dir_all(&config).unwrap();
     let backend = Backend::start("web").await;

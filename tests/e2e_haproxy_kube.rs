@@ -31,23 +31,6 @@ impl Drop for Running {
     }
 }
 
-/// Kills the HAProxy the test's `meridian haproxy` started, by its pid file.
-struct HaproxyGuard(std::path::PathBuf);
-
-impl Drop for HaproxyGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(self.0.join("haproxy/haproxy.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 fn address(i: usize) -> String {
     format!("127.0.1.{}", 10 + i)
 }
@@ -187,7 +170,7 @@ async fn the_edge_follows_nodes_and_weights_from_the_api_server() {
         .parse()
         .expect("an allocated node port");
     let work = tempfile::tempdir().unwrap();
-    let _guard = HaproxyGuard(work.path().to_path_buf());
+    let _guard = KillByPidFile(work.path().join("haproxy/haproxy.pid"));
     // Every node: a backend on its node port, and its node agent.
     let agent_port = free_port();
     let mut backends = Vec::new();

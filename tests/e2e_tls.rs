@@ -1036,20 +1036,3 @@ async fn haproxy_serves_issued_mutual_and_user_certificates_by_sni_and_rotates()
     assert_eq!(failures, 0);
     meridian.shutdown().await.unwrap();
 }
-
-/// Kills the process whose pid a file holds (HAProxy, which outlives a killed keeper).
-struct KillByPidFile(PathBuf);
-
-impl Drop for KillByPidFile {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-        {
-            // SAFETY: kill(2) on the pid HAProxy wrote for this test.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}

@@ -250,6 +250,24 @@ impl Drop for MeridianProxy {
     }
 }
 
+/// Kills, when dropped, the process whose pid a file holds: the HAProxy a test's `meridian
+/// haproxy` started (HAProxy outlives a killed keeper, as an edge should).
+pub struct KillByPidFile(pub PathBuf);
+
+impl Drop for KillByPidFile {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on the pid the test's process wrote.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// The `meridian` binary Cargo built for these tests.
 pub fn meridian_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_meridian"))
