@@ -236,6 +236,7 @@ pub enum Command {
         /// node-agent`); 0: no agent checks.
         #[arg(long, default_value_t = 5555)]
         agent_port: u16,
+        /// Interval of the agent checks.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         agent_inter: Duration,
         /// Interval of the TCP health check of every server.

@@ -89,7 +89,13 @@ async fn the_shop_fixture_is_served_by_haproxy_frontends() {
     let xds_port = free_port();
     let _meridian = start_meridian(&config, &state, xds_port).await;
     let _guard = KillByPidFile(dir.path().join("haproxy/haproxy.pid"));
-    let node = haproxy_node(dir.path(), "edge/public", xds_port, &[]);
+    let stats = format!("127.0.0.1:{}", free_port());
+    let node = haproxy_node(
+        dir.path(),
+        "edge/public",
+        xds_port,
+        &["--stats-addr", &stats],
+    );
     let client = no_redirects();
     eventually(WAIT, "HAProxy serves the redirect route", || async {
         status_of(
@@ -137,6 +143,19 @@ async fn the_shop_fixture_is_served_by_haproxy_frontends() {
         "{written}"
     );
     assert!(written.contains("retries 3"), "{written}");
+    // HAProxy's own metrics, for Prometheus.
+    let metrics = client
+        .get(format!("http://{stats}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("haproxy_frontend_http_requests_total"),
+        "{metrics}"
+    );
     assert!(
         count(&node.log_text(), "HAProxy (re)loaded") >= 1,
         "{}",
