@@ -5,6 +5,8 @@
 //! active server is up — Envoy's failover to the next priority. Capacity grows by doubling;
 //! only a growth changes the configuration (and needs a reload).
 
+use std::collections::HashMap;
+
 use crate::core::dataplane::balancer::Assignment;
 
 /// The fewest slots of each kind a backend has.
@@ -127,14 +129,16 @@ fn place(previous: &[Option<Server>], mut servers: Vec<Server>) -> Vec<Option<Se
     while capacity < servers.len() {
         capacity = capacity.saturating_mul(2);
     }
+    // Where each endpoint was: one lookup per endpoint, not a scan of every slot.
+    let was: HashMap<(&str, u16), usize> = previous
+        .iter()
+        .enumerate()
+        .filter_map(|(i, slot)| slot.as_ref().map(|s| ((s.address.as_str(), s.port), i)))
+        .collect();
     let mut slots: Vec<Option<Server>> = vec![None; capacity];
     let mut waiting = Vec::new();
     for server in servers {
-        let kept = previous.iter().position(|slot| {
-            slot.as_ref()
-                .is_some_and(|s| s.address == server.address && s.port == server.port)
-        });
-        match kept {
+        match was.get(&(server.address.as_str(), server.port)).copied() {
             Some(i) if slots[i].is_none() => slots[i] = Some(server),
             _ => waiting.push(server),
         }
