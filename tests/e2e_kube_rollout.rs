@@ -176,17 +176,31 @@ async fn a_staged_rollout_waits_for_an_approval_on_status_across_a_leader_change
         "{.status.rollout.revision}",
     );
     let forged = format!(
-        "apiVersion: meridian.dev/v1alpha1\nkind: RolloutAction\nmetadata: {{name: claims-alice, namespace: shop, annotations: {{meridian.dev/requested-by: alice}}}}\nspec: {{accessPoint: web, action: Approve, stage: rest, revision: {revision}}}\n"
+        "apiVersion: meridian.dev/v1alpha1\nkind: RolloutAction\nmetadata: {{name: claims-alice, namespace: shop, annotations: {{meridian.dev/requested-by: alice}}}}\nspec: {{accessPoint: web, action: Approve, stage: rest, revision: \"{revision}\"}}\n"
     );
-    let path = work.path().join("forged.yaml");
-    std::fs::write(&path, forged).unwrap();
-    let created = std::process::Command::new(cluster.assets.join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(&cluster.approver_kubeconfig)
-        .args(["create", "-f"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let create_as_approver = |name: &str, yaml: &str| {
+        let path = work.path().join(name);
+        std::fs::write(&path, yaml).unwrap();
+        std::process::Command::new(cluster.assets.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&cluster.approver_kubeconfig)
+            .args(["create", "-f"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // A revision left unquoted in YAML can read as a number: refused naming the field.
+    let numeric = create_as_approver(
+        "numeric.yaml",
+        &forged.replace(&format!("\"{revision}\""), "1234567890"),
+    );
+    assert!(!numeric.status.success());
+    let told = String::from_utf8_lossy(&numeric.stderr);
+    assert!(
+        told.contains("RolloutAction spec.revision: invalid type"),
+        "{told}"
+    );
+    let created = create_as_approver("forged.yaml", &forged);
     assert!(created.status.success(), "{created:?}");
     let by = cluster.jsonpath(
         &["get", "rolloutaction", "claims-alice", "-n", "shop"],

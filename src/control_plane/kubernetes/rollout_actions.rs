@@ -24,7 +24,10 @@ use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, ConvertAdmissionReviewError, Operation,
+};
+use kube::core::DynamicObject;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
@@ -167,22 +170,51 @@ async fn review(key: &[u8], request: Request<Incoming>) -> Response<Full<Bytes>>
         Ok(body) => body.to_bytes(),
         Err(error) => return reply(StatusCode::BAD_REQUEST, error.to_string().into_bytes()),
     };
-    let review: AdmissionReview<RolloutAction> = match serde_json::from_slice(&body) {
-        Ok(review) => review,
-        Err(error) => return reply(StatusCode::BAD_REQUEST, error.to_string().into_bytes()),
+    let body = match review_response(key, &body, &Timestamp::now().to_string()) {
+        Ok(body) => body,
+        Err(error) => return reply(StatusCode::BAD_REQUEST, error.into_bytes()),
     };
-    let request: Result<AdmissionRequest<RolloutAction>, _> = review.try_into();
-    let response = match request {
-        Ok(request) => admit(key, &request, &Timestamp::now().to_string()),
-        Err(error) => AdmissionResponse::invalid(error.to_string()),
-    };
-    let body = serde_json::to_vec(&response.into_review()).unwrap_or_default();
     let mut response = reply(StatusCode::OK, body);
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The AdmissionReview answering the review in `body`, or why `body` is no review at all. An
+/// object that is not a valid RolloutAction is denied naming the field, so that `kubectl`
+/// shows the user the reason rather than an opaque webhook failure.
+pub fn review_response(key: &[u8], body: &[u8], now: &str) -> Result<Vec<u8>, String> {
+    let mut parsed = serde_json::Deserializer::from_slice(body);
+    let response = match serde_path_to_error::deserialize::<_, AdmissionReview<RolloutAction>>(
+        &mut parsed,
+    ) {
+        Ok(review) => match TryInto::<AdmissionRequest<RolloutAction>>::try_into(review) {
+            Ok(request) => admit(key, &request, now),
+            Err(error) => AdmissionResponse::invalid(error.to_string()),
+        },
+        Err(error) => {
+            let any: AdmissionReview<DynamicObject> =
+                serde_json::from_slice(body).map_err(|e| e.to_string())?;
+            let request: AdmissionRequest<DynamicObject> = any
+                .try_into()
+                .map_err(|e: ConvertAdmissionReviewError| e.to_string())?;
+            let path = error.path().to_string();
+            let field = path
+                .strip_prefix("request.object.")
+                .or_else(|| path.strip_prefix("request.oldObject."))
+                .unwrap_or(&path);
+            let inner = error.into_inner();
+            let hint = if inner.is_data() {
+                " (in YAML, quote it: a revision such as 0123456789 otherwise reads as a number)"
+            } else {
+                ""
+            };
+            AdmissionResponse::from(&request).deny(format!("RolloutAction {field}: {inner}{hint}"))
+        }
+    };
+    serde_json::to_vec(&response.into_review()).map_err(|e| e.to_string())
 }
 
 /// The decision on one create or update of a RolloutAction, at `now` (RFC 3339).

@@ -162,3 +162,38 @@ fn controls_add_up_in_order_and_ignore_the_unsigned() {
     );
     assert_eq!(web.undo.as_deref(), Some("r2"));
 }
+
+#[test]
+fn an_object_that_is_no_rollout_action_is_denied_naming_the_field() {
+    // What kubectl sends for `revision: 4633942067` unquoted in YAML: a number.
+    let mut object = approval(serde_json::json!({}));
+    object["spec"]["revision"] = serde_json::json!(4633942067_u64);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "meridian.dev", "version": "v1alpha1", "kind": "RolloutAction"},
+            "resource": {"group": "meridian.dev", "version": "v1alpha1", "resource": "rolloutactions"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice"},
+            "object": object,
+            "dryRun": false,
+        }
+    }))
+    .unwrap();
+    let answer = review_response(KEY, &body, "2026-12-05T08:00:00Z").expect("a review answer");
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let response = &answer["response"];
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("RolloutAction spec.revision: invalid type"),
+        "{message}"
+    );
+    assert!(message.contains("quote"), "{message}");
+
+    assert!(review_response(KEY, b"{not json", "2026-12-05T08:00:00Z").is_err());
+}
