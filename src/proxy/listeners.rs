@@ -10,15 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::LazyConfigAcceptor;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::forward::{self, Downstream};
+use super::forward::Downstream;
 use super::proxy_header::{read_header, Prefixed};
+use super::serve::serve;
 use super::workers::Workers;
 use super::ProxyState;
 use crate::core::dataplane::listeners::ListenerPlan;
@@ -233,7 +233,7 @@ async fn connection(
         // A connection must not pin the config it started under; and each protocol's serving
         // future is boxed, so an idle connection holds only the one it uses.
         drop(config);
-        Box::pin(serve(TokioIo::new(stream), downstream, state, drain)).await;
+        Box::pin(serve(stream, downstream, state, drain)).await;
         return Ok(());
     }
     let acceptor = LazyConfigAcceptor::new(Acceptor::default(), stream);
@@ -262,32 +262,6 @@ async fn connection(
         tls: true,
     };
     drop(config);
-    Box::pin(serve(TokioIo::new(stream), downstream, state, drain)).await;
+    Box::pin(serve(stream, downstream, state, drain)).await;
     Ok(())
-}
-
-/// Serves HTTP on `io` until the client closes, or until `drain` says so: then the
-/// connection finishes what is in flight and closes, within the drain time.
-async fn serve<I>(
-    io: TokioIo<I>,
-    downstream: Downstream,
-    state: Arc<ProxyState>,
-    drain: watch::Receiver<bool>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let drain_time = state.drain_time;
-    let service = hyper::service::service_fn(move |request| {
-        forward::handle(request, downstream.clone(), state.clone())
-    });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        _ = crate::runtime::stopped_signal(drain) => {
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(drain_time, connection).await;
-        }
-    }
 }

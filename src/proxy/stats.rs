@@ -46,6 +46,7 @@ pub struct Stats {
     /// `downstream_responses` by code class 1xx…5xx, resolved once.
     downstream_by_class: [Counter; 5],
     pub downstream_connections: Gauge,
+    pub downstream_connections_idle: Gauge,
     pub upstream_responses: Family<Upstream, Counter>,
     pub upstream_failures: Family<UpstreamFailure, Counter>,
     pub upstream_seconds: Family<ClusterLabel, Latency>,
@@ -66,6 +67,12 @@ impl Default for Stats {
             "downstream_connections",
             "Client connections open",
             downstream_connections.clone(),
+        );
+        let downstream_connections_idle = Gauge::default();
+        registry.register(
+            "downstream_connections_idle",
+            "HTTP/1 client connections idle with their HTTP state released (only the socket kept)",
+            downstream_connections_idle.clone(),
         );
         let upstream_responses = Family::<Upstream, Counter>::default();
         registry.register(
@@ -101,6 +108,7 @@ impl Default for Stats {
             downstream_by_class,
             downstream_responses,
             downstream_connections,
+            downstream_connections_idle,
             upstream_responses,
             upstream_failures,
             upstream_seconds,
