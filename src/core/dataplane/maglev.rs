@@ -47,11 +47,12 @@ impl MaglevTable {
     /// backend of weight above 0 the table is empty and [`MaglevTable::get`] answers `None`.
     pub fn build(backends: &[Backend<'_>], size: u64) -> Result<MaglevTable, MaglevError> {
         check_size(size, backends.len())?;
-        // The order backends are filled in must not depend on the caller's order.
+        // The order backends are filled in must not depend on the caller's order (ties, of
+        // equal ids, go by index: a total order, so an unstable sort gives the same).
         let mut order: Vec<usize> = (0..backends.len())
             .filter(|&i| backends[i].weight > 0)
             .collect();
-        order.sort_by(|&a, &b| backends[a].id.cmp(backends[b].id).then(a.cmp(&b)));
+        order.sort_unstable_by(|&a, &b| backends[a].id.cmp(backends[b].id).then(a.cmp(&b)));
         if order.is_empty() {
             return Ok(MaglevTable {
                 entries: Vec::new(),
@@ -62,50 +63,77 @@ impl MaglevTable {
             .map(|&i| u64::from(backends[i].weight))
             .max()
             .unwrap_or(1);
-        let mut walks: Vec<Walk> = order
-            .iter()
-            .map(|&i| Walk::new(backends[i].id, size))
-            .collect();
-        let mut placed = vec![0u64; order.len()];
+        let mut fill = Fill::new(
+            order
+                .iter()
+                .map(|&i| Walk::new(backends[i].id, size))
+                .collect(),
+            size,
+        );
         let mut entries = vec![u32::MAX; usize::try_from(size).unwrap_or(usize::MAX)];
-        // Which entries are filled, as bits: probes (most of the work) stay within a bitmap
-        // small enough for the L1 cache instead of the 4-byte entries.
-        // A power-of-two length, so `& mask` keeps every index in bounds without a check.
-        let mut taken = vec![0u64; entries.len().div_ceil(64).next_power_of_two()];
-        let mask = taken.len() - 1;
-        let mut filled: u64 = 0;
-        // Round n lets a backend of weight w hold up to n·w/max_weight entries, so the heaviest
-        // place one entry per round and the others in proportion.
-        let mut round: u64 = 0;
-        // Equal weights (the common case): every backend places one entry per round.
-        let equal = order
+        // Each walk's backend, as its entries record it (the index in `backends`).
+        let owners: Vec<u32> = order
             .iter()
-            .all(|&i| u64::from(backends[i].weight) == max_weight);
-        while filled < size {
-            round += 1;
-            for (k, &backend) in order.iter().enumerate() {
-                let weight = u64::from(backends[backend].weight);
-                // placed ≤ size ≤ 5,000,011 and weights fit in 32 bits: no overflow in u64.
-                if !equal && placed[k] * max_weight >= round * weight {
-                    continue;
-                }
-                // The walk's position stays in a register while it probes.
-                let walk = &mut walks[k];
-                let mut walked = *walk;
-                let slot = loop {
-                    let candidate = walked.next(size);
-                    let (word, bit) = ((candidate / 64) & mask, 1u64 << (candidate % 64));
-                    if taken[word] & bit == 0 {
-                        taken[word] |= bit;
-                        break candidate;
+            .map(|&i| u32::try_from(i).unwrap_or(u32::MAX))
+            .collect();
+        let weights: Vec<u64> = order
+            .iter()
+            .map(|&i| u64::from(backends[i].weight))
+            .collect();
+        let mut filled: u64 = 0;
+        if weights.iter().all(|&w| w == max_weight) {
+            // Equal weights (the common case): backends take turns, one entry each.
+            let walked = size - fill.tail.min(size);
+            let Fill { walks, taken, .. } = &mut fill;
+            'walk: loop {
+                for (walk, &owner) in walks.iter_mut().zip(&owners) {
+                    if filled == walked {
+                        break 'walk;
                     }
-                };
-                *walk = walked;
-                entries[slot] = u32::try_from(backend).unwrap_or(u32::MAX);
-                placed[k] += 1;
+                    if let Some(entry) = entries.get_mut(probe(walk, taken)) {
+                        *entry = owner;
+                    }
+                    filled += 1;
+                }
+            }
+            let turns = owners.len() as u64;
+            while filled < size {
+                let k = usize::try_from(filled % turns).unwrap_or(0);
+                if let (Some(entry), Some(&owner)) = (entries.get_mut(fill.look(k)), owners.get(k))
+                {
+                    *entry = owner;
+                }
                 filled += 1;
-                if filled == size {
-                    break;
+            }
+        } else {
+            // Round n lets a backend of weight w hold up to n·w/max_weight entries, so the
+            // heaviest place one entry per round and the others in proportion.
+            let mut placed = vec![0u64; order.len()];
+            let mut round: u64 = 0;
+            let mut free = size;
+            'weighted: loop {
+                round += 1;
+                for (k, (&owner, &weight)) in owners.iter().zip(&weights).enumerate() {
+                    // placed ≤ size ≤ 5,000,011 and weights fit in 32 bits: no overflow.
+                    if placed[k] * max_weight >= round * weight {
+                        continue;
+                    }
+                    let slot = if free > fill.tail {
+                        fill.walks
+                            .get_mut(k)
+                            .map_or(0, |walk| probe(walk, &mut fill.taken))
+                    } else {
+                        fill.look(k)
+                    };
+                    free -= 1;
+                    if let Some(entry) = entries.get_mut(slot) {
+                        *entry = owner;
+                    }
+                    placed[k] += 1;
+                    filled += 1;
+                    if filled == size {
+                        break 'weighted;
+                    }
                 }
             }
         }
@@ -160,30 +188,175 @@ fn is_prime(n: u64) -> bool {
 }
 
 /// A backend's preference list over the table: offset, offset + skip, offset + 2·skip, … (mod
-/// size). As the size is prime and 0 < skip < size, it visits every entry once.
+/// size). As the size is prime and 0 < skip < size, it visits every entry once. Positions fit
+/// in 32 bits (sizes are at most 5,000,011), which keeps a walk's state small.
 #[derive(Clone, Copy)]
 struct Walk {
-    next: u64,
-    skip: u64,
+    next: u32,
+    skip: u32,
+    /// `size - skip`: the step back that wraps, compared with before adding, which keeps the
+    /// probe loop's dependency chain short.
+    wrap: u32,
 }
 
 impl Walk {
     fn new(id: &str, size: u64) -> Walk {
+        let offset = xxh64(id.as_bytes(), OFFSET_SEED) % size;
+        let skip = xxh64(id.as_bytes(), SKIP_SEED) % (size - 1) + 1;
+        let narrow = |value: u64| u32::try_from(value).unwrap_or(0);
         Walk {
-            next: xxh64(id.as_bytes(), OFFSET_SEED) % size,
-            skip: xxh64(id.as_bytes(), SKIP_SEED) % (size - 1) + 1,
+            next: narrow(offset),
+            skip: narrow(skip),
+            wrap: narrow(size - skip),
         }
     }
 
-    fn next(&mut self, size: u64) -> usize {
-        let at = self.next;
-        // Both are below `size`, so one subtraction wraps it (no division on the hot loop).
-        self.next += self.skip;
-        if self.next >= size {
-            self.next -= size;
+    /// The position after `at` (both below the size, so one subtraction wraps it).
+    fn after(&self, at: u32) -> u32 {
+        if at >= self.wrap {
+            at - self.wrap
+        } else {
+            at + self.skip
         }
-        usize::try_from(at).unwrap_or(0)
     }
+
+    fn next(&mut self) -> usize {
+        let at = self.next;
+        self.next = self.after(at);
+        at as usize
+    }
+}
+
+/// The table being filled: which entries are taken, and each backend's walk.
+///
+/// Most of a build's probes come at its end, when few entries are free and each backend
+/// walks past many taken ones to find one (with F free of M, about M/F probes a fill). So
+/// once at most `tail` entries are free, a fill instead looks at each free entry and takes
+/// the one that comes first in the backend's walk: entry e is step (e − offset)·skip⁻¹
+/// (mod M) of it. No free entry lies behind a walk's position (the walk stopped at the first
+/// free one it met, and entries are never freed), so that is the entry probing would reach
+/// first: the table is the same.
+struct Fill {
+    walks: Vec<Walk>,
+    /// Where each walk started (its offset), for finding an entry's step in it.
+    starts: Vec<u32>,
+    /// Taken entries as bits: probes stay within a bitmap small enough for the L1 cache.
+    taken: Vec<u64>,
+    size: u64,
+    /// How few free entries switch fills from walking to looking at each.
+    tail: u64,
+    /// The free entries, listed at the switch.
+    free: Vec<u32>,
+    listed: bool,
+    /// skip⁻¹ mod size per walk, computed when first needed (0: not yet).
+    inverses: Vec<u64>,
+}
+
+impl Fill {
+    fn new(walks: Vec<Walk>, size: u64) -> Fill {
+        let inverses = vec![0; walks.len()];
+        let starts = walks.iter().map(|walk| walk.next).collect();
+        let words = usize::try_from(size.div_ceil(64)).unwrap_or(0);
+        Fill {
+            walks,
+            starts,
+            taken: vec![0; words.next_power_of_two()],
+            size,
+            // Balances the two: F² ≈ M/4 (a look costs a multiplication and a remainder, a
+            // probe a few instructions).
+            tail: size.isqrt() / 2,
+            free: Vec::new(),
+            listed: false,
+            inverses,
+        }
+    }
+
+    #[inline(never)]
+    fn list_free(&mut self) {
+        // The words past the table's end (padding to a power of two) hold nothing.
+        let words = usize::try_from(self.size.div_ceil(64)).unwrap_or(0);
+        for (index, &word) in self.taken.iter().take(words).enumerate() {
+            let mut open = !word;
+            while open != 0 {
+                let entry = index as u64 * 64 + u64::from(open.trailing_zeros());
+                if entry < self.size {
+                    self.free.push(u32::try_from(entry).unwrap_or(0));
+                }
+                open &= open - 1;
+            }
+        }
+    }
+
+    /// Takes the free entry that comes first in walk `k`'s order, looking at each.
+    #[inline(never)]
+    fn look(&mut self, k: usize) -> usize {
+        if !self.listed {
+            self.list_free();
+            self.listed = true;
+        }
+        let (Some(walk), Some(inverse), Some(&start)) = (
+            self.walks.get_mut(k),
+            self.inverses.get_mut(k),
+            self.starts.get(k),
+        ) else {
+            return 0;
+        };
+        if *inverse == 0 {
+            *inverse = inverse_mod(u64::from(walk.skip), self.size);
+        }
+        let (size, offset, inverse) = (self.size, u64::from(start), *inverse);
+        let step = |entry: u32| {
+            let entry = u64::from(entry);
+            let from_offset = if entry >= offset {
+                entry - offset
+            } else {
+                entry + size - offset
+            };
+            // Both factors are below size ≤ 5,000,011: the product fits in 64 bits.
+            from_offset * inverse % size
+        };
+        let first = self
+            .free
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &entry)| step(entry))
+            .map(|(index, _)| index);
+        let Some(first) = first else { return 0 };
+        let entry = self.free.swap_remove(first);
+        walk.next = walk.after(entry);
+        entry as usize
+    }
+}
+
+/// Takes the next free entry along `walk`, marking it in `taken`.
+#[inline(always)]
+fn probe(walk: &mut Walk, taken: &mut [u64]) -> usize {
+    // The position stays in a register while it probes; the bitmap's length is a power of
+    // two, so `& mask` keeps every index in bounds without a check.
+    let mut walked = *walk;
+    let mask = taken.len().wrapping_sub(1);
+    let slot = loop {
+        let candidate = walked.next();
+        let word = taken[(candidate / 64) & mask];
+        if (word >> (candidate % 64)) & 1 == 0 {
+            break candidate;
+        }
+    };
+    *walk = walked;
+    taken[(slot / 64) & mask] |= 1 << (slot % 64);
+    slot
+}
+
+/// x with a·x ≡ 1 (mod m), for m prime and 0 < a < m (extended Euclid).
+fn inverse_mod(a: u64, m: u64) -> u64 {
+    let (mut old_r, mut r) = (i128::from(a), i128::from(m));
+    let (mut old_s, mut s) = (1i128, 0i128);
+    while r != 0 {
+        let q = old_r / r;
+        (old_r, r) = (r, old_r - q * r);
+        (old_s, s) = (s, old_s - q * s);
+    }
+    u64::try_from(old_s.rem_euclid(i128::from(m))).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -225,7 +398,7 @@ mod tests {
                     continue;
                 }
                 let slot = loop {
-                    let candidate = walks[k].next(size);
+                    let candidate = walks[k].next();
                     if entries[candidate] == u32::MAX {
                         break candidate;
                     }
@@ -320,6 +493,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Whatever the size, weights and backends, the build fills every entry as the
+        /// textbook loop does, the walked part and the looked-up end alike.
+        #[test]
+        fn the_fast_build_matches_the_textbook_loop(
+            size in prop::sample::select(vec![2u64, 3, 5, 7, 31, 97, 251, 1009, 4093, 10_007]),
+            n in 1usize..40,
+            seed in any::<u64>(),
+        ) {
+            let n = n.min(size as usize);
+            let ids = ids(n);
+            let weights: Vec<u32> = (0..n).map(|i| ((seed >> (i % 60)) & 7) as u32).collect();
+            let list: Vec<Backend<'_>> =
+                ids.iter().zip(&weights).map(|(id, &weight)| Backend { id, weight }).collect();
+            let table = MaglevTable::build(&list, size).unwrap();
+            if weights.iter().all(|&w| w == 0) {
+                prop_assert!(table.entries.is_empty());
+            } else {
+                prop_assert_eq!(table.entries, reference(&list, size));
+            }
+        }
 
         /// Every node builds the same table from the same backends, whatever their order.
         #[test]
