@@ -70,7 +70,11 @@ pub enum Readiness {
 
 /// What the ADS client publishes and requests read.
 pub struct ProxyState {
+    /// The config requests read; only [`ProxyState::publish`] replaces it.
     pub config: ArcSwap<Config>,
+    /// Configs replaced while requests may still hold them: freed by the control thread once
+    /// nothing else does, so that a worker never pays for freeing a large config.
+    retired: std::sync::Mutex<Vec<Arc<Config>>>,
     /// Woken whenever a new config is stored (requests waiting for their routes).
     pub config_changed: tokio::sync::Notify,
     /// When a request first found each route configuration missing (listener warming).
@@ -93,6 +97,7 @@ impl Default for ProxyState {
     fn default() -> ProxyState {
         ProxyState {
             config: ArcSwap::from_pointee(Config::default()),
+            retired: std::sync::Mutex::new(Vec::new()),
             config_changed: tokio::sync::Notify::new(),
             routes_missing_since: std::sync::Mutex::new(HashMap::new()),
             readiness: AtomicU8::new(0),
@@ -126,6 +131,25 @@ impl ProxyState {
         let _ = self
             .readiness
             .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Serves `config` from now on and wakes requests waiting for routes. The config it
+    /// replaces is kept until no request holds it, then freed here or by
+    /// [`ProxyState::release_retired`] — on the control thread, never on a worker: freeing a
+    /// config of 10,000 routes takes milliseconds, which a request would wait through.
+    pub(crate) fn publish(&self, config: Config) {
+        let replaced = self.config.swap(Arc::new(config));
+        self.config_changed.notify_waiters();
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.push(replaced);
+        // Only this list holds them: nothing can reach them again.
+        retired.retain(|config| Arc::strong_count(config) > 1);
+    }
+
+    /// Frees the retired configs no request holds any more (called from the control thread).
+    pub(crate) fn release_retired(&self) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|config| Arc::strong_count(config) > 1);
     }
 
     /// Time since the proxy started (outlier detection's clock).
@@ -231,10 +255,35 @@ async fn outlier_ticks(state: Arc<ProxyState>, stopped: watch::Receiver<bool>) {
             for upstream in config.clusters.values() {
                 upstream.tick(state.clock());
             }
+            drop(config);
+            state.release_retired();
         }
     };
     tokio::select! {
         _ = ticks => {}
         _ = crate::runtime::stopped_signal(stopped) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_config_is_freed_by_the_control_thread_not_by_the_last_request() {
+        let state = ProxyState::default();
+        let request = state.config.load_full();
+        let first = Arc::downgrade(&request);
+        state.publish(Config::default());
+        // The request that held the old config finishes: it does not free it...
+        drop(request);
+        assert!(first.upgrade().is_some());
+        // ...the control thread's next release does.
+        state.release_retired();
+        assert!(first.upgrade().is_none());
+        // A config nothing holds is freed as soon as it is replaced.
+        let second = Arc::downgrade(&state.config.load_full());
+        state.publish(Config::default());
+        assert!(second.upgrade().is_none());
     }
 }

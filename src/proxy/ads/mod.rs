@@ -103,13 +103,12 @@ impl ProxySubscriber {
                 .versions
                 .insert(kind, response.version_info.clone());
         }
-        self.state.config.store(Arc::new(Config::build(
+        self.state.publish(Config::build(
             &self.accepted,
             &self.state.stats,
             &self.state.loads,
             &self.state.config.load(),
-        )));
-        self.state.config_changed.notify_waiters();
+        ));
         self.state.mark_cached();
         tracing::info!(
             listeners = self.accepted.listeners.len(),
@@ -137,13 +136,12 @@ impl ProxySubscriber {
         } else {
             tracing::warn!(r#type = kind, version = %bounded(version), errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
         }
-        self.state.config.store(Arc::new(Config::build(
+        self.state.publish(Config::build(
             accepted,
             &self.state.stats,
             &self.state.loads,
             &self.state.config.load(),
-        )));
-        self.state.config_changed.notify_waiters();
+        ));
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save(accepted, &ORDER) {
                 static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
