@@ -743,16 +743,10 @@ async fn idle_keep_alive_connections_release_their_state_and_serve_on() {
     // Half of the next request arrives before the connection counts as idle: the bytes hyper
     // read but could not parse yet go to the connection that follows.
     partial.write_all(&REQUEST[..20]).await.unwrap();
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
     let idle_gauge = || async {
-        let stats = client
-            .get(format!("http://127.0.0.1:{admin}/stats/prometheus"))
-            .send()
+        admin_text(&client, admin_addr, "/stats/prometheus")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        stats
             .lines()
             .find_map(|l| l.strip_prefix("meridian_proxy_downstream_connections_idle "))
             .and_then(|v| v.parse::<i64>().ok())
@@ -783,6 +777,83 @@ async fn idle_keep_alive_connections_release_their_state_and_serve_on() {
     for _ in 0..2 {
         assert_eq!(read_response(&mut idle).await.1, "alpha");
     }
+    drop(proxy);
+    meridian.shutdown().await.unwrap();
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length of `length` bytes, returning its head.
+async fn read_large_response(stream: &mut tokio::net::TcpStream, length: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::with_capacity(length + 1024);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            if seen.len() >= end + 4 + length {
+                assert_eq!(seen.len(), end + 4 + length, "nothing past the body");
+                return String::from_utf8_lossy(&seen[..end]).to_lowercase();
+            }
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("more of the response within 10 s")
+            .unwrap();
+        assert!(
+            read > 0,
+            "closed after {} bytes of the response",
+            seen.len()
+        );
+        seen.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_response_to_a_slow_reader_arrives_whole_however_the_connection_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LENGTH: usize = 32 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let big_port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async { vec![b'x'; LENGTH] });
+    let big = tokio::spawn(async move { axum::serve(listener, app).await });
+    let setup = Setup::new().await;
+    let backends =
+        loopback_service("alpha", setup._alpha.port) + &loopback_service("big", big_port);
+    write(&setup.config(), "backends.yaml", &backends);
+    write(&setup.config(), "shop.yaml", &shop(setup.port, "big", ""));
+    let meridian = start_meridian(&setup.config(), &setup.state(), setup.xds_port).await;
+    let proxy = setup.proxy();
+    let client = client();
+    let port = setup.port;
+    eventually(Duration::from_secs(30), "the proxy serves", || {
+        routes_to(&client, port, "/a", "alpha")
+    })
+    .await;
+    const REQUEST: &[u8] = b"GET /b HTTP/1.1\r\nHost: shop.example.test\r\n\r\n";
+    // Kept alive: the client reads nothing for two idle checks while most of the body waits
+    // in the proxy, which must not take the connection apart under it.
+    let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    kept.write_all(REQUEST).await.unwrap();
+    tokio::time::sleep(meridian::proxy::serve::IDLE_RELEASE * 3).await;
+    let head = read_large_response(&mut kept, LENGTH).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    kept.write_all(REQUEST).await.unwrap();
+    read_large_response(&mut kept, LENGTH).await;
+    // Closed after its response: all of it is flushed before the socket is shut.
+    let mut closed = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    closed
+        .write_all(b"GET /b HTTP/1.1\r\nHost: shop.example.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let head = read_large_response(&mut closed, LENGTH).await;
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    closed.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    big.abort();
     drop(proxy);
     meridian.shutdown().await.unwrap();
 }

@@ -17,7 +17,8 @@ use tokio_rustls::LazyConfigAcceptor;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::forward::Downstream;
-use super::proxy_header::{read_header, Prefixed};
+use super::proxy_header::read_header;
+use super::rewind::Rewind;
 use super::serve::serve;
 use super::workers::Workers;
 use super::ProxyState;
@@ -216,7 +217,7 @@ async fn connection(
             .await
             .map_err(|_| "PROXY header timed out")??
     } else {
-        (Prefixed::new(stream), remote)
+        (Rewind::new(stream), remote)
     };
     let tls = plan.has_tls()
         && matches!(
@@ -262,6 +263,6 @@ async fn connection(
         tls: true,
     };
     drop(config);
-    Box::pin(serve(stream, downstream, state, drain)).await;
+    Box::pin(serve(Rewind::new(stream), downstream, state, drain)).await;
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod listeners;
 pub mod loads;
 pub mod lrs;
 pub mod proxy_header;
+pub mod rewind;
 pub mod serve;
 pub mod shards;
 pub mod stats;

@@ -1,60 +1,28 @@
 //! Reading a connection's PROXY protocol header (on listeners that require one) with
-//! [`crate::core::dataplane::proxy_protocol`], and a stream that hands the bytes read past the
-//! header back before reading on.
+//! [`crate::core::dataplane::proxy_protocol`]; the bytes read past the header are handed back
+//! before reading on.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use super::rewind::Rewind;
 use crate::core::dataplane::proxy_protocol::{parse, Parsed, V2_MAX};
-
-/// A TCP stream with bytes already read from it in front.
-pub struct Prefixed {
-    prefix: Vec<u8>,
-    consumed: usize,
-    inner: TcpStream,
-}
-
-impl Prefixed {
-    pub fn new(inner: TcpStream) -> Prefixed {
-        Prefixed {
-            prefix: Vec::new(),
-            consumed: 0,
-            inner,
-        }
-    }
-
-    /// The next byte the reader will see, without taking it.
-    pub async fn peek_first(&self) -> io::Result<Option<u8>> {
-        if let Some(byte) = self.prefix.get(self.consumed) {
-            return Ok(Some(*byte));
-        }
-        let mut first = [0u8; 1];
-        let read = self.inner.peek(&mut first).await?;
-        Ok((read == 1).then_some(first[0]))
-    }
-}
 
 /// Reads the header `stream` must start with: the client's address (`peer`, the sender's own,
 /// when the header names none), and the stream with what followed the header still to read.
 pub async fn read_header(
     mut stream: TcpStream,
     peer: SocketAddr,
-) -> Result<(Prefixed, SocketAddr), &'static str> {
+) -> Result<(Rewind<TcpStream>, SocketAddr), &'static str> {
     let mut buffer = Vec::with_capacity(256);
     loop {
         match parse(&buffer) {
             Ok(Parsed::Header { length, source }) => {
                 let rest = buffer.split_off(length);
-                let stream = Prefixed {
-                    prefix: rest,
-                    consumed: 0,
-                    inner: stream,
-                };
+                let mut stream = Rewind::new(stream);
+                stream.unread(rest.into());
                 return Ok((stream, source.unwrap_or(peer)));
             }
             Ok(Parsed::Incomplete { needed }) => {
@@ -72,58 +40,6 @@ pub async fn read_header(
             }
             Err(_) => return Err("no valid PROXY protocol header"),
         }
-    }
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.consumed < this.prefix.len() {
-            let available = &this.prefix[this.consumed..];
-            let take = available.len().min(buf.remaining());
-            buf.put_slice(&available[..take]);
-            this.consumed += take;
-            if this.consumed == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.consumed = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

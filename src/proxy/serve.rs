@@ -13,19 +13,20 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::{self, Downstream};
+use super::rewind::Rewind;
 use super::upstream::ProxyBody;
 use super::ProxyState;
 
@@ -34,23 +35,19 @@ use super::ProxyState;
 /// to two periods. A busy connection pays one timer wake-up a period, nothing per request.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
-/// How long closing the write side of a finished connection may take.
-const SHUTDOWN: Duration = Duration::from_secs(1);
-
 /// What HTTP/2 with prior knowledge starts with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves HTTP on `io` until the client closes, or until `drain` says so: then the
 /// connection finishes what is in flight and closes, within the drain time.
 pub async fn serve<I>(
-    io: I,
+    mut io: Rewind<I>,
     downstream: Downstream,
     state: Arc<ProxyState>,
     drain: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut io = Rewind::new(io);
     match opens_with_h2_preface(&mut io).await {
         Ok(Some(true)) => Box::pin(serve_http2(io, downstream, state, drain)).await,
         Ok(Some(false)) => Box::pin(serve_http1(io, downstream, state, drain)).await,
@@ -66,7 +63,7 @@ async fn opens_with_h2_preface<I: AsyncRead + Unpin>(
     let mut seen = [0u8; H2_PREFACE.len()];
     let mut filled = 0;
     let decided = loop {
-        let read = io.inner.read(&mut seen[filled..]).await?;
+        let read = io.read(&mut seen[filled..]).await?;
         if read == 0 {
             if filled == 0 {
                 return Ok(None);
@@ -109,18 +106,8 @@ async fn serve_http2<I>(
     }
 }
 
-/// How one hyper HTTP/1 connection ended.
-enum Ended {
-    /// Idle and taken apart on request: the socket stays open.
-    Parked,
-    /// The client closed, or HTTP said to close (`Connection: close`, HTTP/1.0).
-    Closed,
-    /// An I/O or protocol error, or the drain time ran out.
-    Failed,
-}
-
 async fn serve_http1<I>(
-    mut io: Rewind<I>,
+    io: Rewind<I>,
     downstream: Downstream,
     state: Arc<ProxyState>,
     drain: watch::Receiver<bool>,
@@ -129,6 +116,10 @@ async fn serve_http1<I>(
 {
     let activity = Arc::new(Activity::default());
     let builder = hyper::server::conn::http1::Builder::new();
+    let mut io = Watched {
+        inner: io,
+        activity: activity.clone(),
+    };
     loop {
         let service = {
             let (downstream, state, activity) =
@@ -145,23 +136,17 @@ async fn serve_http1<I>(
             })
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        let (ended, connection) = run_http1(connection, &activity, &drain, &state).await;
-        let parts = connection.into_parts();
+        let Some(parked) = run_http1(connection, &activity, &drain, &state).await else {
+            return;
+        };
+        // Parked: nothing of hyper's is left but what it had read and not parsed.
+        let parts = parked.into_parts();
         io = parts.io.into_inner();
-        io.unread(parts.read_buf);
-        match ended {
-            Ended::Parked => {}
-            Ended::Closed => {
-                let _ = tokio::time::timeout(SHUTDOWN, io.shutdown()).await;
-                return;
-            }
-            Ended::Failed => return,
-        }
-        // Parked: nothing of hyper's is left; wait for the client's next bytes (or drain).
-        if io.is_empty() {
+        io.inner.unread(parts.read_buf);
+        if io.inner.is_empty() {
             let _idle = Idle::count(&state);
             tokio::select! {
-                more = io.read_ahead() => match more {
+                more = io.inner.read_ahead() => match more {
                     Ok(true) => {}
                     Ok(false) | Err(_) => return,
                 },
@@ -174,13 +159,15 @@ async fn serve_http1<I>(
     }
 }
 
-/// Runs one hyper HTTP/1 connection until it ends, and gives it back for taking apart.
+/// Runs one hyper HTTP/1 connection: until it is idle and parked (given back, for taking
+/// apart), or until it is over (`None`: what hyper held is flushed and the socket shut down,
+/// or it failed).
 async fn run_http1<C>(
     mut connection: C,
     activity: &Activity,
     drain: &watch::Receiver<bool>,
     state: &ProxyState,
-) -> (Ended, C)
+) -> Option<C>
 where
     C: Http1Connection,
 {
@@ -193,31 +180,32 @@ where
         tokio::select! {
             biased;
             ended = poll_fn(|cx| connection.poll_until_done(cx)) => {
-                let ended = match ended {
-                    Ok(()) if parking => Ended::Parked,
-                    Ok(()) => Ended::Closed,
-                    Err(_) => Ended::Failed,
+                return match ended {
+                    Ok(()) if parking => Some(connection),
+                    // Over by HTTP's say (`Connection: close`, HTTP/1.0) or the client's: hyper
+                    // flushes what it still holds, then shuts the socket.
+                    Ok(()) => {
+                        let _ = poll_fn(|cx| connection.poll_close(cx)).await;
+                        None
+                    }
+                    Err(_) => None,
                 };
-                return (ended, connection);
             }
             _ = drained.as_mut() => {
                 // Finish what is in flight (`Connection: close` on it), within the drain time.
                 Pin::new(&mut connection).shut_down();
-                let finished = tokio::time::timeout(
+                let _ = tokio::time::timeout(
                     state.drain_time,
-                    poll_fn(|cx| connection.poll_until_done(cx)),
+                    poll_fn(|cx| connection.poll_close(cx)),
                 )
                 .await;
-                let ended = match finished {
-                    Ok(Ok(())) => Ended::Closed,
-                    _ => Ended::Failed,
-                };
-                return (ended, connection);
+                return None;
             }
             _ = check.as_mut(), if !parking => {
                 let now = activity.snapshot();
-                if now == last && now.in_flight() == 0 && now.started >= first_request {
-                    // Idle between requests: hyper closes its side at once, writing nothing.
+                if now == last && now.idle() && now.started >= first_request {
+                    // Idle between requests, every byte of the last response handed to the
+                    // socket: hyper closes its side at once, writing nothing.
                     Pin::new(&mut connection).shut_down();
                     parking = true;
                 } else {
@@ -231,13 +219,17 @@ where
 
 /// The little of hyper's HTTP/1 server connection this module drives.
 trait Http1Connection: Unpin {
+    /// Runs the connection until HTTP is done with it, leaving the socket as it is (and what
+    /// hyper still buffers unflushed).
     fn poll_until_done(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
+    /// Runs the connection to its end: flushes what hyper buffers and shuts the socket.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>>;
     fn shut_down(self: Pin<&mut Self>);
 }
 
 impl<I, S> Http1Connection for hyper::server::conn::http1::Connection<I, S>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody> + Unpin,
     S::Future: Unpin,
 {
@@ -245,27 +237,88 @@ where
         self.poll_without_shutdown(cx)
     }
 
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
+        std::future::Future::poll(Pin::new(self), cx)
+    }
+
     fn shut_down(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
 }
 
-/// Requests one HTTP/1 connection started and finished (response sent, or abandoned).
+/// The socket as hyper uses it, noting whether hyper is left holding bytes the socket would
+/// not take yet (its last write was refused): taking hyper apart then would lose them.
+struct Watched<I> {
+    inner: Rewind<I>,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.activity.note_write(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.activity.note_write(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Requests one HTTP/1 connection started and finished (response sent, or abandoned), and
+/// whether hyper holds bytes the socket has not taken yet.
 #[derive(Default)]
 struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
+    unflushed: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Snapshot {
     started: u64,
     finished: u64,
+    unflushed: bool,
 }
 
 impl Snapshot {
-    fn in_flight(self) -> u64 {
-        self.started.saturating_sub(self.finished)
+    /// Nothing in flight and nothing left to write.
+    fn idle(self) -> bool {
+        self.started == self.finished && !self.unflushed
     }
 }
 
@@ -275,6 +328,10 @@ impl Activity {
         Finished(self.clone())
     }
 
+    fn note_write(&self, refused: bool) {
+        self.unflushed.store(refused, Ordering::Relaxed);
+    }
+
     fn snapshot(&self) -> Snapshot {
         // `finished` first: a request that finishes between the loads is never seen finished
         // before it is seen started.
@@ -282,6 +339,7 @@ impl Activity {
         Snapshot {
             started: self.started.load(Ordering::Relaxed),
             finished,
+            unflushed: self.unflushed.load(Ordering::Relaxed),
         }
     }
 }
@@ -337,92 +395,71 @@ impl Drop for Idle<'_> {
     }
 }
 
-/// A stream with bytes already read from it in front, read again first.
-struct Rewind<I> {
-    unread: Bytes,
-    inner: I,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio::io::AsyncWriteExt;
 
-impl<I: AsyncRead + Unpin> Rewind<I> {
-    fn new(inner: I) -> Rewind<I> {
-        Rewind {
-            unread: Bytes::new(),
-            inner,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.unread.is_empty()
-    }
-
-    /// Puts `bytes` in front of what is still unread.
-    fn unread(&mut self, bytes: Bytes) {
-        if bytes.is_empty() {
-            return;
-        }
-        self.unread = if self.unread.is_empty() {
-            bytes
-        } else {
-            let mut joined = BytesMut::with_capacity(bytes.len() + self.unread.len());
-            joined.extend_from_slice(&bytes);
-            joined.extend_from_slice(&self.unread);
-            joined.freeze()
+    /// A connection whose client reads slowly: the response's body is all with hyper, most of
+    /// it not yet taken by the socket. It is parked, and only once every byte went out. (hyper
+    /// itself counts the connection busy until its buffer is flushed; `Watched` guards the
+    /// same, as hyper's `into_parts` documents no such promise.)
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_parked_only_once_its_response_is_written() {
+        const LENGTH: usize = 64 * 1024;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        let io = Watched {
+            inner: Rewind::new(server),
+            activity: activity.clone(),
         };
-    }
-
-    /// Waits for the client's next bytes and keeps them unread; `false` when it closed. Holds
-    /// no buffer while it waits.
-    async fn read_ahead(&mut self) -> io::Result<bool> {
-        let mut first = [0u8; 64];
-        let read = self.inner.read(&mut first).await?;
-        self.unread(Bytes::copy_from_slice(&first[..read]));
-        Ok(read > 0)
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.unread.is_empty() {
-            let take = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread[..take]);
-            this.unread.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |_request| {
+                let done = activity.start();
+                Box::pin(async move {
+                    let body = Full::new(Bytes::from(vec![b'x'; LENGTH]))
+                        .map_err(|never| match never {})
+                        .boxed();
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        Tracked { body, _done: done }.boxed(),
+                    ))
+                })
+            })
+        };
+        let connection =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service);
+        let reader = tokio::spawn(async move {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+                .await
+                .unwrap();
+            // Reads nothing for three idle checks, then everything.
+            tokio::time::sleep(IDLE_RELEASE * 3).await;
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let read = client.read(&mut chunk).await.unwrap();
+                assert!(read > 0, "closed after {} bytes", seen.len());
+                seen.extend_from_slice(&chunk[..read]);
+                if seen.ends_with(&[b'x'; 64]) && seen.len() > LENGTH {
+                    return (seen.len(), client);
+                }
+            }
+        });
+        let (_drain, drain) = watch::channel(false);
+        let state = ProxyState::default();
+        let parked = run_http1(connection, &activity, &drain, &state)
+            .await
+            .expect("parked once idle");
+        let (received, _client) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("the whole response arrives")
+            .unwrap();
+        let head = received - LENGTH;
+        assert!(head > 0 && head < 200, "{received} bytes");
+        assert!(activity.snapshot().idle());
+        drop(parked);
     }
 }

@@ -10,7 +10,19 @@ fn review(
     object: serde_json::Value,
     old: Option<serde_json::Value>,
 ) -> AdmissionRequest<RolloutAction> {
-    let review: AdmissionReview<RolloutAction> = serde_json::from_value(serde_json::json!({
+    let review: AdmissionReview<RolloutAction> =
+        serde_json::from_value(review_json(operation, user, object, old)).unwrap();
+    review.try_into().unwrap()
+}
+
+/// The AdmissionReview itself, as JSON.
+fn review_json(
+    operation: &str,
+    user: &str,
+    object: serde_json::Value,
+    old: Option<serde_json::Value>,
+) -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
@@ -24,9 +36,7 @@ fn review(
             "oldObject": old,
             "dryRun": false,
         }
-    }))
-    .unwrap();
-    review.try_into().unwrap()
+    })
 }
 
 fn approval(annotations: serde_json::Value) -> serde_json::Value {
@@ -168,21 +178,7 @@ fn an_object_that_is_no_rollout_action_is_denied_naming_the_field() {
     // What kubectl sends for `revision: 4633942067` unquoted in YAML: a number.
     let mut object = approval(serde_json::json!({}));
     object["spec"]["revision"] = serde_json::json!(4633942067_u64);
-    let body = serde_json::to_vec(&serde_json::json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "meridian.dev", "version": "v1alpha1", "kind": "RolloutAction"},
-            "resource": {"group": "meridian.dev", "version": "v1alpha1", "resource": "rolloutactions"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice"},
-            "object": object,
-            "dryRun": false,
-        }
-    }))
-    .unwrap();
+    let body = serde_json::to_vec(&review_json("CREATE", "alice", object, None)).unwrap();
     let answer = review_response(KEY, &body, "2026-12-05T08:00:00Z").expect("a review answer");
     let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
     let response = &answer["response"];
