@@ -48,7 +48,12 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match opens_with_h2_preface(&mut io).await {
+    // A client that connects and says nothing is closed by a drain like any other.
+    let opened = tokio::select! {
+        opened = opens_with_h2_preface(&mut io) => opened,
+        _ = crate::runtime::stopped_signal(drain.clone()) => return,
+    };
+    match opened {
         Ok(Some(true)) => Box::pin(serve_http2(io, downstream, state, drain)).await,
         Ok(Some(false)) => Box::pin(serve_http1(io, downstream, state, drain)).await,
         Ok(None) | Err(_) => {}
