@@ -85,6 +85,15 @@ impl Setup {
         self.dir.path().join("state")
     }
 
+    /// Waits until the proxy on this setup's port routes `/a` to alpha.
+    async fn wait_serving(&self, client: &reqwest::Client) {
+        let port = self.port;
+        eventually(Duration::from_secs(30), "the proxy serves", || {
+            routes_to(client, port, "/a", "alpha")
+        })
+        .await;
+    }
+
     fn proxy(&self) -> MeridianProxy {
         self.proxy_with(free_port(), &[])
     }
@@ -121,10 +130,7 @@ async fn edits_and_control_plane_restarts_under_load_fail_no_request() {
     let proxy = setup.proxy();
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
 
     // A request loop on /a for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,10 +196,7 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     let proxy = setup.proxy();
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
 
     // A second port, held by another process (without SO_REUSEPORT): the listener cannot
     // bind, which no validation can foresee.
@@ -258,10 +261,7 @@ async fn a_partly_rejected_first_config_makes_the_proxy_ready() {
     let admin = free_port();
     let proxy = setup.proxy_with(admin, &[]);
     let client = client();
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, setup.port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     assert!(log.contains("rejected (NACK)"), "{log}");
     assert_eq!(ready(&client, admin).await, (200, "LIVE\n".to_owned()));
@@ -432,10 +432,7 @@ async fn load_reports_reach_meridian_for_rollout_health() {
     let proxy = setup.proxy();
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     for _ in 0..20 {
         assert!(routes_to(&client, port, "/a", "alpha").await);
         assert!(get(&client, port, "shop.example.test", "/b").await.is_err());
@@ -488,10 +485,7 @@ async fn sigterm_lets_requests_in_flight_finish_then_exits() {
     let mut proxy = setup.proxy();
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     let in_flight = {
         let client = client.clone();
         tokio::spawn(async move { get(&client, port, "shop.example.test", "/b").await })
@@ -531,10 +525,7 @@ async fn prometheus_stats_and_the_access_log_count_responses_and_upstreams() {
     let proxy = setup.proxy_with(admin, &["--access-log", access_log.to_str().unwrap()]);
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     for _ in 0..5 {
         assert!(routes_to(&client, port, "/a", "alpha").await);
         assert!(get(&client, port, "nowhere.example.test", "/")
@@ -729,10 +720,7 @@ async fn idle_keep_alive_connections_release_their_state_and_serve_on() {
     let proxy = setup.proxy_with(admin, &[]);
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     const REQUEST: &[u8] = b"GET /a HTTP/1.1\r\nHost: shop.example.test\r\n\r\n";
     let connect = || tokio::net::TcpStream::connect(("127.0.0.1", port));
     let (mut idle, mut partial) = (connect().await.unwrap(), connect().await.unwrap());
@@ -823,10 +811,7 @@ async fn a_large_response_to_a_slow_reader_arrives_whole_however_the_connection_
     let proxy = setup.proxy();
     let client = client();
     let port = setup.port;
-    eventually(Duration::from_secs(30), "the proxy serves", || {
-        routes_to(&client, port, "/a", "alpha")
-    })
-    .await;
+    setup.wait_serving(&client).await;
     const REQUEST: &[u8] = b"GET /b HTTP/1.1\r\nHost: shop.example.test\r\n\r\n";
     // Kept alive: the client reads nothing for two idle checks while most of the body waits
     // in the proxy, which must not take the connection apart under it.
