@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use xxhash_rust::xxh64::xxh64;
 
@@ -23,7 +24,7 @@ use crate::core::dataplane::secrets::SecretPlan;
 use crate::runtime::log_budget::bounded;
 use crate::runtime::xds_client::gateway::GatewayResources;
 use crate::runtime::xds_client::resources::{
-    short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES, SECRETS,
+    decode_value, short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES, SECRETS,
 };
 use crate::runtime::xds_client::{Applied, Names, Subscriber};
 
@@ -271,10 +272,11 @@ impl HaproxySubscriber {
                     .collect()
             }),
             ROUTES => {
-                accepted.apply_routes(resources, &mut errors, |config, others| {
-                    let rules = RouteRules::compile(config).map_err(|e| e.to_string())?;
+                accepted.apply_routes(resources, &mut errors, |_, encoded, others| {
+                    let config: RouteConfiguration = decode_value(encoded, ROUTES)?;
+                    let rules = RouteRules::compile(&config).map_err(|e| e.to_string())?;
                     check_agreement(&rules, others.values()).map_err(|e| e.to_string())?;
-                    Ok(rules)
+                    Ok((config.name, rules))
                 });
                 Vec::new()
             }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod ads;
 pub mod breakers;
 pub mod cache;
+pub mod compiler;
 pub mod config;
 pub mod forward;
 pub mod listeners;
@@ -60,6 +61,10 @@ pub struct ProxyOptions {
     /// Write a JSON access log line per request here (`-`: standard output).
     pub access_log: Option<PathBuf>,
 }
+
+/// Replaced configs nothing holds any more: freed where this is dropped (the compile thread,
+/// see [`compiler::Compiler::free`]).
+pub struct Unheld(Vec<Arc<Config>>);
 
 /// How far the proxy got: nothing to serve yet, the cached config, or Meridian's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,22 +140,30 @@ impl ProxyState {
     }
 
     /// Serves `config` from now on and wakes requests waiting for routes. The config it
-    /// replaces is kept until no request holds it, then freed here or by
-    /// [`ProxyState::release_retired`] — on the control thread, never on a worker: freeing a
-    /// config of 10,000 routes takes milliseconds, which a request would wait through.
-    pub(crate) fn publish(&self, config: Config) {
+    /// replaces is kept until no request holds it, then returned from here or from
+    /// [`ProxyState::release_retired`] to be freed on the compile thread, never on a worker:
+    /// freeing a config of 10,000 routes takes milliseconds, which a request would wait through.
+    #[must_use = "the configs returned are freed where they are dropped"]
+    pub(crate) fn publish(&self, config: Config) -> Unheld {
         let replaced = self.config.swap(Arc::new(config));
         self.config_changed.notify_waiters();
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.push(replaced);
-        // Only this list holds them: nothing can reach them again.
-        retired.retain(|config| Arc::strong_count(config) > 1);
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(replaced);
+        self.release_retired()
     }
 
-    /// Frees the retired configs no request holds any more (called from the control thread).
-    pub(crate) fn release_retired(&self) {
+    /// Takes the retired configs no request holds any more, for the caller to free.
+    #[must_use = "the configs returned are freed where they are dropped"]
+    pub(crate) fn release_retired(&self) -> Unheld {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.retain(|config| Arc::strong_count(config) > 1);
+        // Only this list holds them: nothing can reach them again.
+        let (unheld, held) = std::mem::take(&mut *retired)
+            .into_iter()
+            .partition(|config| Arc::strong_count(config) == 1);
+        *retired = held;
+        Unheld(unheld)
     }
 
     /// Time since the proxy started (outlier detection's clock).
@@ -218,7 +231,12 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         tracing::info!(%address, "admin listening");
         tokio::spawn(admin::serve(listener, state.clone(), stopped.clone()));
     }
-    tokio::spawn(outlier_ticks(state.clone(), stopped.clone()));
+    let compiler = compiler::Compiler::start()?;
+    tokio::spawn(outlier_ticks(
+        state.clone(),
+        compiler.clone(),
+        stopped.clone(),
+    ));
     if bootstrap.load_reports {
         tokio::spawn(lrs::run(
             bootstrap.clone(),
@@ -236,6 +254,7 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         listeners: Listeners::new(workers.clone()),
         cache: options.config_cache.as_deref().map(cache::ConfigCache::new),
         accepted: config::Accepted::default(),
+        compiler,
     };
     let client = XdsClient::new(bootstrap, subscriber);
     client.run(stopped).await;
@@ -248,7 +267,11 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
 /// Outlier detection's interval work for every cluster that has it: ejections that ended
 /// bring their endpoints back. Each cluster ticks at its own interval; this only wakes often
 /// enough for the shortest.
-async fn outlier_ticks(state: Arc<ProxyState>, stopped: watch::Receiver<bool>) {
+async fn outlier_ticks(
+    state: Arc<ProxyState>,
+    compiler: compiler::Compiler,
+    stopped: watch::Receiver<bool>,
+) {
     let ticks = async {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -257,7 +280,7 @@ async fn outlier_ticks(state: Arc<ProxyState>, stopped: watch::Receiver<bool>) {
                 upstream.tick(state.clock());
             }
             drop(config);
-            state.release_retired();
+            compiler.free(state.release_retired());
         }
     };
     tokio::select! {
@@ -271,20 +294,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replaced_config_is_freed_by_the_control_thread_not_by_the_last_request() {
+    fn a_replaced_config_is_freed_by_whoever_releases_it_not_by_the_last_request() {
         let state = ProxyState::default();
         let request = state.config.load_full();
         let first = Arc::downgrade(&request);
-        state.publish(Config::default());
+        let unheld = state.publish(Config::default());
+        assert!(unheld.0.is_empty(), "a request holds the config replaced");
         // The request that held the old config finishes: it does not free it...
         drop(request);
         assert!(first.upgrade().is_some());
-        // ...the control thread's next release does.
-        state.release_retired();
+        // ...the next release hands it over, and it is freed where that is dropped.
+        let unheld = state.release_retired();
+        assert!(first.upgrade().is_some());
+        drop(unheld);
         assert!(first.upgrade().is_none());
-        // A config nothing holds is freed as soon as it is replaced.
+        // A config nothing holds is handed over as soon as it is replaced.
         let second = Arc::downgrade(&state.config.load_full());
-        state.publish(Config::default());
+        let unheld = state.publish(Config::default());
+        assert_eq!(unheld.0.len(), 1);
+        drop(unheld);
         assert!(second.upgrade().is_none());
     }
 }

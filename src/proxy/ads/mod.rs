@@ -10,11 +10,11 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 
 use super::cache::ConfigCache;
+use super::compiler::Compiler;
 use super::config::{Accepted, Config};
 use super::listeners::Listeners;
 use super::ProxyState;
 use crate::core::dataplane::balancer::{Assignment, Discovery, Endpoint};
-use crate::core::dataplane::routes::RouteTable;
 use crate::runtime::log_budget::{bounded, LogBudget};
 use crate::runtime::xds_client::resources::{
     short_name, CLUSTERS, ENDPOINTS, LISTENERS, ROUTES, SECRETS,
@@ -29,6 +29,9 @@ pub struct ProxySubscriber {
     pub listeners: Listeners,
     pub cache: Option<ConfigCache>,
     pub accepted: Accepted,
+    /// Where route configurations are compiled, and replaced configs freed, away from the
+    /// workers' turns.
+    pub compiler: Compiler,
 }
 
 impl Subscriber for ProxySubscriber {
@@ -103,12 +106,13 @@ impl ProxySubscriber {
                 .versions
                 .insert(kind, response.version_info.clone());
         }
-        self.state.publish(Config::build(
+        let replaced = self.state.publish(Config::build(
             &self.accepted,
             &self.state.stats,
             &self.state.loads,
             &self.state.config.load(),
         ));
+        self.compiler.free(replaced);
         self.state.mark_cached();
         tracing::info!(
             listeners = self.accepted.listeners.len(),
@@ -136,12 +140,13 @@ impl ProxySubscriber {
         } else {
             tracing::warn!(r#type = kind, version = %bounded(version), errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
         }
-        self.state.publish(Config::build(
+        let replaced = self.state.publish(Config::build(
             accepted,
             &self.state.stats,
             &self.state.loads,
             &self.state.config.load(),
         ));
+        self.compiler.free(replaced);
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save(accepted, &ORDER) {
                 static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
@@ -189,10 +194,14 @@ impl ProxySubscriber {
                 })
             }
             ROUTES => {
-                accepted.apply_routes(resources, &mut errors, |config, _| {
-                    RouteTable::compile(config)
-                        .map(Arc::new)
-                        .map_err(|e| e.to_string())
+                // Compiled away from the workers' turns, then applied in the response's order.
+                let compiled = self.compiler.routes(resources).await;
+                let mut compiled: Vec<_> = compiled.into_iter().map(Some).collect();
+                accepted.apply_routes(resources, &mut errors, |index, _, _| {
+                    compiled
+                        .get_mut(index)
+                        .and_then(Option::take)
+                        .unwrap_or_else(|| Err("route configuration not compiled".to_owned()))
                 });
                 Vec::new()
             }

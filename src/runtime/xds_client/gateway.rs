@@ -10,12 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::resources::{
-    compile_each, compile_whole_set, decode, follow_by_name, keep_previous, CLUSTERS, ENDPOINTS,
+    compile_each, compile_whole_set, follow_by_name, keep_previous, value_of, CLUSTERS, ENDPOINTS,
     LISTENERS, ROUTES, SECRETS,
 };
 use super::Names;
@@ -168,19 +167,20 @@ impl<R> GatewayResources<R> {
         .collect()
     }
 
-    /// An RDS response: each route configuration compiled by `compile` (which sees the others
-    /// accepted), replacing its previous version, or rejected with its error.
+    /// An RDS response: each route configuration compiled by `compile` from its index in the
+    /// response and its encoding (seeing the others accepted) into its name and plan,
+    /// replacing its previous version, or rejected with its error.
     pub fn apply_routes(
         &mut self,
         resources: &[Any],
         errors: &mut Vec<String>,
-        compile: impl Fn(&RouteConfiguration, &BTreeMap<String, R>) -> Result<R, String>,
+        mut compile: impl FnMut(usize, &[u8], &BTreeMap<String, R>) -> Result<(String, R), String>,
     ) {
-        for any in resources {
-            let compiled = decode::<RouteConfiguration>(any, ROUTES)
-                .and_then(|config| Ok((compile(&config, &self.routes)?, config.name)));
+        for (index, any) in resources.iter().enumerate() {
+            let compiled =
+                value_of(any, ROUTES).and_then(|value| compile(index, value, &self.routes));
             match compiled {
-                Ok((plan, name)) => {
+                Ok((name, plan)) => {
                     self.raw
                         .entry(ROUTES)
                         .or_default()

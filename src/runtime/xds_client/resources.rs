@@ -87,10 +87,19 @@ pub fn compile_each<M: Message + Default, P>(
 }
 
 pub fn decode<M: Message + Default>(any: &Any, kind: &str) -> Result<M, String> {
+    decode_value(value_of(any, kind)?, kind)
+}
+
+/// The encoded resource in `any`, which must be of `kind`.
+pub fn value_of<'a>(any: &'a Any, kind: &str) -> Result<&'a [u8], String> {
     if any.type_url != kind {
         return Err(format!("a {} in a {kind} response", any.type_url));
     }
-    M::decode(any.value.as_slice()).map_err(|e| format!("undecodable {kind}: {e}"))
+    Ok(&any.value)
+}
+
+pub fn decode_value<M: Message + Default>(value: &[u8], kind: &str) -> Result<M, String> {
+    M::decode(value).map_err(|e| format!("undecodable {kind}: {e}"))
 }
 
 /// Resources that compiled but could not be applied (a listener that cannot bind), with why:

@@ -134,7 +134,7 @@ impl super::quote::Refuse for Context<'_> {
 
 impl RouteRules {
     pub fn compile(config: &RouteConfiguration) -> Result<RouteRules, CompileError> {
-        RouteTable::compile(config)?;
+        RouteTable::compile(config.clone())?;
         let resource = format!("RouteConfiguration {}", config.name);
         let cx = Context {
             resource: &resource,

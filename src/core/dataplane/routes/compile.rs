@@ -31,28 +31,26 @@ use super::{
 };
 use crate::core::dataplane::{refuse_leftovers, CompileError};
 
+/// Compiles a virtual host, consuming it (its domains are the caller's: taken out before).
 pub(super) fn virtual_host(
-    host: &EnvoyVirtualHost,
+    mut rest: EnvoyVirtualHost,
     resource: &str,
     field: &str,
 ) -> Result<VirtualHost, CompileError> {
-    let mut rest = host.clone();
     rest.name.clear();
     rest.domains.clear();
-    rest.routes.clear();
+    let routes = std::mem::take(&mut rest.routes);
     refuse_leftovers(&rest, resource, field)?;
-    let routes = host
-        .routes
-        .iter()
+    let routes = routes
+        .into_iter()
         .enumerate()
         .map(|(i, r)| route(r, resource, &format!("{field}.routes[{i}]")))
         .collect::<Result<_, _>>()?;
     Ok(VirtualHost { routes })
 }
 
-fn route(route: &EnvoyRoute, resource: &str, field: &str) -> Result<Route, CompileError> {
-    let mut rest = route.clone();
-    rest.name.clear();
+fn route(mut rest: EnvoyRoute, resource: &str, field: &str) -> Result<Route, CompileError> {
+    let name = std::mem::take(&mut rest.name);
     let route_match = rest.r#match.take().unwrap_or_default();
     let action = rest.action.take();
     let edits = header_edits(
@@ -68,10 +66,10 @@ fn route(route: &EnvoyRoute, resource: &str, field: &str) -> Result<Route, Compi
         field,
     )?;
     refuse_leftovers(&rest, resource, field)?;
-    let matcher = matcher(&route_match, resource, &format!("{field}.match"))?;
+    let matcher = matcher(route_match, resource, &format!("{field}.match"))?;
     let action = match action {
         Some(EnvoyAction::Route(action)) => {
-            Action::Forward(forward(&action, resource, &format!("{field}.route"))?)
+            Action::Forward(forward(action, resource, &format!("{field}.route"))?)
         }
         Some(EnvoyAction::Redirect(redirect)) => Action::Redirect(redirect_of(
             &redirect,
@@ -118,15 +116,14 @@ fn route(route: &EnvoyRoute, resource: &str, field: &str) -> Result<Route, Compi
         }
     };
     Ok(Route {
-        name: route.name.clone(),
+        name,
         matcher,
         action,
         edits,
     })
 }
 
-fn matcher(m: &RouteMatch, resource: &str, field: &str) -> Result<Matcher, CompileError> {
-    let mut rest = m.clone();
+fn matcher(mut rest: RouteMatch, resource: &str, field: &str) -> Result<Matcher, CompileError> {
     let path = match rest.path_specifier.take() {
         Some(PathSpecifier::Prefix(prefix)) => PathMatch::Prefix(prefix),
         Some(PathSpecifier::Path(path)) => PathMatch::Exact(path),
@@ -145,7 +142,7 @@ fn matcher(m: &RouteMatch, resource: &str, field: &str) -> Result<Matcher, Compi
     };
     let case_sensitive = rest.case_sensitive.take().is_none_or(|b| b.value);
     let headers = std::mem::take(&mut rest.headers)
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, h)| header_match(h, resource, &format!("{field}.headers[{i}]")))
         .collect::<Result<_, _>>()?;
@@ -164,11 +161,10 @@ fn matcher(m: &RouteMatch, resource: &str, field: &str) -> Result<Matcher, Compi
 }
 
 fn header_match(
-    h: &HeaderMatcher,
+    mut rest: HeaderMatcher,
     resource: &str,
     field: &str,
 ) -> Result<HeaderMatch, CompileError> {
-    let mut rest = h.clone();
     let name = std::mem::take(&mut rest.name).to_ascii_lowercase();
     let invert = std::mem::take(&mut rest.invert_match);
     let test = match rest.header_match_specifier.take() {
@@ -236,8 +232,7 @@ fn full_regex(pattern: &str, resource: &str, field: &str) -> Result<Regex, Compi
         .map_err(|e| CompileError::new(resource, field, format!("invalid regex: {e}")))
 }
 
-fn forward(action: &RouteAction, resource: &str, field: &str) -> Result<Forward, CompileError> {
-    let mut rest = action.clone();
+fn forward(mut rest: RouteAction, resource: &str, field: &str) -> Result<Forward, CompileError> {
     let targets = match rest.cluster_specifier.take() {
         Some(ClusterSpecifier::Cluster(cluster)) => vec![Target {
             cluster,
@@ -246,11 +241,10 @@ fn forward(action: &RouteAction, resource: &str, field: &str) -> Result<Forward,
         }],
         Some(ClusterSpecifier::WeightedClusters(weighted)) => weighted
             .clusters
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, c)| {
+            .map(|(i, mut c)| {
                 let field = format!("{field}.weighted_clusters.clusters[{i}]");
-                let mut c = c.clone();
                 let edits = header_edits(
                     [
                         std::mem::take(&mut c.request_headers_to_add),
@@ -319,7 +313,7 @@ fn forward(action: &RouteAction, resource: &str, field: &str) -> Result<Forward,
     let retry = rest
         .retry_policy
         .take()
-        .map(|r| retry(&r, resource, &format!("{field}.retry_policy")))
+        .map(|r| retry(r, resource, &format!("{field}.retry_policy")))
         .transpose()?;
     // Hash policies choose an endpoint in ring-hash and Maglev clusters; the others ignore
     // them, as Envoy's do.
@@ -399,8 +393,7 @@ pub(super) fn re2_substitution(text: &str) -> String {
     out
 }
 
-fn retry(r: &RetryPolicy, resource: &str, field: &str) -> Result<Retry, CompileError> {
-    let mut rest = r.clone();
+fn retry(mut rest: RetryPolicy, resource: &str, field: &str) -> Result<Retry, CompileError> {
     let mut retry = Retry {
         attempts: rest.num_retries.take().map_or(1, |n| n.value),
         per_try_timeout: rest

@@ -3,13 +3,19 @@
 //! them) and, per virtual host, routes in order with precompiled matchers. Matching a request is
 //! then lookups and comparisons only.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, VirtualHost as EnvoyVirtualHost,
+};
+use prost::Message;
 use regex::Regex;
 
 use super::{refuse_leftovers, CompileError};
+
+pub use encoded::EncodedRoutesError;
 
 /// What a request offers to matching.
 #[derive(Clone, Copy, Debug)]
@@ -163,42 +169,74 @@ enum StringKind {
 }
 
 impl RouteTable {
-    /// Compiles `config`; the first field it cannot honour is the error.
-    pub fn compile(config: &RouteConfiguration) -> Result<RouteTable, CompileError> {
-        let resource = format!("RouteConfiguration {}", config.name);
-        let mut rest = config.clone();
-        rest.name.clear();
-        rest.virtual_hosts.clear();
+    /// Compiles `config`, consuming it; the first field it cannot honour is the error.
+    pub fn compile(mut config: RouteConfiguration) -> Result<RouteTable, CompileError> {
+        let hosts = std::mem::take(&mut config.virtual_hosts);
+        let count = hosts.len();
+        RouteTable::compile_parts(config, count, hosts.into_iter().map(Ok))
+    }
+
+    /// Compiles an encoded `RouteConfiguration` one virtual host at a time, each decoded just
+    /// before it is compiled: a configuration of 10,000 virtual hosts is never held decoded
+    /// whole, which is most of what compiling it would otherwise cost.
+    pub fn compile_encoded(encoded: &[u8]) -> Result<RouteTable, EncodedRoutesError> {
+        let (rest, hosts) = encoded::split_virtual_hosts(encoded)?;
+        let resource = format!("RouteConfiguration {}", rest.name);
+        let count = hosts.len();
+        let hosts = hosts.into_iter().enumerate().map(|(i, host)| {
+            EnvoyVirtualHost::decode(host).map_err(|e| {
+                CompileError::new(&resource, format!("virtual_hosts[{i}]"), e.to_string())
+            })
+        });
+        Ok(RouteTable::compile_parts(rest, count, hosts)?)
+    }
+
+    /// `rest` is the configuration without its virtual hosts, which come one by one.
+    fn compile_parts(
+        mut rest: RouteConfiguration,
+        count: usize,
+        hosts: impl Iterator<Item = Result<EnvoyVirtualHost, CompileError>>,
+    ) -> Result<RouteTable, CompileError> {
+        let name = std::mem::take(&mut rest.name);
+        let resource = format!("RouteConfiguration {name}");
         // Meridian sets it to false: clusters are looked up when a request is routed.
         rest.validate_clusters = None;
         refuse_leftovers(&rest, &resource, "")?;
         let mut table = RouteTable {
-            name: config.name.clone(),
-            exact: HashMap::new(),
+            name,
+            exact: HashMap::with_capacity(count),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             any: None,
-            hosts: Vec::new(),
+            hosts: Vec::with_capacity(count),
         };
-        for (i, host) in config.virtual_hosts.iter().enumerate() {
+        for (i, host) in hosts.enumerate() {
+            let mut host = host?;
             let field = format!("virtual_hosts[{i}]");
+            let domains = std::mem::take(&mut host.domains);
             let compiled = compile::virtual_host(host, &resource, &field)?;
             let index = table.hosts.len();
             table.hosts.push(compiled);
-            for domain in &host.domains {
+            for domain in domains {
                 let domain = domain.to_ascii_lowercase();
-                let duplicate = if domain == "*" {
-                    table.any.replace(index).is_some()
+                let taken = if domain == "*" {
+                    table.any.replace(index).map(|_| domain)
                 } else if let Some(suffix) = domain.strip_prefix('*') {
                     table.suffixes.push((suffix.to_owned(), index));
-                    false
+                    None
                 } else if let Some(prefix) = domain.strip_suffix('*') {
                     table.prefixes.push((prefix.to_owned(), index));
-                    false
+                    None
                 } else {
-                    table.exact.insert(domain.clone(), index).is_some()
+                    match table.exact.entry(domain) {
+                        Entry::Occupied(taken) => Some(taken.key().clone()),
+                        Entry::Vacant(free) => {
+                            free.insert(index);
+                            None
+                        }
+                    }
                 };
-                if duplicate {
+                if let Some(domain) = taken {
                     return Err(CompileError::new(
                         &resource,
                         format!("{field}.domains"),
@@ -346,6 +384,7 @@ impl Redirect {
 }
 
 mod compile;
+mod encoded;
 pub mod hashing;
 mod matching;
 

@@ -46,14 +46,26 @@ fn host(domains: &[&str], routes: Vec<EnvoyRoute>) -> EnvoyVirtualHost {
     }
 }
 
+/// The table as the proxy compiles it: from the encoding Meridian sends.
 fn table(hosts: Vec<EnvoyVirtualHost>) -> RouteTable {
-    RouteTable::compile(&RouteConfiguration {
+    let config = RouteConfiguration {
         name: "http.80".to_owned(),
         virtual_hosts: hosts,
         validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
-    })
-    .unwrap()
+    };
+    RouteTable::compile_encoded(&config.encode_to_vec()).unwrap()
+}
+
+/// Why `config` is refused, the same whether it is compiled decoded or from its encoding.
+fn refused(config: RouteConfiguration) -> CompileError {
+    let encoded = match RouteTable::compile_encoded(&config.encode_to_vec()) {
+        Err(EncodedRoutesError::Refused(error)) => error,
+        other => panic!("not refused: {other:?}"),
+    };
+    let decoded = RouteTable::compile(config).unwrap_err();
+    assert_eq!(encoded, decoded);
+    decoded
 }
 
 /// The route name (its cluster, in these tests) a request takes.
@@ -309,12 +321,11 @@ fn what_it_cannot_honour_is_refused_with_the_field() {
         idle_timeout: Some(Default::default()),
         ..Default::default()
     }));
-    let error = RouteTable::compile(&RouteConfiguration {
+    let error = refused(RouteConfiguration {
         name: "http.80".into(),
         virtual_hosts: vec![host(&["*"], vec![route])],
         ..Default::default()
-    })
-    .unwrap_err();
+    });
     assert_eq!(error.field, "virtual_hosts[0].routes[0].route");
     assert!(error.message.contains("idleTimeout"), "{error}");
 
@@ -330,11 +341,10 @@ fn what_it_cannot_honour_is_refused_with_the_field() {
         })),
         ..Default::default()
     };
-    let error = RouteTable::compile(&RouteConfiguration {
+    let error = refused(RouteConfiguration {
         virtual_hosts: vec![host(&["*"], vec![direct])],
         ..Default::default()
-    })
-    .unwrap_err();
+    });
     assert!(error.field.ends_with("direct_response.status"), "{error}");
 }
 
