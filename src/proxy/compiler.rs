@@ -58,9 +58,7 @@ impl Compiler {
         let encoded: Vec<&[u8]> = resources.iter().map(|any| any.value.as_slice()).collect();
         compile_all(&encoded)
     }
-}
 
-impl Compiler {
     /// Frees replaced configs on the compile thread (here, should it be gone).
     pub fn free(&self, unheld: Unheld) {
         if unheld.0.is_empty() {
