@@ -82,7 +82,9 @@ impl Breakers {
             .admit_connection(self.limits.max_connections, waiting);
         let permit = match admission {
             Admission::Overflow => None,
-            Admission::Go | Admission::Wait => self.connections.clone().acquire_owned().await.ok(),
+            Admission::Go | Admission::Wait => Box::pin(self.connections.clone().acquire_owned())
+                .await
+                .ok(),
         };
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         match permit {

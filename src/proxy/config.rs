@@ -9,6 +9,10 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::breakers::Breakers;
+
+/// A map looked up on the request path, keyed by names from the control plane: hashed with
+/// foldhash (seeded per process) rather than SipHash.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use super::loads::{Counts, Loads};
 use super::stats::{ClusterMetrics, Stats};
 use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery, Endpoint};
@@ -96,8 +100,8 @@ impl Upstream {
 #[derive(Debug, Default)]
 pub struct Config {
     pub listeners: BTreeMap<String, ListenerPlan>,
-    pub routes: HashMap<String, Arc<RouteTable>>,
-    pub clusters: HashMap<String, Arc<Upstream>>,
+    pub routes: FastMap<String, Arc<RouteTable>>,
+    pub clusters: FastMap<String, Arc<Upstream>>,
     /// TLS of each (listener, chain) whose secrets have arrived.
     pub tls: HashMap<(String, usize), Arc<tokio_rustls::rustls::ServerConfig>>,
     pub versions: BTreeMap<&'static str, String>,

@@ -120,7 +120,8 @@ async fn serve_http1<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::default());
-    let builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.writev(false);
     let mut io = Watched {
         inner: io,
         activity: activity.clone(),

@@ -12,7 +12,6 @@
 //! arrive while a worker's HTTP/2 connection to an endpoint is coming up wait for it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,6 +26,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
+use super::config::FastMap;
 use crate::core::dataplane::balancer::ClusterPlan;
 
 /// A body the proxy sends: a request upstream, a response to its client.
@@ -102,7 +102,9 @@ async fn send_http1(
         let key = (settings.pool, addr);
         let (mut connection, reused) = match checkout_http1(key).await {
             Some(connection) => (connection, true),
-            None => (connect_http1(addr, settings).await?, false),
+            // Boxed: connecting is the cold path, and its future would otherwise make every
+            // request's future (moved whole on each move) larger.
+            None => (Box::pin(connect_http1(addr, settings)).await?, false),
         };
         match connection.sender.try_send_request(request).await {
             Ok(response) => {
@@ -153,7 +155,11 @@ async fn connect_http1(
     settings: Settings,
 ) -> Result<Http1Connection, UpstreamError> {
     let io = connect(addr, settings.connect_timeout).await?;
-    let (sender, connection) = http1::handshake(io).await.map_err(handshake_failed(addr))?;
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(io)
+        .await
+        .map_err(handshake_failed(addr))?;
     drive(addr, connection);
     Ok(Http1Connection {
         sender,
@@ -190,7 +196,7 @@ async fn send_http2(
                 continue;
             }
             Http2Checkout::Connect(connecting) => {
-                let sender = connect_http2(addr, settings).await?;
+                let sender = Box::pin(connect_http2(addr, settings)).await?;
                 drop(connecting);
                 (sender, false)
             }
@@ -335,10 +341,10 @@ thread_local! {
 #[derive(Default)]
 struct Pool {
     /// Idle connections per cluster and address, the most recently used last.
-    http1: HashMap<PoolKey, Vec<Http1Connection>>,
-    http2: HashMap<PoolKey, Http2Connection>,
+    http1: FastMap<PoolKey, Vec<Http1Connection>>,
+    http2: FastMap<PoolKey, Http2Connection>,
     /// HTTP/2 connections being opened, with the requests waiting for them.
-    http2_connecting: HashMap<PoolKey, Arc<Notify>>,
+    http2_connecting: FastMap<PoolKey, Arc<Notify>>,
 }
 
 struct Http1Connection {

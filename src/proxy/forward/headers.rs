@@ -9,7 +9,7 @@ use http::HeaderMap;
 
 use crate::core::dataplane::routes::HeaderEdits;
 
-pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,6 +18,16 @@ pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
     http::header::UPGRADE,
     http::header::TRAILER,
 ];
+
+/// Drops the hop-by-hop headers. Most messages have none, which one pass over the names
+/// (compared, not hashed) finds.
+pub(super) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -77,6 +87,25 @@ fn apply(headers: &mut HeaderMap, set: &[(HeaderName, HeaderValue, bool)], remov
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_the_rest_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "keep-alive".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("transfer-encoding", "chunked".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        super::remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+
+        let mut none = HeaderMap::new();
+        none.insert("x-kept", "1".parse().unwrap());
+        super::remove_hop_by_hop(&mut none);
+        assert_eq!(none.len(), 1);
+    }
+
     #[test]
     fn request_ids_are_version_4_uuids() {
         let id = super::request_id();

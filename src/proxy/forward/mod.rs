@@ -20,10 +20,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 use self::headers::{
-    append_forwarded_for, edit_request, edit_response, request_id, HOP_BY_HOP, X_FORWARDED_PROTO,
-    X_REQUEST_ID,
+    append_forwarded_for, edit_request, edit_response, remove_hop_by_hop, request_id,
+    X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use self::logged::{flagged, RequestId, Served};
+use super::config::Upstream;
 use super::stats::{ClusterMetrics, Failure};
 use super::upstream::{self, UpstreamBody, UpstreamError};
 use super::ProxyState;
@@ -110,7 +111,13 @@ pub(super) async fn respond(
         Action::Forward(forward) => {
             let target = forward.target(rand::random());
             let hash = forward.request_hash(&head, &downstream.remote.ip());
-            let mut response = proxy(
+            let Some(upstream) = config.clusters.get(&target.cluster) else {
+                let reply = flagged(local_reply(StatusCode::SERVICE_UNAVAILABLE, None), "NC");
+                return counted(&state, reply);
+            };
+            // Boxed: a request's future is moved whole (into hyper's box, among others), and
+            // forwarding is most of its size.
+            let mut response = Box::pin(proxy(
                 request,
                 route,
                 forward,
@@ -119,12 +126,10 @@ pub(super) async fn respond(
                 &path,
                 &downstream,
                 &state,
-                &config,
-            )
+                upstream,
+            ))
             .await;
-            if let Some(upstream) = config.clusters.get(&target.cluster) {
-                upstream.load.record(response.status().is_server_error());
-            }
+            upstream.load.record(response.status().is_server_error());
             edit_response(response.headers_mut(), &target.edits);
             response
         }
@@ -145,6 +150,11 @@ async fn warmed(state: &ProxyState, route_config: &str) -> Option<Arc<super::con
     if config.routes.contains_key(route_config) {
         return Some(config);
     }
+    // Boxed: only a listener's first requests wait, and a request's future is moved whole.
+    Box::pin(warming(state, route_config)).await
+}
+
+async fn warming(state: &ProxyState, route_config: &str) -> Option<Arc<super::config::Config>> {
     // The window opens when a request first misses this route configuration, so a listener
     // whose routes never come answers 404 at once after it, as a warmed Envoy listener does.
     let deadline = {
@@ -190,24 +200,19 @@ async fn proxy(
     path: &str,
     downstream: &Downstream,
     state: &ProxyState,
-    config: &super::config::Config,
+    upstream: &Upstream,
 ) -> Response<ProxyBody> {
-    let Some(upstream) = config.clusters.get(&target.cluster) else {
-        return flagged(local_reply(StatusCode::SERVICE_UNAVAILABLE, None), "NC");
-    };
     let (parts, body) = request.into_parts();
     let content_length = parts.headers_len_hint();
     let method = parts.method;
     let mut headers = parts.headers;
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let host = forward
-        .host_rewrite
-        .clone()
-        .unwrap_or_else(|| authority.to_owned());
-    if let Ok(host) = HeaderValue::from_str(&host) {
-        headers.insert(HOST, host);
+    remove_hop_by_hop(&mut headers);
+    let host = forward.host_rewrite.as_deref().unwrap_or(authority);
+    // Most requests already carry exactly this Host; they keep it as it came.
+    if headers.get(HOST).map(HeaderValue::as_bytes) != Some(host.as_bytes()) {
+        if let Ok(host) = HeaderValue::from_str(host) {
+            headers.insert(HOST, host);
+        }
     }
     append_forwarded_for(&mut headers, downstream.remote);
     let proto = if downstream.tls { "https" } else { "http" };
@@ -233,7 +238,7 @@ async fn proxy(
     let small = content_length.is_some_and(|len| len <= RETRY_BUFFER);
     let (buffered, mut streamed): (Option<Bytes>, Option<Incoming>) =
         match (retry, small || body_is_empty(&method)) {
-            (Some(_), true) => match body.collect().await {
+            (Some(_), true) => match Box::pin(body.collect()).await {
                 Ok(collected) => (Some(collected.to_bytes()), None),
                 Err(_) => return local_reply(StatusCode::BAD_REQUEST, None),
             },
@@ -271,7 +276,12 @@ async fn proxy(
         let endpoint = balancer.endpoint(pick);
         let _active = balancer.start(pick);
         let endpoint_id = upstream.detects_outliers().then(|| endpoint.id());
-        let Some(addr) = endpoint_address(&endpoint.host, endpoint.port).await else {
+        let addr = match endpoint.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, endpoint.port)),
+            // Boxed: the name lookup's future is large, and most endpoints are addresses.
+            Err(_) => Box::pin(resolve(&endpoint.host, endpoint.port)).await,
+        };
+        let Some(addr) = addr else {
             last = flagged(
                 local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -303,7 +313,8 @@ async fn proxy(
         if upstream.plan.http2 {
             *outgoing.version_mut() = http::Version::HTTP_2;
         }
-        let sent = upstream::send(addr, upstream.settings, outgoing);
+        // Pinned where it is: the timeout holds a reference, not a second copy of the future.
+        let sent = std::pin::pin!(upstream::send(addr, upstream.settings, outgoing));
         let started = std::time::Instant::now();
         let outcome = match per_try {
             Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
@@ -359,9 +370,7 @@ async fn proxy(
             Ok(Ok(response)) => {
                 let status = response.status();
                 let (mut parts, body) = response.into_parts();
-                for name in &HOP_BY_HOP {
-                    parts.headers.remove(name);
-                }
+                remove_hop_by_hop(&mut parts.headers);
                 if attempt + 1 < attempts && retriable(status) {
                     last = Response::from_parts(parts, body.boxed());
                     continue;
@@ -384,7 +393,7 @@ async fn proxy(
             }
         }
         if attempt + 1 < attempts {
-            tokio::time::sleep(retry_backoff(attempt)).await;
+            Box::pin(tokio::time::sleep(retry_backoff(attempt))).await;
         }
     }
     last
@@ -433,12 +442,9 @@ fn body_is_empty(method: &http::Method) -> bool {
     )
 }
 
-/// The endpoint's socket address: its host is an address (DNS clusters are resolved when they
-/// arrive), or else a name looked up now.
-async fn endpoint_address(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
+/// An endpoint named rather than addressed, looked up now (DNS clusters are resolved when they
+/// arrive, so this is rare).
+async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
     let mut found = tokio::net::lookup_host((host, port)).await.ok()?;
     found.next()
 }

@@ -32,7 +32,7 @@ pub struct RequestHead<'a> {
 #[derive(Debug)]
 pub struct RouteTable {
     pub name: String,
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, usize, foldhash::fast::RandomState>,
     /// `*.example.com` as `.example.com`, longest first.
     suffixes: Vec<(String, usize)>,
     /// `www.*` as `www.`, longest first.
@@ -204,7 +204,7 @@ impl RouteTable {
         refuse_leftovers(&rest, &resource, "")?;
         let mut table = RouteTable {
             name,
-            exact: HashMap::with_capacity(count),
+            exact: HashMap::with_capacity_and_hasher(count, Default::default()),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             any: None,
