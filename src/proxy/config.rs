@@ -10,15 +10,13 @@ use arc_swap::ArcSwap;
 
 use super::breakers::Breakers;
 
-/// A map looked up on the request path, keyed by names from the control plane: hashed with
-/// foldhash (seeded per process) rather than SipHash.
-pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use super::loads::{Counts, Loads};
 use super::stats::{ClusterMetrics, Stats};
 use crate::core::dataplane::balancer::{Assignment, Balancer, ClusterPlan, Discovery, Endpoint};
 use crate::core::dataplane::listeners::ListenerPlan;
 use crate::core::dataplane::outlier::{Outcome, OutlierDetector};
 use crate::core::dataplane::routes::RouteTable;
+use crate::core::dataplane::FastMap;
 use crate::runtime::xds_client::gateway::GatewayResources;
 
 /// The accepted resources of each type, compiled, with the version of each type (and, in

@@ -26,8 +26,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
-use super::config::FastMap;
 use crate::core::dataplane::balancer::ClusterPlan;
+use crate::core::dataplane::FastMap;
 
 /// A body the proxy sends: a request upstream, a response to its client.
 pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;

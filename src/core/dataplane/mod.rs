@@ -21,6 +21,10 @@ pub mod secrets;
 
 use prost::{Message, Name};
 
+/// A map looked up per request or packet, keyed by names and addresses from the control plane:
+/// hashed with foldhash (seeded per process) rather than SipHash.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 use crate::core::json::any_to_json;
 
 /// Why a resource cannot be honoured: the resource, the field path and what is wrong.

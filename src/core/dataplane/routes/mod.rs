@@ -4,7 +4,6 @@
 //! then lookups and comparisons only.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{
@@ -13,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use prost::Message;
 use regex::Regex;
 
-use super::{refuse_leftovers, CompileError};
+use super::{refuse_leftovers, CompileError, FastMap};
 
 pub use encoded::EncodedRoutesError;
 
@@ -32,7 +31,7 @@ pub struct RequestHead<'a> {
 #[derive(Debug)]
 pub struct RouteTable {
     pub name: String,
-    exact: HashMap<String, usize, foldhash::fast::RandomState>,
+    exact: FastMap<String, usize>,
     /// `*.example.com` as `.example.com`, longest first.
     suffixes: Vec<(String, usize)>,
     /// `www.*` as `www.`, longest first.
@@ -204,7 +203,7 @@ impl RouteTable {
         refuse_leftovers(&rest, &resource, "")?;
         let mut table = RouteTable {
             name,
-            exact: HashMap::with_capacity_and_hasher(count, Default::default()),
+            exact: FastMap::with_capacity_and_hasher(count, Default::default()),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
             any: None,
