@@ -235,6 +235,18 @@ fn frontend(
         let _ = writeln!(out, "    option forwardfor");
     }
     let _ = writeln!(out, "    http-request set-header x-request-id %[uuid]");
+    // Envoy's gateway defaults that HAProxy does not apply by itself: the hop-by-hop headers
+    // HTTP/1.0 clients send are not forwarded, and the scheme the client used is.
+    let _ = writeln!(out, "    http-request del-header keep-alive");
+    let _ = writeln!(out, "    http-request del-header proxy-connection");
+    let _ = writeln!(
+        out,
+        "    http-request set-header x-forwarded-proto https if {{ ssl_fc }}"
+    );
+    let _ = writeln!(
+        out,
+        "    http-request set-header x-forwarded-proto http if !{{ ssl_fc }}"
+    );
     // Envoy's `strip_any_host_port`, which Meridian sets: routes and upstreams see the host
     // without its port.
     let _ = writeln!(

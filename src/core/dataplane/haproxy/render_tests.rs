@@ -105,6 +105,14 @@ fn virtual_hosts_are_chosen_in_envoys_order_whatever_their_order_in_the_config()
     assert!(line_of(&text, "return status 404") < line_of(&text, "return status 200"));
     assert!(text.contains("bind 0.0.0.0:443 accept-proxy"), "{text}");
     assert!(text.contains("option forwardfor"), "{text}");
+    assert!(
+        text.contains("http-request del-header proxy-connection"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http-request set-header x-forwarded-proto https if { ssl_fc }"),
+        "{text}"
+    );
 }
 
 #[test]
