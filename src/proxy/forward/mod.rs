@@ -251,10 +251,8 @@ async fn proxy(
     let attempts = retry.map_or(1, |r| r.attempts.saturating_add(1));
     let mut _retrying = None;
     let per_try = retry.and_then(|r| r.per_try_timeout).or(forward.timeout);
-    let mut last = local_reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        Some("no healthy upstream".to_owned()),
-    );
+    // The answer of the last failed attempt, made only when an attempt fails.
+    let mut last = None;
     for attempt in 0..attempts {
         if attempt > 0 {
             // Over max_retries the last answer stands, as in Envoy.
@@ -265,13 +263,7 @@ async fn proxy(
         }
         let balancer = upstream.balancer.load();
         let Some(pick) = balancer.pick(rand::random(), hash) else {
-            return flagged(
-                local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some("no healthy upstream".to_owned()),
-                ),
-                "UH",
-            );
+            return no_healthy_upstream();
         };
         let endpoint = balancer.endpoint(pick);
         let _active = balancer.start(pick);
@@ -282,13 +274,13 @@ async fn proxy(
             Err(_) => Box::pin(resolve(&endpoint.host, endpoint.port)).await,
         };
         let Some(addr) = addr else {
-            last = flagged(
+            last = Some(flagged(
                 local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some("upstream connect error or disconnect/reset before headers. reset reason: connection failure".to_owned()),
                 ),
                 "UF",
-            );
+            ));
             continue;
         };
         let uri = match &upstream_uri {
@@ -337,7 +329,7 @@ async fn proxy(
         }
         match outcome {
             Err(()) => {
-                last = flagged(
+                let reply = flagged(
                     local_reply(
                         StatusCode::GATEWAY_TIMEOUT,
                         Some("upstream request timeout".to_owned()),
@@ -345,12 +337,13 @@ async fn proxy(
                     "UT",
                 );
                 if !retry.is_some_and(|r| r.on_5xx || r.on_gateway_error) {
-                    return last;
+                    return reply;
                 }
+                last = Some(reply);
             }
             Ok(Err(error)) => {
                 let connect = error.is_connect();
-                last = flagged(local_reply(
+                let reply = flagged(local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(format!(
                         "upstream connect error or disconnect/reset before headers. reset reason: {}",
@@ -364,15 +357,16 @@ async fn proxy(
                         || (!connect && r.on_reset)
                 });
                 if !again {
-                    return last;
+                    return reply;
                 }
+                last = Some(reply);
             }
             Ok(Ok(response)) => {
                 let status = response.status();
                 let (mut parts, body) = response.into_parts();
                 remove_hop_by_hop(&mut parts.headers);
                 if attempt + 1 < attempts && retriable(status) {
-                    last = Response::from_parts(parts, body.boxed());
+                    last = Some(Response::from_parts(parts, body.boxed()));
                     continue;
                 }
                 // The ticket goes with the body: the request holds its place until it is done.
@@ -396,7 +390,18 @@ async fn proxy(
             Box::pin(tokio::time::sleep(retry_backoff(attempt))).await;
         }
     }
-    last
+    last.unwrap_or_else(no_healthy_upstream)
+}
+
+/// Envoy's answer when no endpoint can be picked.
+fn no_healthy_upstream() -> Response<ProxyBody> {
+    flagged(
+        local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("no healthy upstream".to_owned()),
+        ),
+        "UH",
+    )
 }
 
 /// Envoy's answer when a circuit breaker trips.
