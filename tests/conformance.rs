@@ -65,6 +65,10 @@ struct Expect {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     absent: Vec<String>,
+    /// Response headers that must be there with a value other than this one (a value the
+    /// client sent, replaced on the way).
+    #[serde(default)]
+    replaced: BTreeMap<String, String>,
     location: Option<String>,
     #[serde(default)]
     distribution: BTreeMap<String, f64>,
@@ -317,6 +321,14 @@ fn check(expect: &Expect, answer: &Answer, port: u16) -> Vec<String> {
     for name in &expect.absent {
         if answer.headers.contains_key(name.as_str()) {
             wrong.push(format!("header {name} present: {:?}", header(name)));
+        }
+    }
+    for (name, sent) in &expect.replaced {
+        if !answer.headers.contains_key(name.as_str()) || &header(name) == sent {
+            wrong.push(format!(
+                "header {name}: {:?} (want a value other than {sent:?})",
+                header(name)
+            ));
         }
     }
     if let Some(location) = &expect.location {

@@ -230,6 +230,7 @@ async fn connection(
             route_config: plan.chains[chain].route_config.as_str().into(),
             remote,
             tls: false,
+            edge: plan.chains[chain].use_remote_address,
         };
         // A connection must not pin the config it started under; and each protocol's serving
         // future is boxed, so an idle connection holds only the one it uses.
@@ -261,6 +262,7 @@ async fn connection(
         route_config: plan.chains[chain].route_config.as_str().into(),
         remote,
         tls: true,
+        edge: plan.chains[chain].use_remote_address,
     };
     drop(config);
     Box::pin(serve(Rewind::new(stream), downstream, state, drain)).await;

@@ -43,6 +43,10 @@ pub struct Downstream {
     pub route_config: Arc<str>,
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The chain's `use_remote_address` (Meridian sets it on every gateway): the client is
+    /// the edge, so its address is appended to `x-forwarded-for` and its `x-request-id` is
+    /// replaced, as Envoy does by default (`preserve_external_request_id: false`).
+    pub edge: bool,
 }
 
 pub(super) async fn respond(
@@ -214,10 +218,12 @@ async fn proxy(
             headers.insert(HOST, host);
         }
     }
-    append_forwarded_for(&mut headers, downstream.remote);
+    if downstream.edge {
+        append_forwarded_for(&mut headers, downstream.remote);
+    }
     let proto = if downstream.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if !headers.contains_key(X_REQUEST_ID) {
+    if downstream.edge || !headers.contains_key(X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID, request_id());
     }
     let request_id = state
