@@ -21,8 +21,8 @@ pub mod secrets;
 
 use prost::{Message, Name};
 
-/// A map looked up per request or packet, keyed by names and addresses from the control plane:
-/// hashed with foldhash (seeded per process) rather than SipHash.
+/// A map looked up per request, keyed by names and addresses from the control plane: hashed
+/// with foldhash (seeded per process) rather than SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 use crate::core::json::any_to_json;
