@@ -115,9 +115,28 @@ impl EchoBackend {
                 }
                 let first_time =
                     header("x-request-id").is_some_and(|id| seen.lock().unwrap().insert(id));
-                let mut response = axum::response::Response::new(axum::body::Body::from(name));
+                // `x-respond` asks for a framing: a chunked body, a 204, `connection: close`.
+                let respond = header("x-respond").unwrap_or_default();
+                let body = match respond.as_str() {
+                    "chunked" => axum::body::Body::from_stream(futures::stream::iter(
+                        name.bytes().map(|byte| Ok::<_, std::io::Error>(vec![byte])),
+                    )),
+                    "no-content" => axum::body::Body::empty(),
+                    _ => axum::body::Body::from(name),
+                };
+                let mut response = axum::response::Response::new(body);
                 if name == "broken" || (name == "flaky" && first_time) {
                     *response.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                match respond.as_str() {
+                    "no-content" => *response.status_mut() = axum::http::StatusCode::NO_CONTENT,
+                    "close" => {
+                        response.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    _ => {}
                 }
                 let headers = response.headers_mut();
                 let mut put = |key: String, value: &str| {
@@ -162,6 +181,25 @@ impl Drop for EchoBackend {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A backend whose every answer breaks HTTP/1.1 (a `content-length` that is not a number).
+async fn garbled_backend() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                if socket.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\nok";
+                    let _ = socket.write_all(answer).await;
+                }
+            });
+        }
+    });
+    (port, task)
 }
 
 /// A gateway's plaintext and HTTPS ports.
@@ -419,6 +457,12 @@ async fn run_probe(
                 let joiner = if varied.path.contains('?') { '&' } else { '?' };
                 varied.path = format!("{}{joiner}{query}=user-{n}", varied.path);
             }
+            if probe.expect.connections.is_some() && n > 0 {
+                // The client's pool takes its connection back just after a response ends;
+                // without a pause a loaded machine can start the next sample on a second
+                // client connection, which HAProxy serves with a server connection of its own.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             match send(client, ports, ca_pem, &varied).await {
                 Ok(answer) if answer.status == 200 => {
                     if let Some(peer) = answer.headers.get("x-seen-peer") {
@@ -497,6 +541,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
     };
     let xds_port = free_port();
     let broken = EchoBackend::start("broken").await;
+    let (garbled, _garbled_task) = garbled_backend().await;
     let pool = |name: &str, members: &[(&str, u16)]| {
         let slices: String = members
             .iter()
@@ -522,6 +567,7 @@ async fn envoy_and_meridian_proxy_route_every_case_alike() {
         + &loopback_service("beta", beta.port)
         + &loopback_service("gamma", gamma.port)
         + &loopback_service("flaky", flaky.port)
+        + &loopback_service("garbled", garbled)
         + &loopback_service("short-lived", beta.port)
         + &loopback_service("alpha-h2", alpha.port).replace("name: http,", "name: http2,")
         + &loopback_service("beta-h2", beta.port).replace("name: http,", "name: http2,");

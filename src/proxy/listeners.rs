@@ -226,12 +226,12 @@ async fn connection(
         );
     if !tls {
         let chain = plan.plaintext_chain().ok_or("no plaintext chain")?;
-        let downstream = Downstream {
-            route_config: plan.chains[chain].route_config.as_str().into(),
+        let downstream = Downstream::new(
+            plan.chains[chain].route_config.as_str().into(),
             remote,
-            tls: false,
-            edge: plan.chains[chain].use_remote_address,
-        };
+            false,
+            plan.chains[chain].use_remote_address,
+        );
         // A connection must not pin the config it started under; and each protocol's serving
         // future is boxed, so an idle connection holds only the one it uses.
         drop(config);
@@ -258,12 +258,12 @@ async fn connection(
     .await
     .map_err(|_| "TLS handshake timed out")?
     .map_err(|_| "TLS handshake failed")?;
-    let downstream = Downstream {
-        route_config: plan.chains[chain].route_config.as_str().into(),
+    let downstream = Downstream::new(
+        plan.chains[chain].route_config.as_str().into(),
         remote,
-        tls: true,
-        edge: plan.chains[chain].use_remote_address,
-    };
+        true,
+        plan.chains[chain].use_remote_address,
+    );
     drop(config);
     Box::pin(serve(Rewind::new(stream), downstream, state, drain)).await;
     Ok(())

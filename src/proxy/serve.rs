@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use super::forward::{self, Downstream};
 use super::rewind::Rewind;
-use super::upstream::ProxyBody;
+use super::upstream::{BoxError, ProxyBody};
 use super::ProxyState;
 
 /// How long an HTTP/1 connection goes without a request starting or finishing, with none in
@@ -367,12 +367,12 @@ struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

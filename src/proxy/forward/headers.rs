@@ -2,8 +2,6 @@
 //! (`x-forwarded-for` appended, `x-forwarded-proto`, a generated `x-request-id`), and the
 //! routes' header edits.
 
-use std::net::SocketAddr;
-
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 
@@ -33,13 +31,14 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub(super) fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing},{ip}"),
-        _ => ip,
+pub(super) fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let appended = match headers.get(X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(existing) if !existing.is_empty() => {
+            HeaderValue::from_bytes(&[existing, b",", client.as_bytes()].concat()).ok()
+        }
+        _ => Some(client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = appended {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }

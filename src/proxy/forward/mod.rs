@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, HOST, LOCATION};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 
 use self::headers::{
     append_forwarded_for, edit_request, edit_response, remove_hop_by_hop, request_id,
@@ -26,7 +26,7 @@ use self::headers::{
 use self::logged::{flagged, RequestId, Served};
 use super::config::Upstream;
 use super::stats::{ClusterMetrics, Failure};
-use super::upstream::{self, UpstreamBody, UpstreamError};
+use super::upstream::{self, Outgoing, UpstreamBody, UpstreamError};
 use super::ProxyState;
 use crate::core::dataplane::outlier::Outcome;
 use crate::core::dataplane::routes::{strip_port, Action, Forward, RequestHead, Route, Target};
@@ -47,6 +47,22 @@ pub struct Downstream {
     /// the edge, so its address is appended to `x-forwarded-for` and its `x-request-id` is
     /// replaced, as Envoy does by default (`preserve_external_request_id: false`).
     pub edge: bool,
+    /// The client's address as `x-forwarded-for` carries it, written once per connection.
+    client_address: HeaderValue,
+}
+
+impl Downstream {
+    pub fn new(route_config: Arc<str>, remote: SocketAddr, tls: bool, edge: bool) -> Downstream {
+        let client_address = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        Downstream {
+            route_config,
+            remote,
+            tls,
+            edge,
+            client_address,
+        }
+    }
 }
 
 pub(super) async fn respond(
@@ -67,25 +83,20 @@ pub(super) async fn respond(
         );
     };
     // Meridian's listeners strip any port from the host (Envoy's strip_any_host_port): for
-    // matching, redirects and the Host sent upstream alike.
+    // matching, redirects and the Host sent upstream alike. The host and URI are shared
+    // bytes: these clones copy none.
+    let (host, uri) = (request.headers().get(HOST).cloned(), request.uri().clone());
     let authority = strip_port(
-        request
-            .headers()
-            .get(HOST)
+        host.as_ref()
             .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(|a| a.as_str()))
+            .or_else(|| uri.authority().map(|a| a.as_str()))
             .unwrap_or_default(),
-    )
-    .to_owned();
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    );
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let head = RequestHead {
         method: request.method().as_str(),
-        authority: &authority,
-        path: &path,
+        authority,
+        path,
         headers: request.headers(),
     };
     let Some(route) = table.route(&head) else {
@@ -106,7 +117,7 @@ pub(super) async fn respond(
             );
             let scheme = if downstream.tls { "https" } else { "http" };
             if let Ok(location) =
-                HeaderValue::from_str(&redirect.location(scheme, &authority, &path))
+                HeaderValue::from_str(&redirect.location(scheme, authority, path))
             {
                 reply.headers_mut().insert(LOCATION, location);
             }
@@ -126,8 +137,8 @@ pub(super) async fn respond(
                 route,
                 forward,
                 (target, hash),
-                &authority,
-                &path,
+                authority,
+                path,
                 &downstream,
                 &state,
                 upstream,
@@ -219,7 +230,7 @@ async fn proxy(
         }
     }
     if downstream.edge {
-        append_forwarded_for(&mut headers, downstream.remote);
+        append_forwarded_for(&mut headers, &downstream.client_address);
     }
     let proto = if downstream.tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -293,11 +304,10 @@ async fn proxy(
             Some(uri) => uri.clone(),
             None => return local_reply(StatusCode::BAD_REQUEST, None),
         };
-        let body: ProxyBody = match (&buffered, streamed.take()) {
-            (Some(bytes), _) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed(),
-            (None, Some(incoming)) => incoming.boxed(),
+        let body = match (&buffered, streamed.take()) {
+            (Some(bytes), _) => Outgoing::Complete(bytes.clone()),
+            (None, Some(incoming)) if incoming.is_end_stream() => Outgoing::Complete(Bytes::new()),
+            (None, Some(incoming)) => Outgoing::Streamed(incoming.map_err(Into::into).boxed()),
             (None, None) => break,
         };
         let mut outgoing = Request::new(body);
@@ -349,13 +359,26 @@ async fn proxy(
             }
             Ok(Err(error)) => {
                 let connect = error.is_connect();
-                let reply = flagged(local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Some(format!(
-                        "upstream connect error or disconnect/reset before headers. reset reason: {}",
-                        if connect { "connection failure" } else { "connection termination" }
-                    )),
-                ), if connect { "UF" } else { "UC" });
+                let (status, reason, flag) = if connect {
+                    (StatusCode::SERVICE_UNAVAILABLE, "connection failure", "UF")
+                } else if error.is_protocol() {
+                    (StatusCode::BAD_GATEWAY, "protocol error", "UPE")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "connection termination",
+                        "UC",
+                    )
+                };
+                let reply = flagged(
+                    local_reply(
+                        status,
+                        Some(format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: {reason}"
+                        )),
+                    ),
+                    flag,
+                );
                 let again = retry.is_some_and(|r| {
                     r.on_5xx
                         || r.on_gateway_error

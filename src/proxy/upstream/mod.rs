@@ -1,15 +1,26 @@
 //! Upstream connections, pooled per worker as Envoy's and HAProxy's are: each worker thread
 //! keeps, per cluster and endpoint address, its own idle HTTP/1.1 connections and one
-//! multiplexed HTTP/2 connection, so taking and returning a connection is a plain map lookup with no lock, no task
-//! and no cross-thread wake-up.
+//! multiplexed HTTP/2 connection, so taking and returning a connection is a plain map lookup
+//! with no lock, no task and no cross-thread wake-up.
+//!
+//! A request whose body is known in full (most have none) goes over the proxy's own HTTP/1.1
+//! client ([`http1`], with the protocol in [`codec`]), which its own task drives; a streamed
+//! upload goes over hyper's, and HTTP/2 over hyper's too. Each kind keeps its own idle
+//! connections.
 //!
 //! An HTTP/1.1 connection returns to its worker's pool when the response body has been read
 //! to its end (a body dropped half-read closes the connection instead, as it cannot be
 //! reused), unless it carried the cluster's `max_requests_per_connection`; an HTTP/2
 //! connection leaves the pool once it has opened that many streams, and closes when they end.
 //! A request that a reused connection could not even start (the upstream closed it while it
-//! idled) is sent again on a new connection, as hyper's pooled client does. Requests that
+//! idled) is sent again on a new connection, as hyper's pooled client does; so is an
+//! idempotent request whose reused connection closed before any response byte. Requests that
 //! arrive while a worker's HTTP/2 connection to an endpoint is coming up wait for it.
+
+mod codec;
+mod http1;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::hash::{Hash, Hasher};
@@ -19,18 +30,30 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1 as hyper_http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
 use crate::core::dataplane::balancer::ClusterPlan;
 use crate::core::dataplane::FastMap;
 
+/// Why a body stopped early.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A body the proxy sends: a request upstream, a response to its client.
-pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// A request's body as it goes upstream.
+pub enum Outgoing {
+    /// All of it is here (often nothing): the request is written in one go.
+    Complete(Bytes),
+    /// It arrives as it is sent.
+    Streamed(ProxyBody),
+}
 
 /// Idle HTTP/1.1 connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,6 +92,8 @@ pub enum UpstreamError {
     Connect { addr: SocketAddr, reason: String },
     #[error("upstream request failed: {0}")]
     Request(#[from] hyper::Error),
+    #[error(transparent)]
+    Http1(#[from] http1::Http1Error),
     #[error("no HTTP/2 request URI: {0}")]
     Uri(#[from] http::uri::InvalidUriParts),
 }
@@ -78,22 +103,123 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect { .. })
     }
+
+    /// The upstream's answer broke HTTP (Envoy's `UPE`, a 502).
+    pub fn is_protocol(&self) -> bool {
+        match self {
+            UpstreamError::Http1(error) => error.is_protocol(),
+            UpstreamError::Request(error) => error.is_parse(),
+            _ => false,
+        }
+    }
 }
 
 /// Sends `request` to `addr` over a pooled connection, or a new one.
 pub async fn send(
     addr: SocketAddr,
     settings: Settings,
-    request: Request<ProxyBody>,
+    request: Request<Outgoing>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
-    if settings.http2 {
-        send_http2(addr, settings, request).await
-    } else {
-        send_http1(addr, settings, request).await
+    let (parts, body) = request.into_parts();
+    match body {
+        Outgoing::Complete(body) if !settings.http2 => send_own(addr, settings, parts, body).await,
+        body => {
+            let body = match body {
+                Outgoing::Complete(bytes) => http_body_util::Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed(),
+                Outgoing::Streamed(body) => body,
+            };
+            let request = Request::from_parts(parts, body);
+            match settings.http2 {
+                true => send_http2(addr, settings, request).await,
+                false => send_hyper_http1(addr, settings, request).await,
+            }
+        }
     }
 }
 
-async fn send_http1(
+/// Over the proxy's own HTTP/1.1 client, driven by the caller's task.
+async fn send_own(
+    addr: SocketAddr,
+    settings: Settings,
+    parts: http::request::Parts,
+    body: Bytes,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = BytesMut::new();
+    codec::encode_request(&parts.method, target, &parts.headers, &body, &mut request);
+    let key = (settings.pool, addr);
+    loop {
+        let mut connection = match checkout_own(key) {
+            Some(connection) => connection,
+            None => {
+                http1::Connection::new(Box::pin(connect(addr, settings.connect_timeout)).await?)
+            }
+        };
+        match connection.exchange(&request, &parts.method).await {
+            Ok(head) => {
+                connection.served = connection.served.saturating_add(1);
+                let reusable = head.keep_alive
+                    && settings
+                        .max_requests_per_connection
+                        .is_none_or(|max| connection.served < max);
+                let (parts, ()) = head.response.into_parts();
+                let body = http1::Http1Body::new(connection, head.framing, reusable, key);
+                return Ok(Response::from_parts(parts, UpstreamBody(Inner::Own(body))));
+            }
+            // The idle connection had gone: the next one, or a new one, gets the request.
+            Err(failed) if failed.stale && (failed.unsent || idempotent(&parts.method)) => {}
+            Err(failed) => return Err(failed.error.into()),
+        }
+    }
+}
+
+/// RFC 9110's idempotent methods: sending one again cannot do twice what it did once.
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The most recently used idle connection of the proxy's own client that is still usable.
+fn checkout_own(key: PoolKey) -> Option<http1::Connection> {
+    POOL.with_borrow_mut(|pool| {
+        let idle = pool.own.get_mut(&key)?;
+        let found = std::iter::from_fn(|| idle.pop()).find_map(|mut connection| {
+            let fresh = connection.idle_since.elapsed() <= IDLE_TIMEOUT;
+            (fresh && connection.is_usable()).then_some(connection)
+        });
+        if idle.is_empty() {
+            pool.own.remove(&key);
+        }
+        found
+    })
+}
+
+/// Puts a connection of the proxy's own client back in its worker's pool.
+fn idle_http1(key: PoolKey, mut connection: http1::Connection) {
+    let now = Instant::now();
+    connection.idle_since = now;
+    // A worker shutting down has no pool left; the connection just closes.
+    let _ = POOL.try_with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let idle = pool.own.entry(key).or_default();
+        // The oldest come first: close those idle too long (usually none, so this looks at
+        // one entry, not the whole list, on every response).
+        let expired = idle
+            .iter()
+            .take_while(|c| now.saturating_duration_since(c.idle_since) > IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        idle.push(connection);
+    });
+}
+
+/// Over hyper's HTTP/1.1 client, whose connection task goes on reading the response while a
+/// streamed body is still being sent.
+async fn send_hyper_http1(
     addr: SocketAddr,
     settings: Settings,
     mut request: Request<ProxyBody>,
@@ -114,11 +240,14 @@ async fn send_http1(
                     .is_none_or(|max| connection.served < max);
                 let returning = reusable.then_some(Returning { key, connection });
                 let (parts, body) = response.into_parts();
-                let mut body = UpstreamBody { body, returning };
+                let mut body = HyperBody { body, returning };
                 if body.body.is_end_stream() {
                     body.release();
                 }
-                return Ok(Response::from_parts(parts, body));
+                return Ok(Response::from_parts(
+                    parts,
+                    UpstreamBody(Inner::Hyper(body)),
+                ));
             }
             Err(mut failed) => match failed.take_message() {
                 // Never written: the idle connection had gone; try the next one.
@@ -154,8 +283,8 @@ async fn connect_http1(
     addr: SocketAddr,
     settings: Settings,
 ) -> Result<Http1Connection, UpstreamError> {
-    let io = connect(addr, settings.connect_timeout).await?;
-    let (sender, connection) = http1::Builder::new()
+    let io = TokioIo::new(connect(addr, settings.connect_timeout).await?);
+    let (sender, connection) = hyper_http1::Builder::new()
         .writev(false)
         .handshake(io)
         .await
@@ -204,11 +333,14 @@ async fn send_http2(
         match sender.try_send_request(request).await {
             Ok(response) => {
                 let (parts, body) = response.into_parts();
-                let body = UpstreamBody {
+                let body = HyperBody {
                     body,
                     returning: None,
                 };
-                return Ok(Response::from_parts(parts, body));
+                return Ok(Response::from_parts(
+                    parts,
+                    UpstreamBody(Inner::Hyper(body)),
+                ));
             }
             Err(mut failed) => match failed.take_message() {
                 Some(unsent) if reused => {
@@ -276,7 +408,7 @@ async fn connect_http2(
     addr: SocketAddr,
     settings: Settings,
 ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-    let io = connect(addr, settings.connect_timeout).await?;
+    let io = TokioIo::new(connect(addr, settings.connect_timeout).await?);
     let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
         .await
         .map_err(handshake_failed(addr))?;
@@ -320,7 +452,7 @@ where
 async fn connect(
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<TokioIo<tokio::net::TcpStream>, UpstreamError> {
+) -> Result<tokio::net::TcpStream, UpstreamError> {
     let failed = |reason: String| UpstreamError::Connect { addr, reason };
     let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
         .await
@@ -329,7 +461,7 @@ async fn connect(
     stream
         .set_nodelay(true)
         .map_err(|e| failed(e.to_string()))?;
-    Ok(TokioIo::new(stream))
+    Ok(stream)
 }
 
 thread_local! {
@@ -340,7 +472,10 @@ thread_local! {
 
 #[derive(Default)]
 struct Pool {
-    /// Idle connections per cluster and address, the most recently used last.
+    /// Idle connections of the proxy's own client per cluster and address, the most recently
+    /// used last.
+    own: FastMap<PoolKey, Vec<http1::Connection>>,
+    /// Idle connections of hyper's client (streamed uploads), likewise.
     http1: FastMap<PoolKey, Vec<Http1Connection>>,
     http2: FastMap<PoolKey, Http2Connection>,
     /// HTTP/2 connections being opened, with the requests waiting for them.
@@ -348,7 +483,7 @@ struct Pool {
 }
 
 struct Http1Connection {
-    sender: http1::SendRequest<ProxyBody>,
+    sender: hyper_http1::SendRequest<ProxyBody>,
     served: u32,
     idle_since: Instant,
 }
@@ -366,12 +501,19 @@ struct Returning {
 
 /// An upstream response body; its HTTP/1.1 connection returns to the worker's pool when the
 /// body ends.
-pub struct UpstreamBody {
+pub struct UpstreamBody(Inner);
+
+enum Inner {
+    Own(http1::Http1Body),
+    Hyper(HyperBody),
+}
+
+struct HyperBody {
     body: Incoming,
     returning: Option<Returning>,
 }
 
-impl UpstreamBody {
+impl HyperBody {
     fn release(&mut self) {
         let Some(Returning {
             key,
@@ -386,8 +528,6 @@ impl UpstreamBody {
         let _ = POOL.try_with(|pool| {
             let mut pool = pool.borrow_mut();
             let idle = pool.http1.entry(key).or_default();
-            // The oldest come first: close those idle too long (usually none, so this looks
-            // at one entry, not the whole list, on every response).
             let expired = idle
                 .iter()
                 .take_while(|c| now.saturating_duration_since(c.idle_since) > IDLE_TIMEOUT)
@@ -396,33 +536,53 @@ impl UpstreamBody {
             idle.push(connection);
         });
     }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.body.is_end_stream() => self.release(),
+            Some(Ok(_)) => {}
+            // A connection whose response failed is not reused.
+            Some(Err(_)) => self.returning = None,
+        }
+        Poll::Ready(frame)
+    }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            Some(Ok(_)) if this.body.is_end_stream() => this.release(),
-            Some(Ok(_)) => {}
-            // A connection whose response failed is not reused.
-            Some(Err(_)) => this.returning = None,
-        }
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = match &mut self.get_mut().0 {
+            Inner::Own(body) => {
+                std::task::ready!(body.poll_frame(cx)).map(|f| f.map_err(Into::into))
+            }
+            Inner::Hyper(body) => {
+                std::task::ready!(body.poll_frame(cx)).map(|f| f.map_err(Into::into))
+            }
+        };
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.0 {
+            Inner::Own(body) => body.is_end_stream(),
+            Inner::Hyper(body) => body.body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.0 {
+            Inner::Own(body) => body.size_hint(),
+            Inner::Hyper(body) => body.body.size_hint(),
+        }
     }
 }
