@@ -685,30 +685,32 @@ async fn upstreams_closing_idle_connections_fail_no_request() {
     meridian.shutdown().await.unwrap();
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length from `stream`: its head and body.
+/// Reads one HTTP/1.1 response with a Content-Length from `stream`: its head and body. It
+/// reads no byte past the response, so pipelined responses that arrive together are each
+/// read whole.
 async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
     use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if seen.len() >= end + 4 + length {
-                let body = String::from_utf8_lossy(&seen[end + 4..end + 4 + length]);
-                return (head, body.into_owned());
-            }
-        }
-        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+    async fn within<T>(what: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), what)
             .await
             .expect("a response within 10 s")
-            .unwrap();
-        assert!(read > 0, "closed before a whole response: {seen:?}");
-        seen.extend_from_slice(&chunk[..read]);
     }
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = within(stream.read_u8()).await;
+        head.push(byte.unwrap_or_else(|e| panic!("closed before a whole head ({e}): {head:?}")));
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    within(stream.read_exact(&mut body))
+        .await
+        .expect("closed before a whole body");
+    let head = head.trim_end().to_owned();
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

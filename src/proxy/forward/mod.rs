@@ -116,8 +116,7 @@ pub(super) async fn respond(
                 None,
             );
             let scheme = if downstream.tls { "https" } else { "http" };
-            if let Ok(location) =
-                HeaderValue::from_str(&redirect.location(scheme, authority, path))
+            if let Ok(location) = HeaderValue::from_str(&redirect.location(scheme, authority, path))
             {
                 reply.headers_mut().insert(LOCATION, location);
             }
