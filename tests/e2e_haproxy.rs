@@ -614,11 +614,10 @@ async fn refusals_keep_the_running_config_and_haproxy_outlives_its_keeper() {
     // SIGTERM: HAProxy stops softly with it.
     let status = node.terminate();
     assert!(status.success(), "{status}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        tag(client.clone()).await.is_none(),
-        "HAProxy stopped with meridian haproxy"
-    );
+    eventually(WAIT, "HAProxy stopped with meridian haproxy", || async {
+        tag(client.clone()).await.is_none()
+    })
+    .await;
 }
 
 /// Envoy is served the same subsets over EDS (node address, node port) and follows a cordon.
