@@ -33,6 +33,7 @@ impl Workers {
                 .spawn(move || {
                     super::shards::enter_shard(index);
                     runtime.block_on(async move {
+                        tokio::spawn(super::upstream::sweep_idle());
                         let _ = stopped.wait_for(|stop| *stop).await;
                     })
                 })?;

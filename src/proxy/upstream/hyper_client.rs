@@ -258,6 +258,18 @@ pub(super) struct Http1Connection {
     idle_since: Instant,
 }
 
+impl Http1Connection {
+    pub(super) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+impl Http2Connection {
+    pub(super) fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
 impl Parked for Http1Connection {
     fn idle_since(&self) -> Instant {
         self.idle_since

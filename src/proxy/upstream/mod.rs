@@ -202,6 +202,37 @@ fn idle_http1(key: PoolKey, connection: http1::Connection) {
     park(key, connection, |pool| &mut pool.own);
 }
 
+/// How often a worker looks over its idle connections.
+const SWEEP: Duration = Duration::from_secs(10);
+
+/// Runs on each worker: every [`SWEEP`], closes the idle connections the upstream closed or
+/// that idled past [`IDLE_TIMEOUT`], and forgets endpoints with none left. An idle connection
+/// has no task watching it, so without this an endpoint gone with a rollout would keep its
+/// closed sockets (and their file descriptors) until the worker ends.
+pub async fn sweep_idle() {
+    let mut ticks = tokio::time::interval(SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        POOL.with_borrow_mut(|pool| pool.sweep(Instant::now()));
+    }
+}
+
+impl Pool {
+    fn sweep(&mut self, now: Instant) {
+        let fresh = |since: Instant| now.saturating_duration_since(since) <= IDLE_TIMEOUT;
+        self.own.retain(|_, idle| {
+            idle.retain_mut(|c| fresh(c.idle_since) && c.is_usable());
+            !idle.is_empty()
+        });
+        self.http1.retain(|_, idle| {
+            idle.retain(|c| fresh(c.idle_since()) && !c.is_closed());
+            !idle.is_empty()
+        });
+        self.http2.retain(|_, shared| !shared.is_closed());
+    }
+}
+
 /// A connection that can wait in a worker's pool.
 trait Parked {
     fn idle_since(&self) -> Instant;

@@ -149,3 +149,29 @@ async fn a_malformed_response_fails_the_request() {
     let error = body_of(addr, 50).await.unwrap_err();
     assert!(error.contains("content-length"), "{error}");
 }
+
+#[tokio::test]
+async fn the_sweep_closes_idle_connections_the_upstream_closed_and_forgets_their_endpoint() {
+    // Each connection answers once, keeping the connection open, then closes it.
+    let closing = upstream(vec!["HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"], 4096).await;
+    // This one keeps its connection open after answering.
+    let open = upstream(
+        vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nb",
+        ],
+        4096,
+    )
+    .await;
+    assert_eq!(body_of(closing, 60).await.unwrap(), (200, b"a".to_vec()));
+    assert_eq!(body_of(open, 60).await.unwrap(), (200, b"b".to_vec()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let now = std::time::Instant::now();
+    POOL.with_borrow_mut(|pool| pool.sweep(now));
+    assert_eq!(idle_connections(60, closing), 0);
+    assert!(POOL.with_borrow(|pool| !pool.own.contains_key(&(60, closing))));
+    assert_eq!(idle_connections(60, open), 1);
+    // Past the idle timeout, the open one goes too.
+    POOL.with_borrow_mut(|pool| pool.sweep(now + super::IDLE_TIMEOUT + Duration::from_secs(1)));
+    assert_eq!(idle_connections(60, open), 0);
+}
