@@ -16,8 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
 use super::{
-    connect, park, Inner, Parked, PoolKey, ProxyBody, Settings, UpstreamBody, UpstreamError,
-    IDLE_TIMEOUT, POOL,
+    connect, park, Inner, Parked, PoolKey, ProxyBody, Settings, UpstreamBody, UpstreamError, POOL,
 };
 
 /// Over hyper's HTTP/1.1 client, whose connection task goes on reading the response while a
@@ -72,7 +71,7 @@ async fn checkout_http1(key: PoolKey) -> Option<Http1Connection> {
             }
             connection
         })?;
-        if connection.sender.is_closed() || connection.idle_since.elapsed() > IDLE_TIMEOUT {
+        if connection.sender.is_closed() || connection.expired(Instant::now()) {
             continue;
         }
         // A connection just returned may not have finished reading its last response.

@@ -187,7 +187,7 @@ fn checkout_own(key: PoolKey) -> Option<http1::Connection> {
     POOL.with_borrow_mut(|pool| {
         let idle = pool.own.get_mut(&key)?;
         let found = std::iter::from_fn(|| idle.pop()).find_map(|mut connection| {
-            let fresh = connection.idle_since.elapsed() <= IDLE_TIMEOUT;
+            let fresh = !connection.expired(Instant::now());
             (fresh && connection.is_usable()).then_some(connection)
         });
         if idle.is_empty() {
@@ -220,13 +220,12 @@ pub async fn sweep_idle() {
 
 impl Pool {
     fn sweep(&mut self, now: Instant) {
-        let fresh = |since: Instant| now.saturating_duration_since(since) <= IDLE_TIMEOUT;
         self.own.retain(|_, idle| {
-            idle.retain_mut(|c| fresh(c.idle_since) && c.is_usable());
+            idle.retain_mut(|c| !c.expired(now) && c.is_usable());
             !idle.is_empty()
         });
         self.http1.retain(|_, idle| {
-            idle.retain(|c| fresh(c.idle_since()) && !c.is_closed());
+            idle.retain(|c| !c.expired(now) && !c.is_closed());
             !idle.is_empty()
         });
         self.http2.retain(|_, shared| !shared.is_closed());
@@ -237,6 +236,11 @@ impl Pool {
 trait Parked {
     fn idle_since(&self) -> Instant;
     fn stamp(&mut self, now: Instant);
+
+    /// Idle longer than [`IDLE_TIMEOUT`]: closed rather than reused.
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.idle_since()) > IDLE_TIMEOUT
+    }
 }
 
 /// Adds a connection to its worker's idle list (`list` picks which), the most recently used
@@ -254,10 +258,7 @@ fn park<C: Parked>(
         let idle = list(&mut pool).entry(key).or_default();
         // The oldest come first: close those idle too long (usually none, so this looks at
         // one entry, not the whole list, on every response).
-        let expired = idle
-            .iter()
-            .take_while(|c| now.saturating_duration_since(c.idle_since()) > IDLE_TIMEOUT)
-            .count();
+        let expired = idle.iter().take_while(|c| c.expired(now)).count();
         idle.drain(..expired);
         idle.push(connection);
     });
