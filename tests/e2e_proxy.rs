@@ -237,6 +237,21 @@ async fn what_the_proxy_cannot_honour_is_nacked_by_name_and_the_rest_keeps_servi
     .await;
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     assert!(log.contains("rejected (NACK)"), "{log}");
+    // All that config work (receiving, decoding, compiling) ran at idle priority, never at
+    // the workers' expense; the workers themselves at the normal one.
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let policies = proxy.thread_policies();
+    for (thread, policy) in [
+        ("proxy-ads", SCHED_IDLE),
+        ("proxy-compile", SCHED_IDLE),
+        ("proxy-worker-0", SCHED_OTHER),
+    ] {
+        assert!(
+            policies.contains(&(thread.to_owned(), policy)),
+            "{thread} should run with policy {policy}: {policies:?}"
+        );
+    }
     drop((proxy, taken));
     meridian.shutdown().await.unwrap();
 }

@@ -5,11 +5,13 @@
 //! thread's nice +10 it still took whole time slices of a busy worker's core). A large config
 //! applies later on a saturated core, and its ACK waits for it: traffic before config, the
 //! order a gateway wants. The control thread stays free for the admin listener and load
-//! reports meanwhile.
+//! reports meanwhile. (The ADS client's thread, which hands the configs over, runs at idle
+//! priority too.)
 
 use std::io;
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::google::protobuf::Any;
 
@@ -33,7 +35,7 @@ impl Compiler {
         std::thread::Builder::new()
             .name("proxy-compile".to_owned())
             .spawn(move || {
-                run_at_idle_priority();
+                super::workers::run_at_idle_priority("proxy-compile");
                 while let Ok(job) = queue.recv() {
                     job();
                 }
@@ -64,29 +66,63 @@ impl Compiler {
         if unheld.0.is_empty() {
             return;
         }
-        let _ = self.jobs.send(Box::new(move || drop(unheld)));
+        let _ = self.jobs.send(Box::new(move || free_all(unheld)));
     }
 }
 
+/// How long the compile thread computes before it offers its core back.
+const TURN: Duration = Duration::from_micros(100);
+
+/// Yields the core every [`TURN`] of work. Idle priority alone is not enough: the kernel still
+/// gives an idle thread a turn now and then on a core whose worker never sleeps, and without a
+/// yield that turn lasts until the next scheduler tick (4 ms at 250 Hz), a stall that every
+/// request in flight on that worker waits out.
+struct Turns {
+    started: Instant,
+}
+
+impl Turns {
+    fn new() -> Turns {
+        Turns {
+            started: Instant::now(),
+        }
+    }
+
+    fn pause(&mut self) {
+        if self.started.elapsed() >= TURN {
+            std::thread::yield_now();
+            self.started = Instant::now();
+        }
+    }
+}
+
+/// Frees the configs' route tables that nothing else holds one virtual host at a time (a
+/// table unchanged by the last version is shared with the config that replaced it).
+fn free_all(unheld: Unheld) {
+    let mut turns = Turns::new();
+    for config in unheld.0 {
+        let Ok(config) = Arc::try_unwrap(config) else {
+            continue;
+        };
+        for (_, table) in config.routes {
+            if let Ok(table) = Arc::try_unwrap(table) {
+                table.free_pausing(|| turns.pause());
+            }
+        }
+    }
+}
+
+/// Compiles each configuration, yielding the core every [`TURN`].
 fn compile_all(encoded: &[impl AsRef<[u8]>]) -> Vec<Compiled> {
+    let mut turns = Turns::new();
     encoded
         .iter()
         .map(|config| {
-            let table = RouteTable::compile_encoded(config.as_ref()).map_err(|e| e.to_string())?;
+            let table = RouteTable::compile_encoded_pausing(config.as_ref(), || turns.pause())
+                .map_err(|e| e.to_string())?;
             Ok((table.name.clone(), Arc::new(table)))
         })
         .collect()
-}
-
-/// Puts the calling thread in `SCHED_IDLE`; a refusal is logged, and the thread keeps the
-/// control thread's priority.
-fn run_at_idle_priority() {
-    let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads the parameter we pass; pid 0 is the calling thread.
-    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
-    if result != 0 {
-        tracing::warn!(error = %io::Error::last_os_error(), "cannot run the route compiler at idle priority");
-    }
 }
 
 #[cfg(test)]

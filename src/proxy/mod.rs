@@ -257,10 +257,37 @@ pub async fn run(options: ProxyOptions, stopped: watch::Receiver<bool>) -> anyho
         compiler,
     };
     let client = XdsClient::new(bootstrap, subscriber);
-    client.run(stopped).await;
+    run_ads_at_idle_priority(client, stopped).await?;
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
     drain.drained(options.drain_time).await;
     drop(workers);
+    Ok(())
+}
+
+/// Runs the ADS client to its end on a thread of its own at idle priority, as the compile
+/// thread runs. Receiving a large config allocates megabytes, and the kernel zeroes each fresh
+/// page (2 MiB with transparent huge pages) on the receiving thread: at the control thread's
+/// priority that took whole time slices of a busy worker's core, up to 4 ms on every change of
+/// a 10,000-host config, and showed in the requests' p99. The admin listener and load reports
+/// stay on the control thread, so `/ready` answers while a config arrives.
+async fn run_ads_at_idle_priority(
+    client: XdsClient<ProxySubscriber>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("proxy-ads".to_owned())
+        .spawn(move || {
+            workers::run_at_idle_priority("proxy-ads");
+            runtime.block_on(client.run(stopped));
+            let _ = done.send(());
+        })?;
+    // The thread ends when the client does (at `stopped`), or by a panic that is already
+    // logged; either way the proxy drains.
+    let _ = finished.await;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! each running its own single-threaded runtime. Every listener has one socket per worker
 //! (`SO_REUSEPORT`, so the kernel spreads connections), and a connection lives on the worker
 //! that accepted it with everything it touches: its upstream connection pools are the worker's
-//! own, so the request path takes no lock and hands nothing to another thread. The ADS client,
-//! the admin listener and load reports run on the control thread.
+//! own, so the request path takes no lock and hands nothing to another thread. The admin
+//! listener and load reports run on the control thread, the ADS client and the route compiler
+//! on threads of their own at idle priority ([`run_at_idle_priority`]).
 
 use std::future::Future;
 use std::io;
@@ -83,6 +84,18 @@ pub fn yield_to_workers() {
     };
     if result != 0 {
         tracing::warn!(tid, error = %io::Error::last_os_error(), "cannot lower the control thread's priority");
+    }
+}
+
+/// Makes the calling thread run at idle priority (`SCHED_IDLE`): the kernel gives it a core
+/// only when no worker there wants it, and a worker that wakes takes the core back at once.
+/// A refusal is logged (naming `thread`), and the thread keeps the priority it had.
+pub fn run_at_idle_priority(thread: &str) {
+    let idle = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the parameter we pass; pid 0 is the calling thread.
+    let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) };
+    if result != 0 {
+        tracing::warn!(thread, error = %io::Error::last_os_error(), "cannot run at idle priority");
     }
 }
 

@@ -203,6 +203,26 @@ impl MeridianProxy {
         MeridianProxy::run("l4", dir, options, args)
     }
 
+    /// Each thread's name and scheduling policy (`SCHED_OTHER` 0, `SCHED_IDLE` 5), from
+    /// `/proc/<pid>/task/*/stat`.
+    pub fn thread_policies(&self) -> Vec<(String, u32)> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir(&tasks).unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue; // the thread ended meanwhile
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            // Fields after the name start at the third (state); the policy is the 41st.
+            let policy = stat[close + 1..].split_whitespace().nth(41 - 3);
+            let policy = policy.and_then(|p| p.parse().ok()).expect("a policy field");
+            policies.push((stat[open + 1..close].to_owned(), policy));
+        }
+        policies
+    }
+
     /// Reads the log written so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -179,15 +179,43 @@ impl RouteTable {
     /// before it is compiled: a configuration of 10,000 virtual hosts is never held decoded
     /// whole, which is most of what compiling it would otherwise cost.
     pub fn compile_encoded(encoded: &[u8]) -> Result<RouteTable, EncodedRoutesError> {
+        RouteTable::compile_encoded_pausing(encoded, || {})
+    }
+
+    /// [`RouteTable::compile_encoded`], calling `between_hosts` before each virtual host: the
+    /// caller's chance to give its core back during a large configuration.
+    pub fn compile_encoded_pausing(
+        encoded: &[u8],
+        mut between_hosts: impl FnMut(),
+    ) -> Result<RouteTable, EncodedRoutesError> {
         let (rest, hosts) = encoded::split_virtual_hosts(encoded)?;
         let resource = format!("RouteConfiguration {}", rest.name);
         let count = hosts.len();
         let hosts = hosts.into_iter().enumerate().map(|(i, host)| {
+            between_hosts();
             EnvoyVirtualHost::decode(host).map_err(|e| {
                 CompileError::new(&resource, format!("virtual_hosts[{i}]"), e.to_string())
             })
         });
         Ok(RouteTable::compile_parts(rest, count, hosts)?)
+    }
+
+    /// Drops the table one virtual host at a time, calling `between_hosts` after each:
+    /// freeing a large table takes about as long as compiling it did, and the caller may want
+    /// its core back meanwhile.
+    pub fn free_pausing(self, mut between_hosts: impl FnMut()) {
+        let RouteTable {
+            exact,
+            suffixes,
+            prefixes,
+            hosts,
+            ..
+        } = self;
+        drop((exact, suffixes, prefixes));
+        for host in hosts {
+            drop(host);
+            between_hosts();
+        }
     }
 
     /// `rest` is the configuration without its virtual hosts, which come one by one.

@@ -352,3 +352,32 @@ fn what_it_cannot_honour_is_refused_with_the_field() {
 fn re2_substitutions_become_regex_crate_ones() {
     assert_eq!(re2_substitution(r"/v\1/\\x$"), "/v${1}/\\x$$");
 }
+
+#[test]
+fn a_large_table_is_compiled_and_freed_with_a_pause_between_virtual_hosts() {
+    let hosts: Vec<_> = (0..5)
+        .map(|i| {
+            let domain = format!("h{i}.example.test");
+            host(
+                &[&domain],
+                vec![route_with(PathSpecifier::Prefix("/".into()), &domain)],
+            )
+        })
+        .collect();
+    let config = RouteConfiguration {
+        name: "http.80".to_owned(),
+        virtual_hosts: hosts,
+        ..Default::default()
+    };
+    let mut pauses = 0;
+    let table = RouteTable::compile_encoded_pausing(&config.encode_to_vec(), || pauses += 1)
+        .expect("compiles");
+    assert_eq!(pauses, 5);
+    assert_eq!(
+        routed(&table, "h3.example.test", "/x", &[]).as_deref(),
+        Some("h3.example.test")
+    );
+    let mut pauses = 0;
+    table.free_pausing(|| pauses += 1);
+    assert_eq!(pauses, 5);
+}
