@@ -105,4 +105,73 @@ mod tests {
             }
         }
     }
+
+    /// Splitting then decoding the parts accepts what decoding the whole accepts, refuses
+    /// what it refuses, and yields the same configuration.
+    fn as_whole(encoded: &[u8]) -> Result<RouteConfiguration, ()> {
+        let (mut rest, hosts) = split_virtual_hosts(encoded).map_err(drop)?;
+        for host in hosts {
+            rest.virtual_hosts
+                .push(VirtualHost::decode(host).map_err(drop)?);
+        }
+        Ok(rest)
+    }
+
+    fn configuration(
+        name: String,
+        hosts: Vec<(String, Vec<String>)>,
+        validate: Option<bool>,
+    ) -> Vec<u8> {
+        RouteConfiguration {
+            name,
+            virtual_hosts: hosts
+                .into_iter()
+                .map(|(name, domains)| VirtualHost {
+                    name,
+                    domains,
+                    ..VirtualHost::default()
+                })
+                .collect(),
+            validate_clusters: validate.map(|value| BoolValue { value }),
+            ..RouteConfiguration::default()
+        }
+        .encode_to_vec()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_split_agrees_with_decoding_the_whole(
+            name in "[a-z.]{0,12}",
+            hosts in proptest::collection::vec(
+                ("[a-z]{0,6}", proptest::collection::vec("[a-z*.]{0,10}", 0..3)),
+                0..5,
+            ),
+            validate in proptest::option::of(proptest::prelude::any::<bool>()),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(), proptest::prelude::any::<u8>()),
+                0..3,
+            ),
+        ) {
+            let mut encoded = configuration(name, hosts, validate);
+            for (at, byte) in flips {
+                if !encoded.is_empty() {
+                    let at = at.index(encoded.len());
+                    encoded[at] ^= byte;
+                }
+            }
+            let kept = cut.index(encoded.len() + 1);
+            let encoded = &encoded[..kept];
+            let whole = RouteConfiguration::decode(encoded).map_err(drop);
+            proptest::prop_assert_eq!(as_whole(encoded), whole);
+        }
+
+        #[test]
+        fn any_bytes_are_split_or_refused_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let whole = RouteConfiguration::decode(bytes.as_slice()).map_err(drop);
+            proptest::prop_assert_eq!(as_whole(&bytes), whole);
+        }
+    }
 }
