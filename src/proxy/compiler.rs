@@ -8,6 +8,7 @@
 //! reports meanwhile. (The ADS client's thread, which hands the configs over, runs at idle
 //! priority too.)
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// What one route configuration became: its name and table, or why it was refused.
 pub type Compiled = Result<(String, Arc<RouteTable>), String>;
+
+/// The accepted route tables by name.
+pub type Tables = BTreeMap<String, Arc<RouteTable>>;
 
 /// The idle-priority compile thread; it ends when every clone of this is dropped.
 #[derive(Clone)]
@@ -43,14 +47,15 @@ impl Compiler {
         Ok(Compiler { jobs })
     }
 
-    /// Compiles each resource (an encoded `RouteConfiguration`) on the compile thread; the
-    /// results are in the resources' order. Should that thread be gone, they are compiled
-    /// here.
-    pub async fn routes(&self, resources: &[Any]) -> Vec<Compiled> {
+    /// Compiles each resource (an encoded `RouteConfiguration`) on the compile thread,
+    /// reusing the virtual hosts of its `previous` version that did not change; the results
+    /// are in the resources' order. Should that thread be gone, they are compiled here.
+    pub async fn routes(&self, resources: &[Any], previous: &Tables) -> Vec<Compiled> {
         let encoded: Vec<Vec<u8>> = resources.iter().map(|any| any.value.clone()).collect();
         let (done, result) = tokio::sync::oneshot::channel();
+        let tables = previous.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(compile_all(&encoded));
+            let _ = done.send(compile_all(&encoded, &tables));
         });
         if self.jobs.send(job).is_ok() {
             if let Ok(compiled) = result.await {
@@ -58,7 +63,7 @@ impl Compiler {
             }
         }
         let encoded: Vec<&[u8]> = resources.iter().map(|any| any.value.as_slice()).collect();
-        compile_all(&encoded)
+        compile_all(&encoded, previous)
     }
 
     /// Frees replaced configs on the compile thread (here, should it be gone).
@@ -112,14 +117,18 @@ fn free_all(unheld: Unheld) {
     }
 }
 
-/// Compiles each configuration, yielding the core every [`TURN`].
-fn compile_all(encoded: &[impl AsRef<[u8]>]) -> Vec<Compiled> {
+/// Compiles each configuration over its previous version, yielding the core every [`TURN`].
+fn compile_all(encoded: &[impl AsRef<[u8]>], previous: &Tables) -> Vec<Compiled> {
     let mut turns = Turns::new();
     encoded
         .iter()
         .map(|config| {
-            let table = RouteTable::compile_encoded_pausing(config.as_ref(), || turns.pause())
-                .map_err(|e| e.to_string())?;
+            let table = RouteTable::compile_encoded_reusing(
+                config.as_ref(),
+                |name| previous.get(name).cloned(),
+                || turns.pause(),
+            )
+            .map_err(|e| e.to_string())?;
             Ok((table.name.clone(), Arc::new(table)))
         })
         .collect()
@@ -156,7 +165,9 @@ mod tests {
             ignore_port_in_host_matching: true,
             ..RouteConfiguration::default()
         };
-        let compiled = compiler.routes(&[encoded(good), encoded(refused)]).await;
+        let compiled = compiler
+            .routes(&[encoded(good), encoded(refused)], &Tables::new())
+            .await;
         assert_eq!(compiled.len(), 2);
         assert_eq!(
             compiled[0].as_ref().map(|(name, _)| name.as_str()),

@@ -195,7 +195,7 @@ impl ProxySubscriber {
             }
             ROUTES => {
                 // Compiled away from the workers' turns, then applied in the response's order.
-                let compiled = self.compiler.routes(resources).await;
+                let compiled = self.compiler.routes(resources, &accepted.routes).await;
                 let mut compiled: Vec<_> = compiled.into_iter().map(Some).collect();
                 accepted.apply_routes(resources, &mut errors, |index, _, _| {
                     compiled

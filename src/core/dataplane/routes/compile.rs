@@ -31,14 +31,17 @@ use super::{
 };
 use crate::core::dataplane::{refuse_leftovers, CompileError};
 
-/// Compiles a virtual host, consuming it (its domains are the caller's: taken out before).
+/// Compiles a virtual host, consuming it.
 pub(super) fn virtual_host(
     mut rest: EnvoyVirtualHost,
     resource: &str,
     field: &str,
 ) -> Result<VirtualHost, CompileError> {
     rest.name.clear();
-    rest.domains.clear();
+    let domains = std::mem::take(&mut rest.domains)
+        .into_iter()
+        .map(|domain| domain.to_ascii_lowercase())
+        .collect();
     let routes = std::mem::take(&mut rest.routes);
     refuse_leftovers(&rest, resource, field)?;
     let routes = routes
@@ -46,7 +49,7 @@ pub(super) fn virtual_host(
         .enumerate()
         .map(|(i, r)| route(r, resource, &format!("{field}.routes[{i}]")))
         .collect::<Result<_, _>>()?;
-    Ok(VirtualHost { routes })
+    Ok(VirtualHost { domains, routes })
 }
 
 fn route(mut rest: EnvoyRoute, resource: &str, field: &str) -> Result<Route, CompileError> {

@@ -370,8 +370,9 @@ fn a_large_table_is_compiled_and_freed_with_a_pause_between_virtual_hosts() {
         ..Default::default()
     };
     let mut pauses = 0;
-    let table = RouteTable::compile_encoded_pausing(&config.encode_to_vec(), || pauses += 1)
-        .expect("compiles");
+    let table =
+        RouteTable::compile_encoded_reusing(&config.encode_to_vec(), |_| None, || pauses += 1)
+            .expect("compiles");
     assert_eq!(pauses, 5);
     assert_eq!(
         routed(&table, "h3.example.test", "/x", &[]).as_deref(),
@@ -380,4 +381,81 @@ fn a_large_table_is_compiled_and_freed_with_a_pause_between_virtual_hosts() {
     let mut pauses = 0;
     table.free_pausing(|| pauses += 1);
     assert_eq!(pauses, 5);
+}
+
+#[test]
+fn a_virtual_host_unchanged_since_the_previous_version_is_reused_not_compiled() {
+    let config = |second: &str, third_domain: &str| {
+        RouteConfiguration {
+            name: "http.80".to_owned(),
+            virtual_hosts: vec![
+                host(
+                    &["a.test"],
+                    vec![route_with(PathSpecifier::Prefix("/".into()), "a")],
+                ),
+                host(
+                    &["b.test"],
+                    vec![route_with(PathSpecifier::Prefix("/".into()), second)],
+                ),
+                host(
+                    &[third_domain],
+                    vec![route_with(PathSpecifier::Prefix("/".into()), "c")],
+                ),
+            ],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let first = Arc::new(RouteTable::compile_encoded(&config("b", "c.test")).expect("compiles"));
+    let previous = |name: &str| (name == "http.80").then(|| first.clone());
+    let second = RouteTable::compile_encoded_reusing(&config("b2", "*.c.test"), previous, || {})
+        .expect("compiles");
+    assert!(
+        Arc::ptr_eq(&first.hosts[0], &second.hosts[0]),
+        "a.test was reused"
+    );
+    assert!(
+        !Arc::ptr_eq(&first.hosts[1], &second.hosts[1]),
+        "b.test changed"
+    );
+    assert!(
+        !Arc::ptr_eq(&first.hosts[2], &second.hosts[2]),
+        "the third host's domain changed"
+    );
+    assert_eq!(routed(&second, "a.test", "/", &[]).as_deref(), Some("a"));
+    assert_eq!(routed(&second, "b.test", "/", &[]).as_deref(), Some("b2"));
+    assert_eq!(routed(&second, "x.c.test", "/", &[]).as_deref(), Some("c"));
+    assert_eq!(routed(&second, "c.test", "/", &[]), None);
+    // A table of another name is not looked at.
+    let other = RouteTable::compile_encoded_reusing(&config("b", "c.test"), |_| None, || {})
+        .expect("compiles");
+    assert!(!Arc::ptr_eq(&first.hosts[0], &other.hosts[0]));
+}
+
+#[test]
+fn a_reused_virtual_host_still_conflicts_with_a_new_one_on_its_domain() {
+    let one = |hosts: Vec<EnvoyVirtualHost>| {
+        RouteConfiguration {
+            name: "http.80".to_owned(),
+            virtual_hosts: hosts,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let a = host(
+        &["a.test"],
+        vec![route_with(PathSpecifier::Prefix("/".into()), "a")],
+    );
+    let first = Arc::new(RouteTable::compile_encoded(&one(vec![a.clone()])).expect("compiles"));
+    let clash = host(
+        &["A.test"],
+        vec![route_with(PathSpecifier::Prefix("/".into()), "x")],
+    );
+    let error =
+        RouteTable::compile_encoded_reusing(&one(vec![a, clash]), |_| Some(first.clone()), || {})
+            .expect_err("a.test is in two virtual hosts");
+    assert!(
+        error.to_string().contains("virtual_hosts[1].domains"),
+        "{error}"
+    );
 }
