@@ -41,6 +41,20 @@ spec:
     )
 }
 
+const CATALOG: &str = r#"
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: catalog, namespace: shop}
+spec:
+  template:
+    virtualServices:
+    - metadata: {name: catalog}
+      spec:
+        hosts: [catalog.example.test]
+        gateways: [edge/public]
+        http: [{route: [{destination: {host: beta}}]}]
+"#;
+
 fn write(dir: &Path, file: &str, text: &str) {
     let tmp = dir.join(format!(".{file}.tmp"));
     std::fs::write(&tmp, text).unwrap();
@@ -126,6 +140,9 @@ async fn routes_to(client: &reqwest::Client, port: u16, path: &str, backend: &st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_control_plane_restarts_under_load_fail_no_request() {
     let setup = Setup::new().await;
+    // A second virtual host on the same listener that no edit touches: the proxy reuses its
+    // compiled form across every version, and it must keep routing.
+    write(&setup.config(), "catalog.yaml", CATALOG);
     let mut meridian = Some(start_meridian(&setup.config(), &setup.state(), setup.xds_port).await);
     let proxy = setup.proxy();
     let client = client();
@@ -161,6 +178,12 @@ async fn edits_and_control_plane_restarts_under_load_fail_no_request() {
             routes_to(&client, port, "/b", backend)
         })
         .await;
+        let catalog = get(&client, port, "catalog.example.test", "/").await;
+        assert_eq!(
+            catalog.as_deref(),
+            Ok("beta"),
+            "the unedited host after edit {i}"
+        );
     }
     // Meridian stopped and started again three times: the proxy keeps serving meanwhile and
     // follows the restarted one.
