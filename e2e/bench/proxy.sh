@@ -17,7 +17,7 @@
 #   rewrites the other peer's AccessPoint every second with that peer stopped (Meridian and
 #   the writer of the versions run on the client's core at idle priority, as if elsewhere);
 #   while it rewrites the measured peer's (each version sets another response header on
-#   every route).
+#   every route); while it rewrites a one-host AccessPoint of the measured peer's beside them.
 #
 #   bash e2e/bench/proxy.sh [seconds=10]
 #   PERF_OUT=/tmp/proxy.perf bash e2e/bench/proxy.sh   # also profiles meridian proxy (perf)
@@ -264,15 +264,18 @@ cat > "$work/swap_writer.py" <<'PY'
 import os, sys, time
 directory, gateway, prefix, tag, versions, count = sys.argv[1:7]
 versions, count = int(versions), int(count)
-hosts = "\n".join(f"        - {prefix}{i}.swap.test" for i in range(count))
+# An eighth argument names another AccessPoint (hosts {prefix}{i}.{name}.test) than the swap one.
+name = sys.argv[7] if len(sys.argv) > 7 else f"swap-{gateway}"
+domain = "swap" if len(sys.argv) <= 7 else name
+hosts = "\n".join(f"        - {prefix}{i}.{domain}.test" for i in range(count))
 def config(version):
     return f"""apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
-metadata: {{name: swap-{gateway}, namespace: bench}}
+metadata: {{name: {name}, namespace: bench}}
 spec:
   template:
     virtualServices:
-    - metadata: {{name: swap-{gateway}}}
+    - metadata: {{name: {name}}}
       spec:
         gateways: [{gateway}]
         hosts:
@@ -281,7 +284,7 @@ spec:
 """
 names = [tag] if versions == 0 else [f"{tag}{v}" for v in range(1, versions + 1)]
 texts = [config(name) for name in names]
-target, temporary = f"{directory}/swap-{gateway}.yaml", f"{directory}/../swap-{gateway}.tmp"
+target, temporary = f"{directory}/{name}.yaml", f"{directory}/../{name}.tmp"
 for text in texts:
     if versions:
         time.sleep(1)
@@ -299,7 +302,7 @@ wait_version() { # port host version
   done
   echo "version $3 never served on port $1"; exit 1
 }
-declare -A swap_still swap_control swap_moving
+declare -A swap_still swap_control swap_moving swap_edit
 p99_during() { # port host: p99 of a wrk run
   taskset -c 1 wrk -t1 -c50 -d"${seconds}s" --latency -H "Host: $2" "http://127.0.0.1:$1/" \
     | tee "$work/swap-wrk.out" | awk '$1 == "99%" {print $2}'
@@ -307,17 +310,20 @@ p99_during() { # port host: p99 of a wrk run
     echo "errors during swaps:" >&2; cat "$work/swap-wrk.out" >&2; exit 1
   fi
 }
-swapping() { # gateway prefix tag: rewrites that AccessPoint every second, in the background
-  # (the writer, like Meridian, on the client's core at idle priority)
+swapping() { # gateway prefix tag [hosts name]: rewrites that AccessPoint (by default the
+  # swap one) every second, in the background (the writer, like Meridian, on the client's core
+  # at idle priority)
   taskset -c 1 chrt -i 0 "$python" "$work/swap_writer.py" "$work/config" "$1" "$2" "$3" \
-    "$seconds" "$swap_hosts" &
+    "$seconds" "${4:-$swap_hosts}" ${5:+"$5"} &
   writer=$!
 }
-# Three runs per peer: the config still; Meridian translating the other peer's swaps while
-# that peer is stopped (what the swaps cost the client's core, where Meridian runs); and
-# the measured peer's own swaps.
+# Four runs per peer: the config still; Meridian translating the other peer's swaps while
+# that peer is stopped (what the swaps cost the client's core, where Meridian runs); the
+# measured peer's own swaps (every host changes); and its own edits of one host beside the
+# 10,000 (an AccessPoint of one host on the same gateway: every version is the whole route
+# configuration again, one host changed).
 run_swap() { # name gateway prefix port | other-gateway other-prefix other-pid
-  local host="$3$((swap_hosts / 2)).swap.test"
+  local host="$3$((swap_hosts / 2)).swap.test" edited="$3""0.edit-$2.test"
   write_swap "$2" "$3" v0
   wait_version "$4" "$host" v0
   swap_still[$1]=$(p99_during "$4" "$host")
@@ -330,6 +336,12 @@ run_swap() { # name gateway prefix port | other-gateway other-prefix other-pid
   swap_moving[$1]=$(p99_during "$4" "$host")
   wait "$writer"
   wait_version "$4" "$host" "v$seconds"
+  "$python" "$work/swap_writer.py" "$work/config" "$2" "$3" e0 0 1 "edit-$2"
+  wait_version "$4" "$edited" e0
+  swapping "$2" "$3" e 1 "edit-$2"
+  swap_edit[$1]=$(p99_during "$4" "$host")
+  wait "$writer"
+  wait_version "$4" "$edited" "e$seconds"
 }
 write_swap envoy e v0
 write_swap proxy p v0
@@ -360,7 +372,7 @@ for peer in envoy meridian-proxy haproxy; do
   printf '%-16s %28s %28s\n' "$peer" "${idle_bytes[$peer]}" "${idle_settled[$peer]}"
 done
 printf '\nroute swaps: %s virtual hosts, rewritten every second for %s s (wrk -t1 -c50 p99)\n' "$swap_hosts" "$seconds"
-printf '%-16s %12s %28s %16s\n' peer 'still' 'Meridian swapping the other' 'own swaps'
+printf '%-16s %12s %28s %16s %22s\n' peer 'still' 'Meridian swapping the other' 'own swaps' 'own one-host edits'
 for peer in envoy meridian-proxy; do
-  printf '%-16s %12s %28s %16s\n' "$peer" "${swap_still[$peer]}" "${swap_control[$peer]}" "${swap_moving[$peer]}"
+  printf '%-16s %12s %28s %16s %22s\n' "$peer" "${swap_still[$peer]}" "${swap_control[$peer]}" "${swap_moving[$peer]}" "${swap_edit[$peer]}"
 done
