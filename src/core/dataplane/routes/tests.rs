@@ -385,9 +385,9 @@ fn a_large_table_is_compiled_and_freed_with_a_pause_between_virtual_hosts() {
 
 #[test]
 fn a_virtual_host_unchanged_since_the_previous_version_is_reused_not_compiled() {
-    let config = |second: &str, third_domain: &str| {
+    let named = |name: &str, second: &str, third_domain: &str| {
         RouteConfiguration {
-            name: "http.80".to_owned(),
+            name: name.to_owned(),
             virtual_hosts: vec![
                 host(
                     &["a.test"],
@@ -406,6 +406,7 @@ fn a_virtual_host_unchanged_since_the_previous_version_is_reused_not_compiled() 
         }
         .encode_to_vec()
     };
+    let config = |second: &str, third_domain: &str| named("http.80", second, third_domain);
     let first = Arc::new(RouteTable::compile_encoded(&config("b", "c.test")).expect("compiles"));
     let previous = |name: &str| (name == "http.80").then(|| first.clone());
     let second = RouteTable::compile_encoded_reusing(&config("b2", "*.c.test"), previous, || {})
@@ -426,9 +427,12 @@ fn a_virtual_host_unchanged_since_the_previous_version_is_reused_not_compiled() 
     assert_eq!(routed(&second, "b.test", "/", &[]).as_deref(), Some("b2"));
     assert_eq!(routed(&second, "x.c.test", "/", &[]).as_deref(), Some("c"));
     assert_eq!(routed(&second, "c.test", "/", &[]), None);
-    // A table of another name is not looked at.
-    let other = RouteTable::compile_encoded_reusing(&config("b", "c.test"), |_| None, || {})
-        .expect("compiles");
+    // The previous version is asked for by the configuration's own name: another
+    // configuration's hosts are never shared, even byte for byte the same.
+    let previous = |name: &str| (name == "http.80").then(|| first.clone());
+    let other =
+        RouteTable::compile_encoded_reusing(&named("http.81", "b", "c.test"), previous, || {})
+            .expect("compiles");
     assert!(!Arc::ptr_eq(&first.hosts[0], &other.hosts[0]));
 }
 
