@@ -611,6 +611,18 @@ async fn refusals_keep_the_running_config_and_haproxy_outlives_its_keeper() {
     })
     .await;
     assert_eq!(tag(client.clone()).await.as_deref(), Some("four"));
+    // A master CLI that does not answer (here: its socket gone; on a loaded machine: slow)
+    // is not a master that exited: no second HAProxy is started beside it (the watchdog looks
+    // every second), and SIGTERM still stops it, found by its pid file.
+    std::fs::remove_file(dir.path().join("haproxy/master.sock")).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count(&node.log_text(), "HAProxy started"),
+        starts,
+        "no HAProxy started beside the running one: {}",
+        node.log_text()
+    );
+    assert_eq!(tag(client.clone()).await.as_deref(), Some("four"));
     // SIGTERM: HAProxy stops softly with it.
     let status = node.terminate();
     assert!(status.success(), "{status}");

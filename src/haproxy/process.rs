@@ -11,6 +11,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
+use crate::runtime::log_budget::LogBudget;
+
 /// How long a reload may take to bring up its new worker.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 /// How long one Runtime API exchange may take.
@@ -160,7 +162,7 @@ impl Haproxy {
             .arg("-S")
             .arg(&self.master_socket)
             .arg("-p")
-            .arg(self.config.with_file_name("haproxy.pid"))
+            .arg(self.pid_file())
             .arg("-f")
             .arg(&self.config)
             .stderr(std::process::Stdio::piped())
@@ -224,10 +226,12 @@ impl Haproxy {
         })
     }
 
-    /// Whether HAProxy was started and no master answers any more; it is then started again
-    /// on the configuration in place (which runtime updates keep current).
+    /// Whether HAProxy was started and its master is gone (neither answers on its CLI nor
+    /// runs under the pid it wrote); it is then started again on the configuration in place
+    /// (which runtime updates keep current). A master that is only slow to answer, on a
+    /// loaded machine, is left alone: starting another beside it would leave two serving.
     pub async fn restart_if_exited(&mut self) -> Option<Result<(), HaproxyError>> {
-        if !self.started || self.processes().await.is_some() {
+        if !self.started || self.master().await.is_some() {
             return None;
         }
         tracing::error!("HAProxy is not running; starting it again");
@@ -237,12 +241,47 @@ impl Haproxy {
     /// Soft stop: the workers finish their requests (bounded by `hard-stop-after`), then the
     /// master exits. Returns the master's pid for [`wait_exit`].
     pub async fn stop(&mut self) -> Option<i32> {
-        let master = self.processes().await?.master;
+        let master = self.master().await?;
         // SAFETY: kill(2) with a valid signal number has no memory effects.
         unsafe {
             libc::kill(master, libc::SIGUSR1);
         }
         Some(master)
+    }
+
+    /// The running master's pid: as its CLI says, or, when the CLI does not answer in time,
+    /// as the pid file says if that process is still an HAProxy.
+    async fn master(&self) -> Option<i32> {
+        if let Some(processes) = self.processes().await {
+            return Some(processes.master);
+        }
+        let pid = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse::<i32>()
+            .ok()?;
+        // A pid is reused once its process is gone: it must still name an HAProxy.
+        let command = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let binary = self.binary.file_name()?.to_string_lossy();
+        // comm holds at most 15 bytes of the name.
+        let running = binary.starts_with(command.trim()) && !command.trim().is_empty();
+        static SILENT: LogBudget = LogBudget::new(1, Duration::from_secs(30));
+        if running {
+            if let Some(suppressed) = SILENT.allow() {
+                tracing::warn!(
+                    pid,
+                    suppressed,
+                    "HAProxy's master CLI does not answer; its pid file names it"
+                );
+            }
+        }
+        running.then_some(pid)
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.config.with_file_name("haproxy.pid")
     }
 
     fn spawn_error(&self, source: std::io::Error) -> HaproxyError {
