@@ -15,9 +15,11 @@ deps:
 dns-deps:
 	@command -v dig >/dev/null && command -v named >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils bind9)
 
-## Adds what the L4 tier's BGP/ECMP e2e test needs: BIRD 2 (and iproute2 for namespaces).
+## Adds what the L4 tier's e2e tests need: BIRD 2 (BGP/ECMP), iproute2 (namespaces), ethtool
+## (whole checksums on veths), and clang 14 with libbpf's headers (the test that the committed
+## XDP object is what its source compiles to).
 l4-deps:
-	@command -v bird >/dev/null && command -v birdc >/dev/null && command -v ip >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bird2 iproute2)
+	@command -v bird >/dev/null && command -v birdc >/dev/null && command -v ip >/dev/null && command -v ethtool >/dev/null && command -v clang-14 >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bird2 iproute2 ethtool clang-14 libbpf-dev linux-libc-dev)
 
 ## Adds the proxyless gRPC clients the e2e tests drive: grpcio (Python, gRPC C-core) from PyPI,
 ## and @grpc/grpc-js with @grpc/grpc-js-xds (Node) from npm into ~/.cache/meridian/node.

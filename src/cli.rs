@@ -298,6 +298,30 @@ pub enum Command {
         /// makes room (bounded also by the open-file limit: a flow holds a socket).
         #[arg(long, default_value_t = 65_536)]
         udp_flows: usize,
+        /// Forward IPv4 flows to the gateways in XDP on this interface (repeat the flag for
+        /// several: where clients' packets and gateways' replies arrive). What the packet
+        /// path does not take (IPv6, PROXY protocol clusters, connections it did not see
+        /// start) reaches the user-space listeners. The interfaces must forward IPv4.
+        #[arg(long = "xdp-interface", value_name = "IFACE")]
+        xdp_interfaces: Vec<String>,
+        /// Where XDP runs: in the driver, or in the kernel's receive path (any device).
+        #[arg(long, value_enum, default_value = "native", requires = "xdp_interfaces")]
+        xdp_mode: crate::l4::xdp::Mode,
+        /// Source ports of flows the packet path forwards (full NAT), as FIRST-LAST. Keep it
+        /// clear of net.ipv4.ip_local_port_range.
+        #[arg(long, default_value = "1024-32767", value_parser = parse_port_range, requires = "xdp_interfaces")]
+        xdp_snat_ports: std::ops::RangeInclusive<u16>,
+        /// Flows the packet path tracks at most; the least recently used give way. Each
+        /// costs two map entries, reserved at start.
+        #[arg(long, default_value_t = 1_048_576, requires = "xdp_interfaces")]
+        xdp_flows: u32,
+        /// VIP:ports the packet path serves at most (each reserves a Maglev table of
+        /// --xdp-table-size entries, 4 bytes each).
+        #[arg(long, default_value_t = 64, requires = "xdp_interfaces")]
+        xdp_services: u32,
+        /// Largest Maglev table of a VIP:port on the packet path (larger ones stay in user space).
+        #[arg(long, default_value_t = 65_537, requires = "xdp_interfaces")]
+        xdp_table_size: u32,
     },
     /// Print an Envoy bootstrap (JSON) that connects a gateway (or an L4 node) to Meridian over
     /// ADS.
@@ -755,6 +779,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bird_socket,
             withdraw_wait,
             udp_flows,
+            xdp_interfaces,
+            xdp_mode,
+            xdp_snat_ports,
+            xdp_flows,
+            xdp_services,
+            xdp_table_size,
         } => {
             let stopped = stopped_on_signal();
             let options = crate::l4::L4Options {
@@ -768,6 +798,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 withdraw_wait,
                 udp_flows,
+                xdp: (!xdp_interfaces.is_empty()).then_some(crate::l4::xdp::XdpOptions {
+                    interfaces: xdp_interfaces,
+                    mode: xdp_mode,
+                    snat_ports: xdp_snat_ports,
+                    flows: xdp_flows,
+                    services: xdp_services,
+                    backends: XDP_BACKENDS,
+                    table_size: xdp_table_size,
+                }),
             };
             crate::l4::run(options, stopped).await
         }
@@ -999,6 +1038,26 @@ fn parse_refresh_delay(text: &str) -> Result<Duration, String> {
         return Err("a refresh delay must be from 100ms to 1h".into());
     }
     Ok(delay)
+}
+
+/// Gateways the packet path knows at most (its `backends` map: 16 bytes each).
+const XDP_BACKENDS: u32 = 4_096;
+
+/// `FIRST-LAST`, a non-empty port range.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected FIRST-LAST, as 1024-32767"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|e| format!("{text:?}: port {p:?}: {e}"))
+    };
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || first > last {
+        return Err(format!("{text:?}: FIRST must be between 1 and LAST"));
+    }
+    Ok(first..=last)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

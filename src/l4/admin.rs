@@ -2,7 +2,9 @@
 //! - `/ready`: 200 once a first config is applied, 503 before. Its body lists every VIP
 //!   listener with whether it can take connections (`serving`, or why not: no cluster, no
 //!   endpoints yet, no available gateway) — what route announcement follows — and, with
-//!   BGP, the VIPs announced and why the last change did not reach BIRD, if it did not;
+//!   BGP, the VIPs announced and why the last change did not reach BIRD, if it did not; with
+//!   the XDP packet path, its interfaces, the VIP:ports it forwards and those it leaves to
+//!   user space (and why);
 //! - `/config_dump`: versions, listeners, clusters with their gateways by state;
 //! - `/stats/prometheus`.
 
@@ -56,6 +58,19 @@ async fn ready(State(state): State<Arc<L4State>>) -> (StatusCode, String) {
         body.push_str(&format!("bgp announced: {}\n", vips.join(" ")));
         if let Some(error) = announcement.error {
             body.push_str(&format!("bgp error: {error}\n"));
+        }
+    }
+    if let Some(path) = state.packet_path() {
+        body.push_str(&format!(
+            "packet path: {} VIP:ports on {}\n",
+            path.services,
+            path.interfaces.join(" ")
+        ));
+        for only in &path.user_space_only {
+            body.push_str(&format!("packet path leaves to user space: {only}\n"));
+        }
+        if let Some(error) = path.error {
+            body.push_str(&format!("packet path error: {error}\n"));
         }
     }
     (StatusCode::OK, body)

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod stats;
 pub mod udp;
 pub mod upstream;
+pub mod xdp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -53,6 +54,8 @@ pub struct L4Options {
     pub withdraw_wait: Duration,
     /// UDP flows each UDP listener tracks at most (fewer when open files are scarce).
     pub udp_flows: usize,
+    /// The XDP packet path in front of the listeners; `None`: user space only.
+    pub xdp: Option<xdp::XdpOptions>,
 }
 
 /// What connections read: the listeners and clusters accepted, swapped whole per response.
@@ -86,6 +89,8 @@ pub struct L4State {
     started: tokio::time::Instant,
     /// What BIRD announces, when the node drives it.
     announcement: Mutex<Option<Announcement>>,
+    /// What the XDP packet path serves, when the node runs one.
+    packet_path: Mutex<Option<xdp::PacketPathStatus>>,
 }
 
 impl Default for L4State {
@@ -98,6 +103,7 @@ impl Default for L4State {
             closed: Notify::new(),
             started: tokio::time::Instant::now(),
             announcement: Mutex::new(None),
+            packet_path: Mutex::new(None),
         }
     }
 }
@@ -131,6 +137,23 @@ impl L4State {
     fn set_announcement_error(&self, error: String) {
         let mut announcement = self.announcement.lock().unwrap_or_else(|e| e.into_inner());
         announcement.get_or_insert_with(Announcement::default).error = Some(error);
+    }
+
+    /// What the packet path serves (`None` without one).
+    pub fn packet_path(&self) -> Option<xdp::PacketPathStatus> {
+        self.packet_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_packet_path(&self, status: xdp::PacketPathStatus) {
+        *self.packet_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
+    fn set_packet_path_error(&self, error: String) {
+        let mut status = self.packet_path.lock().unwrap_or_else(|e| e.into_inner());
+        status.get_or_insert_with(xdp::PacketPathStatus::default).error = Some(error);
     }
 
     /// Counts a client connection while the guard lives.
@@ -185,6 +208,23 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
         tokio::spawn(admin::serve(listener, state.clone(), node_stopped.clone()));
     }
     tokio::spawn(health::outlier_ticks(state.clone(), node_stopped.clone()));
+    // The packet path is attached before the listeners exist: a connection either starts on
+    // it or on the user-space path, never moves between them.
+    let packet_path = match &options.xdp {
+        Some(xdp_options) => {
+            let mut path = xdp::PacketPath::load(xdp_options)?;
+            for interface in &xdp_options.interfaces {
+                path.attach(interface, xdp_options.mode)?;
+            }
+            tracing::info!(interfaces = ?xdp_options.interfaces, mode = ?xdp_options.mode, "XDP packet path attached");
+            state.set_packet_path(xdp::PacketPathStatus {
+                interfaces: xdp_options.interfaces.clone(),
+                ..xdp::PacketPathStatus::default()
+            });
+            Some(xdp::follow(path, state.clone(), node_stopped.clone())?)
+        }
+        None => None,
+    };
     let (drain, draining) = watch::channel(false);
     if let Some(bird) = options.bird.clone() {
         state.set_announcement(Announcement::default());
@@ -225,6 +265,9 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
     }
     stop.send_replace(true);
     let _ = serving.await;
+    if let Some(follower) = packet_path {
+        let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+    }
     tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
     state.drained(options.drain_time).await;
     Ok(())

@@ -1,6 +1,7 @@
 //! `meridian l4`'s Prometheus metrics, at `/stats/prometheus` on the admin listener:
 //! connections (new UDP flows) per listener, UDP flows tracked and evicted, gateway connect failures and connections no gateway took, bytes
-//! forwarded, gateways by state per cluster, and config updates applied or rejected.
+//! forwarded, gateways by state per cluster, config updates applied or rejected, and what the
+//! XDP packet path did.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,6 +40,12 @@ pub struct Update {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PacketPathEvent {
+    /// One of `xdp::maps::COUNTERS`.
+    pub event: &'static str,
+}
+
 pub struct Stats {
     pub registry: Registry,
     pub connections: Family<ListenerLabel, Counter>,
@@ -52,6 +59,9 @@ pub struct Stats {
     /// UDP flows tracked, and those dropped to make room for new ones.
     pub udp_flows: Family<ListenerLabel, Gauge>,
     pub udp_evicted: Family<ListenerLabel, Counter>,
+    /// What the XDP packet path did: packets forwarded and returned, new and rehashed flows,
+    /// packets left to the kernel and why.
+    pub packet_path: Family<PacketPathEvent, Counter>,
 }
 
 impl Stats {
@@ -126,8 +136,15 @@ impl Default for Stats {
             "UDP flows forgotten to make room for new ones (least recently used first)",
             udp_evicted.clone(),
         );
+        let packet_path = Family::<PacketPathEvent, Counter>::default();
+        registry.register(
+            "packet_path_events",
+            "What the XDP packet path did, by event (forwarded, returned, new_flow, rehashed, passed_*)",
+            packet_path.clone(),
+        );
         Stats {
             registry,
+            packet_path,
             udp_flows,
             udp_evicted,
             connections,

@@ -147,6 +147,12 @@ impl MaglevTable {
         usize::try_from(self.entries[index]).ok()
     }
 
+    /// Every entry: the backend (its index in the slice the table was built from) of each
+    /// slot, what a packet path that cannot call [`MaglevTable::get`] copies.
+    pub fn entries(&self) -> &[u32] {
+        &self.entries
+    }
+
     /// How many entries each backend holds, by index (for tests and status).
     pub fn shares(&self, backends: usize) -> Vec<u64> {
         let mut shares = vec![0u64; backends];

@@ -10,6 +10,7 @@
 pub mod announce;
 pub mod flows;
 pub mod health;
+pub mod packet_tables;
 pub mod table;
 
 use ::core::net::{IpAddr, SocketAddr};

@@ -89,6 +89,11 @@ impl L4Table {
         &self.gateways
     }
 
+    /// The Maglev table over [`L4Table::gateways`].
+    pub fn maglev(&self) -> &MaglevTable {
+        &self.table
+    }
+
     /// The gateway for a connection whose 5-tuple hashes to `hash`, not one of `tried` (ids
     /// of gateways that refused it already): the table's choice first, then the entries after
     /// it, so every node retries alike.
