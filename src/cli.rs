@@ -312,8 +312,8 @@ pub enum Command {
         #[arg(long, default_value = "1024-32767", value_parser = parse_port_range, requires = "xdp_interfaces")]
         xdp_snat_ports: std::ops::RangeInclusive<u16>,
         /// Flows the packet path tracks at most; the least recently used give way. Each
-        /// costs two map entries, reserved at start.
-        #[arg(long, default_value_t = 1_048_576, requires = "xdp_interfaces")]
+        /// costs two map entries (~216 bytes of kernel memory), reserved at start.
+        #[arg(long, default_value_t = 262_144, requires = "xdp_interfaces")]
         xdp_flows: u32,
         /// VIP:ports the packet path serves at most (each reserves a Maglev table of
         /// --xdp-table-size entries, 4 bytes each).
