@@ -305,7 +305,12 @@ pub enum Command {
         #[arg(long = "xdp-interface", value_name = "IFACE")]
         xdp_interfaces: Vec<String>,
         /// Where XDP runs: in the driver, or in the kernel's receive path (any device).
-        #[arg(long, value_enum, default_value = "native", requires = "xdp_interfaces")]
+        #[arg(
+            long,
+            value_enum,
+            default_value = "native",
+            requires = "xdp_interfaces"
+        )]
         xdp_mode: crate::l4::xdp::Mode,
         /// Source ports of flows the packet path forwards (full NAT), as FIRST-LAST. Keep it
         /// clear of net.ipv4.ip_local_port_range.

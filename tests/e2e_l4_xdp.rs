@@ -4,8 +4,8 @@
 //! one Meridian — with full NAT, so the node's user-space listeners accept none. The kernels
 //! at both ends verify every checksum the program rewrote (transmit checksum offload is off,
 //! as on a wire). A gateway the node can no longer reach leaves the packet path's table with
-//! the user-space one, and no connection fails after; when the node stops, the program goes
-//! with it.
+//! the user-space one, and no connection fails after; at SIGTERM the node drains and detaches
+//! the program.
 //!
 //! ```text
 //!  client ─── eth1 l4 node (meridian l4, XDP on eth0 and eth1) eth0 ─── hub: Meridian, gateways
@@ -90,7 +90,14 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
     link(&node, "eth0", "10.99.0.11/24", &hub, "xnode", None);
     hub.ip(&["link", "set", "xnode", "master", "br0"]);
     let client = Netns::new("xclient");
-    link(&node, "eth1", "10.98.0.1/24", &client, "eth0", Some("10.98.0.2/24"));
+    link(
+        &node,
+        "eth1",
+        "10.98.0.1/24",
+        &client,
+        "eth0",
+        Some("10.98.0.2/24"),
+    );
     client.ip(&["route", "add", "default", "via", "10.98.0.1"]);
     node.ip(&["route", "add", "local", POOL, "dev", "lo"]);
     node.sysctl("net.ipv4.ip_forward", "1");
@@ -156,10 +163,14 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
         "generic",
     ];
     let l4 = node.enter(|| MeridianProxy::start_l4_with(dir, options, &args));
-    wait_for(Duration::from_secs(30), "the VIP served on the packet path", || {
-        let ready = admin(&node, admin_port, "/ready");
-        ready.contains(" serving ") && ready.contains("packet path: 1 VIP:ports on eth0 eth1")
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the VIP served on the packet path",
+        || {
+            let ready = admin(&node, admin_port, "/ready");
+            ready.contains(" serving ") && ready.contains("packet path: 1 VIP:ports on eth0 eth1")
+        },
+    );
     let attached = |device: &str| {
         let output = node
             .enter(|| {
@@ -172,6 +183,28 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
     };
     assert!(attached("eth0") && attached("eth1"), "XDP attached to both");
 
+    // Both gateways serve (Envoy may start late on a loaded machine), and the node's checks
+    // have both in its table: the packet path does not retry a refused connection elsewhere.
+    wait_for(Duration::from_secs(60), "both gateways serving", || {
+        GATEWAYS.iter().all(|gateway| {
+            let address: SocketAddr = format!("{gateway}:{gateway_port}").parse().unwrap();
+            matches!(
+                hub.enter(|| http_get(address, "shop.example.test", "/")),
+                Ok((200, _))
+            )
+        })
+    });
+    wait_for(
+        Duration::from_secs(30),
+        "both gateways in the node's table",
+        || {
+            let dump = admin(&node, admin_port, "/config_dump");
+            dump.contains("\"failed\":[]")
+                && GATEWAYS
+                    .iter()
+                    .all(|g| dump.contains(&format!("\"{g}:{gateway_port}\"")))
+        },
+    );
     let vip: SocketAddr = format!("{VIP}:{vip_port}").parse().unwrap();
     let ask = |count: usize| {
         client.enter(|| {
@@ -181,7 +214,10 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
         })
     };
     let answers = ask(40);
-    let failed: Vec<_> = answers.iter().filter(|r| !matches!(r, Ok((200, _)))).collect();
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|r| !matches!(r, Ok((200, _))))
+        .collect();
     assert!(failed.is_empty(), "through the packet path: {failed:?}");
     let bodies: Vec<&str> = answers
         .iter()
@@ -220,10 +256,20 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
         .filter(|r| !matches!(r, Ok((200, body)) if body.contains("beta")))
         .collect();
     assert!(failed.is_empty(), "after gateway a failed: {failed:?}");
-    assert_eq!(metric(&node, admin_port, "meridian_l4_connections_total{"), 0);
+    assert_eq!(
+        metric(&node, admin_port, "meridian_l4_connections_total{"),
+        0
+    );
 
-    // When the node stops, its program is detached with it.
-    drop(l4);
+    // SIGTERM: the node drains (no flow is moving) and detaches its program.
+    let mut l4 = l4;
+    let status = l4.terminate();
+    assert!(status.success(), "meridian l4 exited with {status}");
+    assert!(
+        l4.log_text().contains("packet path detached"),
+        "{}",
+        l4.log_text()
+    );
     wait_for(Duration::from_secs(5), "XDP detached", || {
         !attached("eth0") && !attached("eth1")
     });

@@ -2,8 +2,9 @@
 //! (`BPF_PROG_TEST_RUN`): the verifier accepts it, it picks the gateway the user-space table
 //! picks for the same 5-tuple (the same xxh64, the same Maglev entries), rewrites both
 //! directions with checksums a receiver accepts, keeps a flow's gateway while it stays and
-//! moves the flow when it leaves, and leaves to the kernel what is not its own. Also: the
-//! committed object is what its source compiles to.
+//! moves the flow when it leaves, leaves to the kernel what is not its own, and, draining,
+//! takes no new flow while tracked ones go on. Also: the committed object is what its source
+//! compiles to.
 //!
 //! The route lookups run in a namespace of this test's own:
 //!
@@ -155,7 +156,11 @@ impl Frame {
     /// Reads a frame back, checking both checksums as a receiver would.
     fn parse(bytes: &[u8]) -> Frame {
         let ip = &bytes[14..34];
-        assert_eq!(fold(sum16(ip)), 0xffff, "IP header checksum of {bytes:02x?}");
+        assert_eq!(
+            fold(sum16(ip)),
+            0xffff,
+            "IP header checksum of {bytes:02x?}"
+        );
         let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
         let segment = &bytes[34..14 + total];
         let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
@@ -222,8 +227,22 @@ fn lab(tag: &str) -> Option<Lab> {
     let netns = Netns::new(&format!("xdp{tag}"));
     let peer = Netns::new(&format!("xdp{tag}-peer"));
     let (client_link, gateway_link) = (format!("cli{tag}"), format!("gw{tag}"));
-    link(&netns, &client_link, "10.88.0.1/24", &peer, &format!("c{tag}"), None);
-    link(&netns, &gateway_link, "10.77.0.1/24", &peer, &format!("g{tag}"), None);
+    link(
+        &netns,
+        &client_link,
+        "10.88.0.1/24",
+        &peer,
+        &format!("c{tag}"),
+        None,
+    );
+    link(
+        &netns,
+        &gateway_link,
+        "10.77.0.1/24",
+        &peer,
+        &format!("g{tag}"),
+        None,
+    );
     netns.sysctl("net.ipv4.conf.all.forwarding", "1");
     for last in 2..=5u8 {
         let mac = gateway_mac(last)
@@ -304,11 +323,19 @@ fn udp_flows_go_where_user_space_would_send_them_and_replies_come_back_from_the_
         let expected = user_space_pick(&gateways, &frame);
         let (verdict, out) = run(&lab, &path, &frame, lab.client_side);
         assert_eq!(verdict, XDP_REDIRECT, "port {client_port}");
-        assert_eq!(SocketAddr::V4(out.destination), expected, "port {client_port}");
+        assert_eq!(
+            SocketAddr::V4(out.destination),
+            expected,
+            "port {client_port}"
+        );
         assert_eq!(*out.source.ip(), NODE, "full NAT: from the node's address");
         assert!((20_000..=20_999).contains(&out.source.port()));
         let last = out.destination.ip().octets()[3];
-        assert_eq!(out.destination_mac, gateway_mac(last), "the gateway's neighbour");
+        assert_eq!(
+            out.destination_mac,
+            gateway_mac(last),
+            "the gateway's neighbour"
+        );
         assert_eq!(out.payload, b"hello");
         picked.insert(last);
 
@@ -372,19 +399,40 @@ fn tcp_starts_with_a_syn_keeps_its_gateway_and_closes() {
     const FIN: u8 = 0x01;
 
     // A segment of a connection the program did not see start is the kernel's.
-    let (verdict, _) = run(&lab, &path, &from_client(50_000, 443, TCP, ACK), lab.client_side);
+    let (verdict, _) = run(
+        &lab,
+        &path,
+        &from_client(50_000, 443, TCP, ACK),
+        lab.client_side,
+    );
     assert_eq!(verdict, XDP_PASS);
 
     let syn = from_client(50_000, 443, TCP, SYN);
     let (verdict, out) = run(&lab, &path, &syn, lab.client_side);
     assert_eq!(verdict, XDP_REDIRECT);
-    assert_eq!(SocketAddr::V4(out.destination), user_space_pick(&gateways, &syn));
-    let (verdict, again) = run(&lab, &path, &from_client(50_000, 443, TCP, ACK), lab.client_side);
+    assert_eq!(
+        SocketAddr::V4(out.destination),
+        user_space_pick(&gateways, &syn)
+    );
+    let (verdict, again) = run(
+        &lab,
+        &path,
+        &from_client(50_000, 443, TCP, ACK),
+        lab.client_side,
+    );
     assert_eq!(verdict, XDP_REDIRECT);
-    assert_eq!((again.source, again.destination), (out.source, out.destination));
+    assert_eq!(
+        (again.source, again.destination),
+        (out.source, out.destination)
+    );
 
     // Both sides close; a new connection from the same client port may start at once.
-    run(&lab, &path, &from_client(50_000, 443, TCP, FIN | ACK), lab.client_side);
+    run(
+        &lab,
+        &path,
+        &from_client(50_000, 443, TCP, FIN | ACK),
+        lab.client_side,
+    );
     let fin = Frame {
         destination_mac: out.source_mac,
         source_mac: out.destination_mac,
@@ -427,9 +475,15 @@ fn flows_keep_their_gateway_when_one_joins_and_move_when_theirs_leaves() {
         .iter()
         .filter(|f| user_space_pick(&four, f).ip().to_string() == "10.77.0.5")
         .count();
-    assert!(moved_in_table > 30, "the new table moves about a quarter: {moved_in_table}");
+    assert!(
+        moved_in_table > 30,
+        "the new table moves about a quarter: {moved_in_table}"
+    );
     for (frame, before) in flows.iter().zip(&first) {
-        assert_eq!(run(&lab, &path, frame, lab.client_side).1.destination, *before);
+        assert_eq!(
+            run(&lab, &path, frame, lab.client_side).1.destination,
+            *before
+        );
     }
     // A new flow goes where the new table says.
     let new = from_client(42_000, 53, UDP, 0);
@@ -455,8 +509,30 @@ fn flows_keep_their_gateway_when_one_joins_and_move_when_theirs_leaves() {
 }
 
 #[test]
+fn a_draining_path_keeps_tracked_flows_and_leaves_new_ones_to_the_kernel() {
+    let Some(lab) = lab("4") else { return };
+    let mut path = load(&lab);
+    let gateways = table(&[2, 3], &[]);
+    lab.netns
+        .enter(|| path.apply(&[service(53, UDP, &gateways)]))
+        .expect("maps written");
+    let tracked = from_client(43_000, 53, UDP, 0);
+    let (verdict, before) = run(&lab, &path, &tracked, lab.client_side);
+    assert_eq!(verdict, XDP_REDIRECT);
+    path.drain().expect("draining");
+    let (verdict, after) = run(&lab, &path, &tracked, lab.client_side);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(after.destination, before.destination);
+    let new = from_client(43_001, 53, UDP, 0);
+    assert_eq!(run(&lab, &path, &new, lab.client_side).0, XDP_PASS);
+    assert_eq!(path.counters()[8], 1, "counted as passed_draining");
+}
+
+#[test]
 fn the_committed_object_is_what_its_source_compiles_to() {
-    let clang = std::process::Command::new("clang-14").arg("--version").output();
+    let clang = std::process::Command::new("clang-14")
+        .arg("--version")
+        .output();
     if clang.is_err() {
         eprintln!("skipped: clang-14 is not installed (make test installs it)");
         return;
@@ -470,7 +546,10 @@ fn the_committed_object_is_what_its_source_compiles_to() {
         .arg(&out)
         .status()
         .expect("run clang-14");
-    assert!(status.success(), "clang-14 failed to compile balancer.bpf.c");
+    assert!(
+        status.success(),
+        "clang-14 failed to compile balancer.bpf.c"
+    );
     let built = std::fs::read(&out).expect("the object clang wrote");
     let _ = std::fs::remove_file(&out);
     assert!(

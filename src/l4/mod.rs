@@ -153,7 +153,9 @@ impl L4State {
 
     fn set_packet_path_error(&self, error: String) {
         let mut status = self.packet_path.lock().unwrap_or_else(|e| e.into_inner());
-        status.get_or_insert_with(xdp::PacketPathStatus::default).error = Some(error);
+        status
+            .get_or_insert_with(xdp::PacketPathStatus::default)
+            .error = Some(error);
     }
 
     /// Counts a client connection while the guard lives.
@@ -221,7 +223,12 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
                 interfaces: xdp_options.interfaces.clone(),
                 ..xdp::PacketPathStatus::default()
             });
-            Some(xdp::follow(path, state.clone(), node_stopped.clone())?)
+            Some(xdp::follow(
+                path,
+                state.clone(),
+                node_stopped.clone(),
+                options.drain_time,
+            )?)
         }
         None => None,
     };
@@ -265,10 +272,11 @@ pub async fn run(options: L4Options, stopped: watch::Receiver<bool>) -> anyhow::
     }
     stop.send_replace(true);
     let _ = serving.await;
+    tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
+    // The packet path drains its flows meanwhile (it saw the same stop).
+    state.drained(options.drain_time).await;
     if let Some(follower) = packet_path {
         let _ = tokio::task::spawn_blocking(move || follower.join()).await;
     }
-    tracing::info!(drain_ms = options.drain_time.as_millis() as u64, "draining");
-    state.drained(options.drain_time).await;
     Ok(())
 }

@@ -128,6 +128,8 @@ struct settings {
 	__u16 port_min;  // the SNAT range, host byte order
 	__u16 port_span;
 	__u32 closing;   // ticks a closed TCP flow keeps its SNAT port
+	__u32 draining;  // 1: tracked flows go on, new ones go to the kernel
+	__u32 pad;
 };
 
 enum counter {
@@ -139,6 +141,7 @@ enum counter {
 	PASSED_NO_ROUTE,
 	PASSED_NO_PORT,
 	PASSED_NO_GATEWAY,
+	PASSED_DRAINING,
 	COUNTERS,
 };
 
@@ -411,6 +414,8 @@ static __always_inline int forward(struct xdp_md *ctx, struct packet *p,
 	// elsewhere (before the program, or on the user-space path): the kernel's.
 	if (p->tcp && !syn)
 		return count(PASSED_UNKNOWN, XDP_PASS);
+	if (s->draining)
+		return count(PASSED_DRAINING, XDP_PASS);
 	__u64 hash = flow_hash(ip->protocol, ip->saddr, p->ports[0], ip->daddr, p->ports[1]);
 	if (svc->size == 0)
 		return count(PASSED_NO_GATEWAY, XDP_PASS);

@@ -72,6 +72,9 @@ pub struct Settings {
     pub port_min: u16,
     pub port_span: u16,
     pub closing: u32,
+    /// 1: tracked flows go on, new ones go to the kernel.
+    pub draining: u32,
+    pub pad: u32,
 }
 
 // SAFETY: plain `#[repr(C)]` integers with explicit padding fields: every bit pattern is a
@@ -82,7 +85,7 @@ unsafe impl aya::Pod for Backend {}
 unsafe impl aya::Pod for Settings {}
 
 /// The program's counters, by index (`enum counter`).
-pub const COUNTERS: [&str; 8] = [
+pub const COUNTERS: [&str; 9] = [
     "forwarded",
     "returned",
     "new_flow",
@@ -91,4 +94,5 @@ pub const COUNTERS: [&str; 8] = [
     "passed_no_route",
     "passed_no_snat_port",
     "passed_no_gateway",
+    "passed_draining",
 ];

@@ -90,6 +90,8 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
 /// The loaded program, its maps, and what they hold.
 pub struct PacketPath {
     ebpf: Ebpf,
+    config: Array<MapData, Settings>,
+    settings: Settings,
     services: BpfHashMap<MapData, ServiceKeyC, Service>,
     maglev: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
@@ -143,18 +145,17 @@ impl PacketPath {
         };
         let mut config: Array<MapData, Settings> =
             Array::try_from(take(&mut ebpf, "config")?).map_err(map_error("config"))?;
-        config
-            .set(
-                0,
-                Settings {
-                    port_min: *options.snat_ports.start(),
-                    port_span: span,
-                    closing: maps::ticks(Some(CLOSING)),
-                },
-                0,
-            )
-            .map_err(map_error("config"))?;
+        let settings = Settings {
+            port_min: *options.snat_ports.start(),
+            port_span: span,
+            closing: maps::ticks(Some(CLOSING)),
+            draining: 0,
+            pad: 0,
+        };
+        config.set(0, settings, 0).map_err(map_error("config"))?;
         Ok(PacketPath {
+            config,
+            settings,
             services: BpfHashMap::try_from(take(&mut ebpf, "services")?)
                 .map_err(map_error("services"))?,
             maglev: Array::try_from(take(&mut ebpf, "maglev")?).map_err(map_error("maglev"))?,
@@ -183,11 +184,9 @@ impl PacketPath {
         let sysctl = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
         match std::fs::read_to_string(&sysctl) {
             Ok(value) if value.trim() == "1" => {}
-            Ok(_) => {
-                return Err(error(format!(
-                    "IPv4 forwarding is off ({sysctl} is 0); the packet path's route lookups need it"
-                )))
-            }
+            Ok(_) => return Err(error(format!(
+                "IPv4 forwarding is off ({sysctl} is 0); the packet path's route lookups need it"
+            ))),
             Err(e) => return Err(error(format!("no such interface ({sysctl}: {e})"))),
         }
         let program: &mut Xdp = self
@@ -205,6 +204,14 @@ impl PacketPath {
             .map_err(|e| error(format!("attaching XDP: {e:#}")))?;
         self.interfaces.push(interface.to_owned());
         Ok(())
+    }
+
+    /// Stops taking new flows (they go to the kernel); tracked ones go on.
+    pub fn drain(&mut self) -> Result<(), XdpError> {
+        self.settings.draining = 1;
+        self.config
+            .set(0, self.settings, 0)
+            .map_err(map_error("config"))
     }
 
     pub fn interfaces(&self) -> &[String] {
@@ -262,10 +269,11 @@ impl PacketPath {
         &mut self,
         wanted: &[PacketService<'_>],
     ) -> Result<Vec<(ServiceKey, String)>, XdpError> {
-        let update = self.tables.update(wanted);
+        let (update, planned) = self.tables.plan(wanted);
         for write in &update.writes {
             self.write(write)?;
         }
+        self.tables.commit(planned);
         Ok(update
             .skipped
             .into_iter()
@@ -351,7 +359,9 @@ impl PacketPath {
                 u32::try_from(i)
                     .ok()
                     .and_then(|i| self.counters.get(&i, 0).ok())
-                    .map_or(0, |values| values.iter().fold(0u64, |a, v| a.saturating_add(*v)))
+                    .map_or(0, |values| {
+                        values.iter().fold(0u64, |a, v| a.saturating_add(*v))
+                    })
             })
             .collect()
     }
@@ -359,7 +369,11 @@ impl PacketPath {
     /// Runs one Ethernet frame through the program as if it arrived on `ingress_ifindex`
     /// (`BPF_PROG_TEST_RUN`, in the calling thread's network namespace): the verdict
     /// (`XDP_PASS` 2, `XDP_TX` 3, `XDP_REDIRECT` 4) and the frame as the program left it.
-    pub fn run_frame(&self, frame: &[u8], ingress_ifindex: u32) -> Result<(u32, Vec<u8>), XdpError> {
+    pub fn run_frame(
+        &self,
+        frame: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), XdpError> {
         let program: &Xdp = self
             .ebpf
             .program(PROGRAM)
@@ -387,17 +401,21 @@ impl PacketPath {
 }
 
 /// Keeps `path`'s maps equal to the user-space tables until `stopped`, on a thread of its own
-/// (writing a new table is thousands of system calls). Detaches the program when it ends.
+/// (writing a new table is thousands of system calls). Then drains: new flows go to the kernel
+/// (whose listeners have stopped accepting), tracked ones go on until none has moved a packet
+/// for a second or `drain_time` passed, and the program is detached.
 pub fn follow(
     mut path: PacketPath,
     state: Arc<L4State>,
     stopped: tokio::sync::watch::Receiver<bool>,
+    drain_time: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("l4-xdp".into())
         .spawn(move || {
             let mut seen: Option<(Arc<Snapshot>, Vec<Arc<L4Table>>)> = None;
             let mut reported = vec![0u64; maps::COUNTERS.len()];
+            let mut last_error: Option<(String, std::time::Instant)> = None;
             while !*stopped.borrow() {
                 let snapshot = state.snapshot.load_full();
                 let tables: Vec<Arc<L4Table>> = snapshot
@@ -428,25 +446,56 @@ pub fn follow(
                             seen = Some((snapshot, tables));
                         }
                         Err(error) => {
-                            tracing::warn!(%error, "could not update the packet path; retrying");
-                            state.set_packet_path_error(error.to_string());
+                            // Retried every 100 ms; said again only when it changes, or
+                            // after a minute.
+                            let error = error.to_string();
+                            let repeat = last_error.as_ref().is_some_and(|(last, when)| {
+                                *last == error && when.elapsed() < Duration::from_secs(60)
+                            });
+                            if !repeat {
+                                tracing::warn!(%error, "could not update the packet path; retrying");
+                                last_error = Some((error.clone(), std::time::Instant::now()));
+                            }
+                            state.set_packet_path_error(error);
                         }
                     }
                 }
-                let counters = path.counters();
-                for ((name, now), before) in maps::COUNTERS.iter().zip(&counters).zip(&mut reported) {
-                    state
-                        .stats
-                        .packet_path
-                        .get_or_create(&super::stats::PacketPathEvent { event: name })
-                        .inc_by(now.saturating_sub(*before));
-                    *before = *now;
-                }
+                report(&path, &state, &mut reported);
                 std::thread::sleep(FOLLOW_INTERVAL);
             }
+            if let Err(error) = path.drain() {
+                tracing::warn!(%error, "could not stop the packet path's new flows");
+            }
+            let started = std::time::Instant::now();
+            let mut moving = (path.counters(), std::time::Instant::now());
+            while started.elapsed() < drain_time && moving.1.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(FOLLOW_INTERVAL);
+                let now = path.counters();
+                // Packets forwarded or returned: a tracked flow is still in use.
+                if now.get(..2) != moving.0.get(..2) {
+                    moving = (now, std::time::Instant::now());
+                }
+            }
+            report(&path, &state, &mut reported);
             drop(path);
-            tracing::info!("packet path detached");
+            tracing::info!(
+                drained_ms = started.elapsed().as_millis() as u64,
+                "packet path detached"
+            );
         })
+}
+
+/// Adds what the program counted since the last report to the node's metrics.
+fn report(path: &PacketPath, state: &L4State, reported: &mut [u64]) {
+    let counters = path.counters();
+    for ((name, now), before) in maps::COUNTERS.iter().zip(&counters).zip(reported) {
+        state
+            .stats
+            .packet_path
+            .get_or_create(&super::stats::PacketPathEvent { event: name })
+            .inc_by(now.saturating_sub(*before));
+        *before = *now;
+    }
 }
 
 fn protocol_name(protocol: u8) -> &'static str {

@@ -109,6 +109,13 @@ pub struct PacketTables {
     backends: BTreeMap<(String, SocketAddrV4), u32>,
 }
 
+/// What the maps hold once a plan's writes are made.
+#[derive(Debug)]
+pub struct Planned {
+    services: BTreeMap<ServiceKey, Installed>,
+    backends: BTreeMap<(String, SocketAddrV4), u32>,
+}
+
 /// The result of [`PacketTables::update`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Update {
@@ -130,8 +137,25 @@ impl PacketTables {
         self.services.len()
     }
 
-    /// Makes the maps serve `wanted` (any order) and nothing else.
+    /// Makes the maps serve `wanted` (any order) and nothing else: [`PacketTables::plan`]
+    /// and [`PacketTables::commit`] at once, for when the writes cannot fail.
     pub fn update(&mut self, wanted: &[PacketService<'_>]) -> Update {
+        let (update, next) = self.plan(wanted);
+        self.commit(next);
+        update
+    }
+
+    /// Takes the state a [`PacketTables::plan`] leads to, once its writes were all made. Until
+    /// then the next plan is computed against what the maps held before, so a write that
+    /// failed is made again.
+    pub fn commit(&mut self, next: Planned) {
+        self.services = next.services;
+        self.backends = next.backends;
+    }
+
+    /// The writes that make the maps serve `wanted` (any order) and nothing else, and the
+    /// state they lead to.
+    pub fn plan(&self, wanted: &[PacketService<'_>]) -> (Update, Planned) {
         let mut wanted: Vec<&PacketService<'_>> = wanted.iter().collect();
         // Services and gateways already installed keep their slots; the rest take free ones
         // in key order, so the outcome does not depend on the caller's order.
@@ -238,9 +262,7 @@ impl PacketTables {
                 });
             }
         }
-        self.services = services;
-        self.backends = backends;
-        update
+        (update, Planned { services, backends })
     }
 
     /// Gives `service` a slot, and its gateways slots, or says why it cannot have them. Takes

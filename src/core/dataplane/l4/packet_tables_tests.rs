@@ -1,26 +1,11 @@
 use std::collections::BTreeSet;
 
 use super::*;
-use crate::core::dataplane::balancer::{Assignment, Endpoint, Locality};
 
 const SIZE: u64 = 251;
 
 fn table(hosts: &[&str], excluded: &[&str]) -> L4Table {
-    let assignment = Assignment {
-        localities: vec![Locality {
-            zone: "z".into(),
-            weight: 1,
-            priority: 0,
-            endpoints: hosts
-                .iter()
-                .map(|h| Endpoint {
-                    host: (*h).into(),
-                    port: 8080,
-                    weight: 1,
-                })
-                .collect(),
-        }],
-    };
+    let assignment = super::super::tests::assignment(&[(0, hosts)]);
     let excluded: BTreeSet<String> = excluded.iter().map(|h| format!("{h}:8080")).collect();
     L4Table::build(&assignment, &excluded, 0.0, SIZE).expect("table")
 }
@@ -165,7 +150,10 @@ fn gateways_keep_their_slots_while_they_stay_in_a_table() {
     let before = slot_of(&maps, 2);
     maps.apply(&tables.update(&[service(80, &second)]).writes);
     assert_eq!(slot_of(&maps, 2), before);
-    assert!(slot_of(&maps, 1).is_none(), "10.0.0.1 left: its slot is unavailable");
+    assert!(
+        slot_of(&maps, 1).is_none(),
+        "10.0.0.1 left: its slot is unavailable"
+    );
     assert!(slot_of(&maps, 3).is_some());
 }
 
@@ -206,7 +194,10 @@ fn an_ipv6_gateway_keeps_its_service_off_the_packet_path() {
     let t = table(&["10.0.0.1", "2001:db8::1"], &[]);
     let mut tables = PacketTables::new(limits());
     let update = tables.update(&[service(80, &t)]);
-    assert!(matches!(update.skipped.as_slice(), [(_, Skipped::NotIpv4(_))]));
+    assert!(matches!(
+        update.skipped.as_slice(),
+        [(_, Skipped::NotIpv4(_))]
+    ));
     assert!(update.writes.is_empty());
 }
 
@@ -245,4 +236,15 @@ fn the_same_inputs_in_any_order_give_the_same_maps() {
     assert_eq!(first.services, second.services);
     assert_eq!(first.maglev, second.maglev);
     assert_eq!(first.backends, second.backends);
+}
+
+#[test]
+fn a_plan_whose_writes_failed_is_planned_again() {
+    let t = table(&["10.0.0.1", "10.0.0.2"], &[]);
+    let mut tables = PacketTables::new(limits());
+    let (first, _never_committed) = tables.plan(&[service(80, &t)]);
+    let (again, planned) = tables.plan(&[service(80, &t)]);
+    assert_eq!(first, again);
+    tables.commit(planned);
+    assert_eq!(tables.plan(&[service(80, &t)]).0, Update::default());
 }

@@ -176,7 +176,8 @@ fn a_gateway_fails_at_its_first_miss_then_after_the_threshold_and_returns_after_
     assert!(!tracker.record("b:1", false));
 }
 
-fn assignment(priorities: &[(u32, &[&str])]) -> Assignment {
+/// Gateways on port 8080 of weight 1, a locality per priority (also the packet tables' tests').
+pub(super) fn assignment(priorities: &[(u32, &[&str])]) -> Assignment {
     Assignment {
         localities: priorities
             .iter()
