@@ -211,17 +211,9 @@ async fn l4_nodes_announce_the_vip_over_bgp_and_ecmp_spreads_and_fails_over() {
     );
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
 
     // The hub: Meridian, the gateways and their backends, on a bridge the nodes join.
-    let hub = Netns::new("hub");
-    hub.ip(&["link", "add", "br0", "type", "bridge"]);
-    hub.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
-    for gateway in GATEWAYS {
-        hub.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "br0"]);
-    }
-    hub.ip(&["link", "set", "br0", "up"]);
+    let hub = support::l4::hub_namespace("hub", GATEWAYS);
     let router = Netns::new("router");
     link(&router, "eth0", "10.99.0.2/24", &hub, "router", None);
     hub.ip(&["link", "set", "router", "master", "br0"]);
@@ -241,47 +233,13 @@ async fn l4_nodes_announce_the_vip_over_bgp_and_ecmp_spreads_and_fails_over() {
     let one = Node::new("l4a", "10.99.0.11", 65011, &hub, dir);
     let two = Node::new("l4b", "10.99.0.12", 65012, &hub, dir);
 
-    let backend = |name: &'static str| {
-        let listener = hub.enter(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-        listener.set_nonblocking(true).unwrap();
-        Backend::echoing_forwarded_for_on(
-            name,
-            tokio::net::TcpListener::from_std(listener).unwrap(),
-        )
-    };
-    let (alpha, beta) = (backend("alpha"), backend("beta"));
     let (vip_port, gateway_port, xds_port) = (8080, 8081, 18000);
-    std::fs::write(
-        config.join("shop.yaml"),
-        support::l4::manifests(
-            GATEWAYS,
-            POOL,
-            (vip_port, gateway_port),
-            (alpha.port, beta.port),
-            "{}",
-        ),
-    )
-    .unwrap();
-    let state = dir.join("state");
-    let _meridian = Daemon::spawn(
+    let _hub_services = support::l4::serve_hub(
         &hub,
-        dir.join("meridian.log"),
-        meridian_binary().to_str().unwrap(),
-        &[
-            "standalone",
-            "--config-dir",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--xds-addr",
-            &format!("0.0.0.0:{xds_port}"),
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
+        dir,
+        (GATEWAYS, POOL),
+        (vip_port, gateway_port, xds_port),
     );
-    let _gateway_a = hub.enter(|| Envoy::start(dir, "gw-a", "shop/gw-a", xds_port, false));
-    let _gateway_b =
-        hub.enter(|| MeridianProxy::start(dir, bootstrap_options("gw-b", "shop/gw-b", xds_port)));
     let _router_bird = bird(
         &router,
         dir,

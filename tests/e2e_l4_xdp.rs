@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meridian::control_plane::bootstrap::BootstrapOptions;
-use support::netns::{http_get, link, Daemon, Netns};
+use support::netns::{http_get, link, Netns};
 use support::*;
 
 const VIP: &str = "10.100.0.1";
@@ -76,16 +76,8 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
     );
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
 
-    let hub = Netns::new("xhub");
-    hub.ip(&["link", "add", "br0", "type", "bridge"]);
-    hub.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
-    for gateway in GATEWAYS {
-        hub.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "br0"]);
-    }
-    hub.ip(&["link", "set", "br0", "up"]);
+    let hub = support::l4::hub_namespace("xhub", GATEWAYS);
     let node = Netns::new("xnode");
     link(&node, "eth0", "10.99.0.11/24", &hub, "xnode", None);
     hub.ip(&["link", "set", "xnode", "master", "br0"]);
@@ -105,47 +97,13 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
     whole_checksums(&hub, "br0");
     whole_checksums(&hub, "xnode");
 
-    let backend = |name: &'static str| {
-        let listener = hub.enter(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-        listener.set_nonblocking(true).unwrap();
-        Backend::echoing_forwarded_for_on(
-            name,
-            tokio::net::TcpListener::from_std(listener).unwrap(),
-        )
-    };
-    let (alpha, beta) = (backend("alpha"), backend("beta"));
     let (vip_port, gateway_port, xds_port) = (8080, 8081, 18000);
-    std::fs::write(
-        config.join("shop.yaml"),
-        support::l4::manifests(
-            GATEWAYS,
-            POOL,
-            (vip_port, gateway_port),
-            (alpha.port, beta.port),
-            "{}",
-        ),
-    )
-    .unwrap();
-    let state = dir.join("state");
-    let _meridian = Daemon::spawn(
+    let _hub_services = support::l4::serve_hub(
         &hub,
-        dir.join("meridian.log"),
-        meridian_binary().to_str().unwrap(),
-        &[
-            "standalone",
-            "--config-dir",
-            config.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--xds-addr",
-            &format!("0.0.0.0:{xds_port}"),
-            "--admin-addr",
-            "127.0.0.1:0",
-        ],
+        dir,
+        (GATEWAYS, POOL),
+        (vip_port, gateway_port, xds_port),
     );
-    let _gateway_a = hub.enter(|| Envoy::start(dir, "gw-a", "shop/gw-a", xds_port, false));
-    let _gateway_b =
-        hub.enter(|| MeridianProxy::start(dir, bootstrap_options("gw-b", "shop/gw-b", xds_port)));
 
     let admin_port = free_port();
     let options = BootstrapOptions {

@@ -1,4 +1,9 @@
-//! The L4 tier's manifests, shared by the L4 tests.
+//! The L4 tier's manifests, and the hub of the namespace tests, shared by the L4 tests.
+
+use std::path::Path;
+
+use super::netns::{Daemon, Netns};
+use super::{bootstrap_options, meridian_binary, Backend, Envoy, MeridianProxy};
 
 /// A VIP pool (`pool`) for the hub's own cluster; one AccessPoint whose Service (port
 /// `vip_port`) is backed by two gateway pods at `gateways` on `gateway_port`, each serving its
@@ -56,4 +61,87 @@ spec:
         b = gateways[1],
         routes = route("gw-a", "alpha") + &route("gw-b", "beta"),
     )
+}
+
+/// The hub namespace of the L4 namespace tests: a bridge `br0` with Meridian's address
+/// (10.99.0.1/24) and the gateways' (`gateways`), which nodes join with veths.
+pub fn hub_namespace(name: &str, gateways: [&str; 2]) -> Netns {
+    let hub = Netns::new(name);
+    hub.ip(&["link", "add", "br0", "type", "bridge"]);
+    hub.ip(&["addr", "add", "10.99.0.1/24", "dev", "br0"]);
+    for gateway in gateways {
+        hub.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "br0"]);
+    }
+    hub.ip(&["link", "set", "br0", "up"]);
+    hub
+}
+
+/// What runs in the hub namespace of the L4 namespace tests: the two backends (loopback),
+/// Meridian serving [`manifests`] on `xds_port`, gateway a as an Envoy and gateway b as a
+/// `meridian proxy`. All stop on drop.
+pub struct Hub {
+    pub alpha: Backend,
+    pub beta: Backend,
+    _meridian: Daemon,
+    _gateway_a: Envoy,
+    _gateway_b: MeridianProxy,
+}
+
+/// Starts the hub's services in `hub`, whose addresses include `gateways` (call from inside a
+/// Tokio runtime: the backends are Tokio listeners).
+pub fn serve_hub(
+    hub: &Netns,
+    dir: &Path,
+    (gateways, pool): ([&str; 2], &str),
+    (vip_port, gateway_port, xds_port): (u16, u16, u16),
+) -> Hub {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    let backend = |name: &'static str| {
+        let listener = hub.enter(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        listener.set_nonblocking(true).unwrap();
+        Backend::echoing_forwarded_for_on(
+            name,
+            tokio::net::TcpListener::from_std(listener).unwrap(),
+        )
+    };
+    let (alpha, beta) = (backend("alpha"), backend("beta"));
+    std::fs::write(
+        config.join("shop.yaml"),
+        manifests(
+            gateways,
+            pool,
+            (vip_port, gateway_port),
+            (alpha.port, beta.port),
+            "{}",
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let meridian = Daemon::spawn(
+        hub,
+        dir.join("meridian.log"),
+        meridian_binary().to_str().unwrap(),
+        &[
+            "standalone",
+            "--config-dir",
+            config.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--xds-addr",
+            &format!("0.0.0.0:{xds_port}"),
+            "--admin-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let gateway_a = hub.enter(|| Envoy::start(dir, "gw-a", "shop/gw-a", xds_port, false));
+    let gateway_b =
+        hub.enter(|| MeridianProxy::start(dir, bootstrap_options("gw-b", "shop/gw-b", xds_port)));
+    Hub {
+        alpha,
+        beta,
+        _meridian: meridian,
+        _gateway_a: gateway_a,
+        _gateway_b: gateway_b,
+    }
 }

@@ -184,9 +184,10 @@ impl PacketPath {
         let sysctl = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
         match std::fs::read_to_string(&sysctl) {
             Ok(value) if value.trim() == "1" => {}
-            Ok(_) => return Err(error(format!(
-                "IPv4 forwarding is off ({sysctl} is 0); the packet path's route lookups need it"
-            ))),
+            Ok(_) => {
+                let reason = format!("IPv4 forwarding is off ({sysctl} is 0); the packet path's route lookups need it");
+                return Err(error(reason));
+            }
             Err(e) => return Err(error(format!("no such interface ({sysctl}: {e})"))),
         }
         let program: &mut Xdp = self
