@@ -312,8 +312,8 @@ pub enum Command {
             requires = "xdp_interfaces"
         )]
         xdp_mode: crate::l4::xdp::Mode,
-        /// Source ports of flows the packet path forwards (full NAT), as FIRST-LAST. Keep it
-        /// clear of net.ipv4.ip_local_port_range.
+        /// Source ports of flows the packet path forwards (full NAT), as FIRST-LAST; it must
+        /// be clear of net.ipv4.ip_local_port_range (refused otherwise).
         #[arg(long, default_value = "1024-32767", value_parser = parse_port_range, requires = "xdp_interfaces")]
         xdp_snat_ports: std::ops::RangeInclusive<u16>,
         /// Flows the packet path tracks at most; the least recently used give way. Each

@@ -529,6 +529,23 @@ fn a_draining_path_keeps_tracked_flows_and_leaves_new_ones_to_the_kernel() {
 }
 
 #[test]
+fn a_snat_range_over_the_kernels_ephemeral_ports_is_refused_by_name() {
+    let Some(lab) = lab("5") else { return };
+    lab.netns
+        .sysctl("net.ipv4.ip_local_port_range", "20500 40000");
+    let error = lab
+        .netns
+        .enter(|| PacketPath::load(&options()).err())
+        .expect("an overlapping range is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("--xdp-snat-ports 20000-20999")
+            && text.contains("ip_local_port_range (20500-40000)"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_committed_object_is_what_its_source_compiles_to() {
     let clang = std::process::Command::new("clang-14")
         .arg("--version")

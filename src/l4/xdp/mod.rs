@@ -78,6 +78,30 @@ pub enum XdpError {
     Map { map: &'static str, reason: String },
     #[error("--xdp-snat-ports {0}: a range of at least one port, below 65536")]
     SnatPorts(String),
+    #[error("--xdp-snat-ports {ports} overlaps net.ipv4.ip_local_port_range ({local}): the user-space path and the health checks connect from those ports, and their replies would be taken for flows'")]
+    SnatOverlap { ports: String, local: String },
+}
+
+/// Refuses a SNAT range that overlaps the kernel's ephemeral ports (in the calling thread's
+/// network namespace): the program would take replies to the node's own connections.
+fn check_clear_of_local_ports(ports: &RangeInclusive<u16>) -> Result<(), XdpError> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(()); // no such sysctl: nothing to collide with
+    };
+    let mut bounds = text
+        .split_whitespace()
+        .filter_map(|b| b.parse::<u16>().ok());
+    let (Some(first), Some(last)) = (bounds.next(), bounds.next()) else {
+        return Ok(());
+    };
+    if *ports.start() <= last && first <= *ports.end() {
+        return Err(XdpError::SnatOverlap {
+            ports: format!("{}-{}", ports.start(), ports.end()),
+            local: format!("{first}-{last}"),
+        });
+    }
+    Ok(())
 }
 
 fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
@@ -117,6 +141,7 @@ impl PacketPath {
                     options.snat_ports.end()
                 ))
             })?;
+        check_clear_of_local_ports(&options.snat_ports)?;
         let maglev_entries = options
             .services
             .checked_mul(options.table_size)
