@@ -20,6 +20,7 @@
 set -euo pipefail
 seconds=${1:-10}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+. "$repo/e2e/bench/l4_common.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}
 meridian="$CARGO_TARGET_DIR/release/meridian"
 envoy=$(python3 -c "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))")
@@ -99,29 +100,8 @@ pids+=($!)
 sleep 1
 
 haproxy_config() {
-  cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 1h
-  timeout server 1h
-frontend http
-  bind $vip:$http_port
-  default_backend http
-frontend iperf
-  bind $vip:$iperf_port
-  default_backend iperf
-backend http
-  balance source
-  server a 127.0.0.11:$gateway_port check inter 2s
-  server b 127.0.0.12:$gateway_port check inter 2s
-backend iperf
-  balance source
-  server a 127.0.0.11:$iperf_port check inter 2s
-  server b 127.0.0.12:$iperf_port check inter 2s
-EOF
+  haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" \
+    127.0.0.11 127.0.0.12
 }
 
 # Starts the named L4 peer on core 0; prints its pid.

@@ -23,6 +23,7 @@
 set -euo pipefail
 seconds=${1:-10}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
+. "$repo/e2e/bench/l4_common.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian/target}
 meridian="$CARGO_TARGET_DIR/release/meridian"
 work=$(mktemp -d)
@@ -143,29 +144,8 @@ sleep 1
 "$meridian" bootstrap --node-id bench-l4 --role l4 --xds-addr "10.99.0.1:$xds" \
   --admin-port 9901 > "$work/l4.json"
 
-cat > "$work/haproxy.cfg" <<EOF
-global
-  nbthread 1
-defaults
-  mode tcp
-  timeout connect 2s
-  timeout client 1h
-  timeout server 1h
-frontend http
-  bind $vip:$http_port
-  default_backend http
-frontend iperf
-  bind $vip:$iperf_port
-  default_backend iperf
-backend http
-  balance source
-  server a 10.99.0.21:$gateway_port check inter 2s
-  server b 10.99.0.22:$gateway_port check inter 2s
-backend iperf
-  balance source
-  server a 10.99.0.21:$iperf_port check inter 2s
-  server b 10.99.0.22:$iperf_port check inter 2s
-EOF
+haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" \
+  10.99.0.21 10.99.0.22
 
 # Starts the named peer in the node on core 0; prints its pid (`ip netns exec` execs it, so
 # the pid is the peer's).

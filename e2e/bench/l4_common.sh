@@ -1,0 +1,20 @@
+# Shared by the L4 benchmarks (sourced): HAProxy 2.6 in TCP mode as the reference L4 node.
+
+# Writes HAProxy's config: the VIP's HTTP and iperf3 ports, each to every gateway
+# (`balance source`, checks every 2 s).
+#   haproxy_l4_config FILE VIP HTTP_PORT IPERF_PORT GATEWAY_PORT GATEWAY...
+haproxy_l4_config() {
+  local file=$1 vip=$2 http_port=$3 iperf_port=$4 gateway_port=$5
+  shift 5
+  local gateway n
+  {
+    printf 'global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n'
+    printf '  timeout client 1h\n  timeout server 1h\n'
+    printf 'frontend http\n  bind %s:%s\n  default_backend http\n' "$vip" "$http_port"
+    printf 'frontend iperf\n  bind %s:%s\n  default_backend iperf\n' "$vip" "$iperf_port"
+    printf 'backend http\n  balance source\n'
+    n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$gateway_port"; done
+    printf 'backend iperf\n  balance source\n'
+    n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$iperf_port"; done
+  } > "$file"
+}
