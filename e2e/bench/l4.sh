@@ -35,6 +35,10 @@ hz=$(getconf CLK_TCK)
 vip=127.77.0.1
 http_port=18080
 iperf_port=15201
+# One iperf3 server for both gateway addresses, on a port of its own: a test's control and data
+# connections are two flows, which the VIP may send to different gateways, and a wildcard
+# listener on the VIP's port would take the VIP's.
+gateway_iperf_port=15202
 udp_port=15353
 flows=${FLOWS:-6000}
 gateway_port=$(free_port)
@@ -54,9 +58,9 @@ http {
 EOF
 taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
 pids+=("$(cat "$work/nginx/nginx.pid")")
+taskset -c 1 iperf3 -s -p "$gateway_iperf_port" >/dev/null 2>&1 &
+pids+=($!)
 for gateway in 127.0.0.11 127.0.0.12; do
-  taskset -c 1 iperf3 -s -B "$gateway" -p "$iperf_port" >/dev/null 2>&1 &
-  pids+=($!)
   # A UDP sink: takes datagrams, answers none.
   taskset -c 1 python3 -c "
 import socket, sys
@@ -79,7 +83,7 @@ kind: EndpointSlice
 metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
 addressType: IPv4
 endpoints: [{addresses: ["127.0.0.11"]}, {addresses: ["127.0.0.12"]}]
-ports: [{name: http, port: $gateway_port}, {name: iperf, port: $iperf_port}, {name: dns, port: $udp_port, protocol: UDP}]
+ports: [{name: http, port: $gateway_port}, {name: iperf, port: $gateway_iperf_port}, {name: dns, port: $udp_port, protocol: UDP}]
 ---
 apiVersion: meridian.dev/v1alpha1
 kind: AccessPoint
@@ -91,7 +95,7 @@ spec:
       spec:
         ports:
         - {name: http, port: $http_port, targetPort: $gateway_port}
-        - {name: iperf, port: $iperf_port, targetPort: $iperf_port}
+        - {name: iperf, port: $iperf_port, targetPort: $gateway_iperf_port}
         - {name: dns, port: $udp_port, protocol: UDP, targetPort: $udp_port}
 EOF
 "$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
@@ -100,7 +104,7 @@ pids+=($!)
 sleep 1
 
 haproxy_config() {
-  haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" \
+  haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" "$gateway_iperf_port" \
     127.0.0.11 127.0.0.12
 }
 

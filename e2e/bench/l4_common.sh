@@ -1,11 +1,11 @@
 # Shared by the L4 benchmarks (sourced): HAProxy 2.6 in TCP mode as the reference L4 node.
 
-# Writes HAProxy's config: the VIP's HTTP and iperf3 ports, each to every gateway
-# (`balance source`, checks every 2 s).
-#   haproxy_l4_config FILE VIP HTTP_PORT IPERF_PORT GATEWAY_PORT GATEWAY...
+# Writes HAProxy's config: the VIP's HTTP and iperf3 ports, each to every gateway's (HTTP on
+# GATEWAY_PORT, iperf3 on GATEWAY_IPERF_PORT; `balance source`, checks every 2 s).
+#   haproxy_l4_config FILE VIP HTTP_PORT IPERF_PORT GATEWAY_PORT GATEWAY_IPERF_PORT GATEWAY...
 haproxy_l4_config() {
-  local file=$1 vip=$2 http_port=$3 iperf_port=$4 gateway_port=$5
-  shift 5
+  local file=$1 vip=$2 http_port=$3 iperf_port=$4 gateway_port=$5 gateway_iperf_port=$6
+  shift 6
   local gateway n
   {
     printf 'global\n  nbthread 1\ndefaults\n  mode tcp\n  timeout connect 2s\n'
@@ -15,6 +15,6 @@ haproxy_l4_config() {
     printf 'backend http\n  balance source\n'
     n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$gateway_port"; done
     printf 'backend iperf\n  balance source\n'
-    n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$iperf_port"; done
+    n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$gateway_iperf_port"; done
   } > "$file"
 }

@@ -144,7 +144,7 @@ sleep 1
 "$meridian" bootstrap --node-id bench-l4 --role l4 --xds-addr "10.99.0.1:$xds" \
   --admin-port 9901 > "$work/l4.json"
 
-haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" \
+haproxy_l4_config "$work/haproxy.cfg" "$vip" "$http_port" "$iperf_port" "$gateway_port" "$iperf_port" \
   10.99.0.21 10.99.0.22
 
 # Starts the named peer in the node on core 0; prints its pid (`ip netns exec` execs it, so
