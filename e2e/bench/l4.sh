@@ -72,32 +72,8 @@ done
 
 xds=$(free_port)
 mkdir -p "$work/config" "$work/state"
-cat > "$work/config/bench.yaml" <<EOF
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: local}
-spec: {zone: local-1, vipPools: [{name: lb, cidrs: ["127.77.0.0/29"]}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
-addressType: IPv4
-endpoints: [{addresses: ["127.0.0.11"]}, {addresses: ["127.0.0.12"]}]
-ports: [{name: http, port: $gateway_port}, {name: iperf, port: $gateway_iperf_port}, {name: dns, port: $udp_port, protocol: UDP}]
----
-apiVersion: meridian.dev/v1alpha1
-kind: AccessPoint
-metadata: {name: bench, namespace: bench}
-spec:
-  template:
-    service:
-      metadata: {name: gateways}
-      spec:
-        ports:
-        - {name: http, port: $http_port, targetPort: $gateway_port}
-        - {name: iperf, port: $iperf_port, targetPort: $gateway_iperf_port}
-        - {name: dns, port: $udp_port, protocol: UDP, targetPort: $udp_port}
-EOF
+bench_l4_manifests "$work/config/bench.yaml" 127.77.0.0/29 "$http_port:$gateway_port" \
+  "$iperf_port:$gateway_iperf_port" "$udp_port" 127.0.0.11 127.0.0.12
 "$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
   --xds-addr "127.0.0.1:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
 pids+=($!)

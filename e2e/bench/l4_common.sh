@@ -18,3 +18,39 @@ haproxy_l4_config() {
     n=0; for gateway in "$@"; do n=$((n + 1)); printf '  server g%d %s:%s check inter 2s\n' "$n" "$gateway" "$gateway_iperf_port"; done
   } > "$file"
 }
+
+# Writes the benchmark's manifests: a VIP pool, the gateways in an EndpointSlice, and one
+# AccessPoint whose VIP serves HTTP, iperf3 and UDP (dns) on the gateways.
+#   bench_l4_manifests FILE POOL "HTTP_PORT:GATEWAY_PORT" "IPERF_PORT:GATEWAY_IPERF_PORT" UDP_PORT GATEWAY...
+bench_l4_manifests() {
+  local file=$1 pool=$2 http=$3 iperf=$4 udp_port=$5
+  shift 5
+  local endpoints gateway
+  endpoints=$(for gateway in "$@"; do printf '{addresses: ["%s"]}, ' "$gateway"; done)
+  cat > "$file" <<YAML
+apiVersion: meridian.dev/v1alpha1
+kind: MemberCluster
+metadata: {name: local}
+spec: {zone: local-1, vipPools: [{name: lb, cidrs: ["$pool"]}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
+addressType: IPv4
+endpoints: [${endpoints%, }]
+ports: [{name: http, port: ${http#*:}}, {name: iperf, port: ${iperf#*:}}, {name: dns, port: $udp_port, protocol: UDP}]
+---
+apiVersion: meridian.dev/v1alpha1
+kind: AccessPoint
+metadata: {name: bench, namespace: bench}
+spec:
+  template:
+    service:
+      metadata: {name: gateways}
+      spec:
+        ports:
+        - {name: http, port: ${http%%:*}, targetPort: ${http#*:}}
+        - {name: iperf, port: ${iperf%%:*}, targetPort: ${iperf#*:}}
+        - {name: dns, port: $udp_port, protocol: UDP, targetPort: $udp_port}
+YAML
+}

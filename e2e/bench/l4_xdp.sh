@@ -54,21 +54,24 @@ inns "$hub" ip addr add 10.99.0.1/24 dev br0
 inns "$hub" ip addr add 10.99.0.21/24 dev br0
 inns "$hub" ip addr add 10.99.0.22/24 dev br0
 inns "$hub" ip link set br0 up
-ip link add "${prefix}a" type veth peer name "${prefix}b"
-ip link set "${prefix}a" netns "$node"; ip link set "${prefix}b" netns "$hub"
-inns "$node" ip link set "${prefix}a" name eth0
-inns "$node" ip addr add 10.99.0.11/24 dev eth0
-inns "$node" ip link set eth0 up
-inns "$hub" ip link set "${prefix}b" master br0
-inns "$hub" ip link set "${prefix}b" up
-ip link add "${prefix}c" type veth peer name "${prefix}d"
-ip link set "${prefix}c" netns "$node"; ip link set "${prefix}d" netns "$client"
-inns "$node" ip link set "${prefix}c" name eth1
-inns "$node" ip addr add 10.98.0.1/24 dev eth1
-inns "$node" ip link set eth1 up
-inns "$client" ip link set "${prefix}d" name eth0
-inns "$client" ip addr add 10.98.0.2/24 dev eth0
-inns "$client" ip link set eth0 up
+# A veth pair: NAME_A (address ADDRESS_A, or none) in NS_A and NAME_B in NS_B.
+#   veth NS_A NAME_A ADDRESS_A NS_B NAME_B ADDRESS_B
+veth_count=0
+veth() {
+  veth_count=$((veth_count + 1))
+  local left="${prefix}l$veth_count" right="${prefix}r$veth_count"
+  ip link add "$left" type veth peer name "$right"
+  ip link set "$left" netns "$1"; ip link set "$right" netns "$4"
+  inns "$1" ip link set "$left" name "$2"
+  inns "$4" ip link set "$right" name "$5"
+  if [ -n "$3" ]; then inns "$1" ip addr add "$3" dev "$2"; fi
+  if [ -n "$6" ]; then inns "$4" ip addr add "$6" dev "$5"; fi
+  inns "$1" ip link set "$2" up
+  inns "$4" ip link set "$5" up
+}
+veth "$node" eth0 10.99.0.11/24 "$hub" node ""
+inns "$hub" ip link set node master br0
+veth "$node" eth1 10.98.0.1/24 "$client" eth0 10.98.0.2/24
 inns "$client" ip route add default via 10.98.0.1
 # UDP flows come from eight client addresses and every port, so a flood has more distinct
 # 5-tuples than the flow table holds.
@@ -80,7 +83,7 @@ inns "$node" ip route add local 10.100.0.0/29 dev lo
 inns "$node" sysctl -qw net.ipv4.ip_forward=1
 inns "$client" ethtool -K eth0 tx off >/dev/null
 inns "$hub" ethtool -K br0 tx off >/dev/null
-inns "$hub" ethtool -K "${prefix}b" tx off >/dev/null
+inns "$hub" ethtool -K node tx off >/dev/null
 # The client opens many short connections: let it reuse its ports.
 inns "$client" sysctl -qw net.ipv4.tcp_tw_reuse=1
 
@@ -111,32 +114,8 @@ while True: s.recv(2048)" "$gateway" "$udp_port" &
 done
 
 mkdir -p "$work/config" "$work/state"
-cat > "$work/config/bench.yaml" <<EOF
-apiVersion: meridian.dev/v1alpha1
-kind: MemberCluster
-metadata: {name: local}
-spec: {zone: local-1, vipPools: [{name: lb, cidrs: ["10.100.0.0/29"]}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: gateways-1, namespace: bench, labels: {kubernetes.io/service-name: gateways}}
-addressType: IPv4
-endpoints: [{addresses: ["10.99.0.21"]}, {addresses: ["10.99.0.22"]}]
-ports: [{name: http, port: $gateway_port}, {name: iperf, port: $iperf_port}, {name: dns, port: $udp_port, protocol: UDP}]
----
-apiVersion: meridian.dev/v1alpha1
-kind: AccessPoint
-metadata: {name: bench, namespace: bench}
-spec:
-  template:
-    service:
-      metadata: {name: gateways}
-      spec:
-        ports:
-        - {name: http, port: $http_port, targetPort: $gateway_port}
-        - {name: iperf, port: $iperf_port, targetPort: $iperf_port}
-        - {name: dns, port: $udp_port, protocol: UDP, targetPort: $udp_port}
-EOF
+bench_l4_manifests "$work/config/bench.yaml" 10.100.0.0/29 "$http_port:$gateway_port" \
+  "$iperf_port:$iperf_port" "$udp_port" 10.99.0.21 10.99.0.22
 ip netns exec "$hub" taskset -c 1 "$meridian" standalone --config-dir "$work/config" --state-dir "$work/state" \
   --xds-addr "0.0.0.0:$xds" --admin-addr 127.0.0.1:0 >"$work/meridian.log" 2>&1 &
 pids+=($!)
