@@ -45,17 +45,7 @@ gateway_port=$(free_port)
 
 (cd "$repo" && cargo build --quiet --release --bin meridian)
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.11:$gateway_port; listen 127.0.0.12:$gateway_port; location / { return 200 "ok\n"; } }
-}
-EOF
+gateways_nginx_config "$work/nginx" "$gateway_port" 127.0.0.11 127.0.0.12
 taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
 pids+=("$(cat "$work/nginx/nginx.pid")")
 taskset -c 1 iperf3 -s -p "$gateway_iperf_port" >/dev/null 2>&1 &

@@ -1,4 +1,26 @@
-# Shared by the L4 benchmarks (sourced): HAProxy 2.6 in TCP mode as the reference L4 node.
+# Shared by the L4 benchmarks (sourced): the gateways' nginx, HAProxy 2.6 in TCP mode as the
+# reference L4 node, and the manifests.
+
+# Writes DIR/nginx.conf: one nginx worker answering `ok` on PORT at every gateway address, as
+# the gateways behind the VIP.
+#   gateways_nginx_config DIR PORT GATEWAY...
+gateways_nginx_config() {
+  local dir=$1 port=$2
+  shift 2
+  local listens gateway
+  listens=$(for gateway in "$@"; do printf 'listen %s:%s; ' "$gateway" "$port"; done)
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<EOF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { ${listens}location / { return 200 "ok\n"; } }
+}
+EOF
+}
 
 # Writes HAProxy's config: the VIP's HTTP and iperf3 ports, each to every gateway's (HTTP on
 # GATEWAY_PORT, iperf3 on GATEWAY_IPERF_PORT; `balance source`, checks every 2 s).

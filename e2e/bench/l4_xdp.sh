@@ -87,17 +87,7 @@ inns "$hub" ethtool -K node tx off >/dev/null
 # The client opens many short connections: let it reuse its ports.
 inns "$client" sysctl -qw net.ipv4.tcp_tw_reuse=1
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 10.99.0.21:$gateway_port; listen 10.99.0.22:$gateway_port; location / { return 200 "ok\n"; } }
-}
-EOF
+gateways_nginx_config "$work/nginx" "$gateway_port" 10.99.0.21 10.99.0.22
 inns "$hub" taskset -c 1 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx"
 pids+=("$(cat "$work/nginx/nginx.pid")")
 # One iperf3 server for both gateway addresses: a test's control and data connections are
