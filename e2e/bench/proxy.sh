@@ -5,6 +5,9 @@
 # - HTTP/1.1: `wrk -t1 -c50` keep-alive (on core 1): requests/s, CPU µs per request (user +
 #   system of the proxy process), p99, and the ratio to Envoy;
 # - h2c: `h2load -c50 -m10` (prior knowledge, on core 1): the same, mean latency for p99;
+# - for both, the proxy against HAProxy a second time in the reverse order (proxy, HAProxy,
+#   HAProxy, proxy), so that a machine slowing down or speeding up over the runs, as this
+#   shared VM does, cancels out of the mean of the two ratios;
 # - TLS (TLS 1.3, ECDSA P-256 certificates: Meridian's CA for Envoy and the proxy, an
 #   openssl one for HAProxy): keep-alive requests (`wrk -t1 -c50`, CPU per request) and new
 #   connections (`Connection: close`, a full handshake each: Debian's wrk resumes no session),
@@ -185,6 +188,8 @@ if [ -n "${PERF_OUT:-}" ]; then
 fi
 run meridian-proxy $proxy_pid $proxy_port
 run haproxy $haproxy_pid $haproxy_port
+run haproxy-again $haproxy_pid $haproxy_port
+run meridian-proxy-again $proxy_pid $proxy_port
 
 run_h2c() { # name pid port
   taskset -c 1 h2load -c50 -m10 -D 2 -H ':authority: bench.example.test' "http://127.0.0.1:$3/" >/dev/null
@@ -203,6 +208,8 @@ declare -A h2rps h2cpu h2mean
 run_h2c envoy $envoy_pid $envoy_port
 run_h2c meridian-proxy $proxy_pid $proxy_port
 run_h2c haproxy $haproxy_pid $haproxy_h2c_port
+run_h2c haproxy-again $haproxy_pid $haproxy_h2c_port
+run_h2c meridian-proxy-again $proxy_pid $proxy_port
 
 declare -A tls_rps tls_cpu tls_p99 hs_rps hs_cpu hs_p99
 run_tls() { # name pid port
@@ -360,8 +367,17 @@ print_rates() { # title latency-label rps cpu latency (names of arrays by peer)
     printf '%-16s %10s %16s %8s %14s\n' "$peer" "${rates[$peer]}" "${cpus[$peer]}" "${latencies[$peer]}" "$ratio"
   done
 }
+print_against_haproxy() { # cpu (the name of the array by peer): the two ratios and their mean
+  local -n cpus=$1
+  awk -v p1="${cpus[meridian-proxy]}" -v h1="${cpus[haproxy]}" \
+      -v h2="${cpus[haproxy-again]}" -v p2="${cpus[meridian-proxy-again]}" 'BEGIN {
+    printf "meridian proxy / HAProxy CPU: %.2fx, then %.2fx (%s / %s µs in the reverse order): mean %.2fx\n",
+      p1 / h1, p2 / h2, p2, h2, (p1 / h1 + p2 / h2) / 2 }'
+}
 print_rates 'HTTP/1.1 keep-alive (wrk -t1 -c50)' p99 rps cpu p99
+print_against_haproxy cpu
 print_rates 'h2c (h2load -c50 -m10)' mean h2rps h2cpu h2mean
+print_against_haproxy h2cpu
 print_rates 'TLS keep-alive (wrk -t1 -c50)' p99 tls_rps tls_cpu tls_p99
 printf '\nTLS new connections, a full handshake each (wrk -t1 -c50, Connection: close)\n'
 printf '%-16s %12s %18s %14s\n' peer 'handshakes/s' 'CPU µs/handshake' 'CPU vs Envoy'
