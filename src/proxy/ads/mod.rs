@@ -1,8 +1,8 @@
 //! What `meridian proxy` does with what Meridian sends over ADS (the protocol is the shared
 //! client's, `runtime::xds_client`): subscribes to clusters and listeners by wildcard, follows
 //! them to endpoints, route configurations and secrets, compiles what arrives, binds
-//! listeners, publishes one snapshot per applied response and caches it. What it cannot honour
-//! is rejected naming resource and field; the rest of the response applies, as in Envoy.
+//! listeners, caches each applied response and then publishes its snapshot. What it cannot
+//! honour is rejected naming resource and field; the rest of the response applies, as in Envoy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +122,9 @@ impl ProxySubscriber {
     }
 
     /// After a response of `kind` is applied: counts it, records the version when all of it
-    /// applied, publishes the new snapshot and caches it.
+    /// applied, caches it and publishes the new snapshot. Cached first: whatever the proxy
+    /// served is on disk should it be killed the next moment (a cache holding listeners
+    /// without the routes they had served would leave a restart answering 404).
     fn settle_response(&mut self, kind: &'static str, version: &str, applied: &Applied) {
         let accepted = &mut self.accepted;
         let result = if applied.errors.is_empty() {
@@ -140,13 +142,6 @@ impl ProxySubscriber {
         } else {
             tracing::warn!(r#type = kind, version = %bounded(version), errors = %bounded(&applied.errors.join("; ")), "rejected (NACK); the rest of the response is applied");
         }
-        let replaced = self.state.publish(Config::build(
-            accepted,
-            &self.state.stats,
-            &self.state.loads,
-            &self.state.config.load(),
-        ));
-        self.compiler.free(replaced);
         if let Some(cache) = &self.cache {
             if let Err(error) = cache.save(accepted, &ORDER) {
                 static SAVE: LogBudget = LogBudget::new(2, Duration::from_secs(60));
@@ -155,6 +150,13 @@ impl ProxySubscriber {
                 }
             }
         }
+        let replaced = self.state.publish(Config::build(
+            accepted,
+            &self.state.stats,
+            &self.state.loads,
+            &self.state.config.load(),
+        ));
+        self.compiler.free(replaced);
     }
 
     async fn apply_response(
