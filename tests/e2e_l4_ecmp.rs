@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meridian::control_plane::bootstrap::BootstrapOptions;
-use support::netns::{http_get, link, Daemon, Netns};
+use support::netns::{http_get, Daemon, Netns};
 use support::*;
 
 const VIP: &str = "10.100.0.1";
@@ -148,8 +148,7 @@ struct Node {
 impl Node {
     fn new(name: &str, address: &'static str, asn: u32, hub: &Netns, dir: &Path) -> Node {
         let netns = Netns::new(name);
-        link(&netns, "eth0", &format!("{address}/24"), hub, name, None);
-        hub.ip(&["link", "set", name, "master", "br0"]);
+        support::l4::join_hub(hub, &netns, name, &format!("{address}/24"));
         netns.ip(&["route", "add", "default", "via", "10.99.0.2"]);
         // The VIP pool is local to the node: what the router sends it is delivered here.
         netns.ip(&["route", "add", "local", POOL, "dev", "lo"]);
@@ -215,21 +214,11 @@ async fn l4_nodes_announce_the_vip_over_bgp_and_ecmp_spreads_and_fails_over() {
     // The hub: Meridian, the gateways and their backends, on a bridge the nodes join.
     let hub = support::l4::hub_namespace("hub", GATEWAYS);
     let router = Netns::new("router");
-    link(&router, "eth0", "10.99.0.2/24", &hub, "router", None);
-    hub.ip(&["link", "set", "router", "master", "br0"]);
+    support::l4::join_hub(&hub, &router, "router", "10.99.0.2/24");
     router.sysctl("net.ipv4.ip_forward", "1");
     // Spread flows by their ports too, not only by addresses.
     router.sysctl("net.ipv4.fib_multipath_hash_policy", "1");
-    let client = Netns::new("client");
-    link(
-        &router,
-        "eth1",
-        "10.98.0.1/24",
-        &client,
-        "eth0",
-        Some("10.98.0.2/24"),
-    );
-    client.ip(&["route", "add", "default", "via", "10.98.0.1"]);
+    let client = support::l4::client_behind(&router, "client");
     let one = Node::new("l4a", "10.99.0.11", 65011, &hub, dir);
     let two = Node::new("l4b", "10.99.0.12", 65012, &hub, dir);
 

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meridian::control_plane::bootstrap::BootstrapOptions;
-use support::netns::{http_get, link, Netns};
+use support::netns::{http_get, Netns};
 use support::*;
 
 const VIP: &str = "10.100.0.1";
@@ -79,18 +79,8 @@ async fn the_packet_path_forwards_connections_to_the_gateways_and_follows_their_
 
     let hub = support::l4::hub_namespace("xhub", GATEWAYS);
     let node = Netns::new("xnode");
-    link(&node, "eth0", "10.99.0.11/24", &hub, "xnode", None);
-    hub.ip(&["link", "set", "xnode", "master", "br0"]);
-    let client = Netns::new("xclient");
-    link(
-        &node,
-        "eth1",
-        "10.98.0.1/24",
-        &client,
-        "eth0",
-        Some("10.98.0.2/24"),
-    );
-    client.ip(&["route", "add", "default", "via", "10.98.0.1"]);
+    support::l4::join_hub(&hub, &node, "xnode", "10.99.0.11/24");
+    let client = support::l4::client_behind(&node, "xclient");
     node.ip(&["route", "add", "local", POOL, "dev", "lo"]);
     node.sysctl("net.ipv4.ip_forward", "1");
     whole_checksums(&client, "eth0");

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::netns::{Daemon, Netns};
+use super::netns::{link, Daemon, Netns};
 use super::{bootstrap_options, meridian_binary, Backend, Envoy, MeridianProxy};
 
 /// A VIP pool (`pool`) for the hub's own cluster; one AccessPoint whose Service (port
@@ -74,6 +74,29 @@ pub fn hub_namespace(name: &str, gateways: [&str; 2]) -> Netns {
     }
     hub.ip(&["link", "set", "br0", "up"]);
     hub
+}
+
+/// Plugs `netns` into the hub's bridge: its `eth0` at `address` (with prefix), the hub's end
+/// named `name`.
+pub fn join_hub(hub: &Netns, netns: &Netns, name: &str, address: &str) {
+    link(netns, "eth0", address, hub, name, None);
+    hub.ip(&["link", "set", name, "master", "br0"]);
+}
+
+/// A client namespace `name` behind `router`: the router's `eth1` at 10.98.0.1/24, the
+/// client's `eth0` at 10.98.0.2/24, its default route through the router.
+pub fn client_behind(router: &Netns, name: &str) -> Netns {
+    let client = Netns::new(name);
+    link(
+        router,
+        "eth1",
+        "10.98.0.1/24",
+        &client,
+        "eth0",
+        Some("10.98.0.2/24"),
+    );
+    client.ip(&["route", "add", "default", "via", "10.98.0.1"]);
+    client
 }
 
 /// What runs in the hub namespace of the L4 namespace tests: the two backends (loopback),
